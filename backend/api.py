@@ -1,0 +1,88 @@
+"""The engine API: what the magics, the CLI and (later) the server and its HTTP client
+have in common. ``LocalEngine`` implements it in-process; an HTTP client will implement
+the same methods against ``papercrane server``, checked by one contract test suite."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .model import ArtifactRef, Event, ExecutionState, TaskConfig, TaskSpec
+
+
+class RunListener(Protocol):
+    """Live updates while a run goes on (the widget is one)."""
+
+    def on_event(self, event: Event, state: ExecutionState) -> None: ...
+
+    def on_log(self, stream: str, text: str) -> None: ...
+
+
+class NullListener:
+    def on_event(self, event: Event, state: ExecutionState) -> None:
+        pass
+
+    def on_log(self, stream: str, text: str) -> None:
+        pass
+
+
+@dataclass
+class RunRequest:
+    spec: TaskSpec
+    config: TaskConfig
+    inputs: dict[str, ArtifactRef]
+    #: Live input values held by the caller: required by the inline executor.
+    values: dict[str, Any] | None = field(default=None, repr=False)
+    project: str = "default"
+    domain: str = "development"
+    #: Outputs named with --outputs: missing ones are an error rather than skipped.
+    declared_outputs: tuple[str, ...] = ()
+    #: Load output values for the caller (the kernel binds them).
+    want_values: bool = True
+
+
+@dataclass
+class RunResult:
+    execution: ExecutionState
+    outputs: dict[str, ArtifactRef]
+    references: dict[str, str]
+    values: dict[str, Any] = field(repr=False, default_factory=dict)
+    display: dict[str, Any] | None = None
+
+    @property
+    def node(self):  # type: ignore[no-untyped-def]
+        return next(iter(self.execution.nodes.values()))
+
+
+class EngineAPI(ABC):
+    @abstractmethod
+    def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
+        """Register (idempotently) and return the task version."""
+
+    @abstractmethod
+    def put_value(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
+        """Store a value's bytes; ``what`` names it in errors."""
+
+    @abstractmethod
+    def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
+        """Run a task to the end (cache, retries, timeout); raise ``TaskFailed`` or
+        ``ExecutionAborted`` if it does not succeed."""
+
+    @abstractmethod
+    def execution(self, execution_id: str) -> ExecutionState: ...
+
+    @abstractmethod
+    def events(self, execution_id: str, after: int = 0) -> list[Event]: ...
+
+    @abstractmethod
+    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def load(self, ref: ArtifactRef) -> Any: ...
+
+    @abstractmethod
+    def artifact(self, artifact_id: str) -> ArtifactRef: ...
+
+    @abstractmethod
+    def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str: ...

@@ -1,0 +1,91 @@
+"""Values to artifacts and back: the one place that picks a serializer, streams the value
+into storage and computes its fingerprint. The kernel (for inputs), the runner (for
+outputs) and the engine (for cache hits) all go through it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .errors import InputError, StorageError
+from .fingerprint import Fingerprinter
+from .model import ArtifactRef
+from .serializers import (
+    CloudpickleSerializer,
+    Serializer,
+    SerializerRegistry,
+    preview,
+    python_type_name,
+)
+from .storage import Storage
+
+
+def typed_fingerprint(serializer: str, digest: str) -> str:
+    """Fingerprint of a value whose serializer is deterministic: its bytes, typed."""
+    return hashlib.sha256(f"{serializer}:{digest}".encode()).hexdigest()
+
+
+class ArtifactIO:
+    def __init__(self, storage: Storage, registry: SerializerRegistry | None = None) -> None:
+        self.storage = storage
+        self.registry = registry or SerializerRegistry()
+
+    def fingerprinter(self) -> Fingerprinter:
+        return Fingerprinter(self.registry)
+
+    def put(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
+        """Store ``value``; ``what`` names it in errors ("input 'df'", "output 'model'")."""
+        serializer = self.registry.for_value(value)
+        try:
+            digest, key, size = self._put(value, serializer)
+        except (OSError, StorageError):
+            raise
+        except Exception as first:
+            if serializer.name == CloudpickleSerializer.name:
+                raise unserializable_error(value, what, first) from None
+            # The type-specific encoding refused this value (say, a DataFrame with
+            # unusual column types); pickle is the universal fallback.
+            serializer = self.registry.get(CloudpickleSerializer.name)
+            try:
+                digest, key, size = self._put(value, serializer)
+            except (OSError, StorageError):
+                raise
+            except Exception as exc:
+                raise unserializable_error(value, what, exc) from None
+        if fingerprint is None:
+            if serializer.deterministic:
+                fingerprint = typed_fingerprint(serializer.name, digest)
+            else:
+                fingerprint = self.fingerprinter().value(value)
+        return ArtifactRef(
+            id=fingerprint,
+            hash=digest,
+            uri=key,
+            size=size,
+            serializer=serializer.name,
+            python_type=python_type_name(value),
+            preview=preview(value),
+        )
+
+    def _put(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
+        return self.storage.put_value(value, serializer)
+
+    def load(self, ref: ArtifactRef) -> Any:
+        return self.storage.load_value(ref.uri, ref.hash, self.registry.get(ref.serializer))
+
+    def intact(self, ref: ArtifactRef) -> bool:
+        """Cheap check (exists, right size) before trusting a cache entry."""
+        return self.storage.size(ref.uri) == ref.size
+
+
+def unserializable_error(value: Any, what: str, exc: BaseException) -> InputError:
+    kind = python_type_name(value)
+    hint = {
+        "_thread.lock": "locks belong to one process; create it inside the task",
+        "_thread.RLock": "locks belong to one process; create it inside the task",
+        "generator": "generators can't be copied; turn it into a list first",
+        "_io.TextIOWrapper": "open files can't be moved; pass the file name and open it in the task",
+        "_io.BufferedReader": "open files can't be moved; pass the file name and open it in the task",
+        "_io.BufferedWriter": "open files can't be moved; pass the file name and open it in the task",
+    }.get(kind, "make it picklable, create it inside the task, or leave it out with --inputs")
+    return InputError(f"{what} of type {kind} can't be serialized ({exc}); {hint}")

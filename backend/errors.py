@@ -1,0 +1,66 @@
+"""One exception root, split into user errors and system errors.
+
+The split matters beyond messages: a user error (bad cell, bad input, the task's own
+exception) is retried on the task's ``--retries`` budget or not at all, while a system
+error (storage down, a lost worker process) is retried on a separate budget because
+the user's code was never at fault.
+"""
+
+from __future__ import annotations
+
+
+class PapercraneError(Exception):
+    """Root of every error papercrane raises on purpose."""
+
+
+class UserError(PapercraneError):
+    """The user can fix this: the message names the cell, variable or field."""
+
+
+class SystemError_(PapercraneError):  # noqa: N801 - avoid shadowing the builtin
+    """Infrastructure failed; the user's code was not at fault."""
+
+
+class CaptureError(UserError):
+    """A ``%%task`` cell cannot be turned into a task (syntax, ambiguity, bad flag)."""
+
+
+class InputError(UserError):
+    """A task input is missing or cannot be serialized."""
+
+
+class ConfigError(UserError):
+    """A setting (storage URL, home directory, option value) is unusable."""
+
+
+class TaskFailed(UserError):
+    """The task's own code raised on its last attempt.
+
+    ``traceback_text`` holds the user's traceback with frames from papercrane removed
+    and line numbers relative to the cell.
+    """
+
+    def __init__(self, message: str, traceback_text: str = "", execution_id: str = "") -> None:
+        super().__init__(message)
+        self.traceback_text = traceback_text
+        self.execution_id = execution_id
+
+
+class TaskTimeout(UserError):
+    """An attempt ran past its ``--timeout``."""
+
+
+class ExecutionAborted(PapercraneError):
+    """The execution was stopped on purpose (kernel interrupt, abort request)."""
+
+
+class StorageError(SystemError_):
+    """Reading or writing the artifact store failed."""
+
+
+class CorruptArtifact(StorageError):
+    """A stored value is missing or its bytes do not match the recorded hash."""
+
+
+class NotFound(UserError):
+    """An execution, task or artifact id does not exist."""

@@ -1,0 +1,71 @@
+"""The executor interface: run one attempt, stream its logs, stop it when asked."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from ..artifacts import ArtifactIO
+from ..model import ArtifactRef, TaskConfig, TaskSpec
+from ..plugins import PluginRegistry
+from ..runner import AttemptResult
+
+
+class LogSink(Protocol):
+    def log(self, stream: str, text: str) -> None: ...
+
+
+@dataclass
+class AttemptSpec:
+    execution_id: str
+    node: str
+    attempt: int
+    task: TaskSpec
+    task_key: str
+    config: TaskConfig
+    inputs: dict[str, ArtifactRef]
+    #: In-memory input values, when the caller has them (inline runs skip the load).
+    values: dict[str, Any] | None = field(default=None, repr=False)
+    declared_outputs: tuple[str, ...] = ()
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.execution_id}/{self.node}/{self.attempt}"
+
+    def to_dict(self, ) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "node": self.node,
+            "attempt": self.attempt,
+            "task_key": self.task_key,
+            "task_version": self.task.version(),
+            "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
+            "declared_outputs": list(self.declared_outputs),
+            "prefix": self.prefix,
+            "config": self.config.to_dict(),
+        }
+
+
+class Executor(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, artifacts: ArtifactIO) -> None:
+        self.artifacts = artifacts
+        self.storage = artifacts.storage
+
+    @abstractmethod
+    def run(self, attempt: AttemptSpec, sink: LogSink) -> AttemptResult:
+        """Run one attempt to the end. User errors and timeouts come back in the result;
+        ``KeyboardInterrupt`` stops the attempt and propagates."""
+
+
+def executor_registry() -> PluginRegistry:
+    return PluginRegistry(
+        "papercrane.executors",
+        {
+            "inline": "papercrane.backend.executors.inline:InlineExecutor",
+            "local": "papercrane.backend.executors.local:LocalExecutor",
+        },
+        "executor",
+    )

@@ -1,0 +1,191 @@
+"""Stable fingerprints of values, including functions and classes from the notebook.
+
+Pickle bytes of a notebook function change every time its cell re-runs (cloudpickle
+embeds fresh ids and line numbers), so hashing them would make every re-run a cache
+miss. A fingerprint instead hashes what the function *is*: its bytecode, constants,
+defaults, closure values and the globals it reads, recursively, without line numbers
+or file names. Data values are hashed through their serializer's bytes, or through a
+pickle stream in which functions, classes, modules and arrays are replaced by their
+own fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import types
+from typing import Any
+
+from .environment import import_reference
+from .hashing import HashingWriter
+from .serializers import SerializerRegistry
+
+
+class Fingerprinter:
+    """One fingerprinting pass; also records the modules reached (for the environment)."""
+
+    def __init__(self, registry: SerializerRegistry) -> None:
+        self.registry = registry
+        self.modules: set[str] = set()
+        self._memo: dict[int, str] = {}
+        self._active: set[int] = set()
+        self._keep: list[Any] = []  # keep memoized objects alive so ids stay unique
+
+    # -- entry point --------------------------------------------------------------------
+    def value(self, value: Any) -> str:
+        """Fingerprint of a value as a task input or output."""
+        key = id(value)
+        if key in self._memo:
+            return self._memo[key]
+        serializer = self.registry.for_value(value)
+        if serializer.deterministic:
+            writer = HashingWriter()
+            serializer.dump(value, writer)  # type: ignore[arg-type]
+            fp = _h(f"{serializer.name}:{writer.hexdigest()}")
+        else:
+            fp = self._pickled(value)
+        self._memo[key] = fp
+        self._keep.append(value)
+        return fp
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _pickled(self, value: Any) -> str:
+        writer = HashingWriter()
+        _FingerprintPickler(writer, self).dump(value)
+        return _h(f"pickle:{writer.hexdigest()}")
+
+    def reference(self, value: Any) -> str | None:
+        """Persistent id for things that must not be hashed through pickle bytes."""
+        if isinstance(value, types.ModuleType):
+            self.modules.add(value.__name__)
+            return f"module:{value.__name__}"
+        if isinstance(value, (types.FunctionType, type)):
+            ref = import_reference(value)
+            if ref is not None:
+                self.modules.add(ref.partition(":")[0])
+                return f"ref:{ref}"
+            return self._dynamic(value)
+        if isinstance(value, (set, frozenset)):
+            items = sorted(self.value(v) for v in value)
+            return f"{type(value).__name__}:{_h(','.join(items))}"
+        module = type(value).__module__ or ""
+        if module.startswith("numpy") and type(value).__name__ == "ndarray":
+            if not value.dtype.hasobject:
+                return f"ndarray:{self.value(value)}"
+        return None
+
+    def _dynamic(self, obj: Any) -> str:
+        key = id(obj)
+        if key in self._memo:
+            return self._memo[key]
+        if key in self._active:
+            # Recursive function or class: its own name stands for itself.
+            return f"self:{obj.__qualname__}"
+        self._active.add(key)
+        try:
+            if isinstance(obj, type):
+                fp = "class:" + self._class(obj)
+            else:
+                fp = "function:" + self._function(obj)
+        finally:
+            self._active.discard(key)
+        self._memo[key] = fp
+        self._keep.append(obj)
+        return fp
+
+    def _function(self, fn: types.FunctionType) -> str:
+        code = fn.__code__
+        names = _all_names(code)
+        globals_used = {
+            name: self._inner(fn.__globals__[name])
+            for name in sorted(names)
+            if name in fn.__globals__
+        }
+        closure = [
+            self._inner(cell.cell_contents) if _cell_filled(cell) else "<empty>"
+            for cell in (fn.__closure__ or ())
+        ]
+        parts = {
+            "qualname": fn.__qualname__,
+            "code": _code_fingerprint(code),
+            "defaults": self._inner(fn.__defaults__),
+            "kwdefaults": self._inner(fn.__kwdefaults__),
+            "closure": closure,
+            "globals": globals_used,
+        }
+        return _h(repr(sorted(parts.items())))
+
+    def _class(self, cls: type) -> str:
+        members = {}
+        for name, member in sorted(vars(cls).items()):
+            if name in ("__dict__", "__weakref__", "__module__", "__qualname__"):
+                continue
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            if isinstance(member, property):
+                member = (member.fget, member.fset, member.fdel)
+            members[name] = self._inner(member)
+        bases = [self._inner(b) for b in cls.__bases__ if b is not object]
+        return _h(repr((cls.__qualname__, bases, sorted(members.items()))))
+
+    def _inner(self, value: Any) -> str:
+        ref = self.reference(value)
+        return ref if ref is not None else self.value(value)
+
+
+class _FingerprintPickler(pickle.Pickler):
+    def __init__(self, file: Any, fp: Fingerprinter) -> None:
+        super().__init__(file, protocol=5)
+        self._fp = fp
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self._fp.reference(obj)
+
+
+def _cell_filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
+def _all_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _all_names(const)
+    return names
+
+
+def _code_fingerprint(code: types.CodeType) -> str:
+    consts = []
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            consts.append(("code", _code_fingerprint(const)))
+        elif isinstance(const, frozenset):
+            consts.append(("frozenset", sorted(map(repr, const))))
+        else:
+            consts.append((type(const).__name__, repr(const)))
+    parts = (
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+        code.co_code.hex(),
+        consts,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+    )
+    return _h(repr(parts))
+
+
+def _h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(value: Any, registry: SerializerRegistry | None = None) -> str:
+    return Fingerprinter(registry or SerializerRegistry()).value(value)
+

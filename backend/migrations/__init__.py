@@ -1,0 +1,1 @@
+"""Alembic migrations of the papercrane schema (``papercrane db upgrade`` runs them)."""

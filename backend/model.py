@@ -1,0 +1,268 @@
+"""The nouns of papercrane as plain dataclasses: specs, artifacts, events, states.
+
+Dataclasses (not pydantic) keep ``%load_ext papercrane`` cheap; the server's API models
+are a separate layer. Every spec has a ``to_dict``/``from_dict`` pair because the same
+spec crosses process boundaries (runner subprocess, pod, HTTP) as JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from .hashing import sha256_json
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CACHED = "cached"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.CACHED, Status.ABORTED)
+
+
+class EventKind(str, Enum):
+    EXECUTION_CREATED = "execution_created"
+    NODE_QUEUED = "node_queued"
+    CACHE_HIT = "cache_hit"
+    CACHE_MISS = "cache_miss"
+    CACHE_INVALID = "cache_invalid"
+    ATTEMPT_STARTED = "attempt_started"
+    LOG_STORED = "log_stored"
+    ATTEMPT_SUCCEEDED = "attempt_succeeded"
+    ATTEMPT_FAILED = "attempt_failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    NODE_SUCCEEDED = "node_succeeded"
+    NODE_FAILED = "node_failed"
+    EXECUTION_SUCCEEDED = "execution_succeeded"
+    EXECUTION_FAILED = "execution_failed"
+    EXECUTION_ABORTED = "execution_aborted"
+
+
+class ErrorKind(str, Enum):
+    USER = "user"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float | None = None
+    memory: int | None = None
+    gpu: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """How to run a task. Not part of its version: retrying more does not change code."""
+
+    cache: bool = False
+    cache_version: str = ""
+    retries: int = 0
+    system_retries: int = 2
+    timeout: float | None = None
+    executor: str = "local"
+    resources: Resources = field(default_factory=Resources)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskConfig:
+        data = dict(data)
+        data["resources"] = Resources(**data.get("resources") or {})
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the code needs around it: interpreter and imported distributions.
+
+    ``packages`` maps distribution name to version; ``local_modules`` maps an importable
+    module that belongs to no distribution (a helper .py next to the notebook) to the
+    hash of its source, so editing that file invalidates the cache as well.
+    """
+
+    python: str = field(default_factory=lambda: python_version())
+    packages: dict[str, str] = field(default_factory=dict)
+    local_modules: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Environment:
+        return cls(**data)
+
+
+def python_version() -> str:
+    impl = sys.implementation.name
+    v = sys.version_info
+    return f"{impl}-{v.major}.{v.minor}.{v.micro}"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A captured cell. Immutable; its version is a hash of everything but config."""
+
+    name: str
+    code: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    input_types: dict[str, str] = field(default_factory=dict)
+    imports: tuple[str, ...] = ()
+    environment: Environment = field(default_factory=Environment)
+    source: str = ""
+    display_last: bool = False
+    #: Line of the cell where ``code`` starts (2: after the ``%%task`` line), so that
+    #: tracebacks point at the line numbers the notebook shows.
+    first_line: int = 2
+
+    def normalized_code(self) -> str:
+        """The AST, not the text: whitespace and comments do not make a new version."""
+        return ast.dump(ast.parse(self.code), annotate_fields=False)
+
+    def interface(self) -> dict[str, Any]:
+        return {
+            "inputs": sorted(self.inputs),
+            "input_types": {k: self.input_types.get(k, "") for k in sorted(self.inputs)},
+            "outputs": list(self.outputs),
+            "display_last": self.display_last,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "code": self.normalized_code(),
+            "interface": self.interface(),
+            "imports": sorted(self.imports),
+            "environment": self.environment.to_dict(),
+        }
+
+    def version(self) -> str:
+        return sha256_json({"name": self.name, **self.identity()})
+
+    def cache_identity(self, cache_version: str) -> str:
+        """Like the version but without the name: renaming a task keeps its cache."""
+        return sha256_json({**self.identity(), "cache_version": cache_version})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["environment"] = self.environment.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        data = dict(data)
+        data["environment"] = Environment.from_dict(data["environment"])
+        for key in ("inputs", "outputs", "imports"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """One stored value. ``id`` is the value's fingerprint (stable for equal values, also
+    for functions whose pickle bytes differ); ``hash`` is the sha256 of the stored bytes
+    and addresses them in storage."""
+
+    id: str
+    hash: str
+    uri: str
+    size: int
+    serializer: str
+    python_type: str
+    preview: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArtifactRef:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Event:
+    execution_id: str
+    kind: EventKind
+    node: str = ""
+    attempt: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return data
+
+
+@dataclass
+class ErrorInfo:
+    kind: ErrorKind
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(ErrorKind(data["kind"]), data["type"], data["message"], data["traceback"])
+
+
+@dataclass
+class NodeState:
+    """The projection of one node's events; never stored as truth, always rebuildable."""
+
+    node: str
+    status: Status = Status.QUEUED
+    attempt: int = 0
+    user_failures: int = 0
+    system_failures: int = 0
+    cache: str = "off"  # off | hit | miss | invalid
+    cache_key: str = ""
+    cache_source: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    display: str | None = None
+    error: ErrorInfo | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    logs: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionState:
+    id: str
+    project: str = "default"
+    domain: str = "development"
+    name: str = ""
+    task_version: str = ""
+    status: Status = Status.QUEUED
+    created_at: float = 0.0
+    ended_at: float | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    last_seq: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return self.ended_at - self.created_at

@@ -1,0 +1,111 @@
+"""Current state as a fold over events.
+
+The store keeps a projection row per execution for fast listing, but this reducer is the
+definition of what the events mean: the live engine, the store's rebuild and the widget
+all go through ``apply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .model import ErrorInfo, Event, EventKind, ExecutionState, NodeState, Status
+
+K = EventKind
+
+
+def _node(state: ExecutionState, event: Event) -> NodeState:
+    node = state.nodes.get(event.node)
+    if node is None:
+        node = state.nodes[event.node] = NodeState(node=event.node)
+    return node
+
+
+def apply(state: ExecutionState, event: Event) -> ExecutionState:
+    p = event.payload
+    kind = event.kind
+    state.last_seq = max(state.last_seq, event.seq)
+    if kind is K.EXECUTION_CREATED:
+        state.project = p.get("project", state.project)
+        state.domain = p.get("domain", state.domain)
+        state.name = p.get("name", "")
+        state.task_version = p.get("task_version", "")
+        state.inputs = dict(p.get("inputs", {}))
+        state.config = dict(p.get("config", {}))
+        state.created_at = event.ts
+        state.status = Status.QUEUED
+        return state
+    if kind is K.EXECUTION_SUCCEEDED:
+        cached = all(n.status is Status.CACHED for n in state.nodes.values()) and state.nodes
+        state.status = Status.CACHED if cached else Status.SUCCEEDED
+        state.ended_at = event.ts
+        return state
+    if kind is K.EXECUTION_FAILED:
+        state.status = Status.FAILED
+        state.ended_at = event.ts
+        if p.get("error"):
+            state.error = ErrorInfo.from_dict(p["error"])
+        return state
+    if kind is K.EXECUTION_ABORTED:
+        state.status = Status.ABORTED
+        state.ended_at = event.ts
+        for node in state.nodes.values():
+            if not node.status.terminal:
+                node.status = Status.ABORTED
+                node.ended_at = event.ts
+        return state
+
+    node = _node(state, event)
+    if kind is K.NODE_QUEUED:
+        node.status = Status.QUEUED
+        node.cache = "on" if p.get("cache") else "off"
+    elif kind is K.CACHE_MISS:
+        node.cache, node.cache_key = "miss", p["cache_key"]
+    elif kind is K.CACHE_INVALID:
+        node.cache, node.cache_key = "invalid", p["cache_key"]
+    elif kind is K.CACHE_HIT:
+        node.cache, node.cache_key = "hit", p["cache_key"]
+        node.cache_source = {
+            "execution_id": p.get("source_execution", ""),
+            "created_at": p.get("source_created_at", 0.0),
+        }
+        node.outputs = dict(p.get("outputs", {}))
+        node.display = p.get("display")
+        node.status = Status.CACHED
+        node.started_at = node.started_at or event.ts
+        node.ended_at = event.ts
+    elif kind is K.ATTEMPT_STARTED:
+        node.status = Status.RUNNING
+        node.attempt = event.attempt
+        node.started_at = node.started_at or event.ts
+        if state.status is Status.QUEUED:
+            state.status = Status.RUNNING
+    elif kind is K.LOG_STORED:
+        node.logs.setdefault(event.attempt, {})[p["stream"]] = p["uri"]
+    elif kind is K.ATTEMPT_SUCCEEDED:
+        node.outputs = dict(p.get("outputs", {}))
+        node.display = p.get("display")
+    elif kind is K.ATTEMPT_FAILED:
+        error = ErrorInfo.from_dict(p["error"])
+        node.error = error
+        if error.kind.value == "system":
+            node.system_failures += 1
+        else:
+            node.user_failures += 1
+    elif kind is K.RETRY_SCHEDULED:
+        node.status = Status.QUEUED
+    elif kind is K.NODE_SUCCEEDED:
+        node.status = Status.SUCCEEDED
+        node.error = None
+        node.ended_at = event.ts
+    elif kind is K.NODE_FAILED:
+        node.status = Status.FAILED
+        node.ended_at = event.ts
+    return state
+
+
+def replay(execution_id: str, events: Iterable[Event]) -> ExecutionState:
+    state = ExecutionState(id=execution_id)
+    for event in events:
+        apply(state, event)
+    return state

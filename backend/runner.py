@@ -1,0 +1,302 @@
+"""The task runner: the same code runs an attempt in a local subprocess, in a Kubernetes
+pod and (through ``run_in_process``) inline in the kernel.
+
+Subprocess entrypoint::
+
+    python -m papercrane.backend.runner STORAGE_URL ATTEMPT_KEY
+
+It reads the attempt spec and the task bundle from storage, loads the inputs (verifying
+their hashes), runs the cell, writes outputs and logs to storage and finally writes a
+result manifest. The manifest is the only thing the caller trusts: a runner that dies
+before writing it is a system failure.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import json
+import linecache
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from .artifacts import ArtifactIO
+from .environment import import_reference, resolve_reference
+from .errors import PapercraneError, UserError
+from .model import ArtifactRef, ErrorKind, TaskSpec
+from .storage import Storage
+
+_MAX_DISPLAY_BYTES = 4 << 20
+
+
+def cell_filename(spec: TaskSpec) -> str:
+    return f"<task {spec.name}>"
+
+
+@dataclass
+class AttemptResult:
+    """What an attempt produced; serialized as the result manifest."""
+
+    status: str  # succeeded | failed
+    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+    display: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    #: In-process runs hand the live output values back, skipping a load.
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "references": self.references,
+            "display": self.display,
+            "error": self.error,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttemptResult:
+        return cls(
+            status=data["status"],
+            outputs={k: ArtifactRef.from_dict(v) for k, v in data["outputs"].items()},
+            references=data.get("references", {}),
+            display=data.get("display"),
+            error=data.get("error"),
+            started_at=data.get("started_at", 0.0),
+            ended_at=data.get("ended_at", 0.0),
+        )
+
+
+def user_error(exc: BaseException, spec: TaskSpec) -> dict[str, Any]:
+    return {
+        "kind": ErrorKind.USER.value,
+        "type": type(exc).__name__,
+        "message": _safe_str(exc),
+        "traceback": format_user_traceback(exc, spec),
+    }
+
+
+def system_error(message: str, type_: str = "SystemError") -> dict[str, Any]:
+    return {"kind": ErrorKind.SYSTEM.value, "type": type_, "message": message, "traceback": ""}
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} with an unprintable message>"
+
+
+_BACKEND_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_internal(filename: str) -> bool:
+    """Frames of papercrane's own code: the backend package and the kernel magics."""
+    path = os.path.abspath(filename)
+    if path.startswith(_BACKEND_DIR):
+        return True
+    magics = sys.modules.get("papercrane")
+    magics_file = getattr(magics, "__file__", None)
+    return bool(magics_file) and path.startswith(os.path.dirname(magics_file) + os.sep)
+
+
+def format_user_traceback(exc: BaseException, spec: TaskSpec) -> str:
+    """The user's traceback: frames from papercrane itself are dropped."""
+    te = traceback.TracebackException.from_exception(exc, capture_locals=False)
+    _strip(te)
+    return "".join(te.format())
+
+
+def _strip(te: traceback.TracebackException) -> None:
+    seen: set[int] = set()
+    while te is not None and id(te) not in seen:
+        seen.add(id(te))
+        frames = [f for f in te.stack if not _is_internal(f.filename) and f.filename != "<string>"]
+        te.stack = traceback.StackSummary.from_list(frames)
+        te = te.__cause__ or te.__context__  # type: ignore[assignment]
+
+
+def build_namespace(spec: TaskSpec, values: dict[str, Any]) -> dict[str, Any]:
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    for entry in spec.imports:
+        name, _, ref = entry.partition("=")
+        ns[name] = resolve_reference(ref)
+    ns.update(values)
+    return ns
+
+
+def run_code(spec: TaskSpec, ns: dict[str, Any]) -> Any:
+    """Execute the cell in ``ns``; return the value of a final expression, if any."""
+    filename = cell_filename(spec)
+    header = ["\n"] * (spec.first_line - 1)
+    lines = header + spec.code.splitlines(True)
+    linecache.cache[filename] = (len(spec.code), None, lines, filename)
+    tree = ast.parse(spec.code, filename)
+    ast.increment_lineno(tree, spec.first_line - 1)
+    last = None
+    if spec.display_last and tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body.pop()
+    exec(compile(tree, filename, "exec"), ns)
+    if last is None:
+        return None
+    return eval(compile(ast.Expression(last.value), filename, "eval"), ns)
+
+
+def display_bundle(value: Any, formatter: Any = None) -> dict[str, Any] | None:
+    """A JSON mime bundle of the cell's final value, as the notebook would show it."""
+    if value is None:
+        return None
+    try:
+        if formatter is None:
+            from IPython import get_ipython
+            from IPython.core.formatters import DisplayFormatter
+
+            shell = get_ipython()
+            formatter = shell.display_formatter if shell is not None else DisplayFormatter()
+        data, metadata = formatter.format(value)
+    except Exception:
+        data, metadata = {"text/plain": repr(value)}, {}
+    data = {k: v for k, v in data.items() if len(str(v)) < _MAX_DISPLAY_BYTES}
+    if not data:
+        return None
+    return {"data": data, "metadata": metadata}
+
+
+def collect(
+    spec: TaskSpec,
+    ns: dict[str, Any],
+    artifacts: ArtifactIO,
+    declared: set[str],
+) -> tuple[dict[str, ArtifactRef], dict[str, str], dict[str, Any]]:
+    """Store the outputs the cell bound. Names it was only *maybe* going to bind and did
+    not are skipped; a name given with ``--outputs`` that is missing is an error."""
+    outputs: dict[str, ArtifactRef] = {}
+    references: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name in spec.outputs:
+        if name not in ns:
+            if name in declared:
+                raise UserError(
+                    f"--outputs names {name!r} but the cell did not assign it; assign it "
+                    "or remove it from --outputs"
+                )
+            continue
+        value = ns[name]
+        ref = import_reference(value)
+        if ref is not None:
+            references[name] = ref
+            continue
+        outputs[name] = artifacts.put(value, f"output {name!r}")
+        values[name] = value
+    return outputs, references, values
+
+
+def execute(
+    spec: TaskSpec,
+    values: dict[str, Any],
+    artifacts: ArtifactIO,
+    declared_outputs: set[str],
+    formatter: Any = None,
+) -> AttemptResult:
+    """Run a task on in-memory inputs and store its outputs. Never raises for user code."""
+    started = time.time()
+    try:
+        ns = build_namespace(spec, values)
+        last = run_code(spec, ns)
+    except Exception as exc:
+        return AttemptResult("failed", error=user_error(exc, spec), started_at=started,
+                             ended_at=time.time())
+    try:
+        outputs, references, out_values = collect(spec, ns, artifacts, declared_outputs)
+        display = display_bundle(last, formatter)
+    except PapercraneError as exc:
+        kind = "user" if isinstance(exc, UserError) else "system"
+        err = {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": ""}
+        return AttemptResult("failed", error=err, started_at=started, ended_at=time.time())
+    return AttemptResult(
+        "succeeded",
+        outputs=outputs,
+        references=references,
+        display=display,
+        started_at=started,
+        ended_at=time.time(),
+        values=out_values,
+    )
+
+
+class _Tee:
+    """Writes to the original stream (the executor's pipe) and to the attempt's log."""
+
+    def __init__(self, stream: Any, log: Any) -> None:
+        self._stream = stream
+        self._log = log
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        self._stream.flush()
+        self._log.write(text.encode("utf-8", "replace"))
+        self._log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        self._log.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m papercrane.backend.runner STORAGE_URL ATTEMPT_KEY", file=sys.stderr)
+        return 2
+    storage = Storage(argv[0])
+    attempt = json.loads(storage.read_bytes(argv[1]))
+    prefix = attempt["prefix"]
+    spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
+    artifacts = ArtifactIO(storage)
+    with storage.open_write(f"{prefix}/stdout.log") as out_log, storage.open_write(
+        f"{prefix}/stderr.log"
+    ) as err_log:
+        sys.stdout = _Tee(sys.__stdout__, out_log)
+        sys.stderr = _Tee(sys.__stderr__, err_log)
+        try:
+            result = _run_attempt(spec, attempt, artifacts)
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    storage.write_bytes(f"{prefix}/result.json", json.dumps(result.to_dict()).encode())
+    return 0
+
+
+def _run_attempt(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
+    started = time.time()
+    values: dict[str, Any] = {}
+    for name, data in attempt["inputs"].items():
+        ref = ArtifactRef.from_dict(data)
+        try:
+            values[name] = artifacts.load(ref)
+        except PapercraneError as exc:
+            return AttemptResult("failed", error=system_error(f"input {name!r}: {exc}",
+                                 type(exc).__name__), started_at=started, ended_at=time.time())
+        except Exception as exc:  # unpickling needs a module this process lacks
+            msg = f"input {name!r} could not be loaded here: {type(exc).__name__}: {exc}"
+            return AttemptResult("failed", error={"kind": "user", "type": type(exc).__name__,
+                                 "message": msg, "traceback": ""}, started_at=started,
+                                 ended_at=time.time())
+    return execute(spec, values, artifacts, set(attempt.get("declared_outputs", [])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

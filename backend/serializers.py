@@ -1,0 +1,258 @@
+"""Type-aware value encodings, chosen by type and recorded with each artifact.
+
+Serializers stream: ``dump`` writes into a file object and ``load`` reads from one, so
+a 100 MiB array goes from memory to storage (and back) without extra full copies.
+Concrete serializers are registered by name through the ``papercrane.serializers``
+entry-point group; the built-in ones are also known without entry points so that a
+source checkout works before it is installed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from abc import ABC, abstractmethod
+from typing import Any, BinaryIO, ClassVar
+
+from .plugins import PluginRegistry
+
+
+class Serializer(ABC):
+    name: ClassVar[str]
+    #: Higher wins when several accept a value.
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, value: Any) -> bool:
+        """Cheap type test; must not import heavy libraries for values that are not theirs."""
+
+    @abstractmethod
+    def dump(self, value: Any, stream: BinaryIO) -> None: ...
+
+    @abstractmethod
+    def load(self, stream: BinaryIO) -> Any: ...
+
+    #: True when equal values always give equal bytes, so the hash of the bytes can
+    #: serve as the value's fingerprint.
+    deterministic: ClassVar[bool] = True
+
+
+def _module_of(value: Any) -> str:
+    return type(value).__module__ or ""
+
+
+class NumpySerializer(Serializer):
+    name = "npy"
+    priority = 50
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        if not _module_of(value).startswith("numpy"):
+            return False
+        import numpy as np
+
+        return type(value) is np.ndarray and not value.dtype.hasobject
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        import numpy as np
+
+        np.lib.format.write_array(stream, value, allow_pickle=False)
+
+    def load(self, stream: BinaryIO) -> Any:
+        import numpy as np
+
+        return np.lib.format.read_array(stream, allow_pickle=False)
+
+
+class ParquetSerializer(Serializer):
+    name = "parquet"
+    priority = 50
+    deterministic = False
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        if not _module_of(value).startswith("pandas"):
+            return False
+        import pandas as pd
+
+        if type(value) is not pd.DataFrame:
+            return False
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            return False
+        # Parquet needs string column names and arrow-typable columns; anything else
+        # (object columns of mixed Python objects) goes to cloudpickle.
+        return all(isinstance(c, str) for c in value.columns) and not any(
+            dt == object and not _is_string_column(value[c])
+            for c, dt in value.dtypes.items()
+        )
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        value.to_parquet(stream, engine="pyarrow", index=True)
+
+    def load(self, stream: BinaryIO) -> Any:
+        import pandas as pd
+
+        data = stream.read()
+        return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+
+
+def _is_string_column(series: Any) -> bool:
+    sample = series.head(1000)
+    return all(isinstance(v, str) or v is None for v in sample)
+
+
+class TextSerializer(Serializer):
+    name = "text"
+    priority = 40
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        return type(value) is str
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        stream.write(value.encode("utf-8", "surrogatepass"))
+
+    def load(self, stream: BinaryIO) -> Any:
+        return stream.read().decode("utf-8", "surrogatepass")
+
+
+class BytesSerializer(Serializer):
+    name = "bytes"
+    priority = 40
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        return type(value) is bytes
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        stream.write(value)
+
+    def load(self, stream: BinaryIO) -> Any:
+        return stream.read()
+
+
+_JSON_SCALARS = (type(None), bool, int, str)
+
+
+def _json_exact(value: Any, depth: int = 0) -> bool:
+    """True when JSON gives back exactly this value (types included), so nothing is lost.
+
+    Tuples, non-string keys, NaN and subclasses all fail and go to cloudpickle.
+    """
+    t = type(value)
+    if t in _JSON_SCALARS:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if depth > 50:
+        return False
+    if t is list:
+        return len(value) <= 10_000 and all(_json_exact(v, depth + 1) for v in value)
+    if t is dict:
+        return len(value) <= 10_000 and all(
+            type(k) is str and _json_exact(v, depth + 1) for k, v in value.items()
+        )
+    return False
+
+
+class JsonSerializer(Serializer):
+    name = "json"
+    priority = 30
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        return _json_exact(value)
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        stream.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+    def load(self, stream: BinaryIO) -> Any:
+        return json.loads(stream.read())
+
+
+class CloudpickleSerializer(Serializer):
+    """Everything else. Functions and classes from the notebook travel by value."""
+
+    name = "cloudpickle"
+    priority = -100
+    deterministic = False
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        return True
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        import cloudpickle
+
+        cloudpickle.dump(value, stream, protocol=5)
+
+    def load(self, stream: BinaryIO) -> Any:
+        import pickle
+
+        return pickle.load(stream)
+
+
+_BUILTIN = {
+    cls.name: f"{__name__}:{cls.__name__}"
+    for cls in (
+        NumpySerializer,
+        ParquetSerializer,
+        TextSerializer,
+        BytesSerializer,
+        JsonSerializer,
+        CloudpickleSerializer,
+    )
+}
+
+
+class SerializerRegistry:
+    """Serializers by name, from the ``papercrane.serializers`` entry-point group."""
+
+    def __init__(self) -> None:
+        self._plugins = PluginRegistry("papercrane.serializers", _BUILTIN, "serializer")
+        self._instances: dict[str, Serializer] = {}
+        self._ordered: list[type[Serializer]] | None = None
+
+    def get(self, name: str) -> Serializer:
+        inst = self._instances.get(name)
+        if inst is None:
+            inst = self._instances[name] = self._plugins.load(name)()
+        return inst
+
+    def for_value(self, value: Any) -> Serializer:
+        if self._ordered is None:
+            classes = [self._plugins.load(n) for n in self._plugins.names()]
+            self._ordered = sorted(classes, key=lambda c: -c.priority)
+        for cls in self._ordered:
+            if cls.accepts(value):
+                return self.get(cls.name)
+        return self.get(CloudpickleSerializer.name)
+
+
+def python_type_name(value: Any) -> str:
+    t = type(value)
+    module = t.__module__
+    if module == "builtins":
+        return t.__qualname__
+    return f"{module}.{t.__qualname__}"
+
+
+def preview(value: Any, limit: int = 80) -> str:
+    """A one-line summary for widgets and listings; never raises."""
+    try:
+        shape = getattr(value, "shape", None)
+        if shape is not None and hasattr(value, "dtype"):
+            return f"array{tuple(shape)} {value.dtype}"
+        if shape is not None and hasattr(value, "columns"):
+            cols = ", ".join(map(str, list(value.columns)[:4]))
+            more = ", ..." if len(value.columns) > 4 else ""
+            return f"{shape[0]} rows × {shape[1]} cols [{cols}{more}]"
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ in user code
+        return f"<repr failed: {type(exc).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

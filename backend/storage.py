@@ -1,0 +1,193 @@
+"""Content-addressed value storage over a local folder or any fsspec URL.
+
+Writes stream into a temporary object and are renamed into place only once complete,
+so a failed or interrupted write never leaves a half-written artifact at its address.
+Local paths are served with the standard library (the runner subprocess starts faster
+without importing fsspec); every other URL goes through fsspec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import ConfigError, CorruptArtifact, StorageError
+from .hashing import HashingReader, HashingWriter
+from .serializers import Serializer
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+class Storage:
+    """Keys are relative paths ('artifacts/ab/ab12...'); ``url(key)`` gives a full URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url_root = url.rstrip("/")
+        self.local = _is_local(url)
+        if self.local:
+            self.root = Path(url.removeprefix("file://")).expanduser()
+            self._fs = None
+        else:
+            import fsspec
+
+            self._fs, self.root_path = fsspec.core.url_to_fs(url)
+            self.root = None
+
+    @property
+    def shareable(self) -> bool:
+        """Whether another process (a runner subprocess) can see what this one writes."""
+        return not self.url_root.startswith("memory://")
+
+    # -- paths ------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        if self.local:
+            return str(self.root / key)
+        return f"{self.root_path}/{key}"
+
+    def url(self, key: str) -> str:
+        if self.local:
+            return (self.root / key).resolve().as_uri()
+        return f"{self.url_root}/{key}"
+
+    # -- setup --------------------------------------------------------------------
+    def check_writable(self) -> None:
+        probe = f"tmp/.probe-{uuid.uuid4().hex}"
+        try:
+            with self.open_write(probe) as f:
+                f.write(b"ok")
+            self.delete(probe)
+        except (OSError, StorageError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"storage at {self.url_root} is not writable ({reason}); set "
+                "PAPERCRANE_HOME or PAPERCRANE_STORAGE to a folder you can write to"
+            ) from None
+
+    # -- primitive I/O ------------------------------------------------------------------
+    def open_write(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return open(path, "wb")
+        return self._fs.open(path, "wb")
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            if self.local:
+                return open(path, "rb", buffering=1 << 20)
+            return self._fs.open(path, "rb")
+        except FileNotFoundError:
+            raise CorruptArtifact(f"stored object {self.url(key)} is missing") from None
+
+    def exists(self, key: str) -> bool:
+        path = self._path(key)
+        return os.path.exists(path) if self.local else self._fs.exists(path)
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        try:
+            return os.path.getsize(path) if self.local else int(self._fs.size(path))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            if self.local:
+                os.remove(path)
+            else:
+                self._fs.rm(path)
+
+    def _move(self, src: str, dst: str) -> None:
+        if self.local:
+            os.makedirs(os.path.dirname(self._path(dst)), exist_ok=True)
+            os.replace(self._path(src), self._path(dst))
+        else:
+            self._fs.mv(self._path(src), self._path(dst))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Atomic small write (specs, manifests): readers see all of it or nothing."""
+        tmp = f"tmp/{uuid.uuid4().hex}"
+        with self.open_write(tmp) as f:
+            f.write(data)
+        self._move(tmp, key)
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    # -- content-addressed values ------------------------------------------------------
+    @staticmethod
+    def artifact_key(digest: str) -> str:
+        return f"artifacts/{digest[:2]}/{digest}"
+
+    def put_value(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
+        """Serialize ``value`` straight into storage; return (sha256, key, size)."""
+        tmp = f"tmp/{uuid.uuid4().hex}"
+        try:
+            with self.open_write(tmp) as raw:
+                writer = HashingWriter(raw)
+                serializer.dump(value, writer)  # type: ignore[arg-type]
+        except BaseException:
+            self.delete(tmp)
+            raise
+        digest = writer.hexdigest()
+        key = self.artifact_key(digest)
+        if self.exists(key):
+            self.delete(tmp)
+        else:
+            self._move(tmp, key)
+        return digest, key, writer.size
+
+    def put_stream(self, stream: BinaryIO, expected_hash: str | None = None) -> tuple[str, str, int]:
+        """Store bytes from a stream (uploads); refuse them if they don't hash as claimed."""
+        tmp = f"tmp/{uuid.uuid4().hex}"
+        with self.open_write(tmp) as raw:
+            writer = HashingWriter(raw)
+            while chunk := stream.read(1 << 20):
+                writer.write(chunk)
+        digest = writer.hexdigest()
+        if expected_hash and digest != expected_hash:
+            self.delete(tmp)
+            raise CorruptArtifact(f"uploaded bytes hash to {digest}, not {expected_hash}")
+        key = self.artifact_key(digest)
+        if self.exists(key):
+            self.delete(tmp)
+        else:
+            self._move(tmp, key)
+        return digest, key, writer.size
+
+    def load_value(self, key: str, digest: str, serializer: Serializer) -> Any:
+        """Decode a stored value, verifying its hash in the same pass."""
+        with self.open_read(key) as raw:
+            reader = HashingReader(raw)
+            try:
+                value = serializer.load(reader)  # type: ignore[arg-type]
+            except CorruptArtifact:
+                raise
+            except Exception as exc:
+                reader.drain()
+                if reader.hexdigest() != digest:
+                    raise CorruptArtifact(
+                        f"stored object {self.url(key)} does not match its hash"
+                    ) from None
+                raise StorageError(
+                    f"could not decode {self.url(key)} with {serializer.name}: {exc}"
+                ) from exc
+            reader.drain()
+        if reader.hexdigest() != digest:
+            raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
+        return value
+
+    @contextlib.contextmanager
+    def appender(self, key: str) -> Iterator[BinaryIO]:
+        """A log file written as the task runs (local storage: readable while it grows)."""
+        with self.open_write(key) as f:
+            yield f

@@ -1,0 +1,5 @@
+"""Metadata store: SQLAlchemy tables, Alembic migrations, queries."""
+
+from .repo import Store
+
+__all__ = ["Store"]

@@ -1,0 +1,262 @@
+"""Queries over the metadata tables. The engine never writes SQL itself."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..model import ArtifactRef, Event, EventKind, ExecutionState
+from ..projection import replay
+from . import db
+from .schema import artifacts, cache_entries, events, executions, tasks
+
+
+def _insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # pragma: no cover
+        raise NotImplementedError(dialect)
+    conn.execute(insert(table).on_conflict_do_nothing(), rows)
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, row: dict[str, Any], keys: list[str]) -> None:
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # pragma: no cover
+        raise NotImplementedError(dialect)
+    stmt = insert(table).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys, set_={k: v for k, v in row.items() if k not in keys}
+    )
+    conn.execute(stmt)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = db.create_engine(url)
+        db.ensure_schema(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        with self.engine.connect().execution_options(papercrane_write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # -- events and the execution projection ------------------------------------------------
+    def append(self, conn: sa.Connection, batch: list[Event], state: ExecutionState) -> list[Event]:
+        """Append events and bring the execution's projection row up to date.
+
+        Returns the events with their sequence numbers. ``state`` must already have the
+        events applied (the engine folds them as it goes).
+        """
+        rows = [
+            {
+                "execution_id": e.execution_id,
+                "node": e.node,
+                "attempt": e.attempt,
+                "kind": e.kind.value,
+                "ts": e.ts,
+                "payload": e.payload,
+            }
+            for e in batch
+        ]
+        created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
+        if created:
+            conn.execute(executions.insert().values(**self._projection_row(state)))
+        seqs = [
+            r.seq
+            for r in conn.execute(events.insert().returning(events.c.seq, sort_by_parameter_order=True), rows)
+        ]
+        numbered = [
+            Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
+            for e, seq in zip(batch, seqs)
+        ]
+        state.last_seq = max(seqs)
+        conn.execute(
+            executions.update()
+            .where(executions.c.id == state.id)
+            .values(status=state.status.value, ended_at=state.ended_at, last_seq=state.last_seq)
+        )
+        return numbered
+
+    @staticmethod
+    def _projection_row(state: ExecutionState) -> dict[str, Any]:
+        return {
+            "id": state.id,
+            "project": state.project,
+            "domain": state.domain,
+            "name": state.name,
+            "task_version": state.task_version,
+            "status": state.status.value,
+            "created_at": state.created_at,
+            "ended_at": state.ended_at,
+            "last_seq": state.last_seq,
+        }
+
+    def events(self, execution_id: str, after: int = 0) -> list[Event]:
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(events)
+                .where(events.c.execution_id == execution_id, events.c.seq > after)
+                .order_by(events.c.seq)
+            ).all()
+        return [
+            Event(r.execution_id, EventKind(r.kind), r.node, r.attempt, r.payload, r.ts, r.seq)
+            for r in rows
+        ]
+
+    def execution_exists(self, execution_id: str) -> bool:
+        with self.read() as conn:
+            return (
+                conn.execute(
+                    sa.select(executions.c.id).where(executions.c.id == execution_id)
+                ).first()
+                is not None
+            )
+
+    def execution(self, execution_id: str) -> ExecutionState | None:
+        evs = self.events(execution_id)
+        if not evs:
+            return None
+        return replay(execution_id, evs)
+
+    def list_executions(
+        self,
+        project: str | None = None,
+        domain: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> list[dict[str, Any]]:
+        query = sa.select(executions).order_by(executions.c.created_at.desc()).limit(limit)
+        if project:
+            query = query.where(executions.c.project == project)
+        if domain:
+            query = query.where(executions.c.domain == domain)
+        if status:
+            query = query.where(executions.c.status == status)
+        if before is not None:
+            query = query.where(executions.c.created_at < before)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def rebuild_projections(self) -> int:
+        """Recompute every execution row from its events (they are the truth)."""
+        with self.read() as conn:
+            ids = [r.id for r in conn.execute(sa.select(executions.c.id))]
+        for execution_id in ids:
+            state = self.execution(execution_id)
+            if state is None:
+                continue
+            with self.write() as conn:
+                conn.execute(
+                    executions.update()
+                    .where(executions.c.id == execution_id)
+                    .values(**self._projection_row(state))
+                )
+        return len(ids)
+
+    # -- tasks ------------------------------------------------------------------------------
+    def task_exists(self, version: str) -> bool:
+        with self.read() as conn:
+            row = conn.execute(sa.select(tasks.c.version).where(tasks.c.version == version))
+            return row.first() is not None
+
+    def put_task(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+        _insert_ignore(conn, tasks, [{**row, "created_at": time.time()}])
+
+    def task(self, version: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.version == version)).first()
+        return dict(row._mapping) if row else None
+
+    # -- artifacts ----------------------------------------------------------------------------
+    def put_artifacts(self, conn: sa.Connection, refs: Iterable[ArtifactRef]) -> None:
+        now = time.time()
+        rows = {r.id: {**r.to_dict(), "created_at": now} for r in refs}
+        _insert_ignore(conn, artifacts, list(rows.values()))
+
+    def artifact(self, artifact_id: str) -> ArtifactRef | None:
+        with self.read() as conn:
+            row = conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id)).first()
+        if row is None:
+            return None
+        data = dict(row._mapping)
+        data.pop("created_at")
+        return ArtifactRef(**data)
+
+    def artifacts_by_prefix(self, prefix: str, limit: int = 5) -> list[ArtifactRef]:
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(artifacts).where(artifacts.c.id.startswith(prefix)).limit(limit)
+            ).all()
+        out = []
+        for row in rows:
+            data = dict(row._mapping)
+            data.pop("created_at")
+            out.append(ArtifactRef(**data))
+        return out
+
+    # -- cache ----------------------------------------------------------------------------------
+    def cache_get(self, key: str, project: str, domain: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(cache_entries).where(
+                    cache_entries.c.key == key,
+                    cache_entries.c.project == project,
+                    cache_entries.c.domain == domain,
+                )
+            ).first()
+        return dict(row._mapping) if row else None
+
+    def cache_put(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+        _upsert(conn, cache_entries, {**row, "created_at": time.time()}, ["key", "project", "domain"])
+
+    def cache_delete(self, key: str, project: str, domain: str) -> None:
+        with self.write() as conn:
+            conn.execute(
+                cache_entries.delete().where(
+                    cache_entries.c.key == key,
+                    cache_entries.c.project == project,
+                    cache_entries.c.domain == domain,
+                )
+            )
+
+    def cache_list(self, project: str | None = None, task_name: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(cache_entries).order_by(cache_entries.c.created_at.desc())
+        if project:
+            query = query.where(cache_entries.c.project == project)
+        if task_name:
+            query = query.where(cache_entries.c.task_name == task_name)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def cache_clear(self, project: str | None = None, task_name: str | None = None) -> int:
+        stmt = cache_entries.delete()
+        if project:
+            stmt = stmt.where(cache_entries.c.project == project)
+        if task_name:
+            stmt = stmt.where(cache_entries.c.task_name == task_name)
+        with self.write() as conn:
+            return conn.execute(stmt).rowcount

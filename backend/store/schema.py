@@ -1,0 +1,80 @@
+"""Tables. Changing them means a new Alembic revision in ``migrations/versions``.
+
+Times are float epoch seconds (portable between SQLite and PostgreSQL, cheap to write);
+JSON columns hold small structured payloads, never value bytes.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, index=True),
+    sa.Column("project", sa.String(100), nullable=False),
+    sa.Column("domain", sa.String(100), nullable=False),
+    sa.Column("bundle_key", sa.String(300), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("hash", sa.String(64), nullable=False, index=True),
+    sa.Column("uri", sa.String(300), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("serializer", sa.String(50), nullable=False),
+    sa.Column("python_type", sa.String(200), nullable=False),
+    sa.Column("preview", sa.String(200), nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+executions = sa.Table(
+    "executions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("project", sa.String(100), nullable=False),
+    sa.Column("domain", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("task_version", sa.String(64), nullable=False, default=""),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Index("ix_executions_scope_created", "project", "domain", "created_at"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("execution_id", sa.String(32), sa.ForeignKey("executions.id"), nullable=False),
+    sa.Column("node", sa.String(200), nullable=False, default=""),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Index("ix_events_execution_seq", "execution_id", "seq"),
+)
+
+cache_entries = sa.Table(
+    "cache_entries",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(100), primary_key=True),
+    sa.Column("domain", sa.String(100), primary_key=True),
+    sa.Column("task_name", sa.String(200), nullable=False, index=True),
+    sa.Column("task_version", sa.String(64), nullable=False),
+    sa.Column("outputs", sa.JSON, nullable=False),
+    sa.Column("references", sa.JSON, nullable=False),
+    sa.Column("display", sa.JSON),
+    sa.Column("execution_id", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

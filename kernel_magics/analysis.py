@@ -1,0 +1,428 @@
+"""Static analysis of a task cell: which names it reads from the notebook and which it
+binds, in the order the cell would run.
+
+This is pure ``ast`` work with no kernel involved, so every cell shape is unit-testable.
+The rules are those of a notebook cell: a name read before the cell has definitely bound
+it comes from the notebook (an input); a name bound at top level is left in the
+notebook (an output). Bindings inside ``if``/``for``/``while``/``try`` only *maybe*
+happen, so a later read of such a name is still an input when the notebook has it.
+Reads inside functions, lambdas and classes happen when they are called, so they are
+inputs only when the cell itself never binds the name.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import tokenize
+from dataclasses import dataclass, field
+
+_DYNAMIC_CALLS = {"globals", "locals", "vars", "exec", "eval"}
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+@dataclass
+class CellAnalysis:
+    reads: list[str] = field(default_factory=list)
+    deferred_reads: list[str] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)
+    ever_bound: set[str] = field(default_factory=set)
+    mutated: list[str] = field(default_factory=list)
+    deleted: set[str] = field(default_factory=set)
+    import_bound: set[str] = field(default_factory=set)
+    imported_modules: set[str] = field(default_factory=set)
+    dynamic: list[tuple[int, str]] = field(default_factory=list)
+    star_imports: list[int] = field(default_factory=list)
+    ipython_calls: list[int] = field(default_factory=list)
+    last_expr: bool = False
+
+
+def analyze(source: str) -> CellAnalysis:
+    """Analyze Python source (already through IPython's input transformer)."""
+    tree = ast.parse(source)
+    flow = _ModuleFlow()
+    for stmt in tree.body:
+        flow.stmt(stmt)
+    result = flow.result
+    result.bound = [n for n in flow.order if n in flow.possible]
+    result.last_expr = bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and not (
+        _ends_with_semicolon(source)
+    )
+    for name in flow.deferred:
+        if name not in result.ever_bound and name not in result.deferred_reads:
+            result.deferred_reads.append(name)
+    return result
+
+
+def _ends_with_semicolon(source: str) -> bool:
+    """IPython's rule: a trailing ';' on the last expression hides its value."""
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type not in (
+                tokenize.COMMENT,
+                tokenize.NL,
+                tokenize.NEWLINE,
+                tokenize.ENDMARKER,
+                tokenize.INDENT,
+                tokenize.DEDENT,
+            ):
+                last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.string == ";"
+
+
+class _ModuleFlow:
+    def __init__(self) -> None:
+        self.result = CellAnalysis()
+        self.definite: set[str] = set()
+        self.possible: set[str] = set()
+        self.order: list[str] = []
+        self.deferred: list[str] = []
+
+    # -- bindings -------------------------------------------------------------------------
+    def bind(self, name: str) -> None:
+        self.definite.add(name)
+        self.possible.add(name)
+        self.result.ever_bound.add(name)
+        if name not in self.order:
+            self.order.append(name)
+
+    def read(self, name: str) -> None:
+        if name not in self.definite and name not in self.result.reads:
+            self.result.reads.append(name)
+
+    def unbind(self, name: str) -> None:
+        self.definite.discard(name)
+        self.possible.discard(name)
+        self.result.deleted.add(name)
+
+    def mutate(self, node: ast.expr) -> None:
+        """``x[0] = 1``, ``x.a = 1``, ``x.append(1)``: x changes in place."""
+        base = node
+        while isinstance(base, (ast.Attribute, ast.Subscript)):
+            base = base.value
+        if isinstance(base, ast.Name) and base.id not in self.result.mutated:
+            self.result.mutated.append(base.id)
+
+    def defer(self, names: set[str]) -> None:
+        for name in sorted(names):
+            if name not in self.deferred:
+                self.deferred.append(name)
+
+    # -- statements -------------------------------------------------------------------------
+    def block(self, body: list[ast.stmt]) -> None:
+        for stmt in body:
+            self.stmt(stmt)
+
+    def maybe_block(self, body: list[ast.stmt]) -> set[str]:
+        """Run a block that may not execute; return what it definitely bound."""
+        saved = set(self.definite)
+        self.block(body)
+        bound_here = self.definite
+        self.definite = saved
+        return bound_here
+
+    def stmt(self, node: ast.stmt) -> None:
+        method = getattr(self, f"stmt_{type(node).__name__}", None)
+        if method is not None:
+            method(node)
+        else:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.expr):
+                    self.expr(child)
+                elif isinstance(child, ast.stmt):
+                    self.stmt(child)
+
+    def stmt_Expr(self, node: ast.Expr) -> None:  # noqa: N802
+        self.expr(node.value)
+        call = node.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+            self.mutate(call.func.value)
+
+    def stmt_Assign(self, node: ast.Assign) -> None:  # noqa: N802
+        self.expr(node.value)
+        for target in node.targets:
+            self.target(target)
+
+    def stmt_AugAssign(self, node: ast.AugAssign) -> None:  # noqa: N802
+        if isinstance(node.target, ast.Name):
+            self.read(node.target.id)
+            self.expr(node.value)
+            self.bind(node.target.id)
+        else:
+            self.expr(node.target)
+            self.expr(node.value)
+            self.mutate(node.target)
+
+    def stmt_AnnAssign(self, node: ast.AnnAssign) -> None:  # noqa: N802
+        self.expr(node.annotation)
+        if node.value is not None:
+            self.expr(node.value)
+            self.target(node.target)
+
+    def stmt_For(self, node: ast.For | ast.AsyncFor) -> None:  # noqa: N802
+        self.expr(node.iter)
+        saved = set(self.definite)
+        self.target(node.target)
+        self.block(node.body)
+        self.definite = saved
+        self.maybe_block(node.orelse)
+
+    stmt_AsyncFor = stmt_For  # noqa: N815
+
+    def stmt_While(self, node: ast.While) -> None:  # noqa: N802
+        self.expr(node.test)
+        self.maybe_block(node.body)
+        self.maybe_block(node.orelse)
+
+    def stmt_If(self, node: ast.If) -> None:  # noqa: N802
+        self.expr(node.test)
+        saved = set(self.definite)
+        then_bound = self.maybe_block(node.body)
+        else_bound = self.maybe_block(node.orelse) if node.orelse else saved
+        self.definite = then_bound & else_bound
+
+    def stmt_With(self, node: ast.With | ast.AsyncWith) -> None:  # noqa: N802
+        for item in node.items:
+            self.expr(item.context_expr)
+            if item.optional_vars is not None:
+                self.target(item.optional_vars)
+        self.block(node.body)
+
+    stmt_AsyncWith = stmt_With  # noqa: N815
+
+    def stmt_Try(self, node: ast.Try) -> None:  # noqa: N802
+        saved = set(self.definite)
+        self.maybe_block(node.body)
+        for handler in node.handlers:
+            if handler.type is not None:
+                self.expr(handler.type)
+            inner = set(self.definite)
+            if handler.name:
+                self.bind(handler.name)
+            self.block(handler.body)
+            if handler.name:  # Python deletes the exception name after the handler
+                self.possible.discard(handler.name)
+            self.definite = inner
+        self.maybe_block(node.orelse)
+        self.definite = saved
+        self.block(node.finalbody)
+
+    stmt_TryStar = stmt_Try  # noqa: N815
+
+    def stmt_Match(self, node: ast.Match) -> None:  # noqa: N802
+        self.expr(node.subject)
+        for case in node.cases:
+            saved = set(self.definite)
+            for sub in ast.walk(case.pattern):
+                if isinstance(sub, ast.MatchValue):
+                    self.expr(sub.value)
+                name = getattr(sub, "name", None) or getattr(sub, "rest", None)
+                if isinstance(name, str):
+                    self.bind(name)
+            if case.guard is not None:
+                self.expr(case.guard)
+            self.block(case.body)
+            self.definite = saved
+
+    def stmt_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:  # noqa: N802
+        for dec in node.decorator_list:
+            self.expr(dec)
+        self._arguments_at_def(node.args)
+        if node.returns is not None:
+            self.expr(node.returns)
+        free, global_writes = _scope(node)
+        self.defer(free)
+        for name in global_writes:
+            self.result.ever_bound.add(name)
+            self.possible.add(name)
+            if name not in self.order:
+                self.order.append(name)
+        self.bind(node.name)
+
+    stmt_AsyncFunctionDef = stmt_FunctionDef  # noqa: N815
+
+    def stmt_ClassDef(self, node: ast.ClassDef) -> None:  # noqa: N802
+        for dec in node.decorator_list:
+            self.expr(dec)
+        for base in node.bases:
+            self.expr(base)
+        for kw in node.keywords:
+            self.expr(kw.value)
+        free, _ = _scope(node)
+        self.defer(free)
+        self.bind(node.name)
+
+    def stmt_Delete(self, node: ast.Delete) -> None:  # noqa: N802
+        for target in node.targets:
+            if isinstance(target, ast.Name):
+                self.read(target.id)
+                self.unbind(target.id)
+            else:
+                self.expr(target)
+                self.mutate(target)
+
+    def stmt_Import(self, node: ast.Import) -> None:  # noqa: N802
+        for alias in node.names:
+            top = alias.name.partition(".")[0]
+            self.result.imported_modules.add(top)
+            name = alias.asname or top
+            self.result.import_bound.add(name)
+            self.bind(name)
+
+    def stmt_ImportFrom(self, node: ast.ImportFrom) -> None:  # noqa: N802
+        if node.module and not node.level:
+            self.result.imported_modules.add(node.module.partition(".")[0])
+        for alias in node.names:
+            if alias.name == "*":
+                self.result.star_imports.append(node.lineno)
+                continue
+            name = alias.asname or alias.name
+            self.result.import_bound.add(name)
+            self.bind(name)
+
+    def stmt_Global(self, node: ast.Global) -> None:  # noqa: N802
+        return
+
+    def _arguments_at_def(self, args: ast.arguments) -> None:
+        for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
+            self.expr(default)
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None and arg.annotation is not None:
+                self.expr(arg.annotation)
+
+    # -- targets and expressions ---------------------------------------------------------
+    def target(self, node: ast.expr) -> None:
+        if isinstance(node, ast.Name):
+            self.bind(node.id)
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            for elt in node.elts:
+                self.target(elt)
+        elif isinstance(node, ast.Starred):
+            self.target(node.value)
+        else:  # attribute or subscript: reads the base and changes it in place
+            self.expr(node)
+            self.mutate(node)
+
+    def expr(self, node: ast.AST, local: frozenset[str] = frozenset()) -> None:
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load) and node.id not in local:
+                self.read(node.id)
+            return
+        if isinstance(node, ast.NamedExpr):
+            self.expr(node.value, local)
+            self.bind(node.target.id)  # walrus binds in the enclosing (module) scope
+            return
+        if isinstance(node, ast.Lambda):
+            self._arguments_at_def(node.args)
+            free, _ = _scope(node)
+            self.defer(free - local)
+            return
+        if isinstance(node, _COMPREHENSIONS):
+            self._comprehension(node, local)
+            return
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            if name in _DYNAMIC_CALLS and not (name == "vars" and node.args):
+                self.result.dynamic.append((node.lineno, f"{name}()"))
+            if name == "get_ipython":
+                self.result.ipython_calls.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            self.expr(child, local)
+
+    def _comprehension(self, node: ast.AST, local: frozenset[str]) -> None:
+        generators = node.generators  # type: ignore[attr-defined]
+        inner = set(local)
+        for i, gen in enumerate(generators):
+            self.expr(gen.iter, frozenset(inner) if i else local)
+            inner |= _target_names(gen.target)
+            for cond in gen.ifs:
+                self.expr(cond, frozenset(inner))
+        frozen = frozenset(inner)
+        if isinstance(node, ast.DictComp):
+            self.expr(node.key, frozen)
+            self.expr(node.value, frozen)
+        else:
+            self.expr(node.elt, frozen)  # type: ignore[attr-defined]
+
+
+def _target_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _arg_names(args: ast.arguments) -> set[str]:
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    return {a.arg for a in every if a is not None}
+
+
+def _scope(node: ast.AST) -> tuple[set[str], set[str]]:
+    """(free names that resolve to module globals, names assigned via ``global``)."""
+    if isinstance(node, ast.Lambda):
+        params, body = _arg_names(node.args), [node.body]
+    elif isinstance(node, _FUNCTIONS):
+        params, body = _arg_names(node.args), list(node.body)
+    elif isinstance(node, ast.ClassDef):
+        params, body = set(), list(node.body)
+    else:  # comprehension inside a function or class
+        params = set().union(*(_target_names(g.target) for g in node.generators))
+        body = [g.iter for g in node.generators]
+        body += [c for g in node.generators for c in g.ifs]
+        body += [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+    stores, loads, declared, nested = _collect(body)
+    local = (params | stores) - declared
+    free = {n for n in loads if n not in local}
+    global_writes = declared & stores
+    for child in nested:
+        child_free, child_writes = _scope(child)
+        free |= child_free if isinstance(node, ast.ClassDef) else child_free - local
+        global_writes |= child_writes
+    return free, global_writes
+
+
+def _collect(nodes: list[ast.AST]) -> tuple[set[str], set[str], set[str], list[ast.AST]]:
+    stores: set[str] = set()
+    loads: set[str] = set()
+    declared: set[str] = set()
+    nested: list[ast.AST] = []
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (*_FUNCTIONS, ast.ClassDef)):
+            stores.add(n.name)
+            nested.append(n)
+            stack.extend(n.decorator_list)
+            if isinstance(n, ast.ClassDef):
+                stack.extend(n.bases)
+                stack.extend(k.value for k in n.keywords)
+            else:
+                stack.extend(n.args.defaults)
+                stack.extend(d for d in n.args.kw_defaults if d is not None)
+            continue
+        if isinstance(n, (ast.Lambda, *_COMPREHENSIONS)):
+            nested.append(n)
+            if isinstance(n, ast.Lambda):
+                stack.extend(n.args.defaults)
+            continue
+        if isinstance(n, ast.Global):
+            declared.update(n.names)
+            continue
+        if isinstance(n, ast.Nonlocal):
+            stores.update(n.names)
+            continue
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            for alias in n.names:
+                if alias.name != "*":
+                    stores.add(alias.asname or alias.name.partition(".")[0])
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            stores.add(n.name)
+        elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+            stores.add(n.name)
+        elif isinstance(n, ast.MatchMapping) and n.rest:
+            stores.add(n.rest)
+        stack.extend(ast.iter_child_nodes(n))
+    return stores, loads, declared, nested

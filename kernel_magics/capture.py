@@ -1,0 +1,182 @@
+"""From a ``%%task`` cell and the notebook's namespace to a task: interface, imports and
+input values. Static analysis (``analysis.py``) says which names; this module looks at
+the values those names hold now and reports every problem with the cell's name."""
+
+from __future__ import annotations
+
+import builtins
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from papercrane.backend.environment import import_reference
+from papercrane.backend.errors import CaptureError, InputError
+
+from .analysis import CellAnalysis, analyze
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_i", "_ii",
+                  "_iii", "__", "___", "_"}
+_IPYTHON_HISTORY = re.compile(r"^_(i)?\d+$")
+
+
+def is_ipython_name(name: str) -> bool:
+    return name in _IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name))
+
+
+@dataclass
+class Captured:
+    name: str
+    code: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    imports: tuple[str, ...]
+    values: dict[str, Any] = field(repr=False)
+    modules: set[str]
+    deleted: set[str]
+    declared_outputs: tuple[str, ...]
+    display_last: bool
+
+
+def split_names(text: str | None, flag: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.replace(" ", ",").split(",") if n.strip()]
+    for n in names:
+        if not n.isidentifier():
+            raise CaptureError(f"{flag} {n!r} is not a variable name")
+    return names
+
+
+def default_name(analysis: CellAnalysis, explicit_outputs: list[str] | None) -> str:
+    outs = explicit_outputs or [
+        n for n in analysis.bound if not n.startswith("_") and n not in analysis.import_bound
+    ]
+    return "_".join(outs[:3]) or "cell"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise CaptureError(
+            f"task name {name!r} is not usable: start with a letter or _, then letters, "
+            "digits, _, - or ., at most 200 characters"
+        )
+    return name
+
+
+def _syntax_error(exc: SyntaxError, cell: str, label: str) -> CaptureError:
+    lineno = (exc.lineno or 1) + 1  # +1: the %%task line is the cell's line 1
+    lines = cell.splitlines()
+    text = lines[exc.lineno - 1] if exc.lineno and exc.lineno <= len(lines) else ""
+    caret = ""
+    if text and exc.offset:
+        caret = "\n    " + " " * (exc.offset - 1) + "^"
+    return CaptureError(
+        f"{label} has a syntax error on line {lineno}: {exc.msg}\n    {text}{caret}"
+    )
+
+
+def capture(
+    cell: str,
+    transformed: str,
+    user_ns: dict[str, Any],
+    *,
+    name: str | None,
+    inputs: list[str] | None,
+    outputs: list[str] | None,
+) -> Captured:
+    label = f"task {name!r}" if name else "this task cell"
+    try:
+        analysis = analyze(transformed)
+    except SyntaxError as exc:
+        raise _syntax_error(exc, cell, label) from None
+    name = check_name(name or default_name(analysis, outputs))
+    label = f"task {name!r}"
+    lines = cell.splitlines()
+
+    if analysis.ipython_calls:
+        lineno = analysis.ipython_calls[0]
+        text = lines[lineno - 1].strip() if lineno <= len(lines) else ""
+        raise CaptureError(
+            f"{label}, line {lineno + 1}: {text!r} needs the kernel (shell commands with "
+            "!, line magics and get_ipython() do), but a task runs on its own; move it "
+            "to a normal cell, or use subprocess.run(...) inside the task"
+        )
+    if analysis.dynamic and (inputs is None or outputs is None):
+        lineno, what = analysis.dynamic[0]
+        raise CaptureError(
+            f"{label}, line {lineno + 1}: {what} hides which variables the cell reads "
+            "and writes, so they can't be inferred; list them with --inputs and --outputs"
+        )
+    if analysis.star_imports and outputs is None:
+        raise CaptureError(
+            f"{label}, line {analysis.star_imports[0] + 1}: 'import *' hides which names "
+            "the cell defines; import names explicitly or list outputs with --outputs"
+        )
+
+    if inputs is not None:
+        for n in inputs:
+            if n not in user_ns:
+                raise InputError(
+                    f"{label}: --inputs names {n!r}, but the notebook has no variable {n!r}; "
+                    "run the cell that defines it first, or fix the name"
+                )
+        input_names = list(inputs)
+    else:
+        input_names = _inferred_inputs(analysis, user_ns, label)
+
+    values: dict[str, Any] = {}
+    imports: list[str] = []
+    modules: set[str] = set(analysis.imported_modules)
+    for n in input_names:
+        value = user_ns[n]
+        ref = import_reference(value)
+        if ref is not None:
+            imports.append(f"{n}={ref}")
+            modules.add(ref.partition(":")[0].partition(".")[0])
+        else:
+            values[n] = value
+
+    if outputs is not None:
+        output_names = list(outputs)
+    else:
+        output_names = [n for n in analysis.bound if not n.startswith("_")]
+        output_names += [
+            n for n in analysis.mutated if n in values and n not in output_names
+            and not n.startswith("_")
+        ]
+    return Captured(
+        name=name,
+        code=transformed,
+        inputs=tuple(values),
+        outputs=tuple(output_names),
+        imports=tuple(sorted(imports)),
+        values=values,
+        modules=modules,
+        deleted=analysis.deleted,
+        declared_outputs=tuple(outputs or ()),
+        display_last=analysis.last_expr,
+    )
+
+
+def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str) -> list[str]:
+    names: list[str] = []
+    for n in analysis.reads:
+        if n.startswith("__") and n.endswith("__"):
+            continue  # __name__ and friends: the runner provides its own
+        if is_ipython_name(n):
+            raise CaptureError(
+                f"{label} uses {n!r}, which is IPython's own history; a task runs outside "
+                "the kernel, so assign the value you need to a variable in a normal cell"
+            )
+        if n in user_ns:
+            names.append(n)
+        elif not hasattr(builtins, n) and n not in analysis.ever_bound:
+            raise InputError(
+                f"{label} reads {n!r}, but no variable {n!r} is defined in the notebook; "
+                "run the cell that defines it first, or fix the name"
+            )
+    for n in analysis.deferred_reads:
+        if n in user_ns and not is_ipython_name(n) and n not in names:
+            names.append(n)
+    return names

@@ -1,0 +1,194 @@
+"""The widget a task run shows in its cell, updated live from the run's events.
+
+The view is an ``ipywidgets.HTML`` (live in JupyterLab) displayed together with static
+``text/html`` and ``text/plain`` renderings of the final state, so a notebook executed
+by papermill or viewed on GitHub still shows what happened.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from papercrane.backend.model import ArtifactRef, Event, ExecutionState, Status
+from papercrane.backend.units import format_duration, format_size
+
+_COLORS = {
+    Status.QUEUED: "#6b7280",
+    Status.RUNNING: "#2563eb",
+    Status.SUCCEEDED: "#15803d",
+    Status.CACHED: "#7c3aed",
+    Status.FAILED: "#b91c1c",
+    Status.ABORTED: "#b45309",
+}
+
+
+@dataclass
+class RunView:
+    name: str
+    version: str
+    executor: str
+    max_attempts: int
+    state: ExecutionState | None = None
+    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+    @property
+    def node(self):  # type: ignore[no-untyped-def]
+        if self.state is None or not self.state.nodes:
+            return None
+        return next(iter(self.state.nodes.values()))
+
+    @property
+    def status(self) -> Status:
+        return self.state.status if self.state else Status.QUEUED
+
+    def summary(self) -> list[tuple[str, str]]:
+        node = self.node
+        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", self.executor)]
+        if self.state is not None:
+            rows.append(("execution", self.state.id))
+        if node is not None:
+            if node.attempt:
+                rows.append(("attempt", f"{node.attempt} of {self.max_attempts}"))
+            rows.append(("cache", _cache_text(node)))
+        elapsed = (self.ended or time.time()) - self.started
+        rows.append(("duration", format_duration(elapsed)))
+        return rows
+
+
+def _cache_text(node: Any) -> str:
+    if node.cache == "hit":
+        src = node.cache_source
+        age = format_duration(max(0.0, time.time() - src.get("created_at", time.time())))
+        return f"hit {node.cache_key[:12]} from execution {src.get('execution_id', '?')}, {age} old"
+    if node.cache == "miss":
+        return f"miss {node.cache_key[:12]}"
+    if node.cache == "invalid":
+        return f"miss {node.cache_key[:12]} (stored entry was damaged and replaced)"
+    return "off (use --cache)"
+
+
+def render_html(view: RunView) -> str:
+    status = view.status
+    color = _COLORS.get(status, "#6b7280")
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td style='color:#6b7280;padding:1px 8px 1px 0'>{esc(k)}</td>"
+        f"<td style='padding:1px 0'>{esc(v)}</td></tr>"
+        for k, v in view.summary()
+    )
+    parts = [
+        "<div class='papercrane-run' style='font-family:var(--jp-ui-font-family,sans-serif);"
+        "font-size:12px;border-left:3px solid " + color + ";padding:4px 10px;margin:2px 0'>",
+        f"<div><b>{esc(view.name)}</b> <span style='background:{color};color:white;"
+        f"border-radius:8px;padding:0 7px;margin-left:6px'>{esc(status.value)}</span></div>",
+        f"<table style='border-collapse:collapse;margin-top:3px'>{rows}</table>",
+    ]
+    outs = _output_rows(view)
+    if outs:
+        cells = "".join(
+            "<tr>" + "".join(f"<td style='padding:1px 10px 1px 0'>{esc(c)}</td>" for c in row)
+            + "</tr>"
+            for row in outs
+        )
+        parts.append(
+            "<table style='border-collapse:collapse;margin-top:4px'><tr style='color:#6b7280'>"
+            "<td>output</td><td>type</td><td>size</td><td>preview</td></tr>" + cells + "</table>"
+        )
+    node = view.node
+    if node is not None and node.error is not None and status in (Status.FAILED, Status.RUNNING,
+                                                                   Status.QUEUED):
+        parts.append(
+            f"<div style='color:#b91c1c;margin-top:3px'>{esc(node.error.type)}: "
+            f"{esc(node.error.message)}</div>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _output_rows(view: RunView) -> list[tuple[str, str, str, str]]:
+    rows = [
+        (name, ref.python_type, format_size(ref.size), ref.preview)
+        for name, ref in view.outputs.items()
+    ]
+    rows += [(name, "import", "", ref) for name, ref in view.references.items()]
+    return rows
+
+
+def render_text(view: RunView) -> str:
+    lines = [f"{view.name}: {view.status.value}"]
+    lines += [f"  {k}: {v}" for k, v in view.summary()[1:]]
+    for name, type_, size, prev in _output_rows(view):
+        lines.append(f"  -> {name} ({type_}, {size}) {prev}".rstrip())
+    node = view.node
+    if node is not None and node.error is not None and view.status is Status.FAILED:
+        lines.append(f"  error: {node.error.type}: {node.error.message}")
+    return "\n".join(lines)
+
+
+class _Bundle:
+    """What ``display`` shows: the live widget plus static fallbacks."""
+
+    def __init__(self, widget: Any, view: RunView) -> None:
+        self.widget = widget
+        self.view = view
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data = {"text/plain": render_text(self.view), "text/html": render_html(self.view)}
+        if self.widget is not None:
+            data["application/vnd.jupyter.widget-view+json"] = {
+                "model_id": self.widget.model_id,
+                "version_major": 2,
+                "version_minor": 0,
+            }
+        return data
+
+
+class RunWidget:
+    """Listens to a run (``RunListener``) and keeps its cell output current."""
+
+    def __init__(self, view: RunView, *, live: bool = True) -> None:
+        self.view = view
+        self.widget = None
+        if live:
+            import ipywidgets
+
+            self.widget = ipywidgets.HTML(value=render_html(view))
+        self._handle = None
+        self._last_render = 0.0
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        self._handle = display(_Bundle(self.widget, self.view), display_id=True)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_render < 0.05:
+            return
+        self._last_render = now
+        if self.widget is not None:
+            self.widget.value = render_html(self.view)
+
+    def finish(self) -> None:
+        self.view.ended = time.time()
+        self.refresh(force=True)
+        if self._handle is not None:
+            self._handle.update(_Bundle(self.widget, self.view))
+
+    # RunListener
+    def on_event(self, event: Event, state: ExecutionState) -> None:
+        self.view.state = state
+        self.refresh(force=state.status.terminal)
+
+    def on_log(self, stream: str, text: str) -> None:
+        import sys
+
+        target = sys.stderr if stream == "stderr" else sys.stdout
+        target.write(text)
+        target.flush()
