@@ -304,6 +304,8 @@ class LocalEngine(EngineAPI):
                 f"{'s' if attempt > 1 else ''}: {error.get('type')}: {error.get('message')}",
                 error.get("traceback", ""),
                 rec.state.id,
+                error.get("type", ""),
+                error.get("message", ""),
             )
 
     def _succeeded(self, rec, node, attempt, key, request, result: AttemptResult, logs):  # type: ignore[no-untyped-def]

@@ -40,10 +40,19 @@ class TaskFailed(UserError):
     and line numbers relative to the cell.
     """
 
-    def __init__(self, message: str, traceback_text: str = "", execution_id: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        traceback_text: str = "",
+        execution_id: str = "",
+        error_type: str = "",
+        error_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.traceback_text = traceback_text
         self.execution_id = execution_id
+        self.error_type = error_type
+        self.error_message = error_message
 
 
 class TaskTimeout(UserError):

@@ -27,6 +27,8 @@ class Fingerprinter:
     def __init__(self, registry: SerializerRegistry) -> None:
         self.registry = registry
         self.modules: set[str] = set()
+        #: Files (notebook cells) that defined the functions reached.
+        self.code_files: set[str] = set()
         self._memo: dict[int, str] = {}
         self._active: set[int] = set()
         self._keep: list[Any] = []  # keep memoized objects alive so ids stay unique
@@ -95,6 +97,7 @@ class Fingerprinter:
 
     def _function(self, fn: types.FunctionType) -> str:
         code = fn.__code__
+        self.code_files.add(code.co_filename)
         names = _all_names(code)
         globals_used = {
             name: self._inner(fn.__globals__[name])

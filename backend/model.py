@@ -125,6 +125,10 @@ class TaskSpec:
     #: Line of the cell where ``code`` starts (2: after the ``%%task`` line), so that
     #: tracebacks point at the line numbers the notebook shows.
     first_line: int = 2
+    #: Source text and a display label ("In[3]") of the cells that defined functions
+    #: the task calls, so tracebacks from another process still show those lines.
+    #: Not part of the version: only the code's structure is.
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def normalized_code(self) -> str:
         """The AST, not the text: whitespace and comments do not make a new version."""
@@ -164,6 +168,7 @@ class TaskSpec:
         data["environment"] = Environment.from_dict(data["environment"])
         for key in ("inputs", "outputs", "imports"):
             data[key] = tuple(data[key])
+        data["sources"] = {k: tuple(v) for k, v in data.get("sources", {}).items()}
         return cls(**data)
 
 

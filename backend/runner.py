@@ -33,8 +33,8 @@ from .storage import Storage
 _MAX_DISPLAY_BYTES = 4 << 20
 
 
-def cell_filename(spec: TaskSpec) -> str:
-    return f"<task {spec.name}>"
+def cell_filename(name: str) -> str:
+    return f"<task {name}>"
 
 
 @dataclass
@@ -112,7 +112,13 @@ def format_user_traceback(exc: BaseException, spec: TaskSpec) -> str:
     """The user's traceback: frames from papercrane itself are dropped."""
     te = traceback.TracebackException.from_exception(exc, capture_locals=False)
     _strip(te)
-    return "".join(te.format())
+    text = "".join(te.format())
+    labels = {cell_filename(spec.name): spec.sources.get(cell_filename(spec.name), ("", ""))[0]}
+    labels.update({fn: label for fn, (label, _) in spec.sources.items()})
+    for filename, label in labels.items():
+        if label:
+            text = text.replace(f'File "{filename}"', f"Cell {label}")
+    return text
 
 
 def _strip(te: traceback.TracebackException) -> None:
@@ -135,10 +141,13 @@ def build_namespace(spec: TaskSpec, values: dict[str, Any]) -> dict[str, Any]:
 
 def run_code(spec: TaskSpec, ns: dict[str, Any]) -> Any:
     """Execute the cell in ``ns``; return the value of a final expression, if any."""
-    filename = cell_filename(spec)
+    filename = cell_filename(spec.name)
     header = ["\n"] * (spec.first_line - 1)
     lines = header + spec.code.splitlines(True)
     linecache.cache[filename] = (len(spec.code), None, lines, filename)
+    for other, (_, text) in spec.sources.items():
+        if other != filename and text and other not in linecache.cache:
+            linecache.cache[other] = (len(text), None, text.splitlines(True), other)
     tree = ast.parse(spec.code, filename)
     ast.increment_lineno(tree, spec.first_line - 1)
     last = None

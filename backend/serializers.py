@@ -245,7 +245,7 @@ def preview(value: Any, limit: int = 80) -> str:
     """A one-line summary for widgets and listings; never raises."""
     try:
         shape = getattr(value, "shape", None)
-        if shape is not None and hasattr(value, "dtype"):
+        if shape is not None and hasattr(value, "dtype") and type(value).__name__ == "ndarray":
             return f"array{tuple(shape)} {value.dtype}"
         if shape is not None and hasattr(value, "columns"):
             cols = ", ".join(map(str, list(value.columns)[:4]))

@@ -25,10 +25,13 @@ class TaskError(Exception):
         self.name = name
 
     def _render_traceback_(self) -> list[str]:
-        head = f"Task {self.name!r} failed (execution {self.failure.execution_id})"
-        body = self.failure.traceback_text.rstrip("\n")
-        lines = [head]
-        lines += body.splitlines() if body else [str(self.failure)]
+        f = self.failure
+        lines = [f"Task {self.name!r} failed (execution {f.execution_id})"]
+        body = f.traceback_text.rstrip("\n")
+        if body:
+            lines += body.splitlines()
+        else:
+            lines.append(f"{f.error_type}: {f.error_message}" if f.error_type else str(f))
         return lines
 
 
@@ -86,6 +89,7 @@ class Session:
         fingerprinter = self.engine.artifacts.fingerprinter()
         fps = self._fingerprints(cap, fingerprinter)
         env = self._probe.environment(cap.modules | fingerprinter.modules)
+        sources = self._sources(cap.name, fingerprinter.code_files)
         from papercrane.backend.serializers import python_type_name
 
         spec = TaskSpec(
@@ -97,8 +101,32 @@ class Session:
             imports=cap.imports,
             environment=env,
             display_last=cap.display_last,
+            sources=sources,
         )
         return spec, fps
+
+    def _sources(self, name: str, files: set[str]) -> dict[str, tuple[str, str]]:
+        """Cell texts and labels ("In[3]") for tracebacks shown from another process."""
+        import linecache
+
+        from papercrane.backend.runner import cell_filename
+
+        compiler = getattr(self.shell, "compile", None)
+        # During a cell, the displayhook's count is the cell's own In[] number.
+        count = getattr(getattr(self.shell, "displayhook", None), "prompt_count", None)
+        sources = {cell_filename(name): (f"In[{count}]" if count else "", "")}
+        for filename in sorted(files):
+            lines = linecache.getlines(filename)
+            label = ""
+            if compiler is not None and hasattr(compiler, "format_code_name"):
+                try:
+                    named = compiler.format_code_name(filename)
+                except Exception:
+                    named = None
+                if named:
+                    label = named[1]
+            sources[filename] = (label, "".join(lines))
+        return sources
 
     def _input_refs(self, cap: Captured, fps: dict[str, str]) -> dict[str, ArtifactRef]:
         engine = self.engine

@@ -1,0 +1,135 @@
+"""Timing helpers shared by the benchmark workers (standard library only).
+
+Every worker runs in its own process, in its own virtual environment, and writes one
+JSON document of figures (milliseconds) to the path given with ``--out``. Nothing here
+asserts a timing: the figures are reported, not judged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+MIB = 1 << 20
+#: The array handed from one task to the next: 100 MiB of float64.
+ARRAY_BYTES = 100 * MIB
+ARRAY_LEN = ARRAY_BYTES // 8
+#: Heavy libraries that ``%load_ext papercrane`` must not import.
+HEAVY_MODULES = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "sqlalchemy",
+    "alembic",
+    "kubernetes",
+    "fsspec",
+    "cloudpickle",
+    "ipywidgets",
+    "flytekit",
+)
+
+
+class NullIO(io.TextIOBase):
+    """A sink for the widgets' text output while a loop is timed."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    sink = NullIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+def per_call_ms(
+    fn: Callable[[], Any], *, n: int, rounds: int, warmup: int = 0
+) -> dict[str, Any]:
+    """Time ``fn`` in ``rounds`` rounds of ``n`` calls; figures are per call, in ms.
+
+    ``median`` is the median of the rounds' means (the figure reported); ``min`` the
+    fastest round's mean, for a feel of the noise.
+    """
+    for _ in range(warmup):
+        fn()
+    means = []
+    for _ in range(rounds):
+        gc.collect()
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        means.append((time.perf_counter_ns() - start) / n / 1e6)
+    return summary(means, n=n)
+
+
+def each_call_ms(fn: Callable[[], Any], *, reps: int, warmup: int = 0) -> dict[str, Any]:
+    """Time single calls (for slow things); figures in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        gc.collect()
+        start = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return summary(times, n=1)
+
+
+def summary(samples: list[float], n: int = 1) -> dict[str, Any]:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "samples": [round(s, 4) for s in samples],
+        "calls_per_sample": n,
+    }
+
+
+def write_result(path: str | None, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def fresh_dir(parent: str | None, prefix: str) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix, dir=parent or os.environ.get("TMPDIR"))
+
+
+@contextlib.contextmanager
+def maybe_profile(path: str | None) -> Iterator[None]:
+    """Profile the block with pyinstrument when ``path`` is given (and it is installed)."""
+    if not path:
+        yield
+        return
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        yield
+        return
+    profiler = Profiler(interval=0.0002)
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        with open(path, "w") as f:
+            f.write(profiler.output_text(unicode=True, color=False, show_all=False))
+        with open(os.path.splitext(path)[0] + ".html", "w") as f:
+            f.write(profiler.output_html())

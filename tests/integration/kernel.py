@@ -1,0 +1,88 @@
+"""A real Jupyter kernel for tests: started with jupyter_client, driven over ZMQ."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+
+@dataclass
+class CellResult:
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    displays: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    #: (monotonic time, stream name, text) for every stream message, in arrival order.
+    stream_times: list[tuple[float, str, str]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        parts = [self.stdout, self.stderr]
+        for d in [*self.displays, *self.updates]:
+            parts.append(d.get("text/plain", ""))
+        if self.error:
+            parts.append("\n".join(self.error["traceback"]))
+        return "\n".join(parts)
+
+    @property
+    def html(self) -> str:
+        return "\n".join(d.get("text/html", "") for d in [*self.displays, *self.updates])
+
+    def ok(self) -> CellResult:
+        assert self.status == "ok", self.text
+        return self
+
+
+class Kernel:
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        full_env = {**os.environ, **env}
+        full_env.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
+        self.km.kernel_cmd = None  # type: ignore[attr-defined]
+        self.km.start_kernel(env=full_env, cwd=str(cwd), extra_arguments=[])
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 120) -> CellResult:
+        result = CellResult(status="?")
+
+        def hook(msg: dict[str, Any]) -> None:
+            kind = msg["msg_type"]
+            content = msg["content"]
+            if kind == "stream":
+                name = content["name"]
+                result.stream_times.append((time.monotonic(), name, content["text"]))
+                if name == "stdout":
+                    result.stdout += content["text"]
+                else:
+                    result.stderr += content["text"]
+            elif kind in ("display_data", "execute_result"):
+                result.displays.append(content["data"])
+            elif kind == "update_display_data":
+                result.updates.append(content["data"])
+            elif kind == "error":
+                result.error = content
+
+        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+        result.status = reply["content"]["status"]
+        return result
+
+    def send_interrupt(self) -> None:
+        self.km.interrupt_kernel()
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,192 @@
+"""%%task in a real Jupyter kernel: binding, display, streaming, retries, timeouts,
+interrupts, and the records each leaves in the store."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from .kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+def events(home: Path) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(home / "papercrane.db") as db:
+        return db.execute("SELECT execution_id, kind, attempt FROM events ORDER BY seq").fetchall()
+
+
+def kinds(home: Path, execution: str | None = None) -> list[str]:
+    rows = events(home)
+    if execution is None:
+        execution = rows[-1][0]
+    return [k for e, k, _ in rows if e == execution]
+
+
+def test_outputs_bound_and_last_expression_displayed(kernel: Kernel, home: Path) -> None:
+    kernel.run("import numpy as np\nbase = np.arange(5)\ndef twice(v):\n    return v * 2").ok()
+    r = kernel.run("%%task double\nprint('working')\ny = twice(base)\ntotal = int(y.sum())\ntotal")
+    r.ok()
+    assert "working" in r.stdout
+    assert {"text/plain": "20"} in r.displays
+    widget = r.updates[-1]
+    assert "application/vnd.jupyter.widget-view+json" in widget
+    assert "succeeded" in widget["text/plain"] and "total" in widget["text/plain"]
+    check = kernel.run("print(type(y).__name__, y.tolist(), total)").ok()
+    assert check.stdout.strip() == "ndarray [0, 2, 4, 6, 8] 20"
+    assert kinds(home) == [
+        "execution_created",
+        "node_queued",
+        "attempt_started",
+        "log_stored",
+        "log_stored",
+        "attempt_succeeded",
+        "node_succeeded",
+        "execution_succeeded",
+    ]
+
+
+def test_inline_and_local_give_same_results_and_records(kernel: Kernel, home: Path) -> None:
+    kernel.run("data = {'a': [1, 2, 3]}").ok()
+    kernel.run("%%task agg --executor local\nout = sum(data['a'])").ok()
+    local = kinds(home)
+    kernel.run("r_local = out").ok()
+    kernel.run("%%task agg --executor inline\nout = sum(data['a'])").ok()
+    assert kinds(home) == local
+    r = kernel.run("print(out, r_local, out == r_local)").ok()
+    assert r.stdout.strip() == "6 6 True"
+
+
+def test_stdout_streams_while_the_task_runs(kernel: Kernel) -> None:
+    r = kernel.run(
+        "%%task slowprint\nimport time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')"
+    ).ok()
+    times = {text.strip(): t for t, _, text in r.stream_times if text.strip()}
+    assert times["second"] - times["first"] > 1.5
+
+
+def test_logs_stored_per_attempt(kernel: Kernel, home: Path) -> None:
+    kernel.run("%%task noisy\nimport sys\nprint('to out')\nprint('to err', file=sys.stderr)").ok()
+    execution = events(home)[-1][0]
+    run = home / "store" / "runs" / execution / "noisy" / "1"
+    assert (run / "stdout.log").read_text() == "to out\n"
+    assert (run / "stderr.log").read_text() == "to err\n"
+
+
+def test_failure_shows_user_traceback_and_kernel_stays_usable(kernel: Kernel, home: Path) -> None:
+    kernel.run("def ratio(a, b):\n    return a / b").ok()
+    r = kernel.run("%%task broken\nx = 1\ny = ratio(x, 0)")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "Task 'broken' failed" in tb
+    assert "line 3" in tb and "y = ratio(x, 0)" in tb  # cell line numbers (%%task is line 1)
+    assert "return a / b" in tb and "ZeroDivisionError" in tb
+    assert "papercrane" not in tb.replace("Task 'broken'", "")  # no internal frames
+    assert "failed" in r.updates[-1]["text/plain"]
+    assert kinds(home)[-1] == "execution_failed"
+    assert kernel.run("print(1 + 1)").ok().stdout.strip() == "2"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_retries_succeed_after_transient_failures(
+    kernel: Kernel, home: Path, workdir: Path, executor: str
+) -> None:
+    counter = workdir / f"attempts-{executor}.txt"
+    code = f"""%%task flaky --retries 3 --executor {executor}
+from pathlib import Path
+p = Path({str(counter)!r})
+n = int(p.read_text()) + 1 if p.exists() else 1
+p.write_text(str(n))
+if n < 3:
+    raise RuntimeError(f"transient failure {{n}}")
+result = n"""
+    r = kernel.run(code).ok()
+    assert kernel.run("print(result)").ok().stdout.strip() == "3"
+    assert "attempt: 3 of 4" in r.updates[-1]["text/plain"]
+    ks = kinds(home)
+    assert ks.count("attempt_failed") == 2 and ks.count("retry_scheduled") == 2
+    assert ks[-1] == "execution_succeeded"
+
+
+def test_retries_exhausted_fail(kernel: Kernel, home: Path) -> None:
+    r = kernel.run("%%task never --retries 1\nraise ValueError('nope')")
+    assert r.status == "error" and "ValueError: nope" in "\n".join(r.error["traceback"])
+    ks = kinds(home)
+    assert ks.count("attempt_started") == 2 and ks[-1] == "execution_failed"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_timeout_stops_the_attempt(kernel: Kernel, home: Path, workdir: Path, executor: str) -> None:
+    pidfile = workdir / "pid"
+    marker = workdir / "finished"
+    code = f"""%%task sleepy --timeout 1s --executor {executor}
+import os, time
+open({str(pidfile)!r}, 'w').write(str(os.getpid()))
+time.sleep(4)
+open({str(marker)!r}, 'w').write('done')"""
+    start = time.monotonic()
+    r = kernel.run(code)
+    assert r.status == "error"
+    assert time.monotonic() - start < 3.5
+    assert "timeout of 1 s" in "\n".join(r.error["traceback"])
+    time.sleep(4)
+    assert not marker.exists()  # the task did not go on in the background
+    if executor == "local":
+        pid = int(pidfile.read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    failed = [k for k in kinds(home) if k == "attempt_failed"]
+    assert failed and kinds(home)[-1] == "execution_failed"
+    assert kernel.run("print('alive')").ok().stdout.strip() == "alive"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_interrupt_aborts_the_execution(
+    kernel: Kernel, home: Path, workdir: Path, executor: str
+) -> None:
+    pidfile = workdir / "pid"
+    code = f"""%%task endless --executor {executor}
+import os, time
+open({str(pidfile)!r}, 'w').write(str(os.getpid()))
+time.sleep(60)"""
+    msg_id = kernel.kc.execute(code)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pidfile.exists()
+    kernel.send_interrupt()
+    reply = kernel.kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert kinds(home)[-1] == "execution_aborted"
+    if executor == "local":
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pidfile.read_text()), 0)
+    assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
+
+
+def test_del_and_in_place_changes_reach_the_notebook(kernel: Kernel) -> None:
+    kernel.run("items = [1, 2]\nscratch = 'tmp'").ok()
+    kernel.run("%%task tidy\nitems.append(3)\ndel scratch").ok()
+    r = kernel.run("print(items, 'scratch' in globals())").ok()
+    assert r.stdout.strip() == "[1, 2, 3] False"
+
+
+def test_load_ext_imports_nothing_heavy(tmp_path: Path) -> None:
+    k = Kernel({"PAPERCRANE_HOME": str(tmp_path / "h")}, tmp_path)
+    try:
+        r = k.run(
+            "import sys\nbefore = set(sys.modules)\n%load_ext papercrane\n"
+            "heavy = {'sqlalchemy', 'pandas', 'numpy', 'kubernetes', 'fsspec', 'alembic', "
+            "'ipywidgets', 'cloudpickle', 'pyarrow'}\n"
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} & heavy))"
+        ).ok()
+        assert r.stdout.strip() == "[]"
+        assert not (tmp_path / "h").exists()  # nothing created until a task runs
+    finally:
+        k.shutdown()
