@@ -213,7 +213,8 @@ class LocalEngine(EngineAPI):
                 if hit is not None:
                     self._registered.add(version)
                     return hit
-                created.append(rec.event(K.CACHE_MISS, node, cache_key=key))
+                if created[-1].kind is not K.CACHE_INVALID:
+                    created.append(rec.event(K.CACHE_MISS, node, cache_key=key))
             return self._attempts(rec, node, version, task_key, key, request, executor, created, register)
         except KeyboardInterrupt:
             if state.created_at:

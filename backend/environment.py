@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import os
 import sys
 import types
 from importlib import metadata
@@ -49,30 +51,32 @@ def resolve_reference(ref: str) -> Any:
 
 
 class EnvironmentProbe:
-    """Maps top-level module names to distribution versions (cached per probe).
+    """Maps top-level module names to distribution versions, cached per probe.
 
-    One probe lives per kernel session: the versions of code already imported into a
-    process do not change until it restarts, and reading installed metadata for every
-    task run would dominate the inline overhead.
+    One probe lives per kernel session. Each cached answer remembers the files it came
+    from (a distribution's ``.dist-info`` folder, a local module's source file) and is
+    re-read when they change, so ``pip install -U`` or editing a helper module is seen by
+    the next task without restarting the kernel; a check costs one ``stat``.
     """
 
     def __init__(self) -> None:
         self._dists: dict[str, list[str]] | None = None
-        self._versions: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        self._cache: dict[str, tuple[dict[str, str], dict[str, str], list[tuple[str, int]]]] = {}
 
-    def _module_dists(self) -> dict[str, list[str]]:
-        if self._dists is None:
+    def _module_dists(self, refresh: bool = False) -> dict[str, list[str]]:
+        if self._dists is None or refresh:
             self._dists = metadata.packages_distributions()
         return self._dists
 
     def describe(self, top_module: str) -> tuple[dict[str, str], dict[str, str]]:
         """(packages, local_modules) contributed by one top-level module name."""
         top = top_module.partition(".")[0]
-        cached = self._versions.get(top)
-        if cached is not None:
-            return cached
+        cached = self._cache.get(top)
+        if cached is not None and all(_stamp(path) == stamp for path, stamp in cached[2]):
+            return cached[0], cached[1]
         packages: dict[str, str] = {}
         local: dict[str, str] = {}
+        watch: list[tuple[str, int]] = []
         if top in sys.stdlib_module_names or top in sys.builtin_module_names or top in (
             "__main__",
             "builtins",
@@ -81,18 +85,24 @@ class EnvironmentProbe:
         elif top == "papercrane":
             packages["papercrane"] = _own_version()
         else:
-            dists = self._module_dists().get(top)
+            dists = self._module_dists(refresh=cached is not None).get(top)
             if dists:
-                for dist in dists:
+                for name in dists:
                     try:
-                        packages[dist] = metadata.version(dist)
+                        dist = metadata.distribution(name)
                     except metadata.PackageNotFoundError:
                         continue
+                    packages[name] = dist.version
+                    path = getattr(dist, "_path", None)
+                    if path is not None:
+                        watch.append((str(path), _stamp(str(path))))
             else:
-                digest = _module_source_hash(top)
-                if digest:
+                found = _module_source(top)
+                if found:
+                    path, digest = found
                     local[top] = digest
-        self._versions[top] = (packages, local)
+                    watch.append((path, _stamp(path)))
+        self._cache[top] = (packages, local, watch)
         return packages, local
 
     def environment(self, modules: set[str]) -> Environment:
@@ -105,6 +115,15 @@ class EnvironmentProbe:
         return Environment(packages=packages, local_modules=local)
 
 
+def _stamp(path: str) -> int:
+    """Changes when the file or folder is replaced or edited; -1 once it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1
+    return st.st_mtime_ns ^ st.st_ino
+
+
 def _own_version() -> str:
     try:
         return metadata.version("papercrane")
@@ -112,15 +131,21 @@ def _own_version() -> str:
         return "dev"
 
 
-def _module_source_hash(top: str) -> str | None:
-    """Hash of a local (non-installed) module's source, so editing it invalidates."""
+def _module_source(top: str) -> tuple[str, str] | None:
+    """(path, hash) of a local (non-installed) module's source, so editing it invalidates."""
     mod = sys.modules.get(top)
     path = getattr(mod, "__file__", None) if mod else None
     if not path:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return None
+        path = spec.origin if spec is not None else None
+    if not path or not os.path.isfile(path):
         return None
     try:
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:16]
+            return path, hashlib.sha256(f.read()).hexdigest()[:16]
     except OSError:
         return None
 

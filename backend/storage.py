@@ -170,21 +170,24 @@ class Storage:
             reader = HashingReader(raw)
             try:
                 value = serializer.load(reader)  # type: ignore[arg-type]
-            except CorruptArtifact:
-                raise
             except Exception as exc:
                 reader.drain()
                 if reader.hexdigest() != digest:
-                    raise CorruptArtifact(
-                        f"stored object {self.url(key)} does not match its hash"
-                    ) from None
+                    self._discard_corrupt(key)
                 raise StorageError(
                     f"could not decode {self.url(key)} with {serializer.name}: {exc}"
                 ) from exc
             reader.drain()
         if reader.hexdigest() != digest:
-            raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
+            self._discard_corrupt(key)
         return value
+
+    def _discard_corrupt(self, key: str) -> None:
+        """A content-addressed object whose bytes don't hash to its address is garbage:
+        remove it, so the next write of the right value puts good bytes there."""
+        if key == self.artifact_key(key.rsplit("/", 1)[-1]):
+            self.delete(key)
+        raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
 
     @contextlib.contextmanager
     def appender(self, key: str) -> Iterator[BinaryIO]:

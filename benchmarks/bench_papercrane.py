@@ -1,0 +1,366 @@
+"""papercrane's side of the benchmarks. Run by ``run.py`` in the papercrane benchmark
+environment, one benchmark per process, each with its own temporary PAPERCRANE_HOME:
+
+    python bench_papercrane.py BENCH [--out FILE] [--quick] [--profile FILE]
+
+BENCH is one of: load, inline, local, cache, array-inline, array-local
+(``load-probe`` is the child process the ``load`` benchmark starts).
+
+Tasks go through ``ip.run_cell_magic("task", ...)`` on a real IPython
+``InteractiveShell``, as a notebook cell would; the widget's text output is discarded
+while a loop is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from _common import (
+    ARRAY_BYTES,
+    ARRAY_LEN,
+    HEAVY_MODULES,
+    each_call_ms,
+    fresh_dir,
+    maybe_profile,
+    per_call_ms,
+    quiet,
+    write_result,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# -- helpers ------------------------------------------------------------------------------
+def new_shell(load: bool = True) -> Any:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    if load:
+        ip.run_line_magic("load_ext", "papercrane")
+    return ip
+
+
+def task(ip: Any, flags: str, cell: str) -> None:
+    ip.run_cell_magic("task", flags, cell)
+
+
+def run_cell(ip: Any, cell: str) -> None:
+    result = ip.run_cell(cell, store_history=False, silent=True)
+    result.raise_error()
+
+
+def use_fresh_home(root: str | None) -> str:
+    home = fresh_dir(root, "papercrane-home-")
+    os.environ["PAPERCRANE_HOME"] = home
+    for var in ("PAPERCRANE_DB", "PAPERCRANE_STORAGE", "PAPERCRANE_URL", "PAPERCRANE_EXECUTOR"):
+        os.environ.pop(var, None)
+    return home
+
+
+def spawn_ms(argv: list[str], *, n: int, rounds: int) -> dict[str, Any]:
+    def once() -> None:
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    return per_call_ms(once, n=n, rounds=rounds, warmup=2)
+
+
+# -- 1. %load_ext papercrane -------------------------------------------------------------------
+def load_probe(mode: str) -> dict[str, Any]:
+    """Child process: start a shell (and load the extension); report what it cost."""
+    t0 = time.perf_counter()
+    ip = new_shell(load=False)
+    t1 = time.perf_counter()
+    before = set(sys.modules)
+    if mode == "load":
+        ip.run_line_magic("load_ext", "papercrane")
+    t2 = time.perf_counter()
+    new = sorted(set(sys.modules) - before)
+    tops = sorted({m.partition(".")[0] for m in new})
+    return {
+        "shell_ms": (t1 - t0) * 1e3,
+        "load_ext_ms": (t2 - t1) * 1e3,
+        "new_modules": new,
+        "new_top_level": tops,
+        "heavy_imported_by_load": [m for m in HEAVY_MODULES if m in tops],
+        "heavy_loaded_after": [m for m in HEAVY_MODULES if m in sys.modules],
+    }
+
+
+def bench_load(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+
+    reps = 5 if args.quick else 15
+    probe = [sys.executable, os.path.join(HERE, "bench_papercrane.py"), "load-probe"]
+
+    def run(mode: str) -> tuple[float, dict[str, Any]]:
+        start = time.perf_counter_ns()
+        out = subprocess.run(
+            [*probe, "--mode", mode], check=True, capture_output=True, text=True
+        ).stdout
+        wall = (time.perf_counter_ns() - start) / 1e6
+        return wall, json.loads(out)
+
+    run("bare"), run("load")  # warm the OS file cache
+    walls: dict[str, list[float]] = {"bare": [], "load": []}
+    inner: dict[str, list[dict[str, Any]]] = {"bare": [], "load": []}
+    for _ in range(reps):
+        for mode in ("bare", "load"):
+            wall, data = run(mode)
+            walls[mode].append(wall)
+            inner[mode].append(data)
+    last = inner["load"][-1]
+    return {
+        "load_ext_ms": _stats([d["load_ext_ms"] for d in inner["load"]]),
+        "shell_start_ms": _stats([d["shell_ms"] for d in inner["bare"]]),
+        "process_bare_ms": _stats(walls["bare"]),
+        "process_with_load_ms": _stats(walls["load"]),
+        "new_modules_count": len(last["new_modules"]),
+        "new_top_level": last["new_top_level"],
+        "heavy_imported_by_load": last["heavy_imported_by_load"],
+        "heavy_loaded_after": last["heavy_loaded_after"],
+        "reps": reps,
+    }
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "samples": [round(s, 3) for s in samples],
+    }
+
+
+# -- 2. inline per-task overhead ---------------------------------------------------------------
+TRIVIAL = "y = x + 1\n"
+
+
+def bench_inline(args: argparse.Namespace) -> dict[str, Any]:
+    n, rounds = (20, 3) if args.quick else (100, 5)
+    ip = new_shell()
+    run_cell(ip, "x = 1")
+    with quiet():
+        start = time.perf_counter_ns()
+        task(ip, "--executor inline", TRIVIAL)
+        cold = (time.perf_counter_ns() - start) / 1e6
+        ns = ip.user_ns
+        direct = per_call_ms(lambda: exec(TRIVIAL, ns), n=n * 10, rounds=rounds, warmup=100)
+        cell = per_call_ms(lambda: run_cell(ip, TRIVIAL), n=n, rounds=rounds, warmup=20)
+        with maybe_profile(args.profile):
+            magic = per_call_ms(
+                lambda: task(ip, "--executor inline", TRIVIAL), n=n, rounds=rounds, warmup=20
+            )
+    assert ip.user_ns["y"] == 2
+    return {
+        "cold_first_task_ms": cold,
+        "direct_exec_ms": direct,
+        "plain_ipython_cell_ms": cell,
+        "task_inline_ms": magic,
+        "overhead_ms": magic["median"] - direct["median"],
+    }
+
+
+# -- 3. local per-task overhead ----------------------------------------------------------------
+def bench_local(args: argparse.Namespace) -> dict[str, Any]:
+    n, rounds = (5, 3) if args.quick else (10, 5)
+    ip = new_shell()
+    run_cell(ip, "x = 1")
+    py = sys.executable
+    spawn = spawn_ms([py, "-c", "pass"], n=n, rounds=rounds)
+    runner_import = spawn_ms([py, "-c", "import papercrane.backend.runner"], n=n, rounds=rounds)
+    with quiet():
+        task(ip, "--executor local", TRIVIAL)  # engine start-up is not per-task overhead
+        ns = ip.user_ns
+        direct = per_call_ms(lambda: exec(TRIVIAL, ns), n=1000, rounds=rounds, warmup=100)
+        with maybe_profile(args.profile):
+            magic = per_call_ms(
+                lambda: task(ip, "--executor local", TRIVIAL), n=n, rounds=rounds, warmup=3
+            )
+    assert ip.user_ns["y"] == 2
+    overhead = magic["median"] - direct["median"]
+    return {
+        "bare_spawn_ms": spawn,
+        "runner_import_spawn_ms": runner_import,
+        "direct_exec_ms": direct,
+        "task_local_ms": magic,
+        "overhead_ms": overhead,
+        "overhead_minus_spawn_ms": overhead - spawn["median"],
+    }
+
+
+# -- 4. cache hits ----------------------------------------------------------------------------------
+CACHED_CELLS = (
+    "a = x * 2\n",
+    "b = [a] * 3\n",
+    "c = {'total': sum(b), 'n': len(b)}\n",
+)
+
+
+def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
+    n, rounds = (20, 3) if args.quick else (100, 5)
+    ip = new_shell()
+    run_cell(ip, "x = 21")
+
+    def three_tasks() -> None:
+        for cell in CACHED_CELLS:
+            task(ip, "--cache", cell)  # default executor (local): a hit must not spawn
+
+    def three_direct() -> None:
+        for cell in CACHED_CELLS:
+            exec(cell, ns)
+
+    with quiet():
+        start = time.perf_counter_ns()
+        three_tasks()  # misses: three local runs that fill the cache
+        misses = (time.perf_counter_ns() - start) / 1e6
+        ns = ip.user_ns
+        direct = per_call_ms(three_direct, n=n * 10, rounds=rounds, warmup=50)
+        with maybe_profile(args.profile):
+            hits = per_call_ms(three_tasks, n=n, rounds=rounds, warmup=10)
+    assert ip.user_ns["c"] == {"total": 126, "n": 3}
+    runs = _count_events(ip)
+    return {
+        "first_run_three_misses_ms": misses,
+        "direct_three_cells_ms": direct,
+        "three_hits_ms": hits,
+        "per_hit_ms": hits["median"] / 3,
+        "executions_recorded": runs,
+    }
+
+
+def _count_events(ip: Any) -> dict[str, int]:
+    from papercrane.backend.model import EventKind
+
+    magics = ip.magics_manager.registry["PapercraneMagics"]
+    engine = magics.session.engine
+    counts = {"cache_hit": 0, "attempt_started": 0}
+    for row in engine.list_executions(limit=100_000):
+        for e in engine.events(row["id"]):
+            if e.kind is EventKind.CACHE_HIT:
+                counts["cache_hit"] += 1
+            elif e.kind is EventKind.ATTEMPT_STARTED:
+                counts["attempt_started"] += 1
+    return counts
+
+
+# -- 5. a 100 MiB array from one task to the next ------------------------------------------------
+PRODUCE = "a = np.arange(n, dtype=np.float64) + seed\n"
+CONSUME = "s = float(a[-1])\n"
+
+
+def bench_array(args: argparse.Namespace, executor: str) -> dict[str, Any]:
+    import numpy as np
+
+    reps = 3 if args.quick else 5
+    home = os.environ["PAPERCRANE_HOME"]
+    ip = new_shell()
+    run_cell(ip, f"import numpy as np\nn = {ARRAY_LEN}\nseed = 0.0")
+    flags = f"--executor {executor}"
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("direct", "saveload", "save", "load", "produce", "consume",
+                        "tiny_direct", "tiny_produce", "tiny_consume")
+    }
+
+    def timed(fn: Any) -> float:
+        start = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    def rep(i: int, record: bool) -> None:
+        # The same content every time: a rerun writes (and hashes) the whole array again,
+        # then finds it stored and drops the copy. New content each time would instead
+        # measure how fast this VM hands the guest never-touched memory for page cache.
+        seed = 1.0
+        # pure Python: the same two cells, and np.save + np.load of the same array
+        ns: dict[str, Any] = {"np": np, "n": ARRAY_LEN, "seed": seed}
+        d = timed(lambda: exec(PRODUCE, ns)) + timed(lambda: exec(CONSUME, ns))
+        path = os.path.join(home, f"baseline-{i}.npy")
+        save = timed(lambda: np.save(path, ns["a"]))
+        load = timed(lambda: np.load(path))
+        os.remove(path)
+        del ns
+        # papercrane: the same two cells as tasks
+        ip.user_ns["seed"] = seed
+        ip.user_ns["n"] = ARRAY_LEN
+        produce = timed(lambda: task(ip, flags, PRODUCE))
+        consume = timed(lambda: task(ip, flags, CONSUME))
+        assert ip.user_ns["s"] == ARRAY_LEN - 1 + seed
+        # the same with an 8-element array: what is left is the size-dependent cost
+        tns: dict[str, Any] = {"np": np, "n": 8, "seed": seed}
+        tiny_d = timed(lambda: exec(PRODUCE, tns)) + timed(lambda: exec(CONSUME, tns))
+        ip.user_ns["n"] = 8
+        tiny_p = timed(lambda: task(ip, flags, PRODUCE))
+        tiny_c = timed(lambda: task(ip, flags, CONSUME))
+        if record:
+            for k, v in (("direct", d), ("saveload", save + load), ("save", save),
+                         ("load", load), ("produce", produce), ("consume", consume),
+                         ("tiny_direct", tiny_d), ("tiny_produce", tiny_p),
+                         ("tiny_consume", tiny_c)):
+                samples[k].append(v)
+
+    with quiet():
+        rep(0, record=False)  # warm-up: engine start, numpy in the runner, page cache
+        with maybe_profile(args.profile):
+            for i in range(1, reps + 1):
+                rep(i, record=True)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    handoff = med["produce"] + med["consume"] - med["direct"]
+    fixed = med["tiny_produce"] + med["tiny_consume"] - med["tiny_direct"]
+    return {
+        "executor": executor,
+        "array_bytes": ARRAY_BYTES,
+        "samples_ms": {k: [round(x, 3) for x in v] for k, v in samples.items()},
+        "median_ms": med,
+        "handoff_ms": handoff,
+        "handoff_ratio": handoff / med["saveload"],
+        "size_dependent_ms": handoff - fixed,
+        "size_dependent_ratio": (handoff - fixed) / med["saveload"],
+        "saveload_ms": med["saveload"],
+    }
+
+
+# -- entry point ------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "bench",
+        choices=["load", "load-probe", "inline", "local", "cache", "array-inline", "array-local"],
+    )
+    parser.add_argument("--out")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", help="write a pyinstrument profile of the timed loop here")
+    parser.add_argument("--mode", choices=["bare", "load"], default="load")
+    parser.add_argument("--tmp", help="folder for temporary PAPERCRANE_HOMEs")
+    args = parser.parse_args()
+
+    if args.bench == "load-probe":
+        write_result(None, load_probe(args.mode))
+        return 0
+    home = use_fresh_home(args.tmp)
+    try:
+        if args.bench == "load":
+            result = bench_load(args)
+        elif args.bench == "inline":
+            result = bench_inline(args)
+        elif args.bench == "local":
+            result = bench_local(args)
+        elif args.bench == "cache":
+            result = bench_cache(args)
+        else:
+            result = bench_array(args, args.bench.removeprefix("array-"))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    result["python"] = sys.version.split()[0]
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Cache correctness in a real kernel. A task appends to a file every time its code really
+runs, so each test can prove whether a run was a hit (no append) or a miss (append)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+class Counter:
+    def __init__(self, kernel: Kernel, workdir: Path) -> None:
+        self.kernel = kernel
+        self.path = workdir / "runs.log"
+        kernel.run(f"LOG = {str(self.path)!r}").ok()
+
+    @property
+    def runs(self) -> int:
+        return len(self.path.read_text().splitlines()) if self.path.exists() else 0
+
+    def task(self, body: str, flags: str = "") -> str:
+        cell = f"%%task work --cache {flags}\nopen(LOG, 'a').write('ran\\n')\n{body}"
+        r = self.kernel.run(cell).ok()
+        return r.updates[-1]["text/plain"]
+
+
+@pytest.fixture
+def counter(kernel: Kernel, workdir: Path) -> Counter:
+    return Counter(kernel, workdir)
+
+
+def test_second_run_is_a_hit_without_side_effects(counter: Counter, kernel: Kernel) -> None:
+    kernel.run("n = 10").ok()
+    first = counter.task("out = n * 2\nout")
+    assert counter.runs == 1 and "cache: miss" in first
+    kernel.run("out = None").ok()
+    second = counter.task("out = n * 2\nout")
+    assert counter.runs == 1
+    assert "work: cached" in second and "cache: hit" in second and "from execution" in second
+    r = kernel.run("print(out)").ok()
+    assert r.stdout.strip() == "20"
+
+
+def test_hit_displays_the_final_expression(counter: Counter, kernel: Kernel) -> None:
+    kernel.run("n = 4").ok()
+    counter.task("out = n + 1\nout * 100")
+    r = kernel.run("%%task work --cache\nopen(LOG, 'a').write('ran\\n')\nout = n + 1\nout * 100")
+    assert counter.runs == 1
+    assert {"text/plain": "500"} in r.displays
+
+
+def test_comments_and_whitespace_keep_the_cache_but_code_edits_miss(counter: Counter, kernel: Kernel) -> None:
+    kernel.run("n = 3").ok()
+    counter.task("out = n * 2")
+    counter.task("# a comment\nout = n   *   2  # why\n\n")
+    assert counter.runs == 1
+    counter.task("out = n * 3")
+    assert counter.runs == 2
+
+
+def test_changed_input_value_misses(counter: Counter, kernel: Kernel) -> None:
+    kernel.run("import numpy as np\ndata = np.arange(100)").ok()
+    counter.task("total = int(data.sum())")
+    kernel.run("data = np.arange(100)").ok()  # a new object with the same content: hit
+    counter.task("total = int(data.sum())")
+    assert counter.runs == 1
+    kernel.run("data = np.arange(101)").ok()
+    counter.task("total = int(data.sum())")
+    assert counter.runs == 2
+    kernel.run("data = np.arange(100)").ok()  # back to the first value: its entry is still there
+    counter.task("total = int(data.sum())")
+    assert counter.runs == 2
+
+
+def test_helper_functions(counter: Counter, kernel: Kernel) -> None:
+    helpers = "SCALE = 3\ndef inner(v):\n    return v + 1\ndef helper(v):\n    return inner(v) * SCALE"
+    kernel.run(helpers).ok()
+    counter.task("out = helper(2)")
+    # Re-running the unchanged cell that defines the helpers keeps the cache.
+    kernel.run(helpers).ok()
+    kernel.run("\n\n# moved down a few lines\n" + helpers).ok()
+    counter.task("out = helper(2)")
+    assert counter.runs == 1
+    # Changing a helper the cell calls, even indirectly, misses.
+    kernel.run("def inner(v):\n    return v + 2").ok()
+    counter.task("out = helper(2)")
+    assert counter.runs == 2
+    # So does changing a global the helper reads.
+    kernel.run("SCALE = 4").ok()
+    counter.task("out = helper(2)")
+    assert counter.runs == 3
+    assert kernel.run("print(out)").ok().stdout.strip() == "16"
+
+
+def test_cache_version_bump_misses(counter: Counter) -> None:
+    counter.task("out = 1")
+    counter.task("out = 1", "--cache-version 2")
+    assert counter.runs == 2
+    counter.task("out = 1", "--cache-version 2")
+    assert counter.runs == 2
+
+
+def _fake_dist(root: Path, version: str) -> None:
+    for old in root.glob("fakepkg_pc-*.dist-info"):
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    pkg = root / "fakepkg_pc"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text(f"VERSION = {version!r}\n")
+    info = root / f"fakepkg_pc-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakepkg-pc\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("fakepkg_pc\n")
+
+
+def test_upgrading_an_imported_package_misses(
+    counter: Counter, kernel: Kernel, workdir: Path
+) -> None:
+    site = workdir / "site"
+    site.mkdir()
+    _fake_dist(site, "1.0")
+    kernel.run(f"import sys\nsys.path.insert(0, {str(site)!r})").ok()
+    body = f"import sys\nsys.path.insert(0, {str(site)!r})\nimport fakepkg_pc\nv = fakepkg_pc.VERSION"
+    counter.task(body)
+    counter.task(body)
+    assert counter.runs == 1
+    _fake_dist(site, "2.0")  # what `pip install -U` does: a new .dist-info folder
+    text = counter.task(body)
+    assert counter.runs == 2 and "cache: miss" in text
+    assert kernel.run("print(v)").ok().stdout.strip() == "2.0"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "delete"])
+def test_damaged_entry_is_never_served(
+    counter: Counter, kernel: Kernel, home: Path, damage: str
+) -> None:
+    kernel.run("n = 5").ok()
+    counter.task("out = 'x' * n")
+    with sqlite3.connect(home / "papercrane.db") as db:
+        (uri,) = db.execute("SELECT uri FROM artifacts WHERE preview = \"'xxxxx'\"").fetchone()
+    blob = home / "store" / uri
+    if damage == "corrupt":
+        blob.write_bytes(b"yyyyy")  # same size, wrong bytes: only the hash check sees it
+    else:
+        blob.unlink()
+    text = counter.task("out = 'x' * n")
+    assert counter.runs == 2 and "damaged" in text
+    assert kernel.run("print(out)").ok().stdout.strip() == "xxxxx"
+    counter.task("out = 'x' * n")  # the entry was replaced by a good one
+    assert counter.runs == 2
