@@ -133,3 +133,25 @@ def maybe_profile(path: str | None) -> Iterator[None]:
             f.write(profiler.output_text(unicode=True, color=False, show_all=False))
         with open(os.path.splitext(path)[0] + ".html", "w") as f:
             f.write(profiler.output_html())
+
+
+def array_figures(executor: str, samples: dict[str, list[float]]) -> dict[str, Any]:
+    """Best of the repetitions (the headline: first-touch page faults on a VM make single
+    100 MiB runs noisy, for the baseline as much as for the tasks), medians beside."""
+    out: dict[str, Any] = {
+        "executor": executor,
+        "array_bytes": ARRAY_BYTES,
+        "samples_ms": {k: [round(x, 3) for x in v] for k, v in samples.items()},
+    }
+    for label, pick in (("best", min), ("median", statistics.median)):
+        m = {k: pick(v) for k, v in samples.items()}
+        handoff = m["produce"] + m["consume"] - m["direct"]
+        fixed = m["tiny_produce"] + m["tiny_consume"] - m["tiny_direct"]
+        out[label] = {
+            **{f"{k}_ms": v for k, v in m.items()},
+            "handoff_ms": handoff,
+            "handoff_ratio": handoff / m["saveload"],
+            "size_dependent_ms": handoff - fixed,
+            "size_dependent_ratio": (handoff - fixed) / m["saveload"],
+        }
+    return out

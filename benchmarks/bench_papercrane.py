@@ -23,10 +23,9 @@ import time
 from typing import Any
 
 from _common import (
-    ARRAY_BYTES,
     ARRAY_LEN,
     HEAVY_MODULES,
-    each_call_ms,
+    array_figures,
     fresh_dir,
     maybe_profile,
     per_call_ms,
@@ -37,7 +36,7 @@ from _common import (
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-# -- helpers ------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------
 def new_shell(load: bool = True) -> Any:
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -71,7 +70,7 @@ def spawn_ms(argv: list[str], *, n: int, rounds: int) -> dict[str, Any]:
     return per_call_ms(once, n=n, rounds=rounds, warmup=2)
 
 
-# -- 1. %load_ext papercrane -------------------------------------------------------------------
+# -- 1. %load_ext papercrane ---------------------------------------------------------------
 def load_probe(mode: str) -> dict[str, Any]:
     """Child process: start a shell (and load the extension); report what it cost."""
     t0 = time.perf_counter()
@@ -138,7 +137,7 @@ def _stats(samples: list[float]) -> dict[str, Any]:
     }
 
 
-# -- 2. inline per-task overhead ---------------------------------------------------------------
+# -- 2. inline per-task overhead -----------------------------------------------------------
 TRIVIAL = "y = x + 1\n"
 
 
@@ -167,7 +166,7 @@ def bench_inline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# -- 3. local per-task overhead ----------------------------------------------------------------
+# -- 3. local per-task overhead ------------------------------------------------------------
 def bench_local(args: argparse.Namespace) -> dict[str, Any]:
     n, rounds = (5, 3) if args.quick else (10, 5)
     ip = new_shell()
@@ -195,7 +194,7 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# -- 4. cache hits ----------------------------------------------------------------------------------
+# -- 4. cache hits -------------------------------------------------------------------------
 CACHED_CELLS = (
     "a = x * 2\n",
     "b = [a] * 3\n",
@@ -250,7 +249,7 @@ def _count_events(ip: Any) -> dict[str, int]:
     return counts
 
 
-# -- 5. a 100 MiB array from one task to the next ------------------------------------------------
+# -- 5. a 100 MiB array from one task to the next ------------------------------------------
 PRODUCE = "a = np.arange(n, dtype=np.float64) + seed\n"
 CONSUME = "s = float(a[-1])\n"
 
@@ -258,7 +257,7 @@ CONSUME = "s = float(a[-1])\n"
 def bench_array(args: argparse.Namespace, executor: str) -> dict[str, Any]:
     import numpy as np
 
-    reps = 3 if args.quick else 5
+    reps = 3 if args.quick else 7
     home = os.environ["PAPERCRANE_HOME"]
     ip = new_shell()
     run_cell(ip, f"import numpy as np\nn = {ARRAY_LEN}\nseed = 0.0")
@@ -285,7 +284,7 @@ def bench_array(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         save = timed(lambda: np.save(path, ns["a"]))
         load = timed(lambda: np.load(path))
         os.remove(path)
-        del ns
+        ns.clear()
         # papercrane: the same two cells as tasks
         ip.user_ns["seed"] = seed
         ip.user_ns["n"] = ARRAY_LEN
@@ -310,23 +309,10 @@ def bench_array(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         with maybe_profile(args.profile):
             for i in range(1, reps + 1):
                 rep(i, record=True)
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    handoff = med["produce"] + med["consume"] - med["direct"]
-    fixed = med["tiny_produce"] + med["tiny_consume"] - med["tiny_direct"]
-    return {
-        "executor": executor,
-        "array_bytes": ARRAY_BYTES,
-        "samples_ms": {k: [round(x, 3) for x in v] for k, v in samples.items()},
-        "median_ms": med,
-        "handoff_ms": handoff,
-        "handoff_ratio": handoff / med["saveload"],
-        "size_dependent_ms": handoff - fixed,
-        "size_dependent_ratio": (handoff - fixed) / med["saveload"],
-        "saveload_ms": med["saveload"],
-    }
+    return array_figures(executor, samples)
 
 
-# -- entry point ------------------------------------------------------------------------------------
+# -- entry point ---------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument(

@@ -6,8 +6,9 @@ The rules are those of a notebook cell: a name read before the cell has definite
 it comes from the notebook (an input); a name bound at top level is left in the
 notebook (an output). Bindings inside ``if``/``for``/``while``/``try`` only *maybe*
 happen, so a later read of such a name is still an input when the notebook has it.
-Reads inside functions, lambdas and classes happen when they are called, so they are
-inputs only when the cell itself never binds the name.
+Reads inside functions and lambdas happen when they are called, so they are inputs only
+when the cell itself never binds the name; a class body runs where it is defined, so its
+own reads are immediate, while its methods' reads are deferred.
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def analyze(source: str) -> CellAnalysis:
         _ends_with_semicolon(source)
     )
     for name in flow.deferred:
-        if name not in result.ever_bound and name not in result.deferred_reads:
+        if name in flow.top_bound or name in result.deferred_reads:
+            continue
+        # A name some function assigns through ``global`` is the cell's own, unless a
+        # function also updates it in place (``global n; n += 1``): that needs n first.
+        if name not in result.ever_bound or name in flow.global_reads:
             result.deferred_reads.append(name)
     return result
 
@@ -81,11 +86,14 @@ class _ModuleFlow:
         self.possible: set[str] = set()
         self.order: list[str] = []
         self.deferred: list[str] = []
+        self.top_bound: set[str] = set()  # bound by the cell's own statements
+        self.global_reads: set[str] = set()  # ``global n; n += 1`` in a function
 
     # -- bindings -------------------------------------------------------------------------
     def bind(self, name: str) -> None:
         self.definite.add(name)
         self.possible.add(name)
+        self.top_bound.add(name)
         self.result.ever_bound.add(name)
         if name not in self.order:
             self.order.append(name)
@@ -196,7 +204,7 @@ class _ModuleFlow:
 
     def stmt_Try(self, node: ast.Try) -> None:  # noqa: N802
         saved = set(self.definite)
-        self.maybe_block(node.body)
+        body_bound = self.maybe_block(node.body)
         for handler in node.handlers:
             if handler.type is not None:
                 self.expr(handler.type)
@@ -207,6 +215,7 @@ class _ModuleFlow:
             if handler.name:  # Python deletes the exception name after the handler
                 self.possible.discard(handler.name)
             self.definite = inner
+        self.definite = body_bound  # ``else`` runs only when the whole body did
         self.maybe_block(node.orelse)
         self.definite = saved
         self.block(node.finalbody)
@@ -220,6 +229,11 @@ class _ModuleFlow:
             for sub in ast.walk(case.pattern):
                 if isinstance(sub, ast.MatchValue):
                     self.expr(sub.value)
+                elif isinstance(sub, ast.MatchClass):
+                    self.expr(sub.cls)
+                elif isinstance(sub, ast.MatchMapping):
+                    for key in sub.keys:
+                        self.expr(key)
                 name = getattr(sub, "name", None) or getattr(sub, "rest", None)
                 if isinstance(name, str):
                     self.bind(name)
@@ -234,8 +248,9 @@ class _ModuleFlow:
         self._arguments_at_def(node.args)
         if node.returns is not None:
             self.expr(node.returns)
-        free, global_writes = _scope(node)
+        free, global_writes, global_reads = _scope(node)
         self.defer(free)
+        self.global_reads |= global_reads
         for name in global_writes:
             self.result.ever_bound.add(name)
             self.possible.add(name)
@@ -252,8 +267,14 @@ class _ModuleFlow:
             self.expr(base)
         for kw in node.keywords:
             self.expr(kw.value)
-        free, _ = _scope(node)
-        self.defer(free)
+        free, _, global_reads = _scope(node)
+        # The class body itself runs now: what it reads and does not bind is read now.
+        stores, loads, declared, _, _ = _collect(list(node.body))
+        immediate = loads - (stores - declared)
+        for name in sorted(immediate):
+            self.read(name)
+        self.defer(free - immediate)
+        self.global_reads |= global_reads
         self.bind(node.name)
 
     def stmt_Delete(self, node: ast.Delete) -> None:  # noqa: N802
@@ -318,7 +339,7 @@ class _ModuleFlow:
             return
         if isinstance(node, ast.Lambda):
             self._arguments_at_def(node.args)
-            free, _ = _scope(node)
+            free, _, _ = _scope(node)
             self.defer(free - local)
             return
         if isinstance(node, _COMPREHENSIONS):
@@ -358,8 +379,9 @@ def _arg_names(args: ast.arguments) -> set[str]:
     return {a.arg for a in every if a is not None}
 
 
-def _scope(node: ast.AST) -> tuple[set[str], set[str]]:
-    """(free names that resolve to module globals, names assigned via ``global``)."""
+def _scope(node: ast.AST) -> tuple[set[str], set[str], set[str]]:
+    """(free names that resolve to module globals, names assigned via ``global``, names
+    updated in place via ``global``, which must exist before)."""
     if isinstance(node, ast.Lambda):
         params, body = _arg_names(node.args), [node.body]
     elif isinstance(node, _FUNCTIONS):
@@ -371,22 +393,30 @@ def _scope(node: ast.AST) -> tuple[set[str], set[str]]:
         body = [g.iter for g in node.generators]
         body += [c for g in node.generators for c in g.ifs]
         body += [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
-    stores, loads, declared, nested = _collect(body)
+    stores, loads, declared, nested, updated = _collect(body)
     local = (params | stores) - declared
     free = {n for n in loads if n not in local}
     global_writes = declared & stores
+    global_reads = declared & updated
+    free |= global_reads
     for child in nested:
-        child_free, child_writes = _scope(child)
+        child_free, child_writes, child_reads = _scope(child)
         free |= child_free if isinstance(node, ast.ClassDef) else child_free - local
         global_writes |= child_writes
-    return free, global_writes
+        global_reads |= child_reads
+    return free, global_writes, global_reads
 
 
-def _collect(nodes: list[ast.AST]) -> tuple[set[str], set[str], set[str], list[ast.AST]]:
+def _collect(
+    nodes: list[ast.AST],
+) -> tuple[set[str], set[str], set[str], list[ast.AST], set[str]]:
+    """(stores, loads, ``global`` names, nested scopes, names updated by ``n += ...``)
+    of one scope's own code, not descending into nested scopes."""
     stores: set[str] = set()
     loads: set[str] = set()
     declared: set[str] = set()
     nested: list[ast.AST] = []
+    updated: set[str] = set()
     stack = list(nodes)
     while stack:
         n = stack.pop()
@@ -398,13 +428,14 @@ def _collect(nodes: list[ast.AST]) -> tuple[set[str], set[str], set[str], list[a
                 stack.extend(n.bases)
                 stack.extend(k.value for k in n.keywords)
             else:
-                stack.extend(n.args.defaults)
-                stack.extend(d for d in n.args.kw_defaults if d is not None)
+                stack.extend(_evaluated_at_def(n.args))
+                if n.returns is not None:
+                    stack.append(n.returns)
             continue
         if isinstance(n, (ast.Lambda, *_COMPREHENSIONS)):
             nested.append(n)
             if isinstance(n, ast.Lambda):
-                stack.extend(n.args.defaults)
+                stack.extend(_evaluated_at_def(n.args))
             continue
         if isinstance(n, ast.Global):
             declared.update(n.names)
@@ -414,6 +445,8 @@ def _collect(nodes: list[ast.AST]) -> tuple[set[str], set[str], set[str], list[a
             continue
         if isinstance(n, ast.Name):
             (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
+        elif isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name):
+            updated.add(n.target.id)
         elif isinstance(n, (ast.Import, ast.ImportFrom)):
             for alias in n.names:
                 if alias.name != "*":
@@ -425,4 +458,14 @@ def _collect(nodes: list[ast.AST]) -> tuple[set[str], set[str], set[str], list[a
         elif isinstance(n, ast.MatchMapping) and n.rest:
             stores.add(n.rest)
         stack.extend(ast.iter_child_nodes(n))
-    return stores, loads, declared, nested
+    return stores, loads, declared, nested, updated
+
+
+def _evaluated_at_def(args: ast.arguments) -> list[ast.expr]:
+    """Defaults and annotations: evaluated where the function is defined."""
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    return [
+        *args.defaults,
+        *(d for d in args.kw_defaults if d is not None),
+        *(a.annotation for a in every if a is not None and a.annotation is not None),
+    ]

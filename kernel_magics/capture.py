@@ -162,7 +162,7 @@ def capture(
 def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str) -> list[str]:
     names: list[str] = []
     for n in analysis.reads:
-        if n.startswith("__") and n.endswith("__"):
+        if _is_dunder(n):
             continue  # __name__ and friends: the runner provides its own
         if is_ipython_name(n):
             raise CaptureError(
@@ -177,6 +177,10 @@ def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str
                 "run the cell that defines it first, or fix the name"
             )
     for n in analysis.deferred_reads:
-        if n in user_ns and not is_ipython_name(n) and n not in names:
+        if n in user_ns and not is_ipython_name(n) and not _is_dunder(n) and n not in names:
             names.append(n)
     return names
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")

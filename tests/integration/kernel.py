@@ -74,6 +74,14 @@ class Kernel:
 
         reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout)
         result.status = reply["content"]["status"]
+        if result.status == "error" and result.error is None:
+            # UsageError is reported on stderr and in the reply, not as an error message.
+            content = reply["content"]
+            result.error = {
+                "ename": content.get("ename", ""),
+                "evalue": content.get("evalue", ""),
+                "traceback": content.get("traceback", []),
+            }
         return result
 
     def send_interrupt(self) -> None:

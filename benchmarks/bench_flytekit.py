@@ -1,0 +1,187 @@
+"""flytekit's side of the benchmarks: the same workloads as ``bench_papercrane.py``,
+run with flytekit's local execution (in-process) in its own virtual environment.
+
+    python bench_flytekit.py BENCH [--out FILE] [--quick]
+
+BENCH is one of: import, task, cache, array (``import-probe`` is the child process of
+``import``). ``run.py`` points HOME and TMPDIR at a temporary folder, so flytekit's
+local cache (~/.flyte/local-cache) and its raw-data folders start empty and are removed
+afterwards.
+
+flytekit reads a task's source with ``inspect``, so the tasks are defined here, in a
+file, at module level (and without ``from __future__ import annotations``).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import typing
+
+from _common import ARRAY_LEN, array_figures, per_call_ms, quiet, write_result
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def bench_import(args: argparse.Namespace) -> dict:
+    """``import flytekit`` in a fresh process (what a notebook pays before its first task)."""
+    reps = 5 if args.quick else 15
+    argv = [sys.executable, os.path.join(HERE, "bench_flytekit.py"), "import-probe"]
+    subprocess.run(argv, check=True, capture_output=True)  # warm the OS file cache
+    inner, walls = [], []
+    for _ in range(reps):
+        start = time.perf_counter_ns()
+        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        walls.append((time.perf_counter_ns() - start) / 1e6)
+        inner.append(json.loads(out)["import_ms"])
+    return {
+        "import_ms": _stats(inner),
+        "process_with_import_ms": _stats(walls),
+        "reps": reps,
+    }
+
+
+def _stats(samples: list) -> dict:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "samples": [round(s, 3) for s in samples]}
+
+
+def import_probe() -> dict:
+    start = time.perf_counter()
+    import flytekit  # noqa: F401
+
+    return {"import_ms": (time.perf_counter() - start) * 1e3}
+
+
+def build_tasks() -> dict:
+    import flyte_tasks
+
+    return vars(flyte_tasks)
+
+
+def bench_task(args: argparse.Namespace) -> dict:
+    n, rounds = (50, 3) if args.quick else (300, 5)
+    t = build_tasks()
+    inc, chain3 = t["inc"], t["chain3"]
+    fn = inc.task_function
+    with quiet():
+        start = time.perf_counter_ns()
+        inc(x=1)
+        cold = (time.perf_counter_ns() - start) / 1e6
+        direct = per_call_ms(lambda: fn(x=1), n=n * 100, rounds=rounds, warmup=100)
+        called = per_call_ms(lambda: inc(x=1), n=n, rounds=rounds, warmup=30)
+        in_wf = per_call_ms(lambda: chain3(x=1), n=max(n // 3, 10), rounds=rounds, warmup=5)
+    assert inc(x=1) == 2 and chain3(x=1) == 4
+    return {
+        "cold_first_task_ms": cold,
+        "direct_call_ms": direct,
+        "task_call_ms": called,
+        "overhead_ms": called["median"] - direct["median"],
+        "workflow_of_3_ms": in_wf,
+        "workflow_per_task_ms": in_wf["median"] / 3,
+    }
+
+
+def bench_cache(args: argparse.Namespace) -> dict:
+    n, rounds = (20, 3) if args.quick else (100, 5)
+    t = build_tasks()
+    t_a, t_b, t_c = t["t_a"], t["t_b"], t["t_c"]
+    fa, fb, fc = t_a.task_function, t_b.task_function, t_c.task_function
+
+    def three_tasks() -> None:
+        t_c(b=t_b(a=t_a(x=21)))
+
+    def three_direct() -> None:
+        fc(b=fb(a=fa(x=21)))
+
+    with quiet():
+        start = time.perf_counter_ns()
+        three_tasks()  # misses
+        misses = (time.perf_counter_ns() - start) / 1e6
+        calls = t["CALLS"]
+        calls_after_miss = dict(calls)
+        hits = per_call_ms(three_tasks, n=n, rounds=rounds, warmup=10)
+        ran = {k: calls[k] - calls_after_miss[k] for k in calls}
+        direct = per_call_ms(three_direct, n=n * 10, rounds=rounds, warmup=50)
+    assert t_c(b=t_b(a=t_a(x=21))) == {"total": 126, "n": 3}
+    return {
+        "first_run_three_misses_ms": misses,
+        "direct_three_calls_ms": direct,
+        "three_hits_ms": hits,
+        "per_hit_ms": hits["median"] / 3,
+        "task_bodies_run_during_hits": sum(ran.values()),
+    }
+
+
+def bench_array(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    reps = 3 if args.quick else 7
+    t = build_tasks()
+    handoff, produce, consume = t["handoff"], t["produce"], t["consume"]
+    fp, fc = produce.task_function, consume.task_function
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    keys = ("direct", "saveload", "save", "load", "produce_consume", "tiny_direct",
+            "tiny_produce_consume")
+    samples: dict = {k: [] for k in keys}
+
+    def timed(f: typing.Callable) -> float:
+        start = time.perf_counter_ns()
+        f()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    def rep(i: int, record: bool) -> None:
+        seed = 1.0  # same content every time, as on papercrane's side
+        box: dict = {}
+        d = timed(lambda: box.update(a=fp(n=ARRAY_LEN, seed=seed)))
+        d += timed(lambda: fc(a=box["a"]))
+        path = os.path.join(tmp, f"baseline-{i}.npy")
+        save = timed(lambda: np.save(path, box["a"]))
+        load = timed(lambda: np.load(path))
+        os.remove(path)
+        box.clear()
+        both = timed(lambda: box.update(s=handoff(n=ARRAY_LEN, seed=seed)))
+        assert box["s"] == ARRAY_LEN - 1 + seed
+        tiny_d = timed(lambda: fc(a=fp(n=8, seed=seed)))
+        tiny = timed(lambda: handoff(n=8, seed=seed))
+        if record:
+            for k, v in zip(keys, (d, save + load, save, load, both, tiny_d, tiny)):
+                samples[k].append(v)
+
+    with quiet():
+        rep(0, record=False)
+        for i in range(1, reps + 1):
+            rep(i, record=True)
+    # One workflow runs both tasks: split the time evenly so the figures line up with
+    # papercrane's two cells (only their sum is used).
+    for k in ("produce_consume", "tiny_produce_consume"):
+        prefix = k.removesuffix("produce_consume")
+        samples[prefix + "produce"] = [v / 2 for v in samples[k]]
+        samples[prefix + "consume"] = [v / 2 for v in samples[k]]
+    return array_figures("flytekit", samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bench", choices=["import", "import-probe", "task", "cache", "array"])
+    parser.add_argument("--out")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.bench == "import-probe":
+        write_result(None, import_probe())
+        return 0
+    result = {"import": bench_import, "task": bench_task, "cache": bench_cache,
+              "array": bench_array}[args.bench](args)
+    import flytekit
+
+    result["flytekit_version"] = flytekit.__version__
+    result["python"] = sys.version.split()[0]
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

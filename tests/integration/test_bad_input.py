@@ -1,0 +1,116 @@
+"""Every user mistake gets one clear line naming the cell or variable, and leaves nothing
+behind in the store: no rows, no value files, no temporary files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+TABLES = ("tasks", "artifacts", "executions", "events", "cache_entries")
+
+
+def snapshot(home: Path) -> dict[str, object]:
+    counts: dict[str, object] = {}
+    db = home / "papercrane.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            for table in TABLES:
+                counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    store = home / "store"
+    counts["files"] = sorted(
+        str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()
+    ) if store.exists() else []
+    return counts
+
+
+@pytest.fixture
+def primed(kernel: Kernel, home: Path) -> Kernel:
+    """A kernel whose store exists (one good task ran), with some awkward variables."""
+    kernel.run(
+        "import threading\nlock = threading.Lock()\ngen = (i for i in range(3))\n"
+        "fh = open(__file__ if '__file__' in dir() else '/dev/null')\nok = 1"
+    ).ok()
+    kernel.run("%%task warmup\nw = ok + 1").ok()
+    return kernel
+
+
+CASES = [
+    ("%%task bad\nx = (1,\ny = 2", "syntax error on line 2", "'(' was never closed"),
+    ("%%task t\ny = lock", "input 'lock' of type _thread.lock can't be serialized", "lock"),
+    ("%%task t\ny = list(gen)", "input 'gen' of type generator can't be serialized", "list"),
+    ("%%task t\ny = fh.read()", "input 'fh' of type _io.TextIOWrapper", "file name"),
+    ("%%task t\ny = not_defined_anywhere + 1", "reads 'not_defined_anywhere'", "defines it"),
+    ("%%task t --inputs ok,nope\ny = ok", "--inputs names 'nope'", "no variable 'nope'"),
+    ("%%task t --frobnicate\ny = 1", "unrecognized arguments: --frobnicate", ""),
+    ("%%task t --timeout soon\ny = 1", "--timeout 'soon' is not a duration", "30m"),
+    ("%%task t --memory lots\ny = 1", "--memory 'lots' is not a memory size", "4Gi"),
+    ("%%task t --cpu -1\ny = 1", "--cpu '-1' must be positive", ""),
+    ("%%task t --retries -2\ny = 1", "--retries -2 must be 0 or more", ""),
+    ("%%task t --executor cloud\ny = 1", "invalid choice: 'cloud'", "inline"),
+    ("%%task t\n!ls\ny = 1", "line 2: '!ls' needs the kernel", "normal cell"),
+    ("%%task t\n%time y = 1", "needs the kernel", ""),
+    ("%%task t\nexec('y = 1')", "exec() hides which variables", "--inputs and --outputs"),
+    ("%%task t\nfrom os.path import *", "'import *' hides which names", "--outputs"),
+    ("%%task 'bad name!'\ny = 1", "task name", "letters"),
+]
+
+
+@pytest.mark.parametrize(("cell", "expected", "hint"), CASES, ids=[c[1][:30] for c in CASES])
+def test_clear_error_and_nothing_written(
+    primed: Kernel, home: Path, cell: str, expected: str, hint: str
+) -> None:
+    before = snapshot(home)
+    r = primed.run(cell)
+    assert r.status == "error"
+    message = r.error["evalue"]
+    assert r.error["ename"] == "UsageError"
+    assert expected in message and hint in message, message
+    assert len(r.error["traceback"]) <= 3  # one line, not a stack of papercrane frames
+    assert snapshot(home) == before
+    assert primed.run("print('usable')").ok().stdout.strip() == "usable"
+
+
+def test_declared_output_not_assigned(primed: Kernel, home: Path) -> None:
+    r = primed.run("%%task t --outputs y,z\ny = 1")
+    assert r.status == "error"
+    assert "--outputs names 'z' but the cell did not assign it" in "\n".join(r.error["traceback"])
+
+
+def test_unwritable_storage(tmp_path: Path, workdir: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    k = Kernel({"PAPERCRANE_HOME": str(blocker / "home")}, workdir)
+    try:
+        k.run("%load_ext papercrane").ok()
+        r = k.run("%%task t\ny = 1")
+        assert r.status == "error"
+        msg = r.error["evalue"]
+        assert "not writable" in msg or "cannot create" in msg, msg
+        assert "PAPERCRANE_HOME" in msg
+    finally:
+        k.shutdown()
+
+
+def test_memory_storage_works_inline_and_explains_local(tmp_path: Path, workdir: Path) -> None:
+    k = Kernel(
+        {"PAPERCRANE_HOME": str(tmp_path / "h"), "PAPERCRANE_STORAGE": "memory://pc-test"},
+        workdir,
+    )
+    try:
+        k.run("%load_ext papercrane").ok()
+        k.run("a = 2").ok()
+        k.run("%%task t --executor inline --cache\nb = a * 21").ok()
+        assert k.run("print(b)").ok().stdout.strip() == "42"
+        hit = k.run("%%task t --executor inline --cache\nb = a * 21").ok()
+        assert "cached" in hit.updates[-1]["text/plain"]
+        r = k.run("%%task t2\nc = a")
+        assert r.status == "error"
+        assert "memory://pc-test" in r.error["evalue"] and "--executor inline" in r.error["evalue"]
+    finally:
+        k.shutdown()
