@@ -83,11 +83,16 @@ class ParquetSerializer(Serializer):
             import pyarrow  # noqa: F401
         except ImportError:
             return False
-        # Parquet needs string column names and arrow-typable columns; anything else
-        # (object columns of mixed Python objects) goes to cloudpickle.
-        return all(isinstance(c, str) for c in value.columns) and not any(
-            dt == object and not _is_string_column(value[c])
-            for c, dt in value.dtypes.items()
+        # Parquet needs unique string column names and arrow-typable columns; anything
+        # else (object columns of mixed Python objects) goes to cloudpickle. Object
+        # columns of strings come back as object only where pandas does not infer its
+        # own string dtype (pandas < 3); elsewhere they would change type, so pickle.
+        if not value.columns.is_unique or not all(isinstance(c, str) for c in value.columns):
+            return False
+        object_columns = [c for c, dt in value.dtypes.items() if dt == object]  # noqa: E721
+        return not object_columns or (
+            _strings_read_back_as_object()
+            and all(_is_string_column(value[c]) for c in object_columns)
         )
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
@@ -98,6 +103,12 @@ class ParquetSerializer(Serializer):
 
         data = stream.read()
         return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+
+
+def _strings_read_back_as_object() -> bool:
+    import pandas as pd
+
+    return pd.Series(["a"]).dtype == object  # noqa: E721
 
 
 def _is_string_column(series: Any) -> bool:
@@ -136,6 +147,7 @@ class BytesSerializer(Serializer):
 
 
 _JSON_SCALARS = (type(None), bool, int, str)
+_JSON_INT_LIMIT = 10**4000
 
 
 def _json_exact(value: Any, depth: int = 0) -> bool:
@@ -144,6 +156,8 @@ def _json_exact(value: Any, depth: int = 0) -> bool:
     Tuples, non-string keys, NaN and subclasses all fail and go to cloudpickle.
     """
     t = type(value)
+    if t is int:  # Python refuses to print ints past 4300 digits (CVE-2020-10735)
+        return -_JSON_INT_LIMIT < value < _JSON_INT_LIMIT
     if t in _JSON_SCALARS:
         return True
     if t is float:
@@ -168,10 +182,12 @@ class JsonSerializer(Serializer):
         return _json_exact(value)
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
-        stream.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        # As in TextSerializer: a str may hold lone surrogates (surrogateescape'd names).
+        stream.write(text.encode("utf-8", "surrogatepass"))
 
     def load(self, stream: BinaryIO) -> Any:
-        return json.loads(stream.read())
+        return json.loads(stream.read().decode("utf-8", "surrogatepass"))
 
 
 class CloudpickleSerializer(Serializer):
