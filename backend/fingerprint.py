@@ -11,8 +11,10 @@ own fingerprints.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
+import sys
 import types
 from typing import Any
 
@@ -29,7 +31,8 @@ class Fingerprinter:
         self.modules: set[str] = set()
         #: Files (notebook cells) that defined the functions reached.
         self.code_files: set[str] = set()
-        self._memo: dict[int, str] = {}
+        self._memo: dict[int, str] = {}  # value() results
+        self._code_memo: dict[int, str] = {}  # _dynamic() results: a different kind
         self._active: set[int] = set()
         self._keep: list[Any] = []  # keep memoized objects alive so ids stay unique
 
@@ -67,19 +70,31 @@ class Fingerprinter:
                 self.modules.add(ref.partition(":")[0])
                 return f"ref:{ref}"
             return self._dynamic(value)
+        if isinstance(value, functools._lru_cache_wrapper):
+            # Pickled by name, which says nothing about the code of a notebook function.
+            ref = _named_reference(value)
+            if ref is not None:
+                self.modules.add(ref.partition(":")[0])
+                return f"ref:{ref}"
+            return f"lru_cache:{self._inner(value.__wrapped__)}"
         if isinstance(value, (set, frozenset)):
             items = sorted(self.value(v) for v in value)
             return f"{type(value).__name__}:{_h(','.join(items))}"
+        if isinstance(value, types.MappingProxyType):  # dataclass field metadata, ...
+            return f"mappingproxy:{self.value(dict(value))}"
         module = type(value).__module__ or ""
-        if module.startswith("numpy") and type(value).__name__ == "ndarray":
-            if not value.dtype.hasobject:
-                return f"ndarray:{self.value(value)}"
+        if (
+            module.startswith("numpy")
+            and type(value).__name__ == "ndarray"
+            and not value.dtype.hasobject
+        ):
+            return f"ndarray:{self.value(value)}"
         return None
 
     def _dynamic(self, obj: Any) -> str:
         key = id(obj)
-        if key in self._memo:
-            return self._memo[key]
+        if key in self._code_memo:
+            return self._code_memo[key]
         if key in self._active:
             # Recursive function or class: its own name stands for itself.
             return f"self:{obj.__qualname__}"
@@ -91,7 +106,7 @@ class Fingerprinter:
                 fp = "function:" + self._function(obj)
         finally:
             self._active.discard(key)
-        self._memo[key] = fp
+        self._code_memo[key] = fp
         self._keep.append(obj)
         return fp
 
@@ -121,7 +136,7 @@ class Fingerprinter:
     def _class(self, cls: type) -> str:
         members = {}
         for name, member in sorted(vars(cls).items()):
-            if name in ("__dict__", "__weakref__", "__module__", "__qualname__"):
+            if name in _CLASS_BOOKKEEPING:
                 continue
             if isinstance(member, (staticmethod, classmethod)):
                 member = member.__func__
@@ -134,6 +149,25 @@ class Fingerprinter:
     def _inner(self, value: Any) -> str:
         ref = self.reference(value)
         return ref if ref is not None else self.value(value)
+
+
+#: Class attributes that are bookkeeping, not behaviour: ``_abc_impl`` is ABCMeta's cache
+#: of isinstance answers (it changes as the class is used, and can't be pickled).
+_CLASS_BOOKKEEPING = frozenset(
+    {"__dict__", "__weakref__", "__module__", "__qualname__", "_abc_impl"}
+)
+
+
+def _named_reference(value: Any) -> str | None:
+    """'module:qualname' when an installed module's attribute of that name is ``value``."""
+    module = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", None)
+    if not module or module == "__main__" or not qualname or "<" in qualname:
+        return None
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return f"{module}:{qualname}" if obj is value else None
 
 
 class _FingerprintPickler(pickle.Pickler):
@@ -191,4 +225,3 @@ def _h(text: str) -> str:
 
 def fingerprint(value: Any, registry: SerializerRegistry | None = None) -> str:
     return Fingerprinter(registry or SerializerRegistry()).value(value)
-

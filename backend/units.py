@@ -6,6 +6,7 @@ fails at the cell, not minutes later at pod creation.
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import CaptureError
@@ -48,8 +49,8 @@ def parse_duration(text: str, *, field: str = "--timeout") -> float:
                 f"{field} {text!r} is not a duration; write it like 90, 45s, 30m, 1h30m or 1.5h"
             )
         value = total
-    if value <= 0:
-        raise CaptureError(f"{field} {text!r} must be positive")
+    if not math.isfinite(value) or value <= 0:  # float() takes 'nan' and 'inf'
+        raise CaptureError(f"{field} {text!r} must be positive and finite")
     return value
 
 
@@ -60,10 +61,10 @@ def parse_memory(text: str) -> int:
         raise CaptureError(
             f"--memory {text!r} is not a memory size; write it like 512Mi, 4Gi or 2G"
         )
-    value = float(match.group(1)) * _MEMORY_UNITS[match.group(2)]
-    if value <= 0:
-        raise CaptureError(f"--memory {text!r} must be positive")
-    return int(value)
+    value = int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+    if value <= 0:  # '0.5' would round down to 0 bytes
+        raise CaptureError(f"--memory {text!r} must be positive (at least one byte)")
+    return value
 
 
 def parse_cpu(text: str) -> float:
@@ -75,8 +76,8 @@ def parse_cpu(text: str) -> float:
         raise CaptureError(
             f"--cpu {text!r} is not a CPU amount; write it like 2, 0.5 or 500m"
         ) from None
-    if value <= 0:
-        raise CaptureError(f"--cpu {text!r} must be positive")
+    if not math.isfinite(value) or value <= 0:  # float() takes 'nan' and 'inf'
+        raise CaptureError(f"--cpu {text!r} must be positive and finite")
     return value
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 import typing
 
-from _common import ARRAY_LEN, array_figures, per_call_ms, quiet, write_result
+from _common import ARRAY_LEN, array_figures, each_call_ms, per_call_ms, quiet, write_result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -117,50 +117,35 @@ def bench_cache(args: argparse.Namespace) -> dict:
 
 
 def bench_array(args: argparse.Namespace) -> dict:
+    """As on papercrane's side: each quantity back to back, after a warm-up."""
     import numpy as np
 
     reps = 3 if args.quick else 7
     t = build_tasks()
     handoff, produce, consume = t["handoff"], t["produce"], t["consume"]
     fp, fc = produce.task_function, consume.task_function
-    tmp = os.environ.get("TMPDIR") or "/tmp"
-    keys = ("direct", "saveload", "save", "load", "produce_consume", "tiny_direct",
-            "tiny_produce_consume")
-    samples: dict = {k: [] for k in keys}
+    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "baseline.npy")
+    box: dict = {"a": fp(n=ARRAY_LEN, seed=1.0)}
 
-    def timed(f: typing.Callable) -> float:
-        start = time.perf_counter_ns()
-        f()
-        return (time.perf_counter_ns() - start) / 1e6
+    def saveload() -> None:
+        np.save(path, box["a"])
+        np.load(path)
 
-    def rep(i: int, record: bool) -> None:
-        seed = 1.0  # same content every time, as on papercrane's side
-        box: dict = {}
-        d = timed(lambda: box.update(a=fp(n=ARRAY_LEN, seed=seed)))
-        d += timed(lambda: fc(a=box["a"]))
-        path = os.path.join(tmp, f"baseline-{i}.npy")
-        save = timed(lambda: np.save(path, box["a"]))
-        load = timed(lambda: np.load(path))
+    def series(fn: typing.Callable) -> list:
+        return each_call_ms(fn, reps=reps, warmup=1)["samples"]
+
+    samples: dict = {}
+    with quiet():
+        samples["direct"] = series(lambda: fc(a=fp(n=ARRAY_LEN, seed=1.0)))
+        samples["saveload"] = series(saveload)
+        samples["save"] = series(lambda: np.save(path, box["a"]))
+        samples["load"] = series(lambda: np.load(path))
         os.remove(path)
         box.clear()
-        both = timed(lambda: box.update(s=handoff(n=ARRAY_LEN, seed=seed)))
-        assert box["s"] == ARRAY_LEN - 1 + seed
-        tiny_d = timed(lambda: fc(a=fp(n=8, seed=seed)))
-        tiny = timed(lambda: handoff(n=8, seed=seed))
-        if record:
-            for k, v in zip(keys, (d, save + load, save, load, both, tiny_d, tiny)):
-                samples[k].append(v)
-
-    with quiet():
-        rep(0, record=False)
-        for i in range(1, reps + 1):
-            rep(i, record=True)
-    # One workflow runs both tasks: split the time evenly so the figures line up with
-    # papercrane's two cells (only their sum is used).
-    for k in ("produce_consume", "tiny_produce_consume"):
-        prefix = k.removesuffix("produce_consume")
-        samples[prefix + "produce"] = [v / 2 for v in samples[k]]
-        samples[prefix + "consume"] = [v / 2 for v in samples[k]]
+        samples["produce_consume"] = series(lambda: box.update(s=handoff(n=ARRAY_LEN, seed=1.0)))
+        assert box["s"] == ARRAY_LEN
+        samples["tiny_direct"] = series(lambda: fc(a=fp(n=8, seed=1.0)))
+        samples["tiny_produce_consume"] = series(lambda: handoff(n=8, seed=1.0))
     return array_figures("flytekit", samples)
 
 

@@ -26,6 +26,7 @@ from _common import (
     ARRAY_LEN,
     HEAVY_MODULES,
     array_figures,
+    each_call_ms,
     fresh_dir,
     maybe_profile,
     per_call_ms,
@@ -255,61 +256,51 @@ CONSUME = "s = float(a[-1])\n"
 
 
 def bench_array(args: argparse.Namespace, executor: str) -> dict[str, Any]:
+    """Each quantity runs ``reps`` times back to back after a warm-up, so every run finds
+    memory the previous one just freed (see README: first-touch memory on this VM)."""
     import numpy as np
 
     reps = 3 if args.quick else 7
     home = os.environ["PAPERCRANE_HOME"]
     ip = new_shell()
-    run_cell(ip, f"import numpy as np\nn = {ARRAY_LEN}\nseed = 0.0")
+    run_cell(ip, f"import numpy as np\nn = {ARRAY_LEN}\nseed = 1.0")
     flags = f"--executor {executor}"
-    samples: dict[str, list[float]] = {
-        k: [] for k in ("direct", "saveload", "save", "load", "produce", "consume",
-                        "tiny_direct", "tiny_produce", "tiny_consume")
-    }
+    # The same content every time: a rerun still writes and hashes the whole array, then
+    # finds it stored and drops the copy, so the store does not grow by 100 MiB a run.
+    ns: dict[str, Any] = {"np": np, "n": ARRAY_LEN, "seed": 1.0}
+    tiny_ns: dict[str, Any] = {"np": np, "n": 8, "seed": 1.0}
+    path = os.path.join(home, "baseline.npy")
 
-    def timed(fn: Any) -> float:
-        start = time.perf_counter_ns()
-        fn()
-        return (time.perf_counter_ns() - start) / 1e6
+    def direct(space: dict[str, Any]) -> None:
+        exec(PRODUCE, space)
+        exec(CONSUME, space)
 
-    def rep(i: int, record: bool) -> None:
-        # The same content every time: a rerun writes (and hashes) the whole array again,
-        # then finds it stored and drops the copy. New content each time would instead
-        # measure how fast this VM hands the guest never-touched memory for page cache.
-        seed = 1.0
-        # pure Python: the same two cells, and np.save + np.load of the same array
-        ns: dict[str, Any] = {"np": np, "n": ARRAY_LEN, "seed": seed}
-        d = timed(lambda: exec(PRODUCE, ns)) + timed(lambda: exec(CONSUME, ns))
-        path = os.path.join(home, f"baseline-{i}.npy")
-        save = timed(lambda: np.save(path, ns["a"]))
-        load = timed(lambda: np.load(path))
-        os.remove(path)
-        ns.clear()
-        # papercrane: the same two cells as tasks
-        ip.user_ns["seed"] = seed
-        ip.user_ns["n"] = ARRAY_LEN
-        produce = timed(lambda: task(ip, flags, PRODUCE))
-        consume = timed(lambda: task(ip, flags, CONSUME))
-        assert ip.user_ns["s"] == ARRAY_LEN - 1 + seed
-        # the same with an 8-element array: what is left is the size-dependent cost
-        tns: dict[str, Any] = {"np": np, "n": 8, "seed": seed}
-        tiny_d = timed(lambda: exec(PRODUCE, tns)) + timed(lambda: exec(CONSUME, tns))
-        ip.user_ns["n"] = 8
-        tiny_p = timed(lambda: task(ip, flags, PRODUCE))
-        tiny_c = timed(lambda: task(ip, flags, CONSUME))
-        if record:
-            for k, v in (("direct", d), ("saveload", save + load), ("save", save),
-                         ("load", load), ("produce", produce), ("consume", consume),
-                         ("tiny_direct", tiny_d), ("tiny_produce", tiny_p),
-                         ("tiny_consume", tiny_c)):
-                samples[k].append(v)
+    def saveload() -> None:
+        np.save(path, ns["a"])
+        np.load(path)
 
+    def tasks(n: int) -> None:
+        ip.user_ns["n"] = n
+        task(ip, flags, PRODUCE)
+        task(ip, flags, CONSUME)
+
+    samples: dict[str, list[float]] = {}
     with quiet():
-        rep(0, record=False)  # warm-up: engine start, numpy in the runner, page cache
+        samples["direct"] = series(lambda: direct(ns), reps)
+        samples["saveload"] = series(saveload, reps)
+        samples["save"] = series(lambda: np.save(path, ns["a"]), reps)
+        samples["load"] = series(lambda: np.load(path), reps)
+        os.remove(path)
         with maybe_profile(args.profile):
-            for i in range(1, reps + 1):
-                rep(i, record=True)
+            samples["produce_consume"] = series(lambda: tasks(ARRAY_LEN), reps)
+        assert ip.user_ns["s"] == ARRAY_LEN
+        samples["tiny_direct"] = series(lambda: direct(tiny_ns), reps)
+        samples["tiny_produce_consume"] = series(lambda: tasks(8), reps)
     return array_figures(executor, samples)
+
+
+def series(fn: Any, reps: int) -> list[float]:
+    return each_call_ms(fn, reps=reps, warmup=1)["samples"]
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -47,8 +47,8 @@ def analyze(source: str) -> CellAnalysis:
         flow.stmt(stmt)
     result = flow.result
     result.bound = [n for n in flow.order if n in flow.possible]
-    result.last_expr = bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and not (
-        _ends_with_semicolon(source)
+    result.last_expr = (
+        bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(source)
     )
     for name in flow.deferred:
         if name in flow.top_bound or name in result.deferred_reads:
@@ -451,9 +451,7 @@ def _collect(
             for alias in n.names:
                 if alias.name != "*":
                     stores.add(alias.asname or alias.name.partition(".")[0])
-        elif isinstance(n, ast.ExceptHandler) and n.name:
-            stores.add(n.name)
-        elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+        elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
             stores.add(n.name)
         elif isinstance(n, ast.MatchMapping) and n.rest:
             stores.add(n.rest)

@@ -15,8 +15,22 @@ from papercrane.backend.errors import CaptureError, InputError
 from .analysis import CellAnalysis, analyze
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
-_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_i", "_ii",
-                  "_iii", "__", "___", "_"}
+_IPYTHON_NAMES = {
+    "In",
+    "Out",
+    "get_ipython",
+    "exit",
+    "quit",
+    "_ih",
+    "_oh",
+    "_dh",
+    "_i",
+    "_ii",
+    "_iii",
+    "__",
+    "___",
+    "_",
+}
 _IPYTHON_HISTORY = re.compile(r"^_(i)?\d+$")
 
 
@@ -142,8 +156,9 @@ def capture(
     else:
         output_names = [n for n in analysis.bound if not n.startswith("_")]
         output_names += [
-            n for n in analysis.mutated if n in values and n not in output_names
-            and not n.startswith("_")
+            n
+            for n in analysis.mutated
+            if n in values and n not in output_names and not n.startswith("_")
         ]
     return Captured(
         name=name,

@@ -107,6 +107,9 @@ class LocalExecutor(Executor):
         finally:
             for t in pumps:
                 t.join(timeout=1)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return self._result(attempt, proc.returncode, timed_out, started)
 
     def _result(self, attempt: AttemptSpec, code: int, timed_out: bool, started: float) -> AttemptResult:

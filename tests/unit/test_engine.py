@@ -1,0 +1,138 @@
+"""The engine API without a kernel: registration, events, projections, the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from papercrane.backend.api import RunRequest
+from papercrane.backend.config import Config
+from papercrane.backend.engine import LocalEngine
+from papercrane.backend.errors import ConfigError, NotFound, TaskFailed
+from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
+from papercrane.backend.projection import replay
+from papercrane.backend.store import db as store_db
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    e = LocalEngine(Config(home=tmp_path))
+    yield e
+    e.close()
+
+
+def spec(code: str, inputs=(), outputs=("y",), name="t") -> TaskSpec:
+    return TaskSpec(name=name, code=code, inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def run(engine: LocalEngine, code: str, values: dict, **config):
+    s = spec(code, inputs=values, outputs=config.pop("outputs", ("y",)))
+    refs = {n: engine.put_value(v, f"input {n!r}") for n, v in values.items()}
+    cfg = TaskConfig(executor="inline", **config)
+    return engine.run_task(RunRequest(spec=s, config=cfg, inputs=refs, values=values))
+
+
+def test_register_is_idempotent_and_versions_are_content(engine: LocalEngine) -> None:
+    a = engine.register_task(spec("y = 1"), "default", "development")
+    b = engine.register_task(spec("y = 1  # same"), "default", "development")
+    c = engine.register_task(spec("y = 2"), "default", "development")
+    assert a == b != c
+    assert engine.store.task(a)["name"] == "t"
+
+
+def test_run_records_events_and_outputs(engine: LocalEngine) -> None:
+    result = run(engine, "y = x + 1", {"x": 41})
+    assert result.values == {"y": 42}
+    state = engine.execution(result.execution.id)
+    assert state.status is Status.SUCCEEDED
+    assert state.nodes["t"].outputs == {"y": result.outputs["y"].id}
+    assert engine.load(engine.artifact(result.outputs["y"].id)) == 42
+    kinds = [e.kind for e in engine.events(state.id)]
+    assert kinds[0] is EventKind.EXECUTION_CREATED and kinds[-1] is EventKind.EXECUTION_SUCCEEDED
+    seqs = [e.seq for e in engine.events(state.id)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_state_is_a_projection_of_the_events(engine: LocalEngine) -> None:
+    ok = run(engine, "y = x", {"x": 1})
+    with pytest.raises(TaskFailed):
+        run(engine, "y = 1 / x", {"x": 0}, retries=1)
+    rows = {r["id"]: r["status"] for r in engine.list_executions()}
+    for execution_id, status in rows.items():
+        folded = replay(execution_id, engine.events(execution_id))
+        assert folded.status.value == status
+    # Wreck the projection rows; rebuilding them from events restores them.
+    with engine.store.write() as conn:
+        conn.exec_driver_sql("UPDATE executions SET status = 'queued', ended_at = NULL")
+    assert engine.store.rebuild_projections() == 2
+    assert {r["id"]: r["status"] for r in engine.list_executions()} == rows
+    assert rows[ok.execution.id] == "succeeded"
+
+
+def test_failed_run_keeps_user_traceback(engine: LocalEngine) -> None:
+    with pytest.raises(TaskFailed) as info:
+        run(engine, "a = 1\ny = a / x", {"x": 0}, retries=2)
+    err = info.value
+    assert "ZeroDivisionError" in err.traceback_text
+    assert "line 3" in err.traceback_text  # line 1 is the %%task line
+    assert "engine.py" not in err.traceback_text and "runner.py" not in err.traceback_text
+    state = engine.execution(err.execution_id)
+    node = state.nodes["t"]
+    assert node.user_failures == 3 and node.status is Status.FAILED
+    kinds = [e.kind for e in engine.events(err.execution_id)]
+    assert kinds.count(EventKind.RETRY_SCHEDULED) == 2
+
+
+def test_cache_hit_and_miss(engine: LocalEngine) -> None:
+    first = run(engine, "y = x * 2", {"x": 3}, cache=True)
+    second = run(engine, "y = x * 2", {"x": 3}, cache=True)
+    assert second.execution.status is Status.CACHED
+    node = second.execution.nodes["t"]
+    assert node.cache == "hit" and node.cache_source["execution_id"] == first.execution.id
+    assert second.values == {"y": 6}
+    third = run(engine, "y = x * 2", {"x": 4}, cache=True)
+    assert third.execution.nodes["t"].cache == "miss"
+
+
+def test_unknown_ids(engine: LocalEngine) -> None:
+    with pytest.raises(NotFound):
+        engine.execution("nope")
+    with pytest.raises(NotFound):
+        engine.artifact("0" * 64)
+
+
+def test_inline_needs_values(engine: LocalEngine) -> None:
+    with pytest.raises(ConfigError):
+        engine.run_task(RunRequest(spec=spec("y = 1"), config=TaskConfig(executor="inline"),
+                                   inputs={}))
+
+
+def test_unknown_executor_lists_known(engine: LocalEngine) -> None:
+    with pytest.raises(ConfigError, match="known: inline, local"):
+        engine.executor("cloud")
+
+
+def test_schema_head_matches_migrations(tmp_path: Path) -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(store_db._MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == store_db.SCHEMA_HEAD
+    engine = store_db.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    store_db.ensure_schema(engine)
+    assert store_db.current_revision(engine) == store_db.SCHEMA_HEAD
+    with engine.connect() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    assert mode == "wal"
+    engine.dispose()
+
+
+def test_local_executor_runs_in_another_process(engine: LocalEngine) -> None:
+    s = spec("import os\ny = os.getpid()", outputs=("y",))
+    result = engine.run_task(RunRequest(spec=s, config=TaskConfig(executor="local"), inputs={}))
+    import os
+
+    assert result.values["y"] != os.getpid()
+    assert result.references == {}
