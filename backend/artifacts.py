@@ -80,12 +80,14 @@ class ArtifactIO:
 
 def unserializable_error(value: Any, what: str, exc: BaseException) -> InputError:
     kind = python_type_name(value)
+    lock = "locks belong to one process; create it inside the task"
+    file = "open files can't be moved; pass the file name and open it in the task"
     hint = {
-        "_thread.lock": "locks belong to one process; create it inside the task",
-        "_thread.RLock": "locks belong to one process; create it inside the task",
+        "_thread.lock": lock,
+        "_thread.RLock": lock,
         "generator": "generators can't be copied; turn it into a list first",
-        "_io.TextIOWrapper": "open files can't be moved; pass the file name and open it in the task",
-        "_io.BufferedReader": "open files can't be moved; pass the file name and open it in the task",
-        "_io.BufferedWriter": "open files can't be moved; pass the file name and open it in the task",
+        "_io.TextIOWrapper": file,
+        "_io.BufferedReader": file,
+        "_io.BufferedWriter": file,
     }.get(kind, "make it picklable, create it inside the task, or leave it out with --inputs")
     return InputError(f"{what} of type {kind} can't be serialized ({exc}); {hint}")

@@ -172,13 +172,15 @@ class LocalEngine(EngineAPI):
         except CorruptArtifact:
             raise NotFound(f"no {stream} log for {execution_id}/{node} attempt {attempt}") from None
 
-    # -- running ------------------------------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------
     def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
         listener = listener or NullListener()
         spec, config = request.spec, request.config
         executor = self.executor(config.executor)
         if config.executor == "inline" and request.values is None:
-            raise ConfigError("the inline executor runs in the caller's process and needs its values")
+            raise ConfigError(
+                "the inline executor runs in the caller's process and needs its values"
+            )
         if config.executor != "inline" and not self.storage.shareable:
             raise ConfigError(
                 f"storage {self.storage.url_root} lives inside this process, so the "
@@ -215,11 +217,15 @@ class LocalEngine(EngineAPI):
                     return hit
                 if created[-1].kind is not K.CACHE_INVALID:
                     created.append(rec.event(K.CACHE_MISS, node, cache_key=key))
-            return self._attempts(rec, node, version, task_key, key, request, executor, created, register)
+            return self._attempts(
+                rec, node, version, task_key, key, request, executor, created, register
+            )
         except KeyboardInterrupt:
             if state.created_at:
                 rec.commit([rec.event(K.EXECUTION_ABORTED, reason="interrupted")])
-            raise ExecutionAborted(f"execution {state.id} was interrupted and recorded as aborted") from None
+            raise ExecutionAborted(
+                f"execution {state.id} was interrupted and recorded as aborted"
+            ) from None
 
     def _cache_hit(self, rec, node, key, request, created, register):  # type: ignore[no-untyped-def]
         entry = self.store.cache_get(key, request.project, request.domain)
@@ -294,11 +300,19 @@ class LocalEngine(EngineAPI):
                 user_failures += 1
                 retry, budget = user_failures <= config.retries, "user"
             if retry:
-                pending = [*logs, failed, rec.event(K.RETRY_SCHEDULED, node, attempt, budget=budget)]
+                pending = [
+                    *logs,
+                    failed,
+                    rec.event(K.RETRY_SCHEDULED, node, attempt, budget=budget),
+                ]
                 continue
             rec.commit(
-                [*logs, failed, rec.event(K.NODE_FAILED, node, attempt),
-                 rec.event(K.EXECUTION_FAILED, error=error)]
+                [
+                    *logs,
+                    failed,
+                    rec.event(K.NODE_FAILED, node, attempt),
+                    rec.event(K.EXECUTION_FAILED, error=error),
+                ]
             )
             raise TaskFailed(
                 f"task {request.spec.name!r} failed after {attempt} attempt"

@@ -77,9 +77,14 @@ class EnvironmentProbe:
         packages: dict[str, str] = {}
         local: dict[str, str] = {}
         watch: list[tuple[str, int]] = []
-        if top in sys.stdlib_module_names or top in sys.builtin_module_names or top in (
-            "__main__",
-            "builtins",
+        if (
+            top in sys.stdlib_module_names
+            or top in sys.builtin_module_names
+            or top
+            in (
+                "__main__",
+                "builtins",
+            )
         ):
             pass
         elif top == "papercrane":

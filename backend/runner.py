@@ -221,8 +221,9 @@ def execute(
         ns = build_namespace(spec, values)
         last = run_code(spec, ns)
     except Exception as exc:
-        return AttemptResult("failed", error=user_error(exc, spec), started_at=started,
-                             ended_at=time.time())
+        return AttemptResult(
+            "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
+        )
     try:
         outputs, references, out_values = collect(spec, ns, artifacts, declared_outputs)
         display = display_bundle(last, formatter)
@@ -276,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     prefix = attempt["prefix"]
     spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
     artifacts = ArtifactIO(storage)
-    with storage.open_write(f"{prefix}/stdout.log") as out_log, storage.open_write(
-        f"{prefix}/stderr.log"
-    ) as err_log:
+    with (
+        storage.open_write(f"{prefix}/stdout.log") as out_log,
+        storage.open_write(f"{prefix}/stderr.log") as err_log,
+    ):
         sys.stdout = _Tee(sys.__stdout__, out_log)
         sys.stderr = _Tee(sys.__stderr__, err_log)
         try:
@@ -297,13 +299,20 @@ def _run_attempt(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO)
         try:
             values[name] = artifacts.load(ref)
         except PapercraneError as exc:
-            return AttemptResult("failed", error=system_error(f"input {name!r}: {exc}",
-                                 type(exc).__name__), started_at=started, ended_at=time.time())
+            return AttemptResult(
+                "failed",
+                error=system_error(f"input {name!r}: {exc}", type(exc).__name__),
+                started_at=started,
+                ended_at=time.time(),
+            )
         except Exception as exc:  # unpickling needs a module this process lacks
             msg = f"input {name!r} could not be loaded here: {type(exc).__name__}: {exc}"
-            return AttemptResult("failed", error={"kind": "user", "type": type(exc).__name__,
-                                 "message": msg, "traceback": ""}, started_at=started,
-                                 ended_at=time.time())
+            return AttemptResult(
+                "failed",
+                error={"kind": "user", "type": type(exc).__name__, "message": msg, "traceback": ""},
+                started_at=started,
+                ended_at=time.time(),
+            )
     return execute(spec, values, artifacts, set(attempt.get("declared_outputs", [])))
 
 

@@ -146,7 +146,9 @@ class Storage:
             self._move(tmp, key)
         return digest, key, writer.size
 
-    def put_stream(self, stream: BinaryIO, expected_hash: str | None = None) -> tuple[str, str, int]:
+    def put_stream(
+        self, stream: BinaryIO, expected_hash: str | None = None
+    ) -> tuple[str, str, int]:
         """Store bytes from a stream (uploads); refuse them if they don't hash as claimed."""
         tmp = f"tmp/{uuid.uuid4().hex}"
         with self.open_write(tmp) as raw:

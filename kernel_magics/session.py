@@ -78,7 +78,9 @@ class Session:
             try:
                 fps[name] = fingerprinter.value(value)
             except Exception as exc:
-                raise unserializable_error(value, f"task {cap.name!r}: input {name!r}", exc) from None
+                raise unserializable_error(
+                    value, f"task {cap.name!r}: input {name!r}", exc
+                ) from None
         return fps
 
     def build(self, cap: Captured) -> tuple[TaskSpec, dict[str, str]]:
@@ -184,7 +186,7 @@ class Session:
         widget.finish()
 
         ns = self.shell.user_ns
-        for name, ref in result.outputs.items():
+        for ref in result.outputs.values():
             self._known[ref.id] = ref
         ns.update(result.values)
         for name, ref in result.references.items():

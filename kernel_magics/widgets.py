@@ -92,7 +92,8 @@ def render_html(view: RunView) -> str:
     outs = _output_rows(view)
     if outs:
         cells = "".join(
-            "<tr>" + "".join(f"<td style='padding:1px 10px 1px 0'>{esc(c)}</td>" for c in row)
+            "<tr>"
+            + "".join(f"<td style='padding:1px 10px 1px 0'>{esc(c)}</td>" for c in row)
             + "</tr>"
             for row in outs
         )
@@ -101,8 +102,11 @@ def render_html(view: RunView) -> str:
             "<td>output</td><td>type</td><td>size</td><td>preview</td></tr>" + cells + "</table>"
         )
     node = view.node
-    if node is not None and node.error is not None and status in (Status.FAILED, Status.RUNNING,
-                                                                   Status.QUEUED):
+    if (
+        node is not None
+        and node.error is not None
+        and status in (Status.FAILED, Status.RUNNING, Status.QUEUED)
+    ):
         parts.append(
             f"<div style='color:#b91c1c;margin-top:3px'>{esc(node.error.type)}: "
             f"{esc(node.error.message)}</div>"

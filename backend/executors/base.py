@@ -33,7 +33,9 @@ class AttemptSpec:
     def prefix(self) -> str:
         return f"runs/{self.execution_id}/{self.node}/{self.attempt}"
 
-    def to_dict(self, ) -> dict[str, Any]:
+    def to_dict(
+        self,
+    ) -> dict[str, Any]:
         return {
             "execution_id": self.execution_id,
             "node": self.node,

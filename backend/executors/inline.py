@@ -75,5 +75,7 @@ class InlineExecutor(Executor):
                     set(attempt.declared_outputs),
                 )
         for stream, cap in (("stdout", out), ("stderr", err)):
-            self.storage.write_bytes(f"{attempt.prefix}/{stream}.log", cap.buffer_.getvalue().encode())
+            self.storage.write_bytes(
+                f"{attempt.prefix}/{stream}.log", cap.buffer_.getvalue().encode()
+            )
         return result

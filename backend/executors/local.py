@@ -56,7 +56,13 @@ class LocalExecutor(Executor):
     name = "local"
 
     def command(self, attempt_key: str) -> list[str]:
-        return [sys.executable, "-m", "papercrane.backend.runner", self.storage.url_root, attempt_key]
+        return [
+            sys.executable,
+            "-m",
+            "papercrane.backend.runner",
+            self.storage.url_root,
+            attempt_key,
+        ]
 
     def run(self, attempt: AttemptSpec, sink: LogSink) -> AttemptResult:
         if not self.storage.shareable:
@@ -112,7 +118,9 @@ class LocalExecutor(Executor):
                     pipe.close()
         return self._result(attempt, proc.returncode, timed_out, started)
 
-    def _result(self, attempt: AttemptSpec, code: int, timed_out: bool, started: float) -> AttemptResult:
+    def _result(
+        self, attempt: AttemptSpec, code: int, timed_out: bool, started: float
+    ) -> AttemptResult:
         if timed_out:
             message = (
                 f"task {attempt.task.name!r} ran longer than its timeout of "

@@ -54,9 +54,11 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self.engine.connect().execution_options(papercrane_write=True) as conn:
-            with conn.begin():
-                yield conn
+        with (
+            self.engine.connect().execution_options(papercrane_write=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
@@ -86,7 +88,9 @@ class Store:
             conn.execute(executions.insert().values(**self._projection_row(state)))
         seqs = [
             r.seq
-            for r in conn.execute(events.insert().returning(events.c.seq, sort_by_parameter_order=True), rows)
+            for r in conn.execute(
+                events.insert().returning(events.c.seq, sort_by_parameter_order=True), rows
+            )
         ]
         numbered = [
             Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
@@ -231,7 +235,9 @@ class Store:
         return dict(row._mapping) if row else None
 
     def cache_put(self, conn: sa.Connection, row: dict[str, Any]) -> None:
-        _upsert(conn, cache_entries, {**row, "created_at": time.time()}, ["key", "project", "domain"])
+        _upsert(
+            conn, cache_entries, {**row, "created_at": time.time()}, ["key", "project", "domain"]
+        )
 
     def cache_delete(self, key: str, project: str, domain: str) -> None:
         with self.write() as conn:
@@ -243,7 +249,9 @@ class Store:
                 )
             )
 
-    def cache_list(self, project: str | None = None, task_name: str | None = None) -> list[dict[str, Any]]:
+    def cache_list(
+        self, project: str | None = None, task_name: str | None = None
+    ) -> list[dict[str, Any]]:
         query = sa.select(cache_entries).order_by(cache_entries.c.created_at.desc())
         if project:
             query = query.where(cache_entries.c.project == project)

@@ -53,8 +53,12 @@ executions = sa.Table(
 events = sa.Table(
     "events",
     metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-              autoincrement=True),
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
     sa.Column("execution_id", sa.String(32), sa.ForeignKey("executions.id"), nullable=False),
     sa.Column("node", sa.String(200), nullable=False, default=""),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),

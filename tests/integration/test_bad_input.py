@@ -23,9 +23,11 @@ def snapshot(home: Path) -> dict[str, object]:
             for table in TABLES:
                 counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     store = home / "store"
-    counts["files"] = sorted(
-        str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()
-    ) if store.exists() else []
+    counts["files"] = (
+        sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
+        if store.exists()
+        else []
+    )
     return counts
 
 

@@ -54,7 +54,9 @@ def test_hit_displays_the_final_expression(counter: Counter, kernel: Kernel) -> 
     assert {"text/plain": "500"} in r.displays
 
 
-def test_comments_and_whitespace_keep_the_cache_but_code_edits_miss(counter: Counter, kernel: Kernel) -> None:
+def test_comments_and_whitespace_keep_the_cache_but_code_edits_miss(
+    counter: Counter, kernel: Kernel
+) -> None:
     kernel.run("n = 3").ok()
     counter.task("out = n * 2")
     counter.task("# a comment\nout = n   *   2  # why\n\n")
@@ -78,7 +80,9 @@ def test_changed_input_value_misses(counter: Counter, kernel: Kernel) -> None:
 
 
 def test_helper_functions(counter: Counter, kernel: Kernel) -> None:
-    helpers = "SCALE = 3\ndef inner(v):\n    return v + 1\ndef helper(v):\n    return inner(v) * SCALE"
+    helpers = (
+        "SCALE = 3\ndef inner(v):\n    return v + 1\ndef helper(v):\n    return inner(v) * SCALE"
+    )
     kernel.run(helpers).ok()
     counter.task("out = helper(2)")
     # Re-running the unchanged cell that defines the helpers keeps the cache.
@@ -126,7 +130,9 @@ def test_upgrading_an_imported_package_misses(
     site.mkdir()
     _fake_dist(site, "1.0")
     kernel.run(f"import sys\nsys.path.insert(0, {str(site)!r})").ok()
-    body = f"import sys\nsys.path.insert(0, {str(site)!r})\nimport fakepkg_pc\nv = fakepkg_pc.VERSION"
+    body = (
+        f"import sys\nsys.path.insert(0, {str(site)!r})\nimport fakepkg_pc\nv = fakepkg_pc.VERSION"
+    )
     counter.task(body)
     counter.task(body)
     assert counter.runs == 1

@@ -12,7 +12,6 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-
 from papercrane.backend.store import Store
 
 pytestmark = pytest.mark.kernel
@@ -82,7 +81,11 @@ def test_papermill_parameters_reach_tasks(home: Path, tmp_path: Path) -> None:
 
 def _many_tasks_notebook(path: Path, tag: str) -> None:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     cells = [nbformat.v4.new_code_cell("%load_ext papercrane\nacc = 0")]
     for i in range(12):
         executor = "inline" if i % 2 else "local"
@@ -109,7 +112,10 @@ def test_two_processes_share_one_store(home: Path, tmp_path: Path) -> None:
     def run(p: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "papermill", str(p), str(p.with_suffix(".out.ipynb"))],
-            env=env, capture_output=True, text=True, timeout=300,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     with ThreadPoolExecutor(2) as pool:

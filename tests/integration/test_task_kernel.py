@@ -120,7 +120,9 @@ def test_retries_exhausted_fail(kernel: Kernel, home: Path) -> None:
 
 
 @pytest.mark.parametrize("executor", ["local", "inline"])
-def test_timeout_stops_the_attempt(kernel: Kernel, home: Path, workdir: Path, executor: str) -> None:
+def test_timeout_stops_the_attempt(
+    kernel: Kernel, home: Path, workdir: Path, executor: str
+) -> None:
     pidfile = workdir / "pid"
     marker = workdir / "finished"
     code = f"""%%task sleepy --timeout 1s --executor {executor}

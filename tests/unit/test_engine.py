@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from papercrane.backend.api import RunRequest
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine
@@ -104,8 +103,9 @@ def test_unknown_ids(engine: LocalEngine) -> None:
 
 def test_inline_needs_values(engine: LocalEngine) -> None:
     with pytest.raises(ConfigError):
-        engine.run_task(RunRequest(spec=spec("y = 1"), config=TaskConfig(executor="inline"),
-                                   inputs={}))
+        engine.run_task(
+            RunRequest(spec=spec("y = 1"), config=TaskConfig(executor="inline"), inputs={})
+        )
 
 
 def test_unknown_executor_lists_known(engine: LocalEngine) -> None:
