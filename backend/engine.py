@@ -286,8 +286,8 @@ class LocalEngine(EngineAPI):
             )
             result = executor.run(spec, _LogForward(rec.listener))
             logs = [
-                rec.event(K.LOG_STORED, node, attempt, stream=s, uri=f"{spec.prefix}/{s}.log")
-                for s in ("stdout", "stderr")
+                rec.event(K.LOG_STORED, node, attempt, stream=stream, uri=key)
+                for stream, key in sorted(result.logs.items())
             ]
             if result.status == "succeeded":
                 return self._succeeded(rec, node, attempt, key, request, result, logs)

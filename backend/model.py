@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 from .hashing import sha256_json
@@ -130,6 +131,19 @@ class TaskSpec:
     #: Not part of the version: only the code's structure is.
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
 
+    @cached_property
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "code": self.normalized_code(),
+            "interface": self.interface(),
+            "imports": sorted(self.imports),
+            "environment": self.environment.to_dict(),
+        }
+
+    @cached_property
+    def _version(self) -> str:
+        return sha256_json({"name": self.name, **self._identity})
+
     def normalized_code(self) -> str:
         """The AST, not the text: whitespace and comments do not make a new version."""
         return ast.dump(ast.parse(self.code), annotate_fields=False)
@@ -143,19 +157,15 @@ class TaskSpec:
         }
 
     def identity(self) -> dict[str, Any]:
-        return {
-            "code": self.normalized_code(),
-            "interface": self.interface(),
-            "imports": sorted(self.imports),
-            "environment": self.environment.to_dict(),
-        }
+        """Code structure, interface, imports and environment: what the version hashes."""
+        return dict(self._identity)
 
     def version(self) -> str:
-        return sha256_json({"name": self.name, **self.identity()})
+        return self._version
 
     def cache_identity(self, cache_version: str) -> str:
         """Like the version but without the name: renaming a task keeps its cache."""
-        return sha256_json({**self.identity(), "cache_version": cache_version})
+        return sha256_json({**self._identity, "cache_version": cache_version})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -48,6 +48,8 @@ class AttemptResult:
     error: dict[str, Any] | None = None
     started_at: float = 0.0
     ended_at: float = 0.0
+    #: Streams that wrote something, and the storage key of their log.
+    logs: dict[str, str] = field(default_factory=dict)
     #: In-process runs hand the live output values back, skipping a load.
     values: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -60,6 +62,7 @@ class AttemptResult:
             "error": self.error,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+            "logs": self.logs,
         }
 
     @classmethod
@@ -72,6 +75,7 @@ class AttemptResult:
             error=data.get("error"),
             started_at=data.get("started_at", 0.0),
             ended_at=data.get("ended_at", 0.0),
+            logs=data.get("logs", {}),
         )
 
 
@@ -248,10 +252,12 @@ class _Tee:
     def __init__(self, stream: Any, log: Any) -> None:
         self._stream = stream
         self._log = log
+        self.written = 0
 
     def write(self, text: str) -> int:
         self._stream.write(text)
         self._stream.flush()
+        self.written += len(text)
         self._log.write(text.encode("utf-8", "replace"))
         self._log.flush()
         return len(text)
@@ -281,12 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         storage.open_write(f"{prefix}/stdout.log") as out_log,
         storage.open_write(f"{prefix}/stderr.log") as err_log,
     ):
-        sys.stdout = _Tee(sys.__stdout__, out_log)
-        sys.stderr = _Tee(sys.__stderr__, err_log)
+        tees = {"stdout": _Tee(sys.__stdout__, out_log), "stderr": _Tee(sys.__stderr__, err_log)}
+        sys.stdout, sys.stderr = tees["stdout"], tees["stderr"]
         try:
             result = _run_attempt(spec, attempt, artifacts)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    result.logs = {name: f"{prefix}/{name}.log" for name, tee in tees.items() if tee.written}
     storage.write_bytes(f"{prefix}/result.json", json.dumps(result.to_dict()).encode())
     return 0
 

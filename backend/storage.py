@@ -9,6 +9,7 @@ without importing fsspec); every other URL goes through fsspec.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,16 @@ from .hashing import HashingReader, HashingWriter
 from .serializers import Serializer
 
 
+def _small(value: Any) -> bool:
+    """A cheap guess that a value encodes small; big arrays and frames stream instead."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes <= Storage.SMALL
+    if isinstance(value, (str, bytes)):
+        return len(value) <= Storage.SMALL
+    return not hasattr(value, "memory_usage")
+
+
 def _is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
@@ -27,7 +38,12 @@ def _is_local(url: str) -> bool:
 class Storage:
     """Keys are relative paths ('artifacts/ab/ab12...'); ``url(key)`` gives a full URL."""
 
+    #: Values up to this size are encoded in memory first, so storing a value that is
+    #: already there costs no file write at all.
+    SMALL = 1 << 20
+
     def __init__(self, url: str) -> None:
+        self._made: set[str] = set()
         self.url_root = url.rstrip("/")
         self.local = _is_local(url)
         if self.local:
@@ -73,7 +89,7 @@ class Storage:
     def open_write(self, key: str) -> BinaryIO:
         path = self._path(key)
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._makedirs(os.path.dirname(path))
             return open(path, "wb")
         return self._fs.open(path, "wb")
 
@@ -85,6 +101,11 @@ class Storage:
             return self._fs.open(path, "rb")
         except FileNotFoundError:
             raise CorruptArtifact(f"stored object {self.url(key)} is missing") from None
+
+    def _makedirs(self, folder: str) -> None:
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
@@ -107,12 +128,12 @@ class Storage:
 
     def _move(self, src: str, dst: str) -> None:
         if self.local:
-            os.makedirs(os.path.dirname(self._path(dst)), exist_ok=True)
+            self._makedirs(os.path.dirname(self._path(dst)))
             os.replace(self._path(src), self._path(dst))
         else:
             self._fs.mv(self._path(src), self._path(dst))
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes | memoryview) -> None:
         """Atomic small write (specs, manifests): readers see all of it or nothing."""
         tmp = f"tmp/{uuid.uuid4().hex}"
         with self.open_write(tmp) as f:
@@ -130,6 +151,15 @@ class Storage:
 
     def put_value(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
         """Serialize ``value`` straight into storage; return (sha256, key, size)."""
+        if _small(value):
+            buffer = io.BytesIO()
+            writer = HashingWriter(buffer)
+            serializer.dump(value, writer)  # type: ignore[arg-type]
+            digest = writer.hexdigest()
+            key = self.artifact_key(digest)
+            if not self.exists(key):
+                self.write_bytes(key, buffer.getbuffer())
+            return digest, key, writer.size
         tmp = f"tmp/{uuid.uuid4().hex}"
         try:
             with self.open_write(tmp) as raw:

@@ -186,7 +186,8 @@ def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str
             )
         if n in user_ns:
             names.append(n)
-        elif not hasattr(builtins, n) and n not in analysis.ever_bound:
+        elif not (hasattr(builtins, n) or n in analysis.ever_bound or analysis.star_imports):
+            # (with ``import *`` in the cell, any unknown name may come from it)
             raise InputError(
                 f"{label} reads {n!r}, but no variable {n!r} is defined in the notebook; "
                 "run the cell that defines it first, or fix the name"

@@ -42,8 +42,7 @@ def test_outputs_bound_and_last_expression_displayed(kernel: Kernel, home: Path)
         "execution_created",
         "node_queued",
         "attempt_started",
-        "log_stored",
-        "log_stored",
+        "log_stored",  # stdout only: nothing was written to stderr
         "attempt_succeeded",
         "node_succeeded",
         "execution_succeeded",
