@@ -49,8 +49,11 @@ def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]
 class _Recorder:
     """Folds events into the live state, commits them, then tells the listener."""
 
-    def __init__(self, store: Store, state: ExecutionState, listener: RunListener) -> None:
-        self.store = store
+    def __init__(
+        self, engine: LocalEngine, state: ExecutionState, listener: RunListener
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
         self.state = state
         self.listener = listener
 
@@ -60,10 +63,15 @@ class _Recorder:
     def commit(self, batch: list[Event], before: Any = None) -> None:
         for e in batch:
             apply(self.state, e)
-        with self.store.write() as conn:
-            if before is not None:
-                before(conn)
-            numbered = self.store.append(conn, batch, self.state)
+        try:
+            with self.store.write() as conn:
+                if before is not None:
+                    before(conn)
+                numbered = self.store.append(conn, batch, self.state)
+        except BaseException:
+            self.engine._rolled_back()
+            raise
+        self.engine._committed()
         for e in numbered:
             self.listener.on_event(e, self.state)
 
@@ -88,6 +96,9 @@ class LocalEngine(EngineAPI):
         self._executors: dict[str, Executor] = {}
         self._registry = executor_registry()
         self._registered: set[str] = set()
+        #: Artifact rows this engine has written: no need to insert-ignore them again.
+        self._recorded: set[str] = set()
+        self._pending_recorded: list[str] = []
 
     def close(self) -> None:
         self.store.close()
@@ -122,6 +133,21 @@ class LocalEngine(EngineAPI):
                 )
 
         return write
+
+    def _record_artifacts(self, conn, refs) -> None:  # type: ignore[no-untyped-def]
+        """Insert artifact rows not yet known to be in the store. They are remembered
+        only once the transaction commits (see ``_Recorder.commit``)."""
+        new = [r for r in refs if r.id not in self._recorded]
+        if new:
+            self.store.put_artifacts(conn, new)
+            self._pending_recorded.extend(r.id for r in new)
+
+    def _committed(self) -> None:
+        self._recorded.update(self._pending_recorded)
+        self._pending_recorded.clear()
+
+    def _rolled_back(self) -> None:
+        self._pending_recorded.clear()
 
     def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
         version, key = self._bundle(spec)
@@ -190,12 +216,12 @@ class LocalEngine(EngineAPI):
         version, task_key = self._bundle(spec)
         node = spec.name
         state = ExecutionState(id=new_execution_id())
-        rec = _Recorder(self.store, state, listener)
+        rec = _Recorder(self, state, listener)
         key = cache_key(spec, config.cache_version, request.inputs) if config.cache else ""
 
         def register(conn):  # type: ignore[no-untyped-def]
             self._task_row(spec, version, task_key, request.project, request.domain)(conn)
-            self.store.put_artifacts(conn, request.inputs.values())
+            self._record_artifacts(conn, request.inputs.values())
 
         created = [
             rec.event(
@@ -330,7 +356,7 @@ class LocalEngine(EngineAPI):
             values = {n: self.artifacts.load(r) for n, r in outputs.items()}
 
         def persist(conn):  # type: ignore[no-untyped-def]
-            self.store.put_artifacts(conn, outputs.values())
+            self._record_artifacts(conn, outputs.values())
             if key:
                 self.store.cache_put(
                     conn,

@@ -75,7 +75,9 @@ class InlineExecutor(Executor):
                     set(attempt.declared_outputs),
                 )
         for stream, cap in (("stdout", out), ("stderr", err)):
-            self.storage.write_bytes(
-                f"{attempt.prefix}/{stream}.log", cap.buffer_.getvalue().encode()
-            )
+            text = cap.buffer_.getvalue()
+            if text:
+                key = f"{attempt.prefix}/{stream}.log"
+                self.storage.write_bytes(key, text.encode())
+                result.logs[stream] = key
         return result

@@ -43,6 +43,26 @@ def _upsert(conn: sa.Connection, table: sa.Table, row: dict[str, Any], keys: lis
     conn.execute(stmt)
 
 
+# The hot path's statements, built once: constructing a statement per call costs more
+# than executing it on SQLite.
+_INSERT_EXECUTION = executions.insert()
+_INSERT_EVENTS = events.insert().returning(events.c.seq, sort_by_parameter_order=True)
+_UPDATE_EXECUTION = (
+    executions.update()
+    .where(executions.c.id == sa.bindparam("eid"))
+    .values(
+        status=sa.bindparam("status"),
+        ended_at=sa.bindparam("ended_at"),
+        last_seq=sa.bindparam("last_seq"),
+    )
+)
+_SELECT_CACHE = sa.select(cache_entries).where(
+    cache_entries.c.key == sa.bindparam("k"),
+    cache_entries.c.project == sa.bindparam("p"),
+    cache_entries.c.domain == sa.bindparam("d"),
+)
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = db.create_engine(url)
@@ -85,22 +105,21 @@ class Store:
         ]
         created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
         if created:
-            conn.execute(executions.insert().values(**self._projection_row(state)))
-        seqs = [
-            r.seq
-            for r in conn.execute(
-                events.insert().returning(events.c.seq, sort_by_parameter_order=True), rows
-            )
-        ]
+            conn.execute(_INSERT_EXECUTION, self._projection_row(state))
+        seqs = [r.seq for r in conn.execute(_INSERT_EVENTS, rows)]
         numbered = [
             Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
             for e, seq in zip(batch, seqs)
         ]
         state.last_seq = max(seqs)
         conn.execute(
-            executions.update()
-            .where(executions.c.id == state.id)
-            .values(status=state.status.value, ended_at=state.ended_at, last_seq=state.last_seq)
+            _UPDATE_EXECUTION,
+            {
+                "eid": state.id,
+                "status": state.status.value,
+                "ended_at": state.ended_at,
+                "last_seq": state.last_seq,
+            },
         )
         return numbered
 
@@ -225,13 +244,7 @@ class Store:
     # -- cache ----------------------------------------------------------------------------------
     def cache_get(self, key: str, project: str, domain: str) -> dict[str, Any] | None:
         with self.read() as conn:
-            row = conn.execute(
-                sa.select(cache_entries).where(
-                    cache_entries.c.key == key,
-                    cache_entries.c.project == project,
-                    cache_entries.c.domain == domain,
-                )
-            ).first()
+            row = conn.execute(_SELECT_CACHE, {"k": key, "p": project, "d": domain}).first()
         return dict(row._mapping) if row else None
 
     def cache_put(self, conn: sa.Connection, row: dict[str, Any]) -> None:
