@@ -37,6 +37,9 @@ class CellAnalysis:
     star_imports: list[int] = field(default_factory=list)
     ipython_calls: list[int] = field(default_factory=list)
     last_expr: bool = False
+    #: Names bound only by ``with ... as name``: a resource (an open file, a pool, a
+    #: connection), closed or useless once the block ends, not a result.
+    context_bound: set[str] = field(default_factory=set)
 
 
 def analyze(source: str) -> CellAnalysis:
@@ -47,6 +50,7 @@ def analyze(source: str) -> CellAnalysis:
         flow.stmt(stmt)
     result = flow.result
     result.bound = [n for n in flow.order if n in flow.possible]
+    result.context_bound = flow.with_targets - flow.plain_bound
     result.last_expr = (
         bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(source)
     )
@@ -88,12 +92,16 @@ class _ModuleFlow:
         self.deferred: list[str] = []
         self.top_bound: set[str] = set()  # bound by the cell's own statements
         self.global_reads: set[str] = set()  # ``global n; n += 1`` in a function
+        self.binding_with = False
+        self.with_targets: set[str] = set()  # bound by ``with ... as name``
+        self.plain_bound: set[str] = set()  # bound any other way
 
     # -- bindings -------------------------------------------------------------------------
     def bind(self, name: str) -> None:
         self.definite.add(name)
         self.possible.add(name)
         self.top_bound.add(name)
+        (self.with_targets if self.binding_with else self.plain_bound).add(name)
         self.result.ever_bound.add(name)
         if name not in self.order:
             self.order.append(name)
@@ -197,7 +205,9 @@ class _ModuleFlow:
         for item in node.items:
             self.expr(item.context_expr)
             if item.optional_vars is not None:
+                self.binding_with = True
                 self.target(item.optional_vars)
+                self.binding_with = False
         self.block(node.body)
 
     stmt_AsyncWith = stmt_With  # noqa: N815

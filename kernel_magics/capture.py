@@ -64,7 +64,11 @@ def split_names(text: str | None, flag: str) -> list[str] | None:
 
 def default_name(analysis: CellAnalysis, explicit_outputs: list[str] | None) -> str:
     outs = explicit_outputs or [
-        n for n in analysis.bound if not n.startswith("_") and n not in analysis.import_bound
+        n
+        for n in analysis.bound
+        if not n.startswith("_")
+        and n not in analysis.import_bound
+        and n not in analysis.context_bound
     ]
     return "_".join(outs[:3]) or "cell"
 
@@ -154,7 +158,10 @@ def capture(
     if outputs is not None:
         output_names = list(outputs)
     else:
-        output_names = [n for n in analysis.bound if not n.startswith("_")]
+        # ``with open(p) as f``: f is a closed file afterwards, which can't be stored.
+        output_names = [
+            n for n in analysis.bound if not n.startswith("_") and n not in analysis.context_bound
+        ]
         output_names += [
             n
             for n in analysis.mutated

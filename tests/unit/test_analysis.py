@@ -722,6 +722,21 @@ def test_with_as_binds_and_body_runs() -> None:
     )
     assert a.reads == ["open", "path", "len"]
     assert a.bound == ["fh", "data", "size"]
+    assert a.context_bound == {"fh"}
+
+
+def test_with_target_also_bound_another_way_is_not_only_a_context() -> None:
+    a = cell(
+        """
+        with pool() as p, lock:
+            pass
+        with timer() as t:
+            pass
+        t = t.elapsed
+        """
+    )
+    assert a.context_bound == {"p"}
+    assert a.bound == ["p", "t"]
 
 
 def test_with_as_tuple_target() -> None:
@@ -732,6 +747,18 @@ def test_with_as_tuple_target() -> None:
         """
     )
     assert a.bound == ["left", "right"]
+    assert a.context_bound == {"left", "right"}
+
+
+def test_with_as_attribute_target_mutates() -> None:
+    a = cell(
+        """
+        with ctx() as holder.res:
+            pass
+        """
+    )
+    assert a.mutated == ["holder"]
+    assert a.context_bound == set()
 
 
 def test_match_captures_bind_and_patterns_read() -> None:

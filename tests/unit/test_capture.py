@@ -191,6 +191,24 @@ def test_underscore_mutated_input_is_not_an_output() -> None:
     assert cap.outputs == ()
 
 
+def test_with_as_resource_is_not_an_output() -> None:
+    # After the block the file is closed: storing it would fail the task.
+    cap = run_capture(
+        """
+        with open(path) as fh:
+            text = fh.read()
+        """,
+        notebook(path="data.txt"),
+    )
+    assert cap.outputs == ("text",)
+    assert cap.name == "text"
+
+
+def test_with_as_resource_can_still_be_asked_for() -> None:
+    cap = run_capture("with timer() as t:\n    pass\n", notebook(timer=object), outputs=["t"])
+    assert cap.outputs == ("t",)
+
+
 def test_deleted_names_are_reported() -> None:
     cap = run_capture("del old\ny = 1", notebook(old=1))
     assert cap.deleted == {"old"}

@@ -1,0 +1,368 @@
+"""Serializers: which one a value gets, exact round trips through content-addressed
+storage, and storage that refuses corrupt or half-written objects."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+import pytest
+from papercrane.backend.errors import ConfigError, CorruptArtifact
+from papercrane.backend.serializers import (
+    Serializer,
+    SerializerRegistry,
+    preview,
+    python_type_name,
+)
+from papercrane.backend.storage import Storage
+
+
+@pytest.fixture
+def registry() -> SerializerRegistry:
+    return SerializerRegistry()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    return Storage(str(tmp_path))
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+def _deep(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+# -- which serializer -----------------------------------------------------------------------
+
+CHOICES = [
+    ("text", "hello"),
+    ("text", ""),
+    ("bytes", b"\x00\xff"),
+    ("json", 3),
+    ("json", -(10**100)),
+    ("json", 1.5),
+    ("json", True),
+    ("json", None),
+    ("json", [1, "a", None, 2.5, [True, {"k": []}]]),
+    ("json", {"a": {"b": [1, 2]}}),
+    ("npy", np.arange(6).reshape(2, 3)),
+    ("npy", np.array(["2020-01-01"], dtype="datetime64[D]")),
+    ("npy", np.zeros(2, dtype=[("a", "i4"), ("b", "f8")])),
+    ("parquet", pd.DataFrame({"a": [1, 2], "f": [0.5, np.nan]})),
+    ("cloudpickle", (1, 2)),
+    ("cloudpickle", [1, (2, 3)]),
+    ("cloudpickle", {1: "a"}),
+    ("cloudpickle", {"a": {2: "b"}}),
+    ("cloudpickle", float("nan")),
+    ("cloudpickle", float("inf")),
+    ("cloudpickle", [1.0, float("nan")]),
+    ("cloudpickle", {"x": float("-inf")}),
+    ("cloudpickle", {1, 2}),
+    ("cloudpickle", 10**5000),  # JSON can't print ints this long
+    ("cloudpickle", list(range(10_001))),
+    ("cloudpickle", _deep(60)),
+    ("cloudpickle", Color.RED),  # an int subclass would come back as a plain int
+    ("cloudpickle", bytearray(b"x")),
+    ("cloudpickle", np.array([1, "a"], dtype=object)),
+    ("cloudpickle", np.zeros(2, dtype=[("a", "O")])),
+    ("cloudpickle", np.float64(1.5)),
+    ("cloudpickle", np.ma.masked_array([1, 2], mask=[0, 1])),
+    ("cloudpickle", pd.Series([1, 2])),
+    ("cloudpickle", pd.DataFrame({0: [1]})),
+    ("cloudpickle", pd.DataFrame([[1, 2]], columns=["a", "a"])),
+    ("cloudpickle", pd.DataFrame({"o": pd.Series([1, "a"], dtype=object)})),
+    ("cloudpickle", type("Text", (str,), {})("x")),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "value"), CHOICES, ids=[f"{e}-{i}" for i, (e, _) in enumerate(CHOICES)]
+)
+def test_serializer_is_chosen_by_type(
+    registry: SerializerRegistry, expected: str, value: Any
+) -> None:
+    assert registry.for_value(value).name == expected
+
+
+def test_unknown_serializer_name_lists_known_ones(registry: SerializerRegistry) -> None:
+    with pytest.raises(ConfigError, match=r"unknown serializer 'yaml'.*cloudpickle.*npy"):
+        registry.get("yaml")
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+def assert_same(original: Any, back: Any) -> None:
+    assert type(back) is type(original)
+    if isinstance(original, pd.DataFrame):
+        pd.testing.assert_frame_equal(back, original, check_exact=True)
+    elif isinstance(original, np.ndarray):
+        assert back.dtype == original.dtype
+        assert back.shape == original.shape
+        np.testing.assert_array_equal(back, original)
+    elif isinstance(original, pd.Series):
+        pd.testing.assert_series_equal(back, original, check_exact=True)
+    elif isinstance(original, float):
+        assert repr(back) == repr(original)  # nan stays nan, -0.0 stays -0.0
+    else:
+        assert back == original
+
+
+ROUND_TRIPS = [
+    ("text", "héllo wörld ✓"),
+    ("text", "lone \udc80 surrogate"),
+    ("bytes", bytes(range(256))),
+    ("json", {"nested": [1, 2.5, None, True, "ü", {"deep": []}], "n": 10**30}),
+    ("json", ["lone \udc80 surrogate"]),
+    ("json", -0.0),
+    ("npy", np.arange(12, dtype=np.int16).reshape(3, 4)),
+    ("npy", np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))),
+    ("npy", np.arange(10)[::3]),
+    ("npy", np.array([1 + 2j, 3 - 1j])),
+    ("npy", np.zeros(3, dtype=[("a", "i4"), ("b", "f8")])),
+    (
+        "parquet",
+        pd.DataFrame(
+            {"a": [1, 2, 3], "s": ["x", None, "z"], "f": [1.5, np.nan, -2.0]},
+            index=pd.Index([10, 20, 30], name="idx"),
+        ),
+    ),
+    ("parquet", pd.DataFrame({"c": pd.Categorical(["x", "y", "x"])})),
+    ("parquet", pd.DataFrame({"t": pd.date_range("2020-01-01", periods=3, tz="UTC")})),
+    (
+        "parquet",
+        pd.DataFrame(
+            {"v": [1, 2]}, index=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)], names=["k", "n"])
+        ),
+    ),
+    ("cloudpickle", (1, "a", (2.5, None))),
+    ("cloudpickle", {1: "a", (2, 3): {4}}),
+    ("cloudpickle", float("nan")),
+    ("cloudpickle", 10**5000),
+    ("cloudpickle", np.array([1, "a", None], dtype=object)),
+    ("cloudpickle", pd.Series([1.5, 2.5], name="s")),
+    ("cloudpickle", Color.RED),
+    ("cloudpickle", lambda x: x + 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "value"), ROUND_TRIPS, ids=[f"{e}-{i}" for i, (e, _) in enumerate(ROUND_TRIPS)]
+)
+def test_round_trip_through_storage(
+    registry: SerializerRegistry, storage: Storage, expected: str, value: Any
+) -> None:
+    serializer = registry.for_value(value)
+    assert serializer.name == expected
+    digest, key, size = storage.put_value(value, serializer)
+    stored = Path(storage.root) / key
+    assert key == f"artifacts/{digest[:2]}/{digest}"
+    assert stored.stat().st_size == size
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+    back = storage.load_value(key, digest, registry.get(expected))
+    if callable(value):
+        assert back(1) == value(1) == 2
+    else:
+        assert_same(value, back)
+
+
+def test_object_string_column_keeps_its_dtype(
+    registry: SerializerRegistry, storage: Storage
+) -> None:
+    # pandas 3 reads parquet strings back as its own str dtype, not object.
+    df = pd.DataFrame({"s": pd.Series(["a", None, "c"], dtype=object)})
+    serializer = registry.for_value(df)
+    digest, key, _ = storage.put_value(df, serializer)
+    back = storage.load_value(key, digest, serializer)
+    assert back["s"].dtype == object
+    assert back["s"].tolist() == ["a", None, "c"]
+
+
+def test_large_array_streams_through_a_temporary_object(
+    registry: SerializerRegistry, storage: Storage, tmp_path: Path
+) -> None:
+    value = np.random.default_rng(0).random(300_000)  # 2.4 MB: over Storage.SMALL
+    assert value.nbytes > Storage.SMALL
+    serializer = registry.for_value(value)
+    digest, key, size = storage.put_value(value, serializer)
+    assert size > value.nbytes
+    assert files_under(tmp_path / "tmp") == []
+    assert_same(value, storage.load_value(key, digest, serializer))
+
+
+def test_large_dataframe_round_trip(registry: SerializerRegistry, storage: Storage) -> None:
+    n = 100_000
+    df = pd.DataFrame({"i": np.arange(n), "x": np.linspace(0, 1, n), "s": ["v"] * n})
+    serializer = registry.for_value(df)
+    assert serializer.name == "parquet"
+    digest, key, _ = storage.put_value(df, serializer)
+    assert_same(df, storage.load_value(key, digest, serializer))
+
+
+@pytest.mark.parametrize("value", [np.arange(5), np.arange(300_000), "x", [1, 2]])
+def test_storing_a_value_twice_is_one_object(
+    registry: SerializerRegistry, storage: Storage, tmp_path: Path, value: Any
+) -> None:
+    serializer = registry.for_value(value)
+    first = storage.put_value(value, serializer)
+    second = storage.put_value(value.copy() if hasattr(value, "copy") else value, serializer)
+    assert first == second
+    assert files_under(tmp_path / "artifacts") == [tmp_path / first[1]]
+    assert files_under(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize("name", ["npy", "text", "bytes", "json"])
+def test_deterministic_serializers_give_equal_bytes_for_equal_values(
+    registry: SerializerRegistry, name: str
+) -> None:
+    value = {"npy": np.arange(4), "text": "abc", "bytes": b"abc", "json": {"a": [1]}}[name]
+    serializer = registry.get(name)
+    assert serializer.deterministic
+    one, two = io.BytesIO(), io.BytesIO()
+    serializer.dump(value, one)
+    serializer.dump(value.copy() if hasattr(value, "copy") else value, two)
+    assert one.getvalue() == two.getvalue()
+
+
+@pytest.mark.parametrize("name", ["parquet", "cloudpickle"])
+def test_pickle_and_parquet_are_not_trusted_as_fingerprints(
+    registry: SerializerRegistry, name: str
+) -> None:
+    assert registry.get(name).deterministic is False
+
+
+# -- corrupt, missing, failed writes -----------------------------------------------------------
+
+STORED = {
+    "npy": np.arange(100, dtype=np.int64),
+    "parquet": pd.DataFrame({"a": np.arange(50), "s": [f"r{i}" for i in range(50)]}),
+    "text": "some text " * 20,
+    "bytes": bytes(range(200)),
+    "json": {"a": list(range(40))},
+    "cloudpickle": (1, "two", [3.0] * 20),
+}
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0xFF
+    elif how == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        data += b"junk"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "append"])
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_corrupted_object_raises_and_is_discarded(
+    registry: SerializerRegistry, storage: Storage, tmp_path: Path, name: str, how: str
+) -> None:
+    serializer = registry.get(name)
+    digest, key, _ = storage.put_value(STORED[name], serializer)
+    _corrupt(tmp_path / key, how)
+    with pytest.raises(CorruptArtifact, match="does not match its hash"):
+        storage.load_value(key, digest, serializer)
+    assert not (tmp_path / key).exists()  # the next put of the right value rewrites it
+    assert storage.put_value(STORED[name], serializer)[0] == digest
+    assert_same(STORED[name], storage.load_value(key, digest, serializer))
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_missing_object_raises_corrupt_artifact(
+    registry: SerializerRegistry, storage: Storage, tmp_path: Path, name: str
+) -> None:
+    serializer = registry.get(name)
+    digest, key, _ = storage.put_value(STORED[name], serializer)
+    (tmp_path / key).unlink()
+    with pytest.raises(CorruptArtifact, match="is missing"):
+        storage.load_value(key, digest, serializer)
+
+
+class Exploding(Serializer):
+    """Writes part of the value, then fails (a full disk, an unpicklable member)."""
+
+    name = "exploding"
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        return False
+
+    def dump(self, value: Any, stream: BinaryIO) -> None:
+        stream.write(b"x" * (1 << 16))
+        raise RuntimeError("disk full")
+
+    def load(self, stream: BinaryIO) -> Any:
+        raise AssertionError("never stored")
+
+
+class Big:
+    """Claims to be large, so storage streams it instead of encoding it in memory."""
+
+    nbytes = 50 << 20
+
+    def __init__(self) -> None:
+        self.payload = np.zeros(1000)
+        self.lock = threading.Lock()
+
+
+@pytest.mark.parametrize("value", [[1, 2], np.zeros(300_000)], ids=["small", "large"])
+def test_failed_write_leaves_nothing_behind(storage: Storage, tmp_path: Path, value: Any) -> None:
+    with pytest.raises(RuntimeError, match="disk full"):
+        storage.put_value(value, Exploding())
+    assert files_under(tmp_path / "artifacts") == []
+    assert files_under(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize("value", [[1, threading.Lock()], Big()], ids=["small", "large"])
+def test_unpicklable_value_leaves_nothing_behind(
+    registry: SerializerRegistry, storage: Storage, tmp_path: Path, value: Any
+) -> None:
+    with pytest.raises(TypeError, match="lock"):
+        storage.put_value(value, registry.get("cloudpickle"))
+    assert files_under(tmp_path / "artifacts") == []
+    assert files_under(tmp_path / "tmp") == []
+
+
+# -- previews and type names -----------------------------------------------------------------
+
+
+def test_python_type_name() -> None:
+    assert python_type_name(1) == "int"
+    assert python_type_name(np.arange(2)) == "numpy.ndarray"
+    assert python_type_name(pd.DataFrame()) == "pandas.DataFrame"
+    assert python_type_name(Color.RED) == f"{__name__}.Color"
+
+
+def test_preview_is_short_and_never_raises() -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise ValueError("nope")
+
+    class Multiline:
+        def __repr__(self) -> str:
+            return "first line\n    second line\n"
+
+    assert preview(np.zeros((2, 3), dtype=np.float32)) == "array(2, 3) float32"
+    assert preview(pd.DataFrame({c: [1] for c in "abcde"})) == "1 rows × 5 cols [a, b, c, d, ...]"
+    assert preview("x" * 200, limit=10) == "'xxxxxxxx…"
+    assert len(preview(list(range(1000)))) == 80
+    assert preview(Multiline()) == "first line second line"
+    assert preview(Broken()) == "<repr failed: ValueError>"
