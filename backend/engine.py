@@ -49,9 +49,7 @@ def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]
 class _Recorder:
     """Folds events into the live state, commits them, then tells the listener."""
 
-    def __init__(
-        self, engine: LocalEngine, state: ExecutionState, listener: RunListener
-    ) -> None:
+    def __init__(self, engine: LocalEngine, state: ExecutionState, listener: RunListener) -> None:
         self.engine = engine
         self.store = engine.store
         self.state = state

@@ -136,8 +136,12 @@ class Storage:
     def write_bytes(self, key: str, data: bytes | memoryview) -> None:
         """Atomic small write (specs, manifests): readers see all of it or nothing."""
         tmp = f"tmp/{uuid.uuid4().hex}"
-        with self.open_write(tmp) as f:
-            f.write(data)
+        try:
+            with self.open_write(tmp) as f:
+                f.write(data)
+        except BaseException:
+            self.delete(tmp)
+            raise
         self._move(tmp, key)
 
     def read_bytes(self, key: str) -> bytes:
@@ -205,19 +209,21 @@ class Storage:
             except Exception as exc:
                 reader.drain()
                 if reader.hexdigest() != digest:
-                    self._discard_corrupt(key)
+                    self._discard_corrupt(key, reader.hexdigest())
                 raise StorageError(
                     f"could not decode {self.url(key)} with {serializer.name}: {exc}"
                 ) from exc
             reader.drain()
         if reader.hexdigest() != digest:
-            self._discard_corrupt(key)
+            self._discard_corrupt(key, reader.hexdigest())
         return value
 
-    def _discard_corrupt(self, key: str) -> None:
-        """A content-addressed object whose bytes don't hash to its address is garbage:
-        remove it, so the next write of the right value puts good bytes there."""
-        if key == self.artifact_key(key.rsplit("/", 1)[-1]):
+    def _discard_corrupt(self, key: str, actual: str) -> None:
+        """A content-addressed object whose bytes don't hash to its own address is
+        garbage: remove it, so the next write of the right value puts good bytes there.
+        (Bytes that match their address are kept even if the caller expected others.)"""
+        address = key.rsplit("/", 1)[-1]
+        if key == self.artifact_key(address) and actual != address:
             self.delete(key)
         raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
 

@@ -2,10 +2,12 @@
 binds, in the order the cell would run.
 
 This is pure ``ast`` work with no kernel involved, so every cell shape is unit-testable.
-The rules are those of a notebook cell: a name read before the cell has definitely bound
-it comes from the notebook (an input); a name bound at top level is left in the
-notebook (an output). Bindings inside ``if``/``for``/``while``/``try`` only *maybe*
-happen, so a later read of such a name is still an input when the notebook has it.
+The rules are those of a notebook cell: a name read before the cell can have bound it
+(on any path through its ``if``/``for``/``try`` statements) comes from the notebook (an
+input); a name bound at top level is left in the notebook (an output). A name the cell
+may already have bound is the cell's own: counting it as an input would make the
+second run's interface differ from the first (the first run binds it in the notebook)
+and miss the cache.
 Reads inside functions and lambdas happen when they are called, so they are inputs only
 when the cell itself never binds the name; a class body runs where it is defined, so its
 own reads are immediate, while its methods' reads are deferred.
@@ -86,8 +88,7 @@ def _ends_with_semicolon(source: str) -> bool:
 class _ModuleFlow:
     def __init__(self) -> None:
         self.result = CellAnalysis()
-        self.definite: set[str] = set()
-        self.possible: set[str] = set()
+        self.possible: set[str] = set()  # bound on some path to the current point
         self.order: list[str] = []
         self.deferred: list[str] = []
         self.top_bound: set[str] = set()  # bound by the cell's own statements
@@ -98,7 +99,6 @@ class _ModuleFlow:
 
     # -- bindings -------------------------------------------------------------------------
     def bind(self, name: str) -> None:
-        self.definite.add(name)
         self.possible.add(name)
         self.top_bound.add(name)
         (self.with_targets if self.binding_with else self.plain_bound).add(name)
@@ -107,11 +107,10 @@ class _ModuleFlow:
             self.order.append(name)
 
     def read(self, name: str) -> None:
-        if name not in self.definite and name not in self.result.reads:
+        if name not in self.possible and name not in self.result.reads:
             self.result.reads.append(name)
 
     def unbind(self, name: str) -> None:
-        self.definite.discard(name)
         self.possible.discard(name)
         self.result.deleted.add(name)
 
@@ -133,13 +132,12 @@ class _ModuleFlow:
         for stmt in body:
             self.stmt(stmt)
 
-    def maybe_block(self, body: list[ast.stmt]) -> set[str]:
-        """Run a block that may not execute; return what it definitely bound."""
-        saved = set(self.definite)
+    def branch(self, body: list[ast.stmt], start: set[str]) -> set[str]:
+        """Analyze one of several exclusive paths from ``start``; return what is bound
+        at its end. The caller joins the paths (a union: *may* be bound)."""
+        self.possible = set(start)
         self.block(body)
-        bound_here = self.definite
-        self.definite = saved
-        return bound_here
+        return self.possible
 
     def stmt(self, node: ast.stmt) -> None:
         method = getattr(self, f"stmt_{type(node).__name__}", None)
@@ -181,25 +179,21 @@ class _ModuleFlow:
 
     def stmt_For(self, node: ast.For | ast.AsyncFor) -> None:  # noqa: N802
         self.expr(node.iter)
-        saved = set(self.definite)
         self.target(node.target)
         self.block(node.body)
-        self.definite = saved
-        self.maybe_block(node.orelse)
+        self.block(node.orelse)
 
     stmt_AsyncFor = stmt_For  # noqa: N815
 
     def stmt_While(self, node: ast.While) -> None:  # noqa: N802
         self.expr(node.test)
-        self.maybe_block(node.body)
-        self.maybe_block(node.orelse)
+        self.block(node.body)
+        self.block(node.orelse)
 
     def stmt_If(self, node: ast.If) -> None:  # noqa: N802
         self.expr(node.test)
-        saved = set(self.definite)
-        then_bound = self.maybe_block(node.body)
-        else_bound = self.maybe_block(node.orelse) if node.orelse else saved
-        self.definite = then_bound & else_bound
+        start = set(self.possible)
+        self.possible = self.branch(node.body, start) | self.branch(node.orelse, start)
 
     def stmt_With(self, node: ast.With | ast.AsyncWith) -> None:  # noqa: N802
         for item in node.items:
@@ -213,29 +207,31 @@ class _ModuleFlow:
     stmt_AsyncWith = stmt_With  # noqa: N815
 
     def stmt_Try(self, node: ast.Try) -> None:  # noqa: N802
-        saved = set(self.definite)
-        body_bound = self.maybe_block(node.body)
+        self.block(node.body)
+        after_body = set(self.possible)
+        joined = set(after_body)
         for handler in node.handlers:
+            self.possible = set(after_body)
             if handler.type is not None:
                 self.expr(handler.type)
-            inner = set(self.definite)
             if handler.name:
                 self.bind(handler.name)
             self.block(handler.body)
             if handler.name:  # Python deletes the exception name after the handler
                 self.possible.discard(handler.name)
-            self.definite = inner
-        self.definite = body_bound  # ``else`` runs only when the whole body did
-        self.maybe_block(node.orelse)
-        self.definite = saved
+            joined |= self.possible
+        joined |= self.branch(node.orelse, after_body)  # runs only when the body did
+        self.possible = joined
         self.block(node.finalbody)
 
     stmt_TryStar = stmt_Try  # noqa: N815
 
     def stmt_Match(self, node: ast.Match) -> None:  # noqa: N802
         self.expr(node.subject)
+        start = set(self.possible)
+        joined = set(start)
         for case in node.cases:
-            saved = set(self.definite)
+            self.possible = set(start)
             for sub in ast.walk(case.pattern):
                 if isinstance(sub, ast.MatchValue):
                     self.expr(sub.value)
@@ -250,7 +246,8 @@ class _ModuleFlow:
             if case.guard is not None:
                 self.expr(case.guard)
             self.block(case.body)
-            self.definite = saved
+            joined |= self.possible
+        self.possible = joined
 
     def stmt_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:  # noqa: N802
         for dec in node.decorator_list:

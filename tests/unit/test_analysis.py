@@ -185,7 +185,7 @@ def test_del_of_item_or_attribute_mutates() -> None:
 # -- loops and conditions -----------------------------------------------------------------
 
 
-def test_for_loop_target_and_body_bind_but_only_maybe() -> None:
+def test_names_a_loop_may_bind_are_the_cells_own() -> None:
     a = cell(
         """
         for i in range(n):
@@ -193,7 +193,7 @@ def test_for_loop_target_and_body_bind_but_only_maybe() -> None:
         print(last)
         """
     )
-    assert a.reads == ["range", "n", "print", "last"]
+    assert a.reads == ["range", "n", "print"]
     assert a.bound == ["i", "last"]
 
 
@@ -209,7 +209,7 @@ def test_for_loop_body_reads_its_own_target_without_input() -> None:
     assert a.bound == ["acc", "row"]
 
 
-def test_for_else_bindings_are_maybe() -> None:
+def test_for_else_bindings_are_the_cells_own() -> None:
     a = cell(
         """
         for i in its:
@@ -219,11 +219,11 @@ def test_for_else_bindings_are_maybe() -> None:
         print(i, z)
         """
     )
-    assert a.reads == ["its", "print", "i", "z"]
+    assert a.reads == ["its", "print"]
     assert a.bound == ["i", "z"]
 
 
-def test_while_body_bindings_are_maybe() -> None:
+def test_while_body_bindings_are_the_cells_own() -> None:
     a = cell(
         """
         while cond():
@@ -231,11 +231,11 @@ def test_while_body_bindings_are_maybe() -> None:
         print(w)
         """
     )
-    assert a.reads == ["cond", "print", "w"]
+    assert a.reads == ["cond", "print"]
     assert a.bound == ["w"]
 
 
-def test_if_without_else_leaves_a_read_after_it() -> None:
+def test_if_without_else_binding_is_the_cells_own() -> None:
     a = cell(
         """
         if flag:
@@ -243,7 +243,7 @@ def test_if_without_else_leaves_a_read_after_it() -> None:
         print(y)
         """
     )
-    assert a.reads == ["flag", "print", "y"]
+    assert a.reads == ["flag", "print"]
     assert a.bound == ["y"]
 
 
@@ -276,7 +276,7 @@ def test_elif_chain_binding_in_every_branch_is_definite() -> None:
     assert a.bound == ["v", "out"]
 
 
-def test_elif_chain_missing_a_branch_is_maybe() -> None:
+def test_elif_chain_missing_a_branch_is_the_cells_own() -> None:
     a = cell(
         """
         if a:
@@ -286,7 +286,7 @@ def test_elif_chain_missing_a_branch_is_maybe() -> None:
         out = v
         """
     )
-    assert a.reads == ["a", "b", "v"]
+    assert a.reads == ["a", "b"]
 
 
 def test_binding_before_if_survives_it() -> None:
@@ -671,7 +671,7 @@ def test_exception_name_is_not_an_output() -> None:
     assert a.reads == ["compute", "ValueError", "print"]
 
 
-def test_try_body_bindings_are_maybe_after_the_statement() -> None:
+def test_try_body_bindings_are_the_cells_own_after_it() -> None:
     a = cell(
         """
         try:
@@ -681,7 +681,7 @@ def test_try_body_bindings_are_maybe_after_the_statement() -> None:
         print(r)
         """
     )
-    assert a.reads == ["compute", "Exception", "print", "r"]
+    assert a.reads == ["compute", "Exception", "print"]
 
 
 def test_try_else_sees_the_body_bindings() -> None:
@@ -698,7 +698,7 @@ def test_try_else_sees_the_body_bindings() -> None:
     assert a.reads == ["compute", "Exception", "print"]
 
 
-def test_finally_bindings_are_definite() -> None:
+def test_finally_bindings_are_bound() -> None:
     a = cell(
         """
         try:
@@ -708,7 +708,7 @@ def test_finally_bindings_are_definite() -> None:
         print(a, b)
         """
     )
-    assert a.reads == ["print", "a"]
+    assert a.reads == ["print"]
     assert a.bound == ["a", "b"]
 
 
@@ -794,7 +794,7 @@ def test_match_mapping_keys_that_are_names_are_read() -> None:
     assert a.reads == ["d", "Keys"]
 
 
-def test_match_case_bindings_are_maybe() -> None:
+def test_match_case_bindings_are_the_cells_own() -> None:
     a = cell(
         """
         match v:
@@ -803,7 +803,7 @@ def test_match_case_bindings_are_maybe() -> None:
         y = x
         """
     )
-    assert a.reads == ["v", "x"]
+    assert a.reads == ["v"]
 
 
 # -- last expression, dynamic code, IPython ---------------------------------------------------
@@ -905,3 +905,26 @@ def test_async_statements_bind_like_their_sync_forms() -> None:
     )
     assert a.reads == ["fetch", "url", "stream", "session"]
     assert a.bound == ["r", "item", "s"]
+
+
+def test_exclusive_branches_do_not_see_each_others_bindings() -> None:
+    a = cell(
+        """
+        if c:
+            x = 1
+        else:
+            print(x)
+        """
+    )
+    assert a.reads == ["c", "print", "x"]
+
+
+def test_a_read_before_the_loop_binds_is_still_a_read() -> None:
+    a = cell(
+        """
+        for v in vs:
+            total = acc + v
+            acc = total
+        """
+    )
+    assert a.reads == ["vs", "acc"]

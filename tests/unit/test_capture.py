@@ -111,16 +111,18 @@ def test_maybe_bound_name_that_the_notebook_lacks_is_not_an_error() -> None:
     assert cap.outputs == ("y",)
 
 
-def test_maybe_bound_name_that_the_notebook_has_is_an_input() -> None:
-    cap = run_capture(
+def test_maybe_bound_name_stays_the_cells_own_across_runs() -> None:
+    """The first run binds ``last`` in the notebook; the second run must capture the same
+    interface, or it would miss the cache."""
+    source = """
+        for i in range(n):
+            last = i
+        print(last)
         """
-        if flag:
-            y = 1
-        print(y)
-        """,
-        notebook(flag=True, y=0),
-    )
-    assert cap.inputs == ("flag", "y")
+    first = run_capture(source, notebook(n=3))
+    second = run_capture(source, notebook(n=3, i=2, last=2))
+    assert first.inputs == second.inputs == ("n",)
+    assert first.outputs == second.outputs == ("i", "last")
 
 
 def test_deferred_reads_are_inputs_only_when_the_notebook_has_them() -> None:
