@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+
 from papercrane.backend.store import Store
 
 pytestmark = pytest.mark.kernel

@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+
 from papercrane.analysis import CellAnalysis, analyze
 
 

@@ -10,6 +10,7 @@ import textwrap
 from typing import Any
 
 import pytest
+
 from papercrane.backend.errors import CaptureError, InputError, UserError
 from papercrane.capture import Captured, capture, check_name, is_ipython_name, split_names
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from papercrane.backend.api import RunRequest
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine

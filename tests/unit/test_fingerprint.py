@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from papercrane.backend.fingerprint import Fingerprinter, _global_names, fingerprint
 from papercrane.backend.serializers import SerializerRegistry
 

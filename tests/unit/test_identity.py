@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+
 from papercrane.backend.engine import cache_key
 from papercrane.backend.model import ArtifactRef, Environment, TaskSpec
 

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pytest
+
 from papercrane.backend.errors import ConfigError, CorruptArtifact
 from papercrane.backend.serializers import (
     Serializer,

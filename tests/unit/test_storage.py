@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from papercrane.backend.errors import ConfigError, CorruptArtifact
 from papercrane.backend.serializers import SerializerRegistry
 from papercrane.backend.storage import Storage

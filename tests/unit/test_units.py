@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from papercrane.backend.errors import CaptureError
 from papercrane.backend.units import (
     format_duration,

@@ -1,0 +1,254 @@
+"""The ``papercrane`` command line: look at executions, logs and the cache.
+
+Tables (rich) for people, ``--json`` for scripts. Every command works on the embedded
+store under ``PAPERCRANE_HOME`` unless ``--home`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config
+from .errors import PapercraneError
+from .units import format_duration
+
+
+class _Ctx:
+    def __init__(self, home: str | None) -> None:
+        self.home = home
+        self._engine: Any = None
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from .engine import LocalEngine
+
+            overrides = {"home": Path(home)} if (home := self.home) else {}
+            self._engine = LocalEngine(Config.from_env(**overrides))
+        return self._engine
+
+
+def _emit(data: Any, as_json: bool, table: Any) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        Console().print(table())
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
+
+
+class _Group(click.Group):
+    """Turns papercrane's own errors into one clean line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PapercraneError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="PAPERCRANE_HOME", help="papercrane home (default ~/.papercrane)")
+@click.version_option(package_name="papercrane")
+@click.pass_context
+def main(ctx: click.Context, home: str | None) -> None:
+    """papercrane: notebook cells as cached, versioned tasks."""
+    ctx.obj = _Ctx(home)
+
+
+@main.group()
+def executions() -> None:
+    """List and inspect executions."""
+
+
+@executions.command("list")
+@click.option("--project", default=None)
+@click.option("--domain", default=None)
+@click.option("--status", default=None, help="queued, running, succeeded, cached, failed, aborted")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def executions_list(
+    obj: _Ctx,
+    project: str | None,
+    domain: str | None,
+    status: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The most recent executions, newest first."""
+    rows = obj.engine.list_executions(limit=limit, project=project, domain=domain, status=status)
+
+    def table() -> Any:
+        from rich.table import Table
+
+        t = Table()
+        t.add_column("id", no_wrap=True, min_width=16)
+        for col in ("name", "status", "created", "duration", "project/domain"):
+            t.add_column(col, no_wrap=col in ("status", "created"))
+        for r in rows:
+            dur = format_duration(r["ended_at"] - r["created_at"]) if r["ended_at"] else ""
+            t.add_row(
+                r["id"],
+                r["name"],
+                r["status"],
+                _when(r["created_at"]),
+                dur,
+                f"{r['project']}/{r['domain']}",
+            )
+        return t
+
+    _emit(rows, as_json, table)
+
+
+@executions.command("show")
+@click.argument("execution_id")
+@click.option("--events", "with_events", is_flag=True, help="also list every event")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bool) -> None:
+    """One execution: its nodes, attempts, cache status and errors."""
+    state = obj.engine.execution(execution_id)
+    evs = obj.engine.events(execution_id) if with_events else []
+    data = {
+        "id": state.id,
+        "name": state.name,
+        "status": state.status.value,
+        "project": state.project,
+        "domain": state.domain,
+        "task_version": state.task_version,
+        "created_at": state.created_at,
+        "ended_at": state.ended_at,
+        "inputs": state.inputs,
+        "nodes": {
+            n.node: {
+                "status": n.status.value,
+                "attempts": n.attempt,
+                "cache": n.cache,
+                "cache_key": n.cache_key,
+                "outputs": n.outputs,
+                "error": n.error.to_dict() if n.error else None,
+            }
+            for n in state.nodes.values()
+        },
+    }
+    if with_events:
+        data["events"] = [e.to_dict() for e in evs]
+
+    def table() -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        head = Table.grid(padding=(0, 2))
+        for k in ("id", "name", "status", "task_version"):
+            head.add_row(k, str(data[k]))
+        head.add_row("created", _when(state.created_at))
+        nodes = Table("node", "status", "attempts", "cache", "outputs", "error")
+        for name, n in data["nodes"].items():
+            err = f"{n['error']['type']}: {n['error']['message']}" if n["error"] else ""
+            nodes.add_row(
+                name, n["status"], str(n["attempts"]), n["cache"], ", ".join(n["outputs"]), err
+            )
+        parts = [head, nodes]
+        if with_events:
+            ev = Table("seq", "time", "kind", "node", "attempt")
+            for e in evs:
+                ev.add_row(str(e.seq), _when(e.ts), e.kind.value, e.node, str(e.attempt or ""))
+            parts.append(ev)
+        return Group(*parts)
+
+    _emit(data, as_json, table)
+
+
+@main.command()
+@click.argument("execution_id")
+@click.argument("node")
+@click.option("--attempt", type=int, default=None, help="default: the last attempt")
+@click.option("--stderr", "stderr", is_flag=True, help="show stderr instead of stdout")
+@click.pass_obj
+def logs(obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: bool) -> None:
+    """Print a node's stdout (or --stderr) for one attempt."""
+    state = obj.engine.execution(execution_id)
+    if node not in state.nodes:
+        known = ", ".join(state.nodes) or "none"
+        raise click.UsageError(f"execution {execution_id} has no node {node!r}; nodes: {known}")
+    attempt = attempt or state.nodes[node].attempt or 1
+    click.echo(
+        obj.engine.logs(execution_id, node, attempt, "stderr" if stderr else "stdout"), nl=False
+    )
+
+
+@main.group()
+def cache() -> None:
+    """List or clear cache entries."""
+
+
+@cache.command("list")
+@click.option("--task", "task_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
+    rows = obj.engine.store.cache_list(task_name=task_name)
+
+    def table() -> Any:
+        from rich.table import Table
+
+        t = Table("key", "task", "outputs", "execution", "created")
+        for r in rows:
+            t.add_row(
+                r["key"][:12],
+                r["task_name"],
+                ", ".join(r["outputs"]),
+                r["execution_id"],
+                _when(r["created_at"]),
+            )
+        return t
+
+    _emit(rows, as_json, table)
+
+
+@cache.command("clear")
+@click.option("--task", "task_name", default=None, help="only this task's entries")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
+    """Forget cache entries (stored values stay until garbage-collected)."""
+    n = obj.engine.store.cache_clear(task_name=task_name)
+    _emit({"cleared": n}, as_json, lambda: f"cleared {n} cache entr{'y' if n == 1 else 'ies'}")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--url", default=None, help="SQLAlchemy URL (default: the home's SQLite file)")
+@click.pass_obj
+def db_upgrade(obj: _Ctx, url: str | None) -> None:
+    """Create or upgrade the schema with Alembic migrations."""
+    from .store import db as store_db
+
+    engine = store_db.create_engine(url or Config.from_env(**_home(obj)).db_url)
+    store_db.upgrade(engine)
+    click.echo(f"schema at revision {store_db.current_revision(engine)}")
+    engine.dispose()
+
+
+def _home(obj: _Ctx) -> dict[str, Any]:
+    return {"home": Path(obj.home)} if obj.home else {}
+
+
+if __name__ == "__main__":
+    main()
