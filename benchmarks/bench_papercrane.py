@@ -28,8 +28,8 @@ from _common import (
     array_figures,
     each_call_ms,
     fresh_dir,
-    maybe_profile,
     per_call_ms,
+    profile_loop,
     quiet,
     write_result,
 )
@@ -153,10 +153,10 @@ def bench_inline(args: argparse.Namespace) -> dict[str, Any]:
         ns = ip.user_ns
         direct = per_call_ms(lambda: exec(TRIVIAL, ns), n=n * 10, rounds=rounds, warmup=100)
         cell = per_call_ms(lambda: run_cell(ip, TRIVIAL), n=n, rounds=rounds, warmup=20)
-        with maybe_profile(args.profile):
-            magic = per_call_ms(
-                lambda: task(ip, "--executor inline", TRIVIAL), n=n, rounds=rounds, warmup=20
-            )
+        magic = per_call_ms(
+            lambda: task(ip, "--executor inline", TRIVIAL), n=n, rounds=rounds, warmup=20
+        )
+        profile_loop(args.profile, lambda: task(ip, "--executor inline", TRIVIAL), n)
     assert ip.user_ns["y"] == 2
     return {
         "cold_first_task_ms": cold,
@@ -179,10 +179,10 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
         task(ip, "--executor local", TRIVIAL)  # engine start-up is not per-task overhead
         ns = ip.user_ns
         direct = per_call_ms(lambda: exec(TRIVIAL, ns), n=1000, rounds=rounds, warmup=100)
-        with maybe_profile(args.profile):
-            magic = per_call_ms(
-                lambda: task(ip, "--executor local", TRIVIAL), n=n, rounds=rounds, warmup=3
-            )
+        magic = per_call_ms(
+            lambda: task(ip, "--executor local", TRIVIAL), n=n, rounds=rounds, warmup=3
+        )
+        profile_loop(args.profile, lambda: task(ip, "--executor local", TRIVIAL), n)
     assert ip.user_ns["y"] == 2
     overhead = magic["median"] - direct["median"]
     return {
@@ -222,8 +222,8 @@ def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
         misses = (time.perf_counter_ns() - start) / 1e6
         ns = ip.user_ns
         direct = per_call_ms(three_direct, n=n * 10, rounds=rounds, warmup=50)
-        with maybe_profile(args.profile):
-            hits = per_call_ms(three_tasks, n=n, rounds=rounds, warmup=10)
+        hits = per_call_ms(three_tasks, n=n, rounds=rounds, warmup=10)
+        profile_loop(args.profile, three_tasks, n)
     assert ip.user_ns["c"] == {"total": 126, "n": 3}
     runs = _count_events(ip)
     return {
@@ -291,8 +291,8 @@ def bench_array(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         samples["save"] = series(lambda: np.save(path, ns["a"]), reps)
         samples["load"] = series(lambda: np.load(path), reps)
         os.remove(path)
-        with maybe_profile(args.profile):
-            samples["produce_consume"] = series(lambda: tasks(ARRAY_LEN), reps)
+        samples["produce_consume"] = series(lambda: tasks(ARRAY_LEN), reps)
+        profile_loop(args.profile, lambda: tasks(ARRAY_LEN), reps)
         assert ip.user_ns["s"] == ARRAY_LEN
         samples["tiny_direct"] = series(lambda: direct(tiny_ns), reps)
         samples["tiny_produce_consume"] = series(lambda: tasks(8), reps)
@@ -312,7 +312,9 @@ def main() -> int:
     )
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--profile", help="write a pyinstrument profile of the timed loop here")
+    parser.add_argument(
+        "--profile", help="after timing, profile the loop again with pyinstrument into this file"
+    )
     parser.add_argument("--mode", choices=["bare", "load"], default="load")
     parser.add_argument("--tmp", help="folder for temporary PAPERCRANE_HOMEs")
     args = parser.parse_args()
