@@ -5,10 +5,9 @@ outputs) and the engine (for cache hits) all go through it."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, StorageError
-from .fingerprint import Fingerprinter
 from .model import ArtifactRef
 from .serializers import (
     CloudpickleSerializer,
@@ -18,6 +17,9 @@ from .serializers import (
     python_type_name,
 )
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .fingerprint import Fingerprinter
 
 
 def typed_fingerprint(serializer: str, digest: str) -> str:
@@ -31,6 +33,8 @@ class ArtifactIO:
         self.registry = registry or SerializerRegistry()
 
     def fingerprinter(self) -> Fingerprinter:
+        from .fingerprint import Fingerprinter  # the runner rarely needs it: import late
+
         return Fingerprinter(self.registry)
 
     def put(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
@@ -70,8 +74,9 @@ class ArtifactIO:
     def _put(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
         return self.storage.put_value(value, serializer)
 
-    def load(self, ref: ArtifactRef) -> Any:
-        return self.storage.load_value(ref.uri, ref.hash, self.registry.get(ref.serializer))
+    def load(self, ref: ArtifactRef, verify: bool = True) -> Any:
+        serializer = self.registry.get(ref.serializer)
+        return self.storage.load_value(ref.uri, ref.hash, serializer, verify)
 
     def intact(self, ref: ArtifactRef) -> bool:
         """Cheap check (exists, right size) before trusting a cache entry."""

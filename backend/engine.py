@@ -351,7 +351,8 @@ class LocalEngine(EngineAPI):
         outputs = result.outputs
         values = result.values
         if request.want_values and not values:
-            values = {n: self.artifacts.load(r) for n, r in outputs.items()}
+            # Written moments ago by the runner, which hashed them as it wrote.
+            values = {n: self.artifacts.load(r, verify=False) for n, r in outputs.items()}
 
         def persist(conn):  # type: ignore[no-untyped-def]
             self._record_artifacts(conn, outputs.values())

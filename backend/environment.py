@@ -14,7 +14,6 @@ import importlib.util
 import os
 import sys
 import types
-from importlib import metadata
 from typing import Any
 
 from .model import Environment
@@ -64,6 +63,8 @@ class EnvironmentProbe:
         self._cache: dict[str, tuple[dict[str, str], dict[str, str], list[tuple[str, int]]]] = {}
 
     def _module_dists(self, refresh: bool = False) -> dict[str, list[str]]:
+        from importlib import metadata  # 20 ms to import: only when a task is captured
+
         if self._dists is None or refresh:
             self._dists = metadata.packages_distributions()
         return self._dists
@@ -91,6 +92,8 @@ class EnvironmentProbe:
             packages["papercrane"] = _own_version()
         else:
             dists = self._module_dists(refresh=cached is not None).get(top)
+            from importlib import metadata
+
             if dists:
                 for name in dists:
                     try:
@@ -130,6 +133,8 @@ def _stamp(path: str) -> int:
 
 
 def _own_version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("papercrane")
     except metadata.PackageNotFoundError:
@@ -157,6 +162,8 @@ def _module_source(top: str) -> tuple[str, str] | None:
 
 def check_environment(expected: Environment, probe: EnvironmentProbe | None = None) -> list[str]:
     """Differences between the captured environment and this process, for people."""
+    from importlib import metadata
+
     problems = []
     for dist, version in sorted(expected.packages.items()):
         if dist == "papercrane":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import Any
 
 
@@ -33,11 +34,24 @@ class HashingWriter:
         self._sink = sink
         self.size = 0
 
+    #: Chunks at least this big are hashed on a helper thread while this one writes
+    #: them (both release the GIL), so a big value costs max(hash, write), not the sum.
+    PARALLEL = 1 << 20
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._hash.update(data)
         n = data.nbytes if isinstance(data, memoryview) else len(data)
         self.size += n
-        if self._sink is not None:
+        if self._sink is None:
+            self._hash.update(data)
+        elif n >= self.PARALLEL:
+            hasher = threading.Thread(target=self._hash.update, args=(data,))
+            hasher.start()
+            try:
+                self._sink.write(data)
+            finally:
+                hasher.join()
+        else:
+            self._hash.update(data)
             self._sink.write(data)
         return n
 

@@ -4,7 +4,9 @@ Serializers stream: ``dump`` writes into a file object and ``load`` reads from o
 a 100 MiB array goes from memory to storage (and back) without extra full copies.
 Concrete serializers are registered by name through the ``papercrane.serializers``
 entry-point group; the built-in ones are also known without entry points so that a
-source checkout works before it is installed.
+source checkout works before it is installed. A plug-in serializer handles values that
+no built-in typed serializer (npy, parquet, text, bytes, json) takes, ahead of the
+cloudpickle fallback.
 """
 
 from __future__ import annotations
@@ -231,7 +233,8 @@ class SerializerRegistry:
     def __init__(self) -> None:
         self._plugins = PluginRegistry("papercrane.serializers", _BUILTIN, "serializer")
         self._instances: dict[str, Serializer] = {}
-        self._ordered: list[type[Serializer]] | None = None
+        self._typed: list[type[Serializer]] | None = None
+        self._extra: list[type[Serializer]] | None = None
 
     def get(self, name: str) -> Serializer:
         inst = self._instances.get(name)
@@ -240,10 +243,20 @@ class SerializerRegistry:
         return inst
 
     def for_value(self, value: Any) -> Serializer:
-        if self._ordered is None:
-            classes = [self._plugins.load(n) for n in self._plugins.names()]
-            self._ordered = sorted(classes, key=lambda c: -c.priority)
-        for cls in self._ordered:
+        """The built-in typed serializers first; plug-ins for what none of them takes;
+        cloudpickle for the rest. (Plug-ins are looked up only when needed.)"""
+        if self._typed is None:
+            classes = [self._plugins.load(n) for n in self._plugins.builtin_names()]
+            self._typed = sorted(
+                (c for c in classes if c is not CloudpickleSerializer), key=lambda c: -c.priority
+            )
+        for cls in self._typed:
+            if cls.accepts(value):
+                return self.get(cls.name)
+        if self._extra is None:
+            extra = [self._plugins.load(n) for n in self._plugins.extra_names()]
+            self._extra = sorted(extra, key=lambda c: -c.priority)
+        for cls in self._extra:
             if cls.accepts(value):
                 return self.get(cls.name)
         return self.get(CloudpickleSerializer.name)
