@@ -200,9 +200,7 @@ class Storage:
             self._move(tmp, key)
         return digest, key, writer.size
 
-    def load_value(
-        self, key: str, digest: str, serializer: Serializer, verify: bool = True
-    ) -> Any:
+    def load_value(self, key: str, digest: str, serializer: Serializer, verify: bool = True) -> Any:
         """Decode a stored value, verifying its hash in the same pass (unless the caller
         just watched it being written: then the file is decoded directly, fastest)."""
         if not verify:
