@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -64,26 +65,56 @@ _SELECT_CACHE = sa.select(cache_entries).where(
 
 
 class Store:
+    """Queries, with one reading and one writing connection per thread.
+
+    Checking a connection out of the pool and resetting it costs more than a small
+    transaction on SQLite, and a task run makes several; so each thread keeps its own
+    pair for the life of the store. Every ``read`` and ``write`` still ends its
+    transaction, so no snapshot or lock outlives the block.
+    """
+
     def __init__(self, url: str) -> None:
         self.engine = db.create_engine(url)
         db.ensure_schema(self.engine)
+        self._local = threading.local()
+        self._open: list[sa.Connection] = []
+        self._lock = threading.Lock()
 
     def close(self) -> None:
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._open.clear()
+            self._local = threading.local()
         self.engine.dispose()
+
+    def _conn(self, write: bool) -> sa.Connection:
+        attr = "writer" if write else "reader"
+        conn = getattr(self._local, attr, None)
+        if conn is None or conn.closed:
+            conn = self.engine.connect()
+            if write:
+                conn = conn.execution_options(papercrane_write=True)
+            setattr(self._local, attr, conn)
+            with self._lock:
+                self._open.append(conn)
+        return conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with (
-            self.engine.connect().execution_options(papercrane_write=True) as conn,
-            conn.begin(),
-        ):
+        conn = self._conn(write=True)
+        with conn.begin():
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
-        with self.engine.connect() as conn:
+        conn = self._conn(write=False)
+        try:
             yield conn
+        finally:
+            conn.rollback()
 
     # -- events and the execution projection ------------------------------------------------
     def append(self, conn: sa.Connection, batch: list[Event], state: ExecutionState) -> list[Event]:
