@@ -191,3 +191,15 @@ def test_load_ext_imports_nothing_heavy(tmp_path: Path) -> None:
         assert not (tmp_path / "h").exists()  # nothing created until a task runs
     finally:
         k.shutdown()
+
+
+def test_resources_are_validated_and_recorded(kernel: Kernel, home: Path) -> None:
+    kernel.run("%%task sized --cpu 500m --memory 4Gi --gpu 1\nz = 1").ok()
+    with sqlite3.connect(home / "papercrane.db") as db:
+        (payload,) = db.execute(
+            "SELECT payload FROM events WHERE kind = 'execution_created' ORDER BY seq DESC"
+        ).fetchone()
+    import json
+
+    resources = json.loads(payload)["config"]["resources"]
+    assert resources == {"cpu": 0.5, "memory": 4 * 2**30, "gpu": 1}
