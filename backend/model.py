@@ -150,8 +150,10 @@ class TaskSpec:
 
     def interface(self) -> dict[str, Any]:
         return {
+            # Input types are recorded but not hashed: the inputs' fingerprints already
+            # say what they are, and a deferred (batch) capture cannot know the type of a
+            # value an upstream task has yet to produce.
             "inputs": sorted(self.inputs),
-            "input_types": {k: self.input_types.get(k, "") for k in sorted(self.inputs)},
             "outputs": list(self.outputs),
             "display_last": self.display_last,
         }

@@ -109,7 +109,6 @@ def test_renaming_the_task_changes_version_but_keeps_cache_identity() -> None:
         {"outputs": ("total",)},
         {"outputs": ("total", "area")},  # output order is part of the interface
         {"inputs": ("radii", "scale")},
-        {"input_types": {"radii": "numpy.ndarray"}},
         {"display_last": False},
         {"imports": ("np=numpy", "pd=pandas")},
         {"imports": ("np=jax.numpy",)},
@@ -135,12 +134,13 @@ def test_interface_imports_and_environment_change_version_and_cache(
     "changes",
     [
         {"inputs": ("radii",), "input_types": {"radii": "list", "unused": "int"}},
+        {"input_types": {"radii": "numpy.ndarray"}},
         {"imports": ("np=numpy",)},
         {"source": "%%task areas\n" + CODE},
         {"first_line": 7},
         {"sources": {"<cell-1>": ("In[3]", "def helper(): ...")}},
     ],
-    ids=["extra-type", "same-imports", "source", "first_line", "sources"],
+    ids=["extra-type", "input-type", "same-imports", "source", "first_line", "sources"],
 )
 def test_presentation_details_keep_the_version(changes: dict[str, Any]) -> None:
     assert spec(**changes).version() == spec().version()
