@@ -1,39 +1,29 @@
-"""The embedded engine: registration, cache, attempts with retries, events.
+"""The embedded engine: registration, values, the cache, and running executions.
 
-Everything a run does is an event appended in a transaction together with the rows it
-depends on (task, artifacts, cache entry); listeners hear about events only after they
-are committed, so what the widget shows is always what the store holds.
+A single task run is a one-node workflow: both go through the scheduler
+(``scheduler.py``), which records every step as an event, committed together with the
+rows it depends on (tasks, artifacts, cache entries, lineage). Listeners hear about
+events only after they are committed, so what the widget shows is what the store holds.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import ArtifactIO
 from .config import Config
-from .errors import (
-    ConfigError,
-    CorruptArtifact,
-    ExecutionAborted,
-    NotFound,
-    TaskFailed,
-)
-from .executors.base import AttemptSpec, Executor, executor_registry
+from .errors import ConfigError, CorruptArtifact, NotFound, UserError
+from .executors.base import Executor, executor_registry
 from .hashing import sha256_json
-from .model import ArtifactRef, ErrorKind, Event, EventKind, ExecutionState, TaskSpec
-from .projection import apply
-from .runner import AttemptResult
+from .model import ArtifactRef, Event, ExecutionState, Status, TaskConfig, TaskSpec
+from .scheduler import RunOptions, WorkflowResult, WorkflowRun
 from .storage import Storage
 from .store import Store
-
-K = EventKind
-
-
-def new_execution_id() -> str:
-    return uuid.uuid4().hex[:16]
+from .workflow import Binding, NodeSpec, WorkflowSpec
 
 
 def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
@@ -46,40 +36,18 @@ def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]
     )
 
 
-class _Recorder:
-    """Folds events into the live state, commits them, then tells the listener."""
-
-    def __init__(self, engine: LocalEngine, state: ExecutionState, listener: RunListener) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.state = state
-        self.listener = listener
-
-    def event(self, kind: EventKind, node: str = "", attempt: int = 0, **payload: Any) -> Event:
-        return Event(self.state.id, kind, node, attempt, payload)
-
-    def commit(self, batch: list[Event], before: Any = None) -> None:
-        for e in batch:
-            apply(self.state, e)
-        try:
-            with self.store.write() as conn:
-                if before is not None:
-                    before(conn)
-                numbered = self.store.append(conn, batch, self.state)
-        except BaseException:
-            self.engine._rolled_back()
-            raise
-        self.engine._committed()
-        for e in numbered:
-            self.listener.on_event(e, self.state)
-
-
-class _LogForward:
-    def __init__(self, listener: RunListener) -> None:
-        self.listener = listener
-
-    def log(self, stream: str, text: str) -> None:
-        self.listener.on_log(stream, text)
+@dataclass
+class WorkflowRequest:
+    spec: WorkflowSpec
+    #: Parameter values as stored artifacts, by parameter name.
+    params: dict[str, ArtifactRef]
+    #: The same values live, when the caller has them (inline nodes then skip a load).
+    param_values: dict[str, Any] | None = field(default=None, repr=False)
+    project: str = "default"
+    domain: str = "development"
+    max_parallel: int = 4
+    failure_policy: str = "fail-fast"
+    want_values: bool = True
 
 
 class LocalEngine(EngineAPI):
@@ -93,48 +61,72 @@ class LocalEngine(EngineAPI):
         self.artifacts = ArtifactIO(self.storage)
         self._executors: dict[str, Executor] = {}
         self._registry = executor_registry()
+        #: Task and workflow versions known to be in the store (and storage).
         self._registered: set[str] = set()
         #: Artifact rows this engine has written: no need to insert-ignore them again.
         self._recorded: set[str] = set()
         self._pending_recorded: list[str] = []
+        self._pending_registered: list[str] = []
 
     def close(self) -> None:
         self.store.close()
 
-    # -- registration and values ------------------------------------------------------------
+    @staticmethod
+    def new_execution_id() -> str:
+        return uuid.uuid4().hex[:16]
+
+    # -- registration ----------------------------------------------------------------------
     def executor(self, name: str) -> Executor:
         ex = self._executors.get(name)
         if ex is None:
             ex = self._executors[name] = self._registry.load(name)(self.artifacts)
         return ex
 
-    def _bundle(self, spec: TaskSpec) -> tuple[str, str]:
+    def bundle(self, spec: TaskSpec) -> tuple[str, str]:
+        """(version, storage key) of the task's bundle, written once: runners read it."""
         version = spec.version()
         key = f"tasks/{version}.json"
         if version not in self._registered and not self.storage.exists(key):
             self.storage.write_bytes(key, json.dumps(spec.to_dict()).encode())
         return version, key
 
-    def _task_row(self, spec: TaskSpec, version: str, key: str, project: str, domain: str):  # type: ignore[no-untyped-def]
-        def write(conn):  # type: ignore[no-untyped-def]
-            if version not in self._registered:
-                self.store.put_task(
-                    conn,
-                    {
-                        "version": version,
-                        "name": spec.name,
-                        "project": project,
-                        "domain": domain,
-                        "bundle_key": key,
-                        "spec": spec.to_dict(),
-                    },
-                )
+    def record_task(
+        self, conn: Any, spec: TaskSpec, version: str, key: str, options: RunOptions
+    ) -> None:
+        if version in self._registered:
+            return
+        self.store.put_task(
+            conn,
+            {
+                "version": version,
+                "name": spec.name,
+                "project": options.project,
+                "domain": options.domain,
+                "bundle_key": key,
+                "spec": spec.to_dict(),
+            },
+        )
+        self._pending_registered.append(version)
 
-        return write
+    def record_workflow(self, conn: Any, spec: WorkflowSpec, options: RunOptions) -> str:
+        version = spec.version()
+        if version not in self._registered:
+            self.store.put_workflow(
+                conn,
+                {
+                    "version": version,
+                    "name": spec.name,
+                    "project": options.project,
+                    "domain": options.domain,
+                    "spec": spec.to_dict(),
+                },
+            )
+            self._pending_registered.append(version)
+        return version
 
-    def _record_artifacts(self, conn, refs) -> None:  # type: ignore[no-untyped-def]
+    def _record_artifacts(self, conn: Any, refs: Any) -> None:
         """Insert artifact rows not yet known to be in the store. They are remembered
-        only once the transaction commits (see ``_Recorder.commit``)."""
+        only once the transaction commits (``_committed``)."""
         new = [r for r in refs if r.id not in self._recorded]
         if new:
             self.store.put_artifacts(conn, new)
@@ -142,19 +134,41 @@ class LocalEngine(EngineAPI):
 
     def _committed(self) -> None:
         self._recorded.update(self._pending_recorded)
+        self._registered.update(self._pending_registered)
         self._pending_recorded.clear()
+        self._pending_registered.clear()
 
     def _rolled_back(self) -> None:
         self._pending_recorded.clear()
+        self._pending_registered.clear()
 
     def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
-        version, key = self._bundle(spec)
-        if version not in self._registered:
-            with self.store.write() as conn:
-                self._task_row(spec, version, key, project, domain)(conn)
-            self._registered.add(version)
+        version, key = self.bundle(spec)
+        with self.store.write() as conn:
+            self.record_task(conn, spec, version, key, RunOptions(project, domain))
+        self._committed()
         return version
 
+    def register_workflow(self, spec: WorkflowSpec, project: str, domain: str) -> str:
+        """Register a workflow and its tasks; the same content twice is a no-op."""
+        options = RunOptions(project, domain)
+        bundles = [self.bundle(n.task) for n in spec.nodes]
+        with self.store.write() as conn:
+            for n, (version, key) in zip(spec.nodes, bundles):
+                self.record_task(conn, n.task, version, key, options)
+            version = self.record_workflow(conn, spec, options)
+        self._committed()
+        return version
+
+    def workflow(self, version: str) -> WorkflowSpec:
+        row = self.store.workflow(version)
+        if row is None:
+            raise NotFound(f"no workflow version {version!r}")
+        versions = [n["task"] for n in row["spec"]["nodes"]]
+        tasks = {v: TaskSpec.from_dict(r["spec"]) for v, r in self.store.tasks(versions).items()}
+        return WorkflowSpec.from_dict(row["spec"], tasks)
+
+    # -- values ----------------------------------------------------------------------------
     def put_value(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
         return self.artifacts.put(value, what, fingerprint)
 
@@ -176,7 +190,33 @@ class LocalEngine(EngineAPI):
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
 
-    # -- queries ----------------------------------------------------------------------------------
+    # -- the cache -------------------------------------------------------------------------
+    @staticmethod
+    def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
+        return cache_key(spec, cache_version, inputs)
+
+    def cache_lookup(
+        self, key: str, project: str, domain: str, want_values: bool
+    ) -> tuple[tuple[dict[str, Any], dict[str, ArtifactRef], dict[str, Any]] | None, str]:
+        """((entry, outputs, values), "") on a good hit; (None, reason) when an entry
+        existed but its values are damaged or gone: it is deleted, never served."""
+        entry = self.store.cache_get(key, project, domain)
+        if entry is None:
+            return None, ""
+        outputs = {n: ArtifactRef.from_dict(d) for n, d in entry["outputs"].items()}
+        values: dict[str, Any] = {}
+        try:
+            for name, ref in outputs.items():
+                if not self.artifacts.intact(ref):
+                    raise CorruptArtifact(f"output {name!r} is missing from storage")
+                if want_values:
+                    values[name] = self.artifacts.load(ref)
+        except CorruptArtifact as exc:
+            self.store.cache_delete(key, project, domain)
+            return None, str(exc)
+        return (entry, outputs, values), ""
+
+    # -- queries ---------------------------------------------------------------------------
     def execution(self, execution_id: str) -> ExecutionState:
         state = self.store.execution(execution_id)
         if state is None:
@@ -194,199 +234,184 @@ class LocalEngine(EngineAPI):
         try:
             return self.storage.read_bytes(key).decode("utf-8", "replace")
         except CorruptArtifact:
-            raise NotFound(f"no {stream} log for {execution_id}/{node} attempt {attempt}") from None
+            state = self.execution(execution_id)
+            if node in state.nodes and 0 < attempt <= state.nodes[node].attempt:
+                return ""  # the attempt ran and wrote nothing to this stream
+            raise NotFound(f"no attempt {attempt} of node {node!r} in {execution_id}") from None
 
     # -- running ---------------------------------------------------------------------------
+    def _check_executors(self, nodes: Any) -> None:
+        for n in nodes:
+            executor = self.executor(n.config.executor)
+            if not executor.in_process and not self.storage.shareable:
+                raise ConfigError(
+                    f"storage {self.storage.url_root} lives inside this process, so the "
+                    f"{n.config.executor!r} executor can't reach it; use --executor inline "
+                    "or a file or object-store URL"
+                )
+
     def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
-        listener = listener or NullListener()
         spec, config = request.spec, request.config
-        executor = self.executor(config.executor)
-        if config.executor == "inline" and request.values is None:
+        if self.executor(config.executor).in_process and request.values is None:
             raise ConfigError(
                 "the inline executor runs in the caller's process and needs its values"
             )
-        if config.executor != "inline" and not self.storage.shareable:
-            raise ConfigError(
-                f"storage {self.storage.url_root} lives inside this process, so the "
-                f"{config.executor!r} executor can't reach it; use --executor inline or "
-                "a file or object-store URL"
-            )
-        version, task_key = self._bundle(spec)
-        node = spec.name
-        state = ExecutionState(id=new_execution_id())
-        rec = _Recorder(self, state, listener)
-        key = cache_key(spec, config.cache_version, request.inputs) if config.cache else ""
-
-        def register(conn):  # type: ignore[no-untyped-def]
-            self._task_row(spec, version, task_key, request.project, request.domain)(conn)
-            self._record_artifacts(conn, request.inputs.values())
-
-        created = [
-            rec.event(
-                K.EXECUTION_CREATED,
-                project=request.project,
-                domain=request.domain,
-                name=spec.name,
-                task_version=version,
-                inputs={n: r.id for n, r in request.inputs.items()},
-                config=config.to_dict(),
-            ),
-            rec.event(K.NODE_QUEUED, node, cache=config.cache),
-        ]
-        try:
-            if config.cache:
-                hit = self._cache_hit(rec, node, key, request, created, register)
-                if hit is not None:
-                    self._registered.add(version)
-                    return hit
-                if created[-1].kind is not K.CACHE_INVALID:
-                    created.append(rec.event(K.CACHE_MISS, node, cache_key=key))
-            return self._attempts(
-                rec, node, version, task_key, key, request, executor, created, register
-            )
-        except KeyboardInterrupt:
-            if state.created_at:
-                rec.commit([rec.event(K.EXECUTION_ABORTED, reason="interrupted")])
-            raise ExecutionAborted(
-                f"execution {state.id} was interrupted and recorded as aborted"
-            ) from None
-
-    def _cache_hit(self, rec, node, key, request, created, register):  # type: ignore[no-untyped-def]
-        entry = self.store.cache_get(key, request.project, request.domain)
-        if entry is None:
-            return None
-        outputs = {n: ArtifactRef.from_dict(d) for n, d in entry["outputs"].items()}
-        values: dict[str, Any] = {}
-        try:
-            for name, ref in outputs.items():
-                if not self.artifacts.intact(ref):
-                    raise CorruptArtifact(f"output {name!r} is missing from storage")
-                if request.want_values:
-                    values[name] = self.artifacts.load(ref)
-        except CorruptArtifact as exc:
-            # Never serve a broken entry: forget it, run the task, store a fresh one.
-            self.store.cache_delete(key, request.project, request.domain)
-            created.append(rec.event(K.CACHE_INVALID, node, cache_key=key, reason=str(exc)))
-            return None
-        batch = [
-            *created,
-            rec.event(
-                K.CACHE_HIT,
-                node,
-                cache_key=key,
-                outputs={n: r.id for n, r in outputs.items()},
-                references=entry["references"],
-                display=entry["display"],
-                source_execution=entry["execution_id"],
-                source_created_at=entry["created_at"],
-            ),
-            rec.event(K.EXECUTION_SUCCEEDED),
-        ]
-        rec.commit(batch, before=register)
-        return RunResult(rec.state, outputs, dict(entry["references"]), values, entry["display"])
-
-    def _attempts(self, rec, node, version, task_key, key, request, executor, created, register):  # type: ignore[no-untyped-def]
-        config = request.config
-        user_failures = system_failures = 0
-        attempt = 0
-        pending = list(created)
-        before = register
-        while True:
-            attempt += 1
-            pending.append(rec.event(K.ATTEMPT_STARTED, node, attempt, executor=executor.name))
-            rec.commit(pending, before=before)
-            self._registered.add(version)
-            pending, before = [], None
-            spec = AttemptSpec(
-                execution_id=rec.state.id,
-                node=node,
-                attempt=attempt,
-                task=request.spec,
-                task_key=task_key,
-                config=config,
-                inputs=request.inputs,
-                values=request.values,
-                declared_outputs=request.declared_outputs,
-            )
-            result = executor.run(spec, _LogForward(rec.listener))
-            logs = [
-                rec.event(K.LOG_STORED, node, attempt, stream=stream, uri=key)
-                for stream, key in sorted(result.logs.items())
-            ]
-            if result.status == "succeeded":
-                return self._succeeded(rec, node, attempt, key, request, result, logs)
-            error = result.error or {}
-            failed = rec.event(K.ATTEMPT_FAILED, node, attempt, error=error)
-            if error.get("kind") == ErrorKind.SYSTEM.value:
-                system_failures += 1
-                retry, budget = system_failures <= config.system_retries, "system"
-            else:
-                user_failures += 1
-                retry, budget = user_failures <= config.retries, "user"
-            if retry:
-                pending = [
-                    *logs,
-                    failed,
-                    rec.event(K.RETRY_SCHEDULED, node, attempt, budget=budget),
-                ]
-                continue
-            rec.commit(
-                [
-                    *logs,
-                    failed,
-                    rec.event(K.NODE_FAILED, node, attempt),
-                    rec.event(K.EXECUTION_FAILED, error=error),
-                ]
-            )
-            raise TaskFailed(
-                f"task {request.spec.name!r} failed after {attempt} attempt"
-                f"{'s' if attempt > 1 else ''}: {error.get('type')}: {error.get('message')}",
-                error.get("traceback", ""),
-                rec.state.id,
-                error.get("type", ""),
-                error.get("message", ""),
-            )
-
-    def _succeeded(self, rec, node, attempt, key, request, result: AttemptResult, logs):  # type: ignore[no-untyped-def]
-        outputs = result.outputs
-        values = result.values
-        if request.want_values and not values:
-            # Written moments ago by the runner, which hashed them as it wrote.
-            values = {n: self.artifacts.load(r, verify=False) for n, r in outputs.items()}
-
-        def persist(conn):  # type: ignore[no-untyped-def]
-            self._record_artifacts(conn, outputs.values())
-            if key:
-                self.store.cache_put(
-                    conn,
-                    {
-                        "key": key,
-                        "project": request.project,
-                        "domain": request.domain,
-                        "task_name": request.spec.name,
-                        "task_version": rec.state.task_version,
-                        "outputs": {n: r.to_dict() for n, r in outputs.items()},
-                        "references": result.references,
-                        "display": result.display,
-                        "execution_id": rec.state.id,
-                    },
-                )
-
-        rec.commit(
-            [
-                *logs,
-                rec.event(
-                    K.ATTEMPT_SUCCEEDED,
-                    node,
-                    attempt,
-                    outputs={n: r.id for n, r in outputs.items()},
-                    references=result.references,
-                    display=result.display,
-                    duration=result.ended_at - result.started_at,
-                ),
-                rec.event(K.NODE_SUCCEEDED, node, attempt),
-                rec.event(K.EXECUTION_SUCCEEDED),
-            ],
-            before=persist,
+        node = NodeSpec(
+            id=spec.name,
+            task=spec,
+            config=config,
+            bindings={name: Binding("", name) for name in request.inputs},
+            declared_outputs=request.declared_outputs,
         )
-        return RunResult(rec.state, outputs, result.references, values, result.display)
+        self._check_executors([node])
+        workflow = WorkflowSpec(spec.name, (node,))
+        options = RunOptions(
+            project=request.project,
+            domain=request.domain,
+            max_parallel=1,
+            want_values=request.want_values,
+        )
+        run = WorkflowRun(
+            self,
+            workflow,
+            request.inputs,
+            request.values,
+            options,
+            listener or NullListener(),
+            kind="task",
+        )
+        result = run.run()
+        node_run = result.nodes[spec.name]
+        return RunResult(
+            result.execution,
+            node_run.outputs,
+            node_run.references,
+            node_run.values,
+            node_run.display,
+        )
+
+    def run_workflow(
+        self, request: WorkflowRequest, listener: RunListener | None = None
+    ) -> WorkflowResult:
+        spec = request.spec
+        missing = [p for p in spec.parameters() if p not in request.params]
+        if missing:
+            raise UserError(
+                f"workflow {spec.name!r} has no value for parameter(s) {', '.join(missing)}; "
+                "define them in the notebook or pass them with -p NAME=VALUE"
+            )
+        if request.max_parallel < 1:
+            raise UserError(f"--max-parallel {request.max_parallel} must be at least 1")
+        if request.failure_policy not in ("fail-fast", "continue"):
+            raise UserError(
+                f"--failure-policy {request.failure_policy!r}: use fail-fast or continue"
+            )
+        self._check_executors(spec.nodes)
+        options = RunOptions(
+            project=request.project,
+            domain=request.domain,
+            max_parallel=request.max_parallel,
+            failure_policy=request.failure_policy,
+            want_values=request.want_values,
+        )
+        params = {p: request.params[p] for p in spec.parameters()}
+        run = WorkflowRun(
+            self, spec, params, request.param_values, options, listener or NullListener()
+        )
+        return run.run()
+
+    def recover(
+        self,
+        execution_id: str,
+        listener: RunListener | None = None,
+        *,
+        max_parallel: int = 4,
+        want_values: bool = True,
+    ) -> WorkflowResult:
+        """Re-run a failed (or aborted) execution: every node that succeeded keeps its
+        outputs; only what failed or never ran runs again, as a new execution."""
+        source = self.execution(execution_id)
+        if source.status.ok:
+            raise UserError(
+                f"execution {execution_id} {source.status.value}; there is nothing to recover"
+            )
+        if not source.status.terminal:
+            raise UserError(
+                f"execution {execution_id} is still {source.status.value}; wait for it to "
+                "finish (or abort it) before recovering it"
+            )
+        params = {name: self.artifact(aid) for name, aid in source.inputs.items()}
+        if source.kind == "task":
+            task = self.store.task(source.task_version)
+            if task is None:
+                raise NotFound(f"execution {execution_id}'s task is not registered")
+            spec = TaskSpec.from_dict(task["spec"])
+            node = NodeSpec(
+                id=spec.name,
+                task=spec,
+                config=TaskConfig.from_dict(source.config),
+                bindings={name: Binding("", name) for name in params},
+            )
+            workflow = WorkflowSpec(spec.name, (node,))
+            kind = "task"
+        else:
+            workflow = self.workflow(source.workflow_version)
+            kind = "workflow"
+            max_parallel = source.config.get("max_parallel", max_parallel)
+        options = RunOptions(
+            project=source.project,
+            domain=source.domain,
+            max_parallel=max_parallel,
+            failure_policy=source.config.get("failure_policy", "fail-fast"),
+            want_values=want_values,
+        )
+        self._check_executors(workflow.nodes)
+        run = WorkflowRun(
+            self,
+            workflow,
+            params,
+            None,
+            options,
+            listener or NullListener(),
+            kind=kind,
+            recover_from=source,
+        )
+        return run.run()
+
+    # -- lineage ---------------------------------------------------------------------------
+    def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:
+        """The chain that produced an artifact: its producing attempt, that attempt's
+        inputs, their producers, and so on (a tree; shared inputs appear once each)."""
+        ref = self.artifact(artifact_id)
+        return self._lineage(ref, "", depth, set())
+
+    def _lineage(self, ref: ArtifactRef, name: str, depth: int, seen: set[str]) -> dict[str, Any]:
+        node: dict[str, Any] = {
+            "name": name,
+            "artifact": ref.to_dict(),
+            "producer": None,
+            "inputs": [],
+        }
+        producers = self.store.producers(ref.id)
+        if not producers or depth <= 0:
+            return node
+        p = producers[0]
+        node["producer"] = {
+            k: p[k]
+            for k in ("execution_id", "node", "attempt", "task_name", "task_version", "created_at")
+        }
+        node["name"] = name or p["name"]
+        if ref.id in seen:
+            node["repeated"] = True
+            return node
+        seen.add(ref.id)
+        for input_name, input_id in sorted(p["inputs"].items()):
+            try:
+                input_ref = self.artifact(input_id)
+            except NotFound:
+                continue
+            node["inputs"].append(self._lineage(input_ref, input_name, depth - 1, seen))
+        return node
+
+
+__all__ = ["LocalEngine", "WorkflowRequest", "cache_key", "Status"]

@@ -73,3 +73,24 @@ class CorruptArtifact(StorageError):
 
 class NotFound(UserError):
     """An execution, task or artifact id does not exist."""
+
+
+class WorkflowFailed(UserError):
+    """One or more nodes of a workflow execution failed (after their retries)."""
+
+    def __init__(
+        self,
+        execution_id: str,
+        failures: list[tuple[str, dict]],
+        skipped: list[str] | None = None,
+    ) -> None:
+        self.execution_id = execution_id
+        self.failures = failures
+        self.skipped = skipped or []
+        names = ", ".join(node for node, _ in failures)
+        first_node, first = failures[0]
+        more = f"; {len(self.skipped)} node(s) skipped" if self.skipped else ""
+        super().__init__(
+            f"execution {execution_id} failed at {names}: "
+            f"{first.get('type', 'Error')}: {first.get('message', '')}{more}"
+        )

@@ -25,10 +25,17 @@ class Status(str, Enum):
     FAILED = "failed"
     CACHED = "cached"
     ABORTED = "aborted"
+    SKIPPED = "skipped"  # a node that never ran: an upstream failed, or fail-fast stopped
+    RECOVERED = "recovered"  # a node whose outputs were taken from the recovered execution
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.FAILED, Status.CACHED, Status.ABORTED)
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+    @property
+    def ok(self) -> bool:
+        """Finished with outputs that downstream nodes can use."""
+        return self in (Status.SUCCEEDED, Status.CACHED, Status.RECOVERED)
 
 
 class EventKind(str, Enum):
@@ -44,6 +51,9 @@ class EventKind(str, Enum):
     RETRY_SCHEDULED = "retry_scheduled"
     NODE_SUCCEEDED = "node_succeeded"
     NODE_FAILED = "node_failed"
+    NODE_SKIPPED = "node_skipped"
+    NODE_RECOVERED = "node_recovered"
+    MAP_EXPANDED = "map_expanded"
     EXECUTION_SUCCEEDED = "execution_succeeded"
     EXECUTION_FAILED = "execution_failed"
     EXECUTION_ABORTED = "execution_aborted"
@@ -260,6 +270,11 @@ class NodeState:
     started_at: float | None = None
     ended_at: float | None = None
     logs: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: Map nodes: how many elements, and how many finished well or badly so far.
+    elements: int = 0
+    elements_done: int = 0
+    elements_failed: int = 0
+    elements_cached: int = 0
 
 
 @dataclass
@@ -268,7 +283,10 @@ class ExecutionState:
     project: str = "default"
     domain: str = "development"
     name: str = ""
+    kind: str = "task"  # task | workflow
     task_version: str = ""
+    workflow_version: str = ""
+    recovered_from: str = ""
     status: Status = Status.QUEUED
     created_at: float = 0.0
     ended_at: float | None = None

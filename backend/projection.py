@@ -29,14 +29,18 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
         state.project = p.get("project", state.project)
         state.domain = p.get("domain", state.domain)
         state.name = p.get("name", "")
+        state.kind = p.get("kind", "task")
         state.task_version = p.get("task_version", "")
+        state.workflow_version = p.get("workflow_version", "")
+        state.recovered_from = p.get("recovered_from", "")
         state.inputs = dict(p.get("inputs", {}))
         state.config = dict(p.get("config", {}))
         state.created_at = event.ts
         state.status = Status.QUEUED
         return state
     if kind is K.EXECUTION_SUCCEEDED:
-        cached = all(n.status is Status.CACHED for n in state.nodes.values()) and state.nodes
+        tops = [n for n in state.nodes.values() if "[" not in n.node]
+        cached = bool(tops) and all(n.status is Status.CACHED for n in tops)
         state.status = Status.CACHED if cached else Status.SUCCEEDED
         state.ended_at = event.ts
         return state
@@ -56,6 +60,8 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
         return state
 
     node = _node(state, event)
+    if "[" in event.node and kind in _ELEMENT_ENDS:
+        _count_element(state, event)
     if kind is K.NODE_QUEUED:
         node.status = Status.QUEUED
         node.cache = "on" if p.get("cache") else "off"
@@ -101,7 +107,38 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
     elif kind is K.NODE_FAILED:
         node.status = Status.FAILED
         node.ended_at = event.ts
+        if p.get("error"):
+            node.error = ErrorInfo.from_dict(p["error"])
+    elif kind is K.NODE_SKIPPED:
+        node.status = Status.SKIPPED
+        node.ended_at = event.ts
+    elif kind is K.NODE_RECOVERED:
+        node.status = Status.RECOVERED
+        node.cache = "recovered"
+        node.outputs = dict(p.get("outputs", {}))
+        node.cache_source = {"execution_id": p.get("source_execution", "")}
+        node.started_at = node.started_at or event.ts
+        node.ended_at = event.ts
+    elif kind is K.MAP_EXPANDED:
+        node.elements = p["elements"]
+        node.status = Status.RUNNING
+        node.started_at = node.started_at or event.ts
     return state
+
+
+_ELEMENT_ENDS = (K.NODE_SUCCEEDED, K.CACHE_HIT, K.NODE_FAILED, K.NODE_RECOVERED)
+
+
+def _count_element(state: ExecutionState, event: Event) -> None:
+    parent = state.nodes.get(event.node.partition("[")[0])
+    if parent is None:
+        return
+    if event.kind is K.NODE_FAILED:
+        parent.elements_failed += 1
+    else:
+        parent.elements_done += 1
+        if event.kind is K.CACHE_HIT:
+            parent.elements_cached += 1
 
 
 def replay(execution_id: str, events: Iterable[Event]) -> ExecutionState:

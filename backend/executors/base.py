@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -56,10 +57,18 @@ class Executor(ABC):
         self.artifacts = artifacts
         self.storage = artifacts.storage
 
+    #: Whether attempts run in the caller's thread (inline) rather than elsewhere: the
+    #: scheduler runs those on its own thread, one at a time, and the others in workers.
+    in_process: ClassVar[bool] = False
+
     @abstractmethod
-    def run(self, attempt: AttemptSpec, sink: LogSink) -> AttemptResult:
-        """Run one attempt to the end. User errors and timeouts come back in the result;
-        ``KeyboardInterrupt`` stops the attempt and propagates."""
+    def run(
+        self, attempt: AttemptSpec, sink: LogSink, cancel: threading.Event | None = None
+    ) -> AttemptResult:
+        """Run one attempt to the end. User errors and timeouts come back in the result.
+        Setting ``cancel`` (from another thread) stops the attempt: the result's status
+        is then "aborted". ``KeyboardInterrupt`` in the calling thread stops it too and
+        propagates."""
 
 
 def executor_registry() -> PluginRegistry:

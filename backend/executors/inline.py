@@ -61,7 +61,11 @@ def _alarm(seconds: float | None, label: str) -> Iterator[None]:
 class InlineExecutor(Executor):
     name = "inline"
 
-    def run(self, attempt: AttemptSpec, sink: LogSink) -> AttemptResult:
+    in_process = True
+
+    def run(
+        self, attempt: AttemptSpec, sink: LogSink, cancel: threading.Event | None = None
+    ) -> AttemptResult:
         if attempt.values is None:
             raise ConfigError("the inline executor needs the input values in this process")
         out, err = _Capture(sys.stdout), _Capture(sys.stderr)

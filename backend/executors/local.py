@@ -64,7 +64,9 @@ class LocalExecutor(Executor):
             attempt_key,
         ]
 
-    def run(self, attempt: AttemptSpec, sink: LogSink) -> AttemptResult:
+    def run(
+        self, attempt: AttemptSpec, sink: LogSink, cancel: threading.Event | None = None
+    ) -> AttemptResult:
         if not self.storage.shareable:
             raise ConfigError(
                 f"storage {self.storage.url_root} lives inside this process, so a task "
@@ -107,6 +109,14 @@ class LocalExecutor(Executor):
                 if deadline is not None and time.time() > deadline and proc.poll() is None:
                     timed_out = True
                     _kill(proc)
+                if cancel is not None and cancel.is_set() and proc.poll() is None:
+                    _kill(proc)
+                    return AttemptResult(
+                        "aborted",
+                        error=system_error("the attempt was stopped", "Aborted"),
+                        started_at=started,
+                        ended_at=time.time(),
+                    )
         except BaseException:
             _kill(proc)
             raise

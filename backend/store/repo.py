@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from ..model import ArtifactRef, Event, EventKind, ExecutionState
 from ..projection import replay
 from . import db
-from .schema import artifacts, cache_entries, events, executions, tasks
+from .schema import artifacts, cache_entries, events, executions, lineage, tasks, workflows
 
 
 def _insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -162,6 +162,8 @@ class Store:
             "domain": state.domain,
             "name": state.name,
             "task_version": state.task_version,
+            "kind": state.kind,
+            "workflow_version": state.workflow_version,
             "status": state.status.value,
             "created_at": state.created_at,
             "ended_at": state.ended_at,
@@ -271,6 +273,42 @@ class Store:
             data.pop("created_at")
             out.append(ArtifactRef(**data))
         return out
+
+    # -- workflows ---------------------------------------------------------------------------
+    def put_workflow(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+        _insert_ignore(conn, workflows, [{**row, "created_at": time.time()}])
+
+    def workflow(self, version: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(sa.select(workflows).where(workflows.c.version == version)).first()
+        return dict(row._mapping) if row else None
+
+    def tasks(self, versions: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(set(versions))
+        found: dict[str, dict[str, Any]] = {}
+        with self.read() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    sa.select(tasks).where(tasks.c.version.in_(wanted[i : i + 500]))
+                )
+                found.update({r.version: dict(r._mapping) for r in rows})
+        return found
+
+    # -- lineage -------------------------------------------------------------------------------
+    def put_lineage(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            now = time.time()
+            conn.execute(lineage.insert(), [{"created_at": now, **r} for r in rows])
+
+    def producers(self, artifact_id: str) -> list[dict[str, Any]]:
+        """Attempts that produced this artifact, oldest first."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(lineage)
+                .where(lineage.c.artifact_id == artifact_id)
+                .order_by(lineage.c.created_at)
+            ).all()
+        return [dict(r._mapping) for r in rows]
 
     # -- cache ----------------------------------------------------------------------------------
     def cache_get(self, key: str, project: str, domain: str) -> dict[str, Any] | None:

@@ -43,6 +43,8 @@ executions = sa.Table(
     sa.Column("domain", sa.String(100), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("task_version", sa.String(64), nullable=False, default=""),
+    sa.Column("kind", sa.String(20), nullable=False, server_default="task"),
+    sa.Column("workflow_version", sa.String(64), nullable=False, server_default=""),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float),
@@ -81,4 +83,40 @@ cache_entries = sa.Table(
     sa.Column("display", sa.JSON),
     sa.Column("execution_id", sa.String(32), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("project", sa.String(100), nullable=False),
+    sa.Column("domain", sa.String(100), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_workflows_scope_name", "project", "domain", "name"),
+)
+
+#: Which attempt produced an artifact, and from which input artifacts. A projection of
+#: the attempt events, kept as a table so a value's history is one indexed walk.
+lineage = sa.Table(
+    "lineage",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("artifact_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("execution_id", sa.String(32), nullable=False),
+    sa.Column("node", sa.String(250), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("task_name", sa.String(200), nullable=False),
+    sa.Column("task_version", sa.String(64), nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_lineage_artifact", "artifact_id", "created_at"),
+    sa.Index("ix_lineage_execution", "execution_id"),
 )

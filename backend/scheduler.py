@@ -1,0 +1,797 @@
+"""The scheduler: runs one execution of a workflow (or of a single task, a one-node
+workflow) to the end.
+
+It keeps the DAG's bookkeeping on the calling thread: which nodes are ready, which
+units (a node, or one element of a map node) wait, run, succeeded or failed. Attempts
+of out-of-process executors run on a bounded pool of worker threads that only wait on
+their executor and hand results back through a queue; attempts of the inline executor
+run on the calling thread itself, one at a time, so their timeouts and interrupts work
+as in a normal cell. Every state change is an event; events are committed in batches
+(one transaction per scheduling round), so a 10,000-element map costs rounds, not
+10,000 transactions.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .api import RunListener
+from .errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
+from .executors.base import AttemptSpec, Executor
+from .model import ArtifactRef, ErrorKind, Event, EventKind, ExecutionState, Status
+from .projection import apply
+from .runner import AttemptResult, system_error
+from .workflow import NodeSpec, WorkflowSpec
+
+if TYPE_CHECKING:
+    from .engine import LocalEngine
+
+K = EventKind
+_ROUND = 0.05  # longest wait for a worker result before the next scheduling round
+_FAIL_FAST = "the execution stopped at an earlier failure (fail-fast)"
+
+
+@dataclass
+class RunOptions:
+    project: str = "default"
+    domain: str = "development"
+    max_parallel: int = 4
+    failure_policy: str = "fail-fast"  # or "continue"
+    want_values: bool = True
+
+
+@dataclass
+class Unit:
+    """One schedulable piece: a whole node, or element ``index`` of a map node."""
+
+    node: NodeRun
+    key: str
+    index: int | None
+    inputs: dict[str, ArtifactRef]
+    values: dict[str, Any] | None
+    cache_key: str = ""
+    attempt: int = 0
+    user_failures: int = 0
+    system_failures: int = 0
+
+
+@dataclass
+class NodeRun:
+    spec: NodeSpec
+    status: Status = Status.QUEUED
+    waiting_on: set[str] = field(default_factory=set)
+    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    display: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    # map nodes
+    elements: list[AttemptResult | None] = field(default_factory=list)
+    element_inputs: list[dict[str, ArtifactRef]] = field(default_factory=list)
+    open_units: int = 0
+    failed_units: int = 0
+    running: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass
+class WorkflowResult:
+    execution: ExecutionState
+    nodes: dict[str, NodeRun]
+
+    def outputs(self) -> dict[str, ArtifactRef]:
+        """Every node's outputs by name; a later node wins, as cells run top to bottom."""
+        merged: dict[str, ArtifactRef] = {}
+        for run in self.nodes.values():
+            merged.update(run.outputs)
+        return merged
+
+
+class _Logs:
+    """Log sink for one unit. Worker threads queue their lines for the scheduler thread,
+    which alone talks to the listener; parallel nodes get a prefix."""
+
+    def __init__(self, run: WorkflowRun, unit: Unit, threaded: bool) -> None:
+        self.run = run
+        self.prefix = f"[{unit.key}] " if run.prefix_logs else ""
+        self.threaded = threaded
+
+    def log(self, stream: str, text: str) -> None:
+        if self.prefix:
+            text = "".join(
+                self.prefix + line if line.strip() else line
+                for line in text.splitlines(keepends=True)
+            )
+        if self.threaded:
+            self.run.done.put(("log", stream, text))
+        else:
+            self.run.listener.on_log(stream, text)
+
+
+class WorkflowRun:
+    def __init__(
+        self,
+        engine: LocalEngine,
+        spec: WorkflowSpec,
+        params: dict[str, ArtifactRef],
+        param_values: dict[str, Any] | None,
+        options: RunOptions,
+        listener: RunListener,
+        *,
+        kind: str = "workflow",
+        recover_from: ExecutionState | None = None,
+    ) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.params = params
+        self.param_values = param_values or {}
+        self.options = options
+        self.listener = listener
+        self.kind = kind
+        self.recover_from = recover_from
+        self.state = ExecutionState(id=engine.new_execution_id())
+        self.nodes = {n.id: NodeRun(n) for n in spec.nodes}
+        self.downstream: dict[str, list[str]] = {n.id: [] for n in spec.nodes}
+        for n in spec.nodes:
+            ups = {b.node for b in n.bindings.values() if not b.is_param}
+            self.nodes[n.id].waiting_on = ups
+            for up in ups:
+                self.downstream[up].append(n.id)
+        self.pending: list[Event] = []
+        self.writes: list[Any] = []
+        self.queue: deque[Unit] = deque()
+        self.done: queue.Queue = queue.Queue()
+        self.in_flight = 0
+        self.stopping = False
+        self.cancel = threading.Event()
+        self.prefix_logs = len(spec.nodes) > 1 or any(n.map for n in spec.nodes)
+        self.pool: ThreadPoolExecutor | None = None
+        self._last_flush = 0.0
+
+    # -- events ----------------------------------------------------------------------------
+    def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
+        event = Event(self.state.id, what, node, attempt, payload)
+        apply(self.state, event)
+        self.pending.append(event)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        writes, self.writes = self.writes, []
+        engine = self.engine
+        try:
+            with engine.store.write() as conn:
+                for write in writes:
+                    write(conn)
+                numbered = engine.store.append(conn, batch, self.state)
+        except BaseException:
+            engine._rolled_back()
+            raise
+        engine._committed()
+        self._last_flush = time.monotonic()
+        for e in numbered:
+            self.listener.on_event(e, self.state)
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> WorkflowResult:
+        try:
+            self._create()
+            self._loop()
+        except KeyboardInterrupt:
+            self._abort()
+            raise ExecutionAborted(
+                f"execution {self.state.id} was interrupted and recorded as aborted"
+            ) from None
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        return self._finish()
+
+    def _create(self) -> None:
+        spec = self.spec
+        engine = self.engine
+        payload: dict[str, Any] = {
+            "kind": self.kind,
+            "project": self.options.project,
+            "domain": self.options.domain,
+            "name": spec.name,
+            "inputs": {n: r.id for n, r in self.params.items()},
+        }
+        if self.kind == "task":
+            only = spec.nodes[0]
+            payload["task_version"] = only.task.version()
+            payload["config"] = only.config.to_dict()
+        else:
+            payload["workflow_version"] = spec.version()
+            payload["config"] = {
+                "max_parallel": self.options.max_parallel,
+                "failure_policy": self.options.failure_policy,
+            }
+        if self.recover_from is not None:
+            payload["recovered_from"] = self.recover_from.id
+        self.emit(K.EXECUTION_CREATED, **payload)
+        for n in spec.nodes:
+            self.emit(K.NODE_QUEUED, n.id, cache=n.config.cache, map=bool(n.map))
+        bundles = [engine.bundle(n.task) for n in spec.nodes]
+
+        def register(conn: Any) -> None:
+            for n, (version, key) in zip(spec.nodes, bundles):
+                engine.record_task(conn, n.task, version, key, self.options)
+            if self.kind == "workflow":
+                engine.record_workflow(conn, spec, self.options)
+            engine._record_artifacts(conn, self.params.values())
+
+        self.writes.append(register)
+
+    def _loop(self) -> None:
+        for run in self.nodes.values():
+            if not run.waiting_on:
+                self._start(run)
+        while True:
+            if not self.in_flight and len(self.queue) == 1:
+                # One unit and nothing else to do: run it right here (no worker thread;
+                # an interrupt reaches the executor, which stops its attempt).
+                self._run_here(self.queue[0])
+                self._collect(block=False)
+                self.flush_if_due()
+                continue
+            self._launch()
+            inline = self._next_inline()
+            if inline is not None:
+                self._run_here(inline)
+            elif self.in_flight:
+                self._collect(block=True)
+            else:
+                break  # nothing running and nothing that can start: done
+            self._collect(block=False)
+            self.flush_if_due()
+        self.flush()
+
+    def flush_if_due(self) -> None:
+        if self.pending and (not self.queue or time.monotonic() - self._last_flush > _ROUND):
+            self.flush()
+
+    # -- starting nodes --------------------------------------------------------------------
+    def _start(self, run: NodeRun) -> None:
+        if self.stopping:
+            self._skip(run, _FAIL_FAST)
+            return
+        run.status = Status.RUNNING
+        source = self._recovered(run)
+        if source is not None:
+            return
+        try:
+            inputs, values = self._inputs(run)
+        except UserError as exc:
+            self._fail_node(
+                run,
+                {"kind": "user", "type": type(exc).__name__, "message": str(exc), "traceback": ""},
+            )
+            return
+        if run.spec.map is None:
+            unit = Unit(run, run.id, None, inputs, values)
+            run.open_units = 1
+            self._cache_or_queue(unit)
+        else:
+            self._expand(run, inputs, values)
+
+    def _recovered(self, run: NodeRun) -> NodeRun | None:
+        source = self.recover_from
+        if source is None:
+            return None
+        old = source.nodes.get(run.id)
+        if old is None or not old.status.ok or "[" in run.id:
+            return None
+        refs = {n: self.engine.artifact(i) for n, i in old.outputs.items()}
+        run.outputs = refs
+        run.status = Status.RECOVERED
+        self.emit(K.NODE_RECOVERED, run.id, outputs=old.outputs, source_execution=source.id)
+        self._node_done(run)
+        return run
+
+    def _inputs(self, run: NodeRun) -> tuple[dict[str, ArtifactRef], dict[str, Any] | None]:
+        inputs: dict[str, ArtifactRef] = {}
+        values: dict[str, Any] = {}
+        have_all = True
+        for name, b in run.spec.bindings.items():
+            if b.is_param:
+                if b.output not in self.params:
+                    raise UserError(
+                        f"node {run.id!r} needs parameter {b.output!r}, which has no value"
+                    )
+                inputs[name] = self.params[b.output]
+                if b.output in self.param_values:
+                    values[name] = self.param_values[b.output]
+                else:
+                    have_all = False
+            else:
+                up = self.nodes[b.node]
+                if b.output not in up.outputs:
+                    raise UserError(
+                        f"node {run.id!r} reads {b.output!r} from {b.node!r}, which did not "
+                        f"assign it; assign it in {b.node!r} or give the input another source"
+                    )
+                inputs[name] = up.outputs[b.output]
+                if b.output in up.values:
+                    values[name] = up.values[b.output]
+                else:
+                    have_all = False
+        return inputs, values if have_all else None
+
+    def _values(
+        self, run: NodeRun, inputs: dict[str, ArtifactRef], values: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if values is not None:
+            return values
+        return {n: self.engine.artifacts.load(r) for n, r in inputs.items()}
+
+    def _expand(
+        self, run: NodeRun, inputs: dict[str, ArtifactRef], values: dict[str, Any] | None
+    ) -> None:
+        m = run.spec.map
+        assert m is not None
+        all_values = self._values(run, inputs, values)
+        over = all_values.get(m.over)
+        try:
+            elements = list(over)  # type: ignore[arg-type]
+        except TypeError:
+            self._fail_node(
+                run,
+                {
+                    "kind": "user",
+                    "type": "TypeError",
+                    "message": f"--map {m.over}: {m.over!r} is a {type(over).__name__}, which is "
+                    "not iterable; map over a list, tuple, range or other iterable",
+                    "traceback": "",
+                },
+            )
+            return
+        run.elements = [None] * len(elements)
+        run.open_units = len(elements)
+        self.emit(K.MAP_EXPANDED, run.id, elements=len(elements))
+        if not elements:
+            self._map_done(run)
+            return
+        shared = {n: r for n, r in inputs.items() if n != m.over}
+        shared_values = {n: v for n, v in all_values.items() if n != m.over}
+        element_refs = [
+            self.engine.put_value(element, f"element {i} of {m.over!r}")
+            for i, element in enumerate(elements)
+        ]
+        self.writes.append(
+            lambda conn, refs=element_refs: self.engine._record_artifacts(conn, refs)
+        )
+        for i, (element, ref) in enumerate(zip(elements, element_refs)):
+            unit_inputs = {**shared, m.as_name: ref}
+            run.element_inputs.append(unit_inputs)
+            unit_values = {**shared_values, m.as_name: element}
+            unit = Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values)
+            self._cache_or_queue(unit)
+
+    def _cache_or_queue(self, unit: Unit) -> None:
+        config = unit.node.spec.config
+        if config.cache:
+            unit.cache_key = self.engine.cache_key(
+                unit.node.spec.task, config.cache_version, unit.inputs
+            )
+            hit, problem = self.engine.cache_lookup(
+                unit.cache_key,
+                self.options.project,
+                self.options.domain,
+                want_values=self.options.want_values,
+            )
+            if hit is not None:
+                entry, outputs, values = hit
+                self.emit(
+                    K.CACHE_HIT,
+                    unit.key,
+                    cache_key=unit.cache_key,
+                    outputs={n: r.id for n, r in outputs.items()},
+                    references=entry["references"],
+                    display=entry["display"],
+                    source_execution=entry["execution_id"],
+                    source_created_at=entry["created_at"],
+                )
+                result = AttemptResult(
+                    "succeeded",
+                    outputs=outputs,
+                    references=entry["references"],
+                    display=entry["display"],
+                    values=values,
+                )
+                self._unit_ok(unit, result, cached=True)
+                return
+            if problem:
+                self.emit(K.CACHE_INVALID, unit.key, cache_key=unit.cache_key, reason=problem)
+            else:
+                self.emit(K.CACHE_MISS, unit.key, cache_key=unit.cache_key)
+        self.queue.append(unit)
+
+    # -- running units ---------------------------------------------------------------------
+    def _executor(self, unit: Unit) -> Executor:
+        return self.engine.executor(unit.node.spec.config.executor)
+
+    def _next_inline(self) -> Unit | None:
+        for unit in self.queue:
+            if self._executor(unit).in_process:
+                return unit
+        return None
+
+    def _launch(self) -> None:
+        """Hand out-of-process units to workers, up to the parallelism limits."""
+        if not self.queue:
+            return
+        kept: deque[Unit] = deque()
+        while self.queue:
+            unit = self.queue.popleft()
+            executor = self._executor(unit)
+            limit = unit.node.spec.map.concurrency if unit.node.spec.map else None
+            if (
+                executor.in_process
+                or self.in_flight >= self.options.max_parallel
+                or (limit is not None and unit.node.running >= limit)
+            ):
+                kept.append(unit)
+                continue
+            self._begin(unit)
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(
+                    max_workers=self.options.max_parallel, thread_name_prefix="papercrane"
+                )
+            attempt = self._attempt_spec(unit)
+            self.in_flight += 1
+            unit.node.running += 1
+            self.pool.submit(self._work, executor, unit, attempt)
+        self.queue = kept
+
+    def _begin(self, unit: Unit) -> None:
+        unit.attempt += 1
+        self.emit(
+            K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=unit.node.spec.config.executor
+        )
+
+    def _attempt_spec(self, unit: Unit) -> AttemptSpec:
+        spec = unit.node.spec
+        return AttemptSpec(
+            execution_id=self.state.id,
+            node=unit.key,
+            attempt=unit.attempt,
+            task=spec.task,
+            task_key=self.engine.bundle(spec.task)[1],
+            config=spec.config,
+            inputs=unit.inputs,
+            values=unit.values,
+            declared_outputs=spec.declared_outputs,
+        )
+
+    def _work(self, executor: Executor, unit: Unit, attempt: AttemptSpec) -> None:
+        try:
+            result = executor.run(attempt, _Logs(self, unit, threaded=True), self.cancel)
+        except BaseException as exc:  # the executor itself broke: a system failure
+            result = AttemptResult("failed", error=system_error(f"{type(exc).__name__}: {exc}"))
+        self.done.put(("result", unit, result))
+
+    def _run_here(self, unit: Unit) -> None:
+        """Run one unit on the scheduler's own thread (inline units always are)."""
+        self.queue.remove(unit)
+        executor = self._executor(unit)
+        if executor.in_process and unit.values is None:
+            unit.values = self._values(unit.node, unit.inputs, None)
+        self._begin(unit)
+        if time.monotonic() - self._last_flush > _ROUND or len(self.spec.nodes) == 1:
+            self.flush()  # the widget and the store show it running
+        unit.node.running += 1
+        try:
+            result = executor.run(self._attempt_spec(unit), _Logs(self, unit, threaded=False))
+        finally:
+            unit.node.running -= 1
+        self._handle(unit, result)
+
+    def _collect(self, block: bool) -> None:
+        timeout = _ROUND if block else 0
+        while True:
+            try:
+                item = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
+            except queue.Empty:
+                return
+            timeout = 0
+            if item[0] == "log":
+                self.listener.on_log(item[1], item[2])
+                continue
+            _, unit, result = item
+            self.in_flight -= 1
+            unit.node.running -= 1
+            self._handle(unit, result)
+
+    # -- outcomes --------------------------------------------------------------------------
+    def _handle(self, unit: Unit, result: AttemptResult) -> None:
+        for stream, key in sorted(result.logs.items()):
+            self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
+        if result.status == "succeeded":
+            self.emit(
+                K.ATTEMPT_SUCCEEDED,
+                unit.key,
+                unit.attempt,
+                outputs={n: r.id for n, r in result.outputs.items()},
+                references=result.references,
+                display=result.display,
+                duration=result.ended_at - result.started_at,
+            )
+            self.emit(K.NODE_SUCCEEDED, unit.key, unit.attempt)
+            self._persist(unit, result)
+            self._unit_ok(unit, result, cached=False)
+            return
+        if result.status == "aborted":
+            return
+        error = result.error or system_error("the attempt failed without a reason")
+        self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error)
+        config = unit.node.spec.config
+        if error.get("kind") == ErrorKind.SYSTEM.value:
+            unit.system_failures += 1
+            retry, budget = unit.system_failures <= config.system_retries, "system"
+        else:
+            unit.user_failures += 1
+            retry, budget = unit.user_failures <= config.retries, "user"
+        if retry and not self.stopping:
+            self.emit(K.RETRY_SCHEDULED, unit.key, unit.attempt, budget=budget)
+            self.queue.append(unit)
+            return
+        self.emit(K.NODE_FAILED, unit.key, unit.attempt, error=error)
+        self._unit_failed(unit, error)
+
+    def _settle(self, run: NodeRun) -> None:
+        """After fail-fast dropped a node's queued units: once none of its units is
+        still running, the node is skipped (it can neither finish nor fail now)."""
+        if self.stopping and run.status is Status.RUNNING and not run.running:
+            queued = any(u.node is run for u in self.queue)
+            if not queued and run.open_units:
+                run.open_units = 0
+                self._skip(run, _FAIL_FAST, force=True)
+
+    def _persist(self, unit: Unit, result: AttemptResult) -> None:
+        engine = self.engine
+        spec = unit.node.spec
+        outputs = result.outputs
+        key = unit.cache_key
+        lineage = [
+            {
+                "artifact_id": ref.id,
+                "name": name,
+                "execution_id": self.state.id,
+                "node": unit.key,
+                "attempt": unit.attempt,
+                "task_name": spec.task.name,
+                "task_version": spec.task.version(),
+                "inputs": {n: r.id for n, r in unit.inputs.items()},
+            }
+            for name, ref in outputs.items()
+        ]
+
+        def write(conn: Any) -> None:
+            engine._record_artifacts(conn, outputs.values())
+            engine.store.put_lineage(conn, lineage)
+            if key:
+                engine.store.cache_put(
+                    conn,
+                    {
+                        "key": key,
+                        "project": self.options.project,
+                        "domain": self.options.domain,
+                        "task_name": spec.task.name,
+                        "task_version": spec.task.version(),
+                        "outputs": {n: r.to_dict() for n, r in outputs.items()},
+                        "references": result.references,
+                        "display": result.display,
+                        "execution_id": self.state.id,
+                    },
+                )
+
+        self.writes.append(write)
+
+    def _unit_ok(self, unit: Unit, result: AttemptResult, cached: bool) -> None:
+        run = unit.node
+        if unit.index is None:
+            run.outputs = dict(result.outputs)
+            run.references = dict(result.references)
+            run.values = dict(result.values)
+            run.display = result.display
+            run.status = Status.CACHED if cached else Status.SUCCEEDED
+            run.open_units = 0
+            self._node_done(run)
+            return
+        run.elements[unit.index] = result
+        run.open_units -= 1
+        if run.open_units == 0:
+            self._map_done(run)
+        else:
+            self._settle(run)
+
+    def _unit_failed(self, unit: Unit, error: dict[str, Any]) -> None:
+        run = unit.node
+        if unit.index is None:
+            run.open_units = 0
+            self._fail_node(run, error)
+            return
+        run.failed_units += 1
+        run.open_units -= 1
+        run.error = run.error or error
+        allowed = math.floor(len(run.elements) * (1 - run.spec.map.min_success_ratio) + 1e-9)
+        if run.failed_units > allowed:
+            if run.status is not Status.FAILED:
+                # Too many elements failed: the node fails; its other elements stop.
+                self.queue = deque(u for u in self.queue if u.node is not run)
+                self._fail_node(
+                    run,
+                    {
+                        **error,
+                        "message": f"{run.failed_units} of {len(run.elements)} elements failed "
+                        f"(allowed: {allowed}); first: {error.get('type')}: {error.get('message')}",
+                    },
+                )
+            return
+        if run.open_units == 0:
+            self._map_done(run)
+        else:
+            self._settle(run)
+
+    def _map_done(self, run: NodeRun) -> None:
+        """Collect each output into a list in element order (None for failed elements)."""
+        if run.status is Status.FAILED:
+            return
+        names: list[str] = []
+        refs: dict[str, str] = {}
+        for result in run.elements:
+            if result is None:
+                continue
+            for n in result.outputs:
+                if n not in names:
+                    names.append(n)
+            refs.update(result.references)
+        collected: dict[str, list[Any]] = {n: [] for n in names}
+        for result in run.elements:
+            for n in names:
+                if result is None or n not in result.outputs:
+                    collected[n].append(None)
+                elif n in result.values:
+                    collected[n].append(result.values[n])
+                else:
+                    collected[n].append(self.engine.artifacts.load(result.outputs[n], verify=False))
+        m = run.spec.map
+        outputs = {
+            n: self.engine.put_value(v, f"collected output {n!r} of {run.id!r}")
+            for n, v in collected.items()
+        }
+        run.outputs, run.values, run.references = outputs, collected, refs
+        all_cached = bool(run.elements) and all(
+            self.state.nodes[f"{run.id}[{i}]"].status is Status.CACHED
+            for i in range(len(run.elements))
+        )
+        run.status = Status.CACHED if all_cached else Status.SUCCEEDED
+        inputs = {n: r.id for n, r in self._node_inputs(run).items()}
+        lineage = [
+            {
+                "artifact_id": r.id,
+                "name": n,
+                "execution_id": self.state.id,
+                "node": run.id,
+                "attempt": 0,
+                "task_name": run.spec.task.name,
+                "task_version": run.spec.task.version(),
+                "inputs": inputs,
+            }
+            for n, r in outputs.items()
+        ]
+
+        def write(conn: Any) -> None:
+            self.engine._record_artifacts(conn, outputs.values())
+            self.engine.store.put_lineage(conn, lineage)
+
+        self.writes.append(write)
+        payload = {
+            "outputs": {n: r.id for n, r in outputs.items()},
+            "references": refs,
+            "map_over": m.over if m else "",
+        }
+        if all_cached:
+            self.emit(K.CACHE_HIT, run.id, cache_key="", **payload)
+        else:
+            self.emit(K.ATTEMPT_SUCCEEDED, run.id, 0, **payload)
+            self.emit(K.NODE_SUCCEEDED, run.id, 0)
+        self._node_done(run)
+
+    def _node_inputs(self, run: NodeRun) -> dict[str, ArtifactRef]:
+        found = {}
+        for name, b in run.spec.bindings.items():
+            source = self.params if b.is_param else self.nodes[b.node].outputs
+            if b.output in source:
+                found[name] = source[b.output]
+        return found
+
+    def _node_done(self, run: NodeRun) -> None:
+        for down_id in self.downstream[run.id]:
+            down = self.nodes[down_id]
+            down.waiting_on.discard(run.id)
+            if not down.waiting_on and down.status is Status.QUEUED and not down.open_units:
+                self._start(down)
+
+    def _fail_node(self, run: NodeRun, error: dict[str, Any]) -> None:
+        run.status = Status.FAILED
+        run.error = error
+        if run.spec.map is not None or self.state.nodes[run.id].status is not Status.FAILED:
+            self.emit(K.NODE_FAILED, run.id, error=error)
+        if self.options.failure_policy == "fail-fast":
+            self.stopping = True
+            self.queue.clear()  # nothing new starts; what runs is let finish
+            for other in self.nodes.values():
+                if other is not run:
+                    self._skip(other, _FAIL_FAST)
+                    self._settle(other)
+        else:
+            self._skip_downstream(run)
+
+    def _skip_downstream(self, run: NodeRun) -> None:
+        for down_id in self.downstream[run.id]:
+            down = self.nodes[down_id]
+            if down.status is Status.QUEUED:
+                self._skip(down, f"upstream node {run.id!r} failed")
+                self._skip_downstream(down)
+
+    def _skip(self, run: NodeRun, reason: str, force: bool = False) -> None:
+        """Mark a node that will never run. A started node only by ``_settle``."""
+        if run.status.terminal or (run.status is Status.RUNNING and not force):
+            return
+        run.status = Status.SKIPPED
+        self.emit(K.NODE_SKIPPED, run.id, reason=reason)
+
+    def _abort(self) -> None:
+        self.cancel.set()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        if self.state.created_at == 0.0:
+            return
+        self.emit(K.EXECUTION_ABORTED, reason="interrupted")
+        self.flush()
+
+    # -- the end ---------------------------------------------------------------------------
+    def _finish(self) -> WorkflowResult:
+        failed = [r for r in self.nodes.values() if r.status is Status.FAILED]
+        if failed:
+            first = failed[0].error or {}
+            self.emit(K.EXECUTION_FAILED, error=first)
+            self.flush()
+            if self.kind == "task":
+                raise TaskFailed(
+                    f"task {failed[0].id!r} failed after {self.state.nodes[failed[0].id].attempt} "
+                    f"attempt(s): {first.get('type')}: {first.get('message')}",
+                    first.get("traceback", ""),
+                    self.state.id,
+                    first.get("type", ""),
+                    first.get("message", ""),
+                )
+            raise WorkflowFailed(
+                self.state.id,
+                [(r.id, r.error or {}) for r in failed],
+                [r.id for r in self.nodes.values() if r.status is Status.SKIPPED],
+            )
+        self.emit(K.EXECUTION_SUCCEEDED)
+        self.flush()
+        if self.options.want_values:
+            for run in self.nodes.values():
+                for name, ref in run.outputs.items():
+                    if name not in run.values:
+                        run.values[name] = self.engine.artifacts.load(
+                            ref, verify=run.status is Status.RECOVERED
+                        )
+        return WorkflowResult(self.state, self.nodes)
