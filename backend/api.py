@@ -40,6 +40,12 @@ class RunRequest:
     declared_outputs: tuple[str, ...] = ()
     #: Load output values for the caller (the kernel binds them).
     want_values: bool = True
+    #: ``--map``: run once per element of one input (a ``workflow.MapSpec``).
+    map: Any = None
+    max_parallel: int = 4
+    #: Where input values came from, when the caller knows: a notebook variable bound
+    #: from an earlier execution's output. {input: {"execution": id, "node": id}}
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass

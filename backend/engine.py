@@ -48,6 +48,8 @@ class WorkflowRequest:
     max_parallel: int = 4
     failure_policy: str = "fail-fast"
     want_values: bool = True
+    #: Where parameter values came from, when the caller knows (see ``RunRequest``).
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class LocalEngine(EngineAPI):
@@ -75,7 +77,7 @@ class LocalEngine(EngineAPI):
     def new_execution_id() -> str:
         return uuid.uuid4().hex[:16]
 
-    # -- registration ----------------------------------------------------------------------
+    # -- registration ---------------------------------------------------------------------
     def executor(self, name: str) -> Executor:
         ex = self._executors.get(name)
         if ex is None:
@@ -168,7 +170,7 @@ class LocalEngine(EngineAPI):
         tasks = {v: TaskSpec.from_dict(r["spec"]) for v, r in self.store.tasks(versions).items()}
         return WorkflowSpec.from_dict(row["spec"], tasks)
 
-    # -- values ----------------------------------------------------------------------------
+    # -- values ---------------------------------------------------------------------------
     def put_value(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
         return self.artifacts.put(value, what, fingerprint)
 
@@ -190,7 +192,7 @@ class LocalEngine(EngineAPI):
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
 
-    # -- the cache -------------------------------------------------------------------------
+    # -- the cache ------------------------------------------------------------------------
     @staticmethod
     def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
         return cache_key(spec, cache_version, inputs)
@@ -216,7 +218,7 @@ class LocalEngine(EngineAPI):
             return None, str(exc)
         return (entry, outputs, values), ""
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- queries --------------------------------------------------------------------------
     def execution(self, execution_id: str) -> ExecutionState:
         state = self.store.execution(execution_id)
         if state is None:
@@ -239,7 +241,7 @@ class LocalEngine(EngineAPI):
                 return ""  # the attempt ran and wrote nothing to this stream
             raise NotFound(f"no attempt {attempt} of node {node!r} in {execution_id}") from None
 
-    # -- running ---------------------------------------------------------------------------
+    # -- running --------------------------------------------------------------------------
     def _check_executors(self, nodes: Any) -> None:
         for n in nodes:
             executor = self.executor(n.config.executor)
@@ -262,13 +264,14 @@ class LocalEngine(EngineAPI):
             config=config,
             bindings={name: Binding("", name) for name in request.inputs},
             declared_outputs=request.declared_outputs,
+            map=request.map,
         )
         self._check_executors([node])
         workflow = WorkflowSpec(spec.name, (node,))
         options = RunOptions(
             project=request.project,
             domain=request.domain,
-            max_parallel=1,
+            max_parallel=request.max_parallel if request.map else 1,
             want_values=request.want_values,
         )
         run = WorkflowRun(
@@ -279,6 +282,7 @@ class LocalEngine(EngineAPI):
             options,
             listener or NullListener(),
             kind="task",
+            sources=request.sources,
         )
         result = run.run()
         node_run = result.nodes[spec.name]
@@ -316,7 +320,13 @@ class LocalEngine(EngineAPI):
         )
         params = {p: request.params[p] for p in spec.parameters()}
         run = WorkflowRun(
-            self, spec, params, request.param_values, options, listener or NullListener()
+            self,
+            spec,
+            params,
+            request.param_values,
+            options,
+            listener or NullListener(),
+            sources=request.sources,
         )
         return run.run()
 
@@ -378,39 +388,57 @@ class LocalEngine(EngineAPI):
         )
         return run.run()
 
-    # -- lineage ---------------------------------------------------------------------------
+    # -- lineage --------------------------------------------------------------------------
     def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:
-        """The chain that produced an artifact: its producing attempt, that attempt's
-        inputs, their producers, and so on (a tree; shared inputs appear once each)."""
+        """The chain that produced an artifact: the attempt that made it, that attempt's
+        inputs, their producers, and so on. An input is followed only to the attempt it
+        really came from (an upstream node, or the execution that produced a notebook
+        variable); a value typed into the notebook ends the chain."""
         ref = self.artifact(artifact_id)
-        return self._lineage(ref, "", depth, set())
+        producers = self.store.producers(ref.id)
+        return self._lineage(ref, "", producers[-1] if producers else None, depth, set())
 
-    def _lineage(self, ref: ArtifactRef, name: str, depth: int, seen: set[str]) -> dict[str, Any]:
+    def _lineage(
+        self,
+        ref: ArtifactRef,
+        name: str,
+        producer: dict[str, Any] | None,
+        depth: int,
+        seen: set[tuple[str, str]],
+    ) -> dict[str, Any]:
         node: dict[str, Any] = {
             "name": name,
             "artifact": ref.to_dict(),
             "producer": None,
             "inputs": [],
         }
-        producers = self.store.producers(ref.id)
-        if not producers or depth <= 0:
+        if producer is None or depth <= 0:
             return node
-        p = producers[0]
-        node["producer"] = {
-            k: p[k]
-            for k in ("execution_id", "node", "attempt", "task_name", "task_version", "created_at")
-        }
-        node["name"] = name or p["name"]
-        if ref.id in seen:
+        keys = ("execution_id", "node", "attempt", "task_name", "task_version", "created_at")
+        node["producer"] = {k: producer[k] for k in keys}
+        node["name"] = name or producer["name"]
+        mark = (producer["execution_id"], producer["node"])
+        if mark in seen:
             node["repeated"] = True
             return node
-        seen.add(ref.id)
-        for input_name, input_id in sorted(p["inputs"].items()):
+        seen.add(mark)
+        for input_name, source in sorted(producer["inputs"].items()):
             try:
-                input_ref = self.artifact(input_id)
+                input_ref = self.artifact(source["id"])
             except NotFound:
                 continue
-            node["inputs"].append(self._lineage(input_ref, input_name, depth - 1, seen))
+            upstream = None
+            if source.get("execution") and source.get("node"):
+                upstream = next(
+                    (
+                        p
+                        for p in self.store.producers(input_ref.id)
+                        if p["execution_id"] == source["execution"]
+                        and p["node"].partition("[")[0] == source["node"]
+                    ),
+                    None,
+                )
+            node["inputs"].append(self._lineage(input_ref, input_name, upstream, depth - 1, seen))
         return node
 
 

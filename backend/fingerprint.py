@@ -37,7 +37,7 @@ class Fingerprinter:
         self._active: set[int] = set()
         self._keep: list[Any] = []  # keep memoized objects alive so ids stay unique
 
-    # -- entry point --------------------------------------------------------------------
+    # -- entry point ----------------------------------------------------------------------
     def value(self, value: Any) -> str:
         """Fingerprint of a value as a task input or output."""
         key = id(value)

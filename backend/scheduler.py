@@ -130,11 +130,15 @@ class WorkflowRun:
         *,
         kind: str = "workflow",
         recover_from: ExecutionState | None = None,
+        sources: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.engine = engine
         self.spec = spec
         self.params = params
         self.param_values = param_values or {}
+        #: Where parameter values came from, when known (a notebook variable that an
+        #: earlier task execution produced): {param: {"execution": id, "node": id}}.
+        self.sources = sources or {}
         self.options = options
         self.listener = listener
         self.kind = kind
@@ -158,7 +162,7 @@ class WorkflowRun:
         self.pool: ThreadPoolExecutor | None = None
         self._last_flush = 0.0
 
-    # -- events ----------------------------------------------------------------------------
+    # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
         event = Event(self.state.id, what, node, attempt, payload)
         apply(self.state, event)
@@ -183,7 +187,7 @@ class WorkflowRun:
         for e in numbered:
             self.listener.on_event(e, self.state)
 
-    # -- the run ---------------------------------------------------------------------------
+    # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:
         try:
             self._create()
@@ -262,7 +266,7 @@ class WorkflowRun:
         if self.pending and (not self.queue or time.monotonic() - self._last_flush > _ROUND):
             self.flush()
 
-    # -- starting nodes --------------------------------------------------------------------
+    # -- starting nodes -------------------------------------------------------------------
     def _start(self, run: NodeRun) -> None:
         if self.stopping:
             self._skip(run, _FAIL_FAST)
@@ -363,8 +367,10 @@ class WorkflowRun:
         if not elements:
             self._map_done(run)
             return
-        shared = {n: r for n, r in inputs.items() if n != m.over}
-        shared_values = {n: v for n, v in all_values.items() if n != m.over}
+        # The whole list goes to each element only if the cell itself reads it.
+        keep = set(run.spec.task.inputs)
+        shared = {n: r for n, r in inputs.items() if n != m.over or n in keep}
+        shared_values = {n: v for n, v in all_values.items() if n in shared}
         element_refs = [
             self.engine.put_value(element, f"element {i} of {m.over!r}")
             for i, element in enumerate(elements)
@@ -418,7 +424,7 @@ class WorkflowRun:
                 self.emit(K.CACHE_MISS, unit.key, cache_key=unit.cache_key)
         self.queue.append(unit)
 
-    # -- running units ---------------------------------------------------------------------
+    # -- running units --------------------------------------------------------------------
     def _executor(self, unit: Unit) -> Executor:
         return self.engine.executor(unit.node.spec.config.executor)
 
@@ -514,7 +520,7 @@ class WorkflowRun:
             unit.node.running -= 1
             self._handle(unit, result)
 
-    # -- outcomes --------------------------------------------------------------------------
+    # -- outcomes -------------------------------------------------------------------------
     def _handle(self, unit: Unit, result: AttemptResult) -> None:
         for stream, key in sorted(result.logs.items()):
             self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
@@ -573,7 +579,7 @@ class WorkflowRun:
                 "attempt": unit.attempt,
                 "task_name": spec.task.name,
                 "task_version": spec.task.version(),
-                "inputs": {n: r.id for n, r in unit.inputs.items()},
+                "inputs": self._provenance(unit.node, unit.inputs),
             }
             for name, ref in outputs.items()
         ]
@@ -678,7 +684,7 @@ class WorkflowRun:
             for i in range(len(run.elements))
         )
         run.status = Status.CACHED if all_cached else Status.SUCCEEDED
-        inputs = {n: r.id for n, r in self._node_inputs(run).items()}
+        inputs = self._provenance(run, self._node_inputs(run))
         lineage = [
             {
                 "artifact_id": r.id,
@@ -709,6 +715,22 @@ class WorkflowRun:
             self.emit(K.ATTEMPT_SUCCEEDED, run.id, 0, **payload)
             self.emit(K.NODE_SUCCEEDED, run.id, 0)
         self._node_done(run)
+
+    def _provenance(self, run: NodeRun, inputs: dict[str, ArtifactRef]) -> dict[str, Any]:
+        """Each input's artifact and, when known, the attempt's node that produced it."""
+        found: dict[str, Any] = {}
+        for name, ref in inputs.items():
+            b = run.spec.bindings.get(name)
+            if b is not None and not b.is_param:
+                source = {"execution": self.state.id, "node": b.node}
+                if self.nodes[b.node].status is Status.RECOVERED and self.recover_from:
+                    source = {"execution": self.recover_from.id, "node": b.node}
+            elif b is not None:
+                source = self.sources.get(b.output, {})
+            else:  # a map element: it came out of the list input
+                source = {}
+            found[name] = {"id": ref.id, **source}
+        return found
 
     def _node_inputs(self, run: NodeRun) -> dict[str, ArtifactRef]:
         found = {}
@@ -764,7 +786,7 @@ class WorkflowRun:
         self.emit(K.EXECUTION_ABORTED, reason="interrupted")
         self.flush()
 
-    # -- the end ---------------------------------------------------------------------------
+    # -- the end --------------------------------------------------------------------------
     def _finish(self) -> WorkflowResult:
         failed = [r for r in self.nodes.values() if r.status is Status.FAILED]
         if failed:

@@ -60,7 +60,7 @@ class Storage:
         """Whether another process (a runner subprocess) can see what this one writes."""
         return not self.url_root.startswith("memory://")
 
-    # -- paths ------------------------------------------------------------------
+    # -- paths ----------------------------------------------------------------------------
     def _path(self, key: str) -> str:
         if self.local:
             return str(self.root / key)
@@ -71,7 +71,7 @@ class Storage:
             return (self.root / key).resolve().as_uri()
         return f"{self.url_root}/{key}"
 
-    # -- setup --------------------------------------------------------------------
+    # -- setup ----------------------------------------------------------------------------
     def check_writable(self) -> None:
         probe = f"tmp/.probe-{uuid.uuid4().hex}"
         try:
@@ -85,7 +85,7 @@ class Storage:
                 "PAPERCRANE_HOME or PAPERCRANE_STORAGE to a folder you can write to"
             ) from None
 
-    # -- primitive I/O ------------------------------------------------------------------
+    # -- primitive I/O --------------------------------------------------------------------
     def open_write(self, key: str) -> BinaryIO:
         path = self._path(key)
         if self.local:
@@ -148,7 +148,7 @@ class Storage:
         with self.open_read(key) as f:
             return f.read()
 
-    # -- content-addressed values ------------------------------------------------------
+    # -- content-addressed values ---------------------------------------------------------
     @staticmethod
     def artifact_key(digest: str) -> str:
         return f"artifacts/{digest[:2]}/{digest}"

@@ -184,7 +184,10 @@ def assemble(name: str, cells: Iterable[CellTask]) -> WorkflowSpec:
             node_id = _unique(node_id, by_name)
         by_name[node_id] = cell
         bindings = {}
-        for inp in cell.task.inputs:
+        wanted = list(cell.task.inputs)
+        if cell.map is not None and cell.map.over not in wanted:
+            wanted.append(cell.map.over)  # the list itself, even if the cell never reads it
+        for inp in wanted:
             if cell.map is not None and inp == cell.map.as_name:
                 continue
             sources = producers.get(inp)

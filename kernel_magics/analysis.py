@@ -127,7 +127,7 @@ class _ModuleFlow:
             if name not in self.deferred:
                 self.deferred.append(name)
 
-    # -- statements -------------------------------------------------------------------------
+    # -- statements -----------------------------------------------------------------------
     def block(self, body: list[ast.stmt]) -> None:
         for stmt in body:
             self.stmt(stmt)
@@ -322,7 +322,7 @@ class _ModuleFlow:
             if arg is not None and arg.annotation is not None:
                 self.expr(arg.annotation)
 
-    # -- targets and expressions ---------------------------------------------------------
+    # -- targets and expressions ----------------------------------------------------------
     def target(self, node: ast.expr) -> None:
         if isinstance(node, ast.Name):
             self.bind(node.id)

@@ -102,7 +102,11 @@ def capture(
     name: str | None,
     inputs: list[str] | None,
     outputs: list[str] | None,
+    pending: frozenset[str] = frozenset(),
+    provided: frozenset[str] = frozenset(),
 ) -> Captured:
+    """``pending``: names that deferred tasks will produce (inputs without a value yet);
+    ``provided``: names the runner binds itself (a map's element)."""
     label = f"task {name!r}" if name else "this task cell"
     try:
         analysis = analyze(transformed)
@@ -134,19 +138,23 @@ def capture(
 
     if inputs is not None:
         for n in inputs:
-            if n not in user_ns:
+            if n not in user_ns and n not in pending and n not in provided:
                 raise InputError(
                     f"{label}: --inputs names {n!r}, but the notebook has no variable {n!r}; "
                     "run the cell that defines it first, or fix the name"
                 )
         input_names = list(inputs)
     else:
-        input_names = _inferred_inputs(analysis, user_ns, label)
+        input_names = _inferred_inputs(analysis, user_ns, label, pending | provided)
 
     values: dict[str, Any] = {}
     imports: list[str] = []
     modules: set[str] = set(analysis.imported_modules)
+    edges: list[str] = []
     for n in input_names:
+        if n in provided or n in pending:  # no value yet: it comes from upstream
+            edges.append(n)
+            continue
         value = user_ns[n]
         ref = import_reference(value)
         if ref is not None:
@@ -170,7 +178,7 @@ def capture(
     return Captured(
         name=name,
         code=transformed,
-        inputs=tuple(values),
+        inputs=tuple(values) + tuple(n for n in edges if n not in values),
         outputs=tuple(output_names),
         imports=tuple(sorted(imports)),
         values=values,
@@ -181,7 +189,9 @@ def capture(
     )
 
 
-def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str) -> list[str]:
+def _inferred_inputs(
+    analysis: CellAnalysis, user_ns: dict[str, Any], label: str, known: frozenset[str]
+) -> list[str]:
     names: list[str] = []
     for n in analysis.reads:
         if _is_dunder(n):
@@ -191,7 +201,7 @@ def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str
                 f"{label} uses {n!r}, which is IPython's own history; a task runs outside "
                 "the kernel, so assign the value you need to a variable in a normal cell"
             )
-        if n in user_ns:
+        if n in user_ns or n in known:
             names.append(n)
         elif not (hasattr(builtins, n) or n in analysis.ever_bound or analysis.star_imports):
             # (with ``import *`` in the cell, any unknown name may come from it)
@@ -200,7 +210,12 @@ def _inferred_inputs(analysis: CellAnalysis, user_ns: dict[str, Any], label: str
                 "run the cell that defines it first, or fix the name"
             )
     for n in analysis.deferred_reads:
-        if n in user_ns and not is_ipython_name(n) and not _is_dunder(n) and n not in names:
+        if (
+            (n in user_ns or n in known)
+            and not is_ipython_name(n)
+            and not _is_dunder(n)
+            and n not in names
+        ):
             names.append(n)
     return names
 

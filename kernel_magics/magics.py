@@ -1,4 +1,4 @@
-"""The ``%%task`` cell magic.
+"""The ``%%task``, ``%workflow`` and ``%lineage`` magics.
 
 Arguments are parsed with IPython's ``magic_arguments``, so a bad flag is a one-line
 ``UsageError``. Every user mistake papercrane detects (a bad cell, an undefined or
@@ -8,32 +8,73 @@ that names the cell and the variable, no traceback from papercrane's insides.
 
 from __future__ import annotations
 
-import os
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .config import Papercrane
+
+
+def _user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Papercrane's own errors become a one-line UsageError; task failures keep their
+    own rendering (the user's traceback)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        from papercrane.backend.errors import PapercraneError
+
+        try:
+            return method(self, *args)
+        except PapercraneError as exc:
+            raise UsageError(str(exc)) from None
+
+    return wrapper
 
 
 @magics_class
 class PapercraneMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
+        self.settings = Papercrane(parent=shell)
+        shell.configurables.append(self.settings)
         self._session: Any = None
+        self._capturing = False
+        shell.input_transformers_post.append(self._flush_before_reads)
 
     @property
     def session(self) -> Any:
         if self._session is None:
             from .session import Session
 
-            self._session = Session(self.shell)
+            self._session = Session(self.shell, self.settings)
         return self._session
 
     def close(self) -> None:
+        if self._flush_before_reads in self.shell.input_transformers_post:
+            self.shell.input_transformers_post.remove(self._flush_before_reads)
+        if self.settings in self.shell.configurables:
+            self.shell.configurables.remove(self.settings)
         if self._session is not None:
             self._session.close()
 
+    def _flush_before_reads(self, lines: list[str]) -> list[str]:
+        """Batch mode: a cell that reads a deferred task's output runs the pending
+        workflow first (as a line of the cell, so a failure fails this cell)."""
+        if self._capturing or self._session is None or not self._session.workflow.pending:
+            return lines
+        if lines and lines[0].lstrip().startswith(
+            ("get_ipython().run_cell_magic('task'", "get_ipython().run_line_magic('workflow'")
+        ):
+            return lines
+        if not self._session.workflow.needs_flush("".join(lines)):
+            return lines
+        return ["get_ipython().run_line_magic('workflow', 'flush')\n", *lines]
+
+    # -- %%task ---------------------------------------------------------------------------
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="task name (default: from its outputs)")
     @argument("--cache", action="store_true", help="reuse outputs when code and inputs match")
@@ -51,6 +92,34 @@ class PapercraneMagics(Magics):
     @argument("--cpu", default=None, help="CPU request, e.g. 2 or 500m")
     @argument("--memory", default=None, help="memory request, e.g. 512Mi or 4Gi")
     @argument("--gpu", default=None, help="number of GPUs")
+    @argument(
+        "--map",
+        dest="map_over",
+        default=None,
+        metavar="NAME",
+        help="run once per element of NAME; outputs become lists",
+    )
+    @argument(
+        "--as",
+        dest="map_as",
+        default=None,
+        metavar="ELEMENT",
+        help="the name of one element in the cell (default: NAME's singular)",
+    )
+    @argument(
+        "--min-success-ratio",
+        type=float,
+        default=None,
+        help="with --map: the share of elements that must succeed (default 1)",
+    )
+    @argument(
+        "--map-concurrency",
+        type=int,
+        default=None,
+        help="with --map: elements running at once (default: --max-parallel)",
+    )
+    @argument("--project", default=None, help="project (default: %%config Papercrane.project)")
+    @argument("--domain", default=None, help="domain (default: %%config Papercrane.domain)")
     @cell_magic
     def task(self, line: str, cell: str) -> None:
         """Run this cell as a captured, cached, isolated task.
@@ -59,27 +128,27 @@ class PapercraneMagics(Magics):
         assigns. They are bound back into the notebook when the task finishes.
         """
         args = parse_argstring(self.task, line)
-        from papercrane.backend.errors import PapercraneError
+        self._task(args, cell)
 
-        try:
-            self._run(args, cell)
-        except PapercraneError as exc:
-            raise UsageError(str(exc)) from None
+    @_user_errors
+    def _task(self, args: Any, cell: str) -> None:
+        from dataclasses import replace
 
-    def _run(self, args: Any, cell: str) -> None:
-        from papercrane.backend.errors import CaptureError
+        from papercrane.backend.errors import CaptureError, InputError
         from papercrane.backend.model import Resources, TaskConfig
         from papercrane.backend.units import parse_cpu, parse_duration, parse_gpu, parse_memory
+        from papercrane.backend.workflow import map_spec
 
         from .capture import capture, split_names
         from .session import RunOptions
 
         if args.retries < 0:
             raise CaptureError(f"--retries {args.retries} must be 0 or more")
-        executor = args.executor or os.environ.get("PAPERCRANE_EXECUTOR") or "local"
+        executor = args.executor or self.settings.executor or "local"
         if executor not in ("inline", "local"):
             raise CaptureError(
-                f"PAPERCRANE_EXECUTOR={executor!r} is not an executor; use inline or local"
+                f"executor {executor!r} (from PAPERCRANE_EXECUTOR or %config) is not an "
+                "executor; use inline or local"
             )
         config = TaskConfig(
             cache=args.cache,
@@ -93,21 +162,138 @@ class PapercraneMagics(Magics):
                 gpu=parse_gpu(args.gpu) if args.gpu is not None else None,
             ),
         )
-        transformed = self.shell.transform_cell(cell)
+        mapping = None
+        if args.map_over:
+            mapping = map_spec(
+                args.map_over, args.map_as, args.min_success_ratio, args.map_concurrency
+            )
+        elif args.map_as or args.min_success_ratio is not None or args.map_concurrency:
+            raise CaptureError("--as, --min-success-ratio and --map-concurrency need --map NAME")
+        session = self.session
+        ns = self.shell.user_ns
+        pending = session.workflow.pending_outputs() if session.workflow.deferring else frozenset()
+        self._capturing = True
+        try:
+            transformed = self.shell.transform_cell(cell)
+        finally:
+            self._capturing = False
         cap = capture(
             cell,
             transformed,
-            self.shell.user_ns,
+            ns,
             name=args.name,
             inputs=split_names(args.inputs, "--inputs"),
             outputs=split_names(args.outputs, "--outputs"),
+            pending=pending,
+            provided=frozenset([mapping.as_name]) if mapping else frozenset(),
         )
+        if mapping is not None:
+            over = mapping.over
+            if over not in ns and over not in pending:
+                raise InputError(
+                    f"task {cap.name!r}: --map {over}, but the notebook has no variable {over!r}"
+                )
+            if over in ns and over not in pending and over not in cap.values:
+                cap.values[over] = ns[over]  # the list reaches the scheduler, not each element
+            cap = replace(
+                cap, inputs=tuple(i for i in cap.inputs if i != over or over in _reads(transformed))
+            )
         options = RunOptions(
             name=cap.name,
             config=config,
-            inputs=None,
-            outputs=None,
-            project=os.environ.get("PAPERCRANE_PROJECT", "default"),
-            domain=os.environ.get("PAPERCRANE_DOMAIN", "development"),
+            project=args.project or self.settings.project,
+            domain=args.domain or self.settings.domain,
+            map=mapping,
+            max_parallel=args.map_concurrency or self.settings.max_parallel,
         )
-        self.session.run(cap, options)
+        session.task_cell(cap, options)
+
+    # -- %workflow ------------------------------------------------------------------------
+    @magic_arguments()
+    @argument(
+        "action",
+        choices=["show", "run", "recover", "defer", "flush"],
+        help="show the DAG; run it; recover a failed execution; batch mode on/off; "
+        "run the deferred tasks now",
+    )
+    @argument(
+        "target",
+        nargs="?",
+        default=None,
+        help="recover: the execution id; defer: on (default) or off",
+    )
+    @argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run: override a workflow parameter (repeatable)",
+    )
+    @argument("--max-parallel", type=int, default=None, help="run: nodes at the same time")
+    @argument(
+        "--failure-policy",
+        choices=["fail-fast", "continue"],
+        default="fail-fast",
+        help="run: stop at the first failed node, or finish independent branches",
+    )
+    @line_magic
+    def workflow(self, line: str) -> Any:
+        """The notebook's task cells as one workflow (a DAG): show it, run it in
+        parallel, recover a failed run, or batch task cells up (defer)."""
+        args = parse_argstring(self.workflow, line)
+        return self._workflow(args)
+
+    @_user_errors
+    def _workflow(self, args: Any) -> Any:
+        from papercrane.backend.errors import UserError
+
+        from .notebook import parse_param
+
+        wf = self.session.workflow
+        if args.action == "show":
+            wf.show()
+        elif args.action == "run":
+            overrides = dict(parse_param(p) for p in args.param)
+            wf.run(overrides, args.max_parallel, args.failure_policy)
+        elif args.action == "recover":
+            if not args.target:
+                raise UserError("%workflow recover needs an execution id")
+            wf.recover(args.target)
+        elif args.action == "defer":
+            target = (args.target or "on").lower()
+            if target not in ("on", "off"):
+                raise UserError(f"%workflow defer {target}: use on or off")
+            if target == "off":
+                wf.flush()
+            wf.defer_override = target == "on"
+        else:
+            wf.flush()
+        return None
+
+    # -- %lineage -------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("variable", help="a notebook variable produced by a task")
+    @line_magic
+    def lineage(self, line: str) -> None:
+        """Show the chain of tasks, versions, executions and inputs behind a value."""
+        args = parse_argstring(self.lineage, line)
+        self._lineage(args.variable)
+
+    @_user_errors
+    def _lineage(self, variable: str) -> None:
+        from IPython.display import display
+
+        from .lineage_widget import lineage_display
+
+        session = self.session
+        artifact_id = session.artifact_of(variable)
+        tree = session.engine.lineage(artifact_id)
+        display(lineage_display(tree, variable))
+
+
+def _reads(source: str) -> set[str]:
+    from .analysis import analyze
+
+    found = analyze(source)
+    return set(found.reads) | set(found.deferred_reads)

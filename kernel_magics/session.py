@@ -6,11 +6,11 @@ The engine is created on the first task, not when the extension loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from papercrane.backend.artifacts import unserializable_error
-from papercrane.backend.errors import ExecutionAborted, InputError, TaskFailed
+from papercrane.backend.errors import ExecutionAborted, TaskFailed
 from papercrane.backend.model import ArtifactRef, TaskConfig, TaskSpec
 
 from .capture import Captured
@@ -40,24 +40,74 @@ class TaskInterrupted(KeyboardInterrupt):
         return [f"KeyboardInterrupt: {self.args[0]}"]
 
 
+class WorkflowError(Exception):
+    """A workflow execution failed: shows each failed node with its user traceback."""
+
+    def __init__(self, failure: Any) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+    def _render_traceback_(self) -> list[str]:
+        f = self.failure
+        lines = [f"Workflow execution {f.execution_id} failed"]
+        for node, error in f.failures:
+            lines.append(f"--- node {node!r}")
+            body = (error.get("traceback") or "").rstrip("\n")
+            lines += body.splitlines() if body else [f"{error.get('type')}: {error.get('message')}"]
+        if f.skipped:
+            lines.append(f"skipped (never ran): {', '.join(f.skipped)}")
+        lines.append(f"fix the cell, then: %workflow recover {f.execution_id}")
+        return lines
+
+
 @dataclass
 class RunOptions:
     name: str | None
     config: TaskConfig
-    inputs: list[str] | None
-    outputs: list[str] | None
     project: str
     domain: str
+    map: Any = None
+    max_parallel: int = 4
+
+
+@dataclass
+class CellRecord:
+    """The last capture of one task cell, kept to assemble the notebook's workflow."""
+
+    key: str  # the cell id, or the task name when the front end sends no cell id
+    cell_id: str
+    order: int
+    spec: TaskSpec
+    options: RunOptions
+    declared_outputs: tuple[str, ...]
+    inputs: dict[str, ArtifactRef]
+    values: dict[str, Any] = field(repr=False, default_factory=dict)
+    deleted: frozenset[str] = frozenset()
+    last_execution: str = ""
+    last_status: str = "none"
+    last_cache: str = ""
+    last_detail: str = ""
 
 
 class Session:
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: Any, settings: Any) -> None:
         self.shell = shell
+        self.settings = settings
         self._engine: Any = None
         self._probe: Any = None
         #: Artifacts this session stored or loaded, by fingerprint: re-using a value
         #: as an input then costs a fingerprint, not a store lookup.
         self._known: dict[str, ArtifactRef] = {}
+        #: Task cells seen, by cell id (or name), in the order they first ran.
+        self.records: dict[str, CellRecord] = {}
+        #: Variables bound from task outputs: name -> (id of the object, artifact id).
+        self.bound: dict[str, tuple[int, str]] = {}
+        #: Which execution and node produced an artifact this session bound: a later task
+        #: reading that variable records it as its input's source (for lineage).
+        self.provenance: dict[str, dict[str, str]] = {}
+        from .notebook import NotebookWorkflow
+
+        self.workflow = NotebookWorkflow(self)
 
     @property
     def engine(self) -> Any:
@@ -72,6 +122,7 @@ class Session:
             self._engine.close()
             self._engine = None
 
+    # -- building a task ------------------------------------------------------------------
     def _fingerprints(self, cap: Captured, fingerprinter: Any) -> dict[str, str]:
         fps = {}
         for name, value in cap.values.items():
@@ -85,6 +136,7 @@ class Session:
 
     def build(self, cap: Captured) -> tuple[TaskSpec, dict[str, str]]:
         from papercrane.backend.environment import EnvironmentProbe
+        from papercrane.backend.serializers import python_type_name
 
         if self._probe is None:
             self._probe = EnvironmentProbe()
@@ -92,8 +144,6 @@ class Session:
         fps = self._fingerprints(cap, fingerprinter)
         env = self._probe.environment(cap.modules | fingerprinter.modules)
         sources = self._sources(cap.name, fingerprinter.code_files)
-        from papercrane.backend.serializers import python_type_name
-
         spec = TaskSpec(
             name=cap.name,
             code=cap.code,
@@ -130,32 +180,65 @@ class Session:
             sources[filename] = (label, "".join(lines))
         return sources
 
-    def _input_refs(self, cap: Captured, fps: dict[str, str]) -> dict[str, ArtifactRef]:
+    def value_ref(self, value: Any, what: str, fp: str | None = None) -> ArtifactRef:
+        """The artifact for a notebook value, stored only if the store lacks it."""
         engine = self.engine
-        refs = {}
-        for name, value in cap.values.items():
-            fp = fps[name]
-            ref = self._known.get(fp)
-            if ref is None or not engine.artifacts.intact(ref):
-                ref = engine.find_artifact(fp) or engine.put_value(
-                    value, f"task {cap.name!r}: input {name!r}", fp
-                )
-            self._known[fp] = ref
-            refs[name] = ref
-        return refs
+        if fp is None:
+            try:
+                fp = engine.artifacts.fingerprinter().value(value)
+            except Exception as exc:
+                raise unserializable_error(value, what, exc) from None
+        ref = self._known.get(fp)
+        if ref is None or not engine.artifacts.intact(ref):
+            ref = engine.find_artifact(fp) or engine.put_value(value, what, fp)
+        self._known[fp] = ref
+        return ref
 
-    def run(self, cap: Captured, options: RunOptions, *, live_widget: bool = True) -> Any:
+    def _input_refs(self, cap: Captured, fps: dict[str, str]) -> dict[str, ArtifactRef]:
+        return {
+            name: self.value_ref(value, f"task {cap.name!r}: input {name!r}", fps[name])
+            for name, value in cap.values.items()
+        }
+
+    def cell_key(self, name: str) -> tuple[str, str]:
+        """(record key, cell id): the front end's cell id when it sends one."""
+        header = getattr(self.shell, "parent_header", None) or {}
+        cell_id = (header.get("metadata") or {}).get("cellId") or ""
+        return (cell_id or f"task:{name}"), cell_id
+
+    def record(self, cap: Captured, options: RunOptions) -> CellRecord:
+        spec, fps = self.build(cap)
+        inputs = self._input_refs(cap, fps)
+        key, cell_id = self.cell_key(spec.name)
+        old = self.records.get(key)
+        rec = CellRecord(
+            key=key,
+            cell_id=cell_id,
+            order=old.order if old else len(self.records),
+            spec=spec,
+            options=options,
+            declared_outputs=cap.declared_outputs,
+            inputs=inputs,
+            values=dict(cap.values),
+            deleted=frozenset(cap.deleted),
+        )
+        self.records[key] = rec
+        return rec
+
+    # -- running one task cell ------------------------------------------------------------
+    def task_cell(self, cap: Captured, options: RunOptions) -> Any:
+        rec = self.record(cap, options)
+        if self.workflow.deferring:
+            self.workflow.defer(rec)
+            return None
+        return self.run(rec)
+
+    def run(self, rec: CellRecord, *, live_widget: bool = True) -> Any:
         from papercrane.backend.api import RunRequest
-        from papercrane.backend.environment import resolve_reference
 
         from .widgets import RunView, RunWidget
 
-        spec, fps = self.build(cap)
-        config = options.config
-        try:
-            inputs = self._input_refs(cap, fps)
-        except InputError:
-            raise
+        spec, config = rec.spec, rec.options.config
         view = RunView(
             name=spec.name,
             version=spec.version(),
@@ -167,35 +250,108 @@ class Session:
         request = RunRequest(
             spec=spec,
             config=config,
-            inputs=inputs,
-            values=cap.values,
-            project=options.project,
-            domain=options.domain,
-            declared_outputs=cap.declared_outputs,
+            inputs=rec.inputs,
+            values=rec.values,
+            project=rec.options.project,
+            domain=rec.options.domain,
+            declared_outputs=rec.declared_outputs,
+            map=rec.options.map,
+            max_parallel=rec.options.max_parallel,
+            sources=self.sources(rec.inputs, rec.values),
         )
         try:
             result = self.engine.run_task(request, listener=widget)
         except TaskFailed as failure:
             widget.finish()
+            self._remember(rec, widget.view.state)
             raise TaskError(failure, spec.name) from None
         except ExecutionAborted as aborted:
             widget.finish()
+            self._remember(rec, widget.view.state)
             raise TaskInterrupted(str(aborted)) from None
         view.outputs = result.outputs
         view.references = result.references
         widget.finish()
-
-        ns = self.shell.user_ns
-        for ref in result.outputs.values():
-            self._known[ref.id] = ref
-        ns.update(result.values)
-        for name, ref in result.references.items():
-            ns[name] = resolve_reference(ref)
-        for name in cap.deleted:
-            if name not in result.outputs and name not in result.references:
-                ns.pop(name, None)
+        self._remember(rec, result.execution)
+        origin = {"execution": result.execution.id, "node": spec.name}
+        self.bind(result.outputs, result.values, result.references, rec.deleted, origin)
         if result.display:
             from IPython.display import publish_display_data
 
             publish_display_data(result.display["data"], result.display.get("metadata") or {})
         return result
+
+    def _remember(self, rec: CellRecord, state: Any) -> None:
+        if state is None:
+            return
+        rec.last_execution = state.id
+        node = state.nodes.get(rec.spec.name)
+        if node is not None:
+            rec.last_status, rec.last_cache = node.status.value, node.cache
+
+    def bind(
+        self,
+        outputs: dict[str, ArtifactRef],
+        values: dict[str, Any],
+        references: dict[str, str],
+        deleted: frozenset[str] = frozenset(),
+        origin: dict[str, str] | None = None,
+    ) -> None:
+        """Put task outputs into the notebook, and remember where each came from."""
+        from papercrane.backend.environment import resolve_reference
+
+        ns = self.shell.user_ns
+        for name, ref in outputs.items():
+            self._known[ref.id] = ref
+            if origin:
+                self.provenance[ref.id] = origin
+            if name in values:
+                ns[name] = values[name]
+                self.bound[name] = (id(values[name]), ref.id)
+        for name, ref in references.items():
+            ns[name] = resolve_reference(ref)
+        for name in deleted:
+            if name not in outputs and name not in references:
+                ns.pop(name, None)
+
+    def sources(
+        self, inputs: dict[str, ArtifactRef], values: dict[str, Any]
+    ) -> dict[str, dict[str, str]]:
+        """Inputs that are notebook variables still holding a task's output object: their
+        source is that execution's node. (Name and object must both match: equal values
+        typed in by hand share the artifact but not the history.)"""
+        found = {}
+        for name, ref in inputs.items():
+            bound = self.bound.get(name)
+            if (
+                bound is not None
+                and bound[1] == ref.id
+                and name in values
+                and id(values[name]) == bound[0]
+                and ref.id in self.provenance
+            ):
+                found[name] = self.provenance[ref.id]
+        return found
+
+    # -- lineage --------------------------------------------------------------------------
+    def artifact_of(self, name: str) -> str:
+        """The artifact id of a notebook variable's current value."""
+        from papercrane.backend.errors import UserError
+
+        ns = self.shell.user_ns
+        if name not in ns:
+            raise UserError(f"there is no variable {name!r} in the notebook")
+        value = ns[name]
+        known = self.bound.get(name)
+        if known is not None and known[0] == id(value):
+            return known[1]
+        try:
+            fp = self.engine.artifacts.fingerprinter().value(value)
+        except Exception:
+            fp = ""
+        ref = self.engine.find_artifact(fp) if fp else None
+        if ref is None or not self.engine.store.producers(ref.id):
+            raise UserError(
+                f"{name!r} was not produced by a task (or was changed since): it has no lineage"
+            )
+        return ref.id

@@ -196,3 +196,24 @@ class RunWidget:
         target = sys.stderr if stream == "stderr" else sys.stdout
         target.write(text)
         target.flush()
+
+
+class _Note:
+    def __init__(self, text: str, html_text: str) -> None:
+        self.text, self.html_text = text, html_text
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        return {"text/plain": self.text, "text/html": self.html_text}
+
+
+def deferred_note(name: str, pending: int) -> _Note:
+    """What a task cell shows in batch mode, where it is recorded instead of run."""
+    text = (
+        f"{name}: deferred ({pending} task{'s' if pending != 1 else ''} pending); it runs "
+        "with the others when a later cell needs its outputs, at %workflow flush, or at the end"
+    )
+    return _Note(
+        text,
+        f"<div class='papercrane-run' style='font-size:12px;border-left:3px solid #6b7280;"
+        f"padding:2px 10px;color:#374151'>{html.escape(text)}</div>",
+    )

@@ -1,0 +1,288 @@
+"""The notebook as a workflow: its task cells, in document order, assembled into a DAG
+that ``%workflow run`` runs in parallel, ``%workflow show`` draws, and batch mode
+(``%workflow defer``) accumulates and runs when a later cell needs its outputs."""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from papercrane.backend.errors import ExecutionAborted, UserError, WorkflowFailed
+from papercrane.backend.workflow import CellTask, WorkflowSpec, assemble
+
+from .session import CellRecord, Session, TaskInterrupted, WorkflowError
+
+
+class NotebookWorkflow:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.pending: list[CellRecord] = []
+        self.defer_override: bool | None = None
+        self._atexit = False
+
+    @property
+    def deferring(self) -> bool:
+        if self.defer_override is not None:
+            return self.defer_override
+        return bool(self.session.settings.defer)
+
+    # -- naming and order -----------------------------------------------------------------
+    def notebook_path(self) -> Path | None:
+        ns = self.session.shell.user_ns
+        for candidate in (os.environ.get("PAPERCRANE_NOTEBOOK"), ns.get("__session__")):
+            if candidate and str(candidate).endswith(".ipynb"):
+                return Path(str(candidate))
+        return None
+
+    def name(self) -> str:
+        configured = self.session.settings.workflow_name
+        if configured:
+            return configured
+        path = self.notebook_path()
+        return path.stem if path else "notebook"
+
+    def ordered(self, records: list[CellRecord]) -> list[CellRecord]:
+        """Document order when the notebook file is known, else the order cells ran."""
+        position: dict[str, int] = {}
+        path = self.notebook_path()
+        if path is not None and path.exists():
+            try:
+                cells = json.loads(path.read_text()).get("cells", [])
+                position = {c.get("id", ""): i for i, c in enumerate(cells) if c.get("id")}
+            except (OSError, ValueError):
+                position = {}
+        big = len(position) + 1
+        return sorted(records, key=lambda r: (position.get(r.cell_id, big), r.order))
+
+    def spec(self, records: list[CellRecord] | None = None) -> WorkflowSpec:
+        chosen = self.ordered(list(self.session.records.values()) if records is None else records)
+        if not chosen:
+            raise UserError(
+                "this notebook has no task cells yet: run a %%task cell first "
+                "(a workflow is the notebook's task cells, in order)"
+            )
+        cells = [
+            CellTask(
+                task=r.spec,
+                config=r.options.config,
+                map=r.options.map,
+                cell_id=r.cell_id,
+                declared_outputs=r.declared_outputs,
+                position=f"cell {r.cell_id}" if r.cell_id else f"task {r.spec.name!r}",
+            )
+            for r in chosen
+        ]
+        return assemble(self.name(), cells)
+
+    # -- batch mode -----------------------------------------------------------------------
+    def pending_outputs(self) -> frozenset[str]:
+        names: set[str] = set()
+        for rec in self.pending:
+            names.update(rec.spec.outputs)
+        return frozenset(names)
+
+    def defer(self, rec: CellRecord) -> None:
+        # A parameter that changed value since an earlier deferred cell captured it:
+        # run what is pending first, so each cell sees the value it saw in order.
+        for other in self.pending:
+            for name, ref in rec.inputs.items():
+                old = other.inputs.get(name)
+                if old is not None and old.id != ref.id and name not in self.pending_outputs():
+                    self.flush()
+                    break
+        self.pending = [p for p in self.pending if p.key != rec.key] + [rec]
+        if not self._atexit:
+            atexit.register(self._flush_at_exit)
+            self._atexit = True
+        from IPython.display import display
+
+        from .widgets import deferred_note
+
+        display(deferred_note(rec.spec.name, len(self.pending)))
+
+    def needs_flush(self, source: str) -> bool:
+        """Does this (plain) cell read an output that a deferred task will produce?"""
+        if not self.pending:
+            return False
+        from .analysis import analyze
+
+        try:
+            found = analyze(source)
+        except SyntaxError:
+            return False
+        wanted = self.pending_outputs()
+        reads = set(found.reads) | set(found.deferred_reads)
+        return bool(reads & wanted)
+
+    def flush(self, live: bool = True) -> Any:
+        """Run every deferred task cell now, as one workflow, and bind the outputs."""
+        if not self.pending:
+            return None
+        records, self.pending = self.pending, []
+        spec = self.spec(records)
+        params: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        for rec in records:
+            for name, ref in rec.inputs.items():
+                params.setdefault(name, ref)
+                if name in rec.values:
+                    values.setdefault(name, rec.values[name])
+        return self._execute(spec, params, values, records, live=live)
+
+    def _flush_at_exit(self) -> None:
+        if self.pending:
+            try:
+                self.flush(live=False)
+            except Exception as exc:  # the kernel is going away: say why, don't raise
+                print(f"papercrane: deferred tasks failed at exit: {exc}")
+
+    # -- %workflow run / recover / show ---------------------------------------------------
+    def run(self, overrides: dict[str, Any], max_parallel: int | None, policy: str) -> Any:
+        self.flush()
+        spec = self.spec()
+        known = spec.parameters()
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise UserError(
+                f"-p {unknown[0]}: the workflow has no parameter {unknown[0]!r}; its "
+                f"parameters are: {', '.join(known) or '(none)'}"
+            )
+        ns = self.session.shell.user_ns
+        params: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        for name in known:
+            if name in overrides:
+                value = overrides[name]
+            elif name in ns:
+                value = ns[name]
+            else:
+                raise UserError(
+                    f"workflow parameter {name!r} has no value: no task produces it and the "
+                    f"notebook has no variable {name!r}; define it or pass -p {name}=VALUE"
+                )
+            values[name] = value
+            params[name] = self.session.value_ref(value, f"parameter {name!r}")
+        return self._execute(
+            spec,
+            params,
+            values,
+            list(self.session.records.values()),
+            max_parallel=max_parallel,
+            policy=policy,
+        )
+
+    def _options(self, records: list[CellRecord]) -> tuple[str, str]:
+        settings = self.session.settings
+        if records:
+            return records[-1].options.project, records[-1].options.domain
+        return settings.project, settings.domain
+
+    def _execute(
+        self,
+        spec: WorkflowSpec,
+        params: dict[str, Any],
+        values: dict[str, Any],
+        records: list[CellRecord],
+        *,
+        max_parallel: int | None = None,
+        policy: str = "fail-fast",
+        live: bool = True,
+    ) -> Any:
+        from papercrane.backend.engine import WorkflowRequest
+
+        from .workflow_widget import WorkflowWidget
+
+        project, domain = self._options(records)
+        widget = WorkflowWidget(spec, live=live)
+        widget.show()
+        request = WorkflowRequest(
+            spec=spec,
+            params=params,
+            param_values=values,
+            project=project,
+            domain=domain,
+            max_parallel=max_parallel or self.session.settings.max_parallel,
+            failure_policy=policy,
+            sources=self.session.sources(params, values),
+        )
+        try:
+            result = self.session.engine.run_workflow(request, listener=widget)
+        except WorkflowFailed as failure:
+            widget.finish()
+            self._remember(records, widget.state)
+            raise WorkflowError(failure) from None
+        except ExecutionAborted as aborted:
+            widget.finish()
+            self._remember(records, widget.state)
+            raise TaskInterrupted(str(aborted)) from None
+        widget.finish()
+        self._bind(result, records)
+        return result
+
+    def recover(self, execution_id: str) -> Any:
+        from .workflow_widget import WorkflowWidget
+
+        engine = self.session.engine
+        source = engine.execution(execution_id)
+        spec = engine.workflow(source.workflow_version) if source.kind == "workflow" else None
+        widget = WorkflowWidget(spec, live=True, title=f"recovering {execution_id}")
+        widget.show()
+        try:
+            result = engine.recover(execution_id, listener=widget)
+        except WorkflowFailed as failure:
+            widget.finish()
+            raise WorkflowError(failure) from None
+        except ExecutionAborted as aborted:
+            widget.finish()
+            raise TaskInterrupted(str(aborted)) from None
+        widget.finish()
+        self._bind(result, [])
+        return result
+
+    def _bind(self, result: Any, records: list[CellRecord]) -> None:
+        deleted: set[str] = set()
+        for rec in records:
+            deleted |= rec.deleted
+        state = result.execution
+        for run in result.nodes.values():  # document order: later nodes win, as cells do
+            recovered = run.status.value == "recovered" and state.recovered_from
+            origin = {"execution": recovered or state.id, "node": run.id}
+            self.session.bind(run.outputs, run.values, run.references, origin=origin)
+        produced = {n for run in result.nodes.values() for n in run.outputs}
+        for name in deleted - produced:
+            self.session.shell.user_ns.pop(name, None)
+        self._remember(records, result.execution)
+
+    def _remember(self, records: list[CellRecord], state: Any) -> None:
+        if state is None:
+            return
+        by_name = {r.spec.name: r for r in records}
+        for node_id, node in state.nodes.items():
+            rec = by_name.get(node_id)
+            if rec is not None:
+                rec.last_execution = state.id
+                rec.last_status, rec.last_cache = node.status.value, node.cache
+
+    def show(self) -> None:
+        from .workflow_widget import WorkflowWidget
+
+        spec = self.spec()
+        widget = WorkflowWidget(spec, live=False, records=self.session.records)
+        widget.show()
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``name=value``: the value is a Python literal if it parses as one, else a string."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise UserError(f"-p {text!r}: write parameters as NAME=VALUE, for example -p n=10")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw
+    return name, value

@@ -1,0 +1,150 @@
+"""The DAG widget of ``%workflow show`` and ``%workflow run``: the notebook's workflow
+drawn by dependency, each node coloured by its state, updated live from the events."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from papercrane.backend.model import Event, ExecutionState
+from papercrane.backend.units import format_duration
+from papercrane.backend.workflow import WorkflowSpec
+
+from .dag_view import DagEdge, DagNode, render_dag_html, render_dag_text
+
+
+class _Bundle:
+    def __init__(self, owner: WorkflowWidget) -> None:
+        self.owner = owner
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        nodes, edges = self.owner.graph()
+        data: dict[str, Any] = {
+            "text/plain": render_dag_text(nodes, edges, self.owner.title()),
+            "text/html": render_dag_html(nodes, edges, self.owner.title(), self.owner.footer()),
+        }
+        if self.owner.widget is not None:
+            data["application/vnd.jupyter.widget-view+json"] = {
+                "model_id": self.owner.widget.model_id,
+                "version_major": 2,
+                "version_minor": 0,
+            }
+        return data
+
+
+class WorkflowWidget:
+    """A ``RunListener`` that redraws the DAG as events arrive (at most every 0.1 s)."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec | None,
+        *,
+        live: bool = True,
+        title: str = "",
+        records: dict[str, Any] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.state: ExecutionState | None = None
+        self.records = records or {}
+        self._title = title
+        self.started = time.time()
+        self.ended: float | None = None
+        self.widget = None
+        if live:
+            import ipywidgets
+
+            nodes, edges = self.graph()
+            self.widget = ipywidgets.HTML(value=render_dag_html(nodes, edges, self.title()))
+        self._handle: Any = None
+        self._last = 0.0
+
+    # -- what to draw ---------------------------------------------------------------------
+    def title(self) -> str:
+        name = self.spec.name if self.spec else (self.state.name if self.state else "")
+        parts = [self._title or f"workflow {name}"]
+        if self.spec is not None:
+            parts.append(f"version {self.spec.version()[:12]}")
+        if self.state is not None:
+            parts.append(f"execution {self.state.id}: {self.state.status.value}")
+        return " · ".join(parts)
+
+    def footer(self) -> str:
+        if self.state is None:
+            return ""
+        return f"elapsed {format_duration((self.ended or time.time()) - self.started)}"
+
+    def graph(self) -> tuple[list[DagNode], list[DagEdge]]:
+        nodes: list[DagNode] = []
+        ids: list[str] = []
+        if self.spec is not None:
+            ids = [n.id for n in self.spec.nodes]
+        elif self.state is not None:
+            ids = [n for n in self.state.nodes if "[" not in n]
+        maps = {n.id for n in self.spec.nodes if n.map} if self.spec else set()
+        last = {r.spec.name: r for r in self.records.values()}
+        for node_id in ids:
+            node = self.state.nodes.get(node_id) if self.state else None
+            if node is not None:
+                status, cache, detail = node.status.value, node.cache, _detail(node)
+            elif node_id in last:
+                rec = last[node_id]
+                status, cache = rec.last_status, rec.last_cache
+                detail = f"last run {rec.last_execution}" if rec.last_execution else ""
+            else:
+                status, cache, detail = "none", "", ""
+            nodes.append(DagNode(node_id, node_id, status, cache, detail, node_id in maps))
+        edges = (
+            [DagEdge(a, b, ", ".join(names)) for a, b, names in self.spec.edges()]
+            if self.spec is not None
+            else []
+        )
+        return nodes, edges
+
+    # -- display --------------------------------------------------------------------------
+    def show(self) -> None:
+        from IPython.display import display
+
+        self._handle = display(_Bundle(self), display_id=True)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.widget is None or (not force and now - self._last < 0.1):
+            return
+        self._last = now
+        nodes, edges = self.graph()
+        self.widget.value = render_dag_html(nodes, edges, self.title(), self.footer())
+
+    def finish(self) -> None:
+        self.ended = time.time()
+        self.refresh(force=True)
+        if self._handle is not None:
+            self._handle.update(_Bundle(self))
+
+    # -- RunListener ----------------------------------------------------------------------
+    def on_event(self, event: Event, state: ExecutionState) -> None:
+        self.state = state
+        self.refresh(force=state.status.terminal)
+
+    def on_log(self, stream: str, text: str) -> None:
+        target = sys.stderr if stream == "stderr" else sys.stdout
+        target.write(text)
+        target.flush()
+
+
+def _detail(node: Any) -> str:
+    parts = []
+    if node.elements:
+        done = f"{node.elements_done}/{node.elements} elements"
+        if node.elements_cached:
+            done += f", {node.elements_cached} cached"
+        if node.elements_failed:
+            done += f", {node.elements_failed} failed"
+        parts.append(done)
+    elif node.attempt > 1:
+        parts.append(f"attempt {node.attempt}")
+    if node.started_at and node.ended_at:
+        parts.append(format_duration(node.ended_at - node.started_at))
+    if node.error is not None and node.status.value == "failed":
+        parts.append(f"{node.error.type}: {node.error.message}"[:60])
+    return " · ".join(parts)
