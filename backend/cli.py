@@ -228,6 +228,80 @@ def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
     _emit({"cleared": n}, as_json, lambda: f"cleared {n} cache entr{'y' if n == 1 else 'ies'}")
 
 
+@executions.command("logs")
+@click.argument("execution_id")
+@click.argument("node")
+@click.option("--attempt", type=int, default=None, help="default: the last attempt")
+@click.option("--stderr", "stderr", is_flag=True, help="show stderr instead of stdout")
+@click.pass_context
+def executions_logs(
+    ctx: click.Context, execution_id: str, node: str, attempt: int | None, stderr: bool
+) -> None:
+    """Print a node's stdout (or --stderr) for one attempt."""
+    ctx.invoke(logs, execution_id=execution_id, node=node, attempt=attempt, stderr=stderr)
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--max-parallel", type=int, default=4, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> None:
+    """Re-run a failed execution: reuse every node that succeeded, run only the rest."""
+    from .errors import WorkflowFailed
+
+    try:
+        result = obj.engine.recover(execution_id, max_parallel=max_parallel, want_values=False)
+    except WorkflowFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    state = result.execution
+    data = {
+        "id": state.id,
+        "recovered_from": execution_id,
+        "status": state.status.value,
+        "nodes": {n: s.status.value for n, s in state.nodes.items() if "[" not in n},
+    }
+    _emit(
+        data,
+        as_json,
+        lambda: (
+            f"execution {state.id}: {state.status.value} "
+            f"({', '.join(f'{n} {s}' for n, s in data['nodes'].items())})"
+        ),
+    )
+
+
+@main.command()
+@click.argument("artifact")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
+    """How an artifact was made: task, version, execution and inputs, recursively."""
+    tree = obj.engine.lineage(artifact)
+
+    def text() -> Any:
+        from rich.tree import Tree
+
+        def add(branch: Any, node: dict[str, Any]) -> None:
+            art = node["artifact"]
+            label = f"{node['name'] or '?'} = {art['preview']}  ({art['python_type']}, {art['id'][:12]})"
+            p = node.get("producer")
+            sub = branch.add(label)
+            if p:
+                sub = sub.add(
+                    f"<- {p['task_name']} @ {p['task_version'][:12]}  "
+                    f"(execution {p['execution_id']}, attempt {p['attempt']})"
+                )
+                for child in node["inputs"]:
+                    add(sub, child)
+
+        root = Tree(f"lineage of {tree['artifact']['id'][:12]}")
+        add(root, tree)
+        return root
+
+    _emit(tree, as_json, text)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
@@ -249,6 +323,14 @@ def db_upgrade(obj: _Ctx, url: str | None) -> None:
 def _home(obj: _Ctx) -> dict[str, Any]:
     return {"home": Path(obj.home)} if obj.home else {}
 
+
+def _register_run() -> None:
+    from .cli_run import register
+
+    register(main)
+
+
+_register_run()
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,286 @@
+"""``papercrane run NOTEBOOK``: the notebook's workflow in batch, with progress.
+
+The notebook runs under papermill in a real kernel with batch mode on
+(``PAPERCRANE_DEFER=1``): task cells are recorded as they come and run together, in
+parallel, when a later cell needs their outputs or at the end (a last cell papercrane
+adds, and removes again from the written notebook). Meanwhile this process follows the
+executions in the store and draws their nodes.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config
+from .errors import UserError
+from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
+
+_FLUSH_TAG = "papercrane-flush"
+
+
+def parse_value(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
+    produced = {o for t in flow.tasks for o in t.outputs}
+    inputs = [i for t in flow.tasks for i in t.inputs if i not in produced]
+    known = list(dict.fromkeys([*flow.parameters, *inputs]))
+    for name in params:
+        if name not in known:
+            raise UserError(
+                f"-p {name}: the notebook has no parameter {name!r}; its parameters are: "
+                f"{', '.join(known) or '(none)'}"
+            )
+
+
+def _prepared_copy(path: Path) -> Path:
+    import nbformat
+
+    nb = read_notebook(path)
+    cell = nbformat.v4.new_code_cell("%workflow flush")
+    cell.metadata["tags"] = [_FLUSH_TAG]
+    nb.cells.append(cell)  # type: ignore[attr-defined]
+    handle, name = tempfile.mkstemp(suffix=".ipynb", prefix=f".{path.stem}-", dir=path.parent)
+    os.close(handle)
+    nbformat.write(nb, name)
+    return Path(name)
+
+
+def _strip_flush_cell(out: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(str(out), as_version=4)
+    nb.cells = [c for c in nb.cells if _FLUSH_TAG not in c.get("metadata", {}).get("tags", [])]
+    nbformat.write(nb, str(out))
+
+
+class _Progress:
+    """Follows the executions this run creates, by polling the store's events."""
+
+    def __init__(self, engine: Any, flow: FileWorkflow, since: float, project: str) -> None:
+        from .projection import apply
+
+        self.engine = engine
+        self.flow = flow
+        self.since = since
+        self.project = project
+        self.states: dict[str, Any] = {}
+        self._apply = apply
+
+    def poll(self) -> None:
+        from .model import ExecutionState
+
+        rows = self.engine.list_executions(limit=200, project=self.project)
+        for row in rows:
+            if row["created_at"] < self.since:
+                continue
+            state = self.states.setdefault(row["id"], ExecutionState(id=row["id"]))
+            for event in self.engine.events(row["id"], after=state.last_seq):
+                self._apply(state, event)
+
+    def node_states(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for state in sorted(self.states.values(), key=lambda s: s.created_at):
+            for node_id, node in state.nodes.items():
+                if "[" not in node_id:
+                    found[node_id] = (node, state)
+        return found
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        from .units import format_duration
+
+        t = Table(title=f"papercrane run {self.flow.name}", expand=False)
+        for col in ("task", "status", "cache", "detail", "execution"):
+            t.add_column(col, no_wrap=col != "detail")
+        nodes = self.node_states()
+        for task in self.flow.tasks:
+            node, state = nodes.get(task.name, (None, None))
+            if node is None:
+                t.add_row(task.name, "waiting", "", "", "")
+                continue
+            detail = ""
+            if node.elements:
+                detail = f"{node.elements_done}/{node.elements} elements"
+            elif node.attempt > 1:
+                detail = f"attempt {node.attempt}"
+            if node.started_at and node.ended_at:
+                detail = " ".join(
+                    filter(None, [detail, format_duration(node.ended_at - node.started_at)])
+                )
+            t.add_row(task.name, node.status.value, node.cache, detail, state.id)
+        return t
+
+    def failures(self) -> list[tuple[str, Any, Any]]:
+        out = []
+        for node_id, (node, state) in self.node_states().items():
+            if node.status.value == "failed":
+                out.append((node_id, node, state))
+        return out
+
+
+def run_notebook(
+    notebook: str,
+    params: dict[str, Any],
+    output: str | None,
+    project: str,
+    domain: str,
+    home: str | None,
+    max_parallel: int | None,
+    quiet: bool,
+) -> int:
+    import papermill
+    from rich.console import Console
+    from rich.live import Live
+
+    from .engine import LocalEngine
+
+    console = Console(stderr=True)
+    path = Path(notebook).resolve()
+    flow = notebook_workflow(path)
+    check_params(flow, params)
+    overrides = {"home": Path(home)} if home else {}
+    engine = LocalEngine(Config.from_env(**overrides))
+    prepared = _prepared_copy(path)
+    out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
+    env_before = dict(os.environ)
+    os.environ.update(
+        {
+            "PAPERCRANE_DEFER": "1",
+            "PAPERCRANE_NOTEBOOK": str(path),
+            "PAPERCRANE_WORKFLOW": flow.name,
+            "PAPERCRANE_PROJECT": project,
+            "PAPERCRANE_DOMAIN": domain,
+            **({"PAPERCRANE_HOME": str(Path(home).resolve())} if home else {}),
+            **({"PAPERCRANE_MAX_PARALLEL": str(max_parallel)} if max_parallel else {}),
+        }
+    )
+    failure: list[BaseException] = []
+    since = time.time()
+
+    def execute() -> None:
+        try:
+            papermill.execute_notebook(
+                str(prepared),
+                str(out),
+                parameters=params,
+                progress_bar=False,
+                cwd=str(path.parent),
+                log_output=False,
+            )
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    progress = _Progress(engine, flow, since, project)
+    worker = threading.Thread(target=execute, name="papermill", daemon=True)
+    try:
+        worker.start()
+        if quiet:
+            worker.join()
+        else:
+            with Live(progress.table(), console=console, refresh_per_second=4) as live:
+                while worker.is_alive():
+                    worker.join(timeout=0.3)
+                    progress.poll()
+                    live.update(progress.table())
+        progress.poll()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+        prepared.unlink(missing_ok=True)
+    if out.exists():
+        _strip_flush_cell(out)
+    engine.close()
+    if not failure:
+        if output:
+            console.print(f"wrote {out}")
+        return 0
+    _report(console, failure[0], progress)
+    if output and out.exists():
+        console.print(f"wrote {out} (with the error)")
+    return 1
+
+
+def _report(console: Any, exc: BaseException, progress: _Progress) -> None:
+    failed = progress.failures()
+    if not failed:
+        name = getattr(exc, "ename", type(exc).__name__)
+        value = getattr(exc, "evalue", str(exc))
+        console.print(f"[bold red]the notebook failed[/]: {name}: {value}")
+        cell = getattr(exc, "exec_count", None)
+        if cell is not None:
+            console.print(f"(in cell {cell})")
+        return
+    for node_id, node, state in failed:
+        error = node.error
+        console.print(
+            f"[bold red]task {node_id!r} failed[/] in execution {state.id}, attempt {node.attempt}"
+        )
+        if error is not None:
+            console.print(
+                error.traceback.rstrip() or f"{error.type}: {error.message}",
+                markup=False,
+                highlight=False,
+            )
+    console.print(f"recover with: papercrane recover {failed[0][2].id}")
+
+
+def register(main: click.Group) -> None:
+    @main.command("run")
+    @click.argument("notebook", type=click.Path(dir_okay=False))
+    @click.option(
+        "-p",
+        "--parameter",
+        "params",
+        nargs=2,
+        multiple=True,
+        metavar="NAME VALUE",
+        help="set a notebook parameter (repeatable)",
+    )
+    @click.option("-o", "--output", default=None, help="write the executed notebook here")
+    @click.option("--project", default=None, help="project (default: $PAPERCRANE_PROJECT)")
+    @click.option("--domain", default=None, help="domain (default: $PAPERCRANE_DOMAIN)")
+    @click.option("--max-parallel", type=int, default=None, help="tasks at the same time")
+    @click.option("-q", "--quiet", is_flag=True, help="no progress display")
+    @click.pass_obj
+    def run(
+        obj: Any,
+        notebook: str,
+        params: tuple,
+        output: str | None,
+        project: str | None,
+        domain: str | None,
+        max_parallel: int | None,
+        quiet: bool,
+    ) -> None:
+        """Run NOTEBOOK's workflow in batch and write the executed notebook.
+
+        Task cells run as one workflow, independent ones in parallel, with the same
+        cache and history as interactive runs. Exits 1 if a task (or the notebook)
+        fails, after printing the failing task, its attempt and traceback.
+        """
+        values = {name: parse_value(raw) for name, raw in params}
+        code = run_notebook(
+            notebook,
+            values,
+            output,
+            project or os.environ.get("PAPERCRANE_PROJECT", "default"),
+            domain or os.environ.get("PAPERCRANE_DOMAIN", "development"),
+            obj.home,
+            max_parallel,
+            quiet,
+        )
+        raise SystemExit(code)

@@ -1,0 +1,127 @@
+"""A notebook file read without a kernel: its task cells, their DAG and its parameters.
+
+``papercrane run`` uses it to check a notebook before starting a kernel (is it valid
+nbformat? does each ``-p`` name a parameter? do two cells define one task name with
+different code?) and to list the nodes it then follows. The values the tasks need come
+later, from the kernel that runs the notebook.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass
+class FileTask:
+    name: str
+    index: int  # the cell's position in the notebook (0-based)
+    inputs: list[str]
+    outputs: list[str]
+    upstream: dict[str, str] = field(default_factory=dict)  # input -> producing task
+    map_over: str = ""
+
+
+@dataclass
+class FileWorkflow:
+    name: str
+    tasks: list[FileTask]
+    #: Names assigned in the cell tagged "parameters" (what papermill's -p overrides).
+    parameters: list[str]
+
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+def read_notebook(path: str | Path) -> object:
+    import nbformat
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such notebook")
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a valid notebook (nbformat 4): {reason}") from None
+    return nb
+
+
+def notebook_workflow(path: str | Path) -> FileWorkflow:
+    from IPython.core.inputtransformer2 import TransformerManager
+    from IPython.core.magic_arguments import parse_argstring
+
+    from papercrane.analysis import analyze
+    from papercrane.magics import PapercraneMagics
+
+    nb = read_notebook(path)
+    transformer = TransformerManager()
+    tasks: list[FileTask] = []
+    producers: dict[str, str] = {}
+    codes: dict[str, str] = {}
+    parameters: list[str] = []
+    for index, cell in enumerate(nb.cells):  # type: ignore[attr-defined]
+        if cell.cell_type != "code":
+            continue
+        source = cell.source
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            parameters += _assigned(source)
+        if not source.startswith("%%task"):
+            continue
+        first, _, body = source.partition("\n")
+        try:
+            args = parse_argstring(PapercraneMagics.task, first[len("%%task") :])
+        except Exception as exc:
+            raise UserError(f"{path}, cell {index + 1}: {first!r}: {exc}") from None
+        try:
+            found = analyze(transformer.transform_cell(body))
+        except SyntaxError as exc:
+            raise UserError(
+                f"{path}, cell {index + 1}: syntax error on line {(exc.lineno or 0) + 1}: {exc.msg}"
+            ) from None
+        outputs = (
+            [n.strip() for n in args.outputs.split(",") if n.strip()]
+            if args.outputs
+            else [n for n in found.bound if not n.startswith("_")]
+        )
+        name = (
+            args.name or "_".join([n for n in outputs if n not in found.import_bound][:3]) or "cell"
+        )
+        normalized = ast.dump(ast.parse(transformer.transform_cell(body)))
+        if name in codes and codes[name] != normalized:
+            raise UserError(
+                f"{path}: two cells define task {name!r} with different code (cell "
+                f"{tasks[[t.name for t in tasks].index(name)].index + 1} and cell {index + 1});"
+                " give one of them another name"
+            )
+        codes[name] = normalized
+        inputs = [n for n in [*found.reads, *found.deferred_reads] if n not in found.import_bound]
+        task = FileTask(name, index, inputs, outputs, map_over=args.map_over or "")
+        task.upstream = {n: producers[n] for n in inputs if n in producers}
+        if task.map_over and task.map_over in producers:
+            task.upstream[task.map_over] = producers[task.map_over]
+        tasks.append(task)
+        for out in outputs:
+            producers[out] = name
+    return FileWorkflow(Path(path).stem, tasks, parameters)
+
+
+def _assigned(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    names: list[str] = []
+    for stmt in tree.body:
+        targets = (
+            stmt.targets
+            if isinstance(stmt, ast.Assign)
+            else ([stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else [])
+        )
+        for t in targets:
+            names += [n.id for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return names
