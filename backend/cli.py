@@ -284,7 +284,8 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
 
         def add(branch: Any, node: dict[str, Any]) -> None:
             art = node["artifact"]
-            label = f"{node['name'] or '?'} = {art['preview']}  ({art['python_type']}, {art['id'][:12]})"
+            kind = f"({art['python_type']}, {art['id'][:12]})"
+            label = f"{node['name'] or '?'} = {art['preview']}  {kind}"
             p = node.get("producer")
             sub = branch.add(label)
             if p:
