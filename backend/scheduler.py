@@ -239,8 +239,8 @@ class WorkflowRun:
         self.writes.append(register)
 
     def _loop(self) -> None:
-        for run in self.nodes.values():
-            if not run.waiting_on:
+        for run in [r for r in self.nodes.values() if not r.waiting_on]:
+            if run.status is Status.QUEUED:  # (starting one may already start others)
                 self._start(run)
         while True:
             if not self.in_flight and len(self.queue) == 1:

@@ -1,0 +1,219 @@
+"""Workflows through the engine API, without a kernel: DAG order, parallelism, maps,
+failure policies, recovery, lineage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papercrane.backend.config import Config
+from papercrane.backend.engine import LocalEngine, WorkflowRequest
+from papercrane.backend.errors import UserError, WorkflowFailed
+from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
+from papercrane.backend.workflow import CellTask, MapSpec, assemble
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    e = LocalEngine(Config(home=tmp_path / "home"))
+    yield e
+    e.close()
+
+
+def cell(name: str, code: str, inputs: tuple[str, ...], outputs: tuple[str, ...], **config: Any):
+    m = config.pop("map", None)
+    spec = TaskSpec(name=name, code=code, inputs=inputs, outputs=outputs)
+    return CellTask(task=spec, config=TaskConfig(**{"executor": "inline", **config}), map=m)
+
+
+def run(engine: LocalEngine, cells: list[CellTask], params: dict[str, Any], **options: Any):
+    spec = assemble("wf", cells)
+    refs = {n: engine.put_value(v, n) for n, v in params.items()}
+    request = WorkflowRequest(spec=spec, params=refs, param_values=params, **options)
+    return engine.run_workflow(request)
+
+
+def test_diamond_binds_to_nearest_producers(engine: LocalEngine) -> None:
+    cells = [
+        cell("a", "x = n + 1", ("n",), ("x",)),
+        cell("b", "y = x * 2", ("x",), ("y",)),
+        cell("c", "z = x * 3", ("x",), ("z",)),
+        cell("d", "total = y + z", ("y", "z"), ("total",)),
+    ]
+    spec = assemble("wf", cells)
+    assert spec.parameters() == ["n"]
+    assert [(a, b) for a, b, _ in spec.edges()] == [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]
+    result = run(engine, cells, {"n": 1})
+    assert result.nodes["d"].values == {"total": 10}
+    assert result.execution.status is Status.SUCCEEDED
+    assert result.execution.kind == "workflow"
+
+
+def test_a_name_produced_twice_binds_to_the_nearest_earlier_one(engine: LocalEngine) -> None:
+    cells = [
+        cell("first", "x = 1", (), ("x",)),
+        cell("second", "x = 2", (), ("x",)),
+        cell("use", "y = x", ("x",), ("y",)),
+    ]
+    spec = assemble("wf", cells)
+    assert spec.node("use").bindings["x"].node == "second"
+    assert spec.shadowed == {"x": ["first", "second"]}
+
+
+def test_versions_are_content(engine: LocalEngine) -> None:
+    base = [cell("a", "x = n + 1", ("n",), ("x",)), cell("b", "y = x", ("x",), ("y",))]
+    changed = [base[0], cell("b", "y = x * 2", ("x",), ("y",))]
+    assert assemble("wf", base).version() == assemble("wf", list(base)).version()
+    assert assemble("wf", base).version() != assemble("wf", changed).version()
+    v1 = engine.register_workflow(assemble("wf", base), "default", "development")
+    v2 = engine.register_workflow(assemble("wf", base), "default", "development")
+    assert v1 == v2
+    assert engine.workflow(v1).version() == v1
+
+
+def test_unchanged_upstream_stays_cached_in_a_new_version(engine: LocalEngine) -> None:
+    up = cell("a", "x = n + 1", ("n",), ("x",), cache=True)
+    run(engine, [up, cell("b", "y = x", ("x",), ("y",), cache=True)], {"n": 1})
+    result = run(engine, [up, cell("b", "y = x * 10", ("x",), ("y",), cache=True)], {"n": 1})
+    nodes = result.execution.nodes
+    assert nodes["a"].cache == "hit" and nodes["b"].cache == "miss"
+    assert result.nodes["b"].values == {"y": 20}
+
+
+def test_local_branches_run_in_parallel(engine: LocalEngine) -> None:
+    sleep = "import time\ntime.sleep(1.0)\n"
+    cells = [
+        cell("left", sleep + "l = 1", (), ("l",), executor="local"),
+        cell("right", sleep + "r = 2", (), ("r",), executor="local"),
+        cell("join", "s = l + r", ("l", "r"), ("s",)),
+    ]
+    result = run(engine, cells, {}, max_parallel=2)
+    nodes = result.execution.nodes
+    left, right = nodes["left"], nodes["right"]
+    assert left.started_at < right.ended_at and right.started_at < left.ended_at  # overlap
+    assert result.nodes["join"].values == {"s": 3}
+
+
+def test_fail_fast_skips_the_rest_and_continue_runs_independent_branches(
+    engine: LocalEngine,
+) -> None:
+    cells = [
+        cell("bad", "x = 1 / 0", (), ("x",)),
+        cell("after_bad", "y = x", ("x",), ("y",)),
+        cell("other", "z = 3", (), ("z",)),
+    ]
+    with pytest.raises(WorkflowFailed) as fast:
+        run(engine, cells, {}, failure_policy="fail-fast")
+    state = engine.execution(fast.value.execution_id)
+    assert state.nodes["bad"].status is Status.FAILED
+    assert state.nodes["after_bad"].status is Status.SKIPPED
+    with pytest.raises(WorkflowFailed) as cont:
+        run(engine, cells, {}, failure_policy="continue")
+    state = engine.execution(cont.value.execution_id)
+    assert state.nodes["other"].status is Status.SUCCEEDED
+    assert state.nodes["after_bad"].status is Status.SKIPPED
+    assert state.status is Status.FAILED
+    assert "ZeroDivisionError" in cont.value.failures[0][1]["traceback"]
+
+
+def test_map_collects_outputs_in_order_with_per_element_cache(engine: LocalEngine) -> None:
+    m = MapSpec("items", "item")
+    cells = [cell("sq", "out = item * item", ("item",), ("out",), cache=True, map=m)]
+    first = run(engine, cells, {"items": [3, 1, 2]})
+    assert first.nodes["sq"].values == {"out": [9, 1, 4]}
+    assert first.execution.nodes["sq"].elements == 3
+    again = run(engine, cells, {"items": [3, 1, 2, 5]})
+    nodes = again.execution.nodes
+    assert [nodes[f"sq[{i}]"].cache for i in range(4)] == ["hit", "hit", "hit", "miss"]
+    assert again.nodes["sq"].values == {"out": [9, 1, 4, 25]}
+
+
+def test_map_failures_and_min_success_ratio(engine: LocalEngine) -> None:
+    code = "out = 10 // item"
+    strict = [cell("div", code, ("item",), ("out",), map=MapSpec("items", "item"))]
+    with pytest.raises(WorkflowFailed, match="1 of 4 elements failed"):
+        run(engine, strict, {"items": [1, 2, 0, 5]})
+    lenient = [cell("div", code, ("item",), ("out",), map=MapSpec("items", "item", 0.75))]
+    result = run(engine, lenient, {"items": [1, 2, 0, 5]})
+    assert result.nodes["div"].values == {"out": [10, 5, None, 2]}
+
+
+def test_map_over_a_non_iterable_is_a_clear_error(engine: LocalEngine) -> None:
+    cells = [cell("m", "out = item", ("item",), ("out",), map=MapSpec("items", "item"))]
+    with pytest.raises(WorkflowFailed, match="'items' is a int, which is not iterable"):
+        run(engine, cells, {"items": 5})
+
+
+def test_ten_thousand_element_map(engine: LocalEngine) -> None:
+    cells = [cell("inc", "out = item + 1", ("item",), ("out",), map=MapSpec("items", "item"))]
+    result = run(engine, cells, {"items": list(range(10_000))})
+    assert result.nodes["inc"].values["out"] == list(range(1, 10_001))
+    assert result.execution.nodes["inc"].elements_done == 10_000
+
+
+def test_recover_reruns_only_what_failed(engine: LocalEngine, tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
+    log = tmp_path / "ran.log"
+    note = f"with open({str(log)!r}, 'a') as f:\n    f.write(NAME + '\\n')\n"
+    cells = [
+        cell("a", note.replace("NAME", "'a'") + "x = 1", (), ("x",)),
+        cell(
+            "b",
+            note.replace("NAME", "'b'")
+            + f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
+            ("x",),
+            ("y",),
+        ),
+        cell("c", note.replace("NAME", "'c'") + "z = y + 1", ("y",), ("z",)),
+    ]
+    with pytest.raises(WorkflowFailed) as failed:
+        run(engine, cells, {})
+    assert log.read_text().split() == ["a", "b"]
+    flag.write_text("ok")
+    result = engine.recover(failed.value.execution_id)
+    assert log.read_text().split() == ["a", "b", "b", "c"]  # a was not run again
+    assert result.execution.nodes["a"].status is Status.RECOVERED
+    assert result.nodes["c"].values == {"z": 3}
+    assert result.execution.recovered_from == failed.value.execution_id
+    with pytest.raises(UserError, match="nothing to recover"):
+        engine.recover(result.execution.id)
+
+
+def test_lineage_of_a_three_step_chain(engine: LocalEngine) -> None:
+    cells = [
+        cell("load", "raw = [n, n + 1]", ("n",), ("raw",)),
+        cell("clean", "good = [v * 2 for v in raw]", ("raw",), ("good",)),
+        cell("total", "answer = sum(good)", ("good",), ("answer",)),
+    ]
+    result = run(engine, cells, {"n": 1})
+    tree = engine.lineage(result.nodes["total"].outputs["answer"].id)
+    chain = []
+    while tree.get("producer"):
+        chain.append(tree["producer"]["task_name"])
+        tree = tree["inputs"][0]
+    assert chain == ["total", "clean", "load"]
+    assert tree["name"] == "n" and tree["producer"] is None  # a parameter ends the chain
+
+
+def test_missing_parameter_names_it(engine: LocalEngine) -> None:
+    cells = [cell("a", "x = n + m", ("n", "m"), ("x",))]
+    spec = assemble("wf", cells)
+    with pytest.raises(UserError, match="no value for parameter\\(s\\) m"):
+        engine.run_workflow(WorkflowRequest(spec=spec, params={"n": engine.put_value(1, "n")}))
+
+
+def test_duplicate_task_names_with_different_code() -> None:
+    with pytest.raises(UserError, match="two cells define task 'a' with different code"):
+        assemble("wf", [cell("a", "x = 1", (), ("x",)), cell("a", "x = 2", (), ("x",))])
+
+
+def test_batched_events_are_committed_in_few_transactions(engine: LocalEngine) -> None:
+    cells = [cell("inc", "out = item + 1", ("item",), ("out",), map=MapSpec("items", "item"))]
+    started = time.time()
+    result = run(engine, cells, {"items": list(range(300))})
+    events = engine.events(result.execution.id)
+    assert sum(e.kind is EventKind.NODE_SUCCEEDED for e in events) == 301
+    assert time.time() - started < 60
