@@ -196,6 +196,8 @@ def run_notebook(
                     worker.join(timeout=0.3)
                     progress.poll()
                     live.update(progress.table())
+            if not console.is_terminal:
+                console.line()  # rich leaves the last frame without a newline
         progress.poll()
     finally:
         os.environ.clear()
@@ -208,27 +210,52 @@ def run_notebook(
         if output:
             console.print(f"wrote {out}")
         return 0
-    _report(console, failure[0], progress)
+    _report(console, failure[0], progress, out)
     if output and out.exists():
         console.print(f"wrote {out} (with the error)")
     return 1
 
 
-def _report(console: Any, exc: BaseException, progress: _Progress) -> None:
+def _cell_stderr(out: Path) -> str:
+    """What the failed cell wrote to stderr: IPython reports a UsageError (papercrane's
+    own one-line errors) there, not as an error output papermill can see."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(out), as_version=4)
+    except Exception:
+        return ""
+    for cell in nb.cells:
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            return "".join(
+                o.get("text", "")
+                for o in cell.get("outputs", [])
+                if o.get("output_type") == "stream" and o.get("name") == "stderr"
+            ).strip()
+    return ""
+
+
+def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) -> None:
     failed = progress.failures()
     if not failed:
         name = getattr(exc, "ename", type(exc).__name__)
         value = getattr(exc, "evalue", str(exc))
-        console.print(f"[bold red]the notebook failed[/]: {name}: {value}")
+        message = f"{name}: {value}"
+        if not value and out.exists():
+            message = _cell_stderr(out) or message
+        from rich.markup import escape
+
+        console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         cell = getattr(exc, "exec_count", None)
         if cell is not None:
-            console.print(f"(in cell {cell})")
+            source = (getattr(exc, "source", "") or "").strip().splitlines()
+            where = f"In[{cell}]" + (f": {source[0]}" if source else "")
+            console.print(f"(in cell {where})", markup=False, highlight=False)
         return
     for node_id, node, state in failed:
         error = node.error
-        console.print(
-            f"[bold red]task {node_id!r} failed[/] in execution {state.id}, attempt {node.attempt}"
-        )
+        attempt = f"attempt {node.attempt}" if node.attempt else "before its first attempt"
+        console.print(f"[bold red]task {node_id!r} failed[/] in execution {state.id}, {attempt}")
         if error is not None:
             console.print(
                 error.traceback.rstrip() or f"{error.type}: {error.message}",

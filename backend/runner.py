@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import json
 import linecache
 import os
@@ -143,24 +144,33 @@ def build_namespace(spec: TaskSpec, values: dict[str, Any]) -> dict[str, Any]:
     return ns
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(name: str, code: str, first_line: int, display_last: bool) -> tuple[Any, Any]:
+    """(body, final expression) code objects; cached, since a map runs one cell many times."""
+    filename = cell_filename(name)
+    tree = ast.parse(code, filename)
+    ast.increment_lineno(tree, first_line - 1)
+    last = None
+    if display_last and tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
 def run_code(spec: TaskSpec, ns: dict[str, Any]) -> Any:
     """Execute the cell in ``ns``; return the value of a final expression, if any."""
     filename = cell_filename(spec.name)
-    header = ["\n"] * (spec.first_line - 1)
-    lines = header + spec.code.splitlines(True)
-    linecache.cache[filename] = (len(spec.code), None, lines, filename)
+    if filename not in linecache.cache:
+        header = ["\n"] * (spec.first_line - 1)
+        lines = header + spec.code.splitlines(True)
+        linecache.cache[filename] = (len(spec.code), None, lines, filename)
     for other, (_, text) in spec.sources.items():
         if other != filename and text and other not in linecache.cache:
             linecache.cache[other] = (len(text), None, text.splitlines(True), other)
-    tree = ast.parse(spec.code, filename)
-    ast.increment_lineno(tree, spec.first_line - 1)
-    last = None
-    if spec.display_last and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = tree.body.pop()
-    exec(compile(tree, filename, "exec"), ns)
+    body, last = _compiled(spec.name, spec.code, spec.first_line, spec.display_last)
+    exec(body, ns)
     if last is None:
         return None
-    return eval(compile(ast.Expression(last.value), filename, "eval"), ns)
+    return eval(last, ns)
 
 
 def display_bundle(value: Any, formatter: Any = None) -> dict[str, Any] | None:

@@ -78,6 +78,8 @@ class NodeRun:
     open_units: int = 0
     failed_units: int = 0
     running: int = 0
+    #: Units of this node waiting to start (attempts and retries), oldest first.
+    queued: deque[Unit] = field(default_factory=deque)
 
     @property
     def id(self) -> str:
@@ -152,8 +154,14 @@ class WorkflowRun:
             for up in ups:
                 self.downstream[up].append(n.id)
         self.pending: list[Event] = []
-        self.writes: list[Any] = []
-        self.queue: deque[Unit] = deque()
+        self.writes: list[Any] = []  # callables run in the next flush's transaction
+        # Rows batched into one statement per kind at the next flush:
+        self.new_artifacts: list[ArtifactRef] = []
+        self.new_lineage: list[dict[str, Any]] = []
+        self.new_cache: list[dict[str, Any]] = []
+        #: Nodes with queued units, in the order they got them (round-robin launch).
+        self.ready: deque[NodeRun] = deque()
+        self.queued = 0
         self.done: queue.Queue = queue.Queue()
         self.in_flight = 0
         self.stopping = False
@@ -173,11 +181,18 @@ class WorkflowRun:
             return
         batch, self.pending = self.pending, []
         writes, self.writes = self.writes, []
+        artifacts, self.new_artifacts = self.new_artifacts, []
+        lineage, self.new_lineage = self.new_lineage, []
+        cache, self.new_cache = self.new_cache, []
         engine = self.engine
         try:
             with engine.store.write() as conn:
                 for write in writes:
                     write(conn)
+                engine._record_artifacts(conn, artifacts)
+                engine.store.put_lineage(conn, lineage)
+                for row in cache:
+                    engine.store.cache_put(conn, row)
                 numbered = engine.store.append(conn, batch, self.state)
         except BaseException:
             engine._rolled_back()
@@ -243,15 +258,14 @@ class WorkflowRun:
             if run.status is Status.QUEUED:  # (starting one may already start others)
                 self._start(run)
         while True:
-            if not self.in_flight and len(self.queue) == 1:
+            if not self.in_flight and self.queued == 1:
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
-                self._run_here(self.queue[0])
+                self._run_here(self._take(self.ready[0]))
                 self._collect(block=False)
                 self.flush_if_due()
                 continue
-            self._launch()
-            inline = self._next_inline()
+            inline = self._launch()
             if inline is not None:
                 self._run_here(inline)
             elif self.in_flight:
@@ -263,7 +277,7 @@ class WorkflowRun:
         self.flush()
 
     def flush_if_due(self) -> None:
-        if self.pending and (not self.queue or time.monotonic() - self._last_flush > _ROUND):
+        if self.pending and (not self.queued or time.monotonic() - self._last_flush > _ROUND):
             self.flush()
 
     # -- starting nodes -------------------------------------------------------------------
@@ -375,9 +389,7 @@ class WorkflowRun:
             self.engine.put_value(element, f"element {i} of {m.over!r}")
             for i, element in enumerate(elements)
         ]
-        self.writes.append(
-            lambda conn, refs=element_refs: self.engine._record_artifacts(conn, refs)
-        )
+        self.new_artifacts.extend(element_refs)
         for i, (element, ref) in enumerate(zip(elements, element_refs)):
             unit_inputs = {**shared, m.as_name: ref}
             run.element_inputs.append(unit_inputs)
@@ -422,44 +434,66 @@ class WorkflowRun:
                 self.emit(K.CACHE_INVALID, unit.key, cache_key=unit.cache_key, reason=problem)
             else:
                 self.emit(K.CACHE_MISS, unit.key, cache_key=unit.cache_key)
-        self.queue.append(unit)
+        self._enqueue(unit)
+
+    def _enqueue(self, unit: Unit) -> None:
+        run = unit.node
+        if not run.queued:
+            self.ready.append(run)
+        run.queued.append(unit)
+        self.queued += 1
+
+    def _take(self, run: NodeRun) -> Unit:
+        unit = run.queued.popleft()
+        self.queued -= 1
+        if not run.queued:
+            self.ready.remove(run)
+        return unit
+
+    def _drop(self, run: NodeRun) -> None:
+        """Forget a node's queued units (it failed, or fail-fast stopped the run)."""
+        if run.queued:
+            self.queued -= len(run.queued)
+            run.queued.clear()
+            self.ready.remove(run)
 
     # -- running units --------------------------------------------------------------------
     def _executor(self, unit: Unit) -> Executor:
         return self.engine.executor(unit.node.spec.config.executor)
 
-    def _next_inline(self) -> Unit | None:
-        for unit in self.queue:
-            if self._executor(unit).in_process:
-                return unit
+    def _launch(self) -> Unit | None:
+        """Hand out-of-process units to workers, round-robin over nodes, up to the
+        parallelism limits; return an inline unit to run here, if one waits."""
+        inline: Unit | None = None
+        for run in list(self.ready):
+            executor = self.engine.executor(run.spec.config.executor)
+            if executor.in_process:
+                if inline is None:
+                    inline = run.queued[0]
+                continue
+            limit = run.spec.map.concurrency if run.spec.map else None
+            while (
+                run.queued
+                and self.in_flight < self.options.max_parallel
+                and (limit is None or run.running < limit)
+            ):
+                self._submit(executor, self._take(run))
+            if self.in_flight >= self.options.max_parallel:
+                break
+        if inline is not None:
+            return self._take(inline.node)
         return None
 
-    def _launch(self) -> None:
-        """Hand out-of-process units to workers, up to the parallelism limits."""
-        if not self.queue:
-            return
-        kept: deque[Unit] = deque()
-        while self.queue:
-            unit = self.queue.popleft()
-            executor = self._executor(unit)
-            limit = unit.node.spec.map.concurrency if unit.node.spec.map else None
-            if (
-                executor.in_process
-                or self.in_flight >= self.options.max_parallel
-                or (limit is not None and unit.node.running >= limit)
-            ):
-                kept.append(unit)
-                continue
-            self._begin(unit)
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(
-                    max_workers=self.options.max_parallel, thread_name_prefix="papercrane"
-                )
-            attempt = self._attempt_spec(unit)
-            self.in_flight += 1
-            unit.node.running += 1
-            self.pool.submit(self._work, executor, unit, attempt)
-        self.queue = kept
+    def _submit(self, executor: Executor, unit: Unit) -> None:
+        self._begin(unit)
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(
+                max_workers=self.options.max_parallel, thread_name_prefix="papercrane"
+            )
+        attempt = self._attempt_spec(unit)
+        self.in_flight += 1
+        unit.node.running += 1
+        self.pool.submit(self._work, executor, unit, attempt)
 
     def _begin(self, unit: Unit) -> None:
         unit.attempt += 1
@@ -490,12 +524,13 @@ class WorkflowRun:
 
     def _run_here(self, unit: Unit) -> None:
         """Run one unit on the scheduler's own thread (inline units always are)."""
-        self.queue.remove(unit)
         executor = self._executor(unit)
         if executor.in_process and unit.values is None:
             unit.values = self._values(unit.node, unit.inputs, None)
         self._begin(unit)
-        if time.monotonic() - self._last_flush > _ROUND or len(self.spec.nodes) == 1:
+        if time.monotonic() - self._last_flush > _ROUND or (
+            unit.index is None and not self.queued and not self.in_flight
+        ):
             self.flush()  # the widget and the store show it running
         unit.node.running += 1
         try:
@@ -551,7 +586,7 @@ class WorkflowRun:
             retry, budget = unit.user_failures <= config.retries, "user"
         if retry and not self.stopping:
             self.emit(K.RETRY_SCHEDULED, unit.key, unit.attempt, budget=budget)
-            self.queue.append(unit)
+            self._enqueue(unit)
             return
         self.emit(K.NODE_FAILED, unit.key, unit.attempt, error=error)
         self._unit_failed(unit, error)
@@ -559,18 +594,18 @@ class WorkflowRun:
     def _settle(self, run: NodeRun) -> None:
         """After fail-fast dropped a node's queued units: once none of its units is
         still running, the node is skipped (it can neither finish nor fail now)."""
-        if self.stopping and run.status is Status.RUNNING and not run.running:
-            queued = any(u.node is run for u in self.queue)
-            if not queued and run.open_units:
-                run.open_units = 0
-                self._skip(run, _FAIL_FAST, force=True)
+        stuck = run.status is Status.RUNNING and not run.running and not run.queued
+        if self.stopping and stuck and run.open_units:
+            run.open_units = 0
+            self._skip(run, _FAIL_FAST, force=True)
 
     def _persist(self, unit: Unit, result: AttemptResult) -> None:
-        engine = self.engine
         spec = unit.node.spec
         outputs = result.outputs
         key = unit.cache_key
-        lineage = [
+        inputs = self._provenance(unit.node, unit.inputs)
+        self.new_artifacts.extend(outputs.values())
+        self.new_lineage.extend(
             {
                 "artifact_id": ref.id,
                 "name": name,
@@ -579,31 +614,24 @@ class WorkflowRun:
                 "attempt": unit.attempt,
                 "task_name": spec.task.name,
                 "task_version": spec.task.version(),
-                "inputs": self._provenance(unit.node, unit.inputs),
+                "inputs": inputs,
             }
             for name, ref in outputs.items()
-        ]
-
-        def write(conn: Any) -> None:
-            engine._record_artifacts(conn, outputs.values())
-            engine.store.put_lineage(conn, lineage)
-            if key:
-                engine.store.cache_put(
-                    conn,
-                    {
-                        "key": key,
-                        "project": self.options.project,
-                        "domain": self.options.domain,
-                        "task_name": spec.task.name,
-                        "task_version": spec.task.version(),
-                        "outputs": {n: r.to_dict() for n, r in outputs.items()},
-                        "references": result.references,
-                        "display": result.display,
-                        "execution_id": self.state.id,
-                    },
-                )
-
-        self.writes.append(write)
+        )
+        if key:
+            self.new_cache.append(
+                {
+                    "key": key,
+                    "project": self.options.project,
+                    "domain": self.options.domain,
+                    "task_name": spec.task.name,
+                    "task_version": spec.task.version(),
+                    "outputs": {n: r.to_dict() for n, r in outputs.items()},
+                    "references": result.references,
+                    "display": result.display,
+                    "execution_id": self.state.id,
+                }
+            )
 
     def _unit_ok(self, unit: Unit, result: AttemptResult, cached: bool) -> None:
         run = unit.node
@@ -636,7 +664,7 @@ class WorkflowRun:
         if run.failed_units > allowed:
             if run.status is not Status.FAILED:
                 # Too many elements failed: the node fails; its other elements stop.
-                self.queue = deque(u for u in self.queue if u.node is not run)
+                self._drop(run)
                 self._fail_node(
                     run,
                     {
@@ -754,7 +782,8 @@ class WorkflowRun:
             self.emit(K.NODE_FAILED, run.id, error=error)
         if self.options.failure_policy == "fail-fast":
             self.stopping = True
-            self.queue.clear()  # nothing new starts; what runs is let finish
+            for other in self.nodes.values():  # nothing new starts; what runs finishes
+                self._drop(other)
             for other in self.nodes.values():
                 if other is not run:
                     self._skip(other, _FAIL_FAST)
