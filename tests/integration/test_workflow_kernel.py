@@ -1,0 +1,187 @@
+"""Workflows in a real kernel: %workflow show/run/recover/defer, --map, %lineage."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from .kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+def node_times(home: Path, execution: str) -> dict[str, tuple[float, float]]:
+    with sqlite3.connect(home / "papercrane.db") as db:
+        rows = db.execute(
+            "SELECT node, kind, ts FROM events WHERE execution_id = ? ORDER BY seq", (execution,)
+        ).fetchall()
+    times: dict[str, list[float]] = {}
+    for node, kind, ts in rows:
+        if kind == "attempt_started":
+            times.setdefault(node, [ts, ts])[0] = ts
+        elif kind in ("node_succeeded", "node_failed"):
+            times.setdefault(node, [ts, ts])[1] = ts
+    return {k: (v[0], v[1]) for k, v in times.items()}
+
+
+def last_execution(home: Path, kind: str = "workflow") -> str:
+    with sqlite3.connect(home / "papercrane.db") as db:
+        (eid,) = db.execute(
+            "SELECT id FROM executions WHERE kind = ? ORDER BY created_at DESC", (kind,)
+        ).fetchone()
+    return eid
+
+
+BRANCHES = [
+    "%%task base --executor inline\nxs = list(range(n))",
+    "%%task left\nimport time\ntime.sleep(1.5)\nleft = sum(xs)",
+    "%%task right\nimport time\ntime.sleep(1.5)\nright = max(xs)",
+    "%%task join --executor inline\ntotal = left + right",
+]
+
+
+def test_workflow_run_overlaps_branches_and_binds(kernel: Kernel, home: Path) -> None:
+    kernel.run("n = 5").ok()
+    for cell in BRANCHES:
+        kernel.run(cell).ok()
+    shown = kernel.run("%workflow show").ok()
+    text = shown.displays[-1]["text/plain"]
+    assert "join  <- left from left, right from right" in text
+    assert "<svg" in shown.displays[-1]["text/html"]
+    run = kernel.run("%workflow run -p n=10 --max-parallel 2").ok()
+    assert "succeeded" in run.updates[-1]["text/plain"]
+    assert kernel.run("print(total)").ok().stdout.strip() == "54"
+    times = node_times(home, last_execution(home))
+    (l0, l1), (r0, r1) = times["left"], times["right"]
+    assert l0 < r1 and r0 < l1  # the two 1.5 s branches ran at the same time
+
+
+def test_workflow_run_errors_name_things(kernel: Kernel) -> None:
+    r = kernel.run("%workflow run")
+    assert r.status == "error" and "no task cells yet" in r.error["evalue"]
+    kernel.run("n = 3").ok()
+    kernel.run("%%task a --executor inline\nx = n + 1").ok()
+    r = kernel.run("%workflow run -p m=1")
+    assert r.status == "error"
+    assert "no parameter 'm'" in r.error["evalue"] and "parameters are: n" in r.error["evalue"]
+    kernel.run("del n").ok()
+    r = kernel.run("%workflow run")
+    assert r.status == "error" and "workflow parameter 'n' has no value" in r.error["evalue"]
+    r = kernel.run("%workflow recover nonexistent")
+    assert r.status == "error" and "no execution 'nonexistent'" in r.error["evalue"]
+
+
+def test_recover_reruns_only_the_failed_node(kernel: Kernel, home: Path, workdir: Path) -> None:
+    log = workdir / "ran.log"
+    flag = workdir / "fixed"
+    kernel.run(f"LOG = {str(log)!r}\nFLAG = {str(flag)!r}").ok()
+    write = "with open(LOG, 'a') as f:\n    f.write('{}\\n')\n"
+    flag.write_text("ok")  # the cells work at first, so the notebook has all three
+    kernel.run("%%task a --executor inline\n" + write.format("a") + "x = 1").ok()
+    check = "assert os.path.exists(FLAG), 'no flag'\n"
+    kernel.run("%%task b\nimport os\n" + write.format("b") + check + "y = x").ok()
+    kernel.run("%%task c --executor inline\n" + write.format("c") + "z = y + 1").ok()
+    log.unlink()
+    flag.unlink()
+    r = kernel.run("%workflow run")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "node 'b'" in tb and "AssertionError: no flag" in tb and "%workflow recover" in tb
+    failed = last_execution(home)
+    assert log.read_text().split() == ["a", "b"]
+    flag.write_text("ok")
+    kernel.run(f"%workflow recover {failed}").ok()
+    assert log.read_text().split() == ["a", "b", "b", "c"]  # a came from the failed run
+    assert kernel.run("print(z)").ok().stdout.strip() == "2"
+    r = kernel.run(f"%workflow recover {last_execution(home)}")
+    assert r.status == "error" and "nothing to recover" in r.error["evalue"]
+
+
+def test_map_in_the_kernel(kernel: Kernel) -> None:
+    kernel.run("words = ['a', 'bb', 'ccc']\nbad = 5").ok()
+    kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
+    assert kernel.run("print(size)").ok().stdout.strip() == "[1, 2, 3]"
+    again = kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
+    assert "cached" in again.updates[-1]["text/plain"]
+    r = kernel.run("%%task m --map bad --as b\nout = b")
+    assert r.status == "error" and "not iterable" in "\n".join(r.error["traceback"])
+    r = kernel.run("%%task m --map data\nout = 1")
+    assert r.status == "error" and "--as" in r.error["evalue"]
+
+
+def test_ten_thousand_element_map_in_a_kernel(kernel: Kernel) -> None:
+    kernel.run("xs = list(range(10_000))").ok()
+    kernel.run("%%task inc --map xs --as x --executor inline\ny = x + 1", timeout=600).ok()
+    r = kernel.run("print(len(y), y[0], y[-1])").ok()
+    assert r.stdout.split() == ["10000", "1", "10000"]
+
+
+def test_deferred_batch_runs_in_parallel_when_needed(kernel: Kernel, home: Path) -> None:
+    kernel.run("%workflow defer").ok()
+    kernel.run("n = 4").ok()
+    for cell in BRANCHES:
+        r = kernel.run(cell).ok()
+        assert "deferred" in r.displays[-1]["text/plain"]
+    assert kernel.run("print('total' in globals())").ok().stdout.strip() == "False"
+    r = kernel.run("print(total)").ok()  # needs an output: the pending DAG runs first
+    assert r.stdout.strip() == "9"  # 0+1+2+3 and 3
+    times = node_times(home, last_execution(home))
+    (l0, l1), (r0, r1) = times["left"], times["right"]
+    assert l0 < r1 and r0 < l1
+
+
+def test_lineage_of_a_three_step_workflow(kernel: Kernel) -> None:
+    kernel.run("n = 2").ok()
+    kernel.run("%%task load --executor inline\nraw = [n, n + 1]").ok()
+    kernel.run("%%task clean\ngood = [v * 2 for v in raw]").ok()
+    kernel.run("%%task summarize --executor inline\nanswer = sum(good)").ok()
+    r = kernel.run("%lineage answer").ok()
+    text = r.displays[-1]["text/plain"]
+    for task in ("summarize", "clean", "load"):
+        assert f"<- {task} @" in text
+    assert text.index("summarize") < text.index("clean") < text.index("load")
+    r = kernel.run("%lineage n")
+    assert r.status == "error" and "not produced by a task" in r.error["evalue"]
+
+
+def test_config_sets_project(kernel: Kernel, home: Path) -> None:
+    kernel.run('%config Papercrane.project = "pricing"').ok()
+    kernel.run("%%task p --executor inline\nv = 1").ok()
+    with sqlite3.connect(home / "papercrane.db") as db:
+        (project,) = db.execute(
+            "SELECT project FROM executions ORDER BY created_at DESC"
+        ).fetchone()
+    assert project == "pricing"
+
+
+def test_interrupting_a_parallel_workflow_aborts_it(
+    kernel: Kernel, home: Path, workdir: Path
+) -> None:
+    pids = workdir / "pids"
+    pids.mkdir()
+    body = f"import os, time\nopen(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
+    kernel.run("%workflow defer").ok()  # record the cells; run them together below
+    kernel.run("%%task one --executor inline\nx = 1").ok()
+    kernel.run(f"%%task slow_a\n{body}time.sleep(60)\na = x").ok()
+    kernel.run(f"%%task slow_b\n{body}time.sleep(60)\nb = x").ok()
+    kernel.kc.execute("%workflow flush")
+    deadline = time.monotonic() + 30
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kernel.send_interrupt()
+    reply = kernel.kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "error"
+    with sqlite3.connect(home / "papercrane.db") as db:
+        (status,) = db.execute(
+            "SELECT status FROM executions WHERE kind = 'workflow' ORDER BY created_at DESC"
+        ).fetchone()
+    assert status == "aborted"
+    time.sleep(0.5)
+    for f in pids.iterdir():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(f.name), 0)
+    assert kernel.run("print('ok')").ok().stdout.strip() == "ok"
