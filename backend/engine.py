@@ -55,6 +55,11 @@ class WorkflowRequest:
 class LocalEngine(EngineAPI):
     """The in-process engine over SQLite (or any SQLAlchemy URL) and fsspec storage."""
 
+    #: Whether this process may decode user values (the kernel and CLI may; a shared
+    #: server must not: pickles are code). When False, map steps run in runners and no
+    #: output values are loaded here.
+    unpickles: bool = True
+
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.from_env()
         self.storage = Storage(self.config.storage_url)

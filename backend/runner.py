@@ -309,6 +309,54 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_attempt(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
+    op = attempt.get("op", "run")
+    if op == "expand":
+        return _expand(attempt, artifacts)
+    if op == "collect":
+        return _collect(attempt, artifacts)
+    return _run_task(spec, attempt, artifacts)
+
+
+def _expand(attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
+    """A map's first step where values may not be unpickled (a server): split the list
+    into one artifact per element. Outputs are named by index."""
+    started = time.time()
+    ((name, data),) = attempt["inputs"].items()
+    over = artifacts.load(ArtifactRef.from_dict(data))
+    try:
+        elements = list(over)
+    except TypeError:
+        msg = (
+            f"--map {name}: {name!r} is a {type(over).__name__}, which is not iterable; "
+            "map over a list, tuple, range or other iterable"
+        )
+        err = {"kind": "user", "type": "TypeError", "message": msg, "traceback": ""}
+        return AttemptResult("failed", error=err, started_at=started, ended_at=time.time())
+    outputs = {
+        str(i): artifacts.put(element, f"element {i} of {name!r}")
+        for i, element in enumerate(elements)
+    }
+    return AttemptResult("succeeded", outputs=outputs, started_at=started, ended_at=time.time())
+
+
+def _collect(attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
+    """A map's last step: gather each output of the elements into one list artifact
+    (None where an element failed or did not set it)."""
+    started = time.time()
+    layout = attempt["layout"]
+    inputs = attempt["inputs"]
+    outputs = {}
+    for name in layout["names"]:
+        values = []
+        for i in range(layout["count"]):
+            data = inputs.get(f"{name}[{i}]")
+            ref = ArtifactRef.from_dict(data) if data else None
+            values.append(artifacts.load(ref, verify=False) if ref else None)
+        outputs[name] = artifacts.put(values, f"collected output {name!r}")
+    return AttemptResult("succeeded", outputs=outputs, started_at=started, ended_at=time.time())
+
+
+def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
     started = time.time()
     values: dict[str, Any] = {}
     for name, data in attempt["inputs"].items():

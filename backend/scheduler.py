@@ -60,6 +60,8 @@ class Unit:
     attempt: int = 0
     user_failures: int = 0
     system_failures: int = 0
+    op: str = "run"  # or "expand" / "collect" (a map's steps, out of this process)
+    layout: dict[str, Any] | None = None
 
 
 @dataclass
@@ -301,8 +303,13 @@ class WorkflowRun:
             unit = Unit(run, run.id, None, inputs, values)
             run.open_units = 1
             self._cache_or_queue(unit)
-        else:
+        elif self.engine.unpickles:
             self._expand(run, inputs, values)
+        else:  # values stay out of this process: a runner splits the list
+            over = run.spec.map.over
+            step = Unit(run, f"{run.id}:expand", None, {over: inputs[over]}, None, op="expand")
+            run.element_inputs = [inputs]  # kept for the elements' shared inputs
+            self._enqueue(step)
 
     def _recovered(self, run: NodeRun) -> NodeRun | None:
         source = self.recover_from
@@ -375,25 +382,42 @@ class WorkflowRun:
                 },
             )
             return
-        run.elements = [None] * len(elements)
-        run.open_units = len(elements)
-        self.emit(K.MAP_EXPANDED, run.id, elements=len(elements))
-        if not elements:
-            self._map_done(run)
-            return
-        # The whole list goes to each element only if the cell itself reads it.
-        keep = set(run.spec.task.inputs)
-        shared = {n: r for n, r in inputs.items() if n != m.over or n in keep}
-        shared_values = {n: v for n, v in all_values.items() if n in shared}
         element_refs = [
             self.engine.put_value(element, f"element {i} of {m.over!r}")
             for i, element in enumerate(elements)
         ]
+        self._elements(run, inputs, element_refs, all_values, elements)
+
+    def _elements(
+        self,
+        run: NodeRun,
+        inputs: dict[str, ArtifactRef],
+        element_refs: list[ArtifactRef],
+        all_values: dict[str, Any] | None = None,
+        elements: list[Any] | None = None,
+    ) -> None:
+        m = run.spec.map
+        assert m is not None
+        run.elements = [None] * len(element_refs)
+        run.open_units = len(element_refs)
+        run.element_inputs = []
+        self.emit(K.MAP_EXPANDED, run.id, elements=len(element_refs))
+        if not element_refs:
+            self._map_done(run)
+            return
         self.new_artifacts.extend(element_refs)
-        for i, (element, ref) in enumerate(zip(elements, element_refs)):
+        # The whole list goes to each element only if the cell itself reads it.
+        keep = set(run.spec.task.inputs)
+        shared = {n: r for n, r in inputs.items() if n != m.over or n in keep}
+        shared_values = (
+            {n: v for n, v in all_values.items() if n in shared} if all_values is not None else None
+        )
+        for i, ref in enumerate(element_refs):
             unit_inputs = {**shared, m.as_name: ref}
             run.element_inputs.append(unit_inputs)
-            unit_values = {**shared_values, m.as_name: element}
+            unit_values = None
+            if shared_values is not None and elements is not None:
+                unit_values = {**shared_values, m.as_name: elements[i]}
             unit = Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values)
             self._cache_or_queue(unit)
 
@@ -513,6 +537,8 @@ class WorkflowRun:
             inputs=unit.inputs,
             values=unit.values,
             declared_outputs=spec.declared_outputs,
+            op=unit.op,
+            layout=unit.layout,
         )
 
     def _work(self, executor: Executor, unit: Unit, attempt: AttemptSpec) -> None:
@@ -559,6 +585,9 @@ class WorkflowRun:
     def _handle(self, unit: Unit, result: AttemptResult) -> None:
         for stream, key in sorted(result.logs.items()):
             self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
+        if result.status == "succeeded" and unit.op != "run":
+            self._step_done(unit, result)
+            return
         if result.status == "succeeded":
             self.emit(
                 K.ATTEMPT_SUCCEEDED,
@@ -651,6 +680,23 @@ class WorkflowRun:
         else:
             self._settle(run)
 
+    def _step_done(self, unit: Unit, result: AttemptResult) -> None:
+        """An out-of-process map step finished: elements to run, or the node's lists."""
+        run = unit.node
+        outputs = result.outputs
+        self.emit(
+            K.ATTEMPT_SUCCEEDED,
+            unit.key,
+            unit.attempt,
+            outputs={n: r.id for n, r in outputs.items()},
+        )
+        self.emit(K.NODE_SUCCEEDED, unit.key, unit.attempt)
+        if unit.op == "expand":
+            refs = [outputs[str(i)] for i in range(len(outputs))]
+            self._elements(run, run.element_inputs[0], refs)
+        else:
+            self._map_finish(run, outputs, {})
+
     def _unit_failed(self, unit: Unit, error: dict[str, Any]) -> None:
         run = unit.node
         if unit.index is None:
@@ -692,6 +738,19 @@ class WorkflowRun:
                 if n not in names:
                     names.append(n)
             refs.update(result.references)
+        run.references = refs
+        if not self.engine.unpickles:  # a runner builds the lists
+            inputs = {
+                f"{n}[{i}]": result.outputs[n]
+                for i, result in enumerate(run.elements)
+                if result is not None
+                for n in names
+                if n in result.outputs
+            }
+            layout = {"names": names, "count": len(run.elements)}
+            step = Unit(run, f"{run.id}:collect", None, inputs, None, op="collect", layout=layout)
+            self._enqueue(step)
+            return
         collected: dict[str, list[Any]] = {n: [] for n in names}
         for result in run.elements:
             for n in names:
@@ -701,19 +760,24 @@ class WorkflowRun:
                     collected[n].append(result.values[n])
                 else:
                     collected[n].append(self.engine.artifacts.load(result.outputs[n], verify=False))
-        m = run.spec.map
         outputs = {
             n: self.engine.put_value(v, f"collected output {n!r} of {run.id!r}")
             for n, v in collected.items()
         }
-        run.outputs, run.values, run.references = outputs, collected, refs
+        self._map_finish(run, outputs, collected)
+
+    def _map_finish(
+        self, run: NodeRun, outputs: dict[str, ArtifactRef], values: dict[str, Any]
+    ) -> None:
+        run.outputs, run.values = outputs, values
         all_cached = bool(run.elements) and all(
             self.state.nodes[f"{run.id}[{i}]"].status is Status.CACHED
             for i in range(len(run.elements))
         )
         run.status = Status.CACHED if all_cached else Status.SUCCEEDED
         inputs = self._provenance(run, self._node_inputs(run))
-        lineage = [
+        self.new_artifacts.extend(outputs.values())
+        self.new_lineage.extend(
             {
                 "artifact_id": r.id,
                 "name": n,
@@ -725,16 +789,11 @@ class WorkflowRun:
                 "inputs": inputs,
             }
             for n, r in outputs.items()
-        ]
-
-        def write(conn: Any) -> None:
-            self.engine._record_artifacts(conn, outputs.values())
-            self.engine.store.put_lineage(conn, lineage)
-
-        self.writes.append(write)
+        )
+        m = run.spec.map
         payload = {
             "outputs": {n: r.id for n, r in outputs.items()},
-            "references": refs,
+            "references": run.references,
             "map_over": m.over if m else "",
         }
         if all_cached:

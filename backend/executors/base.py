@@ -29,6 +29,10 @@ class AttemptSpec:
     #: In-memory input values, when the caller has them (inline runs skip the load).
     values: dict[str, Any] | None = field(default=None, repr=False)
     declared_outputs: tuple[str, ...] = ()
+    #: "run" the task; or, for a map where values stay out of the scheduler's process,
+    #: "expand" the list into elements / "collect" element outputs into lists.
+    op: str = "run"
+    layout: dict[str, Any] | None = None
 
     @property
     def prefix(self) -> str:
@@ -47,6 +51,8 @@ class AttemptSpec:
             "declared_outputs": list(self.declared_outputs),
             "prefix": self.prefix,
             "config": self.config.to_dict(),
+            "op": self.op,
+            "layout": self.layout,
         }
 
 

@@ -217,3 +217,31 @@ def test_batched_events_are_committed_in_few_transactions(engine: LocalEngine) -
     events = engine.events(result.execution.id)
     assert sum(e.kind is EventKind.NODE_SUCCEEDED for e in events) == 301
     assert time.time() - started < 60
+
+
+def test_a_server_never_unpickles_values(engine: LocalEngine, monkeypatch: Any) -> None:
+    """With ``unpickles`` off (a shared server), map steps run in runner processes and
+    no value is decoded in the scheduler's process."""
+    from papercrane.backend import serializers
+
+    engine.unpickles = False
+    m = MapSpec("items", "item")
+    cells = [
+        cell("sq", "out = (item[0] * item[0],)", ("item",), ("out",), executor="local", map=m),
+        cell("total", "answer = sum(o[0] for o in out)", ("out",), ("answer",), executor="local"),
+    ]
+    spec = assemble("wf", cells)
+    items = [(1,), (2,), (3,)]  # tuples: pickled, not JSON
+    refs = {"items": engine.put_value(items, "items")}
+
+    def refuse(self: Any, stream: Any) -> Any:
+        raise AssertionError("the scheduler's process unpickled a value")
+
+    monkeypatch.setattr(serializers.CloudpickleSerializer, "load", refuse)
+    result = engine.run_workflow(
+        WorkflowRequest(spec=spec, params=refs, want_values=False, max_parallel=2)
+    )
+    monkeypatch.undo()
+    assert engine.load(result.nodes["sq"].outputs["out"]) == [(1,), (4,), (9,)]
+    assert engine.load(result.nodes["total"].outputs["answer"]) == 14
+    assert result.execution.nodes["sq"].elements_done == 3
