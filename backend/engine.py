@@ -59,6 +59,9 @@ class LocalEngine(EngineAPI):
     #: server must not: pickles are code). When False, map steps run in runners and no
     #: output values are loaded here.
     unpickles: bool = True
+    #: Shared limits on running attempts across executions (a server's fair share);
+    #: None: each execution is limited only by its own --max-parallel.
+    gate: Any = None
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.from_env()

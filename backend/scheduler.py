@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from .engine import LocalEngine
 
 K = EventKind
+
+
+class _Stop(Exception):
+    """Raised inside the loop when another thread asked the execution to stop."""
+
+
 _ROUND = 0.05  # longest wait for a worker result before the next scheduling round
 _FAIL_FAST = "the execution stopped at an earlier failure (fail-fast)"
 
@@ -135,6 +141,7 @@ class WorkflowRun:
         kind: str = "workflow",
         recover_from: ExecutionState | None = None,
         sources: dict[str, dict[str, str]] | None = None,
+        resume: ExecutionState | None = None,
     ) -> None:
         self.engine = engine
         self.spec = spec
@@ -147,7 +154,11 @@ class WorkflowRun:
         self.listener = listener
         self.kind = kind
         self.recover_from = recover_from
-        self.state = ExecutionState(id=engine.new_execution_id())
+        #: Continuing an execution whose scheduler died (a server restart): same id, its
+        #: events so far are the truth, finished nodes and elements are kept.
+        self.resume = resume
+        self.state = resume if resume is not None else ExecutionState(id=engine.new_execution_id())
+        self.abort_reason = ""  # set from another thread to stop the execution
         self.nodes = {n.id: NodeRun(n) for n in spec.nodes}
         self.downstream: dict[str, list[str]] = {n.id: [] for n in spec.nodes}
         for n in spec.nodes:
@@ -206,18 +217,45 @@ class WorkflowRun:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:
-        try:
+        self.begin()
+        return self.proceed()
+
+    def begin(self) -> str:
+        """Record the execution (committed), so its id can be handed out at once."""
+        if self.resume is None:
             self._create()
+        else:
+            self._settle_interrupted()
+        self.flush()
+        return self.state.id
+
+    def proceed(self) -> WorkflowResult:
+        """Run the execution to its end (on this thread)."""
+        try:
             self._loop()
-        except KeyboardInterrupt:
-            self._abort()
+        except (KeyboardInterrupt, _Stop) as stop:
+            reason = self.abort_reason or "interrupted"
+            self._abort(reason)
+            how = "interrupted" if isinstance(stop, KeyboardInterrupt) else f"aborted ({reason})"
             raise ExecutionAborted(
-                f"execution {self.state.id} was interrupted and recorded as aborted"
+                f"execution {self.state.id} was {how} and recorded as aborted"
             ) from None
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.engine.gate is not None:
+                self.engine.gate.forget(self)
         return self._finish()
+
+    def _settle_interrupted(self) -> None:
+        """Attempts that were running when the previous scheduler died are gone: each is
+        a system failure, retried on the system budget like a lost pod."""
+        for key, node in list(self.state.nodes.items()):
+            if node.status is Status.RUNNING and node.attempt and ":" not in key:
+                error = system_error(
+                    "the scheduler stopped while this attempt ran (server restart)", "LostAttempt"
+                )
+                self.emit(K.ATTEMPT_FAILED, key, node.attempt, error=error)
 
     def _create(self) -> None:
         spec = self.spec
@@ -259,8 +297,11 @@ class WorkflowRun:
         for run in [r for r in self.nodes.values() if not r.waiting_on]:
             if run.status is Status.QUEUED:  # (starting one may already start others)
                 self._start(run)
+        gate = self.engine.gate
         while True:
-            if not self.in_flight and self.queued == 1:
+            if self.abort_reason:
+                raise _Stop()
+            if gate is None and not self.in_flight and self.queued == 1:
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
                 self._run_here(self._take(self.ready[0]))
@@ -311,17 +352,32 @@ class WorkflowRun:
             run.element_inputs = [inputs]  # kept for the elements' shared inputs
             self._enqueue(step)
 
+    def _earlier(self, key: str) -> tuple[Any, str] | None:
+        """A node (or element) that already finished well: in the execution being
+        resumed (no new event), or in the one being recovered (a NODE_RECOVERED)."""
+        for source, how in ((self.resume, "resume"), (self.recover_from, "recover")):
+            if source is None:
+                continue
+            old = source.nodes.get(key)
+            if old is not None and old.status.ok and old.outputs:
+                return old, how
+        return None
+
     def _recovered(self, run: NodeRun) -> NodeRun | None:
-        source = self.recover_from
-        if source is None:
+        found = self._earlier(run.id)
+        if found is None:
             return None
-        old = source.nodes.get(run.id)
-        if old is None or not old.status.ok or "[" in run.id:
-            return None
-        refs = {n: self.engine.artifact(i) for n, i in old.outputs.items()}
-        run.outputs = refs
-        run.status = Status.RECOVERED
-        self.emit(K.NODE_RECOVERED, run.id, outputs=old.outputs, source_execution=source.id)
+        old, how = found
+        run.outputs = {n: self.engine.artifact(i) for n, i in old.outputs.items()}
+        run.references = dict(getattr(old, "references", {}) or {})
+        run.status = Status.RECOVERED if how == "recover" else old.status
+        if how == "recover":
+            self.emit(
+                K.NODE_RECOVERED,
+                run.id,
+                outputs=old.outputs,
+                source_execution=self.recover_from.id,  # type: ignore[union-attr]
+            )
         self._node_done(run)
         return run
 
@@ -421,7 +477,37 @@ class WorkflowRun:
             unit = Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values)
             self._cache_or_queue(unit)
 
+    def _reuse(self, unit: Unit) -> bool:
+        """Resume or recover: an element or node that finished well keeps its outputs.
+        A resumed unit otherwise continues its attempt numbering and failure counts."""
+        found = self._earlier(unit.key)
+        if found is not None:
+            old, how = found
+            outputs = {n: self.engine.artifact(i) for n, i in old.outputs.items()}
+            if how == "recover":
+                self.emit(
+                    K.NODE_RECOVERED,
+                    unit.key,
+                    outputs=old.outputs,
+                    source_execution=self.recover_from.id,  # type: ignore[union-attr]
+                )
+            self._unit_ok(unit, AttemptResult("succeeded", outputs=outputs), cached=False)
+            return True
+        if self.resume is not None and unit.key in self.resume.nodes:
+            old = self.resume.nodes[unit.key]
+            unit.attempt = old.attempt
+            unit.user_failures, unit.system_failures = old.user_failures, old.system_failures
+            config = unit.node.spec.config
+            if old.system_failures > config.system_retries or old.user_failures > config.retries:
+                error = old.error.to_dict() if old.error else system_error("attempts exhausted")
+                self.emit(K.NODE_FAILED, unit.key, unit.attempt, error=error)
+                self._unit_failed(unit, error)
+                return True
+        return False
+
     def _cache_or_queue(self, unit: Unit) -> None:
+        if (self.resume is not None or self.recover_from is not None) and self._reuse(unit):
+            return
         config = unit.node.spec.config
         if config.cache:
             unit.cache_key = self.engine.cache_key(
@@ -496,11 +582,14 @@ class WorkflowRun:
                     inline = run.queued[0]
                 continue
             limit = run.spec.map.concurrency if run.spec.map else None
+            gate = self.engine.gate
             while (
                 run.queued
                 and self.in_flight < self.options.max_parallel
                 and (limit is None or run.running < limit)
             ):
+                if gate is not None and not gate.try_acquire(self, self.queued):
+                    break  # the server's share for this project is taken: wait a round
                 self._submit(executor, self._take(run))
             if self.in_flight >= self.options.max_parallel:
                 break
@@ -560,7 +649,9 @@ class WorkflowRun:
             self.flush()  # the widget and the store show it running
         unit.node.running += 1
         try:
-            result = executor.run(self._attempt_spec(unit), _Logs(self, unit, threaded=False))
+            result = executor.run(
+                self._attempt_spec(unit), _Logs(self, unit, threaded=False), self.cancel
+            )
         finally:
             unit.node.running -= 1
         self._handle(unit, result)
@@ -579,6 +670,8 @@ class WorkflowRun:
             _, unit, result = item
             self.in_flight -= 1
             unit.node.running -= 1
+            if self.engine.gate is not None:
+                self.engine.gate.release(self)
             self._handle(unit, result)
 
     # -- outcomes -------------------------------------------------------------------------
@@ -864,14 +957,20 @@ class WorkflowRun:
         run.status = Status.SKIPPED
         self.emit(K.NODE_SKIPPED, run.id, reason=reason)
 
-    def _abort(self) -> None:
+    def stop(self, reason: str) -> None:
+        """Ask the execution to stop (from another thread): its attempts are stopped
+        and it is recorded as aborted."""
+        self.abort_reason = reason
+        self.cancel.set()
+
+    def _abort(self, reason: str) -> None:
         self.cancel.set()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
         if self.state.created_at == 0.0:
             return
-        self.emit(K.EXECUTION_ABORTED, reason="interrupted")
+        self.emit(K.EXECUTION_ABORTED, reason=reason)
         self.flush()
 
     # -- the end --------------------------------------------------------------------------

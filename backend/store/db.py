@@ -1,9 +1,15 @@
-"""Opening the database: SQLite tuned for several processes at once, schema migrated.
+"""Opening the database: SQLite tuned for several processes at once, or PostgreSQL;
+schema migrated.
 
 SQLite runs in WAL mode (readers never block the writer) with a busy timeout, and every
 write transaction starts with ``BEGIN IMMEDIATE`` so two processes that both want to
 write queue on the lock instead of failing with "database is locked" when a read
 transaction tries to upgrade.
+
+PostgreSQL is reached with psycopg 3 (``pip install 'papercrane[postgres]'``);
+``postgresql://`` and ``postgres://`` URLs are read as ``postgresql+psycopg://``.
+Transactions are PostgreSQL's own (read committed); migrations from several processes
+queue on a transaction-level advisory lock.
 """
 
 from __future__ import annotations
@@ -21,10 +27,43 @@ SCHEMA_HEAD = "0002"
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+#: Key of the advisory lock that serializes migrations on PostgreSQL (any fixed bigint;
+#: advisory locks are per database). "papercrane" in ASCII, for whoever reads pg_locks.
+_PG_MIGRATION_LOCK = 0x7061706572637261
+
+
 def create_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True, future=True)
+    if url.startswith(("postgresql", "postgres:")):
+        return _postgres_engine(url)
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def postgres_url(url: str) -> sa.URL:
+    """``url`` with the psycopg 3 driver unless it names another one explicitly."""
+    if url.startswith("postgres://"):  # Heroku-style spelling
+        url = "postgresql://" + url[len("postgres://") :]
+    parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _postgres_engine(url: str) -> sa.Engine:
+    parsed = postgres_url(url)
+    if parsed.drivername == "postgresql+psycopg":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "a PostgreSQL database needs the psycopg driver: pip install 'papercrane[postgres]'"
+            ) from None
+    return sa.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        connect_args={"application_name": "papercrane"},
+    )
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
@@ -58,13 +97,28 @@ def _sqlite_engine(url: str) -> sa.Engine:
 
 
 def current_revision(engine: sa.Engine) -> str | None:
-    with engine.connect() as conn:
+    with _connect(engine) as conn:
         try:
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         except sa.exc.OperationalError:
             return None
         except sa.exc.ProgrammingError:
             return None
+
+
+def _connect(engine: sa.Engine) -> sa.Connection:
+    """A connection; a PostgreSQL server that can't be reached is a ``ConfigError``."""
+    if engine.dialect.name != "postgresql":
+        return engine.connect()
+    try:
+        return engine.connect()
+    except sa.exc.OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConfigError(
+            f"cannot connect to the PostgreSQL database {where}: {reason}; check the URL "
+            "(--db or PAPERCRANE_DB), that the server is running and that the database exists"
+        ) from None
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
@@ -75,13 +129,18 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     lock = _migration_lock(engine)
-    with lock, engine.connect().execution_options(papercrane_write=True) as conn:
+    with lock, _connect(engine).execution_options(papercrane_write=True) as conn:
+        if engine.dialect.name == "postgresql":
+            # Held until the migration's transaction ends (DDL is transactional there):
+            # a second process waits, then finds the schema at head and does nothing.
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()
 
 
 def _migration_lock(engine: sa.Engine):  # type: ignore[no-untyped-def]
+    """A file lock beside a SQLite database; elsewhere the database locks (above)."""
     from contextlib import nullcontext
 
     from filelock import FileLock
