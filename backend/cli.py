@@ -199,7 +199,7 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
-    rows = obj.engine.store.cache_list(task_name=task_name)
+    rows = obj.engine.cache_list(task_name=task_name)
 
     def table() -> Any:
         from rich.table import Table
@@ -224,7 +224,7 @@ def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
 @click.pass_obj
 def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
     """Forget cache entries (stored values stay until garbage-collected)."""
-    n = obj.engine.store.cache_clear(task_name=task_name)
+    n = obj.engine.cache_clear(task_name=task_name)
     _emit({"cleared": n}, as_json, lambda: f"cleared {n} cache entr{'y' if n == 1 else 'ies'}")
 
 

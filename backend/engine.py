@@ -16,14 +16,14 @@ from typing import Any
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import ArtifactIO
 from .config import Config
-from .errors import ConfigError, CorruptArtifact, NotFound, UserError
+from .errors import ConfigError, Conflict, CorruptArtifact, NotFound, UserError
 from .executors.base import Executor, executor_registry
 from .hashing import sha256_json
 from .model import ArtifactRef, Event, ExecutionState, Status, TaskConfig, TaskSpec
 from .scheduler import RunOptions, WorkflowResult, WorkflowRun
 from .storage import Storage
 from .store import Store
-from .workflow import Binding, NodeSpec, WorkflowSpec
+from .workflow import Binding, MapSpec, NodeSpec, WorkflowSpec
 
 
 def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
@@ -260,7 +260,8 @@ class LocalEngine(EngineAPI):
                     "or a file or object-store URL"
                 )
 
-    def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
+    def task_run(self, request: RunRequest, listener: RunListener | None = None) -> WorkflowRun:
+        """A single task's execution, ready to ``begin()`` and ``proceed()``."""
         spec, config = request.spec, request.config
         if self.executor(config.executor).in_process and request.values is None:
             raise ConfigError(
@@ -275,16 +276,15 @@ class LocalEngine(EngineAPI):
             map=request.map,
         )
         self._check_executors([node])
-        workflow = WorkflowSpec(spec.name, (node,))
         options = RunOptions(
             project=request.project,
             domain=request.domain,
             max_parallel=request.max_parallel if request.map else 1,
             want_values=request.want_values,
         )
-        run = WorkflowRun(
+        return WorkflowRun(
             self,
-            workflow,
+            WorkflowSpec(spec.name, (node,)),
             request.inputs,
             request.values,
             options,
@@ -292,8 +292,10 @@ class LocalEngine(EngineAPI):
             kind="task",
             sources=request.sources,
         )
-        result = run.run()
-        node_run = result.nodes[spec.name]
+
+    def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
+        result = self.task_run(request, listener).run()
+        node_run = result.nodes[request.spec.name]
         return RunResult(
             result.execution,
             node_run.outputs,
@@ -302,9 +304,9 @@ class LocalEngine(EngineAPI):
             node_run.display,
         )
 
-    def run_workflow(
+    def workflow_run(
         self, request: WorkflowRequest, listener: RunListener | None = None
-    ) -> WorkflowResult:
+    ) -> WorkflowRun:
         spec = request.spec
         missing = [p for p in spec.parameters() if p not in request.params]
         if missing:
@@ -326,17 +328,81 @@ class LocalEngine(EngineAPI):
             failure_policy=request.failure_policy,
             want_values=request.want_values,
         )
-        params = {p: request.params[p] for p in spec.parameters()}
-        run = WorkflowRun(
+        return WorkflowRun(
             self,
             spec,
-            params,
+            {p: request.params[p] for p in spec.parameters()},
             request.param_values,
             options,
             listener or NullListener(),
             sources=request.sources,
         )
-        return run.run()
+
+    def run_workflow(
+        self, request: WorkflowRequest, listener: RunListener | None = None
+    ) -> WorkflowResult:
+        return self.workflow_run(request, listener).run()
+
+    def _rebuild(
+        self, source: ExecutionState, max_parallel: int, want_values: bool
+    ) -> tuple[WorkflowSpec, dict[str, ArtifactRef], RunOptions]:
+        """What an execution ran (spec, parameters, options), from the store alone."""
+        params = {name: self.artifact(aid) for name, aid in source.inputs.items()}
+        if source.kind == "task":
+            task = self.store.task(source.task_version)
+            if task is None:
+                raise NotFound(f"execution {source.id}'s task is not registered")
+            spec = TaskSpec.from_dict(task["spec"])
+            node = NodeSpec(
+                id=spec.name,
+                task=spec,
+                config=TaskConfig.from_dict(source.config),
+                bindings={name: Binding("", name) for name in params},
+                map=MapSpec.from_dict(source.config.get("map")),
+            )
+            workflow = WorkflowSpec(spec.name, (node,))
+        else:
+            workflow = self.workflow(source.workflow_version)
+            max_parallel = source.config.get("max_parallel", max_parallel)
+        options = RunOptions(
+            project=source.project,
+            domain=source.domain,
+            max_parallel=max_parallel,
+            failure_policy=source.config.get("failure_policy", "fail-fast"),
+            want_values=want_values,
+        )
+        self._check_executors(workflow.nodes)
+        return workflow, params, options
+
+    def recover_run(
+        self,
+        execution_id: str,
+        listener: RunListener | None = None,
+        *,
+        max_parallel: int = 4,
+        want_values: bool = True,
+    ) -> WorkflowRun:
+        source = self.execution(execution_id)
+        if source.status.ok:
+            raise Conflict(
+                f"execution {execution_id} {source.status.value}; there is nothing to recover"
+            )
+        if not source.status.terminal:
+            raise Conflict(
+                f"execution {execution_id} is still {source.status.value}; wait for it to "
+                "finish (or abort it) before recovering it"
+            )
+        workflow, params, options = self._rebuild(source, max_parallel, want_values)
+        return WorkflowRun(
+            self,
+            workflow,
+            params,
+            None,
+            options,
+            listener or NullListener(),
+            kind=source.kind,
+            recover_from=source,
+        )
 
     def recover(
         self,
@@ -348,53 +414,34 @@ class LocalEngine(EngineAPI):
     ) -> WorkflowResult:
         """Re-run a failed (or aborted) execution: every node that succeeded keeps its
         outputs; only what failed or never ran runs again, as a new execution."""
-        source = self.execution(execution_id)
-        if source.status.ok:
-            raise UserError(
-                f"execution {execution_id} {source.status.value}; there is nothing to recover"
-            )
-        if not source.status.terminal:
-            raise UserError(
-                f"execution {execution_id} is still {source.status.value}; wait for it to "
-                "finish (or abort it) before recovering it"
-            )
-        params = {name: self.artifact(aid) for name, aid in source.inputs.items()}
-        if source.kind == "task":
-            task = self.store.task(source.task_version)
-            if task is None:
-                raise NotFound(f"execution {execution_id}'s task is not registered")
-            spec = TaskSpec.from_dict(task["spec"])
-            node = NodeSpec(
-                id=spec.name,
-                task=spec,
-                config=TaskConfig.from_dict(source.config),
-                bindings={name: Binding("", name) for name in params},
-            )
-            workflow = WorkflowSpec(spec.name, (node,))
-            kind = "task"
-        else:
-            workflow = self.workflow(source.workflow_version)
-            kind = "workflow"
-            max_parallel = source.config.get("max_parallel", max_parallel)
-        options = RunOptions(
-            project=source.project,
-            domain=source.domain,
-            max_parallel=max_parallel,
-            failure_policy=source.config.get("failure_policy", "fail-fast"),
-            want_values=want_values,
+        run = self.recover_run(
+            execution_id, listener, max_parallel=max_parallel, want_values=want_values
         )
-        self._check_executors(workflow.nodes)
-        run = WorkflowRun(
+        return run.run()
+
+    def resume_run(self, execution_id: str, listener: RunListener | None = None) -> WorkflowRun:
+        """Continue an execution that was running when its scheduler died (same id)."""
+        state = self.execution(execution_id)
+        workflow, params, options = self._rebuild(state, 4, want_values=False)
+        return WorkflowRun(
             self,
             workflow,
             params,
             None,
             options,
             listener or NullListener(),
-            kind=kind,
-            recover_from=source,
+            kind=state.kind,
+            resume=state,
         )
-        return run.run()
+
+    def has_lineage(self, artifact_id: str) -> bool:
+        return bool(self.store.producers(artifact_id))
+
+    def cache_list(self, task_name: str | None = None) -> list[dict[str, Any]]:
+        return self.store.cache_list(project=None, task_name=task_name)
+
+    def cache_clear(self, task_name: str | None = None) -> int:
+        return self.store.cache_clear(project=None, task_name=task_name)
 
     # -- lineage --------------------------------------------------------------------------
     def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:

@@ -75,6 +75,11 @@ class NotFound(UserError):
     """An execution, task or artifact id does not exist."""
 
 
+class Conflict(UserError):
+    """The request contradicts the current state: recovering a run that succeeded,
+    aborting one that finished, registering a version whose content differs."""
+
+
 class WorkflowFailed(UserError):
     """One or more nodes of a workflow execution failed (after their retries)."""
 

@@ -88,7 +88,9 @@ class TaskConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskConfig:
-        data = dict(data)
+        """Tolerates extra keys (an execution's recorded config also holds its map)."""
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in data.items() if k in known}
         data["resources"] = Resources(**data.get("resources") or {})
         return cls(**data)
 

@@ -270,7 +270,11 @@ class WorkflowRun:
         if self.kind == "task":
             only = spec.nodes[0]
             payload["task_version"] = only.task.version()
-            payload["config"] = only.config.to_dict()
+            payload["config"] = {
+                **only.config.to_dict(),
+                "map": only.map.to_dict() if only.map else None,
+                "max_parallel": self.options.max_parallel,
+            }
         else:
             payload["workflow_version"] = spec.version()
             payload["config"] = {

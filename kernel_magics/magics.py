@@ -287,6 +287,8 @@ class PapercraneMagics(Magics):
         from .lineage_widget import lineage_display
 
         session = self.session
+        if variable in session.workflow.pending_outputs():
+            session.workflow.flush()  # batch mode: the value comes from a deferred task
         artifact_id = session.artifact_of(variable)
         tree = session.engine.lineage(artifact_id)
         display(lineage_display(tree, variable))

@@ -350,7 +350,7 @@ class Session:
         except Exception:
             fp = ""
         ref = self.engine.find_artifact(fp) if fp else None
-        if ref is None or not self.engine.store.producers(ref.id):
+        if ref is None or not self.engine.has_lineage(ref.id):
             raise UserError(
                 f"{name!r} was not produced by a task (or was changed since): it has no lineage"
             )

@@ -62,6 +62,8 @@ class RunView:
 
 
 def _cache_text(node: Any) -> str:
+    if node.elements and node.cache != "off":  # a map node: one cache entry per element
+        return f"{node.elements_cached} of {node.elements} elements cached"
     if node.cache == "hit":
         src = node.cache_source
         age = format_duration(max(0.0, time.time() - src.get("created_at", time.time())))
