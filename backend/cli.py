@@ -303,6 +303,76 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
     _emit(tree, as_json, text)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: SQLite in the home)")
+@click.option("--storage", default=None, help="path or fsspec URL (default: store/ in the home)")
+@click.option("--executor", default="local", show_default=True, help="where attempts run")
+@click.option("--max-running", type=int, default=None, help="attempts at once, all projects")
+@click.option("--project-limit", type=int, default=0, help="attempts at once per project")
+@click.option("--public-url", default="", help="base URL shown to clients")
+@click.pass_obj
+def server(
+    obj: _Ctx,
+    host: str,
+    port: int,
+    db_url: str | None,
+    storage: str | None,
+    executor: str,
+    max_running: int | None,
+    project_limit: int,
+    public_url: str,
+) -> None:
+    """Run the papercrane server (REST API + live events) for a team."""
+    try:
+        import uvicorn
+
+        from .server import ServerSettings, create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the server needs extra packages ({exc.name}): pip install 'papercrane[server]'"
+        ) from None
+    home = Path(obj.home) if obj.home else Config.from_env().home
+    settings = ServerSettings(
+        home=home,
+        db_url=db_url or "",
+        storage_url=storage or "",
+        executor=executor,
+        project_limit=project_limit,
+        public_url=public_url or f"http://{host}:{port}",
+        **({"max_running": max_running} if max_running else {}),
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@main.group()
+def token() -> None:
+    """API tokens for the server."""
+
+
+@token.command("create")
+@click.option("--project", required=True, help="the project it may use ('*' for all: admin)")
+@click.option(
+    "--role", type=click.Choice(["read", "write", "admin"]), default="write", show_default=True
+)
+@click.option("--name", default="", help="a note: who or what uses it")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.pass_obj
+def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | None) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from .server.auth import create_token
+    from .store import Store
+
+    if project == "*" and role != "admin":
+        raise click.UsageError("a token for every project ('*') must have --role admin")
+    store = Store(db_url or Config.from_env(**_home(obj)).db_url)
+    try:
+        click.echo(create_token(store, project, role, name))
+    finally:
+        store.close()
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -63,11 +63,13 @@ class LocalEngine(EngineAPI):
     #: None: each execution is limited only by its own --max-parallel.
     gate: Any = None
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
         self.storage = Storage(self.config.storage_url)
         self.storage.check_writable()
-        self.store = Store(self.config.db_url)
+        #: A server's engines (one per project and domain) share one store.
+        self._owns_store = store is None
+        self.store = store if store is not None else Store(self.config.db_url)
         self.artifacts = ArtifactIO(self.storage)
         self._executors: dict[str, Executor] = {}
         self._registry = executor_registry()
@@ -79,7 +81,8 @@ class LocalEngine(EngineAPI):
         self._pending_registered: list[str] = []
 
     def close(self) -> None:
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
 
     @staticmethod
     def new_execution_id() -> str:
@@ -181,6 +184,12 @@ class LocalEngine(EngineAPI):
     # -- values ---------------------------------------------------------------------------
     def put_value(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
         return self.artifacts.put(value, what, fingerprint)
+
+    def register_artifacts(self, refs: list[ArtifactRef]) -> None:
+        """Record stored values (an upload) so executions can name them."""
+        with self.store.write() as conn:
+            self._record_artifacts(conn, refs)
+        self._committed()
 
     def find_artifact(self, artifact_id: str) -> ArtifactRef | None:
         ref = self.store.artifact(artifact_id)

@@ -40,6 +40,10 @@ class _Stop(Exception):
     """Raised inside the loop when another thread asked the execution to stop."""
 
 
+class _Shutdown(Exception):
+    """The process is going away: stop without recording an end (it will be resumed)."""
+
+
 _ROUND = 0.05  # longest wait for a worker result before the next scheduling round
 _FAIL_FAST = "the execution stopped at an earlier failure (fail-fast)"
 
@@ -159,6 +163,7 @@ class WorkflowRun:
         self.resume = resume
         self.state = resume if resume is not None else ExecutionState(id=engine.new_execution_id())
         self.abort_reason = ""  # set from another thread to stop the execution
+        self.shutting_down = False
         self.nodes = {n.id: NodeRun(n) for n in spec.nodes}
         self.downstream: dict[str, list[str]] = {n.id: [] for n in spec.nodes}
         for n in spec.nodes:
@@ -233,6 +238,8 @@ class WorkflowRun:
         """Run the execution to its end (on this thread)."""
         try:
             self._loop()
+        except _Shutdown:
+            raise ExecutionAborted(f"execution {self.state.id} left for the next server") from None
         except (KeyboardInterrupt, _Stop) as stop:
             reason = self.abort_reason or "interrupted"
             self._abort(reason)
@@ -305,6 +312,8 @@ class WorkflowRun:
         while True:
             if self.abort_reason:
                 raise _Stop()
+            if self.shutting_down:
+                raise _Shutdown()
             if gate is None and not self.in_flight and self.queued == 1:
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
@@ -965,6 +974,11 @@ class WorkflowRun:
         """Ask the execution to stop (from another thread): its attempts are stopped
         and it is recorded as aborted."""
         self.abort_reason = reason
+        self.cancel.set()
+
+    def shutdown(self) -> None:
+        """Stop the attempts and the loop, recording nothing (see ``_Shutdown``)."""
+        self.shutting_down = True
         self.cancel.set()
 
     def _abort(self, reason: str) -> None:

@@ -7,9 +7,13 @@ write queue on the lock instead of failing with "database is locked" when a read
 transaction tries to upgrade.
 
 PostgreSQL is reached with psycopg 3 (``pip install 'papercrane[postgres]'``);
-``postgresql://`` and ``postgres://`` URLs are read as ``postgresql+psycopg://``.
-Transactions are PostgreSQL's own (read committed); migrations from several processes
-queue on a transaction-level advisory lock.
+``postgresql://`` and ``postgres://`` URLs are read as ``postgresql+psycopg://``. There,
+the same "one writer at a time" holds: every write transaction first takes a
+transaction-level advisory lock, PostgreSQL's ``BEGIN IMMEDIATE``. Without it two
+engines inserting the same content-addressed rows (tasks, artifacts, cache entries) in
+different orders deadlock, and events could commit out of ``seq`` order, so a reader
+following ``seq > N`` would skip some. Reads never wait for it. Migrations from several
+processes queue on a second advisory lock.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from sqlalchemy import event
 from ..errors import ConfigError
 
 #: The newest Alembic revision; a test keeps it equal to the migration scripts' head.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-#: Key of the advisory lock that serializes migrations on PostgreSQL (any fixed bigint;
-#: advisory locks are per database). "papercrane" in ASCII, for whoever reads pg_locks.
-_PG_MIGRATION_LOCK = 0x7061706572637261
+#: Keys of the PostgreSQL advisory locks (fixed bigints; advisory locks are per
+#: database): "papercrw" and "papercrm" in ASCII, for whoever reads pg_locks.
+PG_WRITE_LOCK = 0x7061706572637277
+PG_MIGRATION_LOCK = 0x706170657263726D
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -59,11 +64,17 @@ def _postgres_engine(url: str) -> sa.Engine:
             raise ConfigError(
                 "a PostgreSQL database needs the psycopg driver: pip install 'papercrane[postgres]'"
             ) from None
-    return sa.create_engine(
-        parsed,
-        pool_pre_ping=True,
-        connect_args={"application_name": "papercrane"},
+    engine = sa.create_engine(
+        parsed, pool_pre_ping=True, connect_args={"application_name": "papercrane"}
     )
+    take_write_lock = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get("papercrane_write", False):
+            conn.exec_driver_sql(take_write_lock)  # released by COMMIT or ROLLBACK
+
+    return engine
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
@@ -133,7 +144,7 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
         if engine.dialect.name == "postgresql":
             # Held until the migration's transaction ends (DDL is transactional there):
             # a second process waits, then finds the schema at head and does nothing.
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()

@@ -120,3 +120,14 @@ lineage = sa.Table(
     sa.Index("ix_lineage_artifact", "artifact_id", "created_at"),
     sa.Index("ix_lineage_execution", "execution_id"),
 )
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(100), nullable=False),
+    sa.Column("role", sa.String(10), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)

@@ -1,0 +1,88 @@
+"""Bearer tokens scoped to a project, with a role: read < write < admin.
+
+Tokens are random strings shown once at creation; only their sha256 is stored. An
+admin token for project ``*`` is the server operator's: it sees every project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ..errors import PapercraneError
+from ..store import Store
+from ..store.schema import tokens
+
+ROLES = ("read", "write", "admin")
+
+
+class AuthError(PapercraneError):
+    """401: no usable token; 403 when ``forbidden``."""
+
+    def __init__(self, message: str, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
+
+
+@dataclass(frozen=True)
+class Principal:
+    project: str
+    role: str
+    name: str = ""
+
+    def can(self, project: str, role: str) -> bool:
+        if self.project not in ("*", project):
+            return False
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def check(self, project: str, role: str) -> None:
+        if self.project not in ("*", project):
+            # Not 403: a token must not learn which other projects exist.
+            raise AuthError(f"this token has no access to project {project!r}", forbidden=True)
+        if ROLES.index(self.role) < ROLES.index(role):
+            raise AuthError(
+                f"this token's role is {self.role!r}; this needs {role!r}", forbidden=True
+            )
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(store: Store, project: str, role: str, name: str = "") -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    token = "pc_" + secrets.token_urlsafe(32)
+    with store.write() as conn:
+        conn.execute(
+            tokens.insert().values(
+                digest=_digest(token),
+                project=project,
+                role=role,
+                name=name,
+                created_at=time.time(),
+            )
+        )
+    return token
+
+
+def authenticate(store: Store, header: str | None) -> Principal:
+    if not header or not header.lower().startswith("bearer "):
+        raise AuthError(
+            "missing bearer token: send 'Authorization: Bearer <token>' (create one with "
+            "`papercrane token create --project P`)"
+        )
+    token = header[7:].strip()
+    with store.read() as conn:
+        row = conn.execute(
+            sa.select(tokens.c.project, tokens.c.role, tokens.c.name).where(
+                tokens.c.digest == _digest(token), tokens.c.revoked_at.is_(None)
+            )
+        ).first()
+    if row is None:
+        raise AuthError("unknown or revoked token")
+    return Principal(row.project, row.role, row.name)

@@ -1,0 +1,80 @@
+"""Listings the server's API needs, scoped to a project and domain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import Store
+from .schema import cache_entries, executions, tasks, tokens, workflows
+
+
+def _rows(store: Store, query: Any) -> list[dict[str, Any]]:
+    with store.read() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def list_tasks(store: Store, project: str, domain: str, limit: int = 100) -> list[dict[str, Any]]:
+    q = (
+        sa.select(tasks.c.version, tasks.c.name, tasks.c.created_at)
+        .where(tasks.c.project == project, tasks.c.domain == domain)
+        .order_by(tasks.c.created_at.desc())
+        .limit(limit)
+    )
+    return _rows(store, q)
+
+
+def list_workflows(
+    store: Store, project: str, domain: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    q = (
+        sa.select(workflows.c.version, workflows.c.name, workflows.c.created_at)
+        .where(workflows.c.project == project, workflows.c.domain == domain)
+        .order_by(workflows.c.created_at.desc())
+        .limit(limit)
+    )
+    return _rows(store, q)
+
+
+def list_cache(
+    store: Store, project: str, domain: str, task_name: str | None = None
+) -> list[dict[str, Any]]:
+    q = (
+        sa.select(cache_entries)
+        .where(cache_entries.c.project == project, cache_entries.c.domain == domain)
+        .order_by(cache_entries.c.created_at.desc())
+    )
+    if task_name:
+        q = q.where(cache_entries.c.task_name == task_name)
+    return _rows(store, q)
+
+
+def clear_cache(store: Store, project: str, domain: str, task_name: str | None = None) -> int:
+    q = cache_entries.delete().where(
+        cache_entries.c.project == project, cache_entries.c.domain == domain
+    )
+    if task_name:
+        q = q.where(cache_entries.c.task_name == task_name)
+    with store.write() as conn:
+        return conn.execute(q).rowcount
+
+
+def projects(store: Store) -> list[str]:
+    found: set[str] = set()
+    for table in (executions, tasks, tokens):
+        with store.read() as conn:
+            found.update(r[0] for r in conn.execute(sa.select(table.c.project).distinct()))
+    found.discard("*")
+    return sorted(found)
+
+
+def domains(store: Store, project: str) -> list[str]:
+    with store.read() as conn:
+        used = {
+            r[0]
+            for r in conn.execute(
+                sa.select(executions.c.domain).where(executions.c.project == project).distinct()
+            )
+        }
+    return sorted(used | {"development", "staging", "production"})
