@@ -267,7 +267,8 @@ class NodeState:
     cache_key: str = ""
     cache_source: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
-    display: str | None = None
+    references: dict[str, str] = field(default_factory=dict)
+    display: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     started_at: float | None = None
     ended_at: float | None = None

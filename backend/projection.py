@@ -76,6 +76,7 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
             "created_at": p.get("source_created_at", 0.0),
         }
         node.outputs = dict(p.get("outputs", {}))
+        node.references = dict(p.get("references", {}))
         node.display = p.get("display")
         node.status = Status.CACHED
         node.started_at = node.started_at or event.ts
@@ -90,6 +91,7 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
         node.logs.setdefault(event.attempt, {})[p["stream"]] = p["uri"]
     elif kind is K.ATTEMPT_SUCCEEDED:
         node.outputs = dict(p.get("outputs", {}))
+        node.references = dict(p.get("references", {}))
         node.display = p.get("display")
     elif kind is K.ATTEMPT_FAILED:
         error = ErrorInfo.from_dict(p["error"])

@@ -111,10 +111,18 @@ class Session:
 
     @property
     def engine(self) -> Any:
+        """The embedded engine, or the server's when ``PAPERCRANE_URL`` is set."""
         if self._engine is None:
-            from papercrane.backend.engine import LocalEngine
+            import os
 
-            self._engine = LocalEngine()
+            if os.environ.get("PAPERCRANE_URL"):
+                from papercrane.backend.client import RemoteEngine
+
+                self._engine = RemoteEngine.from_env(self.settings.project, self.settings.domain)
+            else:
+                from papercrane.backend.engine import LocalEngine
+
+                self._engine = LocalEngine()
         return self._engine
 
     def close(self) -> None:

@@ -44,6 +44,8 @@ def _upsert(conn: sa.Connection, table: sa.Table, row: dict[str, Any], keys: lis
     conn.execute(stmt)
 
 
+_WIDTH = {c: artifacts.c[c].type.length for c in ("preview", "python_type")}
+
 # The hot path's statements, built once: constructing a statement per call costs more
 # than executing it on SQLite.
 _INSERT_EXECUTION = executions.insert()
@@ -76,6 +78,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = db.create_engine(url)
         db.ensure_schema(self.engine)
+        # Every read is one statement, or several over immutable rows: on PostgreSQL
+        # they need no transaction, which saves a BEGIN and a ROLLBACK round trip each.
+        self._read_options: dict[str, Any] = (
+            {"isolation_level": "AUTOCOMMIT"} if self.engine.dialect.name == "postgresql" else {}
+        )
         self._local = threading.local()
         self._open: list[sa.Connection] = []
         self._lock = threading.Lock()
@@ -96,6 +103,8 @@ class Store:
             conn = self.engine.connect()
             if write:
                 conn = conn.execution_options(papercrane_write=True)
+            elif self._read_options:
+                conn = conn.execution_options(**self._read_options)
             setattr(self._local, attr, conn)
             with self._lock:
                 self._open.append(conn)
@@ -103,7 +112,8 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        """One write transaction, one writer at a time: ``BEGIN IMMEDIATE`` on SQLite,
+        an advisory lock on PostgreSQL (``db.py``)."""
         conn = self._conn(write=True)
         with conn.begin():
             yield conn
@@ -251,6 +261,11 @@ class Store:
     def put_artifacts(self, conn: sa.Connection, refs: Iterable[ArtifactRef]) -> None:
         now = time.time()
         rows = {r.id: {**r.to_dict(), "created_at": now} for r in refs}
+        for row in rows.values():
+            # Shown, never parsed; PostgreSQL enforces the column widths SQLite ignores.
+            for column in ("preview", "python_type"):
+                if len(row[column]) > _WIDTH[column]:
+                    row[column] = row[column][: _WIDTH[column] - 1] + "…"
         _insert_ignore(conn, artifacts, list(rows.values()))
 
     def artifact(self, artifact_id: str) -> ArtifactRef | None:
@@ -263,10 +278,10 @@ class Store:
         return ArtifactRef(**data)
 
     def artifacts_by_prefix(self, prefix: str, limit: int = 5) -> list[ArtifactRef]:
+        # Ids are lowercase hex; SQLite's LIKE ignores case and PostgreSQL's does not.
+        match = artifacts.c.id.startswith(prefix.lower(), autoescape=True)
         with self.read() as conn:
-            rows = conn.execute(
-                sa.select(artifacts).where(artifacts.c.id.startswith(prefix)).limit(limit)
-            ).all()
+            rows = conn.execute(sa.select(artifacts).where(match).limit(limit)).all()
         out = []
         for row in rows:
             data = dict(row._mapping)
@@ -306,7 +321,7 @@ class Store:
             rows = conn.execute(
                 sa.select(lineage)
                 .where(lineage.c.artifact_id == artifact_id)
-                .order_by(lineage.c.created_at)
+                .order_by(lineage.c.created_at, lineage.c.id)  # rows of one flush tie
             ).all()
         return [dict(r._mapping) for r in rows]
 

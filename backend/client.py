@@ -1,0 +1,479 @@
+"""The engine API over HTTP, for ``papercrane server``: what the magics and the CLI use
+when ``PAPERCRANE_URL`` (and ``PAPERCRANE_TOKEN``) are set.
+
+Values are serialized and fingerprinted here, uploaded once (only what the server lacks),
+and decoded here: the server only ever sees bytes and hashes. Runs are submitted and
+followed over server-sent events; an interrupt asks the server to abort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
+from .artifacts import typed_fingerprint, unserializable_error
+from .errors import (
+    ConfigError,
+    Conflict,
+    CorruptArtifact,
+    ExecutionAborted,
+    NotFound,
+    PapercraneError,
+    SystemError_,
+    TaskFailed,
+    UserError,
+    WorkflowFailed,
+)
+from .hashing import HashingReader, HashingWriter
+from .model import ArtifactRef, Event, EventKind, ExecutionState, Status, TaskSpec
+from .projection import apply
+from .serializers import CloudpickleSerializer, SerializerRegistry, preview, python_type_name
+from .workflow import WorkflowSpec
+
+_TERMINAL = (EventKind.EXECUTION_SUCCEEDED, EventKind.EXECUTION_FAILED, EventKind.EXECUTION_ABORTED)
+
+
+@dataclass
+class RemoteNode:
+    """What a notebook needs of a finished node: its outputs, loaded here."""
+
+    id: str
+    status: Status
+    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
+    display: dict[str, Any] | None = None
+
+
+@dataclass
+class RemoteResult:
+    execution: ExecutionState
+    nodes: dict[str, RemoteNode]
+
+
+class RemoteArtifacts:
+    """Fingerprints, presence checks and decoding, done on the client's side."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+        self.registry = SerializerRegistry()
+
+    def fingerprinter(self) -> Any:
+        from .fingerprint import Fingerprinter
+
+        return Fingerprinter(self.registry)
+
+    def intact(self, ref: ArtifactRef) -> bool:
+        return self.engine.find_artifact(ref.id) is not None
+
+    def load(self, ref: ArtifactRef, verify: bool = True) -> Any:
+        serializer = self.registry.get(ref.serializer)
+        with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
+            with self.engine._http.stream(
+                "GET", f"{self.engine._scope}/artifacts/{ref.id}/bytes"
+            ) as response:
+                self.engine._check(response)
+                for chunk in response.iter_bytes(1 << 20):
+                    spool.write(chunk)
+            spool.seek(0)
+            reader = HashingReader(spool)
+            value = serializer.load(reader)  # type: ignore[arg-type]
+            reader.drain()
+        if reader.hexdigest() != ref.hash:
+            raise CorruptArtifact(f"downloaded bytes of {ref.id} do not match their hash")
+        return value
+
+
+class RemoteEngine(EngineAPI):
+    unpickles = True  # decoding happens here, in the user's own process
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        project: str = "default",
+        domain: str = "development",
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.project = project
+        self.domain = domain
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, read=None),
+        )
+        self._scope = f"/api/v1/projects/{project}/domains/{domain}"
+        self.artifacts = RemoteArtifacts(self)
+        self._known: dict[str, ArtifactRef] = {}
+
+    @classmethod
+    def from_env(cls, project: str | None = None, domain: str | None = None) -> RemoteEngine:
+        url = os.environ.get("PAPERCRANE_URL", "")
+        token = os.environ.get("PAPERCRANE_TOKEN", "")
+        if not token:
+            raise ConfigError(
+                f"PAPERCRANE_URL is set ({url}) but PAPERCRANE_TOKEN is not; create a token "
+                "with `papercrane token create --project P` on the server and export it"
+            )
+        return cls(
+            url,
+            token,
+            project or os.environ.get("PAPERCRANE_PROJECT", "default"),
+            domain or os.environ.get("PAPERCRANE_DOMAIN", "development"),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        if response.is_stream_consumed is False:
+            response.read()
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)
+        status = response.status_code
+        where = f"papercrane server {self.url}"
+        if status in (401, 403):
+            raise ConfigError(f"{where} refused the token: {detail}")
+        if status == 404:
+            raise NotFound(detail)
+        if status == 409:
+            raise Conflict(detail)
+        if status < 500:
+            raise UserError(detail)
+        raise SystemError_(f"{where} failed ({status}): {detail}")
+
+    def _req(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ConfigError(
+                f"cannot reach the papercrane server at {self.url} ({exc}); check "
+                "PAPERCRANE_URL and that the server is running"
+            ) from None
+        self._check(response)
+        return response.json() if response.content else None
+
+    # -- registration and values ---------------------------------------------------------------
+    def register_task(self, spec: TaskSpec, project: str = "", domain: str = "") -> str:
+        body = {"spec": spec.to_dict()}
+        return self._req("POST", f"{self._scope}/tasks", json=body)["version"]
+
+    def register_workflow(self, spec: WorkflowSpec, project: str = "", domain: str = "") -> str:
+        body = {"spec": _workflow_body(spec)}
+        return self._req("POST", f"{self._scope}/workflows", json=body)["version"]
+
+    def find_artifact(self, artifact_id: str) -> ArtifactRef | None:
+        if not artifact_id:
+            return None
+        try:
+            data = self._req("GET", f"{self._scope}/artifacts/{artifact_id}")
+        except NotFound:
+            return None
+        return ArtifactRef.from_dict(data)
+
+    def artifact(self, artifact_id: str) -> ArtifactRef:
+        ref = self.find_artifact(artifact_id)
+        if ref is None:
+            raise NotFound(f"no artifact {artifact_id!r} in {self.project}/{self.domain}")
+        return ref
+
+    def put_value(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
+        """Serialize here; upload only if the server does not have the value yet."""
+        registry = self.artifacts.registry
+        serializer = registry.for_value(value)
+        with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
+            writer = HashingWriter(spool)
+            try:
+                serializer.dump(value, writer)  # type: ignore[arg-type]
+            except Exception as first:
+                if serializer.name == CloudpickleSerializer.name:
+                    raise unserializable_error(value, what, first) from None
+                serializer = registry.get(CloudpickleSerializer.name)
+                spool.seek(0)
+                spool.truncate()
+                writer = HashingWriter(spool)
+                try:
+                    serializer.dump(value, writer)  # type: ignore[arg-type]
+                except Exception as exc:
+                    raise unserializable_error(value, what, exc) from None
+            digest = writer.hexdigest()
+            if fingerprint is None:
+                fingerprint = (
+                    typed_fingerprint(serializer.name, digest)
+                    if serializer.deterministic
+                    else self.artifacts.fingerprinter().value(value)
+                )
+            known = self.find_artifact(fingerprint)
+            if known is not None:
+                return known
+            spool.seek(0)
+            params = {
+                "hash": digest,
+                "serializer": serializer.name,
+                "python_type": python_type_name(value)[:200],
+                "preview": preview(value)[:200],
+            }
+            data = self._req(
+                "PUT",
+                f"{self._scope}/artifacts/{fingerprint}",
+                params=params,
+                content=_chunks(spool),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(writer.size),
+                },
+            )
+        return ArtifactRef.from_dict(data)
+
+    def load(self, ref: ArtifactRef) -> Any:
+        return self.artifacts.load(ref)
+
+    # -- running --------------------------------------------------------------------------------
+    def submit_task(self, request: RunRequest) -> str:
+        if request.config.executor == "inline":
+            raise ConfigError(
+                "the inline executor runs in this kernel, but PAPERCRANE_URL sends tasks to "
+                "the server: use --executor local (it runs on the server) or unset PAPERCRANE_URL"
+            )
+        body: dict[str, Any] = {
+            "task": request.spec.to_dict(),
+            "config": request.config.to_dict(),
+            "inputs": {n: r.id for n, r in request.inputs.items()},
+            "declared_outputs": list(request.declared_outputs),
+            "max_parallel": request.max_parallel,
+            "sources": request.sources,
+        }
+        if request.map is not None:
+            body["map"] = request.map.to_dict()
+        return self._req("POST", f"{self._scope}/executions", json=body)["id"]
+
+    def submit_workflow(self, request: Any) -> str:
+        for n in request.spec.nodes:
+            if n.config.executor == "inline":
+                raise ConfigError(
+                    f"task {n.id!r} uses the inline executor, which runs in this kernel; "
+                    "with PAPERCRANE_URL set, use --executor local (it runs on the server)"
+                )
+        body = {
+            "workflow": _workflow_body(request.spec),
+            "params": {n: r.id for n, r in request.params.items()},
+            "max_parallel": request.max_parallel,
+            "failure_policy": request.failure_policy,
+            "sources": request.sources,
+        }
+        return self._req("POST", f"{self._scope}/executions", json=body)["id"]
+
+    def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
+        execution_id = self.submit_task(request)
+        state = self.follow(execution_id, listener)
+        result = self._result(state, request.want_values)
+        node = result.nodes[request.spec.name]
+        return RunResult(state, node.outputs, node.references, node.values, node.display)
+
+    def run_workflow(self, request: Any, listener: RunListener | None = None) -> RemoteResult:
+        execution_id = self.submit_workflow(request)
+        return self._result(self.follow(execution_id, listener), request.want_values)
+
+    def recover(
+        self,
+        execution_id: str,
+        listener: RunListener | None = None,
+        *,
+        max_parallel: int = 4,
+        want_values: bool = True,
+    ) -> RemoteResult:
+        new = self._req(
+            "POST",
+            f"/api/v1/executions/{execution_id}/recover",
+            json={"max_parallel": max_parallel},
+        )["id"]
+        return self._result(self.follow(new, listener), want_values)
+
+    def abort(self, execution_id: str) -> None:
+        self._req("POST", f"/api/v1/executions/{execution_id}/abort")
+
+    def follow(self, execution_id: str, listener: RunListener | None = None) -> ExecutionState:
+        """Stream the execution's events until it ends (reconnecting if the stream
+        drops). An interrupt here aborts the execution on the server."""
+        listener = listener or NullListener()
+        state = ExecutionState(id=execution_id)
+        try:
+            while True:
+                for kind, data in self._sse(execution_id, state.last_seq):
+                    if kind == "log":
+                        listener.on_log(data["stream"], data["text"])
+                    elif kind == "event":
+                        event = Event(
+                            data["execution_id"],
+                            EventKind(data["kind"]),
+                            data["node"],
+                            data["attempt"],
+                            data["payload"],
+                            data["ts"],
+                            data["seq"],
+                        )
+                        apply(state, event)
+                        listener.on_event(event, state)
+                    elif kind == "end":
+                        return state
+                if state.status.terminal and state.ended_at is not None:
+                    return state
+        except KeyboardInterrupt:
+            with contextlib.suppress(PapercraneError):
+                self.abort(execution_id)
+            raise ExecutionAborted(
+                f"execution {execution_id} was interrupted; the server was asked to abort it"
+            ) from None
+
+    def _sse(self, execution_id: str, after: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        path = f"/api/v1/executions/{execution_id}/stream"
+        try:
+            with self._http.stream("GET", path, params={"after": after}) as response:
+                self._check(response)
+                kind, data = "message", []
+                for line in response.iter_lines():
+                    if not line:
+                        if data:
+                            yield kind, json.loads("\n".join(data))
+                        kind, data = "message", []
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+        except httpx.TransportError:
+            return  # reconnect from the last event seen
+
+    def _result(self, state: ExecutionState, want_values: bool) -> RemoteResult:
+        if state.status is Status.ABORTED:
+            raise ExecutionAborted(f"execution {state.id} was aborted")
+        tops = {k: n for k, n in state.nodes.items() if "[" not in k and ":" not in k}
+        if state.status is Status.FAILED:
+            failed = [
+                (k, n.error.to_dict() if n.error else {})
+                for k, n in tops.items()
+                if n.status is Status.FAILED
+            ]
+            if not failed and state.error is not None:
+                failed = [("(execution)", state.error.to_dict())]
+            if state.kind == "task" and failed:
+                node, error = failed[0]
+                raise TaskFailed(
+                    f"task {node!r} failed: {error.get('type')}: {error.get('message')}",
+                    error.get("traceback", ""),
+                    state.id,
+                    error.get("type", ""),
+                    error.get("message", ""),
+                )
+            skipped = [k for k, n in tops.items() if n.status is Status.SKIPPED]
+            raise WorkflowFailed(state.id, failed or [("?", {})], skipped)
+        nodes = {}
+        for key, n in tops.items():
+            outputs = {name: self.artifact(aid) for name, aid in n.outputs.items()}
+            values = {name: self.load(ref) for name, ref in outputs.items()} if want_values else {}
+            nodes[key] = RemoteNode(key, n.status, outputs, dict(n.references), values, n.display)
+        return RemoteResult(state, nodes)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def execution(self, execution_id: str) -> ExecutionState:
+        state = ExecutionState(id=execution_id)
+        for event in self.events(execution_id):
+            apply(state, event)
+        if not state.created_at:
+            raise NotFound(f"no execution {execution_id!r}")
+        return state
+
+    def events(self, execution_id: str, after: int = 0) -> list[Event]:
+        rows = self._req(
+            "GET", f"/api/v1/executions/{execution_id}/events", params={"after": after}
+        )
+        return [
+            Event(
+                r["execution_id"],
+                EventKind(r["kind"]),
+                r["node"],
+                r["attempt"],
+                r["payload"],
+                r["ts"],
+                r["seq"],
+            )
+            for r in rows
+        ]
+
+    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+        params = {
+            "limit": limit,
+            **{k: v for k, v in filters.items() if v is not None and k in ("status", "before")},
+        }
+        return self._req("GET", f"{self._scope}/executions", params=params)["items"]
+
+    def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
+        response = self._http.get(
+            f"/api/v1/executions/{execution_id}/logs/{node}/{attempt}", params={"stream": stream}
+        )
+        self._check(response)
+        return response.text
+
+    def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:
+        return self._req("GET", f"{self._scope}/artifacts/{artifact_id}/lineage")
+
+    def has_lineage(self, artifact_id: str) -> bool:
+        try:
+            return self.lineage(artifact_id).get("producer") is not None
+        except NotFound:
+            return False
+
+    def workflow(self, version: str) -> WorkflowSpec:
+        data = self._req("GET", f"{self._scope}/workflows/{version}")["spec"]
+        tasks = {}
+        for n in data["nodes"]:
+            row = self._req("GET", f"{self._scope}/tasks/{n['task']}")
+            tasks[n["task"]] = TaskSpec.from_dict(row["spec"])
+        return WorkflowSpec.from_dict(data, tasks)
+
+    def cache_list(self, task_name: str | None = None) -> list[dict[str, Any]]:
+        return self._req(
+            "GET", f"{self._scope}/cache", params={"task": task_name} if task_name else {}
+        )
+
+    def cache_clear(self, task_name: str | None = None) -> int:
+        params = {"task": task_name} if task_name else {}
+        return self._req("DELETE", f"{self._scope}/cache", params=params)["cleared"]
+
+
+def _chunks(handle: Any) -> Iterator[bytes]:
+    while data := handle.read(1 << 20):
+        yield data
+
+
+def _workflow_body(spec: WorkflowSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "nodes": [
+            {
+                "id": n.id,
+                "task": n.task.to_dict(),
+                "config": n.config.to_dict(),
+                "bindings": {k: b.to_dict() for k, b in n.bindings.items()},
+                "map": n.map.to_dict() if n.map else None,
+                "declared_outputs": list(n.declared_outputs),
+                "cell_id": n.cell_id,
+            }
+            for n in spec.nodes
+        ],
+    }
