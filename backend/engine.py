@@ -183,7 +183,11 @@ class LocalEngine(EngineAPI):
 
     # -- values ---------------------------------------------------------------------------
     def put_value(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
-        return self.artifacts.put(value, what, fingerprint)
+        """Store a value (bytes in storage, a row in the store), findable by its id."""
+        ref = self.artifacts.put(value, what, fingerprint)
+        if ref.id not in self._recorded:
+            self.register_artifacts([ref])
+        return ref
 
     def register_artifacts(self, refs: list[ArtifactRef]) -> None:
         """Record stored values (an upload) so executions can name them."""

@@ -452,7 +452,7 @@ class WorkflowRun:
             )
             return
         element_refs = [
-            self.engine.put_value(element, f"element {i} of {m.over!r}")
+            self.engine.artifacts.put(element, f"element {i} of {m.over!r}")
             for i, element in enumerate(elements)
         ]
         self._elements(run, inputs, element_refs, all_values, elements)
@@ -867,7 +867,7 @@ class WorkflowRun:
                 else:
                     collected[n].append(self.engine.artifacts.load(result.outputs[n], verify=False))
         outputs = {
-            n: self.engine.put_value(v, f"collected output {n!r} of {run.id!r}")
+            n: self.engine.artifacts.put(v, f"collected output {n!r} of {run.id!r}")
             for n, v in collected.items()
         }
         self._map_finish(run, outputs, collected)

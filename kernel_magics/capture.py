@@ -50,6 +50,10 @@ class Captured:
     deleted: set[str]
     declared_outputs: tuple[str, ...]
     display_last: bool
+    #: The cell's top-level import statements and the names they bind: batch mode runs
+    #: them in the notebook at once, so later cells see modules, not pending outputs.
+    import_lines: tuple[str, ...] = ()
+    import_names: frozenset[str] = frozenset()
 
 
 def split_names(text: str | None, flag: str) -> list[str] | None:
@@ -186,7 +190,21 @@ def capture(
         deleted=analysis.deleted,
         declared_outputs=tuple(outputs or ()),
         display_last=analysis.last_expr,
+        **_top_level_imports(transformed),
     )
+
+
+def _top_level_imports(source: str) -> dict[str, Any]:
+    import ast
+
+    lines, names = [], set()
+    for stmt in ast.parse(source).body:
+        if isinstance(stmt, ast.Import) or (isinstance(stmt, ast.ImportFrom) and not stmt.level):
+            lines.append(ast.unparse(stmt))
+            for alias in stmt.names:
+                if alias.name != "*":
+                    names.add(alias.asname or alias.name.partition(".")[0])
+    return {"import_lines": tuple(lines), "import_names": frozenset(names)}
 
 
 def _inferred_inputs(

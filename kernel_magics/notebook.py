@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -82,7 +83,7 @@ class NotebookWorkflow:
     def pending_outputs(self) -> frozenset[str]:
         names: set[str] = set()
         for rec in self.pending:
-            names.update(rec.spec.outputs)
+            names.update(n for n in rec.spec.outputs if n not in rec.import_names)
         return frozenset(names)
 
     def defer(self, rec: CellRecord) -> None:
@@ -95,6 +96,12 @@ class NotebookWorkflow:
                     self.flush()
                     break
         self.pending = [p for p in self.pending if p.key != rec.key] + [rec]
+        # Modules the cell imports at top level are bound now, as the flush would: later
+        # cells then capture them as imports (as interactively), not as pending data.
+        for line in rec.import_lines:
+            # (if the import fails here, the task itself reports it when it runs)
+            with contextlib.suppress(ImportError):
+                exec(line, self.session.shell.user_ns)
         if not self._atexit:
             atexit.register(self._flush_at_exit)
             self._atexit = True

@@ -83,6 +83,8 @@ class CellRecord:
     inputs: dict[str, ArtifactRef]
     values: dict[str, Any] = field(repr=False, default_factory=dict)
     deleted: frozenset[str] = frozenset()
+    import_lines: tuple[str, ...] = ()
+    import_names: frozenset[str] = frozenset()
     last_execution: str = ""
     last_status: str = "none"
     last_cache: str = ""
@@ -229,6 +231,8 @@ class Session:
             inputs=inputs,
             values=dict(cap.values),
             deleted=frozenset(cap.deleted),
+            import_lines=cap.import_lines,
+            import_names=cap.import_names,
         )
         self.records[key] = rec
         return rec

@@ -1,0 +1,174 @@
+"""One contract, three engines: the embedded engine on SQLite, and the HTTP client
+against a real ``papercrane server`` process on SQLite and on PostgreSQL.
+
+Everything here uses the ``local`` executor (a subprocess per attempt), which both the
+embedded engine and the server run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papercrane.backend.api import RunRequest
+from papercrane.backend.config import Config
+from papercrane.backend.engine import LocalEngine, WorkflowRequest
+from papercrane.backend.errors import NotFound, TaskFailed, UserError, WorkflowFailed
+from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
+from papercrane.backend.workflow import CellTask, MapSpec, assemble
+
+from ..server_fixture import ServerProcess
+
+PROJECT = "contract"
+
+
+@pytest.fixture(scope="module", params=["embedded", "server-sqlite", "server-postgres"])
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    home = tmp_path_factory.mktemp(request.param)
+    if request.param == "embedded":
+        e = LocalEngine(Config(home=home, project=PROJECT))
+        yield e
+        e.close()
+        return
+    db_url = ""
+    databases = None
+    if request.param == "server-postgres":
+        databases = request.getfixturevalue("pg_databases")
+        db_url = databases.create()
+    from papercrane.backend.client import RemoteEngine
+
+    server = ServerProcess(home, db_url).start()
+    client = RemoteEngine(server.url, server.token(PROJECT), PROJECT)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        if databases is not None:
+            databases.drop(db_url)
+
+
+def task(name: str, code: str, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ("y",)):
+    return TaskSpec(name=name, code=code, inputs=inputs, outputs=outputs)
+
+
+def run(engine: Any, spec: TaskSpec, values: dict[str, Any], **config: Any):
+    refs = {n: engine.put_value(v, f"input {n!r}") for n, v in values.items()}
+    return engine.run_task(
+        RunRequest(
+            spec=spec,
+            config=TaskConfig(executor="local", **config),
+            inputs=refs,
+            values=values,
+            project=PROJECT,
+        )
+    )
+
+
+def test_values_round_trip(engine: Any) -> None:
+    import numpy as np
+
+    for value in ({"a": [1, 2]}, (1, "two", 3.0), np.arange(12).reshape(3, 4), "text", b"\x00b"):
+        ref = engine.put_value(value, "a value")
+        back = engine.load(engine.artifact(ref.id))
+        if isinstance(value, np.ndarray):
+            assert (back == value).all() and back.dtype == value.dtype
+        else:
+            assert back == value
+        assert engine.find_artifact(ref.id) == ref
+    assert engine.find_artifact("0" * 64) is None
+    with pytest.raises(NotFound):
+        engine.artifact("0" * 64)
+
+
+def test_run_a_task_and_read_its_record(engine: Any) -> None:
+    result = run(engine, task("double", "print('hello')\ny = x * 2", ("x",)), {"x": 21})
+    assert result.values == {"y": 42}
+    state = engine.execution(result.execution.id)
+    assert state.status is Status.SUCCEEDED
+    kinds = [e.kind for e in engine.events(state.id)]
+    assert kinds[0] is EventKind.EXECUTION_CREATED and kinds[-1] is EventKind.EXECUTION_SUCCEEDED
+    assert engine.logs(state.id, "double", 1) == "hello\n"
+    assert state.id in [r["id"] for r in engine.list_executions(limit=100)]
+
+
+def test_cache_hits_the_second_time(engine: Any) -> None:
+    spec = task("cached", "y = x + 1", ("x",))
+    first = run(engine, spec, {"x": 1}, cache=True)
+    second = run(engine, spec, {"x": 1}, cache=True)
+    assert second.execution.status is Status.CACHED and second.values == {"y": 2}
+    node = second.execution.nodes["cached"]
+    assert node.cache_source["execution_id"] == first.execution.id
+
+
+def test_failure_keeps_the_users_traceback(engine: Any) -> None:
+    with pytest.raises(TaskFailed) as info:
+        run(engine, task("broken", "a = 1\ny = a / x", ("x",)), {"x": 0}, retries=1)
+    assert (
+        "ZeroDivisionError" in info.value.traceback_text and "line 3" in info.value.traceback_text
+    )
+    state = engine.execution(info.value.execution_id)
+    assert state.status is Status.FAILED and state.nodes["broken"].attempt == 2
+
+
+def test_workflow_with_a_map(engine: Any) -> None:
+    cells = [
+        CellTask(
+            task("sq", "out = (item[0] ** 2,)", ("item",), ("out",)),
+            TaskConfig(executor="local"),
+            map=MapSpec("items", "item"),
+        ),
+        CellTask(
+            task("total", "answer = sum(o[0] for o in out)", ("out",), ("answer",)),
+            TaskConfig(executor="local"),
+        ),
+    ]
+    spec = assemble("contract-map", cells)
+    items = [(1,), (2,), (3,)]
+    request = WorkflowRequest(
+        spec=spec,
+        params={"items": engine.put_value(items, "items")},
+        param_values=None,
+        project=PROJECT,
+        max_parallel=2,
+    )
+    result = engine.run_workflow(request)
+    assert result.nodes["total"].values == {"answer": 14}
+    assert result.nodes["sq"].values == {"out": [(1,), (4,), (9,)]}
+    tree = engine.lineage(result.nodes["total"].outputs["answer"].id)
+    assert tree["producer"]["task_name"] == "total"
+    assert tree["inputs"][0]["producer"]["task_name"] == "sq"
+
+
+def test_recover_runs_only_what_failed(engine: Any, tmp_path: Path) -> None:
+    log, flag = tmp_path / "ran.log", tmp_path / "flag"
+    note = "with open({!r}, 'a') as f:\n    f.write('{}\\n')\n"
+    cells = [
+        CellTask(
+            task("a", note.format(str(log), "a") + "x = 1", (), ("x",)),
+            TaskConfig(executor="local"),
+        ),
+        CellTask(
+            task(
+                "b",
+                note.format(str(log), "b")
+                + f"import os\nassert os.path.exists({str(flag)!r})\ny = x + 1",
+                ("x",),
+            ),
+            TaskConfig(executor="local"),
+        ),
+    ]
+    request = WorkflowRequest(spec=assemble("contract-recover", cells), params={}, project=PROJECT)
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(request)
+    flag.write_text("ok")
+    result = engine.recover(failed.value.execution_id)
+    assert log.read_text().split() == ["a", "b", "b"]
+    assert result.nodes["b"].values == {"y": 2}
+    with pytest.raises(UserError, match="nothing to recover"):
+        engine.recover(result.execution.id)

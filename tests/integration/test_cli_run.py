@@ -1,0 +1,385 @@
+"""``papercrane run NOTEBOOK`` end to end: the real CLI in a subprocess, real papermill,
+real kernels and the real subprocess runner, each test on its own PAPERCRANE_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+# -- helpers ------------------------------------------------------------------------------
+def papercrane(
+    home: Path, *args: str, cwd: Path | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``papercrane`` command line in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env["PAPERCRANE_HOME"] = str(home)
+    env["COLUMNS"] = "200"  # rich wraps messages at the console width
+    return subprocess.run(
+        [sys.executable, "-m", "papercrane.backend.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def as_json(home: Path, *args: str) -> Any:
+    return json.loads(ok(papercrane(home, *args, "--json")).stdout)
+
+
+def write_notebook(path: Path, *cells: str | tuple[str, list[str]]) -> Path:
+    """A notebook of code cells; ``(source, tags)`` for a tagged cell."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    for cell in cells:
+        source, tags = cell if isinstance(cell, tuple) else (cell, [])
+        code = nbformat.v4.new_code_cell(source)
+        if tags:
+            code.metadata["tags"] = tags
+        nb.cells.append(code)
+    nbformat.write(nb, path)
+    return path
+
+
+def printed(nb: nbformat.NotebookNode) -> str:
+    """Everything the notebook's code cells printed or displayed as text."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def executions(home: Path) -> list[dict[str, Any]]:
+    """Every execution in the home, oldest first."""
+    return list(reversed(as_json(home, "executions", "list", "--limit", "1000")))
+
+
+def counts(log: Path) -> dict[str, int]:
+    """How many times each task's code ran, from the lines the tasks append to ``log``."""
+    found: dict[str, int] = {}
+    if log.exists():
+        for line in log.read_text().split():
+            found[line] = found.get(line, 0) + 1
+    return found
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "papercrane-home"
+    path.mkdir()
+    return path
+
+
+# A task that records that its code ran: one line in the log per run.
+def _mark(name: str) -> str:
+    return f"with open(log_path, 'a') as _log:\n    _log.write({name!r} + '\\n')\n"
+
+
+# -- the branches example -----------------------------------------------------------------
+def test_branches_example_runs_in_batch(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "branches.out.ipynb"
+    result = ok(papercrane(home, "run", str(NOTEBOOKS / "branches.ipynb"), "-o", str(out)))
+    assert "wrote" in result.stderr
+    nb = nbformat.read(out, as_version=4)
+    assert not [c for c in nb.cells if "papercrane-flush" in c.metadata.get("tags", [])]
+    assert not [c for c in nb.cells if "%workflow flush" in c.source]
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code_cells)
+    assert "'units_per_price_step': -" in printed(nb)  # the last cell printed the report
+    rows = executions(home)
+    assert rows, "papercrane run recorded no execution"
+    assert {r["name"] for r in rows} == {"branches"}
+    assert {r["kind"] for r in rows} == {"workflow"}
+    # The first one ran the tasks; the notebook's own `%workflow run` found them cached.
+    assert [r["status"] for r in rows] == ["succeeded", "cached"]
+    first = as_json(home, "executions", "show", rows[0]["id"])
+    assert first["nodes"].keys() == {"load", "trend", "price_effect", "stats", "combine"}
+    assert {n["status"] for n in first["nodes"].values()} == {"succeeded"}
+
+
+def test_second_run_executes_no_task_code(home: Path, tmp_path: Path) -> None:
+    log = tmp_path / "ran.log"
+    src = write_notebook(
+        tmp_path / "twice.ipynb",
+        "%load_ext papercrane",
+        (f"log_path = {str(log)!r}\nsize = 5", ["parameters"]),
+        "%%task numbers --cache\n" + _mark("numbers") + "numbers = list(range(size))",
+        "%%task squares --cache\n" + _mark("squares") + "squares = [n * n for n in numbers]",
+        "%%task cubes --cache\n" + _mark("cubes") + "cubes = [n ** 3 for n in numbers]",
+        "%%task total --cache\n" + _mark("total") + "total = sum(squares) + sum(cubes)",
+        "print('total is', total)",
+    )
+    for i in (1, 2):
+        out = tmp_path / f"twice.{i}.ipynb"
+        ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+        assert "total is 130" in printed(nbformat.read(out, as_version=4))
+        assert counts(log) == {"numbers": 1, "squares": 1, "cubes": 1, "total": 1}
+    rows = executions(home)
+    assert [r["status"] for r in rows] == ["succeeded", "cached"]
+    second = as_json(home, "executions", "show", rows[-1]["id"])
+    assert {n: s["status"] for n, s in second["nodes"].items()} == dict.fromkeys(
+        ["numbers", "squares", "cubes", "total"], "cached"
+    )
+
+
+def test_fanout_example_in_batch_then_all_elements_cached(home: Path, tmp_path: Path) -> None:
+    """A --map node under batch mode, `%lineage` of a deferred task's output (it runs the
+    pending tasks first), and a second run where every element is a cache hit."""
+    for i in (1, 2):
+        out = tmp_path / f"fanout.{i}.ipynb"
+        ok(papercrane(home, "run", str(NOTEBOOKS / "fanout.ipynb"), "-o", str(out), "-q"))
+        text = printed(nbformat.read(out, as_version=4))
+        assert "best: {'degree': 3" in text
+        assert "best = {'degree': 3" in text  # the %lineage widget
+        assert "<- score @" in text and "<- make_data @" in text
+    rows = executions(home)
+    assert [r["status"] for r in rows] == ["succeeded", "cached"]
+    second = as_json(home, "executions", "show", rows[-1]["id"])
+    elements = {n: s for n, s in second["nodes"].items() if n.startswith("score[")}
+    assert len(elements) == 12
+    assert {s["status"] for s in elements.values()} == {"cached"}
+
+
+# -- parallelism ----------------------------------------------------------------------------
+def _node_times(home: Path, execution_id: str) -> dict[str, tuple[float, float]]:
+    """(first attempt started, node finished) for each node, from the events."""
+    data = as_json(home, "executions", "show", execution_id, "--events")
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for event in data["events"]:
+        if event["kind"] == "attempt_started":
+            starts.setdefault(event["node"], event["ts"])
+        elif event["kind"] == "node_succeeded":
+            ends[event["node"]] = event["ts"]
+    return {node: (starts[node], ends[node]) for node in ends}
+
+
+def test_independent_tasks_overlap_in_time(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "parallel.ipynb",
+        "%load_ext papercrane",
+        "%%task left\nimport time\ntime.sleep(1.5)\nleft = 'L'",
+        "%%task right\nimport time\ntime.sleep(1.5)\nright = 'R'",
+        "both = left + right\nprint(both)",
+    )
+    out = tmp_path / "parallel.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    assert "LR" in printed(nbformat.read(out, as_version=4))
+    (row,) = executions(home)
+    times = _node_times(home, row["id"])
+    (l0, l1), (r0, r1) = times["left"], times["right"]
+    assert l1 - l0 >= 1.5 and r1 - r0 >= 1.5
+    overlap = min(l1, r1) - max(l0, r0)
+    span = max(l1, r1) - min(l0, r0)
+    # One after the other they would take 3 s or more, with no overlap.
+    assert overlap > 1.0, times
+    assert span < 2.6, times
+
+
+# -- parameters and bad input ---------------------------------------------------------------
+def _param_notebook(tmp_path: Path) -> Path:
+    return write_notebook(
+        tmp_path / "params.ipynb",
+        "%load_ext papercrane",
+        ("factor = 2\nlabel = 'x'", ["parameters"]),
+        "%%task scaled --cache\nscaled = factor * 21\ntitle = f'{label}={scaled}'",
+        "print('result:', title)",
+    )
+
+
+def test_parameters_reach_tasks(home: Path, tmp_path: Path) -> None:
+    src = _param_notebook(tmp_path)
+    out = tmp_path / "params.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q", "-p", "factor", "3"))
+    assert "result: x=63" in printed(nbformat.read(out, as_version=4))
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q", "-p", "label", "answer"))
+    assert "result: answer=42" in printed(nbformat.read(out, as_version=4))
+    (first, second) = executions(home)
+    shown = as_json(home, "executions", "show", first["id"])
+    assert shown["nodes"]["scaled"]["status"] == "succeeded"
+
+
+def test_unknown_parameter_names_the_known_ones(home: Path, tmp_path: Path) -> None:
+    src = _param_notebook(tmp_path)
+    result = papercrane(home, "run", str(src), "-q", "-p", "nope", "1")
+    assert result.returncode != 0
+    assert "nope" in result.stderr
+    assert "factor" in result.stderr and "label" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert executions(home) == []  # refused before any kernel started
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["this is { not json", '{"cells": 3, "metadata": {}}', "[1, 2, 3]"],
+    ids=["not-json", "not-nbformat", "json-list"],
+)
+def test_invalid_notebook_file(home: Path, tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text(content)
+    result = papercrane(home, "run", str(bad), "-q")
+    assert result.returncode != 0
+    assert "bad.ipynb is not a valid notebook" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_notebook_file(home: Path, tmp_path: Path) -> None:
+    result = papercrane(home, "run", str(tmp_path / "nowhere.ipynb"), "-q")
+    assert result.returncode != 0
+    assert "nowhere.ipynb: no such notebook" in result.stderr
+
+
+def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "twice.ipynb",
+        "%load_ext papercrane",
+        "%%task twin\nx = 1",
+        "y = 0",
+        "%%task twin\nx = 2",
+    )
+    result = papercrane(home, "run", str(src), "-q")
+    assert result.returncode != 0
+    assert "'twin'" in result.stderr
+    assert "cell 2 and cell 4" in result.stderr, result.stderr
+    assert executions(home) == []
+
+
+def test_failing_plain_cell_is_reported(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "plain.ipynb",
+        "%load_ext papercrane",
+        "%%task value\nvalue = 41",
+        "assert value == 42, f'value is {value}'",
+    )
+    result = papercrane(home, "run", str(src), "-q")
+    assert result.returncode == 1
+    assert "the notebook failed: AssertionError: value is 41" in result.stderr, result.stderr
+    assert "assert value == 42" in result.stderr  # the cell
+
+
+def test_papercrane_error_in_a_cell_is_reported(home: Path, tmp_path: Path) -> None:
+    """IPython shows a UsageError on stderr, not as an error output: papermill only knows
+    that the cell failed, so the CLI reads the message from the cell."""
+    src = write_notebook(tmp_path / "usage.ipynb", "%load_ext papercrane", "%lineage nothing_here")
+    result = papercrane(home, "run", str(src), "-q")
+    assert result.returncode == 1
+    assert "there is no variable 'nothing_here'" in result.stderr, result.stderr
+    assert "%lineage nothing_here" in result.stderr
+
+
+def test_deferred_task_uses_a_module_an_earlier_deferred_task_imported(
+    home: Path, tmp_path: Path
+) -> None:
+    src = write_notebook(
+        tmp_path / "modules.ipynb",
+        "%load_ext papercrane",
+        "%%task radius\nimport math\nr = 2.0",
+        "%%task area\narea = round(math.pi * r ** 2, 2)",
+        "print('area', area)",
+    )
+    out = tmp_path / "modules.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    assert "area 12.57" in printed(nbformat.read(out, as_version=4))
+
+
+# -- a failing task, then recover -----------------------------------------------------------
+def test_failing_task_then_recover_runs_only_what_failed(home: Path, tmp_path: Path) -> None:
+    log = tmp_path / "ran.log"
+    flag = tmp_path / "ready.flag"
+    src = write_notebook(
+        tmp_path / "fails.ipynb",
+        "%load_ext papercrane",
+        (f"log_path = {str(log)!r}\nflag_path = {str(flag)!r}", ["parameters"]),
+        "%%task extract\n" + _mark("extract") + "rows = [3, 1, 2]",
+        "%%task validate\n"
+        + _mark("validate")
+        + "import os\n"
+        + "if not os.path.exists(flag_path):\n"
+        + "    raise RuntimeError(f'the flag file {flag_path} is missing')\n"
+        + "clean = sorted(rows)",
+        "%%task publish\n" + _mark("publish") + "published = ','.join(map(str, clean))",
+        "print('published', published)",
+    )
+    result = papercrane(home, "run", str(src), "-o", str(tmp_path / "out.ipynb"), "-q")
+    assert result.returncode == 1, result.stderr
+    err = result.stderr
+    assert "task 'validate' failed" in err
+    assert "attempt 1" in err
+    assert "raise RuntimeError(f'the flag file {flag_path} is missing')" in err  # user's line
+    assert f"RuntimeError: the flag file {flag} is missing" in err
+    assert counts(log) == {"extract": 1, "validate": 1}
+    (failed,) = executions(home)
+    assert failed["status"] == "failed"
+    assert f"papercrane recover {failed['id']}" in err
+
+    flag.write_text("ok")  # fix the cause
+    recovered = as_json(home, "recover", failed["id"])
+    assert recovered["status"] == "succeeded"
+    assert recovered["recovered_from"] == failed["id"]
+    assert recovered["nodes"] == {
+        "extract": "recovered",
+        "validate": "succeeded",
+        "publish": "succeeded",
+    }
+    # extract's output was reused, not recomputed; the failed node and the one it held
+    # up ran once more.
+    assert counts(log) == {"extract": 1, "validate": 2, "publish": 1}
+    again = papercrane(home, "recover", recovered["id"], "--json")
+    assert again.returncode != 0 and "nothing to recover" in again.stderr
+
+
+# -- lineage --------------------------------------------------------------------------------
+def test_lineage_of_a_three_step_chain(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "chain.ipynb",
+        "%load_ext papercrane",
+        ("start = 4", ["parameters"]),
+        "%%task first --cache\nx = start + 1",
+        "%%task second --cache\ny = x * 10",
+        "%%task third --cache\nz = y - 8",
+        "print('z =', z)",
+    )
+    out = tmp_path / "chain.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    assert "z = 42" in printed(nbformat.read(out, as_version=4))
+    (row,) = executions(home)
+    shown = as_json(home, "executions", "show", row["id"])
+    artifact = shown["nodes"]["third"]["outputs"]["z"]
+    tree = as_json(home, "lineage", artifact)
+
+    chain = []
+    node = tree
+    while node is not None and node.get("producer"):
+        chain.append((node["name"], node["producer"]["task_name"]))
+        assert node["producer"]["execution_id"] == row["id"]
+        upstream = [i for i in node["inputs"] if i.get("producer")]
+        assert len(upstream) <= 1
+        node = upstream[0] if upstream else None
+    assert chain == [("z", "third"), ("y", "second"), ("x", "first")]
+    # The chain ends at the parameter the first task read.
+    first = tree["inputs"][0]["inputs"][0]
+    assert [(i["name"], i["artifact"]["preview"]) for i in first["inputs"]] == [("start", "4")]
