@@ -43,8 +43,16 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = {**os.environ, "PAPERCRANE_HOME": str(self.home)}
         db = ["--db", self.db_url] if self.db_url else []
-        cmd = [sys.executable, "-m", "papercrane.backend.cli", "server",
-               "--port", str(self.port), *db, *self.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "papercrane.backend.cli",
+            "server",
+            "--port",
+            str(self.port),
+            *db,
+            *self.extra,
+        ]
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -52,8 +60,11 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
-                r = httpx.get(f"{self.url}/api/v1/whoami",
-                              headers={"Authorization": f"Bearer {self.admin}"}, timeout=1)
+                r = httpx.get(
+                    f"{self.url}/api/v1/whoami",
+                    headers={"Authorization": f"Bearer {self.admin}"},
+                    timeout=1,
+                )
                 if r.status_code == 200:
                     return self
             except httpx.HTTPError:
