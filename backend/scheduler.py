@@ -326,6 +326,8 @@ class WorkflowRun:
                 self._run_here(inline)
             elif self.in_flight:
                 self._collect(block=True)
+            elif self.queued and gate is not None:
+                time.sleep(_ROUND / 5)  # every slot on the server is taken: wait for one
             else:
                 break  # nothing running and nothing that can start: done
             self._collect(block=False)
@@ -993,6 +995,14 @@ class WorkflowRun:
 
     # -- the end --------------------------------------------------------------------------
     def _finish(self) -> WorkflowResult:
+        for run in self.nodes.values():
+            if not run.status.terminal:  # a scheduling bug must not pass for success
+                self._fail_node(
+                    run,
+                    system_error(
+                        f"node {run.id!r} was left {run.status.value} when the execution ended"
+                    ),
+                )
         failed = [r for r in self.nodes.values() if r.status is Status.FAILED]
         if failed:
             first = failed[0].error or {}

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO
+from typing import IO, Any
 
 from ..errors import ConfigError
 from ..runner import AttemptResult, system_error
@@ -32,6 +32,23 @@ def _pump(stream: IO[bytes], name: str, out: queue.Queue) -> None:
             out.put((name, tail))
     finally:
         out.put((name, None))
+
+
+def _die_with_parent() -> Any:
+    """A pre-exec hook for the child: on Linux, be killed when the process that started
+    it dies (a kernel or a server killed with SIGKILL must not leave attempts running).
+    libc is loaded here, in the parent: the child, forked from a threaded process, only
+    makes the one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sig = int(signal.SIGKILL)
+    return lambda: prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -83,6 +100,7 @@ class LocalExecutor(Executor):
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            preexec_fn=_die_with_parent(),
         )
         lines: queue.Queue = queue.Queue()
         pumps = [
