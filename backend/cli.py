@@ -25,11 +25,19 @@ class _Ctx:
 
     @property
     def engine(self) -> Any:
+        """The server's engine when PAPERCRANE_URL is set, else the embedded one."""
         if self._engine is None:
-            from .engine import LocalEngine
+            import os
 
-            overrides = {"home": Path(home)} if (home := self.home) else {}
-            self._engine = LocalEngine(Config.from_env(**overrides))
+            if os.environ.get("PAPERCRANE_URL"):
+                from .client import RemoteEngine
+
+                self._engine = RemoteEngine.from_env()
+            else:
+                from .engine import LocalEngine
+
+                overrides = {"home": Path(home)} if (home := self.home) else {}
+                self._engine = LocalEngine(Config.from_env(**overrides))
         return self._engine
 
 

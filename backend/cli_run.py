@@ -45,11 +45,11 @@ def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
             )
 
 
-def _prepared_copy(path: Path) -> Path:
+def _prepared_copy(path: Path, detach: bool) -> Path:
     import nbformat
 
     nb = read_notebook(path)
-    cell = nbformat.v4.new_code_cell("%workflow flush")
+    cell = nbformat.v4.new_code_cell("%workflow flush" + (" --detach" if detach else ""))
     cell.metadata["tags"] = [_FLUSH_TAG]
     nb.cells.append(cell)  # type: ignore[attr-defined]
     handle, name = tempfile.mkstemp(suffix=".ipynb", prefix=f".{path.stem}-", dir=path.parent)
@@ -141,20 +141,33 @@ def run_notebook(
     home: str | None,
     max_parallel: int | None,
     quiet: bool,
+    remote: bool = False,
+    detach: bool = False,
 ) -> int:
     import papermill
     from rich.console import Console
     from rich.live import Live
 
-    from .engine import LocalEngine
-
     console = Console(stderr=True)
     path = Path(notebook).resolve()
     flow = notebook_workflow(path)
     check_params(flow, params)
-    overrides = {"home": Path(home)} if home else {}
-    engine = LocalEngine(Config.from_env(**overrides))
-    prepared = _prepared_copy(path)
+    if (remote or detach) and not os.environ.get("PAPERCRANE_URL"):
+        raise UserError(
+            "--remote and --detach run the tasks on a papercrane server: set PAPERCRANE_URL "
+            "(and PAPERCRANE_TOKEN) to its address"
+        )
+    if os.environ.get("PAPERCRANE_URL"):
+        from .client import RemoteEngine
+
+        engine: Any = RemoteEngine.from_env(project, domain)
+        console.print(f"tasks run on {engine.url} (project {project}, domain {domain})")
+    else:
+        from .engine import LocalEngine
+
+        overrides = {"home": Path(home)} if home else {}
+        engine = LocalEngine(Config.from_env(**overrides))
+    prepared = _prepared_copy(path, detach)
     out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
     env_before = dict(os.environ)
     os.environ.update(
@@ -209,6 +222,10 @@ def run_notebook(
     if not failure:
         if output:
             console.print(f"wrote {out}")
+        if detach:  # what still runs on the server, one id per line on stdout
+            for state in progress.states.values():
+                if not state.status.terminal:
+                    click.echo(f"{state.id} {engine.url}/api/v1/executions/{state.id}")
         return 0
     _report(console, failure[0], progress, out)
     if output and out.exists():
@@ -282,6 +299,16 @@ def register(main: click.Group) -> None:
     @click.option("--domain", default=None, help="domain (default: $PAPERCRANE_DOMAIN)")
     @click.option("--max-parallel", type=int, default=None, help="tasks at the same time")
     @click.option("-q", "--quiet", is_flag=True, help="no progress display")
+    @click.option(
+        "--remote",
+        is_flag=True,
+        help="run the tasks on the server at $PAPERCRANE_URL (an error if unset)",
+    )
+    @click.option(
+        "--detach",
+        is_flag=True,
+        help="with a server: submit the final workflow and return without waiting",
+    )
     @click.pass_obj
     def run(
         obj: Any,
@@ -292,6 +319,8 @@ def register(main: click.Group) -> None:
         domain: str | None,
         max_parallel: int | None,
         quiet: bool,
+        remote: bool,
+        detach: bool,
     ) -> None:
         """Run NOTEBOOK's workflow in batch and write the executed notebook.
 
@@ -309,5 +338,7 @@ def register(main: click.Group) -> None:
             obj.home,
             max_parallel,
             quiet,
+            remote,
+            detach,
         )
         raise SystemExit(code)

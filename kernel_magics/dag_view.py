@@ -154,12 +154,13 @@ def _layer(
             preds[e.target].append(e.source)
             succs[e.source].append(e.target)
     indeg = {nid: len(p) for nid, p in preds.items()}
-    layer: dict[str, int] = {}
+    depth = dict.fromkeys(order, 0)  # longest path seen so far; final once the node is popped
+    done: set[str] = set()
     queue = deque(nid for nid in order if indeg[nid] == 0)
     cycle: list[str] = []
-    while len(layer) < len(order):
+    while len(done) < len(order):
         if not queue:
-            remaining = {nid for nid in order if nid not in layer}
+            remaining = {nid for nid in order if nid not in done}
             found = _find_cycle(remaining, preds, order)
             if strict:
                 raise ValueError(
@@ -172,13 +173,17 @@ def _layer(
             indeg[forced] = 0
             queue.append(forced)
         nid = queue.popleft()
-        if nid in layer:
+        if nid in done:
             continue
-        layer[nid] = max((layer[p] + 1 for p in preds[nid] if p in layer), default=0)
-        for s in succs[nid]:
-            indeg[s] -= 1
-            if indeg[s] == 0 and s not in layer:
-                queue.append(s)
+        done.add(nid)
+        below = depth[nid] + 1
+        for succ in succs[nid]:
+            if depth[succ] < below:
+                depth[succ] = below
+            indeg[succ] -= 1
+            if indeg[succ] == 0 and succ not in done:
+                queue.append(succ)
+    layer = depth
     rows: dict[int, int] = {}
     pos: dict[str, tuple[int, int]] = {}
     for n in nodes:  # document order within each layer
@@ -251,7 +256,7 @@ def _node_svg(node: DagNode, x: float, y: float) -> str:
     line = f"<tspan fill='{stroke}'>{_esc(status_text)}</tspan>"
     if node.detail:
         room = max(4, 27 - len(status_text) - 3)
-        line += f"<tspan fill='{_GREY}'> · {_esc(_clip(node.detail, room))}</tspan>"
+        line += f"<tspan fill='{_GREY}'>\u00a0·\u00a0{_esc(_clip(node.detail, room))}</tspan>"
     parts.append(f"<text x='{x + 10}' y='{y + 36}' font-size='10.5'>{line}</text>")
     if cache:
         text = _clip(f"cache {cache}", 16)
@@ -417,6 +422,7 @@ def render_dag_text(
     by_id = {n.id: n for n in shown}
     merged = _merge_edges(edges, by_id)
     pos, cycle = _layer(shown, merged, strict=False)
+    order = {n.id: i for i, n in enumerate(shown)}
     incoming: dict[str, list[DagEdge]] = {}
     for e in merged:
         incoming.setdefault(e.target, []).append(e)
@@ -428,7 +434,7 @@ def render_dag_text(
         line = f"[{text}] {_clean(n.id)}"
         sources = [
             f"{_clean(e.label)} from {_clean(e.source)}" if e.label else _clean(e.source)
-            for e in incoming.get(n.id, [])
+            for e in sorted(incoming.get(n.id, []), key=lambda e: order[e.source])
         ]
         if sources:
             line += "  <- " + ", ".join(sources)

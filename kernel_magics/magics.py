@@ -9,6 +9,7 @@ that names the cell and the variable, no traceback from papercrane's insides.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -232,6 +233,16 @@ class PapercraneMagics(Magics):
     )
     @argument("--max-parallel", type=int, default=None, help="run: nodes at the same time")
     @argument(
+        "--remote",
+        action="store_true",
+        help="run/flush: on the server at $PAPERCRANE_URL (an error if it is unset)",
+    )
+    @argument(
+        "--detach",
+        action="store_true",
+        help="run/flush on a server: submit, print the execution id and URL, don't wait",
+    )
+    @argument(
         "--failure-policy",
         choices=["fail-fast", "continue"],
         default="fail-fast",
@@ -251,6 +262,12 @@ class PapercraneMagics(Magics):
         from .notebook import parse_param
 
         wf = self.session.workflow
+        if (args.remote or args.detach) and not os.environ.get("PAPERCRANE_URL"):
+            raise UserError(
+                "--remote and --detach run on a papercrane server: set PAPERCRANE_URL (and "
+                "PAPERCRANE_TOKEN) before loading papercrane"
+            )
+        wf.detach = args.detach
         if args.action == "show":
             wf.show()
         elif args.action == "run":

@@ -24,6 +24,8 @@ class NotebookWorkflow:
         self.pending: list[CellRecord] = []
         self.defer_override: bool | None = None
         self._atexit = False
+        #: ``--detach`` on the current %workflow line: submit to the server, don't wait.
+        self.detach = False
 
     @property
     def deferring(self) -> bool:
@@ -204,8 +206,6 @@ class NotebookWorkflow:
         from .workflow_widget import WorkflowWidget
 
         project, domain = self._options(records)
-        widget = WorkflowWidget(spec, live=live)
-        widget.show()
         request = WorkflowRequest(
             spec=spec,
             params=params,
@@ -216,8 +216,20 @@ class NotebookWorkflow:
             failure_policy=policy,
             sources=self.session.sources(params, values),
         )
+        engine = self.session.engine
+        if self.detach:
+            if not hasattr(engine, "submit_workflow"):
+                raise UserError("--detach needs a papercrane server (set PAPERCRANE_URL)")
+            execution_id = engine.submit_workflow(request)
+            print(
+                f"submitted execution {execution_id}: {engine.url}/api/v1/executions/"
+                f"{execution_id}  (follow it with `papercrane executions show {execution_id}`)"
+            )
+            return None
+        widget = WorkflowWidget(spec, live=live)
+        widget.show()
         try:
-            result = self.session.engine.run_workflow(request, listener=widget)
+            result = engine.run_workflow(request, listener=widget)
         except WorkflowFailed as failure:
             widget.finish()
             self._remember(records, widget.state)

@@ -1,0 +1,151 @@
+"""The notebook side against a real server: magics, papermill and the CLI with
+PAPERCRANE_URL set run tasks on the server, and the results come back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from ..server_fixture import ServerProcess
+from .kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    s = ServerProcess(tmp_path / "server-home").start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def remote_env(server: ServerProcess, tmp_path: Path) -> dict[str, str]:
+    return {
+        "PAPERCRANE_URL": server.url,
+        "PAPERCRANE_TOKEN": server.token("team"),
+        "PAPERCRANE_PROJECT": "team",
+        "PAPERCRANE_HOME": str(tmp_path / "client-home"),  # must stay unused
+    }
+
+
+def test_magics_run_tasks_on_the_server(server: ServerProcess, tmp_path: Path) -> None:
+    env = remote_env(server, tmp_path)
+    k = Kernel(env, tmp_path)
+    try:
+        k.run("%load_ext papercrane").ok()
+        k.run("import numpy as np\nxs = np.arange(5)\ndef f(v):\n    return v * 3").ok()
+        r = k.run(
+            "%%task triple --cache\nimport os\nys = f(xs)\nwhere = os.environ['PAPERCRANE_HOME']"
+        )
+        r.ok()
+        out = k.run("print(ys.tolist(), where)").ok().stdout.split(None, 5)
+        assert "".join(out[:5]) == "[0,3,6,9,12]"
+        assert out[5].strip() == str(server.home)  # it ran in the server's process tree
+        again = k.run(
+            "%%task triple --cache\nimport os\nys = f(xs)\nwhere = os.environ['PAPERCRANE_HOME']"
+        )
+        assert "cached" in again.ok().updates[-1]["text/plain"]
+        k.run("%%task second\nzs = ys + 1").ok()
+        detached = k.run("%workflow run --detach").ok()
+        assert "submitted execution" in detached.stdout, detached
+        bad = k.run("%%task t --executor inline\ny = 1")
+        assert bad.status == "error" and "inline executor" in bad.error["evalue"]
+        assert not (tmp_path / "client-home").exists()  # nothing stored on the client
+    finally:
+        k.shutdown()
+
+
+def test_papermill_against_the_server(server: ServerProcess, tmp_path: Path) -> None:
+    env = remote_env(server, tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext papercrane"),
+        nbformat.v4.new_code_cell("n = 3", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("%%task square\nsq = n * n"),
+        nbformat.v4.new_code_cell("assert sq == 49, sq"),
+    ]
+    src = tmp_path / "remote.ipynb"
+    nbformat.write(nb, src)
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        papermill.execute_notebook(
+            str(src), str(tmp_path / "out.ipynb"), parameters={"n": 7}, progress_bar=False
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    cli = [sys.executable, "-m", "papercrane.backend.cli"]
+    listing = subprocess.run(
+        [*cli, "executions", "list", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = json.loads(listing.stdout)
+    assert [(r["name"], r["status"]) for r in rows] == [("square", "succeeded")]
+
+
+def test_papercrane_run_remote_detach(server: ServerProcess, tmp_path: Path) -> None:
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext papercrane"),
+        nbformat.v4.new_code_cell("%%task slow\nimport time\ntime.sleep(1)\nv = 1"),
+    ]
+    src = tmp_path / "detach.ipynb"
+    nbformat.write(nb, src)
+    cli = [sys.executable, "-m", "papercrane.backend.cli"]
+    started = time.monotonic()
+    r = subprocess.run(
+        [*cli, "run", str(src), "--remote", "--detach", "-q", "-o", str(tmp_path / "o.ipynb")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    execution_id, url = r.stdout.split()  # the detached execution, still running
+    assert url.endswith(f"/api/v1/executions/{execution_id}")
+    deadline = time.monotonic() + 60
+    status = ""
+    while time.monotonic() < deadline:
+        shown = subprocess.run(
+            [*cli, "executions", "show", execution_id, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        status = json.loads(shown.stdout)["status"]
+        if status in ("succeeded", "failed"):
+            break
+        time.sleep(0.3)
+    assert status == "succeeded"
+    assert time.monotonic() - started < 60
+    no_url = {k: v for k, v in env.items() if k != "PAPERCRANE_URL"}
+    r = subprocess.run(
+        [*cli, "run", str(src), "--remote"], env=no_url, capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "PAPERCRANE_URL" in r.stderr
