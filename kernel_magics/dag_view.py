@@ -256,7 +256,7 @@ def _node_svg(node: DagNode, x: float, y: float) -> str:
     line = f"<tspan fill='{stroke}'>{_esc(status_text)}</tspan>"
     if node.detail:
         room = max(4, 27 - len(status_text) - 3)
-        line += f"<tspan fill='{_GREY}'>\u00a0·\u00a0{_esc(_clip(node.detail, room))}</tspan>"
+        line += f"<tspan dx='4' fill='{_GREY}'>·\u00a0{_esc(_clip(node.detail, room))}</tspan>"
     parts.append(f"<text x='{x + 10}' y='{y + 36}' font-size='10.5'>{line}</text>")
     if cache:
         text = _clip(f"cache {cache}", 16)
