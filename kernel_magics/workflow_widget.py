@@ -13,6 +13,8 @@ from papercrane.backend.workflow import WorkflowSpec
 
 from .dag_view import DagEdge, DagNode, render_dag_html, render_dag_text
 
+_SHOWN = 150
+
 
 class _Bundle:
     def __init__(self, owner: WorkflowWidget) -> None:
@@ -70,9 +72,12 @@ class WorkflowWidget:
         return " · ".join(parts)
 
     def footer(self) -> str:
-        if self.state is None:
-            return ""
-        return f"elapsed {format_duration((self.ended or time.time()) - self.started)}"
+        parts = []
+        if getattr(self, "total", 0) > _SHOWN:
+            parts.append(f"showing the first {_SHOWN} of {self.total} nodes")
+        if self.state is not None:
+            parts.append(f"elapsed {format_duration((self.ended or time.time()) - self.started)}")
+        return " · ".join(parts)
 
     def graph(self) -> tuple[list[DagNode], list[DagEdge]]:
         nodes: list[DagNode] = []
@@ -81,7 +86,9 @@ class WorkflowWidget:
             ids = [n.id for n in self.spec.nodes]
         elif self.state is not None:
             ids = [n for n in self.state.nodes if "[" not in n]
-        maps = {n.id for n in self.spec.nodes if n.map} if self.spec else set()
+        self.total = len(ids)
+        ids = ids[:_SHOWN]  # a 100,000-node workflow: build (and draw) only what is shown
+        maps = {n.id for n in self.spec.nodes[:_SHOWN] if n.map} if self.spec else set()
         last = {r.spec.name: r for r in self.records.values()}
         for node_id in ids:
             node = self.state.nodes.get(node_id) if self.state else None
@@ -94,8 +101,13 @@ class WorkflowWidget:
             else:
                 status, cache, detail = "none", "", ""
             nodes.append(DagNode(node_id, node_id, status, cache, detail, node_id in maps))
+        shown = set(ids)
         edges = (
-            [DagEdge(a, b, ", ".join(names)) for a, b, names in self.spec.edges()]
+            [
+                DagEdge(a, b, ", ".join(names))
+                for a, b, names in self.spec.edges()
+                if a in shown and b in shown
+            ]
             if self.spec is not None
             else []
         )
