@@ -14,7 +14,7 @@ from papercrane.backend.errors import CaptureError, InputError
 
 from .analysis import CellAnalysis, analyze
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,149}$")
 _IPYTHON_NAMES = {
     "In",
     "Out",
@@ -81,7 +81,7 @@ def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise CaptureError(
             f"task name {name!r} is not usable: start with a letter or _, then letters, "
-            "digits, _, - or ., at most 200 characters"
+            "digits, _, - or ., at most 150 characters"
         )
     return name
 

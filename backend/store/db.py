@@ -37,6 +37,12 @@ PG_WRITE_LOCK = 0x7061706572637277
 PG_MIGRATION_LOCK = 0x706170657263726D
 
 
+#: Threads that may keep their own pair of connections (``repo.Store``), and a pool with
+#: room for those pairs plus connections borrowed by the other threads, per block.
+PINNED_THREADS = 8
+POOL = {"pool_size": 2 * PINNED_THREADS + 4, "max_overflow": 16}
+
+
 def create_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
@@ -65,7 +71,7 @@ def _postgres_engine(url: str) -> sa.Engine:
                 "a PostgreSQL database needs the psycopg driver: pip install 'papercrane[postgres]'"
             ) from None
     engine = sa.create_engine(
-        parsed, pool_pre_ping=True, connect_args={"application_name": "papercrane"}
+        parsed, pool_pre_ping=True, connect_args={"application_name": "papercrane"}, **POOL
     )
     take_write_lock = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
 
@@ -87,7 +93,8 @@ def _sqlite_engine(url: str) -> sa.Engine:
                 f"cannot create the papercrane database folder {Path(path).parent} "
                 f"({exc.strerror}); set PAPERCRANE_HOME to a folder you can write to"
             ) from None
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    pool = POOL if path and path != ":memory:" else {}  # (one shared connection in memory)
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]

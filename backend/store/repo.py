@@ -71,9 +71,15 @@ class Store:
 
     Checking a connection out of the pool and resetting it costs more than a small
     transaction on SQLite, and a task run makes several; so each thread keeps its own
-    pair for the life of the store. Every ``read`` and ``write`` still ends its
-    transaction, so no snapshot or lock outlives the block.
+    pair for as long as it lives. Every ``read`` and ``write`` still ends its
+    transaction, so no snapshot or lock outlives the block. A server has many threads
+    (a request pool, one per running execution): the pairs of threads that have ended
+    go back to the pool, and beyond ``PINNED_THREADS`` live threads the others borrow
+    a connection from the pool for each block, so the pool is never drained by pins.
     """
+
+    #: How many threads at once may keep their own connections (``db.POOL`` has room).
+    PINNED_THREADS = db.PINNED_THREADS
 
     def __init__(self, url: str) -> None:
         self.engine = db.create_engine(url)
@@ -84,30 +90,48 @@ class Store:
             {"isolation_level": "AUTOCOMMIT"} if self.engine.dialect.name == "postgresql" else {}
         )
         self._local = threading.local()
-        self._open: list[sa.Connection] = []
+        #: Connections kept by threads, with the thread that keeps each.
+        self._open: list[tuple[threading.Thread, sa.Connection]] = []
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._open:
+            for _, conn in self._open:
                 with contextlib.suppress(Exception):
                     conn.close()
             self._open.clear()
             self._local = threading.local()
         self.engine.dispose()
 
-    def _conn(self, write: bool) -> sa.Connection:
+    def _connect(self, write: bool) -> sa.Connection:
+        conn = self.engine.connect()
+        if write:
+            return conn.execution_options(papercrane_write=True)
+        if self._read_options:
+            return conn.execution_options(**self._read_options)
+        return conn
+
+    def _conn(self, write: bool) -> sa.Connection | None:
+        """This thread's own connection; None if too many live threads have theirs."""
         attr = "writer" if write else "reader"
         conn = getattr(self._local, attr, None)
-        if conn is None or conn.closed:
-            conn = self.engine.connect()
-            if write:
-                conn = conn.execution_options(papercrane_write=True)
-            elif self._read_options:
-                conn = conn.execution_options(**self._read_options)
-            setattr(self._local, attr, conn)
-            with self._lock:
-                self._open.append(conn)
+        if conn is not None and not conn.closed:
+            return conn
+        me = threading.current_thread()
+        with self._lock:
+            # Connections of threads that have ended go back to the pool.
+            ended = [(t, c) for t, c in self._open if not t.is_alive()]
+            if ended:
+                self._open = [(t, c) for t, c in self._open if t.is_alive()]
+                for _, c in ended:
+                    with contextlib.suppress(Exception):
+                        c.close()
+            owners = {t for t, _ in self._open}
+            if me not in owners and len(owners) >= self.PINNED_THREADS:
+                return None
+            conn = self._connect(write)
+            self._open.append((me, conn))
+        setattr(self._local, attr, conn)
         return conn
 
     @contextlib.contextmanager
@@ -115,12 +139,20 @@ class Store:
         """One write transaction, one writer at a time: ``BEGIN IMMEDIATE`` on SQLite,
         an advisory lock on PostgreSQL (``db.py``)."""
         conn = self._conn(write=True)
+        if conn is None:
+            with self._connect(write=True) as borrowed, borrowed.begin():
+                yield borrowed
+            return
         with conn.begin():
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
         conn = self._conn(write=False)
+        if conn is None:
+            with self._connect(write=False) as borrowed:
+                yield borrowed  # closing it ends its transaction
+            return
         try:
             yield conn
         finally:
