@@ -320,6 +320,12 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
 @click.option("--max-running", type=int, default=None, help="attempts at once, all projects")
 @click.option("--project-limit", type=int, default=0, help="attempts at once per project")
 @click.option("--public-url", default="", help="base URL shown to clients")
+@click.option(
+    "--max-upload",
+    type=click.IntRange(min=1),
+    default=None,
+    help="largest artifact upload accepted, in bytes (default 2 GiB)",
+)
 @click.pass_obj
 def server(
     obj: _Ctx,
@@ -331,6 +337,7 @@ def server(
     max_running: int | None,
     project_limit: int,
     public_url: str,
+    max_upload: int | None,
 ) -> None:
     """Run the papercrane server (REST API + live events) for a team."""
     try:
@@ -350,6 +357,7 @@ def server(
         project_limit=project_limit,
         public_url=public_url or f"http://{host}:{port}",
         **({"max_running": max_running} if max_running else {}),
+        **({"max_upload": max_upload} if max_upload else {}),
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 

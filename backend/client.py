@@ -246,7 +246,7 @@ class RemoteEngine(EngineAPI):
 
     # -- running --------------------------------------------------------------------------------
     def submit_task(self, request: RunRequest) -> str:
-        if request.config.executor == "inline":
+        if request.config.executor == "inline":  # ("" lets the server choose)
             raise ConfigError(
                 "the inline executor runs in this kernel, but PAPERCRANE_URL sends tasks to "
                 "the server: use --executor local (it runs on the server) or unset PAPERCRANE_URL"

@@ -89,7 +89,11 @@ class LocalEngine(EngineAPI):
         return uuid.uuid4().hex[:16]
 
     # -- registration ---------------------------------------------------------------------
+    #: The executor of tasks that don't name one.
+    default_executor: str = "local"
+
     def executor(self, name: str) -> Executor:
+        name = name or self.default_executor
         ex = self._executors.get(name)
         if ex is None:
             ex = self._executors[name] = self._registry.load(name)(self.artifacts)
@@ -269,7 +273,7 @@ class LocalEngine(EngineAPI):
             if not executor.in_process and not self.storage.shareable:
                 raise ConfigError(
                     f"storage {self.storage.url_root} lives inside this process, so the "
-                    f"{n.config.executor!r} executor can't reach it; use --executor inline "
+                    f"{executor.name!r} executor can't reach it; use --executor inline "
                     "or a file or object-store URL"
                 )
 

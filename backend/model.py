@@ -45,6 +45,8 @@ class EventKind(str, Enum):
     CACHE_MISS = "cache_miss"
     CACHE_INVALID = "cache_invalid"
     ATTEMPT_STARTED = "attempt_started"
+    #: Where a started attempt is: "pending: Unschedulable: 0/1 nodes ...", "running".
+    ATTEMPT_STATUS = "attempt_status"
     LOG_STORED = "log_stored"
     ATTEMPT_SUCCEEDED = "attempt_succeeded"
     ATTEMPT_FAILED = "attempt_failed"
@@ -80,8 +82,11 @@ class TaskConfig:
     retries: int = 0
     system_retries: int = 2
     timeout: float | None = None
-    executor: str = "local"
+    #: "" means the engine's default (``local`` embedded; the server's ``--executor``).
+    executor: str = ""
     resources: Resources = field(default_factory=Resources)
+    #: Container image for pod executors (default: the project's, or the server's).
+    image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,6 +278,8 @@ class NodeState:
     started_at: float | None = None
     ended_at: float | None = None
     logs: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: The latest ATTEMPT_STATUS message (a pod's scheduling reason, say).
+    where: str = ""
     #: Map nodes: how many elements, and how many finished well or badly so far.
     elements: int = 0
     elements_done: int = 0

@@ -87,6 +87,8 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
         node.started_at = node.started_at or event.ts
         if state.status is Status.QUEUED:
             state.status = Status.RUNNING
+    elif kind is K.ATTEMPT_STATUS:
+        node.where = p.get("message", "")
     elif kind is K.LOG_STORED:
         node.logs.setdefault(event.attempt, {})[p["stream"]] = p["uri"]
     elif kind is K.ATTEMPT_SUCCEEDED:

@@ -228,12 +228,19 @@ def execute(
     artifacts: ArtifactIO,
     declared_outputs: set[str],
     formatter: Any = None,
+    checkpoint_key: str = "",
 ) -> AttemptResult:
     """Run a task on in-memory inputs and store its outputs. Never raises for user code."""
     started = time.time()
     try:
         ns = build_namespace(spec, values)
-        last = run_code(spec, ns)
+        if checkpoint_key:
+            from papercrane.checkpoint import location
+
+            with location(artifacts.storage, checkpoint_key):
+                last = run_code(spec, ns)
+        else:
+            last = run_code(spec, ns)
     except Exception as exc:
         return AttemptResult(
             "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
@@ -358,6 +365,23 @@ def _collect(attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
 
 def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
     started = time.time()
+    if attempt.get("strict_environment"):
+        from .environment import check_environment
+
+        problems = check_environment(spec.environment)
+        if problems:
+            message = (
+                "this environment differs from the notebook's: "
+                + "; ".join(problems)
+                + ". Build the task image with the notebook's packages (or pin them)"
+            )
+            err = {
+                "kind": "user",
+                "type": "EnvironmentMismatch",
+                "message": message,
+                "traceback": "",
+            }
+            return AttemptResult("failed", error=err, started_at=started, ended_at=time.time())
     values: dict[str, Any] = {}
     for name, data in attempt["inputs"].items():
         ref = ArtifactRef.from_dict(data)
@@ -378,7 +402,13 @@ def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) ->
                 started_at=started,
                 ended_at=time.time(),
             )
-    return execute(spec, values, artifacts, set(attempt.get("declared_outputs", [])))
+    return execute(
+        spec,
+        values,
+        artifacts,
+        set(attempt.get("declared_outputs", [])),
+        checkpoint_key=attempt.get("checkpoint_key", ""),
+    )
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ class _Logs:
         self.run = run
         self.prefix = f"[{unit.key}] " if run.prefix_logs else ""
         self.threaded = threaded
+        self.unit = unit
 
     def log(self, stream: str, text: str) -> None:
         if self.prefix:
@@ -130,6 +131,10 @@ class _Logs:
             self.run.done.put(("log", stream, text))
         else:
             self.run.listener.on_log(stream, text)
+
+    def status(self, message: str) -> None:
+        """Where the attempt is (a pod pending on the scheduler, running): an event."""
+        self.run.done.put(("status", self.unit, message))
 
 
 class WorkflowRun:
@@ -314,7 +319,12 @@ class WorkflowRun:
                 raise _Stop()
             if self.shutting_down:
                 raise _Shutdown()
-            if gate is None and not self.in_flight and self.queued == 1:
+            if (
+                gate is None
+                and not self.in_flight
+                and self.queued == 1
+                and self._executor(self.ready[0].queued[0]).quick_to_follow
+            ):
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
                 self._run_here(self._take(self.ready[0]))
@@ -625,9 +635,7 @@ class WorkflowRun:
 
     def _begin(self, unit: Unit) -> None:
         unit.attempt += 1
-        self.emit(
-            K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=unit.node.spec.config.executor
-        )
+        self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=self._executor(unit).name)
 
     def _attempt_spec(self, unit: Unit) -> AttemptSpec:
         spec = unit.node.spec
@@ -643,6 +651,8 @@ class WorkflowRun:
             declared_outputs=spec.declared_outputs,
             op=unit.op,
             layout=unit.layout,
+            project=self.options.project,
+            domain=self.options.domain,
         )
 
     def _work(self, executor: Executor, unit: Unit, attempt: AttemptSpec) -> None:
@@ -681,6 +691,10 @@ class WorkflowRun:
             timeout = 0
             if item[0] == "log":
                 self.listener.on_log(item[1], item[2])
+                continue
+            if item[0] == "status":
+                unit = item[1]
+                self.emit(K.ATTEMPT_STATUS, unit.key, unit.attempt, message=item[2][:500])
                 continue
             _, unit, result = item
             self.in_flight -= 1

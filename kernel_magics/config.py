@@ -18,7 +18,9 @@ from traitlets.config import Configurable
 class Papercrane(Configurable):
     project = Unicode(help="Project that executions belong to").tag(config=True)
     domain = Unicode(help="Domain (development, staging, production...)").tag(config=True)
-    executor = Unicode(help="Default executor for %%task: local or inline").tag(config=True)
+    executor = Unicode(
+        help="Default executor for %%task: inline, local or kubernetes (empty: the engine's)"
+    ).tag(config=True)
     defer = Bool(
         help="Batch mode: record task cells and run them together as one parallel workflow "
         "when a later cell needs their outputs (or at the end)"
@@ -38,7 +40,7 @@ class Papercrane(Configurable):
 
     @default("executor")
     def _executor(self) -> str:
-        return os.environ.get("PAPERCRANE_EXECUTOR", "local")
+        return os.environ.get("PAPERCRANE_EXECUTOR", "")  # "": the engine's default
 
     @default("defer")
     def _defer(self) -> bool:

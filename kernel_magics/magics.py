@@ -86,10 +86,12 @@ class PapercraneMagics(Magics):
     @argument("--outputs", default=None, help="comma-separated output names (skip inference)")
     @argument(
         "--executor",
-        choices=["inline", "local"],
+        choices=["inline", "local", "kubernetes"],
         default=None,
-        help="inline: in this kernel; local: a subprocess per attempt (default)",
+        help="inline: in this kernel; local: a subprocess per attempt (default); "
+        "kubernetes: a pod per attempt",
     )
+    @argument("--image", default=None, help="container image for kubernetes attempts")
     @argument("--cpu", default=None, help="CPU request, e.g. 2 or 500m")
     @argument("--memory", default=None, help="memory request, e.g. 512Mi or 4Gi")
     @argument("--gpu", default=None, help="number of GPUs")
@@ -145,11 +147,11 @@ class PapercraneMagics(Magics):
 
         if args.retries < 0:
             raise CaptureError(f"--retries {args.retries} must be 0 or more")
-        executor = args.executor or self.settings.executor or "local"
-        if executor not in ("inline", "local"):
+        executor = args.executor or self.settings.executor  # "": the engine's default
+        if executor not in ("", "inline", "local", "kubernetes"):
             raise CaptureError(
                 f"executor {executor!r} (from PAPERCRANE_EXECUTOR or %config) is not an "
-                "executor; use inline or local"
+                "executor; use inline, local or kubernetes"
             )
         config = TaskConfig(
             cache=args.cache,
@@ -157,6 +159,7 @@ class PapercraneMagics(Magics):
             retries=args.retries,
             timeout=parse_duration(args.timeout) if args.timeout else None,
             executor=executor,
+            image=args.image,
             resources=Resources(
                 cpu=parse_cpu(args.cpu) if args.cpu else None,
                 memory=parse_memory(args.memory) if args.memory else None,

@@ -254,7 +254,7 @@ class Session:
         view = RunView(
             name=spec.name,
             version=spec.version(),
-            executor=config.executor,
+            executor=config.executor or "default",
             max_attempts=config.retries + 1,
         )
         widget = RunWidget(view, live=live_widget)

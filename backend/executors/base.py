@@ -33,10 +33,24 @@ class AttemptSpec:
     #: "expand" the list into elements / "collect" element outputs into lists.
     op: str = "run"
     layout: dict[str, Any] | None = None
+    project: str = "default"
+    domain: str = "development"
+
+    @property
+    def config_image(self) -> str | None:
+        return self.config.image
+
+    #: Check the captured environment before running (pods: their image may differ).
+    strict_environment: bool = False
 
     @property
     def prefix(self) -> str:
         return f"runs/{self.execution_id}/{self.node}/{self.attempt}"
+
+    @property
+    def checkpoint_key(self) -> str:
+        """Shared by every attempt of this node in this execution."""
+        return f"runs/{self.execution_id}/{self.node}/checkpoint"
 
     def to_dict(
         self,
@@ -53,6 +67,8 @@ class AttemptSpec:
             "config": self.config.to_dict(),
             "op": self.op,
             "layout": self.layout,
+            "checkpoint_key": self.checkpoint_key,
+            "strict_environment": self.strict_environment,
         }
 
 
@@ -66,6 +82,12 @@ class Executor(ABC):
     #: Whether attempts run in the caller's thread (inline) rather than elsewhere: the
     #: scheduler runs those on its own thread, one at a time, and the others in workers.
     in_process: ClassVar[bool] = False
+    #: Whether an attempt may run on the scheduler's own thread when it is the only
+    #: work (no worker thread). False for executors that report progress (a pod's
+    #: scheduling state) while they wait: those run on a worker so it shows live.
+    quick_to_follow: ClassVar[bool] = True
+    #: Whether a restarted scheduler can take over an attempt that was running.
+    can_adopt: ClassVar[bool] = False
 
     @abstractmethod
     def run(
@@ -83,6 +105,7 @@ def executor_registry() -> PluginRegistry:
         {
             "inline": "papercrane.backend.executors.inline:InlineExecutor",
             "local": "papercrane.backend.executors.local:LocalExecutor",
+            "kubernetes": "papercrane.backend.executors.kubernetes:KubernetesExecutor",
         },
         "executor",
     )

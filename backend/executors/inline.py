@@ -77,6 +77,7 @@ class InlineExecutor(Executor):
                     attempt.values,
                     self.artifacts,
                     set(attempt.declared_outputs),
+                    checkpoint_key=attempt.checkpoint_key,
                 )
         for stream, cap in (("stdout", out), ("stderr", err)):
             text = cap.buffer_.getvalue()

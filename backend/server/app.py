@@ -1,8 +1,6 @@
 """The FastAPI application: REST under ``/api/v1``, server-sent events for live
-executions, bearer tokens on every route.
-
-One place maps papercrane's exceptions to HTTP statuses (``_error``): a client's mistake
-is a 4xx naming the field or object, never a 500.
+executions, bearer tokens on every route (``deps``), and one place that turns errors into
+answers (``errors``): a client's mistake is a 4xx naming the field or object, never a 500.
 """
 
 from __future__ import annotations
@@ -13,26 +11,33 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from ..api import RunRequest
 from ..artifacts import typed_fingerprint
 from ..engine import WorkflowRequest
-from ..errors import (
-    Conflict,
-    CorruptArtifact,
-    NotFound,
-    PapercraneError,
-    StorageError,
-    UserError,
-)
+from ..errors import Conflict, CorruptArtifact, NotFound
 from ..model import ArtifactRef, EventKind
 from ..store import listing
 from . import models as m
-from .auth import AuthError, Principal, authenticate
+from .deps import (
+    Domain,
+    ExecutionId,
+    ObjectId,
+    Operator,
+    Project,
+    Readable,
+    Reader,
+    Svc,
+    Who,
+    Writable,
+    Writer,
+    known_query,
+)
+from .errors import PayloadTooLarge, install
+from .errors import responses as _errors
 from .service import Service
 from .settings import ServerSettings
 
@@ -42,29 +47,8 @@ _TERMINAL = {
     EventKind.EXECUTION_ABORTED.value,
 }
 _DETERMINISTIC = {"npy", "text", "bytes", "json"}
-_bearer = HTTPBearer(auto_error=False, description="a token from `papercrane token create`")
-
-
-class PayloadTooLarge(UserError):
-    pass
-
-
-def _status(exc: PapercraneError) -> int:
-    if isinstance(exc, AuthError):
-        return 403 if exc.forbidden else 401
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, PayloadTooLarge):
-        return 413
-    if isinstance(exc, CorruptArtifact):
-        return 422
-    if isinstance(exc, UserError):
-        return 400
-    if isinstance(exc, StorageError):
-        return 503
-    return 500
+_TEXT = {"type": "string"}
+_MAX_SEQ = (1 << 62) - 1  # event sequence numbers are 64-bit integers in the store
 
 
 def create_app(settings: ServerSettings | None = None, *, resume: bool = True) -> FastAPI:
@@ -87,33 +71,16 @@ def create_app(settings: ServerSettings | None = None, *, resume: bool = True) -
         description="Notebook tasks and workflows: register, run, follow, recover.",
         lifespan=lifespan,
     )
-
-    @app.exception_handler(PapercraneError)
-    async def _error(request: Request, exc: PapercraneError) -> JSONResponse:
-        status = _status(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
-
-    app.include_router(_router(settings), prefix="/api/v1")
+    install(app)
+    # Every route needs a token (401) and may refuse it (403); any route with
+    # parameters or a body may find them malformed (422), unknown query parameters too.
+    app.include_router(
+        _router(settings),
+        prefix="/api/v1",
+        responses=_errors(401, 403, 422),
+        dependencies=[Depends(known_query)],
+    )
     return app
-
-
-def _service(request: Request) -> Service:
-    return request.app.state.service
-
-
-def _principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    header = f"Bearer {credentials.credentials}" if credentials else None
-    return authenticate(_service(request).store, header)
-
-
-Svc = Annotated[Service, Depends(_service)]
-Who = Annotated[Principal, Depends(_principal)]
-Project = Annotated[str, m.Name]
-Domain = Annotated[str, m.Name]
 
 
 def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route per function
@@ -123,13 +90,6 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         base = settings.public_url.rstrip("/")
         return f"{base}/api/v1/executions/{execution_id}"
 
-    def scoped(service: Service, who: Principal, execution_id: str, role: str = "read") -> Any:
-        engine, state = service.engine_for(execution_id)
-        if not who.can(state.project, "read"):
-            raise NotFound(f"no execution {execution_id!r}")  # no hint it exists elsewhere
-        who.check(state.project, role)
-        return engine, state
-
     # -- who and where --------------------------------------------------------------------
     @r.get("/whoami", response_model=m.Whoami, tags=["projects"])
     def whoami(who: Who) -> m.Whoami:
@@ -137,24 +97,27 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
 
     @r.get("/projects", response_model=list[str], tags=["projects"])
     def projects(service: Svc, who: Who) -> list[str]:
-        every = listing.projects(service.store)
-        return (
-            every if who.project == "*" else [p for p in every if p == who.project] or [who.project]
-        )
+        """The projects this token can see: its own (every project for an operator)."""
+        if who.project == "*":
+            return listing.projects(service.store)
+        return [who.project]
 
     @r.get("/projects/{project}/domains", response_model=list[str], tags=["projects"])
-    def domains(project: Project, service: Svc, who: Who) -> list[str]:
-        who.check(project, "read")
+    def domains(project: Project, service: Svc, who: Reader) -> list[str]:
         return listing.domains(service.store, project)
 
     # -- tasks and workflows --------------------------------------------------------------
     base = "/projects/{project}/domains/{domain}"
 
-    @r.post(f"{base}/tasks", response_model=m.Registered, tags=["tasks"])
+    @r.post(
+        f"{base}/tasks",
+        response_model=m.Registered,
+        tags=["tasks"],
+        responses=_errors(400, 409),
+    )
     def register_task(
-        project: Project, domain: Domain, body: m.RegisterTask, service: Svc, who: Who
+        project: Project, domain: Domain, body: m.RegisterTask, service: Svc, who: Writer
     ) -> m.Registered:
-        who.check(project, "write")
         spec = body.spec.to_spec()
         if body.version is not None and body.version != spec.version():
             raise Conflict(
@@ -164,32 +127,39 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         version = service.engine(project, domain).register_task(spec, project, domain)
         return m.Registered(version=version)
 
-    @r.get(f"{base}/tasks", tags=["tasks"])
+    @r.get(f"{base}/tasks", response_model=list[m.VersionRow], tags=["tasks"])
     def list_tasks(
         project: Project,
         domain: Domain,
         service: Svc,
-        who: Who,
+        who: Reader,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
-        who.check(project, "read")
         return listing.list_tasks(service.store, project, domain, limit)
 
-    @r.get(f"{base}/tasks/{{version}}", tags=["tasks"])
+    @r.get(
+        f"{base}/tasks/{{version}}",
+        response_model=m.VersionOut,
+        tags=["tasks"],
+        responses=_errors(404),
+    )
     def get_task(
-        project: Project, domain: Domain, version: Annotated[str, m.Id], service: Svc, who: Who
+        project: Project, domain: Domain, version: ObjectId, service: Svc, who: Reader
     ) -> dict[str, Any]:
-        who.check(project, "read")
         row = service.store.task(version)
         if row is None or row["project"] != project or row["domain"] != domain:
             raise NotFound(f"no task version {version!r} in {project}/{domain}")
         return {"version": row["version"], "name": row["name"], "spec": row["spec"]}
 
-    @r.post(f"{base}/workflows", response_model=m.Registered, tags=["workflows"])
+    @r.post(
+        f"{base}/workflows",
+        response_model=m.Registered,
+        tags=["workflows"],
+        responses=_errors(400, 409),
+    )
     def register_workflow(
-        project: Project, domain: Domain, body: m.RegisterWorkflow, service: Svc, who: Who
+        project: Project, domain: Domain, body: m.RegisterWorkflow, service: Svc, who: Writer
     ) -> m.Registered:
-        who.check(project, "write")
         spec = body.spec.to_spec()
         if body.version is not None and body.version != spec.version():
             raise Conflict(
@@ -199,33 +169,41 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         version = service.engine(project, domain).register_workflow(spec, project, domain)
         return m.Registered(version=version)
 
-    @r.get(f"{base}/workflows", tags=["workflows"])
+    @r.get(f"{base}/workflows", response_model=list[m.VersionRow], tags=["workflows"])
     def list_workflows(
         project: Project,
         domain: Domain,
         service: Svc,
-        who: Who,
+        who: Reader,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
-        who.check(project, "read")
         return listing.list_workflows(service.store, project, domain, limit)
 
-    @r.get(f"{base}/workflows/{{version}}", tags=["workflows"])
+    @r.get(
+        f"{base}/workflows/{{version}}",
+        response_model=m.VersionOut,
+        tags=["workflows"],
+        responses=_errors(404),
+    )
     def get_workflow(
-        project: Project, domain: Domain, version: Annotated[str, m.Id], service: Svc, who: Who
+        project: Project, domain: Domain, version: ObjectId, service: Svc, who: Reader
     ) -> dict[str, Any]:
-        who.check(project, "read")
         row = service.store.workflow(version)
         if row is None or row["project"] != project or row["domain"] != domain:
             raise NotFound(f"no workflow version {version!r} in {project}/{domain}")
         return {"version": row["version"], "name": row["name"], "spec": row["spec"]}
 
     # -- executions -----------------------------------------------------------------------
-    @r.post(f"{base}/executions", response_model=m.Created, status_code=201, tags=["executions"])
+    @r.post(
+        f"{base}/executions",
+        response_model=m.Created,
+        status_code=201,
+        tags=["executions"],
+        responses=_errors(400, 404),
+    )
     def create_execution(
-        project: Project, domain: Domain, body: m.CreateExecution, service: Svc, who: Who
+        project: Project, domain: Domain, body: m.CreateExecution, service: Svc, who: Writer
     ) -> m.Created:
-        who.check(project, "write")
         engine = service.engine(project, domain)
 
         def refs(ids: dict[str, str], what: str) -> dict[str, ArtifactRef]:
@@ -241,8 +219,6 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
             return found
 
         sources = {k: v.model_dump() for k, v in body.sources.items()}
-        if (body.task is None) == (body.workflow is None):
-            raise UserError("give exactly one of 'task' or 'workflow'")
         if body.task is not None:
             request = RunRequest(
                 spec=body.task.to_spec(),
@@ -258,7 +234,7 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
             )
             execution_id = service.submit_task(request)
         else:
-            assert body.workflow is not None
+            assert body.workflow is not None  # CreateExecution checks: one of the two
             wf = WorkflowRequest(
                 spec=body.workflow.to_spec(),
                 params=refs(body.params, "parameter"),
@@ -277,17 +253,17 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         project: Project,
         domain: Domain,
         service: Svc,
-        who: Who,
+        who: Reader,
         status: Annotated[
             str | None,
             Query(pattern="^(queued|running|succeeded|failed|cached|aborted)$"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: Annotated[
-            float | None, Query(description="created_at of the last row seen")
+            float | None,
+            Query(description="created_at of the last row seen", allow_inf_nan=False),
         ] = None,
     ) -> m.ExecutionPage:
-        who.check(project, "read")
         rows = service.store.list_executions(
             project=project, domain=domain, status=status, limit=limit, before=before
         )
@@ -296,45 +272,52 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
             items=items, next_before=rows[-1]["created_at"] if len(rows) == limit else None
         )
 
-    @r.get("/executions/{execution_id}", response_model=m.ExecutionOut, tags=["executions"])
-    def get_execution(execution_id: Annotated[str, m.Id], service: Svc, who: Who) -> m.ExecutionOut:
-        _, state = scoped(service, who, execution_id)
-        return m.ExecutionOut.of(state)
+    @r.get(
+        "/executions/{execution_id}",
+        response_model=m.ExecutionOut,
+        tags=["executions"],
+        responses=_errors(404),
+    )
+    def get_execution(scope: Readable) -> m.ExecutionOut:
+        return m.ExecutionOut.of(scope[1])
 
     @r.get(
-        "/executions/{execution_id}/events", response_model=list[m.EventOut], tags=["executions"]
+        "/executions/{execution_id}/events",
+        response_model=list[m.EventOut],
+        tags=["executions"],
+        responses=_errors(404),
     )
     def get_events(
-        execution_id: Annotated[str, m.Id],
-        service: Svc,
-        who: Who,
-        after: Annotated[int, Query(ge=0)] = 0,
+        execution_id: ExecutionId,
+        scope: Readable,
+        after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
     ) -> list[m.EventOut]:
-        engine, _ = scoped(service, who, execution_id)
+        engine, _ = scope
         return [m.EventOut(**e.to_dict()) for e in engine.events(execution_id, after)]
 
     @r.get(
         "/executions/{execution_id}/stream",
         tags=["executions"],
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses={200: {"content": {"text/event-stream": {}}}, **_errors(404)},
     )
     async def stream(
-        execution_id: Annotated[str, m.Id],
+        execution_id: ExecutionId,
         request: Request,
         service: Svc,
-        who: Who,
-        after: Annotated[int, Query(ge=0)] = 0,
+        scope: Readable,
+        after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
     ) -> StreamingResponse:
         """Server-sent events: every event after ``after`` as it is committed
         (``event: event``), the task's output (``event: log``), then ``event: end``."""
-        engine, _ = await run_in_threadpool(scoped, service, who, execution_id)
+        engine, state = scope
 
         async def events() -> AsyncIterator[str]:
             cursor, logs, seen = after, 0, -1
+            finished = state.status.terminal  # then send what is after ``after``, and end
             while True:
                 batch = await run_in_threadpool(engine.events, execution_id, cursor)
-                done = False
+                done = finished
                 for e in batch:
                     cursor = e.seq
                     done = done or e.kind.value in _TERMINAL
@@ -343,6 +326,10 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
                 for stream_name, text in lines:
                     data = json.dumps({"stream": stream_name, "text": text})
                     yield f"event: log\ndata: {data}\n\n"
+                if not (done or batch or service.running(execution_id)):
+                    # Quiet and not running here: it may have ended before ``after``.
+                    now = await run_in_threadpool(service.store.execution, execution_id)
+                    done = now is None or now.status.terminal
                 if done:
                     yield "event: end\ndata: {}\n\n"
                     return
@@ -355,43 +342,50 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @r.post("/executions/{execution_id}/abort", status_code=202, tags=["executions"])
-    def abort(execution_id: Annotated[str, m.Id], service: Svc, who: Who) -> dict[str, str]:
-        scoped(service, who, execution_id, "write")
+    @r.post(
+        "/executions/{execution_id}/abort",
+        response_model=m.Aborting,
+        status_code=202,
+        tags=["executions"],
+        responses=_errors(404, 409),
+    )
+    def abort(execution_id: ExecutionId, service: Svc, scope: Writable) -> m.Aborting:
         service.abort(execution_id)
-        return {"id": execution_id, "status": "aborting"}
+        return m.Aborting(id=execution_id, status="aborting")
 
     @r.post(
         "/executions/{execution_id}/recover",
         response_model=m.Created,
         status_code=201,
         tags=["executions"],
+        responses=_errors(400, 404, 409),
     )
     def recover(
-        execution_id: Annotated[str, m.Id],
+        execution_id: ExecutionId,
         service: Svc,
-        who: Who,
+        scope: Writable,
         body: m.Recover | None = None,
     ) -> m.Created:
-        scoped(service, who, execution_id, "write")
         new = service.recover(execution_id, (body or m.Recover()).max_parallel)
         return m.Created(id=new, url=url(new))
 
     @r.get(
         "/executions/{execution_id}/logs/{node}/{attempt}",
-        response_class=PlainTextResponse,
+        # Plain text, but errors are JSON like everywhere else: FastAPI would document
+        # them as text/plain under a PlainTextResponse class.
+        response_class=Response,
         tags=["executions"],
+        responses={200: {"content": {"text/plain": {"schema": _TEXT}}}, **_errors(404)},
     )
     def logs(
-        execution_id: Annotated[str, m.Id],
-        node: Annotated[str, m.Field(max_length=250)],
-        attempt: Annotated[int, m.Field(ge=1)],
-        service: Svc,
-        who: Who,
+        execution_id: ExecutionId,
+        node: Annotated[str, Path(min_length=1, max_length=250, pattern=m.NODE_PATTERN)],
+        attempt: Annotated[int, Path(ge=1, le=1_000_000)],
+        scope: Readable,
         stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
-    ) -> str:
-        engine, _ = scoped(service, who, execution_id)
-        return engine.logs(execution_id, node, attempt, stream)
+    ) -> PlainTextResponse:
+        engine, _ = scope
+        return PlainTextResponse(engine.logs(execution_id, node, attempt, stream))
 
     # -- artifacts ------------------------------------------------------------------------
     def artifact_in(service: Service, project: str, domain: str, artifact_id: str) -> Any:
@@ -405,6 +399,7 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         f"{base}/artifacts/{{artifact_id}}",
         response_model=m.ArtifactOut,
         tags=["artifacts"],
+        responses=_errors(409, 413),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -417,35 +412,49 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
     async def upload(
         project: Project,
         domain: Domain,
-        artifact_id: Annotated[str, m.Id],
+        artifact_id: ObjectId,
         request: Request,
         service: Svc,
-        who: Who,
+        who: Writer,
         hash: Annotated[str, Query(min_length=64, max_length=64, pattern="^[0-9a-f]+$")],
         serializer: Annotated[str, Query(max_length=50, pattern="^[a-z0-9_-]+$")],
-        python_type: Annotated[str, Query(max_length=200)],
-        preview: Annotated[str, Query(max_length=200)] = "",
+        python_type: Annotated[str, Query(max_length=200, pattern=m.TEXT_PATTERN)],
+        preview: Annotated[str, Query(max_length=200, pattern=m.TEXT_PATTERN)] = "",
     ) -> m.ArtifactOut:
         """Upload a value's bytes (the client serialized it). Refused unless they hash
-        to ``hash``; for typed encodings the id must match too."""
-        who.check(project, "write")
+        to ``hash``; for typed encodings the id must match too. Nothing is kept of a
+        refused upload."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_upload:
             raise PayloadTooLarge(
-                f"upload of {declared} bytes is over the server's limit of {settings.max_upload}"
+                f"upload of {declared} bytes is over this server's limit of "
+                f"{settings.max_upload} bytes (papercrane server --max-upload)"
             )
         if serializer in _DETERMINISTIC and artifact_id != typed_fingerprint(serializer, hash):
             raise CorruptArtifact(
-                f"artifact id {artifact_id} does not match its {serializer} bytes' hash"
+                f"artifact id {artifact_id} does not match its {serializer} bytes' hash "
+                f"{hash} (a {serializer} value's id is sha256('{serializer}:' + hash))"
             )
         engine = service.engine(project, domain)
+        known = await run_in_threadpool(service.store.artifact, artifact_id)
+        if known is not None and known.hash != hash:
+            if await run_in_threadpool(engine.find_artifact, artifact_id) is not None:
+                # The same value in other bytes (a function pickled again): keep the first.
+                return m.ArtifactOut.of(known)
+            # Recorded for another project (artifact rows are not per project yet):
+            # refused before a byte is stored, and without saying whose or what.
+            raise Conflict(
+                f"artifact id {artifact_id} is already recorded with other bytes; "
+                "an id names one value"
+            )
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
             size = 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.max_upload:
                     raise PayloadTooLarge(
-                        f"upload is over the server's limit of {settings.max_upload} bytes"
+                        f"upload is over this server's limit of {settings.max_upload} bytes "
+                        "(papercrane server --max-upload)"
                     )
                 spool.write(chunk)
             spool.seek(0)
@@ -454,11 +463,15 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         await run_in_threadpool(engine.register_artifacts, [ref])
         return m.ArtifactOut.of(ref)
 
-    @r.get(f"{base}/artifacts/{{artifact_id}}", response_model=m.ArtifactOut, tags=["artifacts"])
+    @r.get(
+        f"{base}/artifacts/{{artifact_id}}",
+        response_model=m.ArtifactOut,
+        tags=["artifacts"],
+        responses=_errors(404),
+    )
     def artifact(
-        project: Project, domain: Domain, artifact_id: Annotated[str, m.Id], service: Svc, who: Who
+        project: Project, domain: Domain, artifact_id: ObjectId, service: Svc, who: Reader
     ) -> m.ArtifactOut:
-        who.check(project, "read")
         _, ref = artifact_in(service, project, domain, artifact_id)
         return m.ArtifactOut.of(ref)
 
@@ -466,12 +479,11 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         f"{base}/artifacts/{{artifact_id}}/bytes",
         tags=["artifacts"],
         response_class=StreamingResponse,
-        responses={200: {"content": {"application/octet-stream": {}}}},
+        responses={200: {"content": {"application/octet-stream": {}}}, **_errors(404)},
     )
     def download(
-        project: Project, domain: Domain, artifact_id: Annotated[str, m.Id], service: Svc, who: Who
+        project: Project, domain: Domain, artifact_id: ObjectId, service: Svc, who: Reader
     ) -> StreamingResponse:
-        who.check(project, "read")
         engine, ref = artifact_in(service, project, domain, artifact_id)
         handle = engine.storage.open_read(ref.uri)
 
@@ -486,13 +498,16 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
             headers={"Content-Length": str(ref.size), "X-Papercrane-Hash": ref.hash},
         )
 
-    @r.get(f"{base}/artifacts/{{artifact_id}}/lineage", tags=["artifacts"])
+    @r.get(
+        f"{base}/artifacts/{{artifact_id}}/lineage",
+        tags=["artifacts"],
+        responses=_errors(404),
+    )
     def lineage(
-        project: Project, domain: Domain, artifact_id: Annotated[str, m.Id], service: Svc, who: Who
+        project: Project, domain: Domain, artifact_id: ObjectId, service: Svc, who: Reader
     ) -> dict[str, Any]:
-        who.check(project, "read")
         engine, ref = artifact_in(service, project, domain, artifact_id)
-        return engine.lineage(ref.id)
+        return _own(service, project, domain, engine.lineage(ref.id))
 
     # -- cache ----------------------------------------------------------------------------
     @r.get(f"{base}/cache", response_model=list[m.CacheEntryOut], tags=["cache"])
@@ -500,10 +515,9 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         project: Project,
         domain: Domain,
         service: Svc,
-        who: Who,
-        task: Annotated[str | None, Query(max_length=200)] = None,
+        who: Reader,
+        task: Annotated[str | None, Query(max_length=200, pattern=m.TEXT_PATTERN)] = None,
     ) -> list[m.CacheEntryOut]:
-        who.check(project, "read")
         rows = listing.list_cache(service.store, project, domain, task)
         return [m.CacheEntryOut(**{k: r[k] for k in m.CacheEntryOut.model_fields}) for r in rows]
 
@@ -512,16 +526,37 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         project: Project,
         domain: Domain,
         service: Svc,
-        who: Who,
-        task: Annotated[str | None, Query(max_length=200)] = None,
+        who: Writer,
+        task: Annotated[str | None, Query(max_length=200, pattern=m.TEXT_PATTERN)] = None,
     ) -> m.Cleared:
-        who.check(project, "write")
         return m.Cleared(cleared=listing.clear_cache(service.store, project, domain, task))
 
     @r.get("/server", tags=["server"])
-    def server_status(service: Svc, who: Who) -> dict[str, Any]:
+    def server_status(service: Svc, who: Operator) -> dict[str, Any]:
         """Running executions and the fair-share gate (operators: a '*' admin token)."""
-        who.check("*", "admin")
         return service.status()
 
     return r
+
+
+def _own(service: Service, project: str, domain: str, tree: dict[str, Any]) -> dict[str, Any]:
+    """A lineage tree cut where it leaves ``project``/``domain``: the same bytes may have
+    been produced in another project, whose executions this token must not see."""
+    cache: dict[str, bool] = {}
+
+    def ours(execution_id: str) -> bool:
+        if execution_id not in cache:
+            state = service.store.execution(execution_id)
+            cache[execution_id] = (
+                state is not None and state.project == project and state.domain == domain
+            )
+        return cache[execution_id]
+
+    def cut(node: dict[str, Any]) -> dict[str, Any]:
+        producer = node.get("producer")
+        if producer is not None and not ours(producer["execution_id"]):
+            kept = {k: v for k, v in node.items() if k != "repeated"}
+            return {**kept, "producer": None, "inputs": []}
+        return {**node, "inputs": [cut(i) for i in node.get("inputs", [])]}
+
+    return cut(tree)

@@ -41,7 +41,8 @@ class Principal:
 
     def check(self, project: str, role: str) -> None:
         if self.project not in ("*", project):
-            # Not 403: a token must not learn which other projects exist.
+            # The same 403 whether or not the project exists: a token must not learn
+            # which other projects there are.
             raise AuthError(f"this token has no access to project {project!r}", forbidden=True)
         if ROLES.index(self.role) < ROLES.index(role):
             raise AuthError(

@@ -110,7 +110,7 @@ def test_inline_needs_values(engine: LocalEngine) -> None:
 
 
 def test_unknown_executor_lists_known(engine: LocalEngine) -> None:
-    with pytest.raises(ConfigError, match="known: inline, local"):
+    with pytest.raises(ConfigError, match="known: inline, kubernetes, local"):
         engine.executor("cloud")
 
 

@@ -1,0 +1,643 @@
+"""Run each attempt as a Kubernetes ``batch/v1`` Job, through the official client.
+
+The pod runs the same runner entrypoint as a local subprocess
+(``python -m papercrane.backend.runner STORAGE ATTEMPT``); the task bundle, inputs,
+outputs, logs and the result manifest go through storage, which the pod reaches through
+a volume (the default file store: a hostPath or a PersistentVolumeClaim mounted at the
+same path) or an object store. The server's own URL is never needed by the pod.
+
+Status comes from a watch on the attempt's pod (resumed from its resourceVersion after
+a disconnect), not from polling. The Job has ``backoffLimit: 0``: papercrane counts
+attempts itself, so each has its own record, and decides what a failure was: the task's
+exception (user), a timeout (user), out of memory (user, with a clear message), an image
+that isn't there (user), or a pod lost to deletion, eviction or a node (system: retried
+on its own budget). Finished Jobs are deleted (Kubernetes 1.20 has no TTL controller).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..runner import AttemptResult, system_error
+from .base import AttemptSpec, Executor, LogSink
+
+_LABEL = "papercrane.io"
+_IMAGE_ERRORS = {"ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+
+
+def _dns(text: str, limit: int = 63) -> str:
+    """A DNS-1123 label: lowercase alphanumerics and '-', starting and ending with one."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
+    if len(clean) <= limit:
+        return clean
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{clean[: limit - 9].rstrip('-')}-{digest}"
+
+
+def _label_value(text: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-") or "x"
+    if len(clean) <= 63:
+        return clean
+    return f"{clean[:54]}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class KubernetesSettings:
+    """Where and how task pods run. From the environment (``PAPERCRANE_K8S_*``) or the
+    server's flags."""
+
+    image: str = "local/papercrane-task:dev"
+    project_images: dict[str, str] = field(default_factory=dict)
+    image_pull_policy: str = "IfNotPresent"
+    python: str = "/opt/venv/bin/python"
+    namespace: str = ""  # fixed namespace; default: one per project and domain
+    create_namespaces: bool = True
+    kubeconfig: str | None = None
+    context: str | None = None
+    service_account: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    #: How the pod reaches file storage: "hostPath" (same path on the node) or
+    #: "pvc:CLAIM" (a PersistentVolumeClaim mounted at the storage path).
+    storage_volume: str = "hostPath"
+    #: A pod that can't be scheduled fails its attempt after this long (the scheduler's
+    #: reason is in the error).
+    pending_timeout: float = 300.0
+    #: Running pods allowed per namespace (a ResourceQuota), on top of the server's share.
+    pod_quota: int | None = None
+
+    @classmethod
+    def from_env(cls) -> KubernetesSettings:
+        env = os.environ
+        values: dict[str, Any] = {}
+        for key, attr in (
+            ("PAPERCRANE_K8S_IMAGE", "image"),
+            ("PAPERCRANE_K8S_PULL_POLICY", "image_pull_policy"),
+            ("PAPERCRANE_K8S_PYTHON", "python"),
+            ("PAPERCRANE_K8S_NAMESPACE", "namespace"),
+            ("PAPERCRANE_K8S_CONTEXT", "context"),
+            ("PAPERCRANE_K8S_SERVICE_ACCOUNT", "service_account"),
+            ("PAPERCRANE_K8S_STORAGE_VOLUME", "storage_volume"),
+            ("KUBECONFIG", "kubeconfig"),
+        ):
+            if env.get(key):
+                values[attr] = env[key]
+        if env.get("PAPERCRANE_K8S_SECRETS"):
+            values["secrets"] = [s for s in env["PAPERCRANE_K8S_SECRETS"].split(",") if s]
+        if env.get("PAPERCRANE_K8S_PENDING_TIMEOUT"):
+            values["pending_timeout"] = float(env["PAPERCRANE_K8S_PENDING_TIMEOUT"])
+        if env.get("PAPERCRANE_K8S_NODE_SELECTOR"):
+            values["node_selector"] = dict(
+                kv.split("=", 1) for kv in env["PAPERCRANE_K8S_NODE_SELECTOR"].split(",")
+            )
+        if env.get("PAPERCRANE_K8S_TOLERATIONS"):
+            values["tolerations"] = json.loads(env["PAPERCRANE_K8S_TOLERATIONS"])
+        if env.get("PAPERCRANE_K8S_POD_QUOTA"):
+            values["pod_quota"] = int(env["PAPERCRANE_K8S_POD_QUOTA"])
+        return cls(**values)
+
+    def namespace_for(self, project: str, domain: str) -> str:
+        return self.namespace or _dns(f"papercrane-{project}-{domain}")
+
+    def image_for(self, project: str, task_image: str | None) -> str:
+        return task_image or self.project_images.get(project) or self.image
+
+
+def _quantity_cpu(cores: float) -> str:
+    millis = int(round(cores * 1000))
+    return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
+
+
+def job_name(attempt: AttemptSpec) -> str:
+    base = f"pc-{attempt.execution_id[:10]}-{attempt.node}-{attempt.attempt}"
+    digest = hashlib.sha256(
+        f"{attempt.execution_id}/{attempt.node}/{attempt.attempt}".encode()
+    ).hexdigest()[:6]
+    return f"{_dns(base, 56)}-{digest}"
+
+
+def labels(attempt: AttemptSpec) -> dict[str, str]:
+    return {
+        f"{_LABEL}/managed-by": "papercrane",
+        f"{_LABEL}/execution": _label_value(attempt.execution_id),
+        f"{_LABEL}/node": _label_value(attempt.node),
+        f"{_LABEL}/attempt": str(attempt.attempt),
+        f"{_LABEL}/project": _label_value(attempt.project),
+        f"{_LABEL}/domain": _label_value(attempt.domain),
+    }
+
+
+def build_job(
+    attempt: AttemptSpec,
+    settings: KubernetesSettings,
+    storage_url: str,
+    attempt_key: str,
+    storage_path: str | None,
+) -> dict[str, Any]:
+    """The Job for one attempt, as a plain manifest (unit-testable, no cluster)."""
+    res = attempt.config.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.cpu is not None:
+        requests["cpu"] = limits["cpu"] = _quantity_cpu(res.cpu)
+    if res.memory is not None:
+        requests["memory"] = limits["memory"] = str(res.memory)
+    if res.gpu:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(res.gpu)
+    container: dict[str, Any] = {
+        "name": "task",
+        "image": settings.image_for(attempt.project, attempt.config_image),
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [settings.python, "-m", "papercrane.backend.runner", storage_url, attempt_key],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+    }
+    if settings.secrets:
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in settings.secrets]
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if storage_path:
+        if settings.storage_volume.startswith("pvc:"):
+            volume = {"persistentVolumeClaim": {"claimName": settings.storage_volume[4:]}}
+        else:
+            volume = {"hostPath": {"path": storage_path, "type": "DirectoryOrCreate"}}
+        pod["volumes"] = [{"name": "store", **volume}]
+        container["volumeMounts"] = [{"name": "store", "mountPath": storage_path}]
+    if settings.service_account:
+        pod["serviceAccountName"] = settings.service_account
+    if settings.node_selector:
+        pod["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod["tolerations"] = list(settings.tolerations)
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "template": {"metadata": {"labels": labels(attempt)}, "spec": pod},
+    }
+    if attempt.config.timeout:
+        spec["activeDeadlineSeconds"] = max(1, math.ceil(attempt.config.timeout))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(attempt),
+            "labels": labels(attempt),
+            "annotations": {f"{_LABEL}/task-version": attempt.task.version()},
+        },
+        "spec": spec,
+    }
+
+
+class KubernetesExecutor(Executor):
+    name = "kubernetes"
+    can_adopt = True
+    quick_to_follow = False
+
+    def __init__(self, artifacts: Any, settings: KubernetesSettings | None = None) -> None:
+        super().__init__(artifacts)
+        self.settings = settings or KubernetesSettings.from_env()
+        self._api: Any = None
+        self._ready_namespaces: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- the cluster ------------------------------------------------------------------------
+    def api(self) -> Any:
+        with self._lock:
+            if self._api is None:
+                self._api = self._connect()
+            return self._api
+
+    def _connect(self) -> Any:
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise ConfigError(
+                "the kubernetes executor needs the kubernetes client: "
+                "pip install 'papercrane[kubernetes]'"
+            ) from None
+        where = self.settings.context or "the current context"
+        try:
+            if os.environ.get("KUBERNETES_SERVICE_HOST") and not self.settings.kubeconfig:
+                config.load_incluster_config()
+                where = "the in-cluster service account"
+            else:
+                config.load_kube_config(
+                    config_file=self.settings.kubeconfig, context=self.settings.context
+                )
+            api = client.ApiClient()
+            client.VersionApi(api).get_code(_request_timeout=10)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot reach the Kubernetes cluster of {where} "
+                f"(kubeconfig {self.settings.kubeconfig or '~/.kube/config'}): "
+                f"{_reason(exc)}; check KUBECONFIG / --k8s-context and that the API server is up"
+            ) from None
+        return api
+
+    def _core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api())
+
+    def _batch(self) -> Any:
+        from kubernetes import client
+
+        return client.BatchV1Api(self.api())
+
+    def ensure_namespace(self, namespace: str) -> None:
+        if namespace in self._ready_namespaces:
+            return
+        from kubernetes.client.rest import ApiException
+
+        core = self._core()
+        try:
+            core.read_namespace(namespace)
+        except ApiException as exc:
+            if exc.status == 404 and self.settings.create_namespaces:
+                try:
+                    core.create_namespace(
+                        {
+                            "metadata": {
+                                "name": namespace,
+                                "labels": {f"{_LABEL}/managed-by": "papercrane"},
+                            }
+                        }
+                    )
+                except ApiException as inner:
+                    if inner.status != 409:
+                        raise self._refused(inner, f"create namespace {namespace!r}") from None
+            elif exc.status == 404:
+                raise ConfigError(
+                    f"namespace {namespace!r} does not exist and papercrane may not create it; "
+                    "create it, or allow namespace creation"
+                ) from None
+            elif exc.status != 403:  # may read pods but not namespaces: carry on
+                raise self._refused(exc, f"read namespace {namespace!r}") from None
+        if self.settings.pod_quota is not None:
+            self._quota(namespace)
+        self._ready_namespaces.add(namespace)
+
+    def _quota(self, namespace: str) -> None:
+        from kubernetes.client.rest import ApiException
+
+        body = {
+            "metadata": {"name": "papercrane-pods"},
+            "spec": {"hard": {"pods": str(self.settings.pod_quota)}},
+        }
+        try:
+            self._core().create_namespaced_resource_quota(namespace, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                self._core().replace_namespaced_resource_quota("papercrane-pods", namespace, body)
+            else:
+                raise self._refused(exc, f"set the pod quota of {namespace!r}") from None
+
+    def _check_secrets(self, namespace: str) -> None:
+        from kubernetes.client.rest import ApiException
+
+        for name in self.settings.secrets:
+            try:
+                self._core().read_namespaced_secret(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise ConfigError(
+                        f"Secret {name!r} does not exist in namespace {namespace!r}; create it "
+                        f"(kubectl -n {namespace} create secret generic {name} ...) or remove "
+                        "it from the task environment settings"
+                    ) from None
+                if exc.status != 403:
+                    raise self._refused(exc, f"read Secret {name!r}") from None
+
+    @staticmethod
+    def _refused(exc: Any, what: str) -> ConfigError:
+        if getattr(exc, "status", None) == 403:
+            return ConfigError(
+                f"Kubernetes refused to {what} (RBAC, 403 Forbidden): give papercrane's "
+                f"service account that permission. {_reason(exc)}"
+            )
+        return ConfigError(f"Kubernetes could not {what}: {_reason(exc)}")
+
+    def _storage(self) -> tuple[str, str | None]:
+        storage = self.storage
+        if storage.local:
+            root = str(storage.root.resolve())
+            return root, root
+        return storage.url_root, None
+
+    # -- an attempt ---------------------------------------------------------------------------
+    def run(
+        self,
+        attempt: AttemptSpec,
+        sink: LogSink,
+        cancel: threading.Event | None = None,
+        adopt: bool = False,
+    ) -> AttemptResult:
+        from kubernetes.client.rest import ApiException
+
+        namespace = self.settings.namespace_for(attempt.project, attempt.domain)
+        started = time.time()
+        storage_url, mount = self._storage()
+        key = f"{attempt.prefix}/attempt.json"
+        name = job_name(attempt)
+        try:
+            self.ensure_namespace(namespace)
+            if not adopt:
+                self._check_secrets(namespace)
+                attempt.strict_environment = True
+                self.storage.write_bytes(key, json.dumps(attempt.to_dict()).encode())
+                manifest = build_job(attempt, self.settings, storage_url, key, mount)
+                try:
+                    self._batch().create_namespaced_job(namespace, manifest)
+                except ApiException as exc:
+                    if exc.status != 409:  # 409: it exists already (a retried submission)
+                        raise self._refused(exc, f"create Job {name} in {namespace!r}") from None
+        except ConfigError as exc:
+            return AttemptResult(
+                "failed",
+                error={
+                    "kind": "user",
+                    "type": "KubernetesError",
+                    "message": str(exc),
+                    "traceback": "",
+                },
+                started_at=started,
+                ended_at=time.time(),
+            )
+        try:
+            outcome = _PodWatch(self, attempt, namespace, sink, cancel).follow()
+        finally:
+            self.delete(namespace, name)
+        return self._result(attempt, outcome, started)
+
+    def adopt(self, attempt: AttemptSpec) -> bool:
+        """Is this attempt's Job still there (a restarted server takes it over)?"""
+        from kubernetes.client.rest import ApiException
+
+        namespace = self.settings.namespace_for(attempt.project, attempt.domain)
+        try:
+            self._batch().read_namespaced_job(job_name(attempt), namespace)
+        except (ApiException, ConfigError):
+            return False
+        return True
+
+    def delete(self, namespace: str, name: str) -> None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self._batch().delete_namespaced_job(
+                name, namespace, propagation_policy="Background", grace_period_seconds=0
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        except Exception:
+            pass
+
+    def _result(
+        self, attempt: AttemptSpec, outcome: dict[str, Any], started: float
+    ) -> AttemptResult:
+        end = time.time()
+        if outcome["kind"] == "aborted":
+            return AttemptResult(
+                "aborted",
+                error=system_error("the attempt was stopped", "Aborted"),
+                started_at=started,
+                ended_at=end,
+            )
+        try:
+            data = json.loads(self.storage.read_bytes(f"{attempt.prefix}/result.json"))
+            result = AttemptResult.from_dict(data)
+        except Exception:
+            result = None
+        if result is not None and outcome["kind"] in ("done", "failed"):
+            return result
+        error = outcome.get("error") or system_error(
+            "the pod ended without reporting a result", "LostPod"
+        )
+        result = AttemptResult("failed", error=error, started_at=started, ended_at=end)
+        for stream in ("stdout", "stderr"):
+            log_key = f"{attempt.prefix}/{stream}.log"
+            if self.storage.size(log_key):
+                result.logs[stream] = log_key
+        return result
+
+
+class _PodWatch:
+    """Follows one attempt's pod through a watch until it ends, streaming its log."""
+
+    def __init__(
+        self,
+        executor: KubernetesExecutor,
+        attempt: AttemptSpec,
+        namespace: str,
+        sink: LogSink,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.executor = executor
+        self.attempt = attempt
+        self.namespace = namespace
+        self.sink = sink
+        self.cancel = cancel
+        self.selector = ",".join(
+            f"{k}={v}" for k, v in labels(attempt).items() if not k.endswith(("project", "domain"))
+        )
+        self.pod_name = ""
+        self.log_thread: threading.Thread | None = None
+        self.seen_pod = False
+        self.pending_since = time.monotonic()
+        self.last_reason = ""
+
+    def follow(self) -> dict[str, Any]:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        core = self.executor._core()
+        version = ""
+        while True:
+            if self.cancel is not None and self.cancel.is_set():
+                return {"kind": "aborted"}
+            w = watch.Watch()
+            try:
+                if not version:
+                    listed = core.list_namespaced_pod(self.namespace, label_selector=self.selector)
+                    version = listed.metadata.resource_version
+                    for pod in listed.items:
+                        outcome = self._observe("ADDED", pod)
+                        if outcome is not None:
+                            return outcome
+                    outcome = self._check_missing(listed.items)
+                    if outcome is not None:
+                        return outcome
+                for event in w.stream(
+                    core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    resource_version=version,
+                    timeout_seconds=2,
+                    _request_timeout=10,
+                ):
+                    version = event["object"].metadata.resource_version
+                    outcome = self._observe(event["type"], event["object"])
+                    if outcome is not None:
+                        return outcome
+                    if self.cancel is not None and self.cancel.is_set():
+                        return {"kind": "aborted"}
+                outcome = self._idle()
+                if outcome is not None:
+                    return outcome
+            except ApiException as exc:
+                if exc.status == 410:  # our resourceVersion is too old: list again
+                    version = ""
+                    continue
+                raise
+            except Exception as exc:  # a dropped connection: resume from `version`
+                if "Read timed out" not in str(exc) and "Connection" not in str(exc):
+                    raise
+            finally:
+                w.stop()
+
+    def _idle(self) -> dict[str, Any] | None:
+        """Between watch windows: the pending timeout, and a Job that vanished."""
+        if not self.seen_pod and time.monotonic() - self.pending_since > 30:
+            return self._check_missing([])
+        if (
+            self.pod_name
+            and self.last_reason.startswith("pending")
+            and (time.monotonic() - self.pending_since > self.executor.settings.pending_timeout)
+        ):
+            return _user(
+                "PodUnschedulable",
+                f"the pod could not be scheduled for "
+                f"{self.executor.settings.pending_timeout:g} s: {self.last_reason[9:]}",
+            )
+        return None
+
+    def _check_missing(self, pods: list[Any]) -> dict[str, Any] | None:
+        from kubernetes.client.rest import ApiException
+
+        if pods:
+            return None
+        try:
+            self.executor._batch().read_namespaced_job(job_name(self.attempt), self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return _system("LostPod", "the attempt's Job was deleted before it finished")
+        return None
+
+    def _observe(self, kind: str, pod: Any) -> dict[str, Any] | None:
+        self.seen_pod = True
+        self.pod_name = pod.metadata.name
+        status = pod.status
+        if kind == "DELETED" and (status.phase or "") not in ("Succeeded", "Failed"):
+            return _system("LostPod", f"pod {self.pod_name} was deleted while it ran")
+        phase = status.phase or "Pending"
+        reason = status.reason or ""
+        if reason == "Evicted":
+            return _system("Evicted", f"pod {self.pod_name} was evicted: {status.message or ''}")
+        for cs in status.container_statuses or []:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is not None and waiting.reason in _IMAGE_ERRORS:
+                return _user(
+                    "ImageUnavailable",
+                    f"image {cs.image!r} can't be used on the cluster's nodes "
+                    f"({waiting.reason}: {waiting.message or 'not present'}); import or push it, "
+                    "or choose another with --image",
+                )
+            terminated = cs.state.terminated if cs.state else None
+            if terminated is not None and terminated.reason == "OOMKilled":
+                limit = self.attempt.config.resources.memory
+                return _user(
+                    "OutOfMemory",
+                    f"the task ran out of memory (limit {limit} bytes) and was killed; "
+                    "raise --memory or use less",
+                )
+        if phase == "Pending":
+            message = self._pending_reason(pod)
+            if message and message != self.last_reason:
+                self.last_reason = message
+                _status(self.sink, message)
+            return None
+        if phase == "Running":
+            if self.last_reason != "running":
+                self.last_reason = "running"
+                _status(self.sink, "running")
+                self._stream_logs()
+            return None
+        if phase == "Succeeded":
+            self._join_logs()
+            return {"kind": "done"}
+        if phase == "Failed":
+            self._join_logs()
+            if reason == "DeadlineExceeded":
+                return _user(
+                    "TaskTimeout",
+                    f"task {self.attempt.task.name!r} ran longer than its timeout of "
+                    f"{self.attempt.config.timeout:g} s and was stopped",
+                )
+            return {"kind": "failed"}
+        return None
+
+    def _pending_reason(self, pod: Any) -> str:
+        for cond in pod.status.conditions or []:
+            if cond.type == "PodScheduled" and cond.status == "False":
+                return f"pending: {cond.reason}: {cond.message}"
+        for cs in pod.status.container_statuses or []:
+            if cs.state and cs.state.waiting and cs.state.waiting.reason:
+                return f"pending: {cs.state.waiting.reason}"
+        return "pending"
+
+    def _stream_logs(self) -> None:
+        if self.log_thread is not None:
+            return
+
+        def pump() -> None:
+            try:
+                stream = self.executor._core().read_namespaced_pod_log(
+                    self.pod_name, self.namespace, follow=True, _preload_content=False
+                )
+                for chunk in stream.stream(4096):
+                    self.sink.log("stdout", chunk.decode("utf-8", "replace"))
+            except Exception:
+                pass  # the logs are also in storage, written by the runner
+
+        self.log_thread = threading.Thread(target=pump, daemon=True, name="pod-log")
+        self.log_thread.start()
+
+    def _join_logs(self) -> None:
+        if self.log_thread is not None:
+            self.log_thread.join(timeout=5)
+
+
+def _status(sink: LogSink, message: str) -> None:
+    report = getattr(sink, "status", None)
+    if report is not None:
+        report(message)
+
+
+def _user(type_: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "error",
+        "error": {"kind": "user", "type": type_, "message": message, "traceback": ""},
+    }
+
+
+def _system(type_: str, message: str) -> dict[str, Any]:
+    return {"kind": "error", "error": system_error(message, type_)}
+
+
+def _reason(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            return json.loads(body).get("message", str(body))
+        except (ValueError, TypeError):
+            return str(body)[:300]
+    return str(exc)[:300] or type(exc).__name__
