@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the image task pods run: Debian bookworm's Python 3.11 in /opt/venv with
-# papercrane (from this checkout), cloudpickle and numpy. No registry or Docker engine is
+# papercrane (from this checkout), cloudpickle and numpy (the building Python's versions). No registry or Docker engine is
 # needed: the root filesystem is made with debootstrap and packed as an OCI image tar
 # (by ../shared/k8s/mkimage.py), which a cluster imports (pods use imagePullPolicy: Never).
 #
@@ -22,19 +22,33 @@ if [ ! -f "$BASE" ]; then
   debootstrap --variant=minbase --include=python3,python3-venv bookworm "$work/root" \
     "${mirror:-http://deb.debian.org/debian}" >/dev/null
   chroot "$work/root" python3 -m venv /opt/venv
-  # The host's pip reaches the package index; the chroot's does not.
-  "$PY" -m pip download -q -d "$work/root/wheels" --only-binary=:all: \
-    --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-    numpy cloudpickle
-  chroot "$work/root" /opt/venv/bin/pip install -q --no-index --find-links /wheels numpy cloudpickle
-  rm -rf "$work/root/wheels" "$work/root/var/cache/apt/archives/"*.deb
+  rm -rf "$work/root/var/cache/apt/archives/"*.deb
   tar -C "$work/root" -cf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE"
   rm -rf "$work"
 fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mkdir "$work/root"; tar -C "$work/root" -xf "$BASE"
+# The packages tasks use, at the versions of the Python that builds this (the notebook's
+# environment is checked against the image's, by name and version, before a task runs).
+# The host's pip reaches the package index; the chroot's does not.
+pins=$("$PY" - <<'PY'
+from importlib import metadata
+for name in ("numpy", "cloudpickle"):
+    try:
+        print(f"{name}=={metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        print(name)
+PY
+)
+# shellcheck disable=SC2086
+"$PY" -m pip download -q -d "$work/root/wheels" --only-binary=:all: \
+  --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64 $pins
 "$PY" -m pip wheel -q --no-deps -w "$work/root/wheels" "$REPO"
-chroot "$work/root" /opt/venv/bin/pip install -q --no-index --no-deps /wheels/papercrane-*.whl
+# shellcheck disable=SC2086
+chroot "$work/root" /opt/venv/bin/pip install -q --no-index --find-links /wheels $pins
+wheel=$(basename "$(ls "$work"/root/wheels/papercrane-*.whl)")
+chroot "$work/root" /opt/venv/bin/pip install -q --no-index --no-deps "/wheels/$wheel"
 rm -rf "$work/root/wheels"
 "$PY" "$SHARED/mkimage.py" "$REF" "$work/root" "$OUT" >/dev/null
 echo "$REF -> $OUT"
