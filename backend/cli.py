@@ -316,7 +316,34 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: SQLite in the home)")
 @click.option("--storage", default=None, help="path or fsspec URL (default: store/ in the home)")
-@click.option("--executor", default="local", show_default=True, help="where attempts run")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="where attempts of tasks that don't choose run",
+)
+@click.option(
+    "--project-executor",
+    multiple=True,
+    metavar="PROJECT=EXECUTOR",
+    help="a project's default executor (repeatable)",
+)
+@click.option("--k8s-image", default=None, help="task image (default local/papercrane-task:dev)")
+@click.option("--k8s-context", default=None, help="kubeconfig context (default: current)")
+@click.option("--k8s-namespace", default=None, help="one namespace for all (default: per project)")
+@click.option(
+    "--k8s-pull-policy",
+    type=click.Choice(["Always", "IfNotPresent", "Never"]),
+    default=None,
+    help="imagePullPolicy of task pods (default IfNotPresent)",
+)
+@click.option("--k8s-secret", multiple=True, help="Secret whose keys become env vars in pods")
+@click.option(
+    "--k8s-storage-volume", default=None, help="hostPath (default) or pvc:CLAIM, for file storage"
+)
+@click.option("--k8s-pending-timeout", type=float, default=None, help="seconds a pod may pend")
+@click.option("--k8s-pod-quota", type=int, default=None, help="running pods per namespace")
 @click.option("--max-running", type=int, default=None, help="attempts at once, all projects")
 @click.option("--project-limit", type=int, default=0, help="attempts at once per project")
 @click.option("--public-url", default="", help="base URL shown to clients")
@@ -338,8 +365,38 @@ def server(
     project_limit: int,
     public_url: str,
     max_upload: int | None,
+    project_executor: tuple[str, ...],
+    k8s_image: str | None,
+    k8s_context: str | None,
+    k8s_namespace: str | None,
+    k8s_pull_policy: str | None,
+    k8s_secret: tuple[str, ...],
+    k8s_storage_volume: str | None,
+    k8s_pending_timeout: float | None,
+    k8s_pod_quota: int | None,
 ) -> None:
     """Run the papercrane server (REST API + live events) for a team."""
+    import os
+
+    k8s = {
+        "PAPERCRANE_K8S_IMAGE": k8s_image,
+        "PAPERCRANE_K8S_CONTEXT": k8s_context,
+        "PAPERCRANE_K8S_NAMESPACE": k8s_namespace,
+        "PAPERCRANE_K8S_PULL_POLICY": k8s_pull_policy,
+        "PAPERCRANE_K8S_SECRETS": ",".join(k8s_secret) or None,
+        "PAPERCRANE_K8S_STORAGE_VOLUME": k8s_storage_volume,
+        "PAPERCRANE_K8S_PENDING_TIMEOUT": None
+        if k8s_pending_timeout is None
+        else str(k8s_pending_timeout),
+        "PAPERCRANE_K8S_POD_QUOTA": None if k8s_pod_quota is None else str(k8s_pod_quota),
+    }
+    os.environ.update({k: v for k, v in k8s.items() if v})  # read by the executor
+    per_project = {}
+    for item in project_executor:
+        name, sep, chosen = item.partition("=")
+        if not sep or chosen not in ("local", "kubernetes"):
+            raise click.UsageError(f"--project-executor {item!r}: write PROJECT=local|kubernetes")
+        per_project[name] = chosen
     try:
         import uvicorn
 
@@ -354,6 +411,7 @@ def server(
         db_url=db_url or "",
         storage_url=storage or "",
         executor=executor,
+        project_executors=per_project,
         project_limit=project_limit,
         public_url=public_url or f"http://{host}:{port}",
         **({"max_running": max_running} if max_running else {}),

@@ -72,6 +72,8 @@ class Unit:
     system_failures: int = 0
     op: str = "run"  # or "expand" / "collect" (a map's steps, out of this process)
     layout: dict[str, Any] | None = None
+    #: A resumed attempt still running elsewhere (a pod): follow it, don't start one.
+    adopt: bool = False
 
 
 @dataclass
@@ -168,6 +170,7 @@ class WorkflowRun:
         self.resume = resume
         self.state = resume if resume is not None else ExecutionState(id=engine.new_execution_id())
         self.abort_reason = ""  # set from another thread to stop the execution
+        self.adopted: set[str] = set()  # resumed attempts taken over, not restarted
         self.shutting_down = False
         self.nodes = {n.id: NodeRun(n) for n in spec.nodes}
         self.downstream: dict[str, list[str]] = {n.id: [] for n in spec.nodes}
@@ -239,6 +242,27 @@ class WorkflowRun:
         self.flush()
         return self.state.id
 
+    def _adoptable(self, key: str, attempt: int) -> bool:
+        """Is this attempt still running where its executor can find it (a pod)?"""
+        run = self.nodes.get(key.partition("[")[0])
+        if run is None:
+            return False
+        executor = self.engine.executor(run.spec.config.executor)
+        if not executor.can_adopt:
+            return False
+        probe = AttemptSpec(
+            execution_id=self.state.id,
+            node=key,
+            attempt=attempt,
+            task=run.spec.task,
+            task_key="",
+            config=run.spec.config,
+            inputs={},
+            project=self.options.project,
+            domain=self.options.domain,
+        )
+        return executor.adopt(probe)
+
     def proceed(self) -> WorkflowResult:
         """Run the execution to its end (on this thread)."""
         try:
@@ -264,6 +288,9 @@ class WorkflowRun:
         a system failure, retried on the system budget like a lost pod."""
         for key, node in list(self.state.nodes.items()):
             if node.status is Status.RUNNING and node.attempt and ":" not in key:
+                if self._adoptable(key, node.attempt):
+                    self.adopted.add(key)
+                    continue
                 error = system_error(
                     "the scheduler stopped while this attempt ran (server restart)", "LostAttempt"
                 )
@@ -522,6 +549,7 @@ class WorkflowRun:
             old = self.resume.nodes[unit.key]
             unit.attempt = old.attempt
             unit.user_failures, unit.system_failures = old.user_failures, old.system_failures
+            unit.adopt = unit.key in self.adopted
             config = unit.node.spec.config
             if old.system_failures > config.system_retries or old.user_failures > config.retries:
                 error = old.error.to_dict() if old.error else system_error("attempts exhausted")
@@ -623,7 +651,8 @@ class WorkflowRun:
         return None
 
     def _submit(self, executor: Executor, unit: Unit) -> None:
-        self._begin(unit)
+        if not unit.adopt:
+            self._begin(unit)
         if self.pool is None:
             self.pool = ThreadPoolExecutor(
                 max_workers=self.options.max_parallel, thread_name_prefix="papercrane"
@@ -657,7 +686,9 @@ class WorkflowRun:
 
     def _work(self, executor: Executor, unit: Unit, attempt: AttemptSpec) -> None:
         try:
-            result = executor.run(attempt, _Logs(self, unit, threaded=True), self.cancel)
+            adopt = {"adopt": True} if unit.adopt else {}
+            unit.adopt = False  # a retry starts a new attempt
+            result = executor.run(attempt, _Logs(self, unit, threaded=True), self.cancel, **adopt)
         except BaseException as exc:  # the executor itself broke: a system failure
             result = AttemptResult("failed", error=system_error(f"{type(exc).__name__}: {exc}"))
         self.done.put(("result", unit, result))

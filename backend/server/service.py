@@ -74,6 +74,9 @@ class Service:
                 engine = LocalEngine(config, store=self.store)
                 engine.unpickles = False  # the server never decodes user values
                 engine.gate = self.gate
+                engine.default_executor = self.settings.project_executors.get(
+                    project, self.settings.executor
+                )
                 self._engines[key] = engine
             return engine
 

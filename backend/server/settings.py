@@ -15,6 +15,8 @@ class ServerSettings:
     db_url: str = ""
     storage_url: str = ""
     executor: str = "local"
+    #: A project's default executor, where it differs from ``executor``.
+    project_executors: dict[str, str] = field(default_factory=dict)
     #: Attempts running at once on this server, over all projects.
     max_running: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2) * 2))
     #: Per project, at most this many running attempts (``project_limits`` overrides).
