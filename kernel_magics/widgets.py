@@ -56,6 +56,8 @@ class RunView:
             if node.attempt:
                 rows.append(("attempt", f"{node.attempt} of {self.max_attempts}"))
             rows.append(("cache", _cache_text(node)))
+            if node.where and not node.status.terminal:
+                rows.append(("state", node.where))  # e.g. a pod pending on the scheduler
         elapsed = (self.ended or time.time()) - self.started
         rows.append(("duration", format_duration(elapsed)))
         return rows

@@ -155,6 +155,8 @@ def _detail(node: Any) -> str:
         parts.append(done)
     elif node.attempt > 1:
         parts.append(f"attempt {node.attempt}")
+    if node.where and not node.status.terminal and node.where != "running":
+        parts.append(node.where[:60])
     if node.started_at and node.ended_at:
         parts.append(format_duration(node.ended_at - node.started_at))
     if node.error is not None and node.status.value == "failed":
