@@ -135,8 +135,11 @@ class TaskConfigModel(Strict):
     retries: int = Field(0, ge=0, le=100)
     system_retries: int = Field(2, ge=0, le=100)
     timeout: float | None = Field(None, gt=0, le=1e9)
-    executor: str = Field("local", max_length=50)
+    #: "" for the server's default (``papercrane server --executor``).
+    executor: str = Field("", max_length=50)
     resources: ResourcesModel = ResourcesModel()
+    #: Container image for pod executors (default: the project's, or the server's).
+    image: str | None = Field(None, min_length=1, max_length=500, pattern=r"^\S+$")
 
     def to_config(self) -> TaskConfig:
         data = self.model_dump()
@@ -349,6 +352,8 @@ class NodeModelOut(BaseModel):
     elements: int = 0
     elements_done: int = 0
     elements_failed: int = 0
+    #: Where a started attempt is ("pending: Unschedulable: ...", "running").
+    where: str = ""
 
 
 class ExecutionOut(BaseModel):
@@ -396,6 +401,7 @@ class ExecutionOut(BaseModel):
                     elements=n.elements,
                     elements_done=n.elements_done,
                     elements_failed=n.elements_failed,
+                    where=n.where,
                 )
                 for k, n in s.nodes.items()
             },
