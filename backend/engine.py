@@ -91,6 +91,8 @@ class LocalEngine(EngineAPI):
     # -- registration ---------------------------------------------------------------------
     #: The executor of tasks that don't name one.
     default_executor: str = "local"
+    #: A server's engine serves one project: its lineage stays inside it.
+    scope_project: str | None = None
 
     def executor(self, name: str) -> Executor:
         name = name or self.default_executor
@@ -110,7 +112,8 @@ class LocalEngine(EngineAPI):
     def record_task(
         self, conn: Any, spec: TaskSpec, version: str, key: str, options: RunOptions
     ) -> None:
-        if version in self._registered:
+        scoped = f"{version}@{options.project}/{options.domain}"
+        if scoped in self._registered:
             return
         self.store.put_task(
             conn,
@@ -123,11 +126,12 @@ class LocalEngine(EngineAPI):
                 "spec": spec.to_dict(),
             },
         )
-        self._pending_registered.append(version)
+        self._pending_registered += [version, scoped]
 
     def record_workflow(self, conn: Any, spec: WorkflowSpec, options: RunOptions) -> str:
         version = spec.version()
-        if version not in self._registered:
+        scoped = f"{version}@{options.project}/{options.domain}"
+        if scoped not in self._registered:
             self.store.put_workflow(
                 conn,
                 {
@@ -138,7 +142,7 @@ class LocalEngine(EngineAPI):
                     "spec": spec.to_dict(),
                 },
             )
-            self._pending_registered.append(version)
+            self._pending_registered += [version, scoped]
         return version
 
     def _record_artifacts(self, conn: Any, refs: Any) -> None:
@@ -452,7 +456,7 @@ class LocalEngine(EngineAPI):
         )
 
     def has_lineage(self, artifact_id: str) -> bool:
-        return bool(self.store.producers(artifact_id))
+        return bool(self.store.producers(artifact_id, self.scope_project))
 
     def cache_list(self, task_name: str | None = None) -> list[dict[str, Any]]:
         return self.store.cache_list(project=None, task_name=task_name)
@@ -467,7 +471,7 @@ class LocalEngine(EngineAPI):
         really came from (an upstream node, or the execution that produced a notebook
         variable); a value typed into the notebook ends the chain."""
         ref = self.artifact(artifact_id)
-        producers = self.store.producers(ref.id)
+        producers = self.store.producers(ref.id, self.scope_project)
         return self._lineage(ref, "", producers[-1] if producers else None, depth, set())
 
     def _lineage(
@@ -504,7 +508,7 @@ class LocalEngine(EngineAPI):
                 upstream = next(
                     (
                         p
-                        for p in self.store.producers(input_ref.id)
+                        for p in self.store.producers(input_ref.id, self.scope_project)
                         if p["execution_id"] == source["execution"]
                         and p["node"].partition("[")[0] == source["node"]
                     ),

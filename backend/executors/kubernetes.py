@@ -16,6 +16,7 @@ on its own budget). Finished Jobs are deleted (Kubernetes 1.20 has no TTL contro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConfigError
@@ -31,7 +33,10 @@ from ..runner import AttemptResult, system_error
 from .base import AttemptSpec, Executor, LogSink
 
 _LABEL = "papercrane.io"
+_JOB = f"{_LABEL}/job"  # on pods: the name of their attempt's Job
 _IMAGE_ERRORS = {"ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+#: The kubelet can't make the container from its spec (a missing Secret or ConfigMap).
+_CONFIG_ERRORS = {"CreateContainerConfigError"}
 
 
 def _dns(text: str, limit: int = 63) -> str:
@@ -43,11 +48,17 @@ def _dns(text: str, limit: int = 63) -> str:
     return f"{clean[: limit - 9].rstrip('-')}-{digest}"
 
 
+_LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+
+
 def _label_value(text: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-") or "x"
-    if len(clean) <= 63:
-        return clean
-    return f"{clean[:54]}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    """A label value that stands for ``text`` alone: kept as it is when valid, else
+    cleaned and suffixed with a hash (so "fit[12]" and "fit_12" never share one)."""
+    if _LABEL_VALUE.match(text):
+        return text
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")[:54]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{clean}_{digest}" if clean else digest
 
 
 @dataclass
@@ -178,9 +189,11 @@ def build_job(
         pod["nodeSelector"] = dict(settings.node_selector)
     if settings.tolerations:
         pod["tolerations"] = list(settings.tolerations)
+    name = job_name(attempt)
     spec: dict[str, Any] = {
         "backoffLimit": 0,
-        "template": {"metadata": {"labels": labels(attempt)}, "spec": pod},
+        # The pods also carry the Job's name: the one label that selects exactly them.
+        "template": {"metadata": {"labels": {**labels(attempt), _JOB: name}}, "spec": pod},
     }
     if attempt.config.timeout:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(attempt.config.timeout))
@@ -188,7 +201,7 @@ def build_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(attempt),
+            "name": name,
             "labels": labels(attempt),
             "annotations": {f"{_LABEL}/task-version": attempt.task.version()},
         },
@@ -223,24 +236,61 @@ class KubernetesExecutor(Executor):
                 "the kubernetes executor needs the kubernetes client: "
                 "pip install 'papercrane[kubernetes]'"
             ) from None
-        where = self.settings.context or "the current context"
+        kubeconfig = self.settings.kubeconfig or "~/.kube/config"
+        where = "the in-cluster service account"
+        # A configuration of our own: loading one into the client's global default would
+        # change the cluster of every other client in this process.
+        configuration = client.Configuration()
         try:
             if os.environ.get("KUBERNETES_SERVICE_HOST") and not self.settings.kubeconfig:
-                config.load_incluster_config()
-                where = "the in-cluster service account"
+                config.load_incluster_config(client_configuration=configuration)
             else:
+                where = f"context {self._context_name()!r}"
                 config.load_kube_config(
-                    config_file=self.settings.kubeconfig, context=self.settings.context
+                    config_file=self.settings.kubeconfig,
+                    context=self.settings.context,
+                    client_configuration=configuration,
                 )
-            api = client.ApiClient()
+            api = client.ApiClient(configuration)
+            server = api.configuration.host
+            if server:
+                where += f" at {server}"
             client.VersionApi(api).get_code(_request_timeout=10)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ConfigError(
-                f"cannot reach the Kubernetes cluster of {where} "
-                f"(kubeconfig {self.settings.kubeconfig or '~/.kube/config'}): "
+                f"cannot reach the Kubernetes cluster of {where} (kubeconfig {kubeconfig}): "
                 f"{_reason(exc)}; check KUBECONFIG / --k8s-context and that the API server is up"
             ) from None
         return api
+
+    def _context_name(self) -> str:
+        """The context that will be used, checked against the kubeconfig (by name, so
+        errors can say which one)."""
+        from kubernetes import config
+
+        kubeconfig = self.settings.kubeconfig or "~/.kube/config"
+        try:
+            contexts, current = config.list_kube_config_contexts(
+                config_file=self.settings.kubeconfig
+            )
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot read the kubeconfig {kubeconfig}"
+                + (f" (context {self.settings.context!r})" if self.settings.context else "")
+                + f": {_reason(exc)}; set KUBECONFIG or --k8s-context"
+            ) from None
+        names = [c.get("name", "") for c in contexts or []]
+        if self.settings.context:
+            if self.settings.context not in names:
+                raise ConfigError(
+                    f"context {self.settings.context!r} is not in the kubeconfig {kubeconfig} "
+                    f"(it has: {', '.join(names) or 'none'}); fix --k8s-context / "
+                    "PAPERCRANE_K8S_CONTEXT"
+                )
+            return self.settings.context
+        return (current or {}).get("name", "") or "(no current context)"
 
     def _core(self) -> Any:
         from kubernetes import client
@@ -371,11 +421,29 @@ class KubernetesExecutor(Executor):
                 started_at=started,
                 ended_at=time.time(),
             )
+        watch = _PodWatch(self, attempt, namespace, sink, cancel)
+        outcome: dict[str, Any] = {"kind": "broken"}
         try:
-            outcome = _PodWatch(self, attempt, namespace, sink, cancel).follow()
+            outcome = watch.follow()
         finally:
-            self.delete(namespace, name)
-        return self._result(attempt, outcome, started)
+            # A pod that ended by itself goes with its Job. One that may still run (an
+            # abort, a timeout, a lost or stuck pod) is deleted now, without the grace
+            # period: the runner is PID 1 in its container and ignores SIGTERM, so it
+            # would otherwise go on for 30 s, next to the attempt that replaces it.
+            ended = outcome["kind"] in ("done", "failed")
+            self.delete(namespace, name, None if ended else watch.selector)
+        result = self._result(attempt, outcome, started)
+        if not watch.streamed:
+            # The pod finished before it was seen running (a quick task): the listener
+            # gets the output from the logs the runner stored, as a local run's would.
+            for stream, log_key in sorted(result.logs.items()):
+                try:
+                    text = self.storage.read_bytes(log_key).decode("utf-8", "replace")
+                except Exception:
+                    continue
+                if text:
+                    sink.log(stream, text)
+        return result
 
     def adopt(self, attempt: AttemptSpec) -> bool:
         """Is this attempt's Job still there (a restarted server takes it over)?"""
@@ -388,7 +456,10 @@ class KubernetesExecutor(Executor):
             return False
         return True
 
-    def delete(self, namespace: str, name: str) -> None:
+    def delete(self, namespace: str, name: str, pods: str | None = None) -> None:
+        """Delete an attempt's Job; with ``pods`` (a label selector), also delete its
+        pods at once (no grace period) rather than leave them to the garbage collector,
+        which deletes them gracefully."""
         from kubernetes.client.rest import ApiException
 
         try:
@@ -400,6 +471,12 @@ class KubernetesExecutor(Executor):
                 raise
         except Exception:
             pass
+        if pods:
+            # (if this fails, the garbage collector still deletes them, gracefully)
+            with contextlib.suppress(Exception):
+                self._core().delete_collection_namespaced_pod(
+                    namespace, label_selector=pods, grace_period_seconds=0
+                )
 
     def _result(
         self, attempt: AttemptSpec, outcome: dict[str, Any], started: float
@@ -446,14 +523,17 @@ class _PodWatch:
         self.namespace = namespace
         self.sink = sink
         self.cancel = cancel
-        self.selector = ",".join(
-            f"{k}={v}" for k, v in labels(attempt).items() if not k.endswith(("project", "domain"))
-        )
+        self.selector = f"{_JOB}={job_name(attempt)}"
         self.pod_name = ""
         self.log_thread: threading.Thread | None = None
         self.seen_pod = False
         self.pending_since = time.monotonic()
         self.last_reason = ""
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the pod's log was followed live (the listener has the output)."""
+        return self.log_thread is not None
 
     def follow(self) -> dict[str, Any]:
         from kubernetes import watch
@@ -536,12 +616,28 @@ class _PodWatch:
         self.seen_pod = True
         self.pod_name = pod.metadata.name
         status = pod.status
-        if kind == "DELETED" and (status.phase or "") not in ("Succeeded", "Failed"):
-            return _system("LostPod", f"pod {self.pod_name} was deleted while it ran")
         phase = status.phase or "Pending"
         reason = status.reason or ""
         if reason == "Evicted":
             return _system("Evicted", f"pod {self.pod_name} was evicted: {status.message or ''}")
+        for cs in status.container_statuses or []:
+            terminated = cs.state.terminated if cs.state else None
+            if terminated is not None and terminated.reason == "OOMKilled":
+                limit = self.attempt.config.resources.memory
+                within = f" of its --memory {_memory(limit)}" if limit else ""
+                return _user(
+                    "OutOfMemory",
+                    f"task {self.attempt.task.name!r} ran out of memory{within} and was "
+                    "killed (OOMKilled); raise --memory or make the task use less",
+                )
+        if phase not in ("Succeeded", "Failed") and (
+            kind == "DELETED" or pod.metadata.deletion_timestamp is not None
+        ):
+            # Being deleted before it ended: by the Job's deadline (a timeout), or by
+            # someone or something else (kubectl, an eviction, a node drain): lost.
+            if self._deadline_hit():
+                return self._timeout()
+            return _system("LostPod", f"pod {self.pod_name} was deleted while it ran")
         for cs in status.container_statuses or []:
             waiting = cs.state.waiting if cs.state else None
             if waiting is not None and waiting.reason in _IMAGE_ERRORS:
@@ -551,13 +647,12 @@ class _PodWatch:
                     f"({waiting.reason}: {waiting.message or 'not present'}); import or push it, "
                     "or choose another with --image",
                 )
-            terminated = cs.state.terminated if cs.state else None
-            if terminated is not None and terminated.reason == "OOMKilled":
-                limit = self.attempt.config.resources.memory
+            if waiting is not None and waiting.reason in _CONFIG_ERRORS:
                 return _user(
-                    "OutOfMemory",
-                    f"the task ran out of memory (limit {limit} bytes) and was killed; "
-                    "raise --memory or use less",
+                    "KubernetesError",
+                    f"the task's container could not be created ({waiting.reason}: "
+                    f"{waiting.message or 'no details'}); check the Secrets, service account "
+                    "and settings its pod uses",
                 )
         if phase == "Pending":
             message = self._pending_reason(pod)
@@ -576,14 +671,59 @@ class _PodWatch:
             return {"kind": "done"}
         if phase == "Failed":
             self._join_logs()
-            if reason == "DeadlineExceeded":
-                return _user(
-                    "TaskTimeout",
-                    f"task {self.attempt.task.name!r} ran longer than its timeout of "
-                    f"{self.attempt.config.timeout:g} s and was stopped",
-                )
-            return {"kind": "failed"}
+            if reason == "DeadlineExceeded" or self._deadline_hit():
+                return self._timeout()
+            # Used only if the runner wrote no result (it was killed, or crashed).
+            return {"kind": "failed", "error": system_error(self._exit(pod), "LostPod")}
         return None
+
+    def _exit(self, pod: Any) -> str:
+        for cs in pod.status.container_statuses or []:
+            terminated = cs.state.terminated if cs.state else None
+            if terminated is not None:
+                how = f"exit code {terminated.exit_code}"
+                if terminated.signal:
+                    how += f", signal {terminated.signal}"
+                if terminated.reason:
+                    how += f", {terminated.reason}"
+                return f"pod {self.pod_name} ended without reporting a result ({how})"
+        return f"pod {self.pod_name} ended without reporting a result"
+
+    def _timeout(self) -> dict[str, Any]:
+        return _user(
+            "TaskTimeout",
+            f"task {self.attempt.task.name!r} ran longer than its timeout of "
+            f"{self.attempt.config.timeout:g} s and was stopped (the Job's "
+            "activeDeadlineSeconds)",
+        )
+
+    def _deadline_hit(self) -> bool:
+        """Did the Job's activeDeadlineSeconds end this attempt? The Job controller
+        deletes the pods first and marks the Job failed just after, so a deletion close
+        to the deadline waits a moment for that mark."""
+        from kubernetes.client.rest import ApiException
+
+        if not self.attempt.config.timeout:
+            return False
+        give_up = time.monotonic() + 3
+        while True:
+            try:
+                job = self.executor._batch().read_namespaced_job(
+                    job_name(self.attempt), self.namespace
+                )
+            except ApiException:
+                return False
+            status = job.status
+            for cond in status.conditions or []:
+                if cond.type == "Failed" and cond.status == "True":
+                    return cond.reason == "DeadlineExceeded"
+            deadline = job.spec.active_deadline_seconds or 0
+            if status.start_time is None or not deadline or time.monotonic() > give_up:
+                return False
+            elapsed = (datetime.now(timezone.utc) - status.start_time).total_seconds()
+            if elapsed < deadline - 2:
+                return False  # well before the deadline: it was something else
+            time.sleep(0.2)
 
     def _pending_reason(self, pod: Any) -> str:
         for cond in pod.status.conditions or []:
@@ -616,6 +756,13 @@ class _PodWatch:
             self.log_thread.join(timeout=5)
 
 
+def _memory(size: int) -> str:
+    for unit, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size} bytes"
+
+
 def _status(sink: LogSink, message: str) -> None:
     report = getattr(sink, "status", None)
     if report is not None:
@@ -640,4 +787,10 @@ def _reason(exc: BaseException) -> str:
             return json.loads(body).get("message", str(body))
         except (ValueError, TypeError):
             return str(body)[:300]
+    cause = getattr(exc, "reason", None)  # urllib3's MaxRetryError: the last failure
+    if isinstance(cause, BaseException):
+        text = str(cause)
+        # "<urllib3.connection.HTTPSConnection object at 0x..>: Failed to establish..."
+        text = re.sub(r"^<[^>]*>:\s*", "", text)
+        return text[:300] or type(cause).__name__
     return str(exc)[:300] or type(exc).__name__

@@ -147,7 +147,7 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         project: Project, domain: Domain, version: ObjectId, service: Svc, who: Reader
     ) -> dict[str, Any]:
         row = service.store.task(version)
-        if row is None or row["project"] != project or row["domain"] != domain:
+        if row is None or not service.store.in_scope("task", version, project, domain):
             raise NotFound(f"no task version {version!r} in {project}/{domain}")
         return {"version": row["version"], "name": row["name"], "spec": row["spec"]}
 
@@ -189,7 +189,7 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         project: Project, domain: Domain, version: ObjectId, service: Svc, who: Reader
     ) -> dict[str, Any]:
         row = service.store.workflow(version)
-        if row is None or row["project"] != project or row["domain"] != domain:
+        if row is None or not service.store.in_scope("workflow", version, project, domain):
             raise NotFound(f"no workflow version {version!r} in {project}/{domain}")
         return {"version": row["version"], "name": row["name"], "spec": row["spec"]}
 

@@ -73,6 +73,7 @@ class Service:
                 )
                 engine = LocalEngine(config, store=self.store)
                 engine.unpickles = False  # the server never decodes user values
+                engine.scope_project = project
                 engine.gate = self.gate
                 engine.default_executor = self.settings.project_executors.get(
                     project, self.settings.executor

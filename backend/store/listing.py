@@ -7,7 +7,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import Store
-from .schema import cache_entries, executions, tasks, tokens, workflows
+from .schema import (
+    cache_entries,
+    executions,
+    task_scopes,
+    tasks,
+    tokens,
+    workflow_scopes,
+    workflows,
+)
 
 
 def _rows(store: Store, query: Any) -> list[dict[str, Any]]:
@@ -17,9 +25,10 @@ def _rows(store: Store, query: Any) -> list[dict[str, Any]]:
 
 def list_tasks(store: Store, project: str, domain: str, limit: int = 100) -> list[dict[str, Any]]:
     q = (
-        sa.select(tasks.c.version, tasks.c.name, tasks.c.created_at)
-        .where(tasks.c.project == project, tasks.c.domain == domain)
-        .order_by(tasks.c.created_at.desc())
+        sa.select(tasks.c.version, tasks.c.name, task_scopes.c.created_at)
+        .join(task_scopes, task_scopes.c.version == tasks.c.version)
+        .where(task_scopes.c.project == project, task_scopes.c.domain == domain)
+        .order_by(task_scopes.c.created_at.desc())
         .limit(limit)
     )
     return _rows(store, q)
@@ -29,9 +38,10 @@ def list_workflows(
     store: Store, project: str, domain: str, limit: int = 100
 ) -> list[dict[str, Any]]:
     q = (
-        sa.select(workflows.c.version, workflows.c.name, workflows.c.created_at)
-        .where(workflows.c.project == project, workflows.c.domain == domain)
-        .order_by(workflows.c.created_at.desc())
+        sa.select(workflows.c.version, workflows.c.name, workflow_scopes.c.created_at)
+        .join(workflow_scopes, workflow_scopes.c.version == workflows.c.version)
+        .where(workflow_scopes.c.project == project, workflow_scopes.c.domain == domain)
+        .order_by(workflow_scopes.c.created_at.desc())
         .limit(limit)
     )
     return _rows(store, q)

@@ -13,7 +13,17 @@ import sqlalchemy as sa
 from ..model import ArtifactRef, Event, EventKind, ExecutionState
 from ..projection import replay
 from . import db
-from .schema import artifacts, cache_entries, events, executions, lineage, tasks, workflows
+from .schema import (
+    artifacts,
+    cache_entries,
+    events,
+    executions,
+    lineage,
+    task_scopes,
+    tasks,
+    workflow_scopes,
+    workflows,
+)
 
 
 def _insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -282,7 +292,27 @@ class Store:
             return row.first() is not None
 
     def put_task(self, conn: sa.Connection, row: dict[str, Any]) -> None:
-        _insert_ignore(conn, tasks, [{**row, "created_at": time.time()}])
+        now = time.time()
+        _insert_ignore(conn, tasks, [{**row, "created_at": now}])
+        self._scope(conn, task_scopes, row, now)
+
+    @staticmethod
+    def _scope(conn: sa.Connection, table: sa.Table, row: dict[str, Any], now: float) -> None:
+        scope = {"version": row["version"], "project": row["project"], "domain": row["domain"]}
+        _insert_ignore(conn, table, [{**scope, "created_at": now}])
+
+    def in_scope(self, kind: str, version: str, project: str, domain: str) -> bool:
+        """Did this project and domain register that task (or workflow) version?"""
+        table = task_scopes if kind == "task" else workflow_scopes
+        with self.read() as conn:
+            found = conn.execute(
+                sa.select(table.c.version).where(
+                    table.c.version == version,
+                    table.c.project == project,
+                    table.c.domain == domain,
+                )
+            ).first()
+        return found is not None
 
     def task(self, version: str) -> dict[str, Any] | None:
         with self.read() as conn:
@@ -323,7 +353,9 @@ class Store:
 
     # -- workflows ---------------------------------------------------------------------------
     def put_workflow(self, conn: sa.Connection, row: dict[str, Any]) -> None:
-        _insert_ignore(conn, workflows, [{**row, "created_at": time.time()}])
+        now = time.time()
+        _insert_ignore(conn, workflows, [{**row, "created_at": now}])
+        self._scope(conn, workflow_scopes, row, now)
 
     def workflow(self, version: str) -> dict[str, Any] | None:
         with self.read() as conn:
@@ -347,14 +379,20 @@ class Store:
             now = time.time()
             conn.execute(lineage.insert(), [{"created_at": now, **r} for r in rows])
 
-    def producers(self, artifact_id: str) -> list[dict[str, Any]]:
-        """Attempts that produced this artifact, oldest first."""
+    def producers(self, artifact_id: str, project: str | None = None) -> list[dict[str, Any]]:
+        """Attempts that produced this artifact, oldest first (only ``project``'s: equal
+        bytes in two projects share an id, not their history)."""
+        query = (
+            sa.select(lineage)
+            .where(lineage.c.artifact_id == artifact_id)
+            .order_by(lineage.c.created_at, lineage.c.id)  # rows of one flush tie
+        )
+        if project is not None:
+            query = query.join(executions, executions.c.id == lineage.c.execution_id).where(
+                executions.c.project == project
+            )
         with self.read() as conn:
-            rows = conn.execute(
-                sa.select(lineage)
-                .where(lineage.c.artifact_id == artifact_id)
-                .order_by(lineage.c.created_at, lineage.c.id)  # rows of one flush tie
-            ).all()
+            rows = conn.execute(query).all()
         return [dict(r._mapping) for r in rows]
 
     # -- cache ----------------------------------------------------------------------------------

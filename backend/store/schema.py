@@ -131,3 +131,20 @@ tokens = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
 )
+
+
+def _scopes(name: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("version", sa.String(64), primary_key=True),
+        sa.Column("project", sa.String(100), primary_key=True),
+        sa.Column("domain", sa.String(100), primary_key=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Index(f"ix_{name}_scope", "project", "domain", "created_at"),
+    )
+
+
+#: Who registered a (content-addressed, shared) task or workflow version.
+task_scopes = _scopes("task_scopes")
+workflow_scopes = _scopes("workflow_scopes")

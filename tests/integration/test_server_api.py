@@ -442,12 +442,6 @@ def test_only_the_operator_sees_the_server(world: World) -> None:
     assert {"alpha", "beta"} <= set(world.api("operator").ok("GET", "/api/v1/projects"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="task and workflow versions are one global row each (tasks.version and "
-    "workflows.version are primary keys), so a second project registering the same "
-    "content gets the version back but can't read it; needs (project, domain) in the key",
-)
 @pytest.mark.parametrize("kind", ["tasks", "workflows"])
 def test_the_same_content_registers_in_two_projects(world: World, kind: str) -> None:
     spec = task("twin", "t = 1", (), ("t",)) if kind == "tasks" else workflow_body("twin")
