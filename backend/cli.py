@@ -447,6 +447,60 @@ def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | No
         store.close()
 
 
+@token.command("list")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
+    """Tokens (never their secret), with the id to revoke them by."""
+    from .server.auth import list_tokens
+    from .store import Store
+
+    store = Store(db_url or Config.from_env(**_home(obj)).db_url)
+    try:
+        rows = list_tokens(store)
+    finally:
+        store.close()
+
+    def table() -> Any:
+        from rich.table import Table
+
+        t = Table("id", "project", "role", "name", "created", "revoked")
+        for r in rows:
+            t.add_row(
+                str(r["id"]),
+                str(r["project"]),
+                str(r["role"]),
+                str(r["name"]),
+                _when(r["created_at"]),
+                "yes" if r["revoked"] else "",
+            )
+        return t
+
+    _emit(rows, as_json, table)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.pass_obj
+def token_revoke(obj: _Ctx, token_id: str, db_url: str | None) -> None:
+    """Revoke a token by its id (from `papercrane token list`); it stops working at once."""
+    from .server.auth import revoke_token
+    from .store import Store
+
+    store = Store(db_url or Config.from_env(**_home(obj)).db_url)
+    try:
+        count = revoke_token(store, token_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        store.close()
+    if not count:
+        raise click.ClickException(f"no active token with id {token_id!r}")
+    click.echo(f"revoked {count} token{'s' if count > 1 else ''}")
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -71,6 +71,35 @@ def create_token(store: Store, project: str, role: str, name: str = "") -> str:
     return token
 
 
+def list_tokens(store: Store) -> list[dict[str, object]]:
+    """Tokens without their secret: an id (the digest's first 12 characters) to revoke."""
+    with store.read() as conn:
+        rows = conn.execute(sa.select(tokens).order_by(tokens.c.created_at)).all()
+    return [
+        {
+            "id": r.digest[:12],
+            "project": r.project,
+            "role": r.role,
+            "name": r.name,
+            "created_at": r.created_at,
+            "revoked": r.revoked_at is not None,
+        }
+        for r in rows
+    ]
+
+
+def revoke_token(store: Store, token_id: str) -> int:
+    """Revoke the token(s) whose id (digest prefix, at least 8 characters) matches."""
+    if len(token_id) < 8:
+        raise ValueError("give at least 8 characters of the token id (see `papercrane token list`)")
+    with store.write() as conn:
+        return conn.execute(
+            tokens.update()
+            .where(tokens.c.digest.startswith(token_id.lower()), tokens.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+        ).rowcount
+
+
 def authenticate(store: Store, header: str | None) -> Principal:
     if not header or not header.lower().startswith("bearer "):
         raise AuthError(

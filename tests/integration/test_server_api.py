@@ -869,6 +869,20 @@ def test_an_id_taken_in_another_project(world: World) -> None:
     assert stored_files(world.server) == before
 
 
+def test_a_revoked_token_stops_working_at_once(world: World) -> None:
+    import httpx
+
+    server = world.server
+    token = server.token("gamma", "read")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{server.url}/api/v1/whoami", headers=headers).status_code == 200
+    listed = json.loads(server.cli("token", "list", "--json"))
+    mine = [t for t in listed if t["project"] == "gamma" and t["role"] == "read"][-1]
+    assert "pc_" not in json.dumps(listed)  # the secret itself is never shown
+    assert "revoked 1 token" in server.cli("token", "revoke", mine["id"])
+    assert httpx.get(f"{server.url}/api/v1/whoami", headers=headers).status_code == 401
+
+
 def test_the_server_never_failed_a_request(world: World) -> None:
     """Every request above (and the fixtures') got a deliberate answer: no 500."""
     assert server_errors(world.server) == []
