@@ -19,6 +19,7 @@ import functools
 import json
 import linecache
 import os
+import signal
 import sys
 import time
 import traceback
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m papercrane.backend.runner STORAGE_URL ATTEMPT_KEY", file=sys.stderr)
         return 2
+    # A pod being deleted or evicted gets SIGTERM: end the task at once (its ``finally``
+    # blocks still run, so it can save a checkpoint), reporting no result.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     storage = Storage(argv[0])
     attempt = json.loads(storage.read_bytes(argv[1]))
     prefix = attempt["prefix"]

@@ -1024,8 +1024,11 @@ class WorkflowRun:
         self.cancel.set()
 
     def shutdown(self) -> None:
-        """Stop the attempts and the loop, recording nothing (see ``_Shutdown``)."""
+        """Stop the attempts and the loop, recording nothing (see ``_Shutdown``).
+        ``detach`` on the cancel event tells executors whose attempts can outlive this
+        process (``can_adopt``: pods) to leave them running for the next server."""
         self.shutting_down = True
+        self.cancel.detach = True  # type: ignore[attr-defined]
         self.cancel.set()
 
     def _abort(self, reason: str) -> None:

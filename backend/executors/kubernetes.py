@@ -430,8 +430,10 @@ class KubernetesExecutor(Executor):
             # abort, a timeout, a lost or stuck pod) is deleted now, without the grace
             # period: the runner is PID 1 in its container and ignores SIGTERM, so it
             # would otherwise go on for 30 s, next to the attempt that replaces it.
+            # The server shutting down leaves it alone (a restarted server adopts it).
             ended = outcome["kind"] in ("done", "failed")
-            self.delete(namespace, name, None if ended else watch.selector)
+            if outcome["kind"] != "detached":
+                self.delete(namespace, name, None if ended else watch.selector)
         result = self._result(attempt, outcome, started)
         if not watch.streamed:
             # The pod finished before it was seen running (a quick task): the listener
@@ -482,7 +484,7 @@ class KubernetesExecutor(Executor):
         self, attempt: AttemptSpec, outcome: dict[str, Any], started: float
     ) -> AttemptResult:
         end = time.time()
-        if outcome["kind"] == "aborted":
+        if outcome["kind"] in ("aborted", "detached"):
             return AttemptResult(
                 "aborted",
                 error=system_error("the attempt was stopped", "Aborted"),
@@ -543,7 +545,7 @@ class _PodWatch:
         version = ""
         while True:
             if self.cancel is not None and self.cancel.is_set():
-                return {"kind": "aborted"}
+                return self._stopped()
             w = watch.Watch()
             try:
                 if not version:
@@ -569,7 +571,7 @@ class _PodWatch:
                     if outcome is not None:
                         return outcome
                     if self.cancel is not None and self.cancel.is_set():
-                        return {"kind": "aborted"}
+                        return self._stopped()
                 outcome = self._idle()
                 if outcome is not None:
                     return outcome
@@ -583,6 +585,13 @@ class _PodWatch:
                     raise
             finally:
                 w.stop()
+
+    def _stopped(self) -> dict[str, Any]:
+        """Cancelled: an abort (the pod goes), or the server shutting down (``detach``:
+        the Job goes on, for the next server to adopt)."""
+        if getattr(self.cancel, "detach", False):
+            return {"kind": "detached"}
+        return {"kind": "aborted"}
 
     def _idle(self) -> dict[str, Any] | None:
         """Between watch windows: the pending timeout, and a Job that vanished."""
@@ -690,12 +699,14 @@ class _PodWatch:
         return f"pod {self.pod_name} ended without reporting a result"
 
     def _timeout(self) -> dict[str, Any]:
-        return _user(
-            "TaskTimeout",
+        message = (
             f"task {self.attempt.task.name!r} ran longer than its timeout of "
             f"{self.attempt.config.timeout:g} s and was stopped (the Job's "
-            "activeDeadlineSeconds)",
+            "activeDeadlineSeconds)"
         )
+        if self.last_reason.startswith("pending"):  # the time went on waiting for a node
+            message += f"; its pod never started running ({self.last_reason})"
+        return _user("TaskTimeout", message)
 
     def _deadline_hit(self) -> bool:
         """Did the Job's activeDeadlineSeconds end this attempt? The Job controller
