@@ -35,6 +35,9 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs a PostgreSQL server (tests/conftest.py)")
+    config.addinivalue_line(
+        "markers", "kubernetes: needs a Kubernetes cluster (KUBECONFIG; scripts/k8s/cluster.sh)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,6 +49,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses = {"pg_url", "pg_databases"} & set(getattr(item, "fixturenames", ()))
         if uses or (callspec is not None and "postgres" in callspec.id):
             item.add_marker(mark)
+        if item.nodeid.startswith("tests/integration/test_kubernetes.py"):
+            item.add_marker(pytest.mark.kubernetes)
 
 
 # -- a throwaway PostgreSQL server ----------------------------------------------------------
