@@ -116,6 +116,19 @@ def profile_loop(path: str | None, fn: Callable[[], Any], n: int) -> None:
     and HTML. Without pyinstrument installed, say so and skip."""
     if not path:
         return
+
+    def loop() -> None:
+        for _ in range(n):
+            fn()
+
+    profile_call(path, loop, f"{n} runs of the timed loop's body profiled; divide the times by {n}")
+
+
+def profile_call(path: str | None, fn: Callable[[], Any], title: str) -> None:
+    """With ``path``, run ``fn`` once under pyinstrument and write the profile (see
+    ``write_profile``)."""
+    if not path:
+        return
     try:
         from pyinstrument import Profiler
     except ImportError:
@@ -124,15 +137,96 @@ def profile_loop(path: str | None, fn: Callable[[], Any], n: int) -> None:
     profiler = Profiler(interval=0.0005)
     profiler.start()
     try:
-        for _ in range(n):
-            fn()
+        fn()
     finally:
         profiler.stop()
+    write_profile(path, profiler, title)
+
+
+def write_profile(path: str, profiler: Any, title: str, top: int = 30) -> None:
+    """Write ``path`` (text: the hottest functions by self and by total time, then the
+    call tree) and the HTML view beside it."""
+    root = profiler.last_session.root_frame()
     with open(path, "w") as f:
-        f.write(f"{n} runs of the timed loop's body profiled; divide the times by {n}\n")
+        f.write(f"{title}\n\n")
+        if root is not None:
+            f.write(hot_functions(root, top))
+            f.write("\n")
         f.write(profiler.output_text(unicode=True, color=False, show_all=False))
     with open(os.path.splitext(path)[0] + ".html", "w") as f:
         f.write(profiler.output_html())
+
+
+#: Path fragments that mark papercrane's own code in a profile (pyinstrument shortens
+#: paths to ../backend/... when run from benchmarks/).
+OWN_CODE = ("backend/", "kernel_magics/", "/papercrane/")
+
+
+def hot_functions(root: Any, top: int = 30) -> str:
+    """Aggregate a pyinstrument frame tree by function: self time (time in the function's
+    own code) and total time (counted once per call stack, so recursion is not double
+    counted), in ms; then papercrane's own functions by total time, and the time spent
+    importing modules, by package (a package's own modules, without the other packages
+    they import)."""
+    self_ms: dict[str, float] = {}
+    total_ms: dict[str, float] = {}
+    imports_ms: dict[str, float] = {}
+
+    def key(frame: Any) -> str:
+        where = frame.file_path_short or ""
+        return f"{frame.function}  ({where}:{frame.line_no})"
+
+    def walk(frame: Any, stack: frozenset[str], owner: str) -> None:
+        for child in frame.children:
+            if child.is_synthetic:
+                if child.function == "[self]" or child.identifier == "[self]":
+                    k = key(frame)
+                    self_ms[k] = self_ms.get(k, 0.0) + child.time * 1e3
+                continue
+            k = key(child)
+            if k not in stack:
+                total_ms[k] = total_ms.get(k, 0.0) + child.time * 1e3
+            child_owner = owner
+            path = child.file_path or ""
+            is_module = path.endswith(".py") or "frozen" in path
+            if child.function == "<module>" and is_module and "ipykernel_" not in path:
+                pkg = _package(path)
+                if pkg != owner:  # a module of another package: its time is that package's
+                    t = child.time * 1e3
+                    imports_ms[pkg] = imports_ms.get(pkg, 0.0) + t
+                    if owner:
+                        imports_ms[owner] -= t
+                    child_owner = pkg
+            walk(child, stack | {k}, child_owner)
+
+    walk(root, frozenset(), "")
+    own = {k: v for k, v in total_ms.items() if _own(k)}
+    lines = [f"total profiled: {root.time * 1e3:,.1f} ms", "", "hottest by self time (ms):"]
+    lines += [f"  {v:10,.1f}  {k}" for k, v in sorted(self_ms.items(), key=lambda kv: -kv[1])[:top]]
+    lines += ["", "papercrane's functions by total time (ms, callees included):"]
+    lines += [f"  {v:10,.1f}  {k}" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    if imports_ms:
+        lines += ["", "importing modules, by package (ms, each package's own modules):"]
+        lines += [
+            f"  {v:10,.1f}  {k}" for k, v in sorted(imports_ms.items(), key=lambda kv: -kv[1])[:15]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _own(key: str) -> bool:
+    return any(p in key for p in OWN_CODE)
+
+
+def _package(path: str) -> str:
+    """'…/site-packages/sqlalchemy/sql/base.py' -> 'sqlalchemy'; papercrane's own files
+    -> 'papercrane'; the standard library -> 'stdlib'."""
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    if any(p in path for p in OWN_CODE):
+        return "papercrane"
+    if path.startswith("<frozen"):
+        return "stdlib"
+    return "stdlib" if "/lib/python" in path else os.path.basename(path)
 
 
 def array_figures(system: str, samples: dict[str, list[float]]) -> dict[str, Any]:

@@ -3,8 +3,8 @@ run with flytekit's local execution (in-process) in its own virtual environment.
 
     python bench_flytekit.py BENCH [--out FILE] [--quick]
 
-BENCH is one of: import, task, cache, array (``import-probe`` is the child process of
-``import``). ``run.py`` points HOME and TMPDIR at a temporary folder, so flytekit's
+BENCH is one of: import, task, cache, array, map, chain (``import-probe`` is the child
+process of ``import``). ``run.py`` points HOME and TMPDIR at a temporary folder, so flytekit's
 local cache (~/.flyte/local-cache) and its raw-data folders start empty and are removed
 afterwards.
 
@@ -167,6 +167,78 @@ def bench_array(args: argparse.Namespace) -> dict:
     return array_figures("flytekit", samples)
 
 
+def bench_map(args: argparse.Namespace) -> dict:
+    """``map_task`` over 1,000 trivial elements inside a workflow, run locally: without
+    cache, and with ``cache=True`` on the mapped task (a new list: misses; the same list
+    again: hits). A counter shows which runs executed the task bodies, and a list that
+    differs in one element shows whether the cache is per element or per map."""
+    n = 1000
+    rounds = 3 if args.quick else 7
+    t = build_tasks()
+    map_inc, map_cached, calls = t["map_inc"], t["map_inc_cached"], t["CALLS"]
+    offset = [10_000]
+
+    def fresh() -> list:
+        offset[0] += n
+        return list(range(offset[0], offset[0] + n))
+
+    def timed(wf: typing.Any, xs: list) -> float:
+        start = time.perf_counter_ns()
+        ys = wf(xs=xs)
+        elapsed = (time.perf_counter_ns() - start) / 1e6
+        assert list(ys) == [x + 1 for x in xs]
+        return elapsed
+
+    def direct(xs: list) -> list:
+        fn = t["inc"].task_function
+        return [fn(x=x) for x in xs]
+
+    fixed = list(range(n))
+    with quiet():
+        direct_ms = each_call_ms(lambda: direct(fixed), reps=rounds, warmup=2)
+        timed(map_inc, fixed)  # warm-up
+        nocache = [timed(map_inc, fresh()) for _ in range(rounds)]
+        before = calls["m"]
+        misses = [timed(map_cached, fresh()) for _ in range(rounds)]
+        bodies_in_misses = calls["m"] - before
+        last = list(range(offset[0], offset[0] + n))
+        before = calls["m"]
+        hits = [timed(map_cached, last) for _ in range(rounds)]
+        bodies_in_hits = calls["m"] - before
+        before = calls["m"]
+        one_changed = [*last[:-1], -1]
+        changed_ms = timed(map_cached, one_changed)
+        bodies_one_changed = calls["m"] - before
+    return {
+        "elements": n,
+        "direct_loop_ms": _stats(direct_ms["samples"]),
+        "nocache_ms": _stats(nocache),
+        "miss_ms": _stats(misses),
+        "hit_ms": _stats(hits),
+        "bodies_run_in_misses": bodies_in_misses,
+        "bodies_run_in_hits": bodies_in_hits,
+        "one_element_changed_ms": changed_ms,
+        "bodies_run_with_one_element_changed": bodies_one_changed,
+    }
+
+
+def bench_chain(args: argparse.Namespace) -> dict:
+    """A ``@workflow`` of 50 chained trivial tasks run locally (flytekit keeps no event
+    timestamps, so the figure is the wall time per node)."""
+    rounds = 5 if args.quick else 15
+    t = build_tasks()
+    chain50, n = t["chain50"], t["CHAIN"]
+    seed = [0]
+
+    def once() -> None:
+        seed[0] += 1000
+        assert chain50(x=seed[0]) == seed[0] + n
+
+    with quiet():
+        walls = each_call_ms(once, reps=rounds, warmup=2)
+    return {"nodes": n, "wall_ms": walls, "wall_per_node_ms": walls["median"] / n}
+
+
 def remove_run_files() -> None:
     """Delete the files in flytekit's sandbox folders (``$TMPDIR/flyte*``), keeping the
     folders; the local cache lives elsewhere (``$HOME/.flyte``)."""
@@ -182,7 +254,9 @@ def remove_run_files() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("bench", choices=["import", "import-probe", "task", "cache", "array"])
+    parser.add_argument(
+        "bench", choices=["import", "import-probe", "task", "cache", "array", "map", "chain"]
+    )
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -194,6 +268,8 @@ def main() -> int:
         "task": bench_task,
         "cache": bench_cache,
         "array": bench_array,
+        "map": bench_map,
+        "chain": bench_chain,
     }[args.bench](args)
     import flytekit
 

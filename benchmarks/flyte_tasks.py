@@ -7,10 +7,10 @@ Imported only by ``bench_flytekit.py``, in the flytekit benchmark environment, a
 import typing
 
 import numpy as np
-from flytekit import task, workflow
+from flytekit import map_task, task, workflow
 
 #: How many times each cached task's body really ran (a hit must not run it).
-CALLS = {"a": 0, "b": 0, "c": 0}
+CALLS = {"a": 0, "b": 0, "c": 0, "m": 0}
 
 
 @task
@@ -54,3 +54,31 @@ def consume(a: np.ndarray) -> float:
 @workflow
 def handoff(n: int, seed: float) -> float:
     return consume(a=produce(n=n, seed=seed))
+
+
+# -- workflows (issue 3) ------------------------------------------------------------------
+#: Length of the chain benchmark (as papercrane's).
+CHAIN = 50
+
+
+@task(cache=True, cache_version="1")
+def inc_cached(x: int) -> int:
+    CALLS["m"] += 1
+    return x + 1
+
+
+@workflow
+def map_inc(xs: typing.List[int]) -> typing.List[int]:  # noqa: UP006
+    return map_task(inc)(x=xs)
+
+
+@workflow
+def map_inc_cached(xs: typing.List[int]) -> typing.List[int]:  # noqa: UP006
+    return map_task(inc_cached)(x=xs)
+
+
+@workflow
+def chain50(x: int) -> int:
+    for _ in range(CHAIN):
+        x = inc(x=x)
+    return x

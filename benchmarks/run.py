@@ -2,9 +2,10 @@
 """Run papercrane's benchmarks against a pure-Python baseline and flytekit's local
 execution, and print the figures side by side.
 
-    python benchmarks/run.py              # everything (about 3 minutes after set-up)
+    python benchmarks/run.py              # everything (about 12 minutes after set-up)
     python benchmarks/run.py --quick      # fewer repetitions, for a smoke run
     python benchmarks/run.py --only inline,cache --no-flytekit
+    python benchmarks/run.py --only map,chain,papermill,big   # issue 3's benchmarks
     python benchmarks/run.py --profile    # also write pyinstrument profiles
 
 The first run creates two virtual environments next to this file, each with its own
@@ -41,7 +42,9 @@ RESULTS = HERE / "results"
 PC_VENV = HERE / ".venv-papercrane"
 FK_VENV = HERE / ".venv-flytekit"
 FLYTEKIT_SPEC = "flytekit==1.16.31"
-GROUPS = ("load", "inline", "local", "cache", "array")
+GROUPS = ("load", "inline", "local", "cache", "array", "map", "chain", "papermill", "big")
+#: papercrane's benchmarks that live in bench_workflows.py (issue 3).
+WORKFLOW_BENCHES = {"map-inline", "map-local", "chain-inline", "chain-local", "papermill", "big"}
 
 #: (group, side, worker bench name) in the order they run.
 JOBS = [
@@ -55,6 +58,14 @@ JOBS = [
     ("array", "papercrane", "array-inline"),
     ("array", "papercrane", "array-local"),
     ("array", "flytekit", "array"),
+    ("map", "papercrane", "map-inline"),
+    ("map", "papercrane", "map-local"),
+    ("map", "flytekit", "map"),
+    ("chain", "papercrane", "chain-inline"),
+    ("chain", "papercrane", "chain-local"),
+    ("chain", "flytekit", "chain"),
+    ("papermill", "papercrane", "papermill"),
+    ("big", "papercrane", "big"),
 ]
 
 
@@ -116,7 +127,12 @@ def setup(args: argparse.Namespace) -> tuple[str, str | None]:
 
 # -- running the workers ------------------------------------------------------------------
 def run_job(python: str, side: str, bench: str, args: argparse.Namespace) -> dict[str, Any]:
-    script = HERE / ("bench_papercrane.py" if side == "papercrane" else "bench_flytekit.py")
+    if side == "flytekit":
+        script = HERE / "bench_flytekit.py"
+    elif bench in WORKFLOW_BENCHES:
+        script = HERE / "bench_workflows.py"
+    else:
+        script = HERE / "bench_papercrane.py"
     root = tempfile.mkdtemp(prefix=f"pc-bench-{bench}-")
     out = Path(root) / "result.json"
     env = {
@@ -134,7 +150,10 @@ def run_job(python: str, side: str, bench: str, args: argparse.Namespace) -> dic
             profiles = RESULTS / "profiles"
             profiles.mkdir(parents=True, exist_ok=True)
             argv += ["--profile", str(profiles / f"{bench}.txt")]
+        if bench == "big":
+            argv += ["--big-nodes", str(args.big_nodes), "--big-budget", str(args.big_budget)]
     started = time.time()
+    busy_before, children_before = cpu_busy_s(), children_cpu_s()
     try:
         proc = subprocess.run(
             argv, env=env, cwd=HERE, capture_output=True, text=True, timeout=args.timeout
@@ -143,12 +162,37 @@ def run_job(python: str, side: str, bench: str, args: argparse.Namespace) -> dic
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
             return {"error": f"exit {proc.returncode}", "stderr_tail": tail}
         data = json.loads(out.read_text())
-        data["wall_s"] = round(time.time() - started, 1)
+        wall = time.time() - started
+        data["wall_s"] = round(wall, 1)
+        busy_after, children_after = cpu_busy_s(), children_cpu_s()
+        if busy_before is not None and busy_after is not None:
+            # CPU the rest of the machine used meanwhile (busy CPU time minus this job's
+            # own), in cores: other work on the machine skews the figures.
+            other = (busy_after - busy_before) - (children_after - children_before)
+            data["other_cores"] = round(max(other, 0.0) / wall, 2)
         return data
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout} s"}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def cpu_busy_s() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (Linux), all cores together."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields]
+    busy = sum(values[:8]) - values[3] - values[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine_info(pc_python: str, fk_python: str | None) -> dict[str, Any]:
@@ -366,7 +410,302 @@ def build_rows(res: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
                 "-",
             )
         )
+    rows += workflow_rows(pc, fk)
     return rows
+
+
+def secs(x: float | None) -> str:
+    """Seconds: 0.84 s, 12.3 s, 1,234 s."""
+    if x is None:
+        return "-"
+    return f"{x:.2f} s" if x < 10 else (f"{x:.1f} s" if x < 100 else f"{x:,.0f} s")
+
+
+def workflow_rows(pc: dict[str, Any], fk: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows 6-9 (issue 3): map, chain transitions, papermill re-run, 100,000 nodes."""
+    rows: list[tuple[str, ...]] = []
+
+    def err(d: dict[str, Any] | None) -> str | None:
+        return f"error: {d['error']}" if d and "error" in d else None
+
+    # 6. map of 1,000 elements, inline
+    mi, fmap = pc.get("map-inline"), fk.get("map")
+    if mi is not None:
+        fk_nocache = med(fmap, "nocache_ms")
+        limit = fk_nocache if fk_nocache is not None else 56.0
+        target = f"≤ flytekit's map ({ms(limit)}; issue: 56 ms)"
+        n = mi.get("elements", 1000)
+        if err(mi):
+            rows.append(
+                (
+                    f"6. map of {n:,} trivial elements, `inline`",
+                    err(mi) or "",
+                    "-",
+                    "-",
+                    target,
+                    "-",
+                )
+            )
+        else:
+            miss, hit = med(mi, "miss_ms"), med(mi, "hit_ms")
+            hits = mi.get("last_hit_run_events", {})
+            fk_text = err(fmap) or (f"map_task {ms(fk_nocache)} (no cache)" if fmap else "-")
+            rows.append(
+                (
+                    f"6. map of {n:,} trivial elements, `inline --cache`, 1st run (misses)",
+                    f"{ms(miss)} ({ms(miss / n)} per element)",
+                    f"loop exec-ing the cell {ms(med(mi, 'direct_loop_ms'))}; "
+                    f"one new small file {ms(mi['file_create']['per_file_ms'])}",
+                    fk_text,
+                    target,
+                    verdict(miss <= limit),
+                )
+            )
+            fk_hit = "-"
+            if fmap and not err(fmap):
+                fk_hit = (
+                    f"cached map_task, same list {ms(med(fmap, 'hit_ms'))} "
+                    f"({fmap.get('bodies_run_in_hits')} bodies ran)"
+                )
+            rows.append(
+                (
+                    "↳ 2nd run, same list (all hits)",
+                    f"{ms(hit)} ({ms(hit / n)} per element; "
+                    f"{hits.get('cache_hit', 0) - 1:,} element hits, "
+                    f"{hits.get('attempt_started', 0)} attempts)",
+                    "-",
+                    fk_hit,
+                    target,
+                    verdict(hit <= limit),
+                )
+            )
+            fk_miss = "-"
+            if fmap and not err(fmap):
+                fk_miss = (
+                    f"cached map_task, new list {ms(med(fmap, 'miss_ms'))}; one element "
+                    f"changed re-runs {fmap.get('bodies_run_with_one_element_changed'):,} of "
+                    f"{fmap.get('elements'):,} (cache per map, not per element)"
+                )
+            rows.append(
+                (
+                    "↳ without `--cache` (new list; same list again)",
+                    f"{ms(med(mi, 'nocache_ms'))}; {ms(med(mi, 'nocache_same_list_ms'))}",
+                    "(same list: its artifacts exist, no new files)",
+                    fk_miss,
+                    "(info)",
+                    "-",
+                )
+            )
+    # 6. map, local
+    ml = pc.get("map-local")
+    if ml is not None:
+        n = ml.get("elements", 100)
+        cores = ml.get("concurrency", 2)
+        label = f"6. map of {n} elements, `local` (--map-concurrency {cores}), misses"
+        if err(ml):
+            rows.append((label, err(ml) or "", "-", "-", "(info)", "-"))
+        else:
+            rows.append(
+                (
+                    label,
+                    f"{ms(med(ml, 'miss_ms'))} = {ms(ml['per_element_miss_ms'])} per element",
+                    f"`python -c pass` spawn {ms(med(ml, 'bare_spawn_ms'))} ÷ "
+                    f"{ml.get('concurrency')} cores = {ms(ml['ideal_per_element_ms'])} per element",
+                    "n/a (local map_task runs in-process, one by one)",
+                    "(info; no target)",
+                    "-",
+                )
+            )
+            rows.append(
+                (
+                    "↳ 2nd run, same list (all hits)",
+                    f"{ms(med(ml, 'hit_ms'))} = {ms(ml['per_element_hit_ms'])} per element",
+                    "-",
+                    "-",
+                    "(info)",
+                    "-",
+                )
+            )
+    # 7. chain of 50
+    fchain = fk.get("chain")
+    for bench, limit in (("chain-inline", 5.0), ("chain-local", 20.0)):
+        ch = pc.get(bench)
+        if ch is None:
+            continue
+        executor = bench.removeprefix("chain-")
+        label = f"7. chain of 50 tasks, `{executor}`: node → next node gap"
+        target = f"≤ {limit:g} ms (excl. task bodies)"
+        if err(ch):
+            rows.append((label, err(ch) or "", "-", "-", target, "-"))
+            continue
+        api, magic = ch["engine_api"], ch["workflow_magic"]
+        gap = api["gap_ms"]["median"]
+        mgap = magic["gap_ms"]["median"]
+        fk_text = "-"
+        if fchain is not None:
+            fk_text = (
+                err(fchain)
+                or f"(no events) whole run: {ms(med(fchain, 'wall_per_node_ms'))} per node"
+            )
+        rows.append(
+            (
+                label,
+                f"{ms(gap)} median, p90 {ms(api['gap_ms']['p90'])} (engine API); "
+                f"{ms(mgap)}, p90 {ms(magic['gap_ms']['p90'])} (`%workflow run`)",
+                "attempt_succeeded(k) → attempt_started(k+1), store events",
+                fk_text,
+                target,
+                verdict(max(gap, mgap) <= limit),
+            )
+        )
+        rows.append(
+            (
+                "↳ whole run ÷ 50 nodes",
+                f"{ms(api['wall_per_node_ms'])} (engine API); "
+                f"{ms(magic['wall_per_node_ms'])} (`%workflow run`)",
+                f"attempt (started → succeeded) {ms(api['attempt_span_ms']['median'])}"
+                + unreported(api)
+                + f"; one new small file {ms(ch['file_create']['per_file_ms'])}",
+                "-",
+                "(info)",
+                "-",
+            )
+        )
+    # 8. papermill
+    pmr = pc.get("papermill")
+    if pmr is not None:
+        label = "8. papermill re-run of quickstart.ipynb (all cache hits)"
+        if err(pmr):
+            rows.append((label, err(pmr) or "", "-", "-", "≤ 1.1× plain papermill", "-"))
+        else:
+            ratio = pmr["ratio"]
+            ev = pmr.get("events_in_timed_runs", {})
+            rows.append(
+                (
+                    label,
+                    f"{secs(med(pmr, 'cached_ms') / 1e3)} = {ratio:.2f}× "
+                    f"({ev.get('cache_hit', 0)} hits, {ev.get('attempt_started', 0)} attempts)",
+                    f"papermill, magics removed {secs(med(pmr, 'plain_ms') / 1e3)} = 1×",
+                    "-",
+                    "≤ 1.1×",
+                    verdict(ratio <= 1.1),
+                )
+            )
+            rows.append(
+                (
+                    "↳ time in the cells (papermill's per-cell durations)",
+                    f"{ms(pmr['cached_cells_total_ms'])}; first run (misses): "
+                    f"{secs(pmr['first_run_ms'] / 1e3)} in all",
+                    f"{ms(pmr['plain_cells_total_ms'])}",
+                    "-",
+                    "(info)",
+                    "-",
+                )
+            )
+    # 9. big
+    big = pc.get("big")
+    if big is not None:
+        rows += big_rows(big, err(big))
+    return rows
+
+
+def unreported(api: dict[str, Any]) -> str:
+    """The part of the attempt span that the attempt's own reported duration leaves out."""
+    if "span_minus_reported_ms" not in api:
+        return ""
+    extra = api["span_minus_reported_ms"]["median"]
+    return f", of which outside the attempt's own duration {ms(extra)}"
+
+
+def big_rows(big: dict[str, Any], error: str | None) -> list[tuple[str, ...]]:
+    target = big.get("target_nodes", 100_000)
+    label = f"9. {target:,}-node workflow, `inline`, engine API"
+    if error:
+        return [(label, error, "-", "-", "time and memory (report)", "-")]
+    rows: list[tuple[str, ...]] = []
+    chain = [c for c in big.get("chain", []) if "error" not in c]
+    failed = [c for c in big.get("chain", []) + big.get("wide", []) if "error" in c]
+    largest = chain[-1] if chain else None
+    if largest is not None:
+        n = largest["nodes"]
+        text = (
+            f"{secs(largest['total_s'])} = {largest['per_node_ms']:.2f} ms/node "
+            f"(build {secs(largest['build_s'])}, register {secs(largest['register_s'])}, "
+            f"run {secs(largest['run_s'])})"
+        )
+        if n < target:
+            per = largest["total_s"] / n
+            why = "over --big-budget" if big.get("skipped") else "--quick"
+            text += f"; {target:,} nodes not run ({why}), ≈ {secs(per * target)} extrapolated"
+        rows.append(
+            (
+                f"9. {n:,}-node chain, `inline`, engine API",
+                text,
+                f"peak RSS {largest['peak_rss_mib']:,.0f} MiB (from "
+                f"{largest['start_rss_mib']:.0f} MiB after imports)",
+                "-",
+                "report time and memory",
+                "-",
+            )
+        )
+        rows.append(
+            (
+                "↳ what it leaves",
+                f"{largest['events']:,} events, SQLite {largest['db_mib']:,.0f} MiB, "
+                f"{largest['store_files']:,} files in storage",
+                f"reading its events back {secs(largest['read_events_s'])}",
+                "-",
+                "(info)",
+                "-",
+            )
+        )
+    if chain:
+        rows.append(
+            (
+                "↳ chain: ms per node by size",
+                "; ".join(f"{c['nodes']:,}: {c['per_node_ms']:.2f}" for c in chain),
+                "; ".join(f"{c['nodes']:,}: {c['peak_rss_mib']:,.0f} MiB" for c in chain),
+                "-",
+                "(info)",
+                "-",
+            )
+        )
+    wide = [c for c in big.get("wide", []) if "error" not in c]
+    if wide:
+        text = "; ".join(f"{c['nodes']:,}: {c['per_node_ms']:.2f}" for c in wide)
+        fit = linear_fit([c["nodes"] for c in wide], [c["per_node_ms"] for c in wide])
+        if fit is not None and fit[1] > 0:
+            a, b = fit
+            text += (
+                f" (fit: {a:.2f} + {b * 1000:.3f}·n/1,000 ms per node ⇒ {target:,} wide ≈ "
+                f"{secs(target * (a + b * target) / 1000)})"
+            )
+        rows.append(
+            (
+                "↳ wide DAG (all nodes read one parameter): ms per node by size",
+                text,
+                "; ".join(f"{c['nodes']:,}: {c['peak_rss_mib']:,.0f} MiB" for c in wide),
+                "-",
+                "(info)",
+                "-",
+            )
+        )
+    for c in failed:
+        rows.append(
+            (f"↳ {c['shape']} of {c['nodes']:,} nodes", f"error: {c['error']}", "-", "-", "-", "-")
+        )
+    return rows
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
+    """Least-squares (a, b) of y = a + b·x; None for fewer than two distinct x."""
+    if len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
 
 
 HEADER = ("benchmark", "papercrane", "pure-Python baseline", "flytekit (local)", "target", "meets")
@@ -426,6 +765,13 @@ def machine_line(info: dict[str, Any]) -> str:
     ]
     if info.get("flytekit"):
         parts.append(f"flytekit {info['flytekit']}")
+    others = info.get("other_cores_by_job")
+    if others:
+        worst = max(others, key=others.get)
+        parts.append(
+            f"other processes busy {min(others.values()):.2f}–{others[worst]:.2f} cores "
+            f"during the jobs (most: {worst})"
+        )
     return " · ".join(p for p in parts if p)
 
 
@@ -460,6 +806,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--show", action="store_true", help="print the table of results/latest.json; run nothing"
     )
     p.add_argument("--timeout", type=int, default=1800, help="seconds per benchmark process")
+    p.add_argument(
+        "--big-nodes",
+        type=int,
+        default=100_000,
+        help="nodes of the largest workflow of the `big` group (default 100000)",
+    )
+    p.add_argument(
+        "--big-budget",
+        type=int,
+        default=900,
+        help="run the largest workflow only if the 10,000-node run extrapolates to at most "
+        "this many seconds (default 900)",
+    )
     p.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--flytekit-python", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -506,6 +865,14 @@ def main(argv: list[str] | None = None) -> int:
         results[side][bench] = data
 
     info = machine_info(pc_python, fk_python)
+    others = {
+        f"{side}:{bench}": d["other_cores"]
+        for side, benches in results.items()
+        for bench, d in benches.items()
+        if d.get("other_cores") is not None
+    }
+    if others:
+        info["other_cores_by_job"] = others
     info["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info["quick"] = args.quick
     rows = build_rows(results)
