@@ -186,7 +186,11 @@ class WorkflowRun:
         self.new_lineage: list[dict[str, Any]] = []
         self.new_cache: list[dict[str, Any]] = []
         #: Nodes with queued units, in the order they got them (round-robin launch).
-        self.ready: deque[NodeRun] = deque()
+        #: Nodes with queued units, oldest first (dicts keyed by id(): ordered sets with
+        #: O(1) removal), apart by where their units run, so that finding the next inline
+        #: unit never walks a wide DAG's thousands of waiting nodes.
+        self.ready_inline: dict[int, NodeRun] = {}
+        self.ready_out: dict[int, NodeRun] = {}
         self.queued = 0
         self.done: queue.Queue = queue.Queue()
         self.in_flight = 0
@@ -217,8 +221,7 @@ class WorkflowRun:
                     write(conn)
                 engine._record_artifacts(conn, artifacts)
                 engine.store.put_lineage(conn, lineage)
-                for row in cache:
-                    engine.store.cache_put(conn, row)
+                engine.store.cache_put_many(conn, cache)
                 numbered = engine.store.append(conn, batch, self.state)
         except BaseException:
             engine._rolled_back()
@@ -350,11 +353,11 @@ class WorkflowRun:
                 gate is None
                 and not self.in_flight
                 and self.queued == 1
-                and self._executor(self.ready[0].queued[0]).quick_to_follow
+                and self._executor(self._first().queued[0]).quick_to_follow
             ):
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
-                self._run_here(self._take(self.ready[0]))
+                self._run_here(self._take(self._first()))
                 self._collect(block=False)
                 self.flush_if_due()
                 continue
@@ -599,10 +602,20 @@ class WorkflowRun:
                 self.emit(K.CACHE_MISS, unit.key, cache_key=unit.cache_key)
         self._enqueue(unit)
 
+    def _ready_for(self, run: NodeRun) -> dict[int, NodeRun]:
+        executor = self.engine.executor(run.spec.config.executor)
+        return self.ready_inline if executor.in_process else self.ready_out
+
+    def _first(self) -> NodeRun:
+        for ready in (self.ready_inline, self.ready_out):
+            for run in ready.values():
+                return run
+        raise LookupError("nothing is queued")
+
     def _enqueue(self, unit: Unit) -> None:
         run = unit.node
         if not run.queued:
-            self.ready.append(run)
+            self._ready_for(run)[id(run)] = run
         run.queued.append(unit)
         self.queued += 1
 
@@ -610,7 +623,7 @@ class WorkflowRun:
         unit = run.queued.popleft()
         self.queued -= 1
         if not run.queued:
-            self.ready.remove(run)
+            self._ready_for(run).pop(id(run), None)
         return unit
 
     def _drop(self, run: NodeRun) -> None:
@@ -618,7 +631,7 @@ class WorkflowRun:
         if run.queued:
             self.queued -= len(run.queued)
             run.queued.clear()
-            self.ready.remove(run)
+            self._ready_for(run).pop(id(run), None)
 
     # -- running units --------------------------------------------------------------------
     def _executor(self, unit: Unit) -> Executor:
@@ -627,13 +640,10 @@ class WorkflowRun:
     def _launch(self) -> Unit | None:
         """Hand out-of-process units to workers, round-robin over nodes, up to the
         parallelism limits; return an inline unit to run here, if one waits."""
-        inline: Unit | None = None
-        for run in list(self.ready):
+        for run in list(self.ready_out.values()):
+            if self.in_flight >= self.options.max_parallel:
+                break
             executor = self.engine.executor(run.spec.config.executor)
-            if executor.in_process:
-                if inline is None:
-                    inline = run.queued[0]
-                continue
             limit = run.spec.map.concurrency if run.spec.map else None
             gate = self.engine.gate
             while (
@@ -644,10 +654,8 @@ class WorkflowRun:
                 if gate is not None and not gate.try_acquire(self, self.queued):
                     break  # the server's share for this project is taken: wait a round
                 self._submit(executor, self._take(run))
-            if self.in_flight >= self.options.max_parallel:
-                break
-        if inline is not None:
-            return self._take(inline.node)
+        for run in self.ready_inline.values():
+            return self._take(run)
         return None
 
     def _submit(self, executor: Executor, unit: Unit) -> None:
@@ -700,7 +708,7 @@ class WorkflowRun:
             unit.values = self._values(unit.node, unit.inputs, None)
         self._begin(unit)
         if time.monotonic() - self._last_flush > _ROUND or (
-            unit.index is None and not self.queued and not self.in_flight
+            len(self.nodes) == 1 and unit.index is None
         ):
             self.flush()  # the widget and the store show it running
         unit.node.running += 1

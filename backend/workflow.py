@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import CaptureError, UserError
@@ -126,6 +127,11 @@ class WorkflowSpec:
         return [(a, b, names) for (a, b), names in found.items()]
 
     def version(self) -> str:
+        return self._version
+
+    @cached_property
+    def _version(self) -> str:
+        # (cached: a widget asks on every refresh, and a 100,000-node spec is costly to hash)
         return sha256_json({"nodes": [n.identity() for n in self.nodes]})
 
     def to_dict(self) -> dict[str, Any]:

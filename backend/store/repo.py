@@ -39,21 +39,6 @@ def _insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, An
     conn.execute(insert(table).on_conflict_do_nothing(), rows)
 
 
-def _upsert(conn: sa.Connection, table: sa.Table, row: dict[str, Any], keys: list[str]) -> None:
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover
-        raise NotImplementedError(dialect)
-    stmt = insert(table).values(**row)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys, set_={k: v for k, v in row.items() if k not in keys}
-    )
-    conn.execute(stmt)
-
-
 _WIDTH = {c: artifacts.c[c].type.length for c in ("preview", "python_type")}
 
 # The hot path's statements, built once: constructing a statement per call costs more
@@ -93,6 +78,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = db.create_engine(url)
+        self._cache_upserts: dict[str, Any] = {}
         db.ensure_schema(self.engine)
         # Every read is one statement, or several over immutable rows: on PostgreSQL
         # they need no transaction, which saves a BEGIN and a ROLLBACK round trip each.
@@ -402,9 +388,29 @@ class Store:
         return dict(row._mapping) if row else None
 
     def cache_put(self, conn: sa.Connection, row: dict[str, Any]) -> None:
-        _upsert(
-            conn, cache_entries, {**row, "created_at": time.time()}, ["key", "project", "domain"]
-        )
+        self.cache_put_many(conn, [row])
+
+    def cache_put_many(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert or replace cache entries, one prebuilt statement for the whole batch (a
+        map's elements land together)."""
+        if not rows:
+            return
+        dialect = conn.dialect.name
+        stmt = self._cache_upserts.get(dialect)
+        if stmt is None:
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            base = insert(cache_entries)
+            keys = ("key", "project", "domain")
+            stmt = base.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={c.name: base.excluded[c.name] for c in cache_entries.c if c.name not in keys},
+            )
+            self._cache_upserts[dialect] = stmt
+        now = time.time()
+        conn.execute(stmt, [{**r, "created_at": now} for r in rows])
 
     def cache_delete(self, key: str, project: str, domain: str) -> None:
         with self.write() as conn:
