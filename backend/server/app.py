@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ..api import RunRequest
 from ..artifacts import typed_fingerprint
@@ -72,6 +72,23 @@ def create_app(settings: ServerSettings | None = None, *, resume: bool = True) -
         lifespan=lifespan,
     )
     install(app)
+
+    @app.middleware("http")
+    async def _bounded_bodies(request: Request, call_next: Any) -> Any:
+        """JSON bodies have a ceiling (a 200,000-node workflow fits); only artifact
+        uploads, which stream to storage, may be larger (up to ``--max-upload``)."""
+        declared = request.headers.get("content-length", "")
+        is_upload = request.method == "PUT" and "/artifacts/" in request.url.path
+        if declared.isdigit() and int(declared) > _MAX_JSON and not is_upload:
+            return JSONResponse(
+                {
+                    "detail": f"request body of {declared} bytes is over the limit of "
+                    f"{_MAX_JSON} bytes for API requests"
+                },
+                status_code=413,
+            )
+        return await call_next(request)
+
     # Every route needs a token (401) and may refuse it (403); any route with
     # parameters or a body may find them malformed (422), unknown query parameters too.
     app.include_router(
@@ -81,6 +98,9 @@ def create_app(settings: ServerSettings | None = None, *, resume: bool = True) -
         dependencies=[Depends(known_query)],
     )
     return app
+
+
+_MAX_JSON = 256 << 20
 
 
 def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route per function

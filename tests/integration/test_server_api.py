@@ -1027,3 +1027,26 @@ def test_schemathesis(case: schemathesis.Case, fuzzed: Fuzzed) -> None:
 
 def test_fuzzing_never_failed_a_request(fuzzed: Fuzzed) -> None:
     assert server_errors(fuzzed.server) == []
+
+
+def test_an_oversize_json_body_is_refused(world: World) -> None:
+    """The server answers 413 from the declared length, before reading the body."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(world.server.url)
+    path = f"{scope('alpha')}/tasks"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.hostname}\r\n"
+        f"Authorization: Bearer {world.tokens['alpha-write']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {(256 << 20) + 1}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"{")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 413 " in status_line, answer[:300]
+    assert b"over the limit" in rest
