@@ -227,11 +227,20 @@ class LocalEngine(EngineAPI):
         return cache_key(spec, cache_version, inputs)
 
     def cache_lookup(
-        self, key: str, project: str, domain: str, want_values: bool
+        self,
+        key: str,
+        project: str,
+        domain: str,
+        want_values: bool,
+        prefetched: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[tuple[dict[str, Any], dict[str, ArtifactRef], dict[str, Any]] | None, str]:
         """((entry, outputs, values), "") on a good hit; (None, reason) when an entry
-        existed but its values are damaged or gone: it is deleted, never served."""
-        entry = self.store.cache_get(key, project, domain)
+        existed but its values are damaged or gone: it is deleted, never served.
+        ``prefetched``: entries already read for a batch of keys (a map's elements)."""
+        if prefetched is not None:
+            entry = prefetched.get(key)
+        else:
+            entry = self.store.cache_get(key, project, domain)
         if entry is None:
             return None, ""
         outputs = {n: ArtifactRef.from_dict(d) for n, d in entry["outputs"].items()}

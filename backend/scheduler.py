@@ -523,14 +523,26 @@ class WorkflowRun:
         shared_values = (
             {n: v for n, v in all_values.items() if n in shared} if all_values is not None else None
         )
+        units = []
         for i, ref in enumerate(element_refs):
             unit_inputs = {**shared, m.as_name: ref}
             run.element_inputs.append(unit_inputs)
             unit_values = None
             if shared_values is not None and elements is not None:
                 unit_values = {**shared_values, m.as_name: elements[i]}
-            unit = Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values)
-            self._cache_or_queue(unit)
+            units.append(Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values))
+        prefetched = None
+        config = run.spec.config
+        if config.cache:  # one query for all the elements' entries, not one each
+            for unit in units:
+                unit.cache_key = self.engine.cache_key(
+                    run.spec.task, config.cache_version, unit.inputs
+                )
+            prefetched = self.engine.store.cache_get_many(
+                [u.cache_key for u in units], self.options.project, self.options.domain
+            )
+        for unit in units:
+            self._cache_or_queue(unit, prefetched)
 
     def _reuse(self, unit: Unit) -> bool:
         """Resume or recover: an element or node that finished well keeps its outputs.
@@ -561,19 +573,23 @@ class WorkflowRun:
                 return True
         return False
 
-    def _cache_or_queue(self, unit: Unit) -> None:
+    def _cache_or_queue(
+        self, unit: Unit, prefetched: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         if (self.resume is not None or self.recover_from is not None) and self._reuse(unit):
             return
         config = unit.node.spec.config
         if config.cache:
-            unit.cache_key = self.engine.cache_key(
-                unit.node.spec.task, config.cache_version, unit.inputs
-            )
+            if not unit.cache_key:
+                unit.cache_key = self.engine.cache_key(
+                    unit.node.spec.task, config.cache_version, unit.inputs
+                )
             hit, problem = self.engine.cache_lookup(
                 unit.cache_key,
                 self.options.project,
                 self.options.domain,
                 want_values=self.options.want_values,
+                prefetched=prefetched,
             )
             if hit is not None:
                 entry, outputs, values = hit

@@ -387,6 +387,23 @@ class Store:
             row = conn.execute(_SELECT_CACHE, {"k": key, "p": project, "d": domain}).first()
         return dict(row._mapping) if row else None
 
+    def cache_get_many(
+        self, keys: list[str], project: str, domain: str
+    ) -> dict[str, dict[str, Any]]:
+        """Entries for many keys at once (a map's elements): one query per 500 keys."""
+        found: dict[str, dict[str, Any]] = {}
+        with self.read() as conn:
+            for i in range(0, len(keys), 500):
+                rows = conn.execute(
+                    sa.select(cache_entries).where(
+                        cache_entries.c.key.in_(keys[i : i + 500]),
+                        cache_entries.c.project == project,
+                        cache_entries.c.domain == domain,
+                    )
+                )
+                found.update({r.key: dict(r._mapping) for r in rows})
+        return found
+
     def cache_put(self, conn: sa.Connection, row: dict[str, Any]) -> None:
         self.cache_put_many(conn, [row])
 
