@@ -8,6 +8,7 @@ that names the cell and the variable, no traceback from papercrane's insides.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 from collections.abc import Callable
@@ -36,6 +37,43 @@ def _user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _FlushBeforeReads(ast.NodeTransformer):
+    """Batch mode: a cell that reads a deferred task's output runs the pending workflow
+    first, as the cell's first statement (so a failure fails this cell).
+
+    An AST transformer rather than an input transformer: the call is added as a node that
+    shares the first statement's line, so the user's own lines keep their numbers in
+    tracebacks. IPython drops a transformer that raises, so this one never does.
+    """
+
+    _MAGIC_CALLS = (
+        "get_ipython().run_cell_magic('task'",
+        "get_ipython().run_line_magic('workflow'",
+    )
+
+    def __init__(self, magics: PapercraneMagics) -> None:
+        self.magics = magics
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:  # noqa: N802 (ast's name)
+        magics = self.magics
+        session = magics._session
+        if magics._capturing or session is None or not session.workflow.pending or not node.body:
+            return node
+        try:
+            source = ast.unparse(node)
+        except Exception:  # an AST we can't print back is not one we can analyze
+            return node
+        if source.lstrip().startswith(self._MAGIC_CALLS):
+            return node
+        if not session.workflow.needs_flush(source):
+            return node
+        flush = ast.parse("get_ipython().run_line_magic('workflow', 'flush')").body[0]
+        for part in ast.walk(flush):
+            ast.copy_location(part, node.body[0])
+        node.body.insert(0, flush)
+        return node
+
+
 @magics_class
 class PapercraneMagics(Magics):
     def __init__(self, shell: Any) -> None:
@@ -44,7 +82,8 @@ class PapercraneMagics(Magics):
         shell.configurables.append(self.settings)
         self._session: Any = None
         self._capturing = False
-        shell.input_transformers_post.append(self._flush_before_reads)
+        self._flusher = _FlushBeforeReads(self)
+        shell.ast_transformers.append(self._flusher)
 
     @property
     def session(self) -> Any:
@@ -55,25 +94,12 @@ class PapercraneMagics(Magics):
         return self._session
 
     def close(self) -> None:
-        if self._flush_before_reads in self.shell.input_transformers_post:
-            self.shell.input_transformers_post.remove(self._flush_before_reads)
+        if self._flusher in self.shell.ast_transformers:
+            self.shell.ast_transformers.remove(self._flusher)
         if self.settings in self.shell.configurables:
             self.shell.configurables.remove(self.settings)
         if self._session is not None:
             self._session.close()
-
-    def _flush_before_reads(self, lines: list[str]) -> list[str]:
-        """Batch mode: a cell that reads a deferred task's output runs the pending
-        workflow first (as a line of the cell, so a failure fails this cell)."""
-        if self._capturing or self._session is None or not self._session.workflow.pending:
-            return lines
-        if lines and lines[0].lstrip().startswith(
-            ("get_ipython().run_cell_magic('task'", "get_ipython().run_line_magic('workflow'")
-        ):
-            return lines
-        if not self._session.workflow.needs_flush("".join(lines)):
-            return lines
-        return ["get_ipython().run_line_magic('workflow', 'flush')\n", *lines]
 
     # -- %%task ---------------------------------------------------------------------------
     @magic_arguments()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -132,6 +133,16 @@ def test_deferred_batch_runs_in_parallel_when_needed(kernel: Kernel, home: Path)
     times = node_times(home, last_execution(home))
     (l0, l1), (r0, r1) = times["left"], times["right"]
     assert l0 < r1 and r0 < l1
+
+
+def test_deferred_flush_keeps_the_cells_line_numbers(kernel: Kernel) -> None:
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task make --executor inline\nv = 2").ok()
+    r = kernel.run("# reads v, so the deferred task runs first\nw = v * 10\nz = w / 0")
+    assert r.status == "error" and r.error["ename"] == "ZeroDivisionError"
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(r.error["traceback"]))
+    assert "----> 3 z = w / 0" in tb  # the line of the cell the user wrote, not one added before it
+    assert kernel.run("print(v, w)").ok().stdout.strip() == "2 20"
 
 
 def test_lineage_of_a_three_step_workflow(kernel: Kernel) -> None:
