@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 from ..api import RunRequest
@@ -29,6 +29,10 @@ from .settings import ServerSettings
 
 log = logging.getLogger("papercrane.server")
 _MAX_LOG_ENTRIES = 5000
+#: Live log buffers of this many ended executions are kept for late followers; older
+#: ones are dropped (their logs stay in storage, per attempt), so a long-lived server's
+#: memory does not grow with every execution it has run.
+_KEEP_ENDED = 200
 
 
 class _Follow:
@@ -56,6 +60,10 @@ class Service:
         self._changes: dict[str, int] = defaultdict(int)
         self._cond = threading.Condition()
         self._logs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        #: Per execution, how many of its oldest live log lines were trimmed, so a
+        #: follower's position stays an absolute line number.
+        self._trimmed: dict[str, int] = defaultdict(int)
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._closing = False
 
     # -- engines ----------------------------------------------------------------------------
@@ -117,6 +125,17 @@ class Service:
             with self._lock:
                 self._runs.pop(execution_id, None)
             self.notify(execution_id)
+            self._forget_later(execution_id)
+
+    def _forget_later(self, execution_id: str) -> None:
+        """Keep an ended execution's live buffers for a while, then drop them."""
+        with self._cond:
+            self._ended[execution_id] = None
+            while len(self._ended) > _KEEP_ENDED:
+                old, _ = self._ended.popitem(last=False)
+                self._logs.pop(old, None)
+                self._trimmed.pop(old, None)
+                self._changes.pop(old, None)
 
     def _fail(self, run: WorkflowRun, message: str) -> None:
         error = {"kind": "system", "type": "SchedulerError", "message": message, "traceback": ""}
@@ -198,15 +217,23 @@ class Service:
             self._cond.notify_all()
 
     def add_log(self, execution_id: str, stream: str, text: str) -> None:
-        entries = self._logs[execution_id]
-        entries.append((stream, text))
-        if len(entries) > _MAX_LOG_ENTRIES:
-            del entries[: len(entries) - _MAX_LOG_ENTRIES]
+        with self._cond:
+            entries = self._logs[execution_id]
+            entries.append((stream, text))
+            if len(entries) > _MAX_LOG_ENTRIES:
+                extra = len(entries) - _MAX_LOG_ENTRIES
+                del entries[:extra]
+                self._trimmed[execution_id] += extra
         self.notify(execution_id)
 
     def logs_since(self, execution_id: str, index: int) -> tuple[list[tuple[str, str]], int]:
-        entries = self._logs.get(execution_id, [])
-        return entries[index:], len(entries)
+        """Live log lines from absolute line ``index`` on (what was trimmed is skipped),
+        and the position to ask from next time."""
+        with self._cond:
+            entries = list(self._logs.get(execution_id, ()))
+            base = self._trimmed.get(execution_id, 0)
+        start = max(index - base, 0)
+        return entries[start:], base + len(entries)
 
     def wait(self, execution_id: str, seen: int, timeout: float) -> int:
         """Block until the execution changes after ``seen`` (or the timeout)."""
