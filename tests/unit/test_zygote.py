@@ -160,6 +160,16 @@ def test_module_state_does_not_leak_between_attempts(
     assert executor.zygote.pid is not None
 
 
+def test_a_file_left_open_by_the_task_is_flushed(engine: LocalEngine, tmp_path: Path) -> None:
+    out = tmp_path / "left-open.txt"
+    # The attempt skips the interpreter's teardown; the namespace it drops still closes
+    # (and flushes) what the task left open, as in a spawned process.
+    code = f"f = open({str(out)!r}, 'w')\nf.write('written')\ny = 1"
+    result, _ = run(engine, code)
+    assert result.status == "succeeded"
+    assert out.read_text() == "written"
+
+
 def test_edits_to_a_helper_module_are_seen(engine: LocalEngine, tmp_path: Path) -> None:
     helper = tmp_path / "helper_mod.py"
     helper.write_text("VALUE = 1\n")
