@@ -81,6 +81,8 @@ class LocalEngine(EngineAPI):
         self._pending_registered: list[str] = []
 
     def close(self) -> None:
+        for executor in self._executors.values():
+            executor.close()
         if self._owns_store:
             self.store.close()
 

@@ -98,6 +98,10 @@ class Executor(ABC):
         is then "aborted". ``KeyboardInterrupt`` in the calling thread stops it too and
         propagates."""
 
+    def close(self) -> None:  # noqa: B027 (a hook: most executors hold nothing)
+        """Release what the executor holds between attempts (helper processes,
+        connections). Called when its engine closes."""
+
 
 def executor_registry() -> PluginRegistry:
     return PluginRegistry(

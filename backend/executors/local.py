@@ -1,11 +1,18 @@
-"""Run each attempt in a fresh Python subprocess through the runner entrypoint, the same
-command a Kubernetes pod runs. Output is streamed back line by line while it runs."""
+"""Run each attempt in a fresh Python process through the runner entrypoint, the same
+code a Kubernetes pod runs. Output is streamed back line by line while it runs.
+
+On Linux the process is forked from a warm zygote (``zygote.py``) that has the runner's
+imports done, which saves most of a spawn's start-up; anywhere else, with
+``PAPERCRANE_LOCAL_ZYGOTE=0``, or when the zygote can't take an attempt, it is a plain
+``python -m papercrane.backend.runner`` subprocess. Both behave the same to the caller.
+"""
 
 from __future__ import annotations
 
 import codecs
 import contextlib
 import json
+import logging
 import os
 import queue
 import signal
@@ -18,6 +25,9 @@ from typing import IO, Any
 from ..errors import ConfigError
 from ..runner import AttemptResult, system_error
 from .base import AttemptSpec, Executor, LogSink
+from .zygote import ForkedProcess, Zygote, ZygoteUnavailable, die_with_parent, switched_off
+
+log = logging.getLogger(__name__)
 
 _POLL = 0.02
 
@@ -34,24 +44,7 @@ def _pump(stream: IO[bytes], name: str, out: queue.Queue) -> None:
         out.put((name, None))
 
 
-def _die_with_parent() -> Any:
-    """A pre-exec hook for the child: on Linux, be killed when the process that started
-    it dies (a kernel or a server killed with SIGKILL must not leave attempts running).
-    libc is loaded here, in the parent: the child, forked from a threaded process, only
-    makes the one system call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sig = int(signal.SIGKILL)
-    return lambda: prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
-
-
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen | ForkedProcess) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
@@ -71,6 +64,26 @@ def _describe_exit(code: int) -> str:
 
 class LocalExecutor(Executor):
     name = "local"
+
+    def __init__(self, artifacts: Any) -> None:
+        super().__init__(artifacts)
+        self._zygote: Zygote | None = None
+        self._zygote_lock = threading.Lock()
+
+    @property
+    def zygote(self) -> Zygote:
+        """This executor's zygote (created on first use; its process on first spawn)."""
+        with self._zygote_lock:
+            if self._zygote is None:
+                self._zygote = Zygote()
+            return self._zygote
+
+    def close(self) -> None:
+        """Stop the zygote, and with it any attempt still running from this executor."""
+        with self._zygote_lock:
+            zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
 
     def command(self, attempt_key: str) -> list[str]:
         return [
@@ -93,15 +106,7 @@ class LocalExecutor(Executor):
         self.storage.write_bytes(key, json.dumps(attempt.to_dict()).encode())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started = time.time()
-        proc = subprocess.Popen(
-            self.command(key),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-            preexec_fn=_die_with_parent(),
-        )
+        proc = self._spawn(key, env)
         lines: queue.Queue = queue.Queue()
         pumps = [
             threading.Thread(target=_pump, args=(proc.stdout, "stdout", lines), daemon=True),
@@ -114,16 +119,24 @@ class LocalExecutor(Executor):
         open_streams = 2
         timed_out = False
         try:
-            while open_streams or proc.poll() is None:
-                try:
-                    stream, text = lines.get(timeout=_POLL)
-                except queue.Empty:
-                    pass
+            # Polled every round, pipes open or not: that is how the end of a forked
+            # attempt's zygote is noticed (and the rest of its process group killed).
+            while (proc.poll() is None) or open_streams:
+                if not open_streams:
+                    # Both pipes closed: the process is ending. Wait for its exit
+                    # rather than for output that won't come.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=_POLL)
                 else:
-                    if text is None:
-                        open_streams -= 1
+                    try:
+                        stream, text = lines.get(timeout=_POLL)
+                    except queue.Empty:
+                        pass
                     else:
-                        sink.log(stream, text)
+                        if text is None:
+                            open_streams -= 1
+                        else:
+                            sink.log(stream, text)
                 if deadline is not None and time.time() > deadline and proc.poll() is None:
                     timed_out = True
                     _kill(proc)
@@ -144,10 +157,36 @@ class LocalExecutor(Executor):
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
-        return self._result(attempt, proc.returncode, timed_out, started)
+            if isinstance(proc, ForkedProcess):
+                proc.close()
+        return self._result(attempt, proc, timed_out, started)
+
+    def _spawn(self, key: str, env: dict[str, str]) -> subprocess.Popen | ForkedProcess:
+        """The attempt's process: forked from the zygote when it can, else spawned. The
+        zygote's refusals are logged at debug level: they cost time, never behaviour."""
+        reason = switched_off()
+        if reason is None:
+            try:
+                return self.zygote.spawn([self.storage.url_root, key], env, os.getcwd())
+            except (ZygoteUnavailable, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+        log.debug("local executor: spawning %s without the zygote: %s", key, reason)
+        return subprocess.Popen(
+            self.command(key),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            preexec_fn=die_with_parent(),
+        )
 
     def _result(
-        self, attempt: AttemptSpec, code: int, timed_out: bool, started: float
+        self,
+        attempt: AttemptSpec,
+        proc: subprocess.Popen | ForkedProcess,
+        timed_out: bool,
+        started: float,
     ) -> AttemptResult:
         if timed_out:
             message = (
@@ -159,9 +198,10 @@ class LocalExecutor(Executor):
         try:
             data = json.loads(self.storage.read_bytes(f"{attempt.prefix}/result.json"))
         except Exception:
+            lost = proc.describe() if isinstance(proc, ForkedProcess) else None
             return AttemptResult(
                 "failed",
-                error=system_error(_describe_exit(code), "LostProcess"),
+                error=system_error(lost or _describe_exit(proc.returncode), "LostProcess"),
                 started_at=started,
                 ended_at=time.time(),
             )
