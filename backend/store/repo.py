@@ -399,6 +399,10 @@ class Store:
 
     # -- cache ----------------------------------------------------------------------------------
     def cache_get(self, key: str, project: str, domain: str) -> dict[str, Any] | None:
+        conn = self._conn(write=False)
+        if conn is not None and sqlite_rows.applies(conn):
+            # One statement is its own snapshot: no BEGIN and ROLLBACK around it.
+            return sqlite_rows.cache_get(conn, key, project, domain)
         with self.read() as conn:
             row = conn.execute(_SELECT_CACHE, {"k": key, "p": project, "d": domain}).first()
         return dict(row._mapping) if row else None

@@ -1,4 +1,4 @@
-"""The store's hottest writes on SQLite, through the driver's own cursor.
+"""The store's hottest statements on SQLite, through the driver's own cursor.
 
 Every task run appends its events, updates its execution row and records lineage. Each
 ``Connection.execute`` of a prebuilt SQLAlchemy statement still costs 30-50 µs of
@@ -101,3 +101,41 @@ def put_lineage(conn: sa.Connection, rows: list[dict[str, Any]], now: float) -> 
         )
     finally:
         cur.close()
+
+
+_CACHE_COLUMNS = (
+    "key",
+    "project",
+    "domain",
+    "task_name",
+    "task_version",
+    "outputs",
+    "references",
+    "display",
+    "execution_id",
+    "created_at",
+)
+_SELECT_CACHE = (
+    "SELECT "
+    + ", ".join(f'"{c}"' for c in _CACHE_COLUMNS)
+    + " FROM cache_entries WHERE key = ? AND project = ? AND domain = ?"
+)
+_JSON_COLUMNS = {"outputs", "references", "display"}
+
+
+def cache_get(conn: sa.Connection, key: str, project: str, domain: str) -> dict[str, Any] | None:
+    """A cache entry as ``Store.cache_get`` returns it (JSON columns decoded), read
+    outside any transaction on a connection that is not in one."""
+    if conn.in_transaction():
+        conn.rollback()
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        row = cur.execute(_SELECT_CACHE, (key, project, domain)).fetchone()
+    finally:
+        cur.close()
+    if row is None:
+        return None
+    return {
+        c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
+        for c, v in zip(_CACHE_COLUMNS, row)
+    }
