@@ -150,7 +150,8 @@ class Session:
         from papercrane.backend.serializers import python_type_name
 
         if self._probe is None:
-            self._probe = EnvironmentProbe()
+            home = getattr(getattr(self.engine, "config", None), "home", None)
+            self._probe = EnvironmentProbe(home / "cache" / "module-dists.json" if home else None)
         fingerprinter = self.engine.artifacts.fingerprinter()
         fps = self._fingerprints(cap, fingerprinter)
         env = self._probe.environment(cap.modules | fingerprinter.modules)
