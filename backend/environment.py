@@ -74,8 +74,8 @@ class EnvironmentProbe:
     def _saved_dists(self, refresh: bool) -> dict[str, list[str]]:
         """``packages_distributions()`` reads every installed distribution's metadata:
         ~200 ms, paid by every new kernel (each papermill run) on its first task. The
-        map is kept in a file, valid while the interpreter and every ``sys.path`` folder
-        are the same (installing or removing a distribution changes its folder)."""
+        map is kept in a file, valid while the interpreter, ``sys.path`` and the
+        distributions' metadata folders on it are the same (``_path_stamp``)."""
         from importlib import metadata  # 20 ms to import: only when a task is captured
 
         stamp = _path_stamp()
@@ -155,12 +155,24 @@ class EnvironmentProbe:
 
 
 def _path_stamp() -> str:
-    """Changes when the interpreter, ``sys.path`` or any folder on it changes."""
-    parts = [sys.executable]
+    """Changes when the interpreter, ``sys.path`` or the distributions' metadata folders
+    on it change (installing, upgrading or removing one), and only then: a notebook's
+    own folder on ``sys.path`` changes all the time, its metadata seldom."""
+    digest = hashlib.sha256(sys.executable.encode())
     for entry in sys.path:
         folder = entry or os.getcwd()
-        parts.append(f"{folder}:{_stamp(folder)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        digest.update(f"\0{folder}".encode())
+        try:
+            with os.scandir(folder) as found:
+                names = sorted(
+                    f"{e.name}:{e.inode()}"
+                    for e in found
+                    if e.name.endswith((".dist-info", ".egg-info"))
+                )
+        except OSError:  # gone, not a folder (a zip), unreadable
+            continue
+        digest.update("\0".join(names).encode())
+    return digest.hexdigest()
 
 
 def _stamp(path: str) -> int:

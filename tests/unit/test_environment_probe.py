@@ -53,3 +53,16 @@ def test_an_unreadable_saved_map_is_scanned_again(tmp_path: Path, scans: list[in
     saved.write_text("{not json")
     env = EnvironmentProbe(saved).environment({"sqlalchemy"})
     assert "SQLAlchemy" in env.packages and len(scans) == 1
+
+
+def test_other_files_on_sys_path_keep_the_saved_map(
+    tmp_path: Path, scans: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(notebooks)])
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    (notebooks / "out.ipynb").write_text("{}")  # a notebook's folder changes all the time
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert len(scans) == 1
