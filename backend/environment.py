@@ -161,7 +161,6 @@ def _path_stamp() -> str:
     digest = hashlib.sha256(sys.executable.encode())
     for entry in sys.path:
         folder = entry or os.getcwd()
-        digest.update(f"\0{folder}".encode())
         try:
             with os.scandir(folder) as found:
                 names = sorted(
@@ -171,7 +170,8 @@ def _path_stamp() -> str:
                 )
         except OSError:  # gone, not a folder (a zip), unreadable
             continue
-        digest.update("\0".join(names).encode())
+        if names:  # (a folder of plain modules, added with sys.path.insert, adds nothing)
+            digest.update(f"\0{folder}\0".encode() + "\0".join(names).encode())
     return digest.hexdigest()
 
 

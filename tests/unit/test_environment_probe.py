@@ -66,3 +66,16 @@ def test_other_files_on_sys_path_keep_the_saved_map(
     (notebooks / "out.ipynb").write_text("{}")  # a notebook's folder changes all the time
     EnvironmentProbe(saved).environment({"sqlalchemy"})
     assert len(scans) == 1
+
+
+def test_a_folder_of_plain_modules_added_to_sys_path_keeps_the_saved_map(
+    tmp_path: Path, scans: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "helpers.py").write_text("X = 1\n")
+    monkeypatch.setattr(sys, "path", [str(src), *sys.path])  # sys.path.insert(0, "src")
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert len(scans) == 1
