@@ -199,6 +199,25 @@ class TaskSpec:
     def _cache_identities(self) -> dict[str, str]:
         return {}
 
+    def reusing(self, earlier: TaskSpec | None) -> TaskSpec:
+        """``earlier`` itself when it is the same spec; this spec with ``earlier``'s
+        computed identity when they differ only in ``sources`` (a re-run cell has a
+        new ``In[n]`` label, which the version leaves out). Either way a re-run cell
+        does not dump and hash its code again."""
+        if earlier is None:
+            return self
+        if earlier == self:
+            return earlier
+        if all(
+            getattr(earlier, name) == getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "sources"
+        ):
+            for cached in ("_identity", "_version", "_cache_identities"):
+                if cached in earlier.__dict__:
+                    self.__dict__[cached] = earlier.__dict__[cached]
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["environment"] = self.environment.to_dict()
