@@ -124,10 +124,9 @@ _JSON_COLUMNS = {"outputs", "references", "display"}
 
 
 def cache_get(conn: sa.Connection, key: str, project: str, domain: str) -> dict[str, Any] | None:
-    """A cache entry as ``Store.cache_get`` returns it (JSON columns decoded), read
-    outside any transaction on a connection that is not in one."""
-    if conn.in_transaction():
-        conn.rollback()
+    """A cache entry as ``Store.cache_get`` returns it (JSON columns decoded). On a
+    connection outside a transaction (the reading connection between ``read`` blocks)
+    the one statement is its own snapshot; inside one, it reads in it."""
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         row = cur.execute(_SELECT_CACHE, (key, project, domain)).fetchone()
