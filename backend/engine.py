@@ -249,10 +249,10 @@ class LocalEngine(EngineAPI):
         values: dict[str, Any] = {}
         try:
             for name, ref in outputs.items():
-                if not self.artifacts.intact(ref):
-                    raise CorruptArtifact(f"output {name!r} is missing from storage")
-                if want_values:
+                if want_values:  # reading verifies the hash: missing or damaged raises
                     values[name] = self.artifacts.load(ref)
+                elif not self.artifacts.intact(ref):
+                    raise CorruptArtifact(f"output {name!r} is missing from storage")
         except CorruptArtifact as exc:
             self.store.cache_delete(key, project, domain)
             return None, str(exc)

@@ -8,9 +8,11 @@ by name from an installed module) is recorded as a reference like ``numpy`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import types
@@ -58,16 +60,45 @@ class EnvironmentProbe:
     the next task without restarting the kernel; a check costs one ``stat``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, saved: str | os.PathLike[str] | None = None) -> None:
         self._dists: dict[str, list[str]] | None = None
         self._cache: dict[str, tuple[dict[str, str], dict[str, str], list[tuple[str, int]]]] = {}
+        #: A file keeping the module -> distributions map between sessions (below).
+        self._saved = os.fspath(saved) if saved is not None else None
 
     def _module_dists(self, refresh: bool = False) -> dict[str, list[str]]:
+        if self._dists is None or refresh:
+            self._dists = self._saved_dists(refresh)
+        return self._dists
+
+    def _saved_dists(self, refresh: bool) -> dict[str, list[str]]:
+        """``packages_distributions()`` reads every installed distribution's metadata:
+        ~200 ms, paid by every new kernel (each papermill run) on its first task. The
+        map is kept in a file, valid while the interpreter, ``sys.path`` and the
+        distributions' metadata folders on it are the same (``_path_stamp``)."""
         from importlib import metadata  # 20 ms to import: only when a task is captured
 
-        if self._dists is None or refresh:
-            self._dists = metadata.packages_distributions()
-        return self._dists
+        stamp = _path_stamp()
+        if self._saved is not None and not refresh:
+            try:
+                with open(self._saved, encoding="utf-8") as f:
+                    saved = json.load(f)
+                if saved.get("stamp") == stamp and isinstance(saved.get("dists"), dict):
+                    return saved["dists"]
+            except (OSError, ValueError):
+                pass
+        dists = metadata.packages_distributions()
+        if self._saved is not None:
+            tmp = f"{self._saved}.{os.getpid()}.tmp"
+            try:
+                os.makedirs(os.path.dirname(self._saved) or ".", exist_ok=True)
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump({"stamp": stamp, "dists": dists}, f)
+                os.replace(tmp, self._saved)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        return dists
 
     def describe(self, top_module: str) -> tuple[dict[str, str], dict[str, str]]:
         """(packages, local_modules) contributed by one top-level module name."""
@@ -121,6 +152,27 @@ class EnvironmentProbe:
             packages.update(p)
             local.update(loc)
         return Environment(packages=packages, local_modules=local)
+
+
+def _path_stamp() -> str:
+    """Changes when the interpreter, ``sys.path`` or the distributions' metadata folders
+    on it change (installing, upgrading or removing one), and only then: a notebook's
+    own folder on ``sys.path`` changes all the time, its metadata seldom."""
+    digest = hashlib.sha256(sys.executable.encode())
+    for entry in sys.path:
+        folder = entry or os.getcwd()
+        try:
+            with os.scandir(folder) as found:
+                names = sorted(
+                    f"{e.name}:{e.inode()}"
+                    for e in found
+                    if e.name.endswith((".dist-info", ".egg-info"))
+                )
+        except OSError:  # gone, not a folder (a zip), unreadable
+            continue
+        if names:  # (a folder of plain modules, added with sys.path.insert, adds nothing)
+            digest.update(f"\0{folder}\0".encode() + "\0".join(names).encode())
+    return digest.hexdigest()
 
 
 def _stamp(path: str) -> int:

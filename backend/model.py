@@ -89,7 +89,11 @@ class TaskConfig:
     image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a scalar or ``Resources`` (scalars): ``asdict``'s deep copy
+        # cost more than the rest of recording a cache hit's execution.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["resources"] = {n: getattr(self.resources, n) for n in Resources.__dataclass_fields__}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskConfig:
@@ -183,8 +187,36 @@ class TaskSpec:
         return self._version
 
     def cache_identity(self, cache_version: str) -> str:
-        """Like the version but without the name: renaming a task keeps its cache."""
-        return sha256_json({**self._identity, "cache_version": cache_version})
+        """Like the version but without the name: renaming a task keeps its cache.
+        Remembered per cache version: a re-run cell keeps its spec (and this)."""
+        found = self._cache_identities.get(cache_version)
+        if found is None:
+            found = sha256_json({**self._identity, "cache_version": cache_version})
+            self._cache_identities[cache_version] = found
+        return found
+
+    @cached_property
+    def _cache_identities(self) -> dict[str, str]:
+        return {}
+
+    def reusing(self, earlier: TaskSpec | None) -> TaskSpec:
+        """``earlier`` itself when it is the same spec; this spec with ``earlier``'s
+        computed identity when they differ only in ``sources`` (a re-run cell has a
+        new ``In[n]`` label, which the version leaves out). Either way a re-run cell
+        does not dump and hash its code again."""
+        if earlier is None:
+            return self
+        if earlier == self:
+            return earlier
+        if all(
+            getattr(earlier, name) == getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "sources"
+        ):
+            for cached in ("_identity", "_version", "_cache_identities"):
+                if cached in earlier.__dict__:
+                    self.__dict__[cached] = earlier.__dict__[cached]
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -233,17 +233,24 @@ class WorkflowRun:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:
-        self.begin()
+        """Run to the end on this thread. Nobody needs the id before the run starts, so
+        the execution's first events are committed with the first step that shows
+        (an attempt starting, or a cache hit and the end): a cache hit is then one
+        write transaction, and an inline task two (running, then done)."""
+        self._open()
         return self.proceed()
 
     def begin(self) -> str:
         """Record the execution (committed), so its id can be handed out at once."""
+        self._open()
+        self.flush()
+        return self.state.id
+
+    def _open(self) -> None:
         if self.resume is None:
             self._create()
         else:
             self._settle_interrupted()
-        self.flush()
-        return self.state.id
 
     def _adoptable(self, key: str, attempt: int) -> bool:
         """Is this attempt still running where its executor can find it (a pod)?"""
@@ -372,10 +379,12 @@ class WorkflowRun:
                 break  # nothing running and nothing that can start: done
             self._collect(block=False)
             self.flush_if_due()
-        self.flush()
+        # (no flush here: ``_finish`` records the end in the same transaction)
 
     def flush_if_due(self) -> None:
-        if self.pending and (not self.queued or time.monotonic() - self._last_flush > _ROUND):
+        if not self.pending or (not self.queued and not self.in_flight):
+            return  # nothing to write, or the loop is about to end and ``_finish`` writes
+        if self.queued == 0 or time.monotonic() - self._last_flush > _ROUND:
             self.flush()
 
     # -- starting nodes -------------------------------------------------------------------

@@ -5,6 +5,7 @@ the values those names hold now and reports every problem with the cell's name."
 from __future__ import annotations
 
 import builtins
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +114,7 @@ def capture(
     ``provided``: names the runner binds itself (a map's element)."""
     label = f"task {name!r}" if name else "this task cell"
     try:
-        analysis = analyze(transformed)
+        analysis, top_imports = _analyzed(transformed)
     except SyntaxError as exc:
         raise _syntax_error(exc, cell, label) from None
     name = check_name(name or default_name(analysis, outputs))
@@ -190,8 +191,16 @@ def capture(
         deleted=analysis.deleted,
         declared_outputs=tuple(outputs or ()),
         display_last=analysis.last_expr,
-        **_top_level_imports(transformed),
+        **top_imports,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _analyzed(source: str) -> tuple[CellAnalysis, dict[str, Any]]:
+    """The analysis of a cell's code, which depends on its text alone: re-running a
+    cell (the common case) skips parsing it twice and walking its AST. Callers only
+    read the result. (A SyntaxError is not cached: it is raised again each time.)"""
+    return analyze(source), _top_level_imports(source)
 
 
 def _top_level_imports(source: str) -> dict[str, Any]:

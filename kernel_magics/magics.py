@@ -84,6 +84,7 @@ class PapercraneMagics(Magics):
         self._capturing = False
         self._flusher = _FlushBeforeReads(self)
         shell.ast_transformers.append(self._flusher)
+        self._parsed: dict[str, Any] = {}
 
     @property
     def session(self) -> Any:
@@ -156,8 +157,21 @@ class PapercraneMagics(Magics):
         Inputs are the notebook variables the cell reads; outputs are the names it
         assigns. They are bound back into the notebook when the task finishes.
         """
-        args = parse_argstring(self.task, line)
-        self._task(args, cell)
+        self._task(self._task_args(line), cell)
+
+    def _task_args(self, line: str) -> Any:
+        """``%%task`` flags, parsed once per distinct line: argparse is a fair share of
+        a fast task's overhead, and a notebook re-runs the same few lines. Each call
+        gets its own copy; a bad line raises every time (errors are not kept)."""
+        import argparse
+
+        found = self._parsed.get(line)
+        if found is None:
+            found = parse_argstring(self.task, line)
+            if len(self._parsed) >= 256:
+                self._parsed.clear()
+            self._parsed[line] = found
+        return argparse.Namespace(**vars(found))
 
     @_user_errors
     def _task(self, args: Any, cell: str) -> None:

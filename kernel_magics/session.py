@@ -97,6 +97,7 @@ class Session:
         self.settings = settings
         self._engine: Any = None
         self._probe: Any = None
+        self._parts: dict[str, Any] | None = None
         #: Artifacts this session stored or loaded, by fingerprint: re-using a value
         #: as an input then costs a fingerprint, not a store lookup.
         self._known: dict[str, ArtifactRef] = {}
@@ -149,7 +150,8 @@ class Session:
         from papercrane.backend.serializers import python_type_name
 
         if self._probe is None:
-            self._probe = EnvironmentProbe()
+            home = getattr(getattr(self.engine, "config", None), "home", None)
+            self._probe = EnvironmentProbe(home / "cache" / "module-dists.json" if home else None)
         fingerprinter = self.engine.artifacts.fingerprinter()
         fps = self._fingerprints(cap, fingerprinter)
         env = self._probe.environment(cap.modules | fingerprinter.modules)
@@ -221,6 +223,7 @@ class Session:
         inputs = self._input_refs(cap, fps)
         key, cell_id = self.cell_key(spec.name)
         old = self.records.get(key)
+        spec = spec.reusing(old.spec if old else None)  # a re-run: no second hash of the code
         rec = CellRecord(
             key=key,
             cell_id=cell_id,
@@ -257,7 +260,9 @@ class Session:
             executor=config.executor or "default",
             max_attempts=config.retries + 1,
         )
-        widget = RunWidget(view, live=live_widget)
+        widget = RunWidget(
+            view, live=live_widget, parts=self._widget_parts() if live_widget else None
+        )
         widget.show()
         request = RunRequest(
             spec=spec,
@@ -281,6 +286,9 @@ class Session:
             widget.finish()
             self._remember(rec, widget.view.state)
             raise TaskInterrupted(str(aborted)) from None
+        except BaseException:
+            widget.finish()  # whatever the store last said, with the time it took
+            raise
         view.outputs = result.outputs
         view.references = result.references
         widget.finish()
@@ -292,6 +300,14 @@ class Session:
 
             publish_display_data(result.display["data"], result.display.get("metadata") or {})
         return result
+
+    def _widget_parts(self) -> dict[str, Any]:
+        """The Layout and style this session's run widgets share (``shared_parts``)."""
+        from .widgets import parts_usable, shared_parts
+
+        if not parts_usable(self._parts):
+            self._parts = shared_parts()
+        return self._parts
 
     def _remember(self, rec: CellRecord, state: Any) -> None:
         if state is None:

@@ -2,7 +2,8 @@
 
 The view is an ``ipywidgets.HTML`` (live in JupyterLab) displayed together with static
 ``text/html`` and ``text/plain`` renderings of the final state, so a notebook executed
-by papermill or viewed on GitHub still shows what happened.
+by papermill or viewed on GitHub still shows what happened. The bundle is published
+raw: running IPython's formatters over it cost more than building it.
 """
 
 from __future__ import annotations
@@ -139,60 +140,84 @@ def render_text(view: RunView) -> str:
     return "\n".join(lines)
 
 
-class _Bundle:
-    """What ``display`` shows: the live widget plus static fallbacks."""
+def _bundle(widget: Any, html_text: str, text: str) -> dict[str, Any]:
+    """What the cell shows: the live widget plus static fallbacks (papermill, GitHub)."""
+    data = {"text/plain": text, "text/html": html_text}
+    if widget is not None:
+        data["application/vnd.jupyter.widget-view+json"] = {
+            "model_id": widget.model_id,
+            "version_major": 2,
+            "version_minor": 0,
+        }
+    return data
 
-    def __init__(self, widget: Any, view: RunView) -> None:
-        self.widget = widget
-        self.view = view
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        data = {"text/plain": render_text(self.view), "text/html": render_html(self.view)}
-        if self.widget is not None:
-            data["application/vnd.jupyter.widget-view+json"] = {
-                "model_id": self.widget.model_id,
-                "version_major": 2,
-                "version_minor": 0,
-            }
-        return data
+def shared_parts() -> dict[str, Any]:
+    """A Layout and a style for a session's run widgets to share. An ``ipywidgets.HTML``
+    otherwise creates both as widgets of their own (three comms per task run instead
+    of one), which was most of the cost of showing a run."""
+    import ipywidgets
+    from ipywidgets.widgets.widget_string import HTMLStyle
+
+    return {"layout": ipywidgets.Layout(), "style": HTMLStyle()}
+
+
+def parts_usable(parts: dict[str, Any] | None) -> bool:
+    """Shared parts survive until someone closes them (``Widget.close_all()``)."""
+    return parts is not None and all(w.comm is not None for w in parts.values())
 
 
 class RunWidget:
-    """Listens to a run (``RunListener``) and keeps its cell output current."""
+    """Listens to a run (``RunListener``) and keeps its cell output current.
 
-    def __init__(self, view: RunView, *, live: bool = True) -> None:
+    Rendering is the expensive part of a fast task, so it happens when the view can
+    change what a person sees: once when shown, at most every 50 ms while the run
+    goes on (a long task shows itself running, its attempts and retries), and once
+    at the end (``finish``), which also replaces the static fallbacks.
+    """
+
+    def __init__(
+        self, view: RunView, *, live: bool = True, parts: dict[str, Any] | None = None
+    ) -> None:
         self.view = view
         self.widget = None
+        self._html = render_html(view)
         if live:
             import ipywidgets
 
-            self.widget = ipywidgets.HTML(value=render_html(view))
+            self.widget = ipywidgets.HTML(value=self._html, **(parts or {}))
         self._handle = None
         self._last_render = 0.0
 
     def show(self) -> None:
         from IPython.display import display
 
-        self._handle = display(_Bundle(self.widget, self.view), display_id=True)
+        data = _bundle(self.widget, self._html, render_text(self.view))
+        self._handle = display(data, raw=True, display_id=True)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_render < 0.05:
             return
         self._last_render = now
-        if self.widget is not None:
-            self.widget.value = render_html(self.view)
+        html_text = render_html(self.view)
+        if html_text != self._html:
+            self._html = html_text
+            if self.widget is not None:
+                self.widget.value = html_text
 
     def finish(self) -> None:
         self.view.ended = time.time()
         self.refresh(force=True)
         if self._handle is not None:
-            self._handle.update(_Bundle(self.widget, self.view))
+            data = _bundle(self.widget, self._html, render_text(self.view))
+            self._handle.update(data, raw=True)
 
     # RunListener
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.view.state = state
-        self.refresh(force=state.status.terminal)
+        if not state.status.terminal:  # the end is rendered once, by ``finish``
+            self.refresh()
 
     def on_log(self, stream: str, text: str) -> None:
         import sys

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from ..model import ArtifactRef, Event, EventKind, ExecutionState
 from ..projection import replay
-from . import db
+from . import db, sqlite_rows
 from .schema import (
     artifacts,
     cache_entries,
@@ -161,6 +161,19 @@ class Store:
         Returns the events with their sequence numbers. ``state`` must already have the
         events applied (the engine folds them as it goes).
         """
+        created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
+        if sqlite_rows.applies(conn):
+            seqs = sqlite_rows.append(
+                conn,
+                self._projection_row(state) if created else None,
+                [(e.execution_id, e.node, e.attempt, e.kind.value, e.ts, e.payload) for e in batch],
+                (state.status.value, state.ended_at, state.id),
+            )
+            state.last_seq = seqs[-1]
+            return [
+                Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
+                for e, seq in zip(batch, seqs)
+            ]
         rows = [
             {
                 "execution_id": e.execution_id,
@@ -172,7 +185,6 @@ class Store:
             }
             for e in batch
         ]
-        created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
         if created:
             conn.execute(_INSERT_EXECUTION, self._projection_row(state))
         seqs = [r.seq for r in conn.execute(_INSERT_EVENTS, rows)]
@@ -361,8 +373,12 @@ class Store:
 
     # -- lineage -------------------------------------------------------------------------------
     def put_lineage(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            now = time.time()
+        if not rows:
+            return
+        now = time.time()
+        if sqlite_rows.applies(conn):
+            sqlite_rows.put_lineage(conn, rows, now)
+        else:
             conn.execute(lineage.insert(), [{"created_at": now, **r} for r in rows])
 
     def producers(self, artifact_id: str, project: str | None = None) -> list[dict[str, Any]]:
@@ -383,6 +399,10 @@ class Store:
 
     # -- cache ----------------------------------------------------------------------------------
     def cache_get(self, key: str, project: str, domain: str) -> dict[str, Any] | None:
+        conn = self._conn(write=False)
+        if conn is not None and sqlite_rows.applies(conn):
+            # One statement is its own snapshot: no BEGIN and ROLLBACK around it.
+            return sqlite_rows.cache_get(conn, key, project, domain)
         with self.read() as conn:
             row = conn.execute(_SELECT_CACHE, {"k": key, "p": project, "d": domain}).first()
         return dict(row._mapping) if row else None

@@ -209,3 +209,24 @@ def test_cache_key_binds_fingerprints_to_input_names() -> None:
     assert cache_key(two, "", {"a": ref("f1"), "b": ref("f2")}) != swapped
     reordered = {"b": ref("f1"), "a": ref("f2")}
     assert cache_key(two, "", reordered) == swapped
+
+
+# -- a re-run cell reuses its computed identity ---------------------------------------------------
+def test_a_rerun_with_a_new_cell_label_keeps_the_version_without_hashing_again() -> None:
+    first = spec(sources={"<cell areas>": ("In[3]", "")})
+    version = first.version()
+    first.cache_identity("v1")
+    again = spec(sources={"<cell areas>": ("In[4]", "")}).reusing(first)
+    assert again.sources == {"<cell areas>": ("In[4]", "")}  # its own label is kept
+    assert "_version" in again.__dict__ and again.version() == version
+    assert again.cache_identity("v1") == first.cache_identity("v1")
+    assert again.version() == spec(sources={"<cell areas>": ("In[4]", "")}).version()
+
+
+def test_a_changed_task_does_not_reuse_the_earlier_identity() -> None:
+    first = spec()
+    first.version()
+    edited = spec(code=CODE.replace("pi", "tau")).reusing(first)
+    assert "_version" not in edited.__dict__
+    assert edited.version() != first.version()
+    assert spec().reusing(first) is first and spec().reusing(None).version() == first.version()

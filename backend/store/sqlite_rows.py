@@ -1,0 +1,140 @@
+"""The store's hottest statements on SQLite, through the driver's own cursor.
+
+Every task run appends its events, updates its execution row and records lineage. Each
+``Connection.execute`` of a prebuilt SQLAlchemy statement still costs 30-50 µs of
+parameter processing and result set-up, several times what SQLite takes to run it, and
+an inline task's whole budget is a few hundred µs. These functions run the same
+statements on the same connection, inside the caller's transaction, with JSON
+serialized as SQLAlchemy's ``JSON`` type does it (``json.dumps``), so what they write
+reads back through the tables in ``schema.py`` like any other row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+_INSERT_EXECUTION = (
+    "INSERT INTO executions (id, project, domain, name, task_version, kind, workflow_version, "
+    "status, created_at, ended_at, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (execution_id, node, attempt, kind, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_EXECUTION = "UPDATE executions SET status = ?, ended_at = ?, last_seq = ? WHERE id = ?"
+_INSERT_LINEAGE = (
+    "INSERT INTO lineage (artifact_id, name, execution_id, node, attempt, task_name, "
+    "task_version, inputs, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_EXECUTION_COLUMNS = (
+    "id",
+    "project",
+    "domain",
+    "name",
+    "task_version",
+    "kind",
+    "workflow_version",
+    "status",
+    "created_at",
+    "ended_at",
+    "last_seq",
+)
+_LINEAGE_COLUMNS = (
+    "artifact_id",
+    "name",
+    "execution_id",
+    "node",
+    "attempt",
+    "task_name",
+    "task_version",
+)
+
+
+def applies(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+def append(
+    conn: sa.Connection,
+    execution_row: dict[str, Any] | None,
+    events: Sequence[tuple[str, str, int, str, float, Any]],
+    projection: tuple[str, float | None, str],
+) -> list[int]:
+    """Insert the execution row (when new) and the events; return the events' ``seq``.
+
+    The caller's transaction holds SQLite's write lock from its first insert on, so the
+    rows of one ``executemany`` take consecutive rowids ending at ``last_insert_rowid()``
+    (events are never deleted, and ``seq`` is the rowid). ``projection`` is the
+    execution's (status, ended_at, id), written with the last ``seq``.
+    """
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if execution_row is not None:
+            cur.execute(_INSERT_EXECUTION, tuple(execution_row[c] for c in _EXECUTION_COLUMNS))
+        cur.executemany(
+            _INSERT_EVENT, [(e, n, a, k, ts, json.dumps(p)) for e, n, a, k, ts, p in events]
+        )
+        last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
+        status, ended_at, execution_id = projection
+        cur.execute(_UPDATE_EXECUTION, (status, ended_at, last, execution_id))
+    finally:
+        cur.close()
+    return list(range(last - len(events) + 1, last + 1))
+
+
+def put_lineage(conn: sa.Connection, rows: list[dict[str, Any]], now: float) -> None:
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.executemany(
+            _INSERT_LINEAGE,
+            [
+                (
+                    *(r[c] for c in _LINEAGE_COLUMNS),
+                    json.dumps(r["inputs"]),
+                    r.get("created_at", now),
+                )
+                for r in rows
+            ],
+        )
+    finally:
+        cur.close()
+
+
+_CACHE_COLUMNS = (
+    "key",
+    "project",
+    "domain",
+    "task_name",
+    "task_version",
+    "outputs",
+    "references",
+    "display",
+    "execution_id",
+    "created_at",
+)
+_SELECT_CACHE = (
+    "SELECT "
+    + ", ".join(f'"{c}"' for c in _CACHE_COLUMNS)
+    + " FROM cache_entries WHERE key = ? AND project = ? AND domain = ?"
+)
+_JSON_COLUMNS = {"outputs", "references", "display"}
+
+
+def cache_get(conn: sa.Connection, key: str, project: str, domain: str) -> dict[str, Any] | None:
+    """A cache entry as ``Store.cache_get`` returns it (JSON columns decoded). On a
+    connection outside a transaction (the reading connection between ``read`` blocks)
+    the one statement is its own snapshot; inside one, it reads in it."""
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        row = cur.execute(_SELECT_CACHE, (key, project, domain)).fetchone()
+    finally:
+        cur.close()
+    if row is None:
+        return None
+    return {
+        c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
+        for c, v in zip(_CACHE_COLUMNS, row)
+    }

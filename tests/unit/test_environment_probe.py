@@ -1,0 +1,81 @@
+"""The environment probe keeps its module -> distributions map in a file between
+sessions, and scans again when anything on ``sys.path`` changes."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from papercrane.backend.environment import EnvironmentProbe
+
+
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the full scans of installed distributions."""
+    real = metadata.packages_distributions
+    done: list[int] = []
+
+    def counting() -> dict[str, list[str]]:
+        done.append(1)
+        return real()
+
+    monkeypatch.setattr(metadata, "packages_distributions", counting)
+    return done
+
+
+def test_a_new_session_reads_the_saved_map(tmp_path: Path, scans: list[int]) -> None:
+    saved = tmp_path / "cache" / "module-dists.json"
+    first = EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert saved.exists() and len(scans) == 1
+    second = EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert second == first and "SQLAlchemy" in second.packages
+    assert len(scans) == 1  # the second session did not scan
+
+
+def test_a_changed_folder_on_sys_path_scans_again(
+    tmp_path: Path, scans: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    (site / "newdist-1.0.dist-info").mkdir()  # what installing a distribution does
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert len(scans) == 2
+
+
+def test_an_unreadable_saved_map_is_scanned_again(tmp_path: Path, scans: list[int]) -> None:
+    saved = tmp_path / "module-dists.json"
+    saved.write_text("{not json")
+    env = EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert "SQLAlchemy" in env.packages and len(scans) == 1
+
+
+def test_other_files_on_sys_path_keep_the_saved_map(
+    tmp_path: Path, scans: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(notebooks)])
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    (notebooks / "out.ipynb").write_text("{}")  # a notebook's folder changes all the time
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert len(scans) == 1
+
+
+def test_a_folder_of_plain_modules_added_to_sys_path_keeps_the_saved_map(
+    tmp_path: Path, scans: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "helpers.py").write_text("X = 1\n")
+    monkeypatch.setattr(sys, "path", [str(src), *sys.path])  # sys.path.insert(0, "src")
+    EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert len(scans) == 1
