@@ -347,9 +347,15 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
                     data = json.dumps({"stream": stream_name, "text": text})
                     yield f"event: log\ndata: {data}\n\n"
                 if not (done or batch or service.running(execution_id)):
-                    # Quiet and not running here: it may have ended before ``after``.
+                    # Quiet and not running here: it may have ended since the read above
+                    # (its last events committed after it), or before ``after``. Read once
+                    # more before ending, so a follower never misses the end.
                     now = await run_in_threadpool(service.store.execution, execution_id)
-                    done = now is None or now.status.terminal
+                    if now is None:
+                        done = True
+                    elif now.status.terminal:
+                        finished = True
+                        continue
                 if done:
                     yield "event: end\ndata: {}\n\n"
                     return

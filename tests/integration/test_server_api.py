@@ -769,6 +769,20 @@ def test_a_stream_ends_with_its_execution(world: World) -> None:
         assert ("execution_succeeded" in text) == (after == 0)
 
 
+def test_a_stream_opened_as_its_execution_ends_still_carries_the_end(world: World) -> None:
+    """A follower that connects while an execution is finishing gets its terminal event
+    before ``end`` (the end was once sent when the events read came just before the
+    final commit). Several short runs, each followed from the moment it is submitted."""
+    gamma = world.api("gamma")
+    for i in range(12):
+        body = {"task": task(f"quick{i}", f"x = {i}", (), ("x",))}
+        execution = gamma.run("gamma", body)
+        with gamma.stream("GET", f"/api/v1/executions/{execution}/stream") as r:
+            text = "".join(r.iter_text())
+        assert text.endswith("event: end\ndata: {}\n\n"), text
+        assert "execution_succeeded" in text, text
+
+
 def refused_upload(world: World, artifact_id: str, status: int, message: str, **kw: Any) -> None:
     """The upload gets ``status`` and leaves no row, no stored object, no temporary file."""
     before = stored_files(world.server)
