@@ -17,8 +17,6 @@ import json
 import threading
 from typing import Any
 
-import blake3
-
 SHA256 = "sha256"
 BLAKE3 = "blake3"
 _BLAKE3_PREFIX = "blake3-"
@@ -27,7 +25,7 @@ _BLAKE3_PREFIX = "blake3-"
 #: so the ids of small values (most cache keys' inputs) are the same as before BLAKE3.
 LARGE = 1 << 20
 #: BLAKE3 may spread one big update over every core (it releases the GIL meanwhile).
-ALL_CORES = blake3.blake3.AUTO
+ALL_CORES = 0
 
 
 def canonical_json(value: Any) -> bytes:
@@ -53,7 +51,10 @@ def digest_hex(digest: str) -> str:
 
 
 def _blake3(threads: int) -> Any:
-    return blake3.blake3(max_threads=threads)
+    # Imported here: most task processes never store a big value, and start faster.
+    import blake3
+
+    return blake3.blake3(max_threads=blake3.blake3.AUTO if threads == ALL_CORES else threads)
 
 
 class _Hash:
