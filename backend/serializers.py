@@ -98,9 +98,10 @@ class NumpySerializer(Serializer):
         # np.ndarray, not np.empty: it also makes zero-width string dtypes right.
         array = np.ndarray(shape[::-1] if fortran_order else shape, dtype=dtype)
         view = memoryview(array.reshape(-1).view(np.uint8)) if dtype.itemsize else b""
+        readinto = getattr(stream, "readinto", None) or _readinto_by_read(stream)
         filled = 0
         while filled < len(view):
-            n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+            n = readinto(view[filled:])
             if not n:
                 raise ValueError(
                     f"stored array is truncated: expected {len(view)} bytes of data, got {filled}"
@@ -125,10 +126,24 @@ def _memory_bytes(array: Any) -> memoryview | None:
     return memoryview(flat.view(np.uint8))
 
 
+def _readinto_by_read(stream: BinaryIO) -> Any:
+    """``readinto`` for a stream that only has ``read``."""
+
+    def readinto(view: memoryview) -> int:
+        data = stream.read(min(len(view), 16 << 20))
+        view[: len(data)] = data
+        return len(data)
+
+    return readinto
+
+
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise ValueError(f"stored array is truncated: expected {n} bytes, got {len(data)}")
+    data = b""
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise ValueError(f"stored array is truncated: expected {n} bytes, got {len(data)}")
+        data += more
     return data
 
 

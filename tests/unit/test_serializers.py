@@ -428,3 +428,18 @@ def test_preview_is_short_and_never_raises() -> None:
     assert len(preview(list(range(1000)))) == 80
     assert preview(Multiline()) == "first line second line"
     assert preview(Broken()) == "<repr failed: ValueError>"
+
+
+def test_npy_loads_from_a_stream_that_only_reads(registry: SerializerRegistry) -> None:
+    class ReadOnly:
+        def __init__(self, data: bytes) -> None:
+            self._inner = io.BytesIO(data)
+
+        def read(self, n: int = -1) -> bytes:
+            return self._inner.read(min(n, 1000) if n > 0 else n)  # short reads too
+
+    npy = registry.get("npy")
+    value = np.arange(5000.0).reshape(50, 100)
+    data = io.BytesIO()
+    npy.dump(value, data)
+    assert_same(value, npy.load(ReadOnly(data.getvalue())))  # type: ignore[arg-type]
