@@ -32,7 +32,7 @@ from .errors import (
     UserError,
     WorkflowFailed,
 )
-from .hashing import HashingReader, HashingWriter
+from .hashing import HashingReader, HashingWriter, algorithm_of
 from .model import ArtifactRef, Event, EventKind, ExecutionState, Status, TaskSpec
 from .projection import apply
 from .serializers import CloudpickleSerializer, SerializerRegistry, preview, python_type_name
@@ -84,7 +84,7 @@ class RemoteArtifacts:
                 for chunk in response.iter_bytes(1 << 20):
                     spool.write(chunk)
             spool.seek(0)
-            reader = HashingReader(spool)
+            reader = HashingReader(spool, algorithm_of(ref.hash))
             value = serializer.load(reader)  # type: ignore[arg-type]
             reader.drain()
         if reader.hexdigest() != ref.hash:

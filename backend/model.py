@@ -236,8 +236,8 @@ class TaskSpec:
 @dataclass(frozen=True)
 class ArtifactRef:
     """One stored value. ``id`` is the value's fingerprint (stable for equal values, also
-    for functions whose pickle bytes differ); ``hash`` is the sha256 of the stored bytes
-    and addresses them in storage."""
+    for functions whose pickle bytes differ); ``hash`` is the digest of the stored bytes
+    (sha256, or ``blake3-...`` past ``hashing.LARGE``) and addresses them in storage."""
 
     id: str
     hash: str

@@ -58,14 +58,116 @@ class NumpySerializer(Serializer):
         return type(value) is np.ndarray and not value.dtype.hasobject
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
+        """The same bytes as ``np.save``. A contiguous array is written as its header and
+        then its own memory in one write: numpy's ``write_array`` copies into 16 MiB
+        chunks whenever the stream is not a plain file (our hashing writer never is)."""
         import numpy as np
 
-        np.lib.format.write_array(stream, value, allow_pickle=False)
+        body = _memory_bytes(value)
+        header = io.BytesIO()
+        if body is not None:
+            try:  # what write_array writes first, whenever version 1.0 can hold it
+                np.lib.format.write_array_header_1_0(
+                    header, np.lib.format.header_data_from_array_1_0(value)
+                )
+            except ValueError:  # a header past 64 KiB or not latin-1: numpy's own way
+                body = None
+        if body is None:
+            np.lib.format.write_array(stream, value, allow_pickle=False)
+            return
+        stream.write(header.getvalue())
+        stream.write(body)
 
     def load(self, stream: BinaryIO) -> Any:
+        """Reads straight into the new array's memory (``readinto``), as ``np.load``
+        does from a plain file, also through the hashing reader."""
         import numpy as np
 
-        return np.lib.format.read_array(stream, allow_pickle=False)
+        fmt = np.lib.format
+        magic = _read_exact(stream, fmt.MAGIC_LEN)
+        version = fmt.read_magic(io.BytesIO(magic))
+        read_header = {
+            (1, 0): fmt.read_array_header_1_0,
+            (2, 0): fmt.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:  # format 3.0 (utf-8 field names): rare, numpy's way
+            return fmt.read_array(_Prefixed(magic, stream), allow_pickle=False)
+        shape, fortran_order, dtype = read_header(stream)
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        # np.ndarray, not np.empty: it also makes zero-width string dtypes right.
+        array = np.ndarray(shape[::-1] if fortran_order else shape, dtype=dtype)
+        view = memoryview(array.reshape(-1).view(np.uint8)) if dtype.itemsize else b""
+        readinto = getattr(stream, "readinto", None) or _readinto_by_read(stream)
+        filled = 0
+        while filled < len(view):
+            n = readinto(view[filled:])
+            if not n:
+                raise ValueError(
+                    f"stored array is truncated: expected {len(view)} bytes of data, got {filled}"
+                )
+            filled += n
+        return array.T if fortran_order else array
+
+
+def _memory_bytes(array: Any) -> memoryview | None:
+    """An array's data as bytes in .npy order without a copy, when it is contiguous
+    (C order, or Fortran order, which .npy stores as it is in memory)."""
+    import numpy as np
+
+    if array.dtype.itemsize == 0 or array.size == 0:
+        return None
+    if array.flags.c_contiguous:
+        flat = array.reshape(-1)
+    elif array.flags.f_contiguous:
+        flat = array.T.reshape(-1)
+    else:
+        return None
+    return memoryview(flat.view(np.uint8))
+
+
+def _readinto_by_read(stream: BinaryIO) -> Any:
+    """``readinto`` for a stream that only has ``read``."""
+
+    def readinto(view: memoryview) -> int:
+        data = stream.read(min(len(view), 16 << 20))
+        view[: len(data)] = data
+        return len(data)
+
+    return readinto
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise ValueError(f"stored array is truncated: expected {n} bytes, got {len(data)}")
+        data += more
+    return data
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already read, then the rest of a stream: hands numpy's own reader a
+    stream whose start the fast path has consumed."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head.nbytes:
+            n = min(view.nbytes, self._head.nbytes)
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(view.nbytes)
+        view[: len(data)] = data
+        return len(data)
 
 
 class ParquetSerializer(Serializer):

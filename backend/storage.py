@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import ConfigError, CorruptArtifact, StorageError
-from .hashing import HashingReader, HashingWriter
+from .hashing import HashingReader, HashingWriter, algorithm_of, digest_hex
 from .serializers import Serializer
 
 
@@ -151,10 +151,10 @@ class Storage:
     # -- content-addressed values ---------------------------------------------------------
     @staticmethod
     def artifact_key(digest: str) -> str:
-        return f"artifacts/{digest[:2]}/{digest}"
+        return f"artifacts/{digest_hex(digest)[:2]}/{digest}"
 
     def put_value(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
-        """Serialize ``value`` straight into storage; return (sha256, key, size)."""
+        """Serialize ``value`` straight into storage; return (digest, key, size)."""
         if _small(value):
             buffer = io.BytesIO()
             writer = HashingWriter(buffer)
@@ -183,10 +183,13 @@ class Storage:
     def put_stream(
         self, stream: BinaryIO, expected_hash: str | None = None
     ) -> tuple[str, str, int]:
-        """Store bytes from a stream (uploads); refuse them if they don't hash as claimed."""
+        """Store bytes from a stream (uploads); refuse them if they don't hash as claimed
+        (with the algorithm the claim names, so an older client's sha256 digest of a big
+        value is checked as sha256)."""
+        algorithm = algorithm_of(expected_hash) if expected_hash else None
         tmp = f"tmp/{uuid.uuid4().hex}"
         with self.open_write(tmp) as raw:
-            writer = HashingWriter(raw)
+            writer = HashingWriter(raw, algorithm)
             while chunk := stream.read(1 << 20):
                 writer.write(chunk)
         digest = writer.hexdigest()
@@ -207,7 +210,7 @@ class Storage:
             with self.open_read(key) as raw:
                 return serializer.load(raw)
         with self.open_read(key) as raw:
-            reader = HashingReader(raw)
+            reader = HashingReader(raw, algorithm_of(digest))
             try:
                 value = serializer.load(reader)  # type: ignore[arg-type]
             except Exception as exc:

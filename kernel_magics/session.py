@@ -370,13 +370,15 @@ class Session:
         if name not in ns:
             raise UserError(f"there is no variable {name!r} in the notebook")
         value = ns[name]
-        known = self.bound.get(name)
-        if known is not None and known[0] == id(value):
-            return known[1]
+        # Always hash what the variable holds now: the bound object itself may have been
+        # changed in place since the task produced it (``a[0] += 1`` in a plain cell).
         try:
             fp = self.engine.artifacts.fingerprinter().value(value)
         except Exception:
             fp = ""
+        known = self.bound.get(name)
+        if fp and known is not None and known == (id(value), fp):
+            return fp
         ref = self.engine.find_artifact(fp) if fp else None
         if ref is None or not self.engine.has_lineage(ref.id):
             raise UserError(

@@ -442,7 +442,8 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         request: Request,
         service: Svc,
         who: Writer,
-        hash: Annotated[str, Query(min_length=64, max_length=64, pattern="^[0-9a-f]+$")],
+        # sha256 hex, or "blake3-" + hex for values past hashing.LARGE
+        hash: Annotated[str, Query(min_length=64, max_length=71, pattern=m.DIGEST_PATTERN)],
         serializer: Annotated[str, Query(max_length=50, pattern="^[a-z0-9_-]+$")],
         python_type: Annotated[str, Query(max_length=200, pattern=m.TEXT_PATTERN)],
         preview: Annotated[str, Query(max_length=200, pattern=m.TEXT_PATTERN)] = "",

@@ -14,6 +14,8 @@ from ..workflow import Binding, MapSpec, NodeSpec, WorkflowSpec
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 ID_PATTERN = r"^[0-9a-f]+$"
+#: A content digest: sha256 hex, or BLAKE3 hex behind "blake3-" (backend/hashing.py).
+DIGEST_PATTERN = r"^(blake3-)?[0-9a-f]{64}$"
 #: Task, node and workflow names: at most 150 characters, like ``%%task NAME``, so that
 #: a map element's id (``name[12345]``) still fits the store's 200-character columns.
 NAME_LENGTH = 150

@@ -26,7 +26,7 @@ artifacts = sa.Table(
     "artifacts",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("hash", sa.String(64), nullable=False, index=True),
+    sa.Column("hash", sa.String(80), nullable=False, index=True),
     sa.Column("uri", sa.String(300), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("serializer", sa.String(50), nullable=False),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the image task pods run: Debian bookworm's Python 3.11 in /opt/venv with
-# papercrane (from this checkout), cloudpickle and numpy (the building Python's versions). No registry or Docker engine is
-# needed: the root filesystem is made with debootstrap and packed as an OCI image tar
+# papercrane (from this checkout), cloudpickle, numpy and blake3 (the building Python's
+# versions; blake3 is a dependency papercrane is installed without). No registry or
+# Docker engine is needed: the root filesystem is made with debootstrap and packed as an OCI image tar
 # (by ../shared/k8s/mkimage.py), which a cluster imports (pods use imagePullPolicy: Never).
 #
 #   scripts/k8s/task-image.sh OUT.tar [NAME:TAG]     (needs root; default local/papercrane-task:dev)
@@ -33,7 +34,7 @@ mkdir "$work/root"; tar -C "$work/root" -xf "$BASE"
 # The host's pip reaches the package index; the chroot's does not.
 pins=$("$PY" - <<'PY'
 from importlib import metadata
-for name in ("numpy", "cloudpickle"):
+for name in ("numpy", "cloudpickle", "blake3"):
     try:
         print(f"{name}=={metadata.version(name)}")
     except metadata.PackageNotFoundError:

@@ -160,3 +160,46 @@ def test_damaged_entry_is_never_served(
     assert kernel.run("print(out)").ok().stdout.strip() == "xxxxx"
     counter.task("out = 'x' * n")  # the entry was replaced by a good one
     assert counter.runs == 2
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_big_array_changed_in_place_between_tasks_is_a_new_input(
+    counter: Counter, kernel: Kernel, executor: str
+) -> None:
+    """A task's output bound in the notebook is the very object a plain cell can change in
+    place: the next task must hash what it holds now, not reuse the output's digest."""
+    kernel.run("import numpy as np").ok()
+    # 2.4 MB: over hashing.LARGE, so its digest is BLAKE3's
+    kernel.run(f"%%task make --executor {executor}\na = np.arange(300_000.0)").ok()
+    flags = f"--executor {executor}"
+    counter.task("s = float(a.sum())", flags)
+    counter.task("s = float(a.sum())", flags)
+    assert counter.runs == 1
+    kernel.run("a[0] += 1").ok()  # the same object, other bytes
+    text = counter.task("s = float(a.sum())", flags)
+    assert counter.runs == 2 and "cache: miss" in text
+    r = kernel.run("print(s == float(np.arange(300_000.0).sum()) + 1)").ok()
+    assert r.stdout.strip() == "True"
+    # Its lineage is no longer the task's output either.
+    r = kernel.run("%lineage a")
+    assert "was changed since" in r.text
+
+
+def test_corrupted_big_array_is_never_served(counter: Counter, kernel: Kernel, home: Path) -> None:
+    kernel.run("import numpy as np\nn = 300_000").ok()
+    counter.task("big = np.arange(n, dtype=np.float64)")
+    with sqlite3.connect(home / "papercrane.db") as db:
+        (uri, digest) = db.execute(
+            "SELECT uri, hash FROM artifacts WHERE python_type = 'numpy.ndarray'"
+        ).fetchone()
+    assert digest.startswith("blake3-")
+    blob = home / "store" / uri
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, same size: only the BLAKE3 check sees it
+    blob.write_bytes(bytes(data))
+    text = counter.task("big = np.arange(n, dtype=np.float64)")
+    assert counter.runs == 2 and "damaged" in text
+    r = kernel.run("print(bool((big == np.arange(n)).all()))").ok()
+    assert r.stdout.strip() == "True"
+    counter.task("big = np.arange(n, dtype=np.float64)")  # a good entry replaced it
+    assert counter.runs == 2

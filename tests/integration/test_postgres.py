@@ -223,6 +223,17 @@ def test_long_previews_fit_their_columns(engine: LocalEngine) -> None:
     assert engine.artifact(ref.id[:10].upper()).id == ref.id  # prefixes ignore case
 
 
+def test_blake3_digests_fit_the_hash_column(engine: LocalEngine) -> None:
+    np = pytest.importorskip("numpy")
+    big = np.arange(300_000, dtype=np.float64)  # over hashing.LARGE: "blake3-" + 64 hex
+    ref = engine.put_value(big, "big")
+    assert ref.hash.startswith("blake3-") and len(ref.hash) == 71
+    stored = engine.store.artifact(ref.id)
+    assert stored is not None and stored.hash == ref.hash  # PostgreSQL kept all 71 chars
+    result = task(engine, "y = float(big[-1])", {"big": big}, executor="local")
+    assert result.values == {"y": 299_999.0}
+
+
 # -- the engine ---------------------------------------------------------------------------------
 def test_inline_and_local_tasks(engine: LocalEngine) -> None:
     inline = task(engine, "y = x + 1", {"x": 41})

@@ -248,6 +248,67 @@ def test_pickle_and_parquet_are_not_trusted_as_fingerprints(
     assert registry.get(name).deterministic is False
 
 
+# -- .npy: numpy's own bytes, written and read without copies ------------------------------
+
+#: (id, array): every layout and dtype family the fast path meets, and the ones it leaves
+#: to numpy (non-contiguous, zero-width, headers past format 1.0).
+NPY = [
+    ("c-order", np.arange(24.0).reshape(2, 3, 4)),
+    ("f-order", np.asfortranarray(np.arange(24.0).reshape(2, 3, 4))),
+    ("non-contiguous", np.arange(100.0)[::3]),
+    ("transposed-slice", np.arange(60).reshape(6, 10)[:, ::2].T),
+    ("0-d", np.array(3.5)),
+    ("empty", np.zeros((0, 3))),
+    ("structured", np.array([(1, 2.0, b"ab")], dtype=[("a", "i4"), ("b", ">f8"), ("c", "S2")])),
+    ("f-order-structured", np.asfortranarray(np.zeros((3, 4), dtype=[("x", "<f4"), ("y", "i2")]))),
+    ("big-endian", np.arange(10, dtype=">i8")),
+    ("bool", np.array([True, False, True])),
+    ("complex", np.arange(5) * 1j),
+    ("datetime", np.array(["2020-01-01", "2021-02-03"], dtype="datetime64[D]")),
+    ("unicode", np.array(["héllo", "x"])),
+    ("zero-width", np.zeros(3, dtype="V0")),
+    ("utf8-field-name", np.zeros(2, dtype=[("é", "i4")])),  # numpy writes format 3.0
+    ("big-c", np.random.default_rng(1).random((700, 600))),  # 3.4 MB: a BLAKE3 digest
+    ("big-f", np.asfortranarray(np.random.default_rng(2).random((700, 600)))),
+    ("big-non-contiguous", np.random.default_rng(3).random((1400, 600))[::2]),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Stored array in format 3.0")
+@pytest.mark.parametrize("value", [v for _, v in NPY], ids=[i for i, _ in NPY])
+def test_npy_bytes_are_numpys_and_round_trip(
+    registry: SerializerRegistry, storage: Storage, value: np.ndarray
+) -> None:
+    serializer = registry.for_value(value)
+    assert serializer.name == "npy"
+    ours, numpys = io.BytesIO(), io.BytesIO()
+    serializer.dump(value, ours)
+    np.lib.format.write_array(numpys, value, allow_pickle=False)
+    assert ours.getvalue() == numpys.getvalue()  # so digests made before stay valid
+    digest, key, _ = storage.put_value(value, serializer)
+    for verify in (True, False):
+        back = storage.load_value(key, digest, serializer, verify)
+        assert_same(value, back)
+        assert back.tobytes() == value.tobytes()
+        assert back.flags.writeable
+        assert back.flags.f_contiguous == np.load(io.BytesIO(numpys.getvalue())).flags.f_contiguous
+
+
+def test_truncated_npy_body_is_an_error(registry: SerializerRegistry) -> None:
+    npy = registry.get("npy")
+    data = io.BytesIO()
+    npy.dump(np.arange(1000.0), data)
+    with pytest.raises(ValueError, match="truncated"):
+        npy.load(io.BytesIO(data.getvalue()[:-1]))
+
+
+def test_object_arrays_are_never_read_as_npy(registry: SerializerRegistry) -> None:
+    data = io.BytesIO()
+    np.save(data, np.array([1, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        registry.get("npy").load(io.BytesIO(data.getvalue()))
+
+
 # -- corrupt, missing, failed writes -----------------------------------------------------------
 
 STORED = {
@@ -367,3 +428,18 @@ def test_preview_is_short_and_never_raises() -> None:
     assert len(preview(list(range(1000)))) == 80
     assert preview(Multiline()) == "first line second line"
     assert preview(Broken()) == "<repr failed: ValueError>"
+
+
+def test_npy_loads_from_a_stream_that_only_reads(registry: SerializerRegistry) -> None:
+    class ReadOnly:
+        def __init__(self, data: bytes) -> None:
+            self._inner = io.BytesIO(data)
+
+        def read(self, n: int = -1) -> bytes:
+            return self._inner.read(min(n, 1000) if n > 0 else n)  # short reads too
+
+    npy = registry.get("npy")
+    value = np.arange(5000.0).reshape(50, 100)
+    data = io.BytesIO()
+    npy.dump(value, data)
+    assert_same(value, npy.load(ReadOnly(data.getvalue())))  # type: ignore[arg-type]
