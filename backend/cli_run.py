@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import tempfile
 import threading
 import time
@@ -24,6 +25,8 @@ from .errors import UserError
 from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
 
 _FLUSH_TAG = "papercrane-flush"
+#: What ``%workflow flush --detach`` prints for each execution it submits.
+_SUBMITTED = re.compile(r"submitted execution (\S+):")
 
 
 def parse_value(raw: str) -> Any:
@@ -58,12 +61,24 @@ def _prepared_copy(path: Path, detach: bool) -> Path:
     return Path(name)
 
 
-def _strip_flush_cell(out: Path) -> None:
+def _strip_flush_cell(out: Path) -> list[str]:
+    """Remove the flush cell we added; return the executions it submitted detached
+    (what it printed), which may have finished by now: the caller still wants their ids."""
     import nbformat
 
     nb = nbformat.read(str(out), as_version=4)
-    nb.cells = [c for c in nb.cells if _FLUSH_TAG not in c.get("metadata", {}).get("tags", [])]
+    submitted: list[str] = []
+    kept = []
+    for cell in nb.cells:
+        if _FLUSH_TAG not in cell.get("metadata", {}).get("tags", []):
+            kept.append(cell)
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                submitted += _SUBMITTED.findall("".join(output.get("text", "")))
+    nb.cells = kept
     nbformat.write(nb, str(out))
+    return submitted
 
 
 class _Progress:
@@ -216,16 +231,14 @@ def run_notebook(
         os.environ.clear()
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
-    if out.exists():
-        _strip_flush_cell(out)
+    submitted = _strip_flush_cell(out) if out.exists() else []
     engine.close()
     if not failure:
         if output:
             console.print(f"wrote {out}")
-        if detach:  # what still runs on the server, one id per line on stdout
-            for state in progress.states.values():
-                if not state.status.terminal:
-                    click.echo(f"{state.id} {engine.url}/api/v1/executions/{state.id}")
+        if detach:  # what was submitted without waiting, one id per line on stdout
+            for execution_id in submitted:
+                click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
         return 0
     _report(console, failure[0], progress, out)
     if output and out.exists():
