@@ -11,7 +11,7 @@ import pytest
 
 from papercrane.backend.client import RemoteEngine
 from papercrane.backend.engine import WorkflowRequest
-from papercrane.backend.model import Status, TaskConfig, TaskSpec
+from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
 from papercrane.backend.workflow import CellTask, MapSpec, assemble
 
 from ..server_fixture import ServerProcess
@@ -57,10 +57,16 @@ def test_sigkill_mid_workflow_then_restart_finishes_it(tmp_path: Path) -> None:
         WorkflowRequest(spec=assemble("durable", cells), params={}, project="durable")
     )
     wait_for(lambda: log.exists() and log.read_text().split() == ["first", "slow"])
+    # An attempt's start is committed with the scheduler's next round (within ~50 ms of
+    # its process starting, which a forked attempt beats): kill once it is on record.
+    wait_for(
+        lambda: any(
+            e.kind is EventKind.ATTEMPT_STARTED and e.node == "slow"
+            for e in client.events(execution_id)
+        )
+    )
     server.kill()  # the slow attempt's process dies with it (PR_SET_PDEATHSIG)
-    client.close()
-    state_at_kill = RemoteEngine  # (no server now; the store is the truth)
-    del state_at_kill
+    client.close()  # (no server now; the store is the truth)
     gate.write_text("go")
     server.start()  # resumes unfinished executions
     client = RemoteEngine(server.url, token, "durable")
