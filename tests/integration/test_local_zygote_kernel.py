@@ -5,30 +5,18 @@ earlier one left behind, and nothing outlives the kernel."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from ..processes import gone
 from .kernel import Kernel
 
 pytestmark = [
     pytest.mark.kernel,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the zygote is Linux only"),
 ]
-
-
-def gone(pid: int) -> bool:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_attempts_see_the_kernel_as_it_is_now_and_nothing_else(home: Path, workdir: Path) -> None:

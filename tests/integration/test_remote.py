@@ -103,51 +103,63 @@ def test_papermill_against_the_server(server: ServerProcess, tmp_path: Path) -> 
     assert [(r["name"], r["status"]) for r in rows] == [("square", "succeeded")]
 
 
-def test_papercrane_run_remote_detach(server: ServerProcess, tmp_path: Path) -> None:
-    env = {**os.environ, **remote_env(server, tmp_path)}
+CLI = [sys.executable, "-m", "papercrane.backend.cli"]
+
+
+def task_notebook(path: Path, cell: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
         "language": "python",
     }
-    nb.cells = [
-        nbformat.v4.new_code_cell("%load_ext papercrane"),
-        nbformat.v4.new_code_cell("%%task slow\nimport time\ntime.sleep(1)\nv = 1"),
-    ]
-    src = tmp_path / "detach.ipynb"
-    nbformat.write(nb, src)
-    cli = [sys.executable, "-m", "papercrane.backend.cli"]
-    started = time.monotonic()
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext papercrane"), nbformat.v4.new_code_cell(cell)]
+    nbformat.write(nb, path)
+    return path
+
+
+def run_detached(src: Path, env: dict[str, str], *extra: str) -> str:
+    """``papercrane run --remote --detach``: the one execution id it prints."""
     r = subprocess.run(
-        [*cli, "run", str(src), "--remote", "--detach", "-q", "-o", str(tmp_path / "o.ipynb")],
+        [*CLI, "run", str(src), "--remote", "--detach", "-q", *extra],
         env=env,
         capture_output=True,
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    # The detached execution's id, whether it still runs or (on a busy machine) is done.
     execution_id, url = r.stdout.split()
     assert url.endswith(f"/api/v1/executions/{execution_id}")
-    deadline = time.monotonic() + 60
-    status = ""
-    while time.monotonic() < deadline:
+    return execution_id
+
+
+def final_status(execution_id: str, env: dict[str, str], timeout: float = 60) -> str:
+    """The execution's status once it has ended (or as it is when ``timeout`` runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
         shown = subprocess.run(
-            [*cli, "executions", "show", execution_id, "--json"],
+            [*CLI, "executions", "show", execution_id, "--json"],
             env=env,
             capture_output=True,
             text=True,
             check=True,
         )
         status = json.loads(shown.stdout)["status"]
-        if status in ("succeeded", "failed"):
-            break
+        if status in ("succeeded", "failed", "aborted") or time.monotonic() > deadline:
+            return status
         time.sleep(0.3)
-    assert status == "succeeded"
+
+
+def test_papercrane_run_remote_detach(server: ServerProcess, tmp_path: Path) -> None:
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    src = task_notebook(tmp_path / "detach.ipynb", "%%task slow\nimport time\ntime.sleep(1)\nv = 1")
+    started = time.monotonic()
+    # The detached execution's id, whether it still runs or (on a busy machine) is done.
+    execution_id = run_detached(src, env, "-o", str(tmp_path / "o.ipynb"))
+    assert final_status(execution_id, env) == "succeeded"
     assert time.monotonic() - started < 60
     no_url = {k: v for k, v in env.items() if k != "PAPERCRANE_URL"}
     r = subprocess.run(
-        [*cli, "run", str(src), "--remote"], env=no_url, capture_output=True, text=True
+        [*CLI, "run", str(src), "--remote"], env=no_url, capture_output=True, text=True
     )
     assert r.returncode != 0 and "PAPERCRANE_URL" in r.stderr
 
@@ -158,42 +170,8 @@ def test_detach_prints_an_execution_that_already_finished(
     """An instant task is done before papermill's kernel has shut down: its id is still
     what ``--detach`` prints (it once printed only what was still running)."""
     env = {**os.environ, **remote_env(server, tmp_path)}
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell("%load_ext papercrane"),
-        nbformat.v4.new_code_cell("%%task instant\nw = 2"),
-    ]
-    src = tmp_path / "instant.ipynb"
-    nbformat.write(nb, src)
-    cli = [sys.executable, "-m", "papercrane.backend.cli"]
-    r = subprocess.run(
-        [*cli, "run", str(src), "--remote", "--detach", "-q"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    execution_id, url = r.stdout.split()
-    assert url.endswith(f"/api/v1/executions/{execution_id}")
-    deadline = time.monotonic() + 60
-    while True:
-        shown = subprocess.run(
-            [*cli, "executions", "show", execution_id, "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        status = json.loads(shown.stdout)["status"]
-        if status == "succeeded" or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert status == "succeeded"
+    src = task_notebook(tmp_path / "instant.ipynb", "%%task instant\nw = 2")
+    assert final_status(run_detached(src, env), env) == "succeeded"
 
 
 def test_big_values_travel_with_their_blake3_digest(server: ServerProcess) -> None:

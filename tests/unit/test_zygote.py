@@ -29,6 +29,8 @@ from papercrane.backend.executors.zygote import SWITCH, Zygote
 from papercrane.backend.model import TaskConfig, TaskSpec
 from papercrane.backend.runner import AttemptResult
 
+from ..processes import gone
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 
@@ -72,30 +74,16 @@ def attempt(engine: LocalEngine, code: str, **config: Any) -> AttemptSpec:
     )
 
 
+def sleeper(pid_file: Path) -> str:
+    """A task that writes its pid to ``pid_file``, then sleeps for a minute."""
+    return f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+
+
 def run(engine: LocalEngine, code: str, **config: Any) -> tuple[AttemptResult, Any]:
     """Run ``code`` as an attempt on the local executor: its result and its ``y``."""
     result = engine.executor("local").run(attempt(engine, code, **config), Lines())
     ref = result.outputs.get("y")
     return result, engine.artifacts.load(ref) if ref is not None else None
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited, waiting a while for it (a dying process takes a
-    moment to be reaped by its parent)."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True  # a zombie: dead, its parent not yet told
-        except OSError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def wait_for(path: Path) -> str:
@@ -249,7 +237,7 @@ def test_cancel_kills_the_attempt(engine: LocalEngine, executor: LocalExecutor, 
     pid_file = tmp_path / "pid"
     spec = attempt(
         engine,
-        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)",
+        sleeper(pid_file),
     )
     cancel = threading.Event()
     results: list[AttemptResult] = []
@@ -361,7 +349,7 @@ def test_closing_the_attempt_socket_kills_the_attempt(
     pid_file = tmp_path / "pid"
     spec = attempt(
         engine,
-        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)",
+        sleeper(pid_file),
     )
     key = f"{spec.prefix}/attempt.json"
     import json
@@ -381,7 +369,7 @@ def test_closing_the_engine_leaves_no_process(
     pid_file = tmp_path / "pid"
     spec = attempt(
         engine,
-        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)",
+        sleeper(pid_file),
     )
     results: list[AttemptResult] = []
     worker = threading.Thread(target=lambda: results.append(executor.run(spec, Lines())))
