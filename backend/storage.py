@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,12 +44,26 @@ class Storage:
     #: already there costs no file write at all.
     SMALL = 1 << 20
 
+    #: Stored objects up to this size, once read and found to hash to their digest, are
+    #: kept in memory (``_verified``) so a later load in this process (a cache hit)
+    #: decodes them without opening, reading and hashing the file again.
+    MEMO_ITEM = 64 << 10
+    #: The most bytes ``_verified`` holds; the least recently used go first.
+    MEMO_TOTAL = 16 << 20
+
     def __init__(self, url: str) -> None:
         self._made: set[str] = set()
+        # key -> bytes that hashed to the key's digest in this process. Content addressing
+        # makes that sound: the key fixes the bytes. Only bytes are kept; every load
+        # decodes a new object, so no caller ever shares a mutable value with another.
+        self._verified: OrderedDict[str, bytes] = OrderedDict()
+        self._verified_bytes = 0
+        self._memo_lock = threading.Lock()
         self.url_root = url.rstrip("/")
         self.local = _is_local(url)
         if self.local:
             self.root = Path(url.removeprefix("file://")).expanduser()
+            self._root_str = str(self.root)  # ``_path`` joins strings: pathlib is slower
             self._fs = None
         else:
             import fsspec
@@ -63,7 +79,7 @@ class Storage:
     # -- paths ----------------------------------------------------------------------------
     def _path(self, key: str) -> str:
         if self.local:
-            return str(self.root / key)
+            return os.path.join(self._root_str, key)
         return f"{self.root_path}/{key}"
 
     def url(self, key: str) -> str:
@@ -119,6 +135,7 @@ class Storage:
             return None
 
     def delete(self, key: str) -> None:
+        self.forget(key)
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
             if self.local:
@@ -205,25 +222,98 @@ class Storage:
 
     def load_value(self, key: str, digest: str, serializer: Serializer, verify: bool = True) -> Any:
         """Decode a stored value, verifying its hash in the same pass (unless the caller
-        just watched it being written: then the file is decoded directly, fastest)."""
+        just watched it being written: then the file is decoded directly, fastest).
+
+        A small object verified once in this process is decoded from the bytes kept in
+        memory, after a size check that notices it was deleted or truncated since; a
+        same-size corruption made after that is found by the next process (or after
+        ``forget``), as the bytes it would decode are the ones that were verified."""
         if not verify:
             with self.open_read(key) as raw:
                 return serializer.load(raw)
+        data = self._memo_get(key, digest)
+        if data is not None:
+            return self._decode(key, data, serializer)
         with self.open_read(key) as raw:
-            reader = HashingReader(raw, algorithm_of(digest))
-            try:
-                value = serializer.load(reader)  # type: ignore[arg-type]
-            except Exception as exc:
-                reader.drain()
-                if reader.hexdigest() != digest:
-                    self._discard_corrupt(key, reader.hexdigest())
-                raise StorageError(
-                    f"could not decode {self.url(key)} with {serializer.name}: {exc}"
-                ) from exc
+            size = self._size_of_open(raw)
+            if size is not None and size <= self.MEMO_ITEM:
+                data = raw.read()
+            else:
+                return self._load_streaming(key, digest, raw, serializer)
+        reader = HashingReader(io.BytesIO(data), algorithm_of(digest))
+        reader.drain()
+        if reader.hexdigest() != digest:
+            self._discard_corrupt(key, reader.hexdigest())
+        self._memo_put(key, digest, data)
+        return self._decode(key, data, serializer)
+
+    def _load_streaming(self, key: str, digest: str, raw: BinaryIO, serializer: Serializer) -> Any:
+        reader = HashingReader(raw, algorithm_of(digest))
+        try:
+            value = serializer.load(reader)  # type: ignore[arg-type]
+        except Exception as exc:
             reader.drain()
+            if reader.hexdigest() != digest:
+                self._discard_corrupt(key, reader.hexdigest())
+            raise StorageError(
+                f"could not decode {self.url(key)} with {serializer.name}: {exc}"
+            ) from exc
+        reader.drain()
         if reader.hexdigest() != digest:
             self._discard_corrupt(key, reader.hexdigest())
         return value
+
+    def _decode(self, key: str, data: bytes, serializer: Serializer) -> Any:
+        """A new object from bytes that are known to match their digest."""
+        try:
+            return serializer.load(io.BytesIO(data))
+        except Exception as exc:
+            raise StorageError(
+                f"could not decode {self.url(key)} with {serializer.name}: {exc}"
+            ) from exc
+
+    def _size_of_open(self, raw: Any) -> int | None:
+        """The size of an object just opened for reading, if known without another
+        round trip (local files: ``fstat``; fsspec files that carry their size)."""
+        if self.local:
+            return os.fstat(raw.fileno()).st_size
+        size = getattr(raw, "size", None)
+        return size if isinstance(size, int) else None
+
+    def _memo_get(self, key: str, digest: str) -> bytes | None:
+        with self._memo_lock:
+            data = self._verified.get(key)
+            if data is None:
+                return None
+            self._verified.move_to_end(key)
+        if key != self.artifact_key(digest) or self.size(key) != len(data):
+            self.forget(key)  # gone or rewritten since: read it again, and verify
+            return None
+        return data
+
+    def _memo_put(self, key: str, digest: str, data: bytes) -> None:
+        if key != self.artifact_key(digest):
+            return  # only content-addressed objects: their key fixes their bytes
+        with self._memo_lock:
+            if key in self._verified:
+                return
+            self._verified[key] = data
+            self._verified_bytes += len(data)
+            while self._verified_bytes > self.MEMO_TOTAL:
+                _, old = self._verified.popitem(last=False)
+                self._verified_bytes -= len(old)
+
+    def forget(self, key: str | None = None) -> None:
+        """Drop the in-memory copy of ``key`` (of every object, if None), so its next
+        load reads and verifies the stored bytes again."""
+        with self._memo_lock:
+            if key is None:
+                self._verified.clear()
+                self._verified_bytes = 0
+            else:
+                data = self._verified.pop(key, None)
+                if data is not None:
+                    self._verified_bytes -= len(data)
 
     def _discard_corrupt(self, key: str, actual: str) -> None:
         """A content-addressed object whose bytes don't hash to its own address is

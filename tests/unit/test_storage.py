@@ -113,3 +113,81 @@ def test_uploads_are_checked_with_the_algorithm_they_claim(tmp_path: Path, claim
     assert (tmp_path / key).read_bytes() == data
     with pytest.raises(CorruptArtifact, match="uploaded bytes hash to"):
         storage.put_stream(io.BytesIO(data + b"!"), expected)
+
+
+def test_a_verified_small_value_is_decoded_afresh_on_every_load(tmp_path: Path) -> None:
+    """The in-memory copy of verified bytes must never hand two callers one object."""
+    storage = Storage(str(tmp_path))
+    pickle = SerializerRegistry().get("cloudpickle")
+    digest, key, _ = storage.put_value({"a": [1, 2]}, pickle)
+    first = storage.load_value(key, digest, pickle)
+    first["a"].append(3)
+    second = storage.load_value(key, digest, pickle)
+    assert second == {"a": [1, 2]}
+    assert second is not first and second["a"] is not first["a"]
+    arr_digest, arr_key, _ = storage.put_value(np.arange(4), SerializerRegistry().get("npy"))
+    npy = SerializerRegistry().get("npy")
+    one = storage.load_value(arr_key, arr_digest, npy)
+    one[0] = 99
+    assert storage.load_value(arr_key, arr_digest, npy)[0] == 0
+
+
+def test_same_size_corruption_after_a_verified_load_is_found_by_a_new_process(
+    tmp_path: Path,
+) -> None:
+    storage = Storage(str(tmp_path))
+    text = SerializerRegistry().get("text")
+    digest, key, _ = storage.put_value("hello", text)
+    assert storage.load_value(key, digest, text) == "hello"  # verified: kept in memory
+    (tmp_path / key).write_bytes(b"jello")
+    # This process verified those bytes already and serves what it verified...
+    assert storage.load_value(key, digest, text) == "hello"
+    # ...another process (a new Storage) reads the file and finds the damage,
+    with pytest.raises(CorruptArtifact, match="does not match its hash"):
+        Storage(str(tmp_path)).load_value(key, digest, text)
+    assert not (tmp_path / key).exists()
+    # and once the file is gone, this one no longer serves it either.
+    with pytest.raises(CorruptArtifact, match="missing"):
+        storage.load_value(key, digest, text)
+
+
+def test_forget_makes_the_next_load_verify_the_stored_bytes_again(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    text = SerializerRegistry().get("text")
+    digest, key, _ = storage.put_value("hello", text)
+    storage.load_value(key, digest, text)
+    (tmp_path / key).write_bytes(b"jello")
+    storage.forget()
+    with pytest.raises(CorruptArtifact, match="does not match its hash"):
+        storage.load_value(key, digest, text)
+
+
+def test_a_truncated_or_deleted_object_is_not_served_from_memory(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    text = SerializerRegistry().get("text")
+    digest, key, _ = storage.put_value("hello", text)
+    storage.load_value(key, digest, text)
+    (tmp_path / key).write_bytes(b"hell")
+    with pytest.raises(CorruptArtifact, match="does not match its hash"):
+        storage.load_value(key, digest, text)
+    assert storage.put_value("hello", text) == (digest, key, 5)
+    storage.load_value(key, digest, text)
+    (tmp_path / key).unlink()
+    with pytest.raises(CorruptArtifact, match="missing"):
+        storage.load_value(key, digest, text)
+
+
+def test_the_in_memory_copies_stay_within_their_budget(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    storage.MEMO_TOTAL = 12  # an instance attribute: two 5-byte objects fit, not three
+    text = SerializerRegistry().get("text")
+    stored = [storage.put_value(word, text)[:2] for word in ("one12", "two12", "three")]
+    for digest, key in stored:
+        storage.load_value(key, digest, text)
+    assert list(storage._verified) == [key for _, key in stored[1:]]  # the oldest went
+    assert storage._verified_bytes == 10
+    big = np.zeros(Storage.MEMO_ITEM, dtype=np.uint8)  # over MEMO_ITEM once encoded
+    npy = SerializerRegistry().get("npy")
+    digest, key, _ = storage.put_value(big, npy)
+    assert np.array_equal(storage.load_value(key, digest, npy), big)
+    assert key not in storage._verified
