@@ -17,40 +17,28 @@ from typing import Any
 
 import sqlalchemy as sa
 
-_INSERT_EXECUTION = (
-    "INSERT INTO executions (id, project, domain, name, task_version, kind, workflow_version, "
-    "status, created_at, ended_at, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_EVENT = (
-    "INSERT INTO events (execution_id, node, attempt, kind, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"
-)
+from .schema import cache_entries, events, executions, lineage
+
+
+def _columns(table: sa.Table, *skip: str) -> tuple[str, ...]:
+    """The table's columns in schema order, less the generated ones: the statements
+    below follow ``schema.py`` rather than restating it."""
+    return tuple(c.name for c in table.columns if c.name not in skip)
+
+
+def _insert(table: sa.Table, columns: tuple[str, ...]) -> str:
+    names = ", ".join(f'"{c}"' for c in columns)
+    return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+
+
+_EXECUTION_COLUMNS = _columns(executions)
+_INSERT_EXECUTION = _insert(executions, _EXECUTION_COLUMNS)
+#: The event tuples callers pass are in this order (the table's, without ``seq``).
+_EVENT_COLUMNS = _columns(events, "seq")
+_INSERT_EVENT = _insert(events, _EVENT_COLUMNS)
 _UPDATE_EXECUTION = "UPDATE executions SET status = ?, ended_at = ?, last_seq = ? WHERE id = ?"
-_INSERT_LINEAGE = (
-    "INSERT INTO lineage (artifact_id, name, execution_id, node, attempt, task_name, "
-    "task_version, inputs, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_EXECUTION_COLUMNS = (
-    "id",
-    "project",
-    "domain",
-    "name",
-    "task_version",
-    "kind",
-    "workflow_version",
-    "status",
-    "created_at",
-    "ended_at",
-    "last_seq",
-)
-_LINEAGE_COLUMNS = (
-    "artifact_id",
-    "name",
-    "execution_id",
-    "node",
-    "attempt",
-    "task_name",
-    "task_version",
-)
+_LINEAGE_COLUMNS = _columns(lineage, "id", "inputs", "created_at")
+_INSERT_LINEAGE = _insert(lineage, (*_LINEAGE_COLUMNS, "inputs", "created_at"))
 
 
 def applies(conn: sa.Connection) -> bool:
@@ -103,24 +91,13 @@ def put_lineage(conn: sa.Connection, rows: list[dict[str, Any]], now: float) -> 
         cur.close()
 
 
-_CACHE_COLUMNS = (
-    "key",
-    "project",
-    "domain",
-    "task_name",
-    "task_version",
-    "outputs",
-    "references",
-    "display",
-    "execution_id",
-    "created_at",
-)
+_CACHE_COLUMNS = _columns(cache_entries)
 _SELECT_CACHE = (
     "SELECT "
     + ", ".join(f'"{c}"' for c in _CACHE_COLUMNS)
     + " FROM cache_entries WHERE key = ? AND project = ? AND domain = ?"
 )
-_JSON_COLUMNS = {"outputs", "references", "display"}
+_JSON_COLUMNS = frozenset(c.name for c in cache_entries.columns if isinstance(c.type, sa.JSON))
 
 
 def cache_get(conn: sa.Connection, key: str, project: str, domain: str) -> dict[str, Any] | None:
