@@ -11,6 +11,7 @@ cloudpickle fallback.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -306,14 +307,46 @@ class CloudpickleSerializer(Serializer):
         return True
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
-        import cloudpickle
-
-        cloudpickle.dump(value, stream, protocol=5)
+        _pickler()(stream, protocol=5).dump(value)
 
     def load(self, stream: BinaryIO) -> Any:
         import pickle
 
         return pickle.load(stream)
+
+
+_DYNAMIC = "<dynamic-code>"
+
+
+@functools.cache
+def _pickler() -> type:
+    """cloudpickle's Pickler, keeping the file name of the code it ships by value.
+
+    cloudpickle 3.1.3 started naming every such code object's file ``<dynamic-code>``
+    (so that equal functions pickle to equal bytes). A notebook helper called by a task
+    then showed no source line in the user's traceback: the kernel formats an
+    attempt's frames with the cell files IPython registered, found by that name. Our
+    identities come from fingerprints, never from pickle bytes, so the real name is
+    kept. (cloudpickle's own code reducer is reused; if it is ever not where this looks
+    for it, pickling stays cloudpickle's and only the file names are lost.)"""
+    import types
+    from collections import ChainMap
+
+    import cloudpickle
+
+    base = cloudpickle.Pickler
+    reduce_code = getattr(base, "_dispatch_table", {}).get(types.CodeType)
+    if reduce_code is None:
+        return base
+
+    def keep_file_name(code: types.CodeType) -> Any:
+        rebuild, args = reduce_code(code)
+        if code.co_filename != _DYNAMIC:
+            args = tuple(code.co_filename if a == _DYNAMIC else a for a in args)
+        return rebuild, args
+
+    table = ChainMap({types.CodeType: keep_file_name}, base.dispatch_table)
+    return type("Pickler", (base,), {"dispatch_table": table, "__module__": __name__})
 
 
 _BUILTIN = {

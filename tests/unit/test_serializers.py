@@ -7,6 +7,7 @@ import enum
 import hashlib
 import io
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -443,3 +444,25 @@ def test_npy_loads_from_a_stream_that_only_reads(registry: SerializerRegistry) -
     data = io.BytesIO()
     npy.dump(value, data)
     assert_same(value, npy.load(ReadOnly(data.getvalue())))  # type: ignore[arg-type]
+
+
+def test_shipped_functions_keep_their_file_name_for_tracebacks(
+    registry: SerializerRegistry,
+) -> None:
+    """A helper from another cell travels by value; its frames must still name its cell's
+    file so that the user's traceback shows the helper's source line (cloudpickle 3.1.3
+    renames it ``<dynamic-code>`` unless told otherwise)."""
+    namespace: dict[str, Any] = {}
+    source = "def outer(a):\n    def inner(b):\n        return a / b\n    return inner\n"
+    exec(compile(source, "/tmp/ipykernel_1/cell-7.py", "exec"), namespace)
+    stream = io.BytesIO()
+    serializer = registry.get("cloudpickle")
+    serializer.dump(namespace["outer"], stream)
+    stream.seek(0)
+    outer = serializer.load(stream)
+    assert outer.__code__.co_filename == "/tmp/ipykernel_1/cell-7.py"
+    assert outer(1).__code__.co_filename == "/tmp/ipykernel_1/cell-7.py"  # nested code too
+    with pytest.raises(ZeroDivisionError) as raised:
+        outer(1)(0)
+    last = traceback.extract_tb(raised.value.__traceback__)[-1]
+    assert (last.filename, last.lineno) == ("/tmp/ipykernel_1/cell-7.py", 3)
