@@ -82,6 +82,9 @@ class Store:
     (a request pool, one per running execution): the pairs of threads that have ended
     go back to the pool, and beyond ``PINNED_THREADS`` live threads the others borrow
     a connection from the pool for each block, so the pool is never drained by pins.
+    On a SQLite file the same goes for the driver's own pair (``transaction`` and the
+    task run's reads), opened outside SQLAlchemy's pool; borrowed ones are closed after
+    their block.
     """
 
     #: How many threads at once may keep their own connections (``db.POOL`` has room).
