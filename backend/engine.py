@@ -167,7 +167,7 @@ class LocalEngine(EngineAPI):
 
     def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
         version, key = self.bundle(spec)
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             self.record_task(conn, spec, version, key, RunOptions(project, domain))
         self._committed()
         return version
@@ -176,7 +176,7 @@ class LocalEngine(EngineAPI):
         """Register a workflow and its tasks; the same content twice is a no-op."""
         options = RunOptions(project, domain)
         bundles = [self.bundle(n.task) for n in spec.nodes]
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             for n, (version, key) in zip(spec.nodes, bundles):
                 self.record_task(conn, n.task, version, key, options)
             version = self.record_workflow(conn, spec, options)
@@ -201,7 +201,7 @@ class LocalEngine(EngineAPI):
 
     def register_artifacts(self, refs: list[ArtifactRef]) -> None:
         """Record stored values (an upload) so executions can name them."""
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             self._record_artifacts(conn, refs)
         self._committed()
 

@@ -216,7 +216,7 @@ class WorkflowRun:
         cache, self.new_cache = self.new_cache, []
         engine = self.engine
         try:
-            with engine.store.write() as conn:
+            with engine.store.transaction() as conn:
                 for write in writes:
                     write(conn)
                 engine._record_artifacts(conn, artifacts)

@@ -1,8 +1,9 @@
 """papercrane: Jupyter-native workflow orchestration.
 
 ``%load_ext papercrane`` registers the ``%%task`` cell magic. Loading is cheap on
-purpose: the engine (SQLAlchemy, storage, serializers) is imported when the first task
-runs, not before.
+purpose: the engine (storage, serializers, the store) is imported when the first task
+runs, not before; and on the default SQLite store a task run does not import SQLAlchemy
+at all (``backend/store/repo.py``).
 """
 
 from __future__ import annotations

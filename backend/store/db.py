@@ -14,17 +14,24 @@ engines inserting the same content-addressed rows (tasks, artifacts, cache entri
 different orders deadlock, and events could commit out of ``seq`` order, so a reader
 following ``seq > N`` would skip some. Reads never wait for it. Migrations from several
 processes queue on a second advisory lock.
+
+Opening a SQLite file at the schema's head needs no SQLAlchemy at all (``connect_sqlite``,
+``sqlite_revision``): the store's task-run statements go to the driver directly, and a
+fresh kernel whose tasks are all cache hits never pays for importing SQLAlchemy (~0.1 s).
+So this module imports SQLAlchemy and Alembic inside the functions that use them.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
-
-import sqlalchemy as sa
-from sqlalchemy import event
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 #: The newest Alembic revision; a test keeps it equal to the migration scripts' head.
 SCHEMA_HEAD = "0005"
@@ -44,6 +51,8 @@ POOL = {"pool_size": 2 * PINNED_THREADS + 4, "max_overflow": 16}
 
 
 def create_engine(url: str) -> sa.Engine:
+    import sqlalchemy as sa
+
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
     if url.startswith(("postgresql", "postgres:")):
@@ -53,6 +62,8 @@ def create_engine(url: str) -> sa.Engine:
 
 def postgres_url(url: str) -> sa.URL:
     """``url`` with the psycopg 3 driver unless it names another one explicitly."""
+    import sqlalchemy as sa
+
     if url.startswith("postgres://"):  # Heroku-style spelling
         url = "postgresql://" + url[len("postgres://") :]
     parsed = sa.make_url(url)
@@ -62,6 +73,9 @@ def postgres_url(url: str) -> sa.URL:
 
 
 def _postgres_engine(url: str) -> sa.Engine:
+    import sqlalchemy as sa
+    from sqlalchemy import event
+
     parsed = postgres_url(url)
     if parsed.drivername == "postgresql+psycopg":
         try:
@@ -84,32 +98,18 @@ def _postgres_engine(url: str) -> sa.Engine:
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
+    import sqlalchemy as sa
+    from sqlalchemy import event
+
     path = sa.make_url(url).database
     if path and path != ":memory:":
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the papercrane database folder {Path(path).parent} "
-                f"({exc.strerror}); set PAPERCRANE_HOME to a folder you can write to"
-            ) from None
+        _make_folder(path)
     pool = POOL if path and path != ":memory:" else {}  # (one shared connection in memory)
     engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
-        # A checkpoint (copying the WAL into the database, with its fsyncs) every 1,000
-        # pages, SQLite's default, came every ~150 task runs and cost 4-50 ms on slow
-        # disks: most of a small transaction's average cost. Every 10,000 pages (a WAL
-        # of up to ~40 MiB) cuts the fsyncs tenfold and rewrites hot pages less often.
-        cur.execute("PRAGMA wal_autocheckpoint=10000")
-        cur.close()
+        _configure(dbapi_conn)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
@@ -121,7 +121,66 @@ def _sqlite_engine(url: str) -> sa.Engine:
     return engine
 
 
+def _make_folder(path: str) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the papercrane database folder {Path(path).parent} "
+            f"({exc.strerror}); set PAPERCRANE_HOME to a folder you can write to"
+        ) from None
+
+
+def _configure(dbapi_conn: sqlite3.Connection) -> None:
+    """The settings every SQLite connection gets, through SQLAlchemy or not."""
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    # A checkpoint (copying the WAL into the database, with its fsyncs) every 1,000
+    # pages, SQLite's default, came every ~150 task runs and cost 4-50 ms on slow
+    # disks: most of a small transaction's average cost. Every 10,000 pages (a WAL
+    # of up to ~40 MiB) cuts the fsyncs tenfold and rewrites hot pages less often.
+    cur.execute("PRAGMA wal_autocheckpoint=10000")
+    cur.close()
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a plain ``sqlite:///path`` URL (what ``Config`` makes), or None for
+    anything else (memory, a driver or options in the URL, another database): those
+    go through SQLAlchemy only."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if url.startswith(prefix):
+            path = url[len(prefix) :]
+            plain = not any(c in path for c in "?%") and not path.startswith("file:")
+            if path and path != ":memory:" and plain:
+                return path
+    return None
+
+
+def connect_sqlite(path: str) -> sqlite3.Connection:
+    """A connection to a SQLite file set up as the SQLAlchemy engine's are (same
+    timeout, same PRAGMAs, transactions begun explicitly), without SQLAlchemy."""
+    _make_folder(path)
+    conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    _configure(conn)
+    return conn
+
+
+def sqlite_revision(conn: sqlite3.Connection) -> str | None:
+    """The schema's Alembic revision, or None when there is no schema yet."""
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.OperationalError:  # no such table: a new database
+        return None
+    return row[0] if row else None
+
+
 def current_revision(engine: sa.Engine) -> str | None:
+    import sqlalchemy as sa
+
     with _connect(engine) as conn:
         try:
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
@@ -133,6 +192,8 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 def _connect(engine: sa.Engine) -> sa.Connection:
     """A connection; a PostgreSQL server that can't be reached is a ``ConfigError``."""
+    import sqlalchemy as sa
+
     if engine.dialect.name != "postgresql":
         return engine.connect()
     try:
@@ -148,6 +209,7 @@ def _connect(engine: sa.Engine) -> sa.Connection:
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Run Alembic migrations up to ``revision``, one process at a time."""
+    import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config as AlembicConfig
 

@@ -1,64 +1,75 @@
-"""Queries over the metadata tables. The engine never writes SQL itself."""
+"""Queries over the metadata tables. The engine never writes SQL itself.
+
+SQLAlchemy (and ``schema.py``, built on it) is imported by the methods that use it, not
+with this module: on a SQLite file at the schema's head, what a task run needs (reading
+an artifact or a cache entry, one write transaction for its task, artifacts, lineage,
+cache entry and events) runs on the driver (``sqlite_rows``), and a fresh kernel whose
+tasks are all cache hits never imports SQLAlchemy. Everything else, and PostgreSQL
+always, goes through SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
-
-import sqlalchemy as sa
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..model import ArtifactRef, Event, EventKind, ExecutionState
 from ..projection import replay
 from . import db, sqlite_rows
-from .schema import (
-    artifacts,
-    cache_entries,
-    events,
-    executions,
-    lineage,
-    task_scopes,
-    tasks,
-    workflow_scopes,
-    workflows,
-)
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
-def _insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+def _insert_ignore(conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover
-        raise NotImplementedError(dialect)
-    conn.execute(insert(table).on_conflict_do_nothing(), rows)
+    if sqlite_rows.applies(conn):
+        sqlite_rows.insert_ignore(conn, name, rows)
+        return
+    from sqlalchemy.dialects.postgresql import insert
+
+    from .schema import metadata
+
+    if conn.dialect.name != "postgresql":  # pragma: no cover
+        raise NotImplementedError(conn.dialect.name)
+    conn.execute(insert(metadata.tables[name]).on_conflict_do_nothing(), rows)
 
 
-_WIDTH = {c: artifacts.c[c].type.length for c in ("preview", "python_type")}
+#: The widths of ``schema.artifacts``' columns that hold text for people, which are cut to
+#: fit on every database (a test holds them equal to the schema's).
+SHOWN_WIDTHS = {"preview": 200, "python_type": 200}
 
-# The hot path's statements, built once: constructing a statement per call costs more
-# than executing it on SQLite.
-_INSERT_EXECUTION = executions.insert()
-_INSERT_EVENTS = events.insert().returning(events.c.seq, sort_by_parameter_order=True)
-_UPDATE_EXECUTION = (
-    executions.update()
-    .where(executions.c.id == sa.bindparam("eid"))
-    .values(
-        status=sa.bindparam("status"),
-        ended_at=sa.bindparam("ended_at"),
-        last_seq=sa.bindparam("last_seq"),
-    )
-)
-_SELECT_CACHE = sa.select(cache_entries).where(
-    cache_entries.c.key == sa.bindparam("k"),
-    cache_entries.c.project == sa.bindparam("p"),
-    cache_entries.c.domain == sa.bindparam("d"),
-)
+
+@functools.cache
+def _statements() -> dict[str, Any]:
+    """The hot path's statements off SQLite, built once: constructing a statement per
+    call costs more than executing it."""
+    import sqlalchemy as sa
+
+    from .schema import cache_entries, events, executions
+
+    return {
+        "insert_execution": executions.insert(),
+        "insert_events": events.insert().returning(events.c.seq, sort_by_parameter_order=True),
+        "update_execution": executions.update()
+        .where(executions.c.id == sa.bindparam("eid"))
+        .values(
+            status=sa.bindparam("status"),
+            ended_at=sa.bindparam("ended_at"),
+            last_seq=sa.bindparam("last_seq"),
+        ),
+        "select_cache": sa.select(cache_entries).where(
+            cache_entries.c.key == sa.bindparam("k"),
+            cache_entries.c.project == sa.bindparam("p"),
+            cache_entries.c.domain == sa.bindparam("d"),
+        ),
+    }
 
 
 class Store:
@@ -71,24 +82,47 @@ class Store:
     (a request pool, one per running execution): the pairs of threads that have ended
     go back to the pool, and beyond ``PINNED_THREADS`` live threads the others borrow
     a connection from the pool for each block, so the pool is never drained by pins.
+    On a SQLite file the same goes for the driver's own pair (``transaction`` and the
+    task run's reads), opened outside SQLAlchemy's pool; borrowed ones are closed after
+    their block.
     """
 
     #: How many threads at once may keep their own connections (``db.POOL`` has room).
     PINNED_THREADS = db.PINNED_THREADS
 
     def __init__(self, url: str) -> None:
-        self.engine = db.create_engine(url)
+        self.url = url
+        #: The SQLite file whose task-run statements go to the driver (``transaction``),
+        #: or None: everything through SQLAlchemy.
+        self._file = db.sqlite_file(url)
+        self._engine: sa.Engine | None = None
         self._cache_upserts: dict[str, Any] = {}
-        db.ensure_schema(self.engine)
+        self._local = threading.local()
+        #: Connections kept by threads, with the thread that keeps each.
+        self._open: list[tuple[threading.Thread, Any]] = []
+        self._lock = threading.RLock()  # (``engine`` is created under it, from ``_conn``)
         # Every read is one statement, or several over immutable rows: on PostgreSQL
         # they need no transaction, which saves a BEGIN and a ROLLBACK round trip each.
         self._read_options: dict[str, Any] = (
-            {"isolation_level": "AUTOCOMMIT"} if self.engine.dialect.name == "postgresql" else {}
+            {"isolation_level": "AUTOCOMMIT"} if url.startswith("postgres") else {}
         )
-        self._local = threading.local()
-        #: Connections kept by threads, with the thread that keeps each.
-        self._open: list[tuple[threading.Thread, sa.Connection]] = []
-        self._lock = threading.Lock()
+        if self._file is None:
+            db.ensure_schema(self.engine)
+        else:
+            reader = self._conn("raw_reader")
+            assert reader is not None  # (the first thread always gets its own)
+            if db.sqlite_revision(reader) != db.SCHEMA_HEAD:
+                db.upgrade(self.engine)  # Alembic, through SQLAlchemy
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine, created on first use (on a SQLite file, a task run that
+        only hits the cache never needs it)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = db.create_engine(self.url)
+        return self._engine
 
     def close(self) -> None:
         with self._lock:
@@ -97,7 +131,8 @@ class Store:
                     conn.close()
             self._open.clear()
             self._local = threading.local()
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def _connect(self, write: bool) -> sa.Connection:
         conn = self.engine.connect()
@@ -107,11 +142,18 @@ class Store:
             return conn.execution_options(**self._read_options)
         return conn
 
-    def _conn(self, write: bool) -> sa.Connection | None:
-        """This thread's own connection; None if too many live threads have theirs."""
-        attr = "writer" if write else "reader"
-        conn = getattr(self._local, attr, None)
-        if conn is not None and not conn.closed:
+    def _open_connection(self, kind: str) -> Any:
+        if kind.startswith("raw_"):
+            assert self._file is not None
+            return db.connect_sqlite(self._file)
+        return self._connect(write=kind == "writer")
+
+    def _conn(self, kind: str) -> Any:
+        """This thread's own connection of a kind ("reader", "writer": SQLAlchemy's;
+        "raw_reader", "raw_writer": the driver's, on a SQLite file); None if too many
+        live threads have theirs."""
+        conn = getattr(self._local, kind, None)
+        if conn is not None and not getattr(conn, "closed", False):
             return conn
         me = threading.current_thread()
         with self._lock:
@@ -125,16 +167,16 @@ class Store:
             owners = {t for t, _ in self._open}
             if me not in owners and len(owners) >= self.PINNED_THREADS:
                 return None
-            conn = self._connect(write)
+            conn = self._open_connection(kind)
             self._open.append((me, conn))
-        setattr(self._local, attr, conn)
+        setattr(self._local, kind, conn)
         return conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """One write transaction, one writer at a time: ``BEGIN IMMEDIATE`` on SQLite,
         an advisory lock on PostgreSQL (``db.py``)."""
-        conn = self._conn(write=True)
+        conn = self._conn("writer")
         if conn is None:
             with self._connect(write=True) as borrowed, borrowed.begin():
                 yield borrowed
@@ -143,8 +185,37 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction for this store's own methods that take a connection
+        (``put_task``, ``put_workflow``, ``put_artifacts``, ``put_lineage``,
+        ``cache_put_many``, ``append``). On a SQLite file it is the driver's connection
+        (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error), so a task run
+        does not need SQLAlchemy; elsewhere it is ``write()``. For statements built
+        with SQLAlchemy, use ``write()``."""
+        if self._file is None:
+            with self.write() as conn:
+                yield conn
+            return
+        conn = self._conn("raw_writer")
+        borrowed = conn is None
+        if borrowed:
+            conn = db.connect_sqlite(self._file)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if borrowed:
+                conn.close()
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
-        conn = self._conn(write=False)
+        conn = self._conn("reader")
         if conn is None:
             with self._connect(write=False) as borrowed:
                 yield borrowed  # closing it ends its transaction
@@ -153,6 +224,19 @@ class Store:
             yield conn
         finally:
             conn.rollback()
+
+    def _read_one(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``query`` on this thread's driver connection, outside any transaction: one
+        statement, its own snapshot (on a SQLite file only)."""
+        conn = self._conn("raw_reader")
+        if conn is not None:
+            return query(conn)
+        assert self._file is not None
+        borrowed = db.connect_sqlite(self._file)
+        try:
+            return query(borrowed)
+        finally:
+            borrowed.close()
 
     # -- events and the execution projection ------------------------------------------------
     def append(self, conn: sa.Connection, batch: list[Event], state: ExecutionState) -> list[Event]:
@@ -185,16 +269,17 @@ class Store:
             }
             for e in batch
         ]
+        sql = _statements()
         if created:
-            conn.execute(_INSERT_EXECUTION, self._projection_row(state))
-        seqs = [r.seq for r in conn.execute(_INSERT_EVENTS, rows)]
+            conn.execute(sql["insert_execution"], self._projection_row(state))
+        seqs = [r.seq for r in conn.execute(sql["insert_events"], rows)]
         numbered = [
             Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
             for e, seq in zip(batch, seqs)
         ]
         state.last_seq = max(seqs)
         conn.execute(
-            _UPDATE_EXECUTION,
+            sql["update_execution"],
             {
                 "eid": state.id,
                 "status": state.status.value,
@@ -221,6 +306,8 @@ class Store:
         }
 
     def events(self, execution_id: str, after: int = 0) -> list[Event]:
+        from .schema import events, sa
+
         with self.read() as conn:
             rows = conn.execute(
                 sa.select(events)
@@ -233,6 +320,8 @@ class Store:
         ]
 
     def execution_exists(self, execution_id: str) -> bool:
+        from .schema import executions, sa
+
         with self.read() as conn:
             return (
                 conn.execute(
@@ -255,6 +344,8 @@ class Store:
         limit: int = 50,
         before: float | None = None,
     ) -> list[dict[str, Any]]:
+        from .schema import executions, sa
+
         query = sa.select(executions).order_by(executions.c.created_at.desc()).limit(limit)
         if project:
             query = query.where(executions.c.project == project)
@@ -269,6 +360,8 @@ class Store:
 
     def rebuild_projections(self) -> int:
         """Recompute every execution row from its events (they are the truth)."""
+        from .schema import executions, sa
+
         with self.read() as conn:
             ids = [r.id for r in conn.execute(sa.select(executions.c.id))]
         for execution_id in ids:
@@ -285,22 +378,26 @@ class Store:
 
     # -- tasks ------------------------------------------------------------------------------
     def task_exists(self, version: str) -> bool:
+        from .schema import sa, tasks
+
         with self.read() as conn:
             row = conn.execute(sa.select(tasks.c.version).where(tasks.c.version == version))
             return row.first() is not None
 
     def put_task(self, conn: sa.Connection, row: dict[str, Any]) -> None:
         now = time.time()
-        _insert_ignore(conn, tasks, [{**row, "created_at": now}])
-        self._scope(conn, task_scopes, row, now)
+        _insert_ignore(conn, "tasks", [{**row, "created_at": now}])
+        self._scope(conn, "task_scopes", row, now)
 
     @staticmethod
-    def _scope(conn: sa.Connection, table: sa.Table, row: dict[str, Any], now: float) -> None:
+    def _scope(conn: Any, table: str, row: dict[str, Any], now: float) -> None:
         scope = {"version": row["version"], "project": row["project"], "domain": row["domain"]}
         _insert_ignore(conn, table, [{**scope, "created_at": now}])
 
     def in_scope(self, kind: str, version: str, project: str, domain: str) -> bool:
         """Did this project and domain register that task (or workflow) version?"""
+        from .schema import sa, task_scopes, workflow_scopes
+
         table = task_scopes if kind == "task" else workflow_scopes
         with self.read() as conn:
             found = conn.execute(
@@ -313,22 +410,31 @@ class Store:
         return found is not None
 
     def task(self, version: str) -> dict[str, Any] | None:
+        from .schema import sa, tasks
+
         with self.read() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.version == version)).first()
         return dict(row._mapping) if row else None
 
     # -- artifacts ----------------------------------------------------------------------------
-    def put_artifacts(self, conn: sa.Connection, refs: Iterable[ArtifactRef]) -> None:
+    def put_artifacts(self, conn: Any, refs: Iterable[ArtifactRef]) -> None:
         now = time.time()
         rows = {r.id: {**r.to_dict(), "created_at": now} for r in refs}
+        if not rows:
+            return
         for row in rows.values():
             # Shown, never parsed; PostgreSQL enforces the column widths SQLite ignores.
-            for column in ("preview", "python_type"):
-                if len(row[column]) > _WIDTH[column]:
-                    row[column] = row[column][: _WIDTH[column] - 1] + "…"
-        _insert_ignore(conn, artifacts, list(rows.values()))
+            for column, width in SHOWN_WIDTHS.items():
+                if len(row[column]) > width:
+                    row[column] = row[column][: width - 1] + "…"
+        _insert_ignore(conn, "artifacts", list(rows.values()))
 
     def artifact(self, artifact_id: str) -> ArtifactRef | None:
+        if self._file is not None:
+            data = self._read_one(lambda conn: sqlite_rows.artifact(conn, artifact_id))
+            return ArtifactRef(**data) if data is not None else None
+        from .schema import artifacts, sa
+
         with self.read() as conn:
             row = conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id)).first()
         if row is None:
@@ -338,6 +444,8 @@ class Store:
         return ArtifactRef(**data)
 
     def artifacts_by_prefix(self, prefix: str, limit: int = 5) -> list[ArtifactRef]:
+        from .schema import artifacts, sa
+
         # Ids are lowercase hex; SQLite's LIKE ignores case and PostgreSQL's does not.
         match = artifacts.c.id.startswith(prefix.lower(), autoescape=True)
         with self.read() as conn:
@@ -352,15 +460,19 @@ class Store:
     # -- workflows ---------------------------------------------------------------------------
     def put_workflow(self, conn: sa.Connection, row: dict[str, Any]) -> None:
         now = time.time()
-        _insert_ignore(conn, workflows, [{**row, "created_at": now}])
-        self._scope(conn, workflow_scopes, row, now)
+        _insert_ignore(conn, "workflows", [{**row, "created_at": now}])
+        self._scope(conn, "workflow_scopes", row, now)
 
     def workflow(self, version: str) -> dict[str, Any] | None:
+        from .schema import sa, workflows
+
         with self.read() as conn:
             row = conn.execute(sa.select(workflows).where(workflows.c.version == version)).first()
         return dict(row._mapping) if row else None
 
     def tasks(self, versions: Iterable[str]) -> dict[str, dict[str, Any]]:
+        from .schema import sa, tasks
+
         wanted = list(set(versions))
         found: dict[str, dict[str, Any]] = {}
         with self.read() as conn:
@@ -379,11 +491,15 @@ class Store:
         if sqlite_rows.applies(conn):
             sqlite_rows.put_lineage(conn, rows, now)
         else:
+            from .schema import lineage
+
             conn.execute(lineage.insert(), [{"created_at": now, **r} for r in rows])
 
     def producers(self, artifact_id: str, project: str | None = None) -> list[dict[str, Any]]:
         """Attempts that produced this artifact, oldest first (only ``project``'s: equal
         bytes in two projects share an id, not their history)."""
+        from .schema import executions, lineage, sa
+
         query = (
             sa.select(lineage)
             .where(lineage.c.artifact_id == artifact_id)
@@ -399,18 +515,22 @@ class Store:
 
     # -- cache ----------------------------------------------------------------------------------
     def cache_get(self, key: str, project: str, domain: str) -> dict[str, Any] | None:
-        conn = self._conn(write=False)
-        if conn is not None and sqlite_rows.applies(conn):
+        if self._file is not None:
             # One statement is its own snapshot: no BEGIN and ROLLBACK around it.
-            return sqlite_rows.cache_get(conn, key, project, domain)
+            return self._read_one(lambda conn: sqlite_rows.cache_get(conn, key, project, domain))
         with self.read() as conn:
-            row = conn.execute(_SELECT_CACHE, {"k": key, "p": project, "d": domain}).first()
+            if sqlite_rows.applies(conn):  # (a database in memory)
+                return sqlite_rows.cache_get(conn, key, project, domain)
+            select = _statements()["select_cache"]
+            row = conn.execute(select, {"k": key, "p": project, "d": domain}).first()
         return dict(row._mapping) if row else None
 
     def cache_get_many(
         self, keys: list[str], project: str, domain: str
     ) -> dict[str, dict[str, Any]]:
         """Entries for many keys at once (a map's elements): one query per 500 keys."""
+        from .schema import cache_entries, sa
+
         found: dict[str, dict[str, Any]] = {}
         with self.read() as conn:
             for i in range(0, len(keys), 500):
@@ -432,13 +552,17 @@ class Store:
         map's elements land together)."""
         if not rows:
             return
+        now = time.time()
+        if sqlite_rows.applies(conn):
+            sqlite_rows.cache_put(conn, [{**r, "created_at": now} for r in rows])
+            return
         dialect = conn.dialect.name
         stmt = self._cache_upserts.get(dialect)
         if stmt is None:
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert
+
+            from .schema import cache_entries
+
             base = insert(cache_entries)
             keys = ("key", "project", "domain")
             stmt = base.on_conflict_do_update(
@@ -446,10 +570,11 @@ class Store:
                 set_={c.name: base.excluded[c.name] for c in cache_entries.c if c.name not in keys},
             )
             self._cache_upserts[dialect] = stmt
-        now = time.time()
         conn.execute(stmt, [{**r, "created_at": now} for r in rows])
 
     def cache_delete(self, key: str, project: str, domain: str) -> None:
+        from .schema import cache_entries
+
         with self.write() as conn:
             conn.execute(
                 cache_entries.delete().where(
@@ -462,6 +587,8 @@ class Store:
     def cache_list(
         self, project: str | None = None, task_name: str | None = None
     ) -> list[dict[str, Any]]:
+        from .schema import cache_entries, sa
+
         query = sa.select(cache_entries).order_by(cache_entries.c.created_at.desc())
         if project:
             query = query.where(cache_entries.c.project == project)
@@ -471,6 +598,8 @@ class Store:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def cache_clear(self, project: str | None = None, task_name: str | None = None) -> int:
+        from .schema import cache_entries
+
         stmt = cache_entries.delete()
         if project:
             stmt = stmt.where(cache_entries.c.project == project)

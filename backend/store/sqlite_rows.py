@@ -1,52 +1,139 @@
-"""The store's hottest statements on SQLite, through the driver's own cursor.
+"""The store's task-run statements on SQLite, through the driver's own cursor.
 
-Every task run appends its events, updates its execution row and records lineage. Each
-``Connection.execute`` of a prebuilt SQLAlchemy statement still costs 30-50 µs of
+Every task run appends its events, updates its execution row, records its task and
+input artifacts (insert-or-ignore) and lineage, and a cache hit reads one cache entry.
+Each ``Connection.execute`` of a prebuilt SQLAlchemy statement still costs 30-50 µs of
 parameter processing and result set-up, several times what SQLite takes to run it, and
-an inline task's whole budget is a few hundred µs. These functions run the same
-statements on the same connection, inside the caller's transaction, with JSON
-serialized as SQLAlchemy's ``JSON`` type does it (``json.dumps``), so what they write
-reads back through the tables in ``schema.py`` like any other row.
+an inline task's whole budget is a few hundred µs; and a fresh kernel whose tasks are
+all cache hits need not import SQLAlchemy at all (``repo.Store.transaction``). These
+functions run the same statements inside the caller's transaction, on either a
+SQLAlchemy ``Connection`` or the driver's ``sqlite3.Connection``, with JSON serialized
+as SQLAlchemy's ``JSON`` type does it (``json.dumps``), so what they write reads back
+through the tables in ``schema.py`` like any other row.
+
+The statements name the columns the database itself has (``PRAGMA table_info``, read
+once per process): the store only runs them on a database at the schema's head, whose
+tables are ``schema.py``'s (a test holds the two equal). Importing ``schema.py`` here
+would import SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-import sqlalchemy as sa
 
-from .schema import cache_entries, events, executions, lineage
-
-
-def _columns(table: sa.Table, *skip: str) -> tuple[str, ...]:
-    """The table's columns in schema order, less the generated ones: the statements
-    below follow ``schema.py`` rather than restating it."""
-    return tuple(c.name for c in table.columns if c.name not in skip)
-
-
-def _insert(table: sa.Table, columns: tuple[str, ...]) -> str:
-    names = ", ".join(f'"{c}"' for c in columns)
-    return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+def dbapi(conn: Any) -> sqlite3.Connection | None:
+    """The driver connection under ``conn`` when it is SQLite's, else None."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn
+    if conn.dialect.name == "sqlite":
+        return conn.connection.dbapi_connection  # type: ignore[no-any-return]
+    return None
 
 
-_EXECUTION_COLUMNS = _columns(executions)
-_INSERT_EXECUTION = _insert(executions, _EXECUTION_COLUMNS)
-#: The event tuples callers pass are in this order (the table's, without ``seq``).
-_EVENT_COLUMNS = _columns(events, "seq")
-_INSERT_EVENT = _insert(events, _EVENT_COLUMNS)
+def applies(conn: Any) -> bool:
+    return dbapi(conn) is not None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table's columns as the database declares them."""
+
+    name: str
+    columns: tuple[str, ...]
+    json: frozenset[str]
+
+    def insert(self, columns: Sequence[str], conflict: str = "") -> str:
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" * len(columns))
+        return f"INSERT INTO {self.name} ({names}) VALUES ({marks}){conflict}"
+
+    def select(self, columns: tuple[str, ...], where: str) -> str:
+        key = (self.name, columns, where)
+        sql = _statements.get(key)
+        if sql is None:
+            names = ", ".join(f'"{c}"' for c in columns)
+            sql = _statements[key] = f"SELECT {names} FROM {self.name} WHERE {where}"
+        return sql
+
+    def upsert(self, keys: tuple[str, ...]) -> str:
+        """Insert, or on a conflict over ``keys`` replace the other columns."""
+        key = (self.name, keys, "upsert")
+        sql = _statements.get(key)
+        if sql is None:
+            update = ", ".join(f'"{c}" = excluded."{c}"' for c in self.columns if c not in keys)
+            conflict = f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+            sql = _statements[key] = self.insert(self.columns, conflict)
+        return sql
+
+    def row(self, values: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+        """``values`` in ``columns``' order, JSON columns serialized."""
+        return tuple(json.dumps(values[c]) if c in self.json else values[c] for c in columns)
+
+    def decode(self, columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+        return {
+            c: (json.loads(v) if c in self.json and v is not None else v)
+            for c, v in zip(columns, row)
+        }
+
+    @cached_property
+    def insert_all(self) -> str:
+        return self.insert(self.columns)
+
+    @cached_property
+    def insert_ignore(self) -> str:
+        return self.insert(self.columns, " ON CONFLICT DO NOTHING")
+
+    @cached_property
+    def but_created(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if c != "created_at")
+
+    @cached_property
+    def but_generated(self) -> tuple[str, ...]:
+        """The columns an insert names: all but an autoincremented ``id``."""
+        return tuple(c for c in self.columns if c != "id")
+
+
+_tables: dict[str, Table] = {}
+_statements: dict[tuple[str, tuple[str, ...], str], str] = {}
+_tables_lock = threading.Lock()
+
+
+def table(conn: sqlite3.Connection, name: str) -> Table:
+    found = _tables.get(name)
+    if found is not None:
+        return found
+    rows = conn.execute(f"PRAGMA table_info({name})").fetchall()
+    if not rows:
+        raise sqlite3.OperationalError(f"no table {name!r} in the database")
+    # (cid, name, type, notnull, default, pk), in the table's order
+    columns = tuple(r[1] for r in rows)
+    json_columns = frozenset(r[1] for r in rows if r[2].upper() == "JSON")
+    found = Table(name, columns, json_columns)
+    with _tables_lock:
+        _tables.setdefault(name, found)
+    return found
+
+
+def _cursor(conn: Any) -> sqlite3.Cursor:
+    raw = dbapi(conn)
+    assert raw is not None, "a SQLite connection"
+    return raw.cursor()
+
+
+#: The event tuples ``append`` takes, field by field.
+EVENT_FIELDS = ("execution_id", "node", "attempt", "kind", "ts", "payload")
 _UPDATE_EXECUTION = "UPDATE executions SET status = ?, ended_at = ?, last_seq = ? WHERE id = ?"
-_LINEAGE_COLUMNS = _columns(lineage, "id", "inputs", "created_at")
-_INSERT_LINEAGE = _insert(lineage, (*_LINEAGE_COLUMNS, "inputs", "created_at"))
-
-
-def applies(conn: sa.Connection) -> bool:
-    return conn.dialect.name == "sqlite"
 
 
 def append(
-    conn: sa.Connection,
+    conn: Any,
     execution_row: dict[str, Any] | None,
     events: Sequence[tuple[str, str, int, str, float, Any]],
     projection: tuple[str, float | None, str],
@@ -58,12 +145,15 @@ def append(
     (events are never deleted, and ``seq`` is the rowid). ``projection`` is the
     execution's (status, ended_at, id), written with the last ``seq``.
     """
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cur = _cursor(conn)
     try:
+        raw = cur.connection
         if execution_row is not None:
-            cur.execute(_INSERT_EXECUTION, tuple(execution_row[c] for c in _EXECUTION_COLUMNS))
+            t = table(raw, "executions")
+            cur.execute(t.insert_all, t.row(execution_row, t.columns))
         cur.executemany(
-            _INSERT_EVENT, [(e, n, a, k, ts, json.dumps(p)) for e, n, a, k, ts, p in events]
+            table(raw, "events").insert(EVENT_FIELDS),
+            [(e, n, a, k, ts, json.dumps(p)) for e, n, a, k, ts, p in events],
         )
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
         status, ended_at, execution_id = projection
@@ -73,45 +163,58 @@ def append(
     return list(range(last - len(events) + 1, last + 1))
 
 
-def put_lineage(conn: sa.Connection, rows: list[dict[str, Any]], now: float) -> None:
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+def put_lineage(conn: Any, rows: list[dict[str, Any]], now: float) -> None:
+    cur = _cursor(conn)
     try:
-        cur.executemany(
-            _INSERT_LINEAGE,
-            [
-                (
-                    *(r[c] for c in _LINEAGE_COLUMNS),
-                    json.dumps(r["inputs"]),
-                    r.get("created_at", now),
-                )
-                for r in rows
-            ],
-        )
+        t = table(cur.connection, "lineage")
+        columns = t.but_generated
+        cur.executemany(t.insert(columns), [t.row({"created_at": now, **r}, columns) for r in rows])
     finally:
         cur.close()
 
 
-_CACHE_COLUMNS = _columns(cache_entries)
-_SELECT_CACHE = (
-    "SELECT "
-    + ", ".join(f'"{c}"' for c in _CACHE_COLUMNS)
-    + " FROM cache_entries WHERE key = ? AND project = ? AND domain = ?"
-)
-_JSON_COLUMNS = frozenset(c.name for c in cache_entries.columns if isinstance(c.type, sa.JSON))
+def insert_ignore(conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of whole rows (content-addressed ones: a
+    task, an artifact, a scope), as ``repo._insert_ignore`` does through SQLAlchemy."""
+    cur = _cursor(conn)
+    try:
+        t = table(cur.connection, name)
+        cur.executemany(t.insert_ignore, [t.row(r, t.columns) for r in rows])
+    finally:
+        cur.close()
 
 
-def cache_get(conn: sa.Connection, key: str, project: str, domain: str) -> dict[str, Any] | None:
+def cache_put(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace cache entries (an upsert on the key, project and domain)."""
+    cur = _cursor(conn)
+    try:
+        t = table(cur.connection, "cache_entries")
+        cur.executemany(t.upsert(("key", "project", "domain")), [t.row(r, t.columns) for r in rows])
+    finally:
+        cur.close()
+
+
+def cache_get(conn: Any, key: str, project: str, domain: str) -> dict[str, Any] | None:
     """A cache entry as ``Store.cache_get`` returns it (JSON columns decoded). On a
     connection outside a transaction (the reading connection between ``read`` blocks)
     the one statement is its own snapshot; inside one, it reads in it."""
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cur = _cursor(conn)
     try:
-        row = cur.execute(_SELECT_CACHE, (key, project, domain)).fetchone()
+        t = table(cur.connection, "cache_entries")
+        where = "key = ? AND project = ? AND domain = ?"
+        row = cur.execute(t.select(t.columns, where), (key, project, domain)).fetchone()
     finally:
         cur.close()
-    if row is None:
-        return None
-    return {
-        c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
-        for c, v in zip(_CACHE_COLUMNS, row)
-    }
+    return t.decode(t.columns, row) if row is not None else None
+
+
+def artifact(conn: Any, artifact_id: str) -> dict[str, Any] | None:
+    """An artifact row, less ``created_at``: what ``ArtifactRef`` takes."""
+    cur = _cursor(conn)
+    try:
+        t = table(cur.connection, "artifacts")
+        columns = t.but_created
+        row = cur.execute(t.select(columns, "id = ?"), (artifact_id,)).fetchone()
+    finally:
+        cur.close()
+    return t.decode(columns, row) if row is not None else None

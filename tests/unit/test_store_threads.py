@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from papercrane.backend.model import ArtifactRef
 from papercrane.backend.store import Store
+
+REF = ArtifactRef("a" * 64, "h", "u", 1, "json", "int", "1")
 
 
 def exercise_threads(store: Store) -> None:
@@ -22,6 +25,11 @@ def exercise_threads(store: Store) -> None:
             with store.write() as conn:
                 conn.exec_driver_sql("DELETE FROM cache_entries WHERE key = 'none'")
             assert store.list_executions() == []
+            # The driver's connections (a task run's statements on a SQLite file) too.
+            with store.transaction() as conn:
+                store.put_artifacts(conn, [REF])
+            assert store.artifact(REF.id) == REF
+            assert store.cache_get("none", "p", "d") is None
             if barrier is not None:
                 barrier.wait(30)  # every thread holds its connections here at once
             with store.write() as conn:

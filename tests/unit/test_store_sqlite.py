@@ -1,0 +1,134 @@
+"""The store on a SQLite file: task runs write through the driver (``sqlite_rows``),
+everything else through SQLAlchemy, and both see the same rows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from papercrane.backend.api import RunRequest
+from papercrane.backend.config import Config
+from papercrane.backend.engine import LocalEngine
+from papercrane.backend.model import ArtifactRef, Status, TaskConfig, TaskSpec
+from papercrane.backend.store import Store, db, sqlite_rows
+from papercrane.backend.store.repo import SHOWN_WIDTHS
+from papercrane.backend.store.schema import metadata
+
+
+def test_the_driver_statements_follow_the_schema(tmp_path: Path) -> None:
+    """``sqlite_rows`` reads the columns from the database: at the schema's head they
+    must be ``schema.py``'s, JSON columns included."""
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with store.transaction() as conn:
+            for table in metadata.sorted_tables:
+                found = sqlite_rows.table(conn, table.name)
+                assert set(found.columns) == {c.name for c in table.columns}, table.name
+                json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+                assert found.json == json_columns, table.name
+    finally:
+        store.close()
+    artifacts = metadata.tables["artifacts"]
+    assert {c: artifacts.c[c].type.length for c in SHOWN_WIDTHS} == SHOWN_WIDTHS
+
+
+def test_rows_written_by_the_driver_read_back_through_sqlalchemy(tmp_path: Path) -> None:
+    engine = LocalEngine(Config(home=tmp_path))
+    try:
+        spec = TaskSpec(name="t", code="y = x * 2", inputs=("x",), outputs=("y",))
+        x = engine.put_value(3, "input 'x'")
+        request = RunRequest(
+            spec=spec,
+            config=TaskConfig(executor="inline", cache=True),
+            inputs={"x": x},
+            values={"x": 3},
+        )
+        first = engine.run_task(request)
+        second = engine.run_task(request)
+        assert second.execution.status is Status.CACHED and second.values == {"y": 6}
+        store = engine.store
+        assert store.artifact(x.id) == x
+        entry = store.cache_get(second.execution.nodes["t"].cache_key, "default", "development")
+        (listed,) = store.cache_list()
+        assert entry == listed  # the driver's decoding is SQLAlchemy's
+        assert entry["execution_id"] == first.execution.id
+        assert TaskSpec.from_dict(store.task(entry["task_version"])["spec"]) == spec
+        assert store.in_scope("task", entry["task_version"], "default", "development")
+        (producer,) = store.producers(first.outputs["y"].id)
+        assert (
+            producer["inputs"]["x"]["id"] == x.id and producer["execution_id"] == first.execution.id
+        )
+        statuses = {r["id"]: r["status"] for r in store.list_executions()}
+        assert statuses == {first.execution.id: "succeeded", second.execution.id: "cached"}
+        seqs = [e.seq for e in store.events(second.execution.id)]
+        assert seqs == sorted(seqs) and store.list_executions()[0]["last_seq"] in seqs + [
+            e.seq for e in store.events(first.execution.id)
+        ]
+    finally:
+        engine.close()
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    ref = ArtifactRef("a" * 64, "h", "u", 1, "json", "int", "1")
+    try:
+        with pytest.raises(RuntimeError), store.transaction() as conn:
+            store.put_artifacts(conn, [ref])
+            raise RuntimeError("after the insert")
+        assert store.artifact(ref.id) is None
+        with store.transaction() as conn:  # the connection is usable again
+            store.put_artifacts(conn, [ref])
+        assert store.artifact(ref.id) == ref
+    finally:
+        store.close()
+
+
+def test_an_old_schema_is_migrated_on_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    engine = db.create_engine(url)
+    db.upgrade(engine, "0004")
+    assert db.current_revision(engine) == "0004"
+    engine.dispose()
+    Store(url).close()
+    engine = db.create_engine(url)
+    assert db.current_revision(engine) == db.SCHEMA_HEAD
+    engine.dispose()
+
+
+def test_a_cache_hit_does_not_load_sqlalchemy(tmp_path: Path) -> None:
+    """A fresh process (a papermill run's kernel) whose task is a cache hit on a store at
+    the schema's head: SQLAlchemy's import is most of such a run's start-up."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from papercrane.backend.api import RunRequest
+        from papercrane.backend.config import Config
+        from papercrane.backend.engine import LocalEngine
+        from papercrane.backend.model import TaskConfig, TaskSpec
+
+        engine = LocalEngine(Config(home=sys.argv[1]))
+        spec = TaskSpec(name="t", code="y = x * 2", inputs=("x",), outputs=("y",))
+        x = engine.find_artifact(engine.artifacts.fingerprinter().value(3))
+        x = x or engine.put_value(3, "input 'x'")
+        config = TaskConfig(executor="inline", cache=True)
+        request = RunRequest(spec=spec, config=config, inputs={"x": x}, values={"x": 3})
+        result = engine.run_task(request)
+        engine.close()
+        print(result.execution.status.value, "sqlalchemy" in sys.modules)
+        """
+    )
+
+    def run() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run()[0] == "succeeded"  # a new store (migrated) and a miss
+    assert run() == ["cached", "False"]
