@@ -326,7 +326,10 @@ class Store:
             for column in ("preview", "python_type"):
                 if len(row[column]) > _WIDTH[column]:
                     row[column] = row[column][: _WIDTH[column] - 1] + "…"
-        _insert_ignore(conn, artifacts, list(rows.values()))
+        if sqlite_rows.applies(conn):
+            sqlite_rows.put_artifacts(conn, list(rows.values()))
+        else:
+            _insert_ignore(conn, artifacts, list(rows.values()))
 
     def artifact(self, artifact_id: str) -> ArtifactRef | None:
         with self.read() as conn:
@@ -413,6 +416,8 @@ class Store:
         """Entries for many keys at once (a map's elements): one query per 500 keys."""
         found: dict[str, dict[str, Any]] = {}
         with self.read() as conn:
+            if sqlite_rows.applies(conn):
+                return sqlite_rows.cache_get_many(conn, keys, project, domain)
             for i in range(0, len(keys), 500):
                 rows = conn.execute(
                     sa.select(cache_entries).where(
@@ -431,6 +436,9 @@ class Store:
         """Insert or replace cache entries, one prebuilt statement for the whole batch (a
         map's elements land together)."""
         if not rows:
+            return
+        if sqlite_rows.applies(conn):
+            sqlite_rows.cache_put_many(conn, rows, time.time())
             return
         dialect = conn.dialect.name
         stmt = self._cache_upserts.get(dialect)

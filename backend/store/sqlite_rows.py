@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .schema import cache_entries, events, executions, lineage
+from .schema import artifacts, cache_entries, events, executions, lineage
 
 
 def _columns(table: sa.Table, *skip: str) -> tuple[str, ...]:
@@ -115,3 +115,68 @@ def cache_get(conn: sa.Connection, key: str, project: str, domain: str) -> dict[
         c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
         for c, v in zip(_CACHE_COLUMNS, row)
     }
+
+
+_ARTIFACT_COLUMNS = _columns(artifacts)
+_INSERT_ARTIFACTS = _insert(artifacts, _ARTIFACT_COLUMNS) + " ON CONFLICT DO NOTHING"
+
+
+def put_artifacts(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert artifact rows, leaving rows already there as they are (an artifact's row
+    never changes: its id fixes its value)."""
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.executemany(_INSERT_ARTIFACTS, [tuple(r[c] for c in _ARTIFACT_COLUMNS) for r in rows])
+    finally:
+        cur.close()
+
+
+_CACHE_KEY = ("key", "project", "domain")
+_UPSERT_CACHE = (
+    _insert(cache_entries, _CACHE_COLUMNS)
+    + f" ON CONFLICT ({', '.join(_CACHE_KEY)}) DO UPDATE SET "
+    + ", ".join(f'"{c}" = excluded."{c}"' for c in _CACHE_COLUMNS if c not in _CACHE_KEY)
+)
+
+
+def cache_put_many(conn: sa.Connection, rows: Sequence[dict[str, Any]], now: float) -> None:
+    """Insert or replace cache entries (``Store.cache_put_many``'s statement)."""
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.executemany(
+            _UPSERT_CACHE,
+            [
+                tuple(
+                    now
+                    if c == "created_at"
+                    else json.dumps(r.get(c))
+                    if c in _JSON_COLUMNS
+                    else r[c]
+                    for c in _CACHE_COLUMNS
+                )
+                for r in rows
+            ],
+        )
+    finally:
+        cur.close()
+
+
+def cache_get_many(
+    conn: sa.Connection, keys: Sequence[str], project: str, domain: str
+) -> dict[str, dict[str, Any]]:
+    """Entries for ``keys`` (JSON columns decoded), in one statement per 500 keys."""
+    found: dict[str, dict[str, Any]] = {}
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            query = _SELECT_CACHE.replace("key = ?", f"key IN ({', '.join('?' * len(chunk))})")
+            for row in cur.execute(query, (*chunk, project, domain)):
+                entry = {
+                    c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
+                    for c, v in zip(_CACHE_COLUMNS, row)
+                }
+                found[entry["key"]] = entry
+    finally:
+        cur.close()
+    return found
