@@ -141,3 +141,14 @@ def test_members_are_read_by_byte_range_through_fsspec(tmp_path: Path) -> None:
     other = Storage(url)
     assert [other.load_value(k, d, JSON) for d, k, _ in stored] == ["x" * 10, "y" * 3]
     fsspec.filesystem("memory").rm(f"/{tmp_path.name}-packs", recursive=True)
+
+
+def test_an_artifact_refs_dict_has_every_field() -> None:
+    """``ArtifactRef.to_dict`` is spelled out (for speed): it must keep up with the fields."""
+    from dataclasses import asdict
+
+    from papercrane.backend.model import ArtifactRef
+
+    ref = ArtifactRef("i", "h", "packs/ab/ab@0+1", 1, "json", "int", "1")
+    assert ref.to_dict() == asdict(ref)
+    assert ArtifactRef.from_dict(ref.to_dict()) == ref
