@@ -425,12 +425,32 @@ class Storage:
             self.seal_pack()
         return key
 
+    @contextlib.contextmanager
+    def pack_checks(self) -> Iterator[None]:
+        """Within this block, this thread checks each pack's size once, not once per
+        member: a batch (a map's elements stored, its cache entries' outputs checked)
+        trusts what it found at its start, as one check per loose object would."""
+        outer = getattr(self._packing, "sizes", None)
+        if outer is None:
+            self._packing.sizes = {}
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._packing.sizes = None
+
     def _member_size(self, pack_key: str, offset: int, size: int) -> int | None:
         """``size`` if the pack holds the member's whole range, else None (gone, cut)."""
         pending = self._pending.get(pack_key)
         if pending is not None:
             return size if offset + size <= len(pending.data) else None
-        whole = self.size(pack_key)
+        sizes = getattr(self._packing, "sizes", None)
+        if sizes is None:
+            whole = self.size(pack_key)
+        elif pack_key in sizes:
+            whole = sizes[pack_key]
+        else:
+            whole = sizes[pack_key] = self.size(pack_key)
         return size if whole is not None and offset + size <= whole else None
 
     def _read_member(self, key: str, pack_key: str, offset: int, size: int) -> bytes:
