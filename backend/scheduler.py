@@ -512,11 +512,12 @@ class WorkflowRun:
                 },
             )
             return
-        element_refs = [
-            self.engine.artifacts.put(element, f"element {i} of {m.over!r}")
-            for i, element in enumerate(elements)
-        ]
-        self._elements(run, inputs, element_refs, all_values, elements)
+        with self.engine.storage.pack_checks():  # one look at each pack, not each element
+            element_refs = [
+                self.engine.artifacts.put(element, f"element {i} of {m.over!r}")
+                for i, element in enumerate(elements)
+            ]
+            self._elements(run, inputs, element_refs, all_values, elements)
 
     def _elements(
         self,
@@ -553,10 +554,11 @@ class WorkflowRun:
         prefetched = None
         config = run.spec.config
         if config.cache:  # one query for all the elements' entries, not one each
-            for unit in units:
-                unit.cache_key = self.engine.cache_key(
-                    run.spec.task, config.cache_version, unit.inputs
-                )
+            keys = self.engine.element_cache_keys(
+                run.spec.task, config.cache_version, shared, m.as_name, element_refs
+            )
+            for unit, key in zip(units, keys):
+                unit.cache_key = key
             prefetched = self.engine.store.cache_get_many(
                 [u.cache_key for u in units], self.options.project, self.options.domain
             )

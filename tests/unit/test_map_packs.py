@@ -149,3 +149,17 @@ def test_the_event_kinds_of_a_packed_map_are_those_of_any_map(tmp_path: Path) ->
         "sq:node_succeeded",
         ":execution_succeeded",
     ]
+
+
+def test_element_cache_keys_are_the_cache_keys_of_each_element(tmp_path: Path) -> None:
+    from papercrane.backend.engine import cache_key, element_cache_keys
+
+    engine = LocalEngine(Config(home=tmp_path / "home"))
+    try:
+        spec = TaskSpec(name="f", code="y = x + k", inputs=("x", "k"), outputs=("y",))
+        shared = {"k": engine.put_value(2, "k"), "x": engine.put_value([1, "é"], "list")}
+        elements = [engine.put_value(v, "element") for v in (1, "é\\u0000", None, [2])]
+        keys = element_cache_keys(spec, "v2", shared, "x", elements)
+        assert keys == [cache_key(spec, "v2", {**shared, "x": e}) for e in elements]
+    finally:
+        engine.close()
