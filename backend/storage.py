@@ -409,10 +409,14 @@ class Storage:
     def _pack(self, digest: str, data: memoryview) -> str:
         """The member key of ``data`` (which hashes to ``digest``) in a pack: one this
         process already wrote or is writing, else the pending pack, to which it is added."""
-        known = self._located.get(digest)
-        if known is not None and self.size(known) == len(data):
-            return known
         pack = getattr(self._packing, "pack", None)
+        known = self._located.get(digest)
+        if known is not None:
+            # Not a member of another thread's pending pack: this thread may commit rows
+            # naming it before that pack is written (or after its write failed).
+            owner = self._pending.get(known.partition("@")[0])
+            if (owner is None or owner is pack) and self.size(known) == len(data):
+                return known
         if pack is None:
             pack = self._packing.pack = packs.PendingPack()
             self._pending[pack.key] = pack

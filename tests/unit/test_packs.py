@@ -152,3 +152,23 @@ def test_an_artifact_refs_dict_has_every_field() -> None:
     ref = ArtifactRef("i", "h", "packs/ab/ab@0+1", 1, "json", "int", "1")
     assert ref.to_dict() == asdict(ref)
     assert ArtifactRef.from_dict(ref.to_dict()) == ref
+
+
+def test_a_value_pending_in_another_threads_pack_is_packed_again(tmp_path: Path) -> None:
+    """A thread must not name a member of a pack that another thread has not written."""
+    storage = Storage(str(tmp_path))
+    storage.begin_pack()
+    _, mine, _ = storage.put_value("shared", JSON)
+    theirs: list[str] = []
+
+    def other() -> None:
+        storage.begin_pack()
+        theirs.append(storage.put_value("shared", JSON)[1])
+        storage.end_pack()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert theirs[0] != mine and Storage(str(tmp_path)).exists(theirs[0])
+    storage.end_pack()
+    assert _packed(storage, ["shared"])[0][1] in (mine, theirs[0])  # both written now
