@@ -23,13 +23,11 @@ members, then a fixed trailer), so a pack can be checked or listed without the s
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
 
 PREFIX = "packs/"
 MAGIC = b"PCPACK01"
-_MEMBER = re.compile(r"^(packs/[^@]+)@(\d+)\+(\d+)$")
 
 
 def member_key(pack_key: str, offset: int, size: int) -> str:
@@ -37,13 +35,15 @@ def member_key(pack_key: str, offset: int, size: int) -> str:
 
 
 def parse(key: str) -> tuple[str, int, int] | None:
-    """(pack key, offset, size) of a packed member's key; None for any other key."""
+    """(pack key, offset, size) of a packed member's key; None for any other key.
+    (Called several times per stored value: string methods, not a regular expression.)"""
     if not key.startswith(PREFIX):
         return None
-    m = _MEMBER.match(key)
-    if m is None:
+    pack_key, at, span = key.rpartition("@")
+    offset, plus, size = span.partition("+")
+    if not (at and plus and offset.isdecimal() and size.isdecimal() and span.isascii()):
         return None
-    return m.group(1), int(m.group(2)), int(m.group(3))
+    return pack_key, int(offset), int(size)
 
 
 def new_pack_key() -> str:

@@ -172,3 +172,25 @@ def test_a_value_pending_in_another_threads_pack_is_packed_again(tmp_path: Path)
     assert theirs[0] != mine and Storage(str(tmp_path)).exists(theirs[0])
     storage.end_pack()
     assert _packed(storage, ["shared"])[0][1] in (mine, theirs[0])  # both written now
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "artifacts/ab/abc",
+        "packs/ab/abc",
+        "packs/ab/abc@1",
+        "packs/ab/abc@+2",
+        "packs/ab/abc@1+",
+        "packs/ab/abc@1+x",
+        "packs/ab/abc@-1+2",
+        "packs/ab/abc@١+2",  # a digit, but not an ASCII one
+    ],
+)
+def test_only_member_keys_parse_as_members(key: str) -> None:
+    assert packs.parse(key) is None
+
+
+def test_a_member_key_parses_back() -> None:
+    key = packs.member_key("packs/ab/abc", 12, 345)
+    assert packs.parse(key) == ("packs/ab/abc", 12, 345)
