@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -132,30 +133,26 @@ def put_artifacts(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 
 _CACHE_KEY = ("key", "project", "domain")
+#: The upsert's columns: plain ones, then JSON ones, then ``created_at`` (the row tuples
+#: are built in that order: ``itemgetter`` and three ``json.dumps``, no per-column test).
+_CACHE_PLAIN = tuple(c for c in _CACHE_COLUMNS if c not in _JSON_COLUMNS and c != "created_at")
+_CACHE_JSON = tuple(c for c in _CACHE_COLUMNS if c in _JSON_COLUMNS)
 _UPSERT_CACHE = (
-    _insert(cache_entries, _CACHE_COLUMNS)
+    _insert(cache_entries, (*_CACHE_PLAIN, *_CACHE_JSON, "created_at"))
     + f" ON CONFLICT ({', '.join(_CACHE_KEY)}) DO UPDATE SET "
     + ", ".join(f'"{c}" = excluded."{c}"' for c in _CACHE_COLUMNS if c not in _CACHE_KEY)
 )
+_cache_plain = itemgetter(*_CACHE_PLAIN)
 
 
 def cache_put_many(conn: sa.Connection, rows: Sequence[dict[str, Any]], now: float) -> None:
     """Insert or replace cache entries (``Store.cache_put_many``'s statement)."""
+    dumps = json.dumps
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cur.executemany(
             _UPSERT_CACHE,
-            [
-                tuple(
-                    now
-                    if c == "created_at"
-                    else json.dumps(r.get(c))
-                    if c in _JSON_COLUMNS
-                    else r[c]
-                    for c in _CACHE_COLUMNS
-                )
-                for r in rows
-            ],
+            [(*_cache_plain(r), *[dumps(r.get(c)) for c in _CACHE_JSON], now) for r in rows],
         )
     finally:
         cur.close()
