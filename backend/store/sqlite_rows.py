@@ -143,6 +143,8 @@ _UPSERT_CACHE = (
     + ", ".join(f'"{c}" = excluded."{c}"' for c in _CACHE_COLUMNS if c not in _CACHE_KEY)
 )
 _cache_plain = itemgetter(*_CACHE_PLAIN)
+#: JSON texts that decode to a new empty value, without the decoder's set-up.
+_EMPTY: dict[str, Any] = {"{}": dict, "[]": list, "null": lambda: None}
 
 
 def cache_put_many(conn: sa.Connection, rows: Sequence[dict[str, Any]], now: float) -> None:
@@ -169,10 +171,12 @@ def cache_get_many(
             chunk = keys[i : i + 500]
             query = _SELECT_CACHE.replace("key = ?", f"key IN ({', '.join('?' * len(chunk))})")
             for row in cur.execute(query, (*chunk, project, domain)):
-                entry = {
-                    c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
-                    for c, v in zip(_CACHE_COLUMNS, row)
-                }
+                entry = dict(zip(_CACHE_COLUMNS, row))
+                for c in _CACHE_JSON:
+                    v = entry[c]
+                    if v is not None:
+                        make = _EMPTY.get(v)  # most entries have no references or display
+                        entry[c] = make() if make is not None else json.loads(v)
                 found[entry["key"]] = entry
     finally:
         cur.close()
