@@ -266,6 +266,10 @@ class Storage:
         if member is not None:
             data = self._read_member(key, *member)
             if self._digest_of(data, digest) != digest:
+                # The pack stays (its other members are good); this process stops naming
+                # the member, so the value's next store packs good bytes anew.
+                if self._located.get(digest) == key:
+                    del self._located[digest]
                 raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
             self._memo_put(key, digest, data)
             return self._decode(key, data, serializer)

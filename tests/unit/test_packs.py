@@ -194,3 +194,18 @@ def test_only_member_keys_parse_as_members(key: str) -> None:
 def test_a_member_key_parses_back() -> None:
     key = packs.member_key("packs/ab/abc", 12, 345)
     assert packs.parse(key) == ("packs/ab/abc", 12, 345)
+
+
+def test_a_member_found_damaged_is_not_named_again_by_this_process(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    ((digest, key, _),) = _packed(storage, ["value"])
+    pack_path = tmp_path / packs.parse(key)[0]  # type: ignore[index]
+    blob = bytearray(pack_path.read_bytes())
+    blob[1] ^= 0x01
+    pack_path.write_bytes(bytes(blob))
+    storage.forget()  # (the bytes verified when packing would be served until then)
+    with pytest.raises(CorruptArtifact):
+        storage.load_value(key, digest, JSON)
+    ((again_digest, again, _),) = _packed(storage, ["value"])
+    assert again != key and again_digest == digest
+    assert storage.load_value(again, digest, JSON) == "value"
