@@ -3,7 +3,8 @@
 Writes stream into a temporary object and are renamed into place only once complete,
 so a failed or interrupted write never leaves a half-written artifact at its address.
 Local paths are served with the standard library (the runner subprocess starts faster
-without importing fsspec); every other URL goes through fsspec.
+without importing fsspec); every other URL goes through fsspec. While a scheduler packs
+(``begin_pack``), small new objects are written many to one object (``packs.py``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class Storage:
 
     def __init__(self, url: str) -> None:
         self._made: set[str] = set()
-        # key -> bytes that hashed to the key's digest in this process. Content addressing
-        # makes that sound: the key fixes the bytes. Only bytes are kept; every load
+        # key -> (digest, bytes that hashed to it in this process). Sound because the key
+        # fixes the bytes: content-addressed, or a member of a pack (written once, never
+        # rewritten). The digest is kept to refuse a claim of other bytes. Every load
         # decodes a new object, so no caller ever shares a mutable value with another.
         self._verified: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._verified_bytes = 0
