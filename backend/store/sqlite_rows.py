@@ -40,6 +40,7 @@ _INSERT_EVENT = _insert(events, _EVENT_COLUMNS)
 _UPDATE_EXECUTION = "UPDATE executions SET status = ?, ended_at = ?, last_seq = ? WHERE id = ?"
 _LINEAGE_COLUMNS = _columns(lineage, "id", "inputs", "created_at")
 _INSERT_LINEAGE = _insert(lineage, (*_LINEAGE_COLUMNS, "inputs", "created_at"))
+_lineage_plain = itemgetter(*_LINEAGE_COLUMNS)  # (a map inserts a row per element)
 
 
 def applies(conn: sa.Connection) -> bool:
@@ -79,14 +80,7 @@ def put_lineage(conn: sa.Connection, rows: list[dict[str, Any]], now: float) -> 
     try:
         cur.executemany(
             _INSERT_LINEAGE,
-            [
-                (
-                    *(r[c] for c in _LINEAGE_COLUMNS),
-                    json.dumps(r["inputs"]),
-                    r.get("created_at", now),
-                )
-                for r in rows
-            ],
+            [(*_lineage_plain(r), json.dumps(r["inputs"]), r.get("created_at", now)) for r in rows],
         )
     finally:
         cur.close()
