@@ -154,6 +154,9 @@ class Storage:
         member = packs.parse(key)
         if member is not None:
             return self._member_size(*member)
+        return self._object_size(key)
+
+    def _object_size(self, key: str) -> int | None:
         path = self._path(key)
         try:
             return os.path.getsize(path) if self.local else int(self._fs.size(path))
@@ -456,11 +459,11 @@ class Storage:
             return size if offset + size <= len(pending.data) else None
         sizes = getattr(self._packing, "sizes", None)
         if sizes is None:
-            whole = self.size(pack_key)
+            whole = self._object_size(pack_key)
         elif pack_key in sizes:
             whole = sizes[pack_key]
         else:
-            whole = sizes[pack_key] = self.size(pack_key)
+            whole = sizes[pack_key] = self._object_size(pack_key)
         return size if whole is not None and offset + size <= whole else None
 
     def _read_member(self, key: str, pack_key: str, offset: int, size: int) -> bytes:
