@@ -201,8 +201,13 @@ class WorkflowRun:
         self._last_flush = 0.0
         #: A map writes two small values per element (its input, its output): packed
         #: into one storage object per flush (``Storage.begin_pack``), not a file each.
-        #: Only where this process holds the values (a server's maps run in runners).
-        self.packing = engine.unpickles and any(n.map for n in spec.nodes)
+        #: Only where this process holds the values (a server's maps run in runners),
+        #: and where every attempt runs this papercrane (a pod's may not read packs).
+        self.packing = (
+            engine.unpickles
+            and any(n.map for n in spec.nodes)
+            and all(engine.executor(n.config.executor).shares_install for n in spec.nodes)
+        )
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:

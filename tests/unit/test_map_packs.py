@@ -163,3 +163,22 @@ def test_element_cache_keys_are_the_cache_keys_of_each_element(tmp_path: Path) -
         assert keys == [cache_key(spec, "v2", {**shared, "x": e}) for e in elements]
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(
+    ("executor", "packs_values"), [("inline", True), ("local", True), ("kubernetes", False)]
+)
+def test_maps_pack_only_where_every_attempt_runs_this_papercrane(
+    tmp_path: Path, executor: str, packs_values: bool
+) -> None:
+    """A pod's image may hold another papercrane, which could not read a pack."""
+    spec = TaskSpec(name="sq", code="out = item * item", inputs=("item",), outputs=("out",))
+    cells = [CellTask(spec, TaskConfig(executor=executor), map=MapSpec("items", "item"))]
+    engine = LocalEngine(Config(home=tmp_path / "home"))
+    try:
+        request = WorkflowRequest(
+            spec=assemble("wf", cells), params={"items": engine.put_value([1], "items")}
+        )
+        assert engine.workflow_run(request).packing is packs_values
+    finally:
+        engine.close()
