@@ -248,7 +248,17 @@ class ArtifactRef:
     preview: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: ``asdict`` deep-copies field by field, and a map turns thousands
+        # of refs into dicts (events, cache entries, artifact rows).
+        return {
+            "id": self.id,
+            "hash": self.hash,
+            "uri": self.uri,
+            "size": self.size,
+            "serializer": self.serializer,
+            "python_type": self.python_type,
+            "preview": self.preview,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArtifactRef:

@@ -199,6 +199,15 @@ class WorkflowRun:
         self.prefix_logs = len(spec.nodes) > 1 or any(n.map for n in spec.nodes)
         self.pool: ThreadPoolExecutor | None = None
         self._last_flush = 0.0
+        #: A map writes two small values per element (its input, its output): packed
+        #: into one storage object per flush (``Storage.begin_pack``), not a file each.
+        #: Only where this process holds the values (a server's maps run in runners),
+        #: and where every attempt runs this papercrane (a pod's may not read packs).
+        self.packing = (
+            engine.unpickles
+            and any(n.map for n in spec.nodes)
+            and all(engine.executor(n.config.executor).shares_install for n in spec.nodes)
+        )
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
@@ -216,6 +225,8 @@ class WorkflowRun:
         cache, self.new_cache = self.new_cache, []
         engine = self.engine
         try:
+            if self.packing:  # the rows below name packed values: write them first
+                engine.storage.seal_pack()
             with engine.store.transaction() as conn:
                 for write in writes:
                     write(conn)
@@ -275,6 +286,8 @@ class WorkflowRun:
 
     def proceed(self) -> WorkflowResult:
         """Run the execution to its end (on this thread)."""
+        if self.packing:
+            self.engine.storage.begin_pack()
         try:
             self._loop()
         except _Shutdown:
@@ -287,6 +300,8 @@ class WorkflowRun:
                 f"execution {self.state.id} was {how} and recorded as aborted"
             ) from None
         finally:
+            if self.packing:
+                self.engine.storage.end_pack()
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             if self.engine.gate is not None:
@@ -502,11 +517,12 @@ class WorkflowRun:
                 },
             )
             return
-        element_refs = [
-            self.engine.artifacts.put(element, f"element {i} of {m.over!r}")
-            for i, element in enumerate(elements)
-        ]
-        self._elements(run, inputs, element_refs, all_values, elements)
+        with self.engine.storage.pack_checks():  # one look at each pack, not each element
+            element_refs = [
+                self.engine.artifacts.put(element, f"element {i} of {m.over!r}")
+                for i, element in enumerate(elements)
+            ]
+            self._elements(run, inputs, element_refs, all_values, elements)
 
     def _elements(
         self,
@@ -543,10 +559,11 @@ class WorkflowRun:
         prefetched = None
         config = run.spec.config
         if config.cache:  # one query for all the elements' entries, not one each
-            for unit in units:
-                unit.cache_key = self.engine.cache_key(
-                    run.spec.task, config.cache_version, unit.inputs
-                )
+            keys = self.engine.element_cache_keys(
+                run.spec.task, config.cache_version, shared, m.as_name, element_refs
+            )
+            for unit, key in zip(units, keys):
+                unit.cache_key = key
             prefetched = self.engine.store.cache_get_many(
                 [u.cache_key for u in units], self.options.project, self.options.domain
             )
@@ -684,6 +701,8 @@ class WorkflowRun:
         return None
 
     def _submit(self, executor: Executor, unit: Unit) -> None:
+        if self.packing:  # another process reads the inputs: packed ones must be written
+            self.engine.storage.seal_pack()
         if not unit.adopt:
             self._begin(unit)
         if self.pool is None:
@@ -731,6 +750,8 @@ class WorkflowRun:
         executor = self._executor(unit)
         if executor.in_process and unit.values is None:
             unit.values = self._values(unit.node, unit.inputs, None)
+        elif not executor.in_process and self.packing:
+            self.engine.storage.seal_pack()  # its process reads the inputs from storage
         self._begin(unit)
         if time.monotonic() - self._last_flush > _ROUND or (
             len(self.nodes) == 1 and unit.index is None

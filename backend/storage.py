@@ -3,7 +3,8 @@
 Writes stream into a temporary object and are renamed into place only once complete,
 so a failed or interrupted write never leaves a half-written artifact at its address.
 Local paths are served with the standard library (the runner subprocess starts faster
-without importing fsspec); every other URL goes through fsspec.
+without importing fsspec); every other URL goes through fsspec. While a scheduler packs
+(``begin_pack``), small new objects are written many to one object (``packs.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import packs
 from .errors import ConfigError, CorruptArtifact, StorageError
 from .hashing import HashingReader, HashingWriter, algorithm_of, digest_hex
 from .serializers import Serializer
@@ -51,14 +53,30 @@ class Storage:
     #: The most bytes ``_verified`` holds; the least recently used go first.
     MEMO_TOTAL = 16 << 20
 
+    #: While packing (``begin_pack``), new objects up to this size go into the pending
+    #: pack (see ``packs.py``) instead of a file each.
+    PACK_ITEM = 64 << 10
+    #: A pending pack this large is written at once, whatever the scheduler's rhythm.
+    PACK_MAX = 8 << 20
+    #: How many packed digests this process remembers (``_located``) to store a value
+    #: already packed here without packing it again.
+    PACK_MEMO = 200_000
+
     def __init__(self, url: str) -> None:
         self._made: set[str] = set()
-        # key -> bytes that hashed to the key's digest in this process. Content addressing
-        # makes that sound: the key fixes the bytes. Only bytes are kept; every load
+        # key -> (digest, bytes that hashed to it in this process). Sound because the key
+        # fixes the bytes: content-addressed, or a member of a pack (written once, never
+        # rewritten). The digest is kept to refuse a claim of other bytes. Every load
         # decodes a new object, so no caller ever shares a mutable value with another.
-        self._verified: OrderedDict[str, bytes] = OrderedDict()
+        self._verified: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._verified_bytes = 0
         self._memo_lock = threading.Lock()
+        # Packing (see ``packs.py``): per thread, the pack its small new objects go to;
+        # pending packs by key (readable from any thread of this process until written);
+        # digest -> member key of objects packed by this process.
+        self._packing = threading.local()
+        self._pending: dict[str, packs.PendingPack] = {}
+        self._located: dict[str, str] = {}
         self.url_root = url.rstrip("/")
         self.local = _is_local(url)
         if self.local:
@@ -110,6 +128,9 @@ class Storage:
         return self._fs.open(path, "wb")
 
     def open_read(self, key: str) -> BinaryIO:
+        member = packs.parse(key)
+        if member is not None:
+            return io.BytesIO(self._read_member(key, *member))
         path = self._path(key)
         try:
             if self.local:
@@ -124,10 +145,18 @@ class Storage:
             self._made.add(folder)
 
     def exists(self, key: str) -> bool:
+        if key.startswith(packs.PREFIX) and packs.parse(key) is not None:
+            return self.size(key) is not None
         path = self._path(key)
         return os.path.exists(path) if self.local else self._fs.exists(path)
 
     def size(self, key: str) -> int | None:
+        member = packs.parse(key)
+        if member is not None:
+            return self._member_size(*member)
+        return self._object_size(key)
+
+    def _object_size(self, key: str) -> int | None:
         path = self._path(key)
         try:
             return os.path.getsize(path) if self.local else int(self._fs.size(path))
@@ -136,6 +165,8 @@ class Storage:
 
     def delete(self, key: str) -> None:
         self.forget(key)
+        if packs.parse(key) is not None:
+            return  # a member is part of a pack, which holds other good members
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
             if self.local:
@@ -177,6 +208,8 @@ class Storage:
             writer = HashingWriter(buffer)
             serializer.dump(value, writer)  # type: ignore[arg-type]
             digest = writer.hexdigest()
+            if writer.size <= self.PACK_ITEM and self.packing:
+                return digest, self._pack(digest, buffer.getbuffer()), writer.size
             key = self.artifact_key(digest)
             if not self.exists(key):
                 self.write_bytes(key, buffer.getbuffer())
@@ -234,6 +267,17 @@ class Storage:
         data = self._memo_get(key, digest)
         if data is not None:
             return self._decode(key, data, serializer)
+        member = packs.parse(key)
+        if member is not None:
+            data = self._read_member(key, *member)
+            if self._digest_of(data, digest) != digest:
+                # The pack stays (its other members are good); this process stops naming
+                # the member, so the value's next store packs good bytes anew.
+                if self._located.get(digest) == key:
+                    del self._located[digest]
+                raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
+            self._memo_put(key, digest, data)
+            return self._decode(key, data, serializer)
         with self.open_read(key) as raw:
             size = self._size_of_open(raw)
             if size is not None and size <= self.MEMO_ITEM:
@@ -282,25 +326,26 @@ class Storage:
 
     def _memo_get(self, key: str, digest: str) -> bytes | None:
         with self._memo_lock:
-            data = self._verified.get(key)
-            if data is None:
+            known = self._verified.get(key)
+            if known is None:
                 return None
             self._verified.move_to_end(key)
-        if key != self.artifact_key(digest) or self.size(key) != len(data):
+        verified, data = known
+        if verified != digest or self.size(key) != len(data):
             self.forget(key)  # gone or rewritten since: read it again, and verify
             return None
         return data
 
     def _memo_put(self, key: str, digest: str, data: bytes) -> None:
-        if key != self.artifact_key(digest):
-            return  # only content-addressed objects: their key fixes their bytes
+        if key != self.artifact_key(digest) and packs.parse(key) is None:
+            return  # only objects whose key fixes their bytes: content-addressed or packed
         with self._memo_lock:
             if key in self._verified:
                 return
-            self._verified[key] = data
+            self._verified[key] = (digest, data)
             self._verified_bytes += len(data)
             while self._verified_bytes > self.MEMO_TOTAL:
-                _, old = self._verified.popitem(last=False)
+                _, (_, old) = self._verified.popitem(last=False)
                 self._verified_bytes -= len(old)
 
     def forget(self, key: str | None = None) -> None:
@@ -311,9 +356,9 @@ class Storage:
                 self._verified.clear()
                 self._verified_bytes = 0
             else:
-                data = self._verified.pop(key, None)
-                if data is not None:
-                    self._verified_bytes -= len(data)
+                known = self._verified.pop(key, None)
+                if known is not None:
+                    self._verified_bytes -= len(known[1])
 
     def _discard_corrupt(self, key: str, actual: str) -> None:
         """A content-addressed object whose bytes don't hash to its own address is
@@ -329,3 +374,119 @@ class Storage:
         """A log file written as the task runs (local storage: readable while it grows)."""
         with self.open_write(key) as f:
             yield f
+
+    # -- packs (see packs.py) -------------------------------------------------------------
+    @property
+    def packing(self) -> bool:
+        """Whether this thread's small new objects go into a pack."""
+        return getattr(self._packing, "depth", 0) > 0
+
+    def begin_pack(self) -> None:
+        """From now on this thread's small new objects are packed: one storage object per
+        ``seal_pack`` instead of a file each. The caller must ``seal_pack`` before any
+        other process may read them (before it commits rows that name them, before it
+        hands them to a subprocess) and ``end_pack`` when done. Nests."""
+        self._packing.depth = getattr(self._packing, "depth", 0) + 1
+
+    def end_pack(self) -> None:
+        """Write what is pending and stop packing (once every ``begin_pack`` has ended)."""
+        try:
+            self.seal_pack()
+        finally:
+            self._packing.depth = max(0, getattr(self._packing, "depth", 0) - 1)
+
+    def seal_pack(self) -> None:
+        """Write this thread's pending pack, if it has members, as one object (atomically:
+        readers see all of it or nothing). If the write fails, its members are forgotten
+        (this process will not name them again) and the error is raised."""
+        pack = getattr(self._packing, "pack", None)
+        if pack is None:
+            return
+        self._packing.pack = None
+        try:
+            self.write_bytes(pack.key, pack.encode())
+        except BaseException:
+            for digest, offset, size in pack.members:
+                key = packs.member_key(pack.key, offset, size)
+                if self._located.get(digest) == key:
+                    del self._located[digest]
+                self.forget(key)
+            raise
+        finally:
+            self._pending.pop(pack.key, None)
+
+    def _pack(self, digest: str, data: memoryview) -> str:
+        """The member key of ``data`` (which hashes to ``digest``) in a pack: one this
+        process already wrote or is writing, else the pending pack, to which it is added."""
+        pack = getattr(self._packing, "pack", None)
+        known = self._located.get(digest)
+        if known is not None:
+            # Not a member of another thread's pending pack: this thread may commit rows
+            # naming it before that pack is written (or after its write failed).
+            owner = self._pending.get(known.partition("@")[0])
+            if (owner is None or owner is pack) and self.size(known) == len(data):
+                return known
+        if pack is None:
+            pack = self._packing.pack = packs.PendingPack()
+            self._pending[pack.key] = pack
+        key = pack.add(digest, data)
+        if len(self._located) >= self.PACK_MEMO:
+            self._located.clear()
+        self._located[digest] = key
+        self._memo_put(key, digest, bytes(data))  # hashed just now: verified by making
+        if len(pack.data) >= self.PACK_MAX:
+            self.seal_pack()
+        return key
+
+    @contextlib.contextmanager
+    def pack_checks(self) -> Iterator[None]:
+        """Within this block, this thread checks each pack's size once, not once per
+        member: a batch (a map's elements stored, its cache entries' outputs checked)
+        trusts what it found at its start, as one check per loose object would."""
+        outer = getattr(self._packing, "sizes", None)
+        if outer is None:
+            self._packing.sizes = {}
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._packing.sizes = None
+
+    def _member_size(self, pack_key: str, offset: int, size: int) -> int | None:
+        """``size`` if the pack holds the member's whole range, else None (gone, cut)."""
+        pending = self._pending.get(pack_key)
+        if pending is not None:
+            return size if offset + size <= len(pending.data) else None
+        sizes = getattr(self._packing, "sizes", None)
+        if sizes is None:
+            whole = self._object_size(pack_key)
+        elif pack_key in sizes:
+            whole = sizes[pack_key]
+        else:
+            whole = sizes[pack_key] = self._object_size(pack_key)
+        return size if whole is not None and offset + size <= whole else None
+
+    def _read_member(self, key: str, pack_key: str, offset: int, size: int) -> bytes:
+        """A member's bytes, by one ranged read of its pack (or from the pending pack)."""
+        pending = self._pending.get(pack_key)
+        data = pending.read(offset, size) if pending is not None else None
+        if data is None:
+            path = self._path(pack_key)
+            try:
+                if self.local:
+                    with open(path, "rb") as f:
+                        f.seek(offset)
+                        data = f.read(size)
+                else:
+                    data = self._fs.cat_file(path, start=offset, end=offset + size)
+            except FileNotFoundError:
+                raise CorruptArtifact(f"stored object {self.url(key)} is missing") from None
+        if len(data) != size:
+            raise CorruptArtifact(f"stored object {self.url(key)} is cut short")
+        return data
+
+    @staticmethod
+    def _digest_of(data: bytes, digest: str) -> str:
+        reader = HashingReader(io.BytesIO(data), algorithm_of(digest))
+        reader.drain()
+        return reader.hexdigest()

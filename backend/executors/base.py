@@ -88,6 +88,11 @@ class Executor(ABC):
     quick_to_follow: ClassVar[bool] = True
     #: Whether a restarted scheduler can take over an attempt that was running.
     can_adopt: ClassVar[bool] = False
+    #: Whether attempts run this very installation of papercrane (in this process, or a
+    #: subprocess of this interpreter), so they read every storage layout it writes
+    #: (packed values, ``packs.py``). False where the code may be another version (a
+    #: pod's image) or is unknown (an executor from another package).
+    shares_install: ClassVar[bool] = False
 
     @abstractmethod
     def run(

@@ -62,6 +62,7 @@ class InlineExecutor(Executor):
     name = "inline"
 
     in_process = True
+    shares_install = True
 
     def run(
         self, attempt: AttemptSpec, sink: LogSink, cancel: threading.Event | None = None

@@ -64,6 +64,7 @@ def _describe_exit(code: int) -> str:
 
 class LocalExecutor(Executor):
     name = "local"
+    shares_install = True  # a subprocess (or a fork) of this interpreter
 
     def __init__(self, artifacts: Any) -> None:
         super().__init__(artifacts)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
 #: The newest Alembic revision; a test keeps it equal to the migration scripts' head.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -178,6 +178,23 @@ def sqlite_revision(conn: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
+def known_revisions() -> set[str]:
+    """The revisions this papercrane's migration scripts define (``0006_....py``)."""
+    return {p.name.split("_", 1)[0] for p in (_MIGRATIONS / "versions").glob("[0-9]*_*.py")}
+
+
+def check_not_newer(revision: str | None, where: str) -> None:
+    """A store migrated by a newer papercrane is refused with a message that says so
+    (Alembic's own is "Can't locate revision"): its rows may name things this version
+    cannot read, such as values inside packs."""
+    if revision is not None and revision not in known_revisions():
+        raise ConfigError(
+            f"the store at {where} was upgraded by a newer papercrane (schema revision "
+            f"{revision!r}; this papercrane knows up to {SCHEMA_HEAD!r}): upgrade papercrane "
+            "(pip install -U papercrane), or set PAPERCRANE_HOME to another folder"
+        )
+
+
 def current_revision(engine: sa.Engine) -> str | None:
     import sqlalchemy as sa
 
@@ -240,5 +257,7 @@ def _migration_lock(engine: sa.Engine):  # type: ignore[no-untyped-def]
 
 
 def ensure_schema(engine: sa.Engine) -> None:
-    if current_revision(engine) != SCHEMA_HEAD:
+    revision = current_revision(engine)
+    if revision != SCHEMA_HEAD:
+        check_not_newer(revision, engine.url.render_as_string(hide_password=True))
         upgrade(engine)

@@ -111,7 +111,9 @@ class Store:
         else:
             reader = self._conn("raw_reader")
             assert reader is not None  # (the first thread always gets its own)
-            if db.sqlite_revision(reader) != db.SCHEMA_HEAD:
+            revision = db.sqlite_revision(reader)
+            if revision != db.SCHEMA_HEAD:
+                db.check_not_newer(revision, self._file)
                 db.upgrade(self.engine)  # Alembic, through SQLAlchemy
 
     @property
@@ -529,10 +531,16 @@ class Store:
         self, keys: list[str], project: str, domain: str
     ) -> dict[str, dict[str, Any]]:
         """Entries for many keys at once (a map's elements): one query per 500 keys."""
+        if self._file is not None:
+            return self._read_one(
+                lambda conn: sqlite_rows.cache_get_many(conn, keys, project, domain)
+            )
         from .schema import cache_entries, sa
 
         found: dict[str, dict[str, Any]] = {}
         with self.read() as conn:
+            if sqlite_rows.applies(conn):
+                return sqlite_rows.cache_get_many(conn, keys, project, domain)
             for i in range(0, len(keys), 500):
                 rows = conn.execute(
                     sa.select(cache_entries).where(

@@ -190,3 +190,40 @@ def test_big_values_travel_with_their_blake3_digest(server: ServerProcess) -> No
         assert np.array_equal(engine.artifacts.load(ref), big)
     finally:
         engine.close()
+
+
+def test_the_server_serves_packed_values(server: ServerProcess) -> None:
+    """Values a kernel packed into the server's store (a shared home) download through
+    the HTTP API byte for byte, and the client checks them against their hash."""
+    from papercrane.backend.client import RemoteEngine
+    from papercrane.backend.config import Config
+    from papercrane.backend.engine import LocalEngine, WorkflowRequest
+    from papercrane.backend.model import TaskConfig, TaskSpec
+    from papercrane.backend.workflow import CellTask, MapSpec, assemble
+
+    spec = TaskSpec(name="sq", code="out = item * item", inputs=("item",), outputs=("out",))
+    cells = [CellTask(spec, TaskConfig(executor="inline"), map=MapSpec("items", "item"))]
+    items = [2, 3]
+    # The server keeps each project's values under its own prefix of the store.
+    where = str(server.home / "store" / "projects" / "team" / "development")
+    embedded = LocalEngine(Config(home=server.home, storage_url=where, project="team"))
+    try:
+        result = embedded.run_workflow(
+            WorkflowRequest(
+                spec=assemble("wf", cells),
+                params={"items": embedded.put_value(items, "items")},
+                param_values={"items": items},
+                project="team",
+            )
+        )
+    finally:
+        embedded.close()
+    packed = result.execution.nodes["sq[1]"].outputs["out"]
+    collected = result.nodes["sq"].outputs["out"]
+    assert collected.uri.startswith("packs/")
+    client = RemoteEngine(server.url, server.token("team"), "team")
+    try:
+        assert client.load(client.artifact(packed)) == 9
+        assert client.load(client.artifact(collected.id)) == [4, 9]
+    finally:
+        client.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,3 +199,38 @@ def test_interrupting_a_parallel_workflow_aborts_it(
         with pytest.raises(ProcessLookupError):
             os.kill(int(f.name), 0)
     assert kernel.run("print('ok')").ok().stdout.strip() == "ok"
+
+
+def test_a_packed_map_read_by_other_processes(kernel: Kernel, home: Path) -> None:
+    """An inline map packs its elements and outputs; a ``local`` task's process, the
+    ``papercrane lineage`` command and a cache hit in a new kernel all read them."""
+    kernel.run("xs = [5, 6, 7]").ok()
+    kernel.run("%%task inc --map xs --executor inline --cache\ny = x + 1").ok()
+    kernel.run("%%task total --executor local\ns = sum(y)").ok()
+    assert kernel.run("print(s)").ok().stdout.strip() == "21"
+    with sqlite3.connect(home / "papercrane.db") as db:
+        uris = dict(db.execute("SELECT preview, uri FROM artifacts"))
+        (element_out,) = db.execute(
+            "SELECT artifact_id FROM lineage WHERE node = 'inc[1]'"
+        ).fetchone()
+    assert uris["7"].startswith("packs/") and uris["[6, 7, 8]"].startswith("packs/")
+    env = {**os.environ, "PAPERCRANE_HOME": str(home)}
+    shown = subprocess.run(
+        [sys.executable, "-m", "papercrane.backend.cli", "lineage", element_out, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tree = json.loads(shown.stdout)
+    assert tree["producer"]["node"] == "inc[1]"
+    assert [(i["name"], i["artifact"]["preview"]) for i in tree["inputs"]] == [("x", "6")]
+    other = Kernel({"PAPERCRANE_HOME": str(home)}, home.parent / "work")
+    try:
+        other.run("%load_ext papercrane").ok()
+        other.run("xs = [5, 6, 7]").ok()
+        again = other.run("%%task inc --map xs --executor inline --cache\ny = x + 1").ok()
+        assert "cached" in again.updates[-1]["text/plain"]
+        assert other.run("print(y)").ok().stdout.strip() == "[6, 7, 8]"
+    finally:
+        other.shutdown()

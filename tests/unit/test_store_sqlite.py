@@ -3,6 +3,7 @@ everything else through SQLAlchemy, and both see the same rows."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from papercrane.backend.api import RunRequest
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine
+from papercrane.backend.errors import ConfigError
 from papercrane.backend.model import ArtifactRef, Status, TaskConfig, TaskSpec
 from papercrane.backend.store import Store, db, sqlite_rows
 from papercrane.backend.store.repo import SHOWN_WIDTHS
@@ -132,3 +134,20 @@ def test_a_cache_hit_does_not_load_sqlalchemy(tmp_path: Path) -> None:
 
     assert run()[0] == "succeeded"  # a new store (migrated) and a miss
     assert run() == ["cached", "False"]
+
+
+def test_a_store_upgraded_by_a_newer_papercrane_is_refused_clearly(tmp_path: Path) -> None:
+    """Opening a store whose schema is newer than this papercrane says so and what to
+    do (not Alembic's "Can't locate revision"), and leaves the store as it was."""
+    path = tmp_path / "x.db"
+    Store(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    with pytest.raises(ConfigError, match=r"newer papercrane .*'0099'.*upgrade papercrane"):
+        Store(f"sqlite:///{path}")
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with pytest.raises(ConfigError, match="newer papercrane"):
+        db.ensure_schema(engine)
+    engine.dispose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0099",)
