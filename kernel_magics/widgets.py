@@ -167,6 +167,58 @@ def parts_usable(parts: dict[str, Any] | None) -> bool:
     return parts is not None and all(w.comm is not None for w in parts.values())
 
 
+_html_class: Any = None
+
+
+def _run_html_class() -> Any:
+    """``ipywidgets.HTML`` that opens its comm from a kept copy of the state.
+
+    Opening a widget serializes every synced trait (``get_state``) and first lists them
+    (``keys``, walking the class's traits); that was most of the cost of showing a
+    task run. A run widget is only ever created with ``value``, ``layout`` and
+    ``style``, and the session's runs share one layout and one style, so every trait
+    but ``value`` serializes to the same thing each time: the first widget's state is
+    kept (per layout and style) and later ones send it with their own ``value``. The
+    ``comm_open`` message is the same as ``ipywidgets.HTML`` sends. Defined on first
+    use: ipywidgets is imported only when a run is shown."""
+    global _html_class
+    if _html_class is not None:
+        return _html_class
+    import comm as comm_module
+    import ipywidgets
+    from ipywidgets.widgets.widget import __protocol_version__
+    from traitlets import default
+
+    class RunHTML(ipywidgets.HTML):
+        _sync_keys: list[str] | None = None
+        _opened: tuple[tuple[str, str], dict[str, Any]] | None = None
+
+        @default("keys")
+        def _default_keys(self) -> list[str]:
+            cls = type(self)
+            if cls._sync_keys is None:  # synced traits are declared on the class
+                cls._sync_keys = list(self.traits(sync=True))
+            return list(cls._sync_keys)
+
+        def open(self) -> None:
+            if self.comm is not None:
+                return
+            cls = type(self)
+            parts = (self.layout.model_id, self.style.model_id)
+            if cls._opened is None or cls._opened[0] != parts:
+                cls._opened = (parts, self.get_state())  # (no binary buffers in an HTML)
+            state = {**cls._opened[1], "value": self.value}
+            self.comm = comm_module.create_comm(  # (looked up now: kernels install theirs)
+                target_name="jupyter.widget",
+                data={"state": state, "buffer_paths": []},
+                buffers=[],
+                metadata={"version": __protocol_version__},
+            )
+
+    _html_class = RunHTML
+    return RunHTML
+
+
 class RunWidget:
     """Listens to a run (``RunListener``) and keeps its cell output current.
 
@@ -183,9 +235,12 @@ class RunWidget:
         self.widget = None
         self._html = render_html(view)
         if live:
-            import ipywidgets
+            if parts:
+                self.widget = _run_html_class()(value=self._html, **parts)
+            else:
+                import ipywidgets
 
-            self.widget = ipywidgets.HTML(value=self._html, **(parts or {}))
+                self.widget = ipywidgets.HTML(value=self._html)
         self._handle = None
         self._last_render = 0.0
 
