@@ -795,13 +795,16 @@ class WorkflowRun:
         inline task's start is not committed before its code runs, though: if the code
         is still running after ``_START_GRACE``, a helper thread commits it then
         (``_write_start``); a task that ends sooner has its start and its end
-        committed in one transaction, with the same events and timestamps."""
+        committed in one transaction, with the same events and timestamps. After a
+        cache miss the start is committed first, as for other units: a listener
+        (the notebook's widget) may wait for the first event before showing itself."""
         executor = self._executor(unit)
         if executor.in_process and unit.values is None:
             unit.values = self._values(unit.node, unit.inputs, None)
         self._begin(unit)
         single = len(self.nodes) == 1 and unit.index is None
-        deferred = single and executor.in_process
+        # (not after a cache miss: a listener may wait for the first event to show it)
+        deferred = single and executor.in_process and not unit.cache_key
         if not deferred and (time.monotonic() - self._last_flush > _ROUND or single):
             self.flush()  # the widget and the store show it running
         token = None

@@ -226,6 +226,11 @@ class RunWidget:
     change what a person sees: once when shown, at most every 50 ms while the run
     goes on (a long task shows itself running, its attempts and retries), and once
     at the end (``finish``), which also replaces the static fallbacks.
+
+    ``show()`` creates the live widget and displays it. A run that may end without
+    running any code (one that checks the cache) is shown at its first event that is
+    not the end, or its first log line, so before any output of its code; a cache hit
+    has no such event and is shown by ``finish``, created once with its final state.
     """
 
     def __init__(
@@ -233,24 +238,35 @@ class RunWidget:
     ) -> None:
         self.view = view
         self.widget = None
-        self._html = render_html(view)
-        if live:
-            if parts:
-                self.widget = _run_html_class()(value=self._html, **parts)
+        self._live = live
+        self._parts = parts
+        self._html = ""
+        self._handle: Any = None
+        self._last_render = 0.0
+        self.shown = False
+
+    def show(self) -> None:
+        """Create the widget with the run's current state and display it (once)."""
+        if self.shown:
+            return
+        self.shown = True
+        from IPython.display import display
+
+        self._html = render_html(self.view)
+        self._last_render = time.monotonic()
+        if self._live:
+            if self._parts:
+                self.widget = _run_html_class()(value=self._html, **self._parts)
             else:
                 import ipywidgets
 
                 self.widget = ipywidgets.HTML(value=self._html)
-        self._handle = None
-        self._last_render = 0.0
-
-    def show(self) -> None:
-        from IPython.display import display
-
         data = _bundle(self.widget, self._html, render_text(self.view))
         self._handle = display(data, raw=True, display_id=True)
 
     def refresh(self, force: bool = False) -> None:
+        if not self.shown:
+            return  # ``show`` renders what there is then
         now = time.monotonic()
         if not force and now - self._last_render < 0.05:
             return
@@ -263,6 +279,9 @@ class RunWidget:
 
     def finish(self) -> None:
         self.view.ended = time.time()
+        if not self.shown:
+            self.show()  # never shown (a cache hit): rendered once, as it ended
+            return
         self.refresh(force=True)
         if self._handle is not None:
             data = _bundle(self.widget, self._html, render_text(self.view))
@@ -271,12 +290,17 @@ class RunWidget:
     # RunListener
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.view.state = state
-        if not state.status.terminal:  # the end is rendered once, by ``finish``
+        if state.status.terminal:
+            return  # the end is rendered once, by ``finish``
+        if not self.shown:
+            self.show()
+        else:
             self.refresh()
 
     def on_log(self, stream: str, text: str) -> None:
         import sys
 
+        self.show()  # (once) the widget goes above the task's output
         target = sys.stderr if stream == "stderr" else sys.stdout
         target.write(text)
         target.flush()

@@ -36,6 +36,18 @@ class CellResult:
     def html(self) -> str:
         return "\n".join(d.get("text/html", "") for d in [*self.displays, *self.updates])
 
+    @property
+    def widget(self) -> dict[str, Any]:
+        """The task widget's bundle as the cell ends up showing it: its last update, or
+        its one display when it was shown only once it had ended (a cache hit)."""
+        shown = [
+            d
+            for d in [*self.displays, *self.updates]
+            if "application/vnd.jupyter.widget-view+json" in d
+        ]
+        assert shown, self.text
+        return shown[-1]
+
     def ok(self) -> CellResult:
         assert self.status == "ok", self.text
         return self

@@ -107,7 +107,7 @@ def test_map_in_the_kernel(kernel: Kernel) -> None:
     kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
     assert kernel.run("print(size)").ok().stdout.strip() == "[1, 2, 3]"
     again = kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
-    assert "cached" in again.updates[-1]["text/plain"]
+    assert "cached" in again.widget["text/plain"]
     r = kernel.run("%%task m --map bad --as b\nout = b")
     assert r.status == "error" and "not iterable" in "\n".join(r.error["traceback"])
     r = kernel.run("%%task m --map data\nout = 1")
