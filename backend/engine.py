@@ -84,7 +84,7 @@ class LocalEngine(EngineAPI):
         self._pending_registered: list[str] = []
         #: Held around each write transaction (``recording``): the pending lists above
         #: belong to one transaction at a time, and an inline task's start may be
-        #: written from a helper thread (``scheduler._StartWriter``).
+        #: written from a helper thread (``WorkflowRun._write_start``).
         self._writing = threading.RLock()
 
     def close(self) -> None:

@@ -803,7 +803,6 @@ class WorkflowRun:
             unit.values = self._values(unit.node, unit.inputs, None)
         self._begin(unit)
         single = len(self.nodes) == 1 and unit.index is None
-        # (not after a cache miss: a listener may wait for the first event to show it)
         deferred = single and executor.in_process and not unit.cache_key
         if not deferred and (time.monotonic() - self._last_flush > _ROUND or single):
             self.flush()  # the widget and the store show it running
