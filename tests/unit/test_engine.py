@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -155,50 +154,46 @@ class _Recorder:
         pass
 
 
-def _kinds_seen_from_outside(db: str) -> list[str]:
-    """What another process sees of the newest execution, through its own connection."""
-    with sqlite3.connect(db) as other:
-        return [
-            k
-            for (k,) in other.execute(
-                "SELECT kind FROM events WHERE execution_id = "
-                "(SELECT id FROM executions ORDER BY created_at DESC LIMIT 1) ORDER BY seq"
-            )
-        ]
+#: A task body that waits until the store, read through connections of its own (as
+#: another process would), shows its execution running; its output is what it saw.
+WATCH_THE_STORE = """
+import time
+from papercrane.backend.store import Store
+other = Store(url)
+seen, deadline = [], time.time() + 10
+while 'attempt_started' not in seen and time.time() < deadline:
+    time.sleep(0.02)
+    newest = other.list_executions(limit=1)
+    seen = [e.kind.value for e in other.events(newest[0]['id'])] if newest else []
+other.close()
+other.engine.dispose()
+y = seen
+"""
 
 
-def test_a_long_inline_task_shows_running_while_it_runs(
-    engine: LocalEngine, tmp_path: Path
-) -> None:
+def test_a_long_inline_task_shows_running_while_it_runs(engine: LocalEngine) -> None:
     """Its start is committed (by a helper thread) while its code still runs: other
     processes and the listener see it running; the end comes after, as usual."""
-    db = str(tmp_path / "papercrane.db")
-    code = (
-        "import sqlite3, time\n"
-        "deadline = time.time() + 10\n"
-        "seen = []\n"
-        "while 'attempt_started' not in seen and time.time() < deadline:\n"
-        "    time.sleep(0.02)\n"
-        "    with sqlite3.connect(db) as other:\n"
-        "        seen = [k for (k,) in other.execute('SELECT kind FROM events ORDER BY seq')]\n"
-        "y = seen\n"
-    )
+    url = engine.config.db_url
     recorder = _Recorder()
-    s = spec(code, inputs=("db",))
-    ref = engine.put_value(db, "db")
-    cfg = TaskConfig(executor="inline")
+    ref = engine.put_value(url, "url")
     result = engine.run_task(
-        RunRequest(spec=s, config=cfg, inputs={"db": ref}, values={"db": db}), listener=recorder
+        RunRequest(
+            spec=spec(WATCH_THE_STORE, inputs=("url",)),
+            config=TaskConfig(executor="inline"),
+            inputs={"url": ref},
+            values={"url": url},
+        ),
+        listener=recorder,
     )
     assert result.values["y"] == ["execution_created", "node_queued", "attempt_started"]
     assert (EventKind.ATTEMPT_STARTED, "papercrane-deadlines", Status.RUNNING) in recorder.heard
     assert recorder.heard[-1][0] is EventKind.EXECUTION_SUCCEEDED
-    assert _kinds_seen_from_outside(db)[-1] == "execution_succeeded"
+    kinds = [e.kind.value for e in engine.events(result.execution.id)]
+    assert kinds.count("attempt_started") == 1 and kinds[-1] == "execution_succeeded"
 
 
-def test_a_quick_inline_task_records_its_start_and_end_together(
-    engine: LocalEngine, tmp_path: Path
-) -> None:
+def test_a_quick_inline_task_records_its_start_and_end_together(engine: LocalEngine) -> None:
     """The same events, in order, with the start's own timestamp; the listener hears
     them once they are committed, on the calling thread."""
     recorder = _Recorder()
