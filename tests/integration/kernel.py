@@ -19,6 +19,8 @@ class CellResult:
     stderr: str = ""
     displays: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    #: The data of each comm message the kernel sent (widget updates), in order.
+    comms: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
     #: (monotonic time, stream name, text) for every stream message, in arrival order.
     stream_times: list[tuple[float, str, str]] = field(default_factory=list)
@@ -81,6 +83,8 @@ class Kernel:
                 result.displays.append(content["data"])
             elif kind == "update_display_data":
                 result.updates.append(content["data"])
+            elif kind == "comm_msg":
+                result.comms.append(content["data"])
             elif kind == "error":
                 result.error = content
 
