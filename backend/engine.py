@@ -8,9 +8,12 @@ events only after they are committed, so what the widget shows is what the store
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +108,10 @@ class LocalEngine(EngineAPI):
         self._recorded: set[str] = set()
         self._pending_recorded: list[str] = []
         self._pending_registered: list[str] = []
+        #: Held around each write transaction (``recording``): the pending lists above
+        #: belong to one transaction at a time, and an inline task's start may be
+        #: written from a helper thread (``WorkflowRun._write_start``).
+        self._writing = threading.RLock()
 
     def close(self) -> None:
         for executor in self._executors.values():
@@ -181,6 +188,19 @@ class LocalEngine(EngineAPI):
             self.store.put_artifacts(conn, new)
             self._pending_recorded.extend(r.id for r in new)
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[Any]:
+        """One write transaction of this engine's: the rows it inserts are remembered
+        as stored (``_recorded``, ``_registered``) only once it commits."""
+        with self._writing:
+            try:
+                with self.store.transaction() as conn:
+                    yield conn
+            except BaseException:
+                self._rolled_back()
+                raise
+            self._committed()
+
     def _committed(self) -> None:
         self._recorded.update(self._pending_recorded)
         self._registered.update(self._pending_registered)
@@ -193,20 +213,18 @@ class LocalEngine(EngineAPI):
 
     def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
         version, key = self.bundle(spec)
-        with self.store.transaction() as conn:
+        with self.recording() as conn:
             self.record_task(conn, spec, version, key, RunOptions(project, domain))
-        self._committed()
         return version
 
     def register_workflow(self, spec: WorkflowSpec, project: str, domain: str) -> str:
         """Register a workflow and its tasks; the same content twice is a no-op."""
         options = RunOptions(project, domain)
         bundles = [self.bundle(n.task) for n in spec.nodes]
-        with self.store.transaction() as conn:
+        with self.recording() as conn:
             for n, (version, key) in zip(spec.nodes, bundles):
                 self.record_task(conn, n.task, version, key, options)
             version = self.record_workflow(conn, spec, options)
-        self._committed()
         return version
 
     def workflow(self, version: str) -> WorkflowSpec:
@@ -227,9 +245,8 @@ class LocalEngine(EngineAPI):
 
     def register_artifacts(self, refs: list[ArtifactRef]) -> None:
         """Record stored values (an upload) so executions can name them."""
-        with self.store.transaction() as conn:
+        with self.recording() as conn:
             self._record_artifacts(conn, refs)
-        self._committed()
 
     def find_artifact(self, artifact_id: str) -> ArtifactRef | None:
         ref = self.store.artifact(artifact_id)

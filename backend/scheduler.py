@@ -13,6 +13,7 @@ as in a normal cell. Every state change is an event; events are committed in bat
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
@@ -45,7 +46,59 @@ class _Shutdown(Exception):
 
 
 _ROUND = 0.05  # longest wait for a worker result before the next scheduling round
+#: How long an inline task may run before its start is committed on its own (``_run_here``).
+_START_GRACE = _ROUND
 _FAIL_FAST = "the execution stopped at an earlier failure (fail-fast)"
+
+
+class _Deadlines:
+    """Calls a function on a helper thread once its delay has passed, unless it was
+    cancelled first. One daemon thread per process, started on first use; it wakes
+    only when something is armed and idle, or a deadline passes, so arming and
+    cancelling cost a lock each."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: dict[object, tuple[float, Any]] = {}
+        self._thread: threading.Thread | None = None
+        self._idle = True  # the thread waits for a job, with no deadline to wake for
+
+    def arm(self, delay: float, fn: Any) -> object:
+        token = object()
+        with self._cond:
+            self._jobs[token] = (time.monotonic() + delay, fn)
+            if self._thread is None or not self._thread.is_alive():  # (also after a fork)
+                self._thread = threading.Thread(
+                    target=self._serve, name="papercrane-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify()
+        return token
+
+    def cancel(self, token: object) -> None:
+        with self._cond:
+            self._jobs.pop(token, None)
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._jobs:
+                        self._idle = True
+                        self._cond.wait()
+                        continue
+                    self._idle = False
+                    token, (at, fn) = min(self._jobs.items(), key=lambda job: job[1][0])
+                    left = at - time.monotonic()
+                    if left <= 0:
+                        del self._jobs[token]
+                        break
+                    self._cond.wait(left)
+            fn()  # outside the condition: it takes its run's lock, and may write
+
+
+_deadlines = _Deadlines()
 
 
 @dataclass
@@ -208,6 +261,10 @@ class WorkflowRun:
             and any(n.map for n in spec.nodes)
             and all(engine.executor(n.config.executor).shares_install for n in spec.nodes)
         )
+        #: An inline task's start waiting to be committed by ``_write_start``; the lock
+        #: keeps that helper thread's flush and this thread's end apart.
+        self._start_due = False
+        self._start_lock = threading.Lock()
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
@@ -215,7 +272,10 @@ class WorkflowRun:
         apply(self.state, event)
         self.pending.append(event)
 
-    def flush(self) -> None:
+    def flush(self, *, keep_on_error: bool = False) -> None:
+        """Commit the pending events with the rows they depend on, then tell the
+        listener. ``keep_on_error``: a failed write leaves them pending (for a later
+        flush to write) instead of dropping them."""
         if not self.pending:
             return
         batch, self.pending = self.pending, []
@@ -227,7 +287,7 @@ class WorkflowRun:
         try:
             if self.packing:  # the rows below name packed values: write them first
                 engine.storage.seal_pack()
-            with engine.store.transaction() as conn:
+            with engine.recording() as conn:
                 for write in writes:
                     write(conn)
                 engine._record_artifacts(conn, artifacts)
@@ -235,9 +295,11 @@ class WorkflowRun:
                 engine.store.cache_put_many(conn, cache)
                 numbered = engine.store.append(conn, batch, self.state)
         except BaseException:
-            engine._rolled_back()
+            if keep_on_error:
+                self.pending[:0], self.writes[:0] = batch, writes
+                self.new_artifacts[:0], self.new_lineage[:0] = artifacts, lineage
+                self.new_cache[:0] = cache
             raise
-        engine._committed()
         self._last_flush = time.monotonic()
         for e in numbered:
             self.listener.on_event(e, self.state)
@@ -746,25 +808,57 @@ class WorkflowRun:
         self.done.put(("result", unit, result))
 
     def _run_here(self, unit: Unit) -> None:
-        """Run one unit on the scheduler's own thread (inline units always are)."""
+        """Run one unit on the scheduler's own thread (inline units always are).
+
+        The store and the widget must show a task running while it runs. A single
+        inline task's start is not committed before its code runs, though: if the code
+        is still running after ``_START_GRACE``, a helper thread commits it then
+        (``_write_start``); a task that ends sooner has its start and its end
+        committed in one transaction, with the same events and timestamps. After a
+        cache miss the start is committed first, as for other units: a listener
+        (the notebook's widget) may wait for the first event before showing itself."""
         executor = self._executor(unit)
         if executor.in_process and unit.values is None:
             unit.values = self._values(unit.node, unit.inputs, None)
         elif not executor.in_process and self.packing:
             self.engine.storage.seal_pack()  # its process reads the inputs from storage
         self._begin(unit)
-        if time.monotonic() - self._last_flush > _ROUND or (
-            len(self.nodes) == 1 and unit.index is None
-        ):
+        single = len(self.nodes) == 1 and unit.index is None
+        deferred = single and executor.in_process and not unit.cache_key
+        if not deferred and (time.monotonic() - self._last_flush > _ROUND or single):
             self.flush()  # the widget and the store show it running
+        token = None
         unit.node.running += 1
         try:
+            if deferred:
+                self._start_due = True
+                token = _deadlines.arm(_START_GRACE, self._write_start)
             result = executor.run(
                 self._attempt_spec(unit), _Logs(self, unit, threaded=False), self.cancel
             )
         finally:
             unit.node.running -= 1
+            if token is not None:
+                _deadlines.cancel(token)
+                with self._start_lock:  # waits for a start being written right now
+                    self._start_due = False
         self._handle(unit, result)
+
+    def _write_start(self) -> None:
+        """On the helper thread: the inline task is still running, commit its start.
+        If that fails, the events stay pending and its end's transaction writes them."""
+        with self._start_lock:
+            if not self._start_due:
+                return
+            self._start_due = False
+            try:
+                self.flush(keep_on_error=True)
+            except Exception:
+                logging.getLogger(__name__).warning(
+                    "could not record the start of execution %s yet; it is recorded with the end",
+                    self.state.id,
+                    exc_info=True,
+                )
 
     def _collect(self, block: bool) -> None:
         timeout = _ROUND if block else 0

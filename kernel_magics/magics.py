@@ -85,6 +85,7 @@ class PapercraneMagics(Magics):
         self._flusher = _FlushBeforeReads(self)
         shell.ast_transformers.append(self._flusher)
         self._parsed: dict[str, Any] = {}
+        self._static: dict[tuple[Any, ...], str] = {}  # ``_transform``'s memo
 
     @property
     def session(self) -> Any:
@@ -173,6 +174,50 @@ class PapercraneMagics(Magics):
             self._parsed[line] = found
         return argparse.Namespace(**vars(found))
 
+    def _transform(self, cell: str) -> str:
+        """``shell.transform_cell(cell)``, with its static part memoized by the text.
+
+        The static part (``input_transformer_manager``: cleanup, cell-magic and token
+        transforms) is a pure function of the text for IPython's own transforms, and
+        the costliest part of transforming a small cell; a notebook re-runs the same
+        cells. It is memoized only while the manager is IPython's, with the transforms
+        it had when the text was memoized, and the shell's ``transform_cell`` is
+        IPython's (otherwise it is called as is). The rest runs every time, as
+        ``InteractiveShell.transform_cell`` runs it: a one-line cell goes through the
+        prefilter (which depends on the namespace: automagic, autocall), then
+        ``input_transformers_post``."""
+        from IPython.core.inputtransformer2 import TransformerManager
+        from IPython.core.interactiveshell import InteractiveShell
+
+        shell = self.shell
+        manager = shell.input_transformer_manager
+        if (
+            type(shell).transform_cell is not InteractiveShell.transform_cell
+            or type(manager) is not TransformerManager
+        ):
+            return shell.transform_cell(cell)
+        key = (
+            cell,
+            *manager.cleanup_transforms,
+            None,
+            *manager.line_transforms,
+            None,
+            *manager.token_transformers,
+        )
+        static = self._static.get(key)
+        if static is None:
+            static = manager.transform_cell(cell)
+            if len(self._static) >= 256:
+                self._static.clear()
+            self._static[key] = static
+        if len(static.splitlines()) == 1:
+            with shell.builtin_trap:
+                static = shell.prefilter_manager.prefilter_lines(static) + "\n"
+        lines = static.splitlines(keepends=True)
+        for transform in shell.input_transformers_post:
+            lines = transform(lines)
+        return "".join(lines)
+
     @_user_errors
     def _task(self, args: Any, cell: str) -> None:
         from dataclasses import replace
@@ -218,7 +263,7 @@ class PapercraneMagics(Magics):
         pending = session.workflow.pending_outputs() if session.workflow.deferring else frozenset()
         self._capturing = True
         try:
-            transformed = self.shell.transform_cell(cell)
+            transformed = self._transform(cell)
         finally:
             self._capturing = False
         cap = capture(

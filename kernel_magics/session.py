@@ -263,7 +263,8 @@ class Session:
         widget = RunWidget(
             view, live=live_widget, parts=self._widget_parts() if live_widget else None
         )
-        widget.show()
+        if not config.cache:
+            widget.show()  # its code runs: the widget goes above what the code prints
         request = RunRequest(
             spec=spec,
             config=config,

@@ -167,6 +167,58 @@ def parts_usable(parts: dict[str, Any] | None) -> bool:
     return parts is not None and all(w.comm is not None for w in parts.values())
 
 
+_html_class: Any = None
+
+
+def _run_html_class() -> Any:
+    """``ipywidgets.HTML`` that opens its comm from a kept copy of the state.
+
+    Opening a widget serializes every synced trait (``get_state``) and first lists them
+    (``keys``, walking the class's traits); that was most of the cost of showing a
+    task run. A run widget is only ever created with ``value``, ``layout`` and
+    ``style``, and the session's runs share one layout and one style, so every trait
+    but ``value`` serializes to the same thing each time: the first widget's state is
+    kept (per layout and style) and later ones send it with their own ``value``. The
+    ``comm_open`` message is the same as ``ipywidgets.HTML`` sends. Defined on first
+    use: ipywidgets is imported only when a run is shown."""
+    global _html_class
+    if _html_class is not None:
+        return _html_class
+    import comm as comm_module
+    import ipywidgets
+    from ipywidgets.widgets.widget import __protocol_version__
+    from traitlets import default
+
+    class RunHTML(ipywidgets.HTML):
+        _sync_keys: list[str] | None = None
+        _opened: tuple[tuple[str, str], dict[str, Any]] | None = None
+
+        @default("keys")
+        def _default_keys(self) -> list[str]:
+            cls = type(self)
+            if cls._sync_keys is None:  # synced traits are declared on the class
+                cls._sync_keys = list(self.traits(sync=True))
+            return list(cls._sync_keys)
+
+        def open(self) -> None:
+            if self.comm is not None:
+                return
+            cls = type(self)
+            parts = (self.layout.model_id, self.style.model_id)
+            if cls._opened is None or cls._opened[0] != parts:
+                cls._opened = (parts, self.get_state())  # (no binary buffers in an HTML)
+            state = {**cls._opened[1], "value": self.value}
+            self.comm = comm_module.create_comm(  # (looked up now: kernels install theirs)
+                target_name="jupyter.widget",
+                data={"state": state, "buffer_paths": []},
+                buffers=[],
+                metadata={"version": __protocol_version__},
+            )
+
+    _html_class = RunHTML
+    return RunHTML
+
+
 class RunWidget:
     """Listens to a run (``RunListener``) and keeps its cell output current.
 
@@ -174,6 +226,11 @@ class RunWidget:
     change what a person sees: once when shown, at most every 50 ms while the run
     goes on (a long task shows itself running, its attempts and retries), and once
     at the end (``finish``), which also replaces the static fallbacks.
+
+    ``show()`` creates the live widget and displays it. A run that may end without
+    running any code (one that checks the cache) is shown at its first event that is
+    not the end, or its first log line, so before any output of its code; a cache hit
+    has no such event and is shown by ``finish``, created once with its final state.
     """
 
     def __init__(
@@ -181,21 +238,35 @@ class RunWidget:
     ) -> None:
         self.view = view
         self.widget = None
-        self._html = render_html(view)
-        if live:
-            import ipywidgets
-
-            self.widget = ipywidgets.HTML(value=self._html, **(parts or {}))
-        self._handle = None
+        self._live = live
+        self._parts = parts
+        self._html = ""
+        self._handle: Any = None
         self._last_render = 0.0
+        self.shown = False
 
     def show(self) -> None:
+        """Create the widget with the run's current state and display it (once)."""
+        if self.shown:
+            return
+        self.shown = True
         from IPython.display import display
 
+        self._html = render_html(self.view)
+        self._last_render = time.monotonic()
+        if self._live:
+            if self._parts:
+                self.widget = _run_html_class()(value=self._html, **self._parts)
+            else:
+                import ipywidgets
+
+                self.widget = ipywidgets.HTML(value=self._html)
         data = _bundle(self.widget, self._html, render_text(self.view))
         self._handle = display(data, raw=True, display_id=True)
 
     def refresh(self, force: bool = False) -> None:
+        if not self.shown:
+            return  # ``show`` renders what there is then
         now = time.monotonic()
         if not force and now - self._last_render < 0.05:
             return
@@ -208,6 +279,9 @@ class RunWidget:
 
     def finish(self) -> None:
         self.view.ended = time.time()
+        if not self.shown:
+            self.show()  # never shown (a cache hit): rendered once, as it ended
+            return
         self.refresh(force=True)
         if self._handle is not None:
             data = _bundle(self.widget, self._html, render_text(self.view))
@@ -216,12 +290,17 @@ class RunWidget:
     # RunListener
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.view.state = state
-        if not state.status.terminal:  # the end is rendered once, by ``finish``
+        if state.status.terminal:
+            return  # the end is rendered once, by ``finish``
+        if not self.shown:
+            self.show()
+        else:
             self.refresh()
 
     def on_log(self, stream: str, text: str) -> None:
         import sys
 
+        self.show()  # (once) the widget goes above the task's output
         target = sys.stderr if stream == "stderr" else sys.stdout
         target.write(text)
         target.flush()

@@ -19,6 +19,8 @@ class CellResult:
     stderr: str = ""
     displays: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    #: The data of each comm message the kernel sent (widget updates), in order.
+    comms: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
     #: (monotonic time, stream name, text) for every stream message, in arrival order.
     stream_times: list[tuple[float, str, str]] = field(default_factory=list)
@@ -35,6 +37,18 @@ class CellResult:
     @property
     def html(self) -> str:
         return "\n".join(d.get("text/html", "") for d in [*self.displays, *self.updates])
+
+    @property
+    def widget(self) -> dict[str, Any]:
+        """The task widget's bundle as the cell ends up showing it: its last update, or
+        its one display when it was shown only once it had ended (a cache hit)."""
+        shown = [
+            d
+            for d in [*self.displays, *self.updates]
+            if "application/vnd.jupyter.widget-view+json" in d
+        ]
+        assert shown, self.text
+        return shown[-1]
 
     def ok(self) -> CellResult:
         assert self.status == "ok", self.text
@@ -69,6 +83,8 @@ class Kernel:
                 result.displays.append(content["data"])
             elif kind == "update_display_data":
                 result.updates.append(content["data"])
+            elif kind == "comm_msg":
+                result.comms.append(content["data"])
             elif kind == "error":
                 result.error = content
 

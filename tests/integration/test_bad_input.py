@@ -110,7 +110,7 @@ def test_memory_storage_works_inline_and_explains_local(tmp_path: Path, workdir:
         k.run("%%task t --executor inline --cache\nb = a * 21").ok()
         assert k.run("print(b)").ok().stdout.strip() == "42"
         hit = k.run("%%task t --executor inline --cache\nb = a * 21").ok()
-        assert "cached" in hit.updates[-1]["text/plain"]
+        assert "cached" in hit.widget["text/plain"]
         r = k.run("%%task t2\nc = a")
         assert r.status == "error"
         assert "memory://pc-test" in r.error["evalue"] and "--executor inline" in r.error["evalue"]

@@ -26,7 +26,7 @@ class Counter:
     def task(self, body: str, flags: str = "") -> str:
         cell = f"%%task work --cache {flags}\nopen(LOG, 'a').write('ran\\n')\n{body}"
         r = self.kernel.run(cell).ok()
-        return r.updates[-1]["text/plain"]
+        return r.widget["text/plain"]
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_magics_run_tasks_on_the_server(server: ServerProcess, tmp_path: Path) -
         again = k.run(
             "%%task triple --cache\nimport os\nys = f(xs)\nwhere = os.environ['PAPERCRANE_HOME']"
         )
-        assert "cached" in again.ok().updates[-1]["text/plain"]
+        assert "cached" in again.ok().widget["text/plain"]
         k.run("%%task second\nzs = ys + 1").ok()
         detached = k.run("%workflow run --detach").ok()
         assert "submitted execution" in detached.stdout, detached

@@ -60,6 +60,23 @@ def test_inline_and_local_give_same_results_and_records(kernel: Kernel, home: Pa
     assert r.stdout.strip() == "6 6 True"
 
 
+def test_a_slow_inline_task_shows_running_before_it_ends(kernel: Kernel, home: Path) -> None:
+    """A quick inline task commits its start with its end; a slower one has its start
+    committed while it runs, and its live widget shows it running."""
+    r = kernel.run("%%task slow --executor inline\nimport time\ntime.sleep(0.6)\ny = 1").ok()
+    values = [m["state"]["value"] for m in r.comms if "value" in m.get("state", {})]
+    assert any(">running<" in v for v in values), values
+    assert ">succeeded<" in values[-1] and "succeeded" in r.widget["text/plain"]
+    assert kinds(home) == [
+        "execution_created",
+        "node_queued",
+        "attempt_started",
+        "attempt_succeeded",
+        "node_succeeded",
+        "execution_succeeded",
+    ]
+
+
 def test_stdout_streams_while_the_task_runs(kernel: Kernel) -> None:
     r = kernel.run(
         "%%task slowprint\nimport time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')"

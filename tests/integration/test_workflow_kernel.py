@@ -110,7 +110,7 @@ def test_map_in_the_kernel(kernel: Kernel) -> None:
     kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
     assert kernel.run("print(size)").ok().stdout.strip() == "[1, 2, 3]"
     again = kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
-    assert "cached" in again.updates[-1]["text/plain"]
+    assert "cached" in again.widget["text/plain"]
     r = kernel.run("%%task m --map bad --as b\nout = b")
     assert r.status == "error" and "not iterable" in "\n".join(r.error["traceback"])
     r = kernel.run("%%task m --map data\nout = 1")
@@ -230,7 +230,7 @@ def test_a_packed_map_read_by_other_processes(kernel: Kernel, home: Path) -> Non
         other.run("%load_ext papercrane").ok()
         other.run("xs = [5, 6, 7]").ok()
         again = other.run("%%task inc --map xs --executor inline --cache\ny = x + 1").ok()
-        assert "cached" in again.updates[-1]["text/plain"]
+        assert "cached" in again.widget["text/plain"]
         assert other.run("print(y)").ok().stdout.strip() == "[6, 7, 8]"
     finally:
         other.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from papercrane.backend.api import RunRequest
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine
 from papercrane.backend.errors import ConfigError, NotFound, TaskFailed
-from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
+from papercrane.backend.model import Event, EventKind, ExecutionState, Status, TaskConfig, TaskSpec
 from papercrane.backend.projection import replay
 from papercrane.backend.store import db as store_db
 
@@ -137,3 +139,102 @@ def test_local_executor_runs_in_another_process(engine: LocalEngine) -> None:
 
     assert result.values["y"] != os.getpid()
     assert result.references == {}
+
+
+class _Recorder:
+    """A run listener that notes each committed event and the thread that heard it."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[EventKind, str, Status]] = []
+
+    def on_event(self, event: Event, state: ExecutionState) -> None:
+        self.heard.append((event.kind, threading.current_thread().name, state.status))
+
+    def on_log(self, stream: str, text: str) -> None:
+        pass
+
+
+#: A task body that waits until the store, read through connections of its own (as
+#: another process would), shows its execution running; its output is what it saw.
+WATCH_THE_STORE = """
+import time
+from papercrane.backend.store import Store
+other = Store(url)
+seen, deadline = [], time.time() + 10
+while 'attempt_started' not in seen and time.time() < deadline:
+    time.sleep(0.02)
+    newest = other.list_executions(limit=1)
+    seen = [e.kind.value for e in other.events(newest[0]['id'])] if newest else []
+other.close()
+other.engine.dispose()
+y = seen
+"""
+
+
+def test_a_long_inline_task_shows_running_while_it_runs(engine: LocalEngine) -> None:
+    """Its start is committed (by a helper thread) while its code still runs: other
+    processes and the listener see it running; the end comes after, as usual."""
+    url = engine.config.db_url
+    recorder = _Recorder()
+    ref = engine.put_value(url, "url")
+    result = engine.run_task(
+        RunRequest(
+            spec=spec(WATCH_THE_STORE, inputs=("url",)),
+            config=TaskConfig(executor="inline"),
+            inputs={"url": ref},
+            values={"url": url},
+        ),
+        listener=recorder,
+    )
+    assert result.values["y"] == ["execution_created", "node_queued", "attempt_started"]
+    assert (EventKind.ATTEMPT_STARTED, "papercrane-deadlines", Status.RUNNING) in recorder.heard
+    assert recorder.heard[-1][0] is EventKind.EXECUTION_SUCCEEDED
+    kinds = [e.kind.value for e in engine.events(result.execution.id)]
+    assert kinds.count("attempt_started") == 1 and kinds[-1] == "execution_succeeded"
+
+
+def test_a_quick_inline_task_records_its_start_and_end_together(engine: LocalEngine) -> None:
+    """The same events, in order, with the start's own timestamp; the listener hears
+    them once they are committed, on the calling thread."""
+    recorder = _Recorder()
+    s = spec("y = x + 1", inputs=("x",))
+    ref = engine.put_value(1, "x")
+    before = time.time()
+    result = engine.run_task(
+        RunRequest(
+            spec=s, config=TaskConfig(executor="inline"), inputs={"x": ref}, values={"x": 1}
+        ),
+        listener=recorder,
+    )
+    assert result.values == {"y": 2}
+    events = engine.events(result.execution.id)
+    assert [e.kind.value for e in events] == [
+        "execution_created",
+        "node_queued",
+        "attempt_started",
+        "attempt_succeeded",
+        "node_succeeded",
+        "execution_succeeded",
+    ]
+    assert before <= events[2].ts <= events[3].ts
+    assert {name for _, name, _ in recorder.heard} == {threading.current_thread().name}
+    assert [k for k, _, _ in recorder.heard] == [e.kind for e in events]
+
+
+def test_a_start_that_could_not_be_written_stays_pending(engine: LocalEngine) -> None:
+    """``flush(keep_on_error=True)``, as the helper thread writes a start: a failed
+    transaction leaves nothing in the store and keeps the events for the end's."""
+    s = spec("y = 1")
+    run = engine.task_run(
+        RunRequest(spec=s, config=TaskConfig(executor="inline"), inputs={}, values={})
+    )
+    run._open()
+    run.emit(EventKind.ATTEMPT_STATUS, "t", 1, message=object())  # not JSON: the write fails
+    pending = list(run.pending)
+    with pytest.raises(TypeError):
+        run.flush(keep_on_error=True)
+    assert run.pending == pending and run.writes
+    assert engine.list_executions() == []
+    run.pending.pop()
+    run.flush()
+    assert [e.kind for e in engine.events(run.state.id)] == [e.kind for e in pending[:-1]]

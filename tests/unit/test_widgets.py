@@ -1,0 +1,96 @@
+"""The task run widget's comm messages, without a kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import comm
+import pytest
+
+from papercrane.widgets import RunView, RunWidget, render_html, shared_parts
+
+
+class _Recorded(comm.DummyComm):
+    """The kernel's side of a comm (there is no kernel here): keeps what was sent."""
+
+    sent: list[tuple[str, Any]] = []
+
+    def publish_msg(self, msg_type: str, data: Any = None, *args: Any, **kwargs: Any) -> None:
+        self.sent.append((msg_type, data))
+
+
+@pytest.fixture
+def sent() -> Iterator[list[tuple[str, Any]]]:
+    before = comm.create_comm
+    comm.create_comm = _Recorded  # what ipykernel does with its own Comm class
+    _Recorded.sent = []
+    try:
+        yield _Recorded.sent
+    finally:
+        comm.create_comm = before
+
+
+def test_run_widgets_open_like_an_ipywidgets_html(sent: list[tuple[str, Any]]) -> None:
+    """The kept state (``_run_html_class``) sends the same ``comm_open`` as a fresh
+    ``ipywidgets.HTML`` with the same value, layout and style, run after run."""
+    import ipywidgets
+
+    parts = shared_parts()
+    for name in ("first", "second", "third"):
+        view = RunView(name=name, version="0" * 64, executor="inline", max_attempts=1)
+        run = RunWidget(view, parts=parts)
+        run.show()
+        ours = sent[-1]
+        plain = ipywidgets.HTML(value=run.widget.value, **parts)
+        theirs = sent[-1]
+        assert ours[0] == theirs[0] == "comm_open"
+        assert ours[1] == theirs[1]
+        assert name in ours[1]["state"]["value"]
+        assert run.widget.model_id != plain.model_id
+        assert run.widget.get_state() == {**plain.get_state(), "value": run.widget.value}
+
+
+def test_new_shared_parts_are_picked_up(sent: list[tuple[str, Any]]) -> None:
+    view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+    states = []
+    for _ in range(2):
+        parts = shared_parts()
+        RunWidget(view, parts=parts).show()
+        states.append(sent[-1][1]["state"])
+        assert states[-1]["layout"] == f"IPY_MODEL_{parts['layout'].model_id}"
+        assert states[-1]["style"] == f"IPY_MODEL_{parts['style'].model_id}"
+    assert states[0]["layout"] != states[1]["layout"]
+
+
+def test_updates_reach_the_front_end(sent: list[tuple[str, Any]]) -> None:
+    view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+    run = RunWidget(view, parts=shared_parts())
+    run.show()
+    view.started -= 5  # so that the duration shown changes
+    run.finish()
+    msg_type, data = sent[-1]
+    assert msg_type == "comm_msg" and data["method"] == "update"
+    assert data["state"]["value"] == run.widget.value
+
+
+def test_a_run_never_shown_is_created_once_at_the_end(sent: list[tuple[str, Any]]) -> None:
+    """A cache hit: no event before the end, so one widget with the final state."""
+    view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+    run = RunWidget(view, parts=shared_parts())
+    before = len(sent)
+    view.started -= 5
+    run.finish()
+    assert run.shown
+    assert [m for m, _ in sent[before:]] == ["comm_open"]
+    assert sent[-1][1]["state"]["value"] == render_html(view) == run.widget.value
+
+
+def test_first_log_line_shows_the_widget_first(
+    sent: list[tuple[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    view = RunView(name="t", version="0" * 64, executor="local", max_attempts=1)
+    run = RunWidget(view, parts=shared_parts())
+    assert not run.shown
+    run.on_log("stdout", "hello\n")
+    assert run.shown and capsys.readouterr().out.endswith("hello\n")
