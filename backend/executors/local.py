@@ -62,6 +62,25 @@ def _describe_exit(code: int) -> str:
     return f"the task process exited with code {code} before reporting a result"
 
 
+#: Modules that loading an input stored with a serializer imports.
+_SERIALIZER_MODULES = {"npy": "numpy", "parquet": "pandas"}
+
+
+def needed_modules(attempt: AttemptSpec) -> set[str]:
+    """Top-level modules the attempt will import for sure: those its code imports (as
+    the task records them), those of the distributions its environment names, and those
+    loading its inputs takes. (The zygote imports the ones it may, ahead of time.)"""
+    refs = (entry.partition("=")[2] for entry in attempt.task.imports)
+    names = {ref.partition(":")[0].partition(".")[0] for ref in refs}
+    names.update(attempt.task.environment.packages)
+    names.update(
+        _SERIALIZER_MODULES[ref.serializer]
+        for ref in attempt.inputs.values()
+        if ref.serializer in _SERIALIZER_MODULES
+    )
+    return names
+
+
 class LocalExecutor(Executor):
     name = "local"
 
@@ -106,7 +125,7 @@ class LocalExecutor(Executor):
         self.storage.write_bytes(key, json.dumps(attempt.to_dict()).encode())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started = time.time()
-        proc = self._spawn(key, env)
+        proc = self._spawn(key, env, needed_modules(attempt))
         lines: queue.Queue = queue.Queue()
         pumps = [
             threading.Thread(target=_pump, args=(proc.stdout, "stdout", lines), daemon=True),
@@ -161,13 +180,15 @@ class LocalExecutor(Executor):
                 proc.close()
         return self._result(attempt, proc, timed_out, started)
 
-    def _spawn(self, key: str, env: dict[str, str]) -> subprocess.Popen | ForkedProcess:
+    def _spawn(
+        self, key: str, env: dict[str, str], warm: set[str]
+    ) -> subprocess.Popen | ForkedProcess:
         """The attempt's process: forked from the zygote when it can, else spawned. The
         zygote's refusals are logged at debug level: they cost time, never behaviour."""
         reason = switched_off()
         if reason is None:
             try:
-                return self.zygote.spawn([self.storage.url_root, key], env, os.getcwd())
+                return self.zygote.spawn([self.storage.url_root, key], env, os.getcwd(), warm)
             except (ZygoteUnavailable, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
         log.debug("local executor: spawning %s without the zygote: %s", key, reason)
