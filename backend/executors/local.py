@@ -122,7 +122,10 @@ class LocalExecutor(Executor):
                 "subprocess can't read it; use --executor inline or a file/object-store URL"
             )
         key = f"{attempt.prefix}/attempt.json"
-        self.storage.write_bytes(key, json.dumps(attempt.to_dict()).encode())
+        data = attempt.to_dict()
+        # Inputs this engine vouches for are not hashed again by the attempt (``Vouched``).
+        data["vouched"] = self.storage.vouched.export(r.uri for r in attempt.inputs.values())
+        self.storage.write_bytes(key, json.dumps(data).encode())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started = time.time()
         proc = self._spawn(key, env, needed_modules(attempt))
@@ -226,4 +229,6 @@ class LocalExecutor(Executor):
                 started_at=started,
                 ended_at=time.time(),
             )
-        return AttemptResult.from_dict(data)
+        result = AttemptResult.from_dict(data)
+        self.storage.vouched.adopt(result.vouched)  # its own child's word: see Vouched
+        return result
