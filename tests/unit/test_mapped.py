@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from papercrane.backend.artifacts import ArtifactIO
 from papercrane.backend.errors import CorruptArtifact, StorageError
 from papercrane.backend.runner import AttemptResult
 from papercrane.backend.serializers import SerializerRegistry
@@ -113,6 +114,42 @@ def test_vouching_travels_only_through_the_engines_own_attempts(tmp_path: Path) 
     assert not engine.vouched.holds(key, "blake3-" + "0" * 64, st)  # for that digest only
 
 
+def test_the_digest_of_a_mapped_array_is_known_only_while_it_holds_the_stored_bytes(
+    tmp_path: Path,
+) -> None:
+    digest, key = stored(tmp_path)
+    artifacts = ArtifactIO(storage_at(tmp_path))
+    a = artifacts.storage.load_value(key, digest, NPY)  # verified: its digest is known
+    hashed = artifacts.fingerprinter().value(a)
+    assert artifacts.known_fingerprint(a) == hashed
+    assert artifacts.known_fingerprint(a.copy()) is None  # another object
+    assert artifacts.known_fingerprint(a[1:]) is None  # a view
+    a.shape = (2, -1)  # the same memory, another shape: other bytes once encoded
+    assert artifacts.known_fingerprint(a) is None
+    a.shape = (BIG.size,)
+    assert artifacts.known_fingerprint(a) == hashed
+    a[-1] += 1  # one page written to
+    assert artifacts.known_fingerprint(a) is None
+    assert artifacts.fingerprinter().value(a) != hashed
+    a[-1] -= 1  # the same bytes again, but the page is a private copy: hashed, same result
+    assert artifacts.known_fingerprint(a) is None
+    assert artifacts.fingerprinter().value(a) == hashed
+
+
+def test_an_unverified_load_of_a_file_nobody_vouched_for_has_no_known_digest(
+    tmp_path: Path,
+) -> None:
+    digest, key = stored(tmp_path)
+    artifacts = ArtifactIO(storage_at(tmp_path))
+    a = artifacts.storage.load_value(key, digest, NPY, verify=False)
+    assert np.array_equal(a, BIG)
+    assert artifacts.known_fingerprint(a) is None  # the caller's trust is not knowledge
+    b = artifacts.storage.load_value(key, digest, NPY)  # verified now, and vouched for
+    c = artifacts.storage.load_value(key, digest, NPY, verify=False)
+    assert artifacts.known_fingerprint(b) is not None
+    assert artifacts.known_fingerprint(c) == artifacts.known_fingerprint(b)
+
+
 def test_storing_an_unchanged_mapped_array_again_keeps_the_stored_object(tmp_path: Path) -> None:
     digest, key = stored(tmp_path)
     storage = storage_at(tmp_path)
@@ -130,6 +167,19 @@ def test_small_objects_are_read_not_mapped(tmp_path: Path) -> None:
     digest, key, _ = storage.put_value(BIG, NPY)
     a = storage.load_value(key, digest, NPY)
     assert a.flags.owndata and np.array_equal(a, BIG)
+
+
+def test_a_file_rewritten_under_a_mapped_array_makes_its_digest_unknown(tmp_path: Path) -> None:
+    """Pages not loaded yet show the file as it is now: once the file changed, the
+    array's bytes are no longer vouched for by its digest, and are hashed."""
+    digest, key = stored(tmp_path)
+    artifacts = ArtifactIO(storage_at(tmp_path))
+    a = artifacts.storage.load_value(key, digest, NPY)
+    assert artifacts.known_fingerprint(a) is not None
+    path = tmp_path / key
+    path.write_bytes(path.read_bytes())  # the same bytes, written in place
+    assert artifacts.known_fingerprint(a) is None
+    assert artifacts.fingerprinter().value(a) == artifacts.fingerprinter().value(BIG)
 
 
 def test_an_attempt_hashes_an_input_whose_file_changed_after_it_was_vouched_for(
