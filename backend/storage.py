@@ -288,10 +288,13 @@ class Storage:
         verify: bool,
     ) -> tuple[Any] | None:
         """(value,) viewing a copy-on-write mapping of the file (see ``mapped``), its
-        bytes hashed from the mapping first when ``verify``; None when the serializer
-        can't view a mapping of this object (the caller reads it)."""
+        bytes hashed from the mapping first when ``verify``; None when the file can't be
+        mapped or the serializer can't view a mapping of it (the caller reads it)."""
         st = os.fstat(raw.fileno())
-        mapping = mapped.map_copy(raw.fileno(), size)
+        try:
+            mapping = mapped.map_copy(raw.fileno(), size)
+        except (OSError, ValueError):  # a file system that can't map files: read it
+            return None
         try:
             known = self.vouched.holds(key, digest, st)
             if verify and not known:
