@@ -244,7 +244,11 @@ class Storage:
         A small object verified once in this process is decoded from the bytes kept in
         memory, after a size check that notices it was deleted or truncated since; a
         same-size corruption made after that is found by the next process (or after
-        ``forget``), as the bytes it would decode are the ones that were verified."""
+        ``forget``), as the bytes it would decode are the ones that were verified.
+
+        A big local ``.npy`` object (``MAP_MIN``) comes back as an array over a
+        copy-on-write mapping of its file (``mapped``), hashed from the mapping; not
+        hashed at all while this engine vouches for the file (``mapped.Vouched``)."""
         if verify:
             data = self._memo_get(key, digest)
             if data is not None:
