@@ -232,6 +232,18 @@ def test_a_task_that_imports_numpy_warms_the_zygote(
     assert run(engine, seen)[1] is True
 
 
+def test_blas_threads_work_in_attempts_forked_after_numpy(
+    engine: LocalEngine, executor: LocalExecutor
+) -> None:
+    """OpenBLAS's thread pool, started when the zygote imported numpy, is stopped before
+    each fork and started again in the child: a threaded matrix product completes."""
+    code = "m = np.ones((400, 400))\ny = float((m @ m).sum())"
+    for _ in range(3):
+        result, y = run(engine, code, imports=("np=numpy",), timeout=60)
+        assert result.status == "succeeded" and y == 400.0**3
+    assert executor.zygote.pid is not None
+
+
 def test_a_folder_with_its_own_numpy_gets_its_own(
     engine: LocalEngine, executor: LocalExecutor, tmp_path: Path
 ) -> None:
