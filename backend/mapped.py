@@ -85,19 +85,16 @@ class Mappings:
         """Whether another mapping may be made now."""
         return sys.version_info >= (3, 13) or len(self._maps) < MAX_LIVE
 
-    def add(
-        self,
-        value: Any,
-        mapping: mmap.mmap,
-        digest: str,
-        header: bytes,
-        path: str,
-        st: os.stat_result,
-    ) -> None:
-        """Remember that ``value`` views ``mapping`` of the file ``path`` (``st``: its
+    def track(self, mapping: mmap.mmap) -> None:
+        """Count ``mapping`` among the live ones until it is gone (``room``)."""
+        map_id = id(mapping)
+        with self._lock:
+            self._maps[map_id] = weakref.ref(mapping, lambda _: self._maps.pop(map_id, None))
+
+    def add(self, value: Any, digest: str, header: bytes, path: str, st: os.stat_result) -> None:
+        """Remember that ``value`` views a mapping of the file ``path`` (``st``: its
         ``stat`` then), whose bytes (``header``, then the value's memory) hash to
         ``digest``."""
-        map_id = id(mapping)
         value_id = id(value)
         entry = _Entry(
             ref=weakref.ref(value, lambda _: self._values.pop(value_id, None)),
@@ -109,7 +106,6 @@ class Mappings:
             signature=signature(st),
         )
         with self._lock:
-            self._maps[map_id] = weakref.ref(mapping, lambda _: self._maps.pop(map_id, None))
             self._values[value_id] = entry
 
     def holds(self, value: Any) -> bool:

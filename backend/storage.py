@@ -325,6 +325,7 @@ class Storage:
             mapping.close()
             return None
         value, header = loaded
+        self._mappings.track(mapping)
         # Its digest is remembered when its bytes are known to be the digest's (hashed
         # now, or vouched for: not merely trusted by the caller), the file is exactly the
         # header and the memory, and the digest is what a fresh encoding would get (not an
@@ -334,7 +335,7 @@ class Storage:
             and len(header) + value.nbytes == size
             and algorithm_of(digest) == algorithm_for(size)
         ):
-            self._mappings.add(value, mapping, digest, header, self._path(key), st)
+            self._mappings.add(value, digest, header, self._path(key), st)
         return (value,)
 
     def _vouch_written(self, key: str, digest: str, size: int) -> None:

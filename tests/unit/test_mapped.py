@@ -237,3 +237,18 @@ def test_an_attempt_hashes_an_input_whose_file_changed_after_it_was_vouched_for(
 class _Sink:
     def log(self, stream: str, text: str) -> None:
         pass
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="3.13+ maps without a descriptor")
+def test_live_mappings_are_bounded_so_descriptors_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papercrane.backend import mapped
+
+    monkeypatch.setattr(mapped, "MAX_LIVE", 2)  # the bound, made small (not a double)
+    digest, key = stored(tmp_path)
+    storage = storage_at(tmp_path)
+    held = [storage.load_value(key, digest, NPY, verify=False) for _ in range(3)]
+    assert [a.flags.owndata for a in held] == [False, False, True]  # the third was read
+    del held[0]
+    assert not storage.load_value(key, digest, NPY).flags.owndata  # room again
