@@ -71,6 +71,16 @@ class ArtifactIO:
             preview=preview(value),
         )
 
+    def known_fingerprint(self, value: Any) -> str | None:
+        """The fingerprint of ``value`` without hashing it, where storage can vouch for
+        its bytes (an array loaded from a mapping and unchanged since: ``mapped``); None
+        otherwise. Equal to what ``fingerprinter().value(value)`` would compute."""
+        if not self.storage.mapped_digest_possible(value):
+            return None
+        serializer = self.registry.for_value(value)
+        digest = self.storage.mapped_digest(value, serializer) if serializer.deterministic else None
+        return typed_fingerprint(serializer.name, digest) if digest is not None else None
+
     def _put(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
         return self.storage.put_value(value, serializer)
 

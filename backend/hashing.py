@@ -45,6 +45,11 @@ def algorithm_of(digest: str) -> str:
     return BLAKE3 if digest.startswith(_BLAKE3_PREFIX) else SHA256
 
 
+def algorithm_for(size: int) -> str:
+    """The algorithm a writer picks for an encoding of ``size`` bytes (see ``LARGE``)."""
+    return BLAKE3 if size > LARGE else SHA256
+
+
 def digest_hex(digest: str) -> str:
     """The hex part of a digest (for fanning stored objects out into folders)."""
     return digest.removeprefix(_BLAKE3_PREFIX)

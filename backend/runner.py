@@ -54,6 +54,9 @@ class AttemptResult:
     logs: dict[str, str] = field(default_factory=dict)
     #: In-process runs hand the live output values back, skipping a load.
     values: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Big outputs this attempt wrote, with their files' signatures (``Vouched``): the
+    #: engine need not hash them again while the files are unchanged.
+    vouched: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class AttemptResult:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "logs": self.logs,
+            "vouched": self.vouched,
         }
 
     @classmethod
@@ -78,6 +82,7 @@ class AttemptResult:
             started_at=data.get("started_at", 0.0),
             ended_at=data.get("ended_at", 0.0),
             logs=data.get("logs", {}),
+            vouched=data.get("vouched", {}),
         )
 
 
@@ -303,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     attempt = json.loads(storage.read_bytes(argv[1]))
     prefix = attempt["prefix"]
     spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
+    storage.vouched.adopt(attempt.get("vouched", {}))  # from the engine that started us
     artifacts = ArtifactIO(storage)
     with (
         storage.open_write(f"{prefix}/stdout.log") as out_log,
@@ -315,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     result.logs = {name: f"{prefix}/{name}.log" for name, tee in tees.items() if tee.written}
+    result.vouched = storage.vouched.export(ref.uri for ref in result.outputs.values())
     storage.write_bytes(f"{prefix}/result.json", json.dumps(result.to_dict()).encode())
     return 0
 

@@ -41,6 +41,17 @@ class Serializer(ABC):
     #: serve as the value's fingerprint.
     deterministic: ClassVar[bool] = True
 
+    def load_mapped(self, buffer: Any) -> tuple[Any, bytes] | None:
+        """For encodings that are a header followed by the value's own memory: a value
+        that views ``buffer`` (a mapping of the whole encoding) without copying it, and
+        the header. None when this serializer or this encoding can't (read it instead)."""
+        return None
+
+    def prefix(self, value: Any) -> bytes | None:
+        """The header ``dump`` would write before ``value``'s memory, when it writes that
+        memory as it is; None otherwise."""
+        return None
+
 
 def _module_of(value: Any) -> str:
     return type(value).__module__ or ""
@@ -65,19 +76,62 @@ class NumpySerializer(Serializer):
         import numpy as np
 
         body = _memory_bytes(value)
-        header = io.BytesIO()
-        if body is not None:
-            try:  # what write_array writes first, whenever version 1.0 can hold it
-                np.lib.format.write_array_header_1_0(
-                    header, np.lib.format.header_data_from_array_1_0(value)
-                )
-            except ValueError:  # a header past 64 KiB or not latin-1: numpy's own way
-                body = None
-        if body is None:
+        header = self.prefix(value) if body is not None else None
+        if body is None or header is None:
             np.lib.format.write_array(stream, value, allow_pickle=False)
             return
-        stream.write(header.getvalue())
+        stream.write(header)
         stream.write(body)
+
+    def prefix(self, value: Any) -> bytes | None:
+        """What ``write_array`` writes first, for a contiguous array whose version 1.0
+        header can hold it (else None: numpy's own way, a header past 64 KiB or not
+        latin-1)."""
+        import numpy as np
+
+        if type(value) is not np.ndarray or _memory_bytes(value) is None:
+            return None
+        header = io.BytesIO()
+        try:
+            np.lib.format.write_array_header_1_0(
+                header, np.lib.format.header_data_from_array_1_0(value)
+            )
+        except ValueError:
+            return None
+        return header.getvalue()
+
+    def load_mapped(self, buffer: Any) -> tuple[Any, bytes] | None:
+        """An array over the mapped file, with no copy: the header is parsed from the
+        mapping, the array starts right after it. Only for version 1.0 and 2.0 headers
+        and a data offset aligned for the dtype (else None: read it)."""
+        import numpy as np
+
+        fmt = np.lib.format
+        head = bytes(buffer[: fmt.MAGIC_LEN + 4])
+        version = fmt.read_magic(io.BytesIO(head))
+        read_header, width = {
+            (1, 0): (fmt.read_array_header_1_0, 2),
+            (2, 0): (fmt.read_array_header_2_0, 4),
+        }.get(version, (None, 0))
+        if read_header is None:
+            return None
+        offset = fmt.MAGIC_LEN + width + int.from_bytes(head[fmt.MAGIC_LEN :][:width], "little")
+        header = bytes(buffer[:offset])
+        shape, fortran_order, dtype = read_header(io.BytesIO(header[fmt.MAGIC_LEN :]))
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        if dtype.itemsize == 0 or offset % dtype.alignment:
+            return None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if len(buffer) - offset < nbytes:
+            raise ValueError(
+                f"stored array is truncated: expected {nbytes} bytes of data, "
+                f"got {len(buffer) - offset}"
+            )
+        array = np.ndarray(
+            shape[::-1] if fortran_order else shape, dtype=dtype, buffer=buffer, offset=offset
+        )
+        return (array.T if fortran_order else array), header
 
     def load(self, stream: BinaryIO) -> Any:
         """Reads straight into the new array's memory (``readinto``), as ``np.load``

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import packs
+from . import mapped, packs
 from .errors import ConfigError, CorruptArtifact, StorageError
-from .hashing import HashingReader, HashingWriter, algorithm_of, digest_hex
+from .hashing import HashingReader, HashingWriter, algorithm_for, algorithm_of, digest_hex
 from .serializers import Serializer
 
 
@@ -39,6 +39,13 @@ def _is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+#: ``PAPERCRANE_MAP_ARRAYS=0`` reads big ``.npy`` objects into memory instead of mapping
+#: them (``mapped``): for stores on network file systems, where a file another machine
+#: deletes can take a mapping's unread pages with it (SIGBUS), or for code that needs
+#: ``a.flags.owndata``.
+MAP_SWITCH = "PAPERCRANE_MAP_ARRAYS"
+
+
 class Storage:
     """Keys are relative paths ('artifacts/ab/ab12...'); ``url(key)`` gives a full URL."""
 
@@ -52,6 +59,9 @@ class Storage:
     MEMO_ITEM = 64 << 10
     #: The most bytes ``_verified`` holds; the least recently used go first.
     MEMO_TOTAL = 16 << 20
+    #: Local objects at least this big whose serializer can view a mapping (``.npy``)
+    #: are loaded by mapping the file copy-on-write instead of reading it (``mapped``).
+    MAP_MIN = 16 << 20
 
     #: While packing (``begin_pack``), new objects up to this size go into the pending
     #: pack (see ``packs.py``) instead of a file each.
@@ -77,6 +87,10 @@ class Storage:
         self._packing = threading.local()
         self._pending: dict[str, packs.PendingPack] = {}
         self._located: dict[str, str] = {}
+        #: Arrays this storage loaded as views of a mapping, to know their digest later.
+        self._mappings = mapped.Mappings()
+        #: Big objects whose bytes this engine has seen match their digest (``Vouched``).
+        self.vouched = mapped.Vouched()
         self.url_root = url.rstrip("/")
         self.local = _is_local(url)
         if self.local:
@@ -214,6 +228,12 @@ class Storage:
             if not self.exists(key):
                 self.write_bytes(key, buffer.getbuffer())
             return digest, key, writer.size
+        digest = self.mapped_digest(value, serializer)
+        if digest is not None:  # a mapped array, unchanged: its file is (or was) stored
+            key = self.artifact_key(digest)
+            size = self.size(key)
+            if size is not None and size == len(serializer.prefix(value) or b"") + value.nbytes:
+                return digest, key, size
         tmp = f"tmp/{uuid.uuid4().hex}"
         try:
             with self.open_write(tmp) as raw:
@@ -225,9 +245,12 @@ class Storage:
         digest = writer.hexdigest()
         key = self.artifact_key(digest)
         if self.exists(key):
+            # Not replaced: on ext4, renaming over a file flushes the new one to disk at
+            # once. What is there stays unvouched for (``mapped.Vouched``).
             self.delete(tmp)
         else:
             self._move(tmp, key)
+            self._vouch_written(key, digest, writer.size)
         return digest, key, writer.size
 
     def put_stream(
@@ -260,26 +283,37 @@ class Storage:
         A small object verified once in this process is decoded from the bytes kept in
         memory, after a size check that notices it was deleted or truncated since; a
         same-size corruption made after that is found by the next process (or after
-        ``forget``), as the bytes it would decode are the ones that were verified."""
-        if not verify:
-            with self.open_read(key) as raw:
-                return serializer.load(raw)
-        data = self._memo_get(key, digest)
-        if data is not None:
-            return self._decode(key, data, serializer)
+        ``forget``), as the bytes it would decode are the ones that were verified.
+
+        A big local ``.npy`` object (``MAP_MIN``) comes back as an array over a
+        copy-on-write mapping of its file (``mapped``), hashed from the mapping; not
+        hashed at all while this engine vouches for the file (``mapped.Vouched``)."""
         member = packs.parse(key)
-        if member is not None:
-            data = self._read_member(key, *member)
-            if self._digest_of(data, digest) != digest:
-                # The pack stays (its other members are good); this process stops naming
-                # the member, so the value's next store packs good bytes anew.
-                if self._located.get(digest) == key:
-                    del self._located[digest]
-                raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
-            self._memo_put(key, digest, data)
-            return self._decode(key, data, serializer)
+        if member is not None and not verify:
+            return serializer.load(io.BytesIO(self._read_member(key, *member)))
+        if verify:
+            data = self._memo_get(key, digest)
+            if data is not None:
+                return self._decode(key, data, serializer)
+            if member is not None:
+                data = self._read_member(key, *member)
+                if self._digest_of(data, digest) != digest:
+                    # The pack stays (its other members are good); this process stops
+                    # naming the member, so the value's next store packs good bytes anew.
+                    if self._located.get(digest) == key:
+                        del self._located[digest]
+                    raise CorruptArtifact(f"stored object {self.url(key)} does not match its hash")
+                self._memo_put(key, digest, data)
+                return self._decode(key, data, serializer)
         with self.open_read(key) as raw:
             size = self._size_of_open(raw)
+            if self._mappable(size):
+                assert size is not None
+                found = self._load_mapped(key, digest, raw, size, serializer, verify)
+                if found is not None:
+                    return found[0]
+            if not verify:
+                return serializer.load(raw)
             if size is not None and size <= self.MEMO_ITEM:
                 data = raw.read()
             else:
@@ -290,6 +324,91 @@ class Storage:
             self._discard_corrupt(key, reader.hexdigest())
         self._memo_put(key, digest, data)
         return self._decode(key, data, serializer)
+
+    def _mappable(self, size: int | None) -> bool:
+        return (
+            os.environ.get(MAP_SWITCH, "1") != "0"  # read per load: settable from a kernel
+            and self.local
+            and size is not None
+            and size >= self.MAP_MIN
+            and mapped.supported()
+            and self._mappings.room()
+        )
+
+    def _load_mapped(
+        self,
+        key: str,
+        digest: str,
+        raw: BinaryIO,
+        size: int,
+        serializer: Serializer,
+        verify: bool,
+    ) -> tuple[Any] | None:
+        """(value,) viewing a copy-on-write mapping of the file (see ``mapped``), its
+        bytes hashed from the mapping first when ``verify``; None when the file can't be
+        mapped or the serializer can't view a mapping of it (the caller reads it)."""
+        st = os.fstat(raw.fileno())
+        try:
+            mapping = mapped.map_copy(raw.fileno(), size)
+        except (OSError, ValueError):  # a file system that can't map files: read it
+            return None
+        try:
+            known = self.vouched.holds(key, digest, st)
+            if verify and not known:
+                writer = HashingWriter(algorithm=algorithm_of(digest))
+                with memoryview(mapping) as view:
+                    writer.write(view)
+                if writer.hexdigest() != digest:
+                    self._discard_corrupt(key, writer.hexdigest())
+                # Vouched for only if the file did not change while it was hashed.
+                after = os.fstat(raw.fileno())
+                known = mapped.signature(after) == mapped.signature(st)
+                if known:
+                    self.vouched.record(key, digest, st)
+            try:
+                loaded = serializer.load_mapped(mapping)
+            except Exception as exc:
+                raise StorageError(
+                    f"could not decode {self.url(key)} with {serializer.name}: {exc}"
+                ) from exc
+        except BaseException:
+            mapping.close()
+            raise
+        if loaded is None:
+            mapping.close()
+            return None
+        value, header = loaded
+        self._mappings.track(mapping)
+        # Its digest is remembered when its bytes are known to be the digest's (hashed
+        # now, or vouched for: not merely trusted by the caller), the file is exactly the
+        # header and the memory, and the digest is what a fresh encoding would get (not an
+        # older store's sha256 of a big value).
+        if (
+            known
+            and len(header) + value.nbytes == size
+            and algorithm_of(digest) == algorithm_for(size)
+        ):
+            self._mappings.add(value, digest, header, self._path(key), st)
+        return (value,)
+
+    def _vouch_written(self, key: str, digest: str, size: int) -> None:
+        """Vouch for a big object this process just moved into place from bytes it hashed."""
+        if self.local and size >= self.MAP_MIN:
+            with contextlib.suppress(OSError):
+                self.vouched.record(key, digest, os.stat(self._path(key)))
+
+    def mapped_digest_possible(self, value: Any) -> bool:
+        """Whether ``value`` is a value this storage loaded from a mapping (a dict
+        lookup: ``mapped_digest`` then says whether it is unchanged)."""
+        return self._mappings.holds(value)
+
+    def mapped_digest(self, value: Any, serializer: Serializer) -> str | None:
+        """The digest of ``value``'s encoding with ``serializer`` without encoding it, when
+        it is a value this storage loaded from a mapping and still holds those bytes."""
+        if not self._mappings.holds(value):
+            return None
+        prefix = serializer.prefix(value)
+        return self._mappings.digest_of(value, prefix) if prefix is not None else None
 
     def _load_streaming(self, key: str, digest: str, raw: BinaryIO, serializer: Serializer) -> Any:
         reader = HashingReader(raw, algorithm_of(digest))
@@ -349,8 +468,10 @@ class Storage:
                 self._verified_bytes -= len(old)
 
     def forget(self, key: str | None = None) -> None:
-        """Drop the in-memory copy of ``key`` (of every object, if None), so its next
-        load reads and verifies the stored bytes again."""
+        """Drop the in-memory copy of ``key`` (of every object, if None), and what this
+        engine vouched for about it, so its next load reads and verifies the stored bytes
+        again."""
+        self.vouched.forget(key)
         with self._memo_lock:
             if key is None:
                 self._verified.clear()

@@ -62,6 +62,25 @@ def _describe_exit(code: int) -> str:
     return f"the task process exited with code {code} before reporting a result"
 
 
+#: Modules that loading an input stored with a serializer imports.
+_SERIALIZER_MODULES = {"npy": "numpy", "parquet": "pandas"}
+
+
+def needed_modules(attempt: AttemptSpec) -> set[str]:
+    """Top-level modules the attempt will import for sure: those its code imports (as
+    the task records them), those of the distributions its environment names, and those
+    loading its inputs takes. (The zygote imports the ones it may, ahead of time.)"""
+    refs = (entry.partition("=")[2] for entry in attempt.task.imports)
+    names = {ref.partition(":")[0].partition(".")[0] for ref in refs}
+    names.update(attempt.task.environment.packages)
+    names.update(
+        _SERIALIZER_MODULES[ref.serializer]
+        for ref in attempt.inputs.values()
+        if ref.serializer in _SERIALIZER_MODULES
+    )
+    return names
+
+
 class LocalExecutor(Executor):
     name = "local"
     shares_install = True  # a subprocess (or a fork) of this interpreter
@@ -104,10 +123,13 @@ class LocalExecutor(Executor):
                 "subprocess can't read it; use --executor inline or a file/object-store URL"
             )
         key = f"{attempt.prefix}/attempt.json"
-        self.storage.write_bytes(key, json.dumps(attempt.to_dict()).encode())
+        data = attempt.to_dict()
+        # Inputs this engine vouches for are not hashed again by the attempt (``Vouched``).
+        data["vouched"] = self.storage.vouched.export(r.uri for r in attempt.inputs.values())
+        self.storage.write_bytes(key, json.dumps(data).encode())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started = time.time()
-        proc = self._spawn(key, env)
+        proc = self._spawn(key, env, needed_modules(attempt))
         lines: queue.Queue = queue.Queue()
         pumps = [
             threading.Thread(target=_pump, args=(proc.stdout, "stdout", lines), daemon=True),
@@ -162,13 +184,15 @@ class LocalExecutor(Executor):
                 proc.close()
         return self._result(attempt, proc, timed_out, started)
 
-    def _spawn(self, key: str, env: dict[str, str]) -> subprocess.Popen | ForkedProcess:
+    def _spawn(
+        self, key: str, env: dict[str, str], warm: set[str]
+    ) -> subprocess.Popen | ForkedProcess:
         """The attempt's process: forked from the zygote when it can, else spawned. The
         zygote's refusals are logged at debug level: they cost time, never behaviour."""
         reason = switched_off()
         if reason is None:
             try:
-                return self.zygote.spawn([self.storage.url_root, key], env, os.getcwd())
+                return self.zygote.spawn([self.storage.url_root, key], env, os.getcwd(), warm)
             except (ZygoteUnavailable, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
         log.debug("local executor: spawning %s without the zygote: %s", key, reason)
@@ -206,4 +230,6 @@ class LocalExecutor(Executor):
                 started_at=started,
                 ended_at=time.time(),
             )
-        return AttemptResult.from_dict(data)
+        result = AttemptResult.from_dict(data)
+        self.storage.vouched.adopt(result.vouched)  # its own child's word: see Vouched
+        return result

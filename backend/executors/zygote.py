@@ -10,6 +10,13 @@ group of its own. Each attempt is still its own process, forked from a zygote th
 never ran user code, so nothing one task does reaches the next, and user modules are
 imported fresh by each attempt, so edits to a helper ``.py`` are seen.
 
+Warm modules: an attempt that needs numpy (``zygote_server.WARM``: slow to import, safe
+to fork after) asks the zygote to import it before forking, so this attempt and the
+next ones find it imported instead of paying its import each. Not when the attempt's
+folder has a module of that name of its own, which a spawned runner would import
+instead (``python -m`` puts the folder first on ``sys.path``): such an attempt does not
+warm it and, if the zygote already has it, is spawned plainly.
+
 Freshness: what the zygote imported must be what a fresh runner would import. The
 caller restarts it (the old one exits once its running attempts have ended) when:
 
@@ -32,7 +39,9 @@ and so the iteration order of sets of strings, repeat between attempts); the run
 called as ``papercrane.backend.runner.main`` rather than run as ``__main__`` (running it
 as ``__main__`` again costs ~4 ms per attempt); objects still alive when the attempt
 ends are not finalized (see ``zygote_server._leave``); a ``nice`` value set in the
-caller after the zygote started is not inherited.
+caller after the zygote started is not inherited; once a task needed numpy, later tasks
+find it in ``sys.modules`` before they import it, and OpenBLAS sized its thread pool for
+the CPUs the caller had when the zygote started.
 
 Lifetime: each local executor (so each engine) has its own zygote, started with its
 first attempt and stopped by ``close`` when the engine closes. It is started from a
@@ -50,6 +59,7 @@ the caller closed), and the executor spawns the attempt plainly.
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import json
 import logging
 import os
@@ -59,9 +69,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from typing import IO, Any
 
-from .zygote_server import LENGTH, mtime, prctl
+from .zygote_server import LENGTH, WARM, mtime, prctl
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +219,8 @@ class _Instance:
         self.ctrl: socket.socket | None = None
         self.pid = 0
         self.watch: list[tuple[str, int]] = []
+        #: The ``WARM`` modules it has imported (as its last child said).
+        self.warm: set[str] = set()
         #: Set by its keeper thread once the process has exited and been reaped.
         self.exited = threading.Event()
         self.started = threading.Event()
@@ -267,21 +280,26 @@ class Zygote:
         cur = self._current
         return [path for path, _ in cur.watch] if cur is not None else []
 
-    def spawn(self, args: list[str], env: dict[str, str], cwd: str) -> ForkedProcess:
+    def spawn(
+        self, args: list[str], env: dict[str, str], cwd: str, warm: Collection[str] = ()
+    ) -> ForkedProcess:
         """Fork an attempt process that runs the runner with ``args`` in ``cwd``, with
-        ``env`` as its environment. Raises ``ZygoteUnavailable`` when it can't, in which
-        case no attempt was started."""
+        ``env`` as its environment; the zygote imports the modules ``warm`` names (those
+        of ``WARM``) before, if it hasn't yet. Raises ``ZygoteUnavailable`` when it
+        can't, in which case no attempt was started."""
         if os.getpid() != self._owner:
             raise ZygoteUnavailable("this process is a fork of the one that owns the zygote")
         affinity = sorted(os.sched_getaffinity(0))
         request = json.dumps({"args": args, "cwd": cwd, "umask": _umask(), "affinity": affinity})
         for _ in range(2):  # a zygote found dead is restarted once
-            proc = self._try_spawn(env, request.encode())
+            proc = self._try_spawn(env, request.encode(), cwd, warm)
             if proc is not None:
                 return proc
         raise ZygoteUnavailable("the zygote died twice in a row")
 
-    def _try_spawn(self, env: dict[str, str], request: bytes) -> ForkedProcess | None:
+    def _try_spawn(
+        self, env: dict[str, str], request: bytes, cwd: str, warm: Collection[str]
+    ) -> ForkedProcess | None:
         """The attempt, or None when the zygote turned out dead (it is then dropped)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
@@ -291,8 +309,9 @@ class Zygote:
             with self._lock:
                 inst = self._ready(env)
                 assert inst.ctrl is not None
+                verb = b"spawn" + _warm_request(inst, env, cwd, warm)
                 try:
-                    socket.send_fds(inst.ctrl, [b"spawn"], [theirs.fileno(), out_w, err_w])
+                    socket.send_fds(inst.ctrl, [verb], [theirs.fileno(), out_w, err_w])
                 except OSError:
                     self._drop(inst)
                     return None
@@ -320,6 +339,10 @@ class Zygote:
             msg = json.loads(line)
             if "pid" not in msg:
                 raise ZygoteUnavailable(_refusal(msg, err_r))
+            with self._lock:
+                inst.warm.update(msg.get("warm", ()))
+                known = {path for path, _ in inst.watch}
+                inst.watch += [(p, int(m)) for p, m in msg.get("watch", ()) if p not in known]
             stdout = open(out_r, "rb")  # noqa: SIM115 (the executor's pumps read and close it)
             stderr = open(err_r, "rb")  # noqa: SIM115
             proc = ForkedProcess(int(msg["pid"]), mine, stdout, stderr, rest)
@@ -442,6 +465,35 @@ class Zygote:
             if not inst.exited.wait(10):
                 inst.kill()
                 inst.exited.wait(10)
+
+
+def _warm_request(inst: _Instance, env: dict[str, str], cwd: str, warm: Collection[str]) -> bytes:
+    """What to add to a spawn request so the zygote imports the ``WARM`` modules of
+    ``warm`` first (b" numpy"), leaving out any that ``cwd`` has of its own. Raises
+    ``ZygoteUnavailable`` when the zygote already has a module that ``cwd`` shadows."""
+    names = sorted((set(warm) & WARM) - inst.warm)
+    for name in sorted(inst.warm) + names:
+        if _shadowed(cwd, name, env):
+            if name in inst.warm:
+                raise ZygoteUnavailable(
+                    f"{cwd} has a module {name!r} of its own, and the zygote imported another"
+                )
+            names.remove(name)
+    return (" " + ",".join(names)).encode() if names else b""
+
+
+def _shadowed(cwd: str, name: str, env: dict[str, str]) -> bool:
+    """Whether a runner started in ``cwd`` would import its own ``name`` from there:
+    ``python -m`` puts the working folder first on ``sys.path`` (unless safe-path mode).
+    A folder without ``__init__.py`` is only a namespace portion, which loses to a
+    regular package found later on the path."""
+    if env.get("PYTHONSAFEPATH"):
+        return False
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(name, [cwd])
+    except (ImportError, OSError, ValueError):
+        return True
+    return spec is not None and spec.loader is not None
 
 
 def _refusal(msg: dict[str, Any], err_r: int) -> str:

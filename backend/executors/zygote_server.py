@@ -11,13 +11,16 @@ of a ``SOCK_SEQPACKET`` socket pair, the *control* socket. Linux only.
    socket* (one end of a new stream socket pair; the caller keeps the other end) and
    the write ends of the stdout and stderr pipes. It then writes the request on the
    attempt socket: a length-prefixed JSON object (runner arguments, cwd, umask, CPU
-   affinity).
+   affinity). ``b"spawn numpy"`` (names after a space, comma-separated) also asks the
+   zygote to import those of ``WARM`` first, once: modules the task needs that are
+   slow to import and safe to fork after.
 3. The zygote forks. The child makes itself a session leader (so a timeout or a
    cancel kills its process group, as with ``Popen(start_new_session=True)``), writes
-   ``{"pid": N}`` on the attempt socket, reads the request, takes the caller's cwd,
-   umask and affinity and calls the runner's ``main`` with its stdout/stderr on the
-   caller's pipes. The pid is written only after ``setsid``: a caller that kills the
-   group at once must find it.
+   ``{"pid": N, "warm": [...], "watch": [...]}`` on the attempt socket (the ``WARM``
+   modules it has, and what those added to the watch list), reads the request, takes
+   the caller's cwd, umask and affinity and calls the runner's ``main`` with its
+   stdout/stderr on the caller's pipes. The pid is written only after ``setsid``: a
+   caller that kills the group at once must find it.
 4. The zygote reaps the child and writes ``{"exit": CODE}`` (``Popen.returncode``
    conventions: ``-9`` for SIGKILL) on the attempt socket. If the caller closes its
    end first, the attempt is abandoned: the zygote kills its process group.
@@ -54,6 +57,13 @@ PRELOAD = (
     "cloudpickle",
     "IPython.core.formatters",
 )
+#: Modules a zygote imports when an attempt needs them (``b"spawn numpy"``), so that
+#: its children find them imported. Only what is slow to import and known to be safe to
+#: fork after importing: numpy starts no Python threads, and OpenBLAS's worker threads
+#: are stopped by its own ``pthread_atfork`` handler before each fork and started again
+#: in the child on first use. (pandas, pyarrow, torch... are not here: some start
+#: thread pools or hold state a fork does not carry over.)
+WARM = frozenset({"numpy"})
 #: The request's length prefix.
 LENGTH = struct.Struct("!Q")
 #: How long a child waits for its request (the caller sends it right after the fds).
@@ -88,14 +98,7 @@ def watch_list() -> list[tuple[str, int]]:
     the site folders (editable installs) and every imported module file outside the
     standard library and site-packages (papercrane's own source in an editable install).
     Not covered: a file inside site-packages edited in place."""
-    import site
-    import sysconfig
-
-    paths = sysconfig.get_paths()
-    stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")}
-    sites = [os.path.realpath(p) for p in site.getsitepackages()]
-    if site.ENABLE_USER_SITE:
-        sites.append(os.path.realpath(site.getusersitepackages()))
+    sites = _site_folders()
     watch: dict[str, int] = {}
     for entry in sys.path:
         if entry and entry != os.getcwd() and os.path.exists(entry):  # not its cwd, "/"
@@ -106,12 +109,33 @@ def watch_list() -> list[tuple[str, int]]:
                 if name.endswith(".pth"):
                     path = os.path.join(folder, name)
                     watch[path] = mtime(path)
-    covered = tuple(p + os.sep for p in (*sites, *stdlib))
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
+    watch.update(module_watch(sys.modules))
+    return sorted(watch.items())
+
+
+def _site_folders() -> list[str]:
+    import site
+
+    sites = [os.path.realpath(p) for p in site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        sites.append(os.path.realpath(site.getusersitepackages()))
+    return sites
+
+
+def module_watch(names: Any) -> dict[str, int]:
+    """The files of the modules ``names`` (keys of ``sys.modules``) that lie outside
+    the standard library and site-packages (whose folders are watched instead)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    stdlib = [os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")]
+    covered = tuple(p + os.sep for p in (*_site_folders(), *stdlib))
+    watch: dict[str, int] = {}
+    for name in list(names):
+        path = getattr(sys.modules.get(name), "__file__", None)
         if path and not os.path.realpath(path).startswith(covered):
             watch[path] = mtime(path)
-    return sorted(watch.items())
+    return watch
 
 
 class _Server:
@@ -123,6 +147,12 @@ class _Server:
         #: Running children: pid -> the zygote's copy of their attempt socket.
         self.children: dict[int, socket.socket] = {}
         self.retiring = False
+        #: ``WARM`` modules whose import failed here: a child imports them itself (and
+        #: fails as a spawned runner would), the zygote does not try again.
+        self.warm_failed: set[str] = set()
+        #: What warming added to the watch list (files outside site-packages and the
+        #: standard library), told to the caller with every pid.
+        self.warm_watch: dict[str, int] = {}
         self.prctl = prctl()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -160,13 +190,30 @@ class _Server:
             msg, fds = b"", []
         if not msg:  # the caller is gone: so are its attempts
             self._shutdown()
-        if msg == b"spawn" and len(fds) == 3:
+        verb, _, names = msg.partition(b" ")
+        if verb == b"spawn" and len(fds) == 3:
+            if names:
+                self._warm(names.decode("ascii", "replace").split(","))
             return self._fork(*fds)
         for fd in fds:
             os.close(fd)
         if msg == b"retire":
             self.retiring = True
         return None
+
+    def _warm(self, names: list[str]) -> None:
+        """Import the ``WARM`` modules among ``names`` that are not imported yet; what
+        they bring in is frozen out of the collector's sight as the preloads are."""
+        before = set(sys.modules)
+        for name in names:
+            if name in WARM and name not in sys.modules and name not in self.warm_failed:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # the task's own import will say what is wrong
+                    self.warm_failed.add(name)
+        if len(sys.modules) != len(before):
+            self.warm_watch.update(module_watch(set(sys.modules) - before))
+            gc.freeze()
 
     def _fork(self, conn_fd: int, out_w: int, err_w: int) -> list[str] | None:
         conn = socket.socket(fileno=conn_fd)
@@ -255,7 +302,12 @@ class _Server:
         os.dup2(err_w, 2)
         os.close(out_w)
         os.close(err_w)
-        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        hello = {
+            "pid": os.getpid(),
+            "warm": sorted(WARM.intersection(sys.modules)),
+            "watch": sorted(self.warm_watch.items()),
+        }
+        conn.sendall(json.dumps(hello).encode() + b"\n")
         conn.settimeout(REQUEST_TIMEOUT)
         (size,) = LENGTH.unpack(_recv_exactly(conn, LENGTH.size))
         request = json.loads(_recv_exactly(conn, size))

@@ -162,15 +162,19 @@ def test_damaged_entry_is_never_served(
     assert counter.runs == 2
 
 
-@pytest.mark.parametrize("executor", ["inline", "local"])
+@pytest.mark.parametrize(
+    ("executor", "n"),
+    # 2.4 MB: over hashing.LARGE, so its digest is BLAKE3's; 17.6 MB: over
+    # Storage.MAP_MIN, so the kernel gets the local task's output as a mapped array
+    [("inline", 300_000), ("local", 300_000), ("local", 2_200_000)],
+)
 def test_big_array_changed_in_place_between_tasks_is_a_new_input(
-    counter: Counter, kernel: Kernel, executor: str
+    counter: Counter, kernel: Kernel, executor: str, n: int
 ) -> None:
     """A task's output bound in the notebook is the very object a plain cell can change in
     place: the next task must hash what it holds now, not reuse the output's digest."""
     kernel.run("import numpy as np").ok()
-    # 2.4 MB: over hashing.LARGE, so its digest is BLAKE3's
-    kernel.run(f"%%task make --executor {executor}\na = np.arange(300_000.0)").ok()
+    kernel.run(f"%%task make --executor {executor}\na = np.arange({n}.0)").ok()
     flags = f"--executor {executor}"
     counter.task("s = float(a.sum())", flags)
     counter.task("s = float(a.sum())", flags)
@@ -178,15 +182,18 @@ def test_big_array_changed_in_place_between_tasks_is_a_new_input(
     kernel.run("a[0] += 1").ok()  # the same object, other bytes
     text = counter.task("s = float(a.sum())", flags)
     assert counter.runs == 2 and "cache: miss" in text
-    r = kernel.run("print(s == float(np.arange(300_000.0).sum()) + 1)").ok()
+    r = kernel.run(f"print(s == float(np.arange({n}.0).sum()) + 1)").ok()
     assert r.stdout.strip() == "True"
     # Its lineage is no longer the task's output either.
     r = kernel.run("%lineage a")
     assert "was changed since" in r.text
 
 
-def test_corrupted_big_array_is_never_served(counter: Counter, kernel: Kernel, home: Path) -> None:
-    kernel.run("import numpy as np\nn = 300_000").ok()
+@pytest.mark.parametrize("n", [300_000, 2_200_000])  # read, and mapped (see above)
+def test_corrupted_big_array_is_never_served(
+    counter: Counter, kernel: Kernel, home: Path, n: int
+) -> None:
+    kernel.run(f"import numpy as np\nn = {n}").ok()
     counter.task("big = np.arange(n, dtype=np.float64)")
     with sqlite3.connect(home / "papercrane.db") as db:
         (uri, digest) = db.execute(

@@ -60,8 +60,12 @@ class Lines:
         self.streams[stream] += text
 
 
-def attempt(engine: LocalEngine, code: str, **config: Any) -> AttemptSpec:
-    spec = TaskSpec(name="t", code=textwrap.dedent(code), inputs=(), outputs=("y",))
+def attempt(
+    engine: LocalEngine, code: str, imports: tuple[str, ...] = (), **config: Any
+) -> AttemptSpec:
+    spec = TaskSpec(
+        name="t", code=textwrap.dedent(code), inputs=(), outputs=("y",), imports=imports
+    )
     _, key = engine.bundle(spec)
     return AttemptSpec(
         execution_id=uuid.uuid4().hex[:16],
@@ -79,9 +83,11 @@ def sleeper(pid_file: Path) -> str:
     return f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
 
 
-def run(engine: LocalEngine, code: str, **config: Any) -> tuple[AttemptResult, Any]:
+def run(
+    engine: LocalEngine, code: str, imports: tuple[str, ...] = (), **config: Any
+) -> tuple[AttemptResult, Any]:
     """Run ``code`` as an attempt on the local executor: its result and its ``y``."""
-    result = engine.executor("local").run(attempt(engine, code, **config), Lines())
+    result = engine.executor("local").run(attempt(engine, code, imports, **config), Lines())
     ref = result.outputs.get("y")
     return result, engine.artifacts.load(ref) if ref is not None else None
 
@@ -201,6 +207,56 @@ def test_papercranes_own_source_is_watched(engine: LocalEngine, executor: LocalE
     if "site-packages" in runner.__file__:
         pytest.skip("papercrane is not an editable install: site-packages is watched")
     assert runner.__file__ in executor.zygote.watched()
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_task_that_imports_numpy_warms_the_zygote(
+    engine: LocalEngine, executor: LocalExecutor
+) -> None:
+    """The first attempt that needs numpy has the zygote import it; later attempts are
+    forked with it imported, and still see the same numpy a spawned runner would."""
+    import numpy
+
+    run(engine, "y = 1")
+    zygote = executor.zygote.pid
+    assert zygote is not None and "numpy" not in _maps(zygote)  # nothing asked for it
+    code = "import sys\ny = [np.__file__, np.arange(3).sum()]"
+    first, y = run(engine, code, imports=("np=numpy",))
+    assert first.status == "succeeded" and y == [numpy.__file__, 3]
+    assert executor.zygote.pid == zygote and "_multiarray_umath" in _maps(zygote)
+    # A child forked after the warm-up finds numpy imported before its task runs.
+    seen = "import sys\ny = 'numpy' in sys.modules"
+    assert run(engine, seen)[1] is True
+
+
+def test_blas_threads_work_in_attempts_forked_after_numpy(
+    engine: LocalEngine, executor: LocalExecutor
+) -> None:
+    """OpenBLAS's thread pool, started when the zygote imported numpy, is stopped before
+    each fork and started again in the child: a threaded matrix product completes."""
+    code = "m = np.ones((400, 400))\ny = float((m @ m).sum())"
+    for _ in range(3):
+        result, y = run(engine, code, imports=("np=numpy",), timeout=60)
+        assert result.status == "succeeded" and y == 400.0**3
+    assert executor.zygote.pid is not None
+
+
+def test_a_folder_with_its_own_numpy_gets_its_own(
+    engine: LocalEngine, executor: LocalExecutor, tmp_path: Path
+) -> None:
+    """``python -m`` puts the working folder first on sys.path: a runner started there
+    imports the folder's numpy, so a zygote holding the installed one must not fork it."""
+    run(engine, "y = np.zeros(1).size", imports=("np=numpy",))  # the zygote has numpy
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text("LOCAL = 'the folder numpy'\n")
+    result, y = run(engine, "y = np.LOCAL", imports=("np=numpy",))
+    assert result.status == "succeeded" and y == "the folder numpy"
+    (tmp_path / "numpy" / "__init__.py").unlink()  # now only a namespace folder: no matter
+    result, y = run(engine, "import os\ny = [np.__name__, os.getppid()]", imports=("np=numpy",))
+    assert result.status == "succeeded" and y == ["numpy", executor.zygote.pid]
 
 
 def test_live_output_and_per_attempt_logs(engine: LocalEngine, executor: LocalExecutor) -> None:
