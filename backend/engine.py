@@ -271,15 +271,7 @@ class LocalEngine(EngineAPI):
     def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
         return cache_key(spec, cache_version, inputs)
 
-    @staticmethod
-    def element_cache_keys(
-        spec: TaskSpec,
-        cache_version: str,
-        shared: dict[str, ArtifactRef],
-        name: str,
-        elements: list[ArtifactRef],
-    ) -> list[str]:
-        return element_cache_keys(spec, cache_version, shared, name, elements)
+    element_cache_keys = staticmethod(element_cache_keys)
 
     def cache_lookup(
         self,
