@@ -245,7 +245,10 @@ class WorkflowRun:
         self.ready_inline: dict[int, NodeRun] = {}
         self.ready_out: dict[int, NodeRun] = {}
         self.queued = 0
-        self.done: queue.Queue = queue.Queue()
+        #: Results, log lines and statuses from attempts running on other threads. A
+        #: ``SimpleQueue`` (put, get with a timeout): ``queue.Queue``'s three conditions
+        #: cost a task run more to create than it ever uses.
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.in_flight = 0
         self.stopping = False
         self.cancel = threading.Event()
