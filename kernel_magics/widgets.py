@@ -78,15 +78,38 @@ def _cache_text(node: Any) -> str:
     return "off (use --cache)"
 
 
+_ROW = (
+    "<tr><td style='color:#6b7280;padding:1px 8px 1px 0'>{}</td>"
+    "<td style='padding:1px 0'>{}</td></tr>"
+)
+_CELL = "<td style='padding:1px 10px 1px 0'>{}</td>"
+
+
+def render(view: RunView) -> tuple[str, str]:
+    """The HTML and the text of the run's current state, from one summary: a widget
+    shows both (the live view and its static fallbacks), and they then say the same
+    (one duration)."""
+    summary = view.summary()
+    outs = _output_rows(view)
+    return _html(view, summary, outs), _text(view, summary, outs)
+
+
 def render_html(view: RunView) -> str:
+    return _html(view, view.summary(), _output_rows(view))
+
+
+def render_text(view: RunView) -> str:
+    return _text(view, view.summary(), _output_rows(view))
+
+
+def _html(
+    view: RunView, summary: list[tuple[str, str]], outs: list[tuple[str, str, str, str]]
+) -> str:
     status = view.status
     color = _COLORS.get(status, "#6b7280")
     esc = html.escape
-    rows = "".join(
-        f"<tr><td style='color:#6b7280;padding:1px 8px 1px 0'>{esc(k)}</td>"
-        f"<td style='padding:1px 0'>{esc(v)}</td></tr>"
-        for k, v in view.summary()
-    )
+    row = _ROW.format
+    rows = "".join([row(esc(k), esc(v)) for k, v in summary])
     parts = [
         "<div class='papercrane-run' style='font-family:var(--jp-ui-font-family,sans-serif);"
         "font-size:12px;border-left:3px solid " + color + ";padding:4px 10px;margin:2px 0'>",
@@ -94,14 +117,9 @@ def render_html(view: RunView) -> str:
         f"border-radius:8px;padding:0 7px;margin-left:6px'>{esc(status.value)}</span></div>",
         f"<table style='border-collapse:collapse;margin-top:3px'>{rows}</table>",
     ]
-    outs = _output_rows(view)
     if outs:
-        cells = "".join(
-            "<tr>"
-            + "".join(f"<td style='padding:1px 10px 1px 0'>{esc(c)}</td>" for c in row)
-            + "</tr>"
-            for row in outs
-        )
+        cell = _CELL.format
+        cells = "".join(["<tr>" + "".join([cell(esc(c)) for c in out]) + "</tr>" for out in outs])
         parts.append(
             "<table style='border-collapse:collapse;margin-top:4px'><tr style='color:#6b7280'>"
             "<td>output</td><td>type</td><td>size</td><td>preview</td></tr>" + cells + "</table>"
@@ -129,10 +147,12 @@ def _output_rows(view: RunView) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def render_text(view: RunView) -> str:
+def _text(
+    view: RunView, summary: list[tuple[str, str]], outs: list[tuple[str, str, str, str]]
+) -> str:
     lines = [f"{view.name}: {view.status.value}"]
-    lines += [f"  {k}: {v}" for k, v in view.summary()[1:]]
-    for name, type_, size, prev in _output_rows(view):
+    lines += [f"  {k}: {v}" for k, v in summary[1:]]
+    for name, type_, size, prev in outs:
         lines.append(f"  -> {name} ({type_}, {size}) {prev}".rstrip())
     node = view.node
     if node is not None and node.error is not None and view.status is Status.FAILED:
@@ -252,7 +272,7 @@ class RunWidget:
         self.shown = True
         from IPython.display import display
 
-        self._html = render_html(self.view)
+        self._html, text = render(self.view)
         self._last_render = time.monotonic()
         if self._live:
             if self._parts:
@@ -261,7 +281,7 @@ class RunWidget:
                 import ipywidgets
 
                 self.widget = ipywidgets.HTML(value=self._html)
-        data = _bundle(self.widget, self._html, render_text(self.view))
+        data = _bundle(self.widget, self._html, text)
         self._handle = display(data, raw=True, display_id=True)
 
     def refresh(self, force: bool = False) -> None:
@@ -271,7 +291,9 @@ class RunWidget:
         if not force and now - self._last_render < 0.05:
             return
         self._last_render = now
-        html_text = render_html(self.view)
+        self._update(render_html(self.view))
+
+    def _update(self, html_text: str) -> None:
         if html_text != self._html:
             self._html = html_text
             if self.widget is not None:
@@ -282,10 +304,11 @@ class RunWidget:
         if not self.shown:
             self.show()  # never shown (a cache hit): rendered once, as it ended
             return
-        self.refresh(force=True)
+        self._last_render = time.monotonic()
+        html_text, text = render(self.view)
+        self._update(html_text)
         if self._handle is not None:
-            data = _bundle(self.widget, self._html, render_text(self.view))
-            self._handle.update(data, raw=True)
+            self._handle.update(_bundle(self.widget, self._html, text), raw=True)
 
     # RunListener
     def on_event(self, event: Event, state: ExecutionState) -> None:

@@ -50,9 +50,14 @@ class Table:
     json: frozenset[str]
 
     def insert(self, columns: Sequence[str], conflict: str = "") -> str:
-        names = ", ".join(f'"{c}"' for c in columns)
-        marks = ", ".join("?" * len(columns))
-        return f"INSERT INTO {self.name} ({names}) VALUES ({marks}){conflict}"
+        key = (self.name, tuple(columns), "insert" + conflict)
+        sql = _statements.get(key)
+        if sql is None:
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT INTO {self.name} ({names}) VALUES ({marks}){conflict}"
+            _statements[key] = sql
+        return sql
 
     def select(self, columns: tuple[str, ...], where: str) -> str:
         key = (self.name, columns, where)
@@ -153,7 +158,7 @@ def append(
             cur.execute(t.insert_all, t.row(execution_row, t.columns))
         cur.executemany(
             table(raw, "events").insert(EVENT_FIELDS),
-            [(e, n, a, k, ts, json.dumps(p)) for e, n, a, k, ts, p in events],
+            [(e, n, a, k, ts, _payload(p)) for e, n, a, k, ts, p in events],
         )
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
         status, ended_at, execution_id = projection
@@ -161,6 +166,14 @@ def append(
     finally:
         cur.close()
     return list(range(last - len(events) + 1, last + 1))
+
+
+def _payload(payload: Any) -> str:
+    """An event's payload as JSON text, as ``json.dumps`` writes it (most events of a
+    task run have an empty one, which needs no encoder)."""
+    if not payload and type(payload) is dict:
+        return "{}"
+    return json.dumps(payload)
 
 
 def put_lineage(conn: Any, rows: list[dict[str, Any]], now: float) -> None:

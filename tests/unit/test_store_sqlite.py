@@ -3,6 +3,7 @@ everything else through SQLAlchemy, and both see the same rows."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -71,6 +72,34 @@ def test_rows_written_by_the_driver_read_back_through_sqlalchemy(tmp_path: Path)
         assert seqs == sorted(seqs) and store.list_executions()[0]["last_seq"] in seqs + [
             e.seq for e in store.events(first.execution.id)
         ]
+    finally:
+        engine.close()
+
+
+def test_event_payloads_are_stored_as_json_dumps_writes_them(tmp_path: Path) -> None:
+    """Empty payloads skip the encoder: the stored text must still be ``json.dumps``'s,
+    the same bytes the SQLAlchemy path writes, and read back as the same values."""
+    engine = LocalEngine(Config(home=tmp_path))
+    try:
+        spec = TaskSpec(name="t", code="y = x * 2", inputs=("x",), outputs=("y",))
+        x = engine.put_value(3, "input 'x'")
+        request = RunRequest(
+            spec=spec, config=TaskConfig(executor="inline"), inputs={"x": x}, values={"x": 3}
+        )
+        run = engine.run_task(request)
+        events = engine.store.events(run.execution.id)
+        raw = sqlite3.connect(tmp_path / "papercrane.db")
+        try:
+            stored = dict(
+                raw.execute(
+                    "SELECT seq, payload FROM events WHERE execution_id = ?", (run.execution.id,)
+                ).fetchall()
+            )
+        finally:
+            raw.close()
+        assert any(e.payload == {} for e in events) and any(e.payload for e in events)
+        for e in events:
+            assert stored[e.seq] == json.dumps(e.payload)
     finally:
         engine.close()
 
