@@ -3,9 +3,7 @@
 ``%load_ext papercrane`` registers the ``%%task`` cell magic. Loading is cheap on
 purpose: the engine (storage, serializers, the store) is imported when the first task
 runs, not before; and on the default SQLite store a task run does not import SQLAlchemy
-at all (``backend/store/repo.py``). Once the cell that loaded the extension has
-finished, a background thread imports those modules while the kernel waits for the
-next cell (``warmup.py``), so the first task usually finds them imported.
+at all (``backend/store/repo.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +15,8 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import PapercraneMagics
-    from .warmup import WarmUp
 
-    magics = PapercraneMagics(ipython)
-    ipython.register_magics(magics)
-    magics.warm_up = WarmUp(ipython)
+    ipython.register_magics(PapercraneMagics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -29,9 +24,6 @@ def unload_ipython_extension(ipython: Any) -> None:
 
     for magics in list(ipython.magics_manager.registry.values()):
         if isinstance(magics, PapercraneMagics):
-            warm_up = getattr(magics, "warm_up", None)
-            if warm_up is not None:
-                warm_up.cancel()
             magics.close()
 
 
