@@ -832,6 +832,40 @@ def test_last_expression_and_trailing_semicolon(source: str, expected: bool) -> 
     assert analyze(source).last_expr is expected
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "x;",
+        "x",
+        "(x);",
+        "( x  # c; not this\n) ;",
+        "( x  # c; not this\n)",
+        "x \\\n;",
+        "x \\\n  ;  # c",
+        "x  # ;",
+        "x  # ;\n# ;\n",
+        "x;  # c\n\n# more\n",
+        '"é; ü";',
+        '"é; ü"',
+        "f(\n 1);",
+        "f(\n 1)\n",
+        "s = ';'\ns ;",
+        "if a:\n    b\nc;",
+        "x;\r\n",
+        "x\r\n",
+        "x\f;",
+        "[1,\n 2,  # ;\n];\n",
+        "lambda: 1;",
+        "a if b else c  # x;",
+    ],
+)
+def test_trailing_semicolon_read_from_the_ast_agrees_with_ipython(source: str) -> None:
+    """The same answer as IPython's own check (which tokenizes the cell)."""
+    from IPython.core.displayhook import DisplayHook
+
+    assert analyze(source).last_expr is not DisplayHook.semicolon_at_end_of_expression(source)
+
+
 def test_dynamic_calls_are_reported_with_line_numbers() -> None:
     a = cell(
         """
