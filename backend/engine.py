@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +121,8 @@ class LocalEngine(EngineAPI):
 
     @staticmethod
     def new_execution_id() -> str:
-        return uuid.uuid4().hex[:16]
+        """16 random hex digits (64 bits; ``uuid4`` costs several times more, per run)."""
+        return os.urandom(8).hex()
 
     # -- registration ---------------------------------------------------------------------
     #: The executor of tasks that don't name one.
