@@ -94,3 +94,41 @@ def test_first_log_line_shows_the_widget_first(
     assert not run.shown
     run.on_log("stdout", "hello\n")
     assert run.shown and capsys.readouterr().out.endswith("hello\n")
+
+
+def test_run_widgets_take_other_keywords_as_ipywidgets_html_does(
+    sent: list[tuple[str, Any]],
+) -> None:
+    """The quick constructor only takes a str value with the shared layout and style;
+    anything else goes through ``ipywidgets.HTML``'s own (validated) constructor."""
+    import ipywidgets
+    import traitlets
+
+    from papercrane.widgets import _run_html_class
+
+    cls = _run_html_class()
+    parts = shared_parts()
+    with pytest.raises(traitlets.TraitError):
+        ipywidgets.HTML(value=3, **parts)
+    with pytest.raises(traitlets.TraitError):
+        cls(value=3, **parts)
+    alone = cls(value="w")  # its own layout and style, as ipywidgets.HTML makes them
+    assert alone.layout is not parts["layout"] and alone.value == "w"
+    quick = cls(value="q", **parts)
+    assert quick.layout is parts["layout"] and quick.style is parts["style"]
+    quick.value = "changed"  # observed like any trait once the comm is open
+    assert sent[-1][1]["method"] == "update" and sent[-1][1]["state"] == {"value": "changed"}
+
+
+def test_rendered_rows_escape_keys_and_values() -> None:
+    """The summary's rows, their fixed keys' start kept per process, read as
+    ``_ROW`` filled with both escaped."""
+    import html
+
+    from papercrane.widgets import _ROW
+
+    view = RunView(name="<t>", version="0" * 64, executor="a&b", max_attempts=1)
+    text = render_html(view)
+    for key, value in view.summary()[:2]:
+        assert _ROW.format(html.escape(key), html.escape(value)) in text
+    assert "a&amp;b" in text and "&lt;t&gt;" in text
