@@ -119,6 +119,45 @@ def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
         store.close()
 
 
+def test_single_reads_see_the_last_commit_from_any_connection(tmp_path: Path) -> None:
+    """A lookup outside a transaction runs on this thread's writing connection once it
+    exists (``Store._read_one``): it still sees what another store (another process)
+    committed since, and never what a transaction of this thread has not committed."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    ours, theirs = Store(url), Store(url)
+    entry = {
+        "key": "k" * 64,
+        "project": "p",
+        "domain": "d",
+        "task_name": "t",
+        "task_version": "v" * 64,
+        "outputs": {"y": "a" * 64},
+        "references": {},
+        "display": None,
+        "execution_id": "e" * 16,
+    }
+    ref = ArtifactRef("a" * 64, "h", "u", 1, "json", "int", "1")
+    try:
+        with ours.transaction() as conn:  # this thread's writing connection is open
+            ours.put_artifacts(conn, [ref])
+        assert ours.cache_get("k" * 64, "p", "d") is None
+        with theirs.transaction() as conn:
+            theirs.cache_put(conn, entry)
+        found = ours.cache_get("k" * 64, "p", "d")
+        assert found is not None and found["outputs"] == {"y": "a" * 64}
+        changed = {**entry, "outputs": {"y": "b" * 64}}
+        with ours.transaction() as conn:
+            ours.cache_put(conn, changed)
+            assert ours.cache_get("k" * 64, "p", "d")["outputs"] == {"y": "a" * 64}
+            assert ours.artifact(ref.id) == ref
+        assert ours.cache_get("k" * 64, "p", "d")["outputs"] == {"y": "b" * 64}
+        theirs.cache_delete("k" * 64, "p", "d")
+        assert ours.cache_get("k" * 64, "p", "d") is None
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_an_old_schema_is_migrated_on_open(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     engine = db.create_engine(url)
