@@ -41,6 +41,19 @@ def applies(conn: Any) -> bool:
     return dbapi(conn) is not None
 
 
+#: JSON texts that decode to a new empty value, without the decoder's set-up (most
+#: cache entries have no references or display).
+_EMPTY: dict[str, Any] = {"{}": dict, "[]": list, "null": lambda: None}
+
+
+def _loads(text: str | None) -> Any:
+    """A JSON column's value, as SQLAlchemy's ``JSON`` type reads it (NULL stays None)."""
+    if text is None:
+        return None
+    make = _EMPTY.get(text)
+    return make() if make is not None else json.loads(text)
+
+
 @dataclass(frozen=True)
 class Table:
     """A table's columns as the database declares them."""
@@ -82,10 +95,7 @@ class Table:
         return tuple(json.dumps(values[c]) if c in self.json else values[c] for c in columns)
 
     def decode(self, columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-        return {
-            c: (json.loads(v) if c in self.json and v is not None else v)
-            for c, v in zip(columns, row)
-        }
+        return {c: (_loads(v) if c in self.json else v) for c, v in zip(columns, row)}
 
     @cached_property
     def insert_all(self) -> str:
@@ -233,11 +243,6 @@ def artifact(conn: Any, artifact_id: str) -> dict[str, Any] | None:
     return t.decode(columns, row) if row is not None else None
 
 
-#: JSON texts that decode to a new empty value, without the decoder's set-up (most
-#: cache entries have no references or display).
-_EMPTY: dict[str, Any] = {"{}": dict, "[]": list, "null": lambda: None}
-
-
 def cache_get_many(
     conn: Any, keys: Sequence[str], project: str, domain: str
 ) -> dict[str, dict[str, Any]]:
@@ -247,17 +252,11 @@ def cache_get_many(
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "cache_entries")
-        json_columns = [c for c in t.columns if c in t.json]
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             where = f"key IN ({', '.join('?' * len(chunk))}) AND project = ? AND domain = ?"
             for row in cur.execute(t.select(t.columns, where), (*chunk, project, domain)):
-                entry = dict(zip(t.columns, row))
-                for c in json_columns:
-                    v = entry[c]
-                    if v is not None:
-                        make = _EMPTY.get(v)
-                        entry[c] = make() if make is not None else json.loads(v)
+                entry = t.decode(t.columns, row)
                 found[entry["key"]] = entry
     finally:
         cur.close()
