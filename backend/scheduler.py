@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -305,6 +306,7 @@ class WorkflowRun:
         try:
             if self.packing:  # the rows below name packed values: write them first
                 engine.storage.seal_pack()
+                engine.storage.renew_pack_checks()
             with engine.recording() as conn:
                 for write in writes:
                     write(conn)
@@ -369,7 +371,12 @@ class WorkflowRun:
         if self.packing:
             self.engine.storage.begin_pack()
         try:
-            self._loop()
+            # A map stores many values, some of them already packed by this process
+            # (an output equal to an element, a repeated small value): each pack's
+            # presence is checked once per scheduling round (renewed at every flush),
+            # not once per value named again.
+            with self.engine.storage.pack_checks() if self.packing else nullcontext():
+                self._loop()
         except _Shutdown:
             raise ExecutionAborted(f"execution {self.state.id} left for the next server") from None
         except (KeyboardInterrupt, _Stop) as stop:

@@ -589,6 +589,14 @@ class Storage:
             if outer is None:
                 self._packing.sizes = None
 
+    def renew_pack_checks(self) -> None:
+        """Inside ``pack_checks``: forget the pack sizes found so far, so that the block
+        goes on trusting checks no older than this call (a long run renews them at every
+        commit, so each check is at most one scheduling round old)."""
+        sizes = getattr(self._packing, "sizes", None)
+        if sizes:
+            sizes.clear()
+
     def _member_size(self, pack_key: str, offset: int, size: int) -> int | None:
         """``size`` if the pack holds the member's whole range, else None (gone, cut)."""
         pending = self._pending.get(pack_key)
