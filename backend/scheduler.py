@@ -801,9 +801,10 @@ class WorkflowRun:
         unit.node.running += 1
         self.pool.submit(self._work, executor, unit, attempt)
 
-    def _begin(self, unit: Unit) -> None:
+    def _begin(self, unit: Unit, executor: Executor | None = None) -> None:
         unit.attempt += 1
-        self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=self._executor(unit).name)
+        name = (executor or self._executor(unit)).name
+        self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=name)
 
     def _attempt_spec(self, unit: Unit) -> AttemptSpec:
         spec = unit.node.spec
@@ -847,7 +848,7 @@ class WorkflowRun:
             unit.values = self._values(unit.node, unit.inputs, None)
         elif not executor.in_process and self.packing:
             self.engine.storage.seal_pack()  # its process reads the inputs from storage
-        self._begin(unit)
+        self._begin(unit, executor)
         single = len(self.nodes) == 1 and unit.index is None
         deferred = single and executor.in_process and not unit.cache_key
         if not deferred and (time.monotonic() - self._last_flush > _ROUND or single):
@@ -886,6 +887,8 @@ class WorkflowRun:
                 )
 
     def _collect(self, block: bool) -> None:
+        if not block and self.done.empty():
+            return  # (the usual case between inline units: no exception raised and caught)
         timeout = _ROUND if block else 0
         while True:
             try:
@@ -909,8 +912,9 @@ class WorkflowRun:
 
     # -- outcomes -------------------------------------------------------------------------
     def _handle(self, unit: Unit, result: AttemptResult) -> None:
-        for stream, key in sorted(result.logs.items()):
-            self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
+        if result.logs:
+            for stream, key in sorted(result.logs.items()):
+                self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
         if result.status == "succeeded" and unit.op != "run":
             self._step_done(unit, result)
             return
@@ -955,7 +959,8 @@ class WorkflowRun:
             self._skip(run, _FAIL_FAST, force=True)
 
     def _persist(self, unit: Unit, result: AttemptResult) -> None:
-        spec = unit.node.spec
+        task = unit.node.spec.task
+        version = task.version()
         outputs = result.outputs
         key = unit.cache_key
         inputs = self._provenance(unit.node, unit.inputs)
@@ -967,8 +972,8 @@ class WorkflowRun:
                 "execution_id": self.state.id,
                 "node": unit.key,
                 "attempt": unit.attempt,
-                "task_name": spec.task.name,
-                "task_version": spec.task.version(),
+                "task_name": task.name,
+                "task_version": version,
                 "inputs": inputs,
             }
             for name, ref in outputs.items()
@@ -979,8 +984,8 @@ class WorkflowRun:
                     "key": key,
                     "project": self.options.project,
                     "domain": self.options.domain,
-                    "task_name": spec.task.name,
-                    "task_version": spec.task.version(),
+                    "task_name": task.name,
+                    "task_version": version,
                     "outputs": {n: r.to_dict() for n, r in outputs.items()},
                     "references": result.references,
                     "display": result.display,
