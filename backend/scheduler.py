@@ -313,7 +313,7 @@ class WorkflowRun:
                 engine._record_artifacts(conn, artifacts)
                 engine.store.put_lineage(conn, lineage)
                 engine.store.cache_put_many(conn, cache)
-                numbered = engine.store.append(conn, batch, self.state)
+                seqs = engine.store.append_seqs(conn, batch, self.state)
         except BaseException:
             if keep_on_error:
                 self.pending[:0], self.writes[:0] = batch, writes
@@ -321,8 +321,9 @@ class WorkflowRun:
                 self.new_cache[:0] = cache
             raise
         self._last_flush = time.monotonic()
-        for e in numbered:
-            self.listener.on_event(e, self.state)
+        on_event, state = self.listener.on_event, self.state
+        for e, seq in zip(batch, seqs):  # numbered one at a time, not thousands at once
+            on_event(e.numbered(seq), state)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:

@@ -258,6 +258,12 @@ class Store:
         Returns the events with their sequence numbers. ``state`` must already have the
         events applied (the engine folds them as it goes).
         """
+        return [e.numbered(seq) for e, seq in zip(batch, self.append_seqs(conn, batch, state))]
+
+    def append_seqs(self, conn: Any, batch: list[Event], state: ExecutionState) -> list[int]:
+        """``append``, returning only the sequence numbers (in ``batch``'s order): a
+        caller that hands the numbered events on one at a time (``Event.numbered``)
+        does not keep thousands of them alive at once."""
         created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
         if sqlite_rows.applies(conn):
             text = sqlite_rows.json_text
@@ -271,7 +277,7 @@ class Store:
                 (state.status.value, state.ended_at, state.id),
             )
             state.last_seq = seqs[-1]
-            return [e.numbered(seq) for e, seq in zip(batch, seqs)]
+            return seqs
         rows = [
             {
                 "execution_id": e.execution_id,
@@ -287,7 +293,6 @@ class Store:
         if created:
             conn.execute(sql["insert_execution"], self._projection_row(state))
         seqs = [r.seq for r in conn.execute(sql["insert_events"], rows)]
-        numbered = [e.numbered(seq) for e, seq in zip(batch, seqs)]
         state.last_seq = max(seqs)
         conn.execute(
             sql["update_execution"],
@@ -298,7 +303,7 @@ class Store:
                 "last_seq": state.last_seq,
             },
         )
-        return numbered
+        return seqs
 
     @staticmethod
     def _projection_row(state: ExecutionState) -> dict[str, Any]:
