@@ -287,7 +287,7 @@ class WorkflowRun:
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
-        event = Event(self.state.id, what, node, attempt, payload)
+        event = Event.stamped(self.state.id, what, node, attempt, payload)
         apply(self.state, event)
         self.pending.append(event)
 

@@ -275,3 +275,20 @@ def test_an_inline_task_that_prints_nothing_does_not_flush_the_cells_streams(
     (key,) = engine.execution(loud.execution.id).nodes["t"].logs[1].values()
     assert engine.storage.read_bytes(key) == b"hello\n"
     assert sys.stdout is out and sys.stderr is err
+
+
+def test_events_built_field_by_field_equal_the_dataclasss_own() -> None:
+    """``Event.stamped`` and ``Event.numbered`` skip the frozen dataclass's ``__init__``:
+    what they give must be the same event, still frozen."""
+    import dataclasses
+
+    before = time.time()
+    made = Event.stamped("e1", EventKind.CACHE_MISS, "t[3]", 0, {"cache_key": "k"})
+    assert before <= made.ts <= time.time()
+    plain = Event("e1", EventKind.CACHE_MISS, "t[3]", 0, {"cache_key": "k"}, made.ts)
+    assert made == plain and repr(made) == repr(plain)
+    assert dataclasses.asdict(made) == dataclasses.asdict(plain)
+    numbered = made.numbered(7)
+    assert numbered == dataclasses.replace(plain, seq=7) and made.seq == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        numbered.seq = 8  # type: ignore[misc]
