@@ -38,6 +38,8 @@ def test_the_driver_statements_follow_the_schema(tmp_path: Path) -> None:
         store.close()
     artifacts = metadata.tables["artifacts"]
     assert {c: artifacts.c[c].type.length for c in SHOWN_WIDTHS} == SHOWN_WIDTHS
+    # Artifact rows are written from the refs' fields (``put_artifacts``), not the table's.
+    assert {*sqlite_rows.ARTIFACT_FIELDS, "created_at"} == {c.name for c in artifacts.columns}
 
 
 def test_rows_written_by_the_driver_read_back_through_sqlalchemy(tmp_path: Path) -> None:
