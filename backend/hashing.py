@@ -40,6 +40,14 @@ def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def content_digest(data: bytes) -> str:
+    """The digest a ``HashingWriter`` that picks by size gives these bytes (see
+    ``LARGE``), in one call: for encodings already whole in memory."""
+    if len(data) <= LARGE:
+        return hashlib.sha256(data).hexdigest()
+    return _BLAKE3_PREFIX + _blake3(1).update(data).hexdigest()
+
+
 def algorithm_of(digest: str) -> str:
     """The algorithm that made a content digest, read from the digest itself."""
     return BLAKE3 if digest.startswith(_BLAKE3_PREFIX) else SHA256

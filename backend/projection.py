@@ -24,51 +24,36 @@ def _node(state: ExecutionState, event: Event) -> NodeState:
 def apply(state: ExecutionState, event: Event) -> ExecutionState:
     p = event.payload
     kind = event.kind
-    state.last_seq = max(state.last_seq, event.seq)
-    if kind is K.EXECUTION_CREATED:
-        state.project = p.get("project", state.project)
-        state.domain = p.get("domain", state.domain)
-        state.name = p.get("name", "")
-        state.kind = p.get("kind", "task")
-        state.task_version = p.get("task_version", "")
-        state.workflow_version = p.get("workflow_version", "")
-        state.recovered_from = p.get("recovered_from", "")
-        state.inputs = dict(p.get("inputs", {}))
-        state.config = dict(p.get("config", {}))
-        state.created_at = event.ts
-        state.status = Status.QUEUED
-        return state
-    if kind is K.EXECUTION_SUCCEEDED:
-        tops = [n for n in state.nodes.values() if "[" not in n.node]
-        cached = bool(tops) and all(n.status is Status.CACHED for n in tops)
-        state.status = Status.CACHED if cached else Status.SUCCEEDED
-        state.ended_at = event.ts
-        return state
-    if kind is K.EXECUTION_FAILED:
-        state.status = Status.FAILED
-        state.ended_at = event.ts
-        if p.get("error"):
-            state.error = ErrorInfo.from_dict(p["error"])
-        return state
-    if kind is K.EXECUTION_ABORTED:
-        state.status = Status.ABORTED
-        state.ended_at = event.ts
-        for node in state.nodes.values():
-            if not node.status.terminal:
-                node.status = Status.ABORTED
-                node.ended_at = event.ts
-        return state
+    if event.seq > state.last_seq:
+        state.last_seq = event.seq
+    if (
+        kind is K.EXECUTION_CREATED
+        or kind is K.EXECUTION_SUCCEEDED
+        or kind is K.EXECUTION_FAILED
+        or kind is K.EXECUTION_ABORTED
+    ):
+        return _apply_execution(state, event)
 
     node = _node(state, event)
     if "[" in event.node and kind in _ELEMENT_ENDS:
         _count_element(state, event)
-    if kind is K.NODE_QUEUED:
-        node.status = Status.QUEUED
-        node.cache = "on" if p.get("cache") else "off"
+    # (The kinds every task and map element records come first: a map folds thousands.)
+    if kind is K.ATTEMPT_STARTED:
+        node.status = Status.RUNNING
+        node.attempt = event.attempt
+        node.started_at = node.started_at or event.ts
+        if state.status is Status.QUEUED:
+            state.status = Status.RUNNING
+    elif kind is K.ATTEMPT_SUCCEEDED:
+        node.outputs = dict(p.get("outputs", {}))
+        node.references = dict(p.get("references", {}))
+        node.display = p.get("display")
+    elif kind is K.NODE_SUCCEEDED:
+        node.status = Status.SUCCEEDED
+        node.error = None
+        node.ended_at = event.ts
     elif kind is K.CACHE_MISS:
         node.cache, node.cache_key = "miss", p["cache_key"]
-    elif kind is K.CACHE_INVALID:
-        node.cache, node.cache_key = "invalid", p["cache_key"]
     elif kind is K.CACHE_HIT:
         node.cache, node.cache_key = "hit", p["cache_key"]
         node.cache_source = {
@@ -81,20 +66,15 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
         node.status = Status.CACHED
         node.started_at = node.started_at or event.ts
         node.ended_at = event.ts
-    elif kind is K.ATTEMPT_STARTED:
-        node.status = Status.RUNNING
-        node.attempt = event.attempt
-        node.started_at = node.started_at or event.ts
-        if state.status is Status.QUEUED:
-            state.status = Status.RUNNING
+    elif kind is K.NODE_QUEUED:
+        node.status = Status.QUEUED
+        node.cache = "on" if p.get("cache") else "off"
+    elif kind is K.CACHE_INVALID:
+        node.cache, node.cache_key = "invalid", p["cache_key"]
     elif kind is K.ATTEMPT_STATUS:
         node.where = p.get("message", "")
     elif kind is K.LOG_STORED:
         node.logs.setdefault(event.attempt, {})[p["stream"]] = p["uri"]
-    elif kind is K.ATTEMPT_SUCCEEDED:
-        node.outputs = dict(p.get("outputs", {}))
-        node.references = dict(p.get("references", {}))
-        node.display = p.get("display")
     elif kind is K.ATTEMPT_FAILED:
         error = ErrorInfo.from_dict(p["error"])
         node.error = error
@@ -104,10 +84,6 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
             node.user_failures += 1
     elif kind is K.RETRY_SCHEDULED:
         node.status = Status.QUEUED
-    elif kind is K.NODE_SUCCEEDED:
-        node.status = Status.SUCCEEDED
-        node.error = None
-        node.ended_at = event.ts
     elif kind is K.NODE_FAILED:
         node.status = Status.FAILED
         node.ended_at = event.ts
@@ -127,6 +103,42 @@ def apply(state: ExecutionState, event: Event) -> ExecutionState:
         node.elements = p["elements"]
         node.status = Status.RUNNING
         node.started_at = node.started_at or event.ts
+    return state
+
+
+def _apply_execution(state: ExecutionState, event: Event) -> ExecutionState:
+    """The events about the whole execution."""
+    p = event.payload
+    kind = event.kind
+    if kind is K.EXECUTION_CREATED:
+        state.project = p.get("project", state.project)
+        state.domain = p.get("domain", state.domain)
+        state.name = p.get("name", "")
+        state.kind = p.get("kind", "task")
+        state.task_version = p.get("task_version", "")
+        state.workflow_version = p.get("workflow_version", "")
+        state.recovered_from = p.get("recovered_from", "")
+        state.inputs = dict(p.get("inputs", {}))
+        state.config = dict(p.get("config", {}))
+        state.created_at = event.ts
+        state.status = Status.QUEUED
+    elif kind is K.EXECUTION_SUCCEEDED:
+        tops = [n for n in state.nodes.values() if "[" not in n.node]
+        cached = bool(tops) and all(n.status is Status.CACHED for n in tops)
+        state.status = Status.CACHED if cached else Status.SUCCEEDED
+        state.ended_at = event.ts
+    elif kind is K.EXECUTION_FAILED:
+        state.status = Status.FAILED
+        state.ended_at = event.ts
+        if p.get("error"):
+            state.error = ErrorInfo.from_dict(p["error"])
+    else:  # EXECUTION_ABORTED
+        state.status = Status.ABORTED
+        state.ended_at = event.ts
+        for node in state.nodes.values():
+            if not node.status.terminal:
+                node.status = Status.ABORTED
+                node.ended_at = event.ts
     return state
 
 

@@ -179,6 +179,15 @@ def run_code(spec: TaskSpec, ns: dict[str, Any]) -> Any:
     return eval(last, ns)
 
 
+@functools.cache
+def _checkpoint_location() -> Any:
+    """``papercrane.checkpoint.location``, imported on first use (with the kernel side's
+    package) and then without an import statement per attempt."""
+    from papercrane.checkpoint import location
+
+    return location
+
+
 def display_bundle(value: Any, formatter: Any = None) -> dict[str, Any] | None:
     """A JSON mime bundle of the cell's final value, as the notebook would show it."""
     if value is None:
@@ -241,9 +250,7 @@ def execute(
     try:
         ns = build_namespace(spec, values)
         if checkpoint_key:
-            from papercrane.checkpoint import location
-
-            with location(artifacts.storage, checkpoint_key):
+            with _checkpoint_location()(artifacts.storage, checkpoint_key):
                 last = run_code(spec, ns)
         else:
             last = run_code(spec, ns)

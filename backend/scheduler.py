@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -286,7 +287,7 @@ class WorkflowRun:
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
-        event = Event(self.state.id, what, node, attempt, payload)
+        event = Event.stamped(self.state.id, what, node, attempt, payload)
         apply(self.state, event)
         self.pending.append(event)
 
@@ -305,13 +306,14 @@ class WorkflowRun:
         try:
             if self.packing:  # the rows below name packed values: write them first
                 engine.storage.seal_pack()
+                engine.storage.renew_pack_checks()
             with engine.recording() as conn:
                 for write in writes:
                     write(conn)
                 engine._record_artifacts(conn, artifacts)
                 engine.store.put_lineage(conn, lineage)
                 engine.store.cache_put_many(conn, cache)
-                numbered = engine.store.append(conn, batch, self.state)
+                seqs = engine.store.append_seqs(conn, batch, self.state)
         except BaseException:
             if keep_on_error:
                 self.pending[:0], self.writes[:0] = batch, writes
@@ -319,8 +321,9 @@ class WorkflowRun:
                 self.new_cache[:0] = cache
             raise
         self._last_flush = time.monotonic()
-        for e in numbered:
-            self.listener.on_event(e, self.state)
+        on_event, state = self.listener.on_event, self.state
+        for e, seq in zip(batch, seqs):  # numbered one at a time, not thousands at once
+            on_event(e.numbered(seq), state)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:
@@ -369,7 +372,12 @@ class WorkflowRun:
         if self.packing:
             self.engine.storage.begin_pack()
         try:
-            self._loop()
+            # A map stores many values, some of them already packed by this process
+            # (an output equal to an element, a repeated small value): each pack's
+            # presence is checked once per scheduling round (renewed at every flush),
+            # not once per value named again.
+            with self.engine.storage.pack_checks() if self.packing else nullcontext():
+                self._loop()
         except _Shutdown:
             raise ExecutionAborted(f"execution {self.state.id} left for the next server") from None
         except (KeyboardInterrupt, _Stop) as stop:
@@ -794,9 +802,10 @@ class WorkflowRun:
         unit.node.running += 1
         self.pool.submit(self._work, executor, unit, attempt)
 
-    def _begin(self, unit: Unit) -> None:
+    def _begin(self, unit: Unit, executor: Executor | None = None) -> None:
         unit.attempt += 1
-        self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=self._executor(unit).name)
+        name = (executor or self._executor(unit)).name
+        self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=name)
 
     def _attempt_spec(self, unit: Unit) -> AttemptSpec:
         spec = unit.node.spec
@@ -840,7 +849,7 @@ class WorkflowRun:
             unit.values = self._values(unit.node, unit.inputs, None)
         elif not executor.in_process and self.packing:
             self.engine.storage.seal_pack()  # its process reads the inputs from storage
-        self._begin(unit)
+        self._begin(unit, executor)
         single = len(self.nodes) == 1 and unit.index is None
         deferred = single and executor.in_process and not unit.cache_key
         if not deferred and (time.monotonic() - self._last_flush > _ROUND or single):
@@ -879,6 +888,8 @@ class WorkflowRun:
                 )
 
     def _collect(self, block: bool) -> None:
+        if not block and self.done.empty():
+            return  # (the usual case between inline units: no exception raised and caught)
         timeout = _ROUND if block else 0
         while True:
             try:
@@ -902,8 +913,9 @@ class WorkflowRun:
 
     # -- outcomes -------------------------------------------------------------------------
     def _handle(self, unit: Unit, result: AttemptResult) -> None:
-        for stream, key in sorted(result.logs.items()):
-            self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
+        if result.logs:
+            for stream, key in sorted(result.logs.items()):
+                self.emit(K.LOG_STORED, unit.key, unit.attempt, stream=stream, uri=key)
         if result.status == "succeeded" and unit.op != "run":
             self._step_done(unit, result)
             return
@@ -948,7 +960,8 @@ class WorkflowRun:
             self._skip(run, _FAIL_FAST, force=True)
 
     def _persist(self, unit: Unit, result: AttemptResult) -> None:
-        spec = unit.node.spec
+        task = unit.node.spec.task
+        version = task.version()
         outputs = result.outputs
         key = unit.cache_key
         inputs = self._provenance(unit.node, unit.inputs)
@@ -960,8 +973,8 @@ class WorkflowRun:
                 "execution_id": self.state.id,
                 "node": unit.key,
                 "attempt": unit.attempt,
-                "task_name": spec.task.name,
-                "task_version": spec.task.version(),
+                "task_name": task.name,
+                "task_version": version,
                 "inputs": inputs,
             }
             for name, ref in outputs.items()
@@ -972,8 +985,8 @@ class WorkflowRun:
                     "key": key,
                     "project": self.options.project,
                     "domain": self.options.domain,
-                    "task_name": spec.task.name,
-                    "task_version": spec.task.version(),
+                    "task_name": task.name,
+                    "task_version": version,
                     "outputs": {n: r.to_dict() for n, r in outputs.items()},
                     "references": result.references,
                     "display": result.display,

@@ -52,6 +52,13 @@ class Serializer(ABC):
         memory as it is; None otherwise."""
         return None
 
+    def encode(self, value: Any) -> bytes | None:
+        """The bytes ``dump`` writes, in one piece, for serializers that build them in
+        memory anyway (text, bytes, JSON); None for those that stream (the default).
+        Storing a small value then costs one call and one hash, not a stream's set-up:
+        a map stores thousands of them."""
+        return None
+
 
 def _module_of(value: Any) -> str:
     return type(value).__module__ or ""
@@ -284,7 +291,10 @@ class TextSerializer(Serializer):
         return type(value) is str
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
-        stream.write(value.encode("utf-8", "surrogatepass"))
+        stream.write(self.encode(value))
+
+    def encode(self, value: Any) -> bytes:
+        return value.encode("utf-8", "surrogatepass")  # type: ignore[no-any-return]
 
     def load(self, stream: BinaryIO) -> Any:
         return stream.read().decode("utf-8", "surrogatepass")
@@ -300,6 +310,9 @@ class BytesSerializer(Serializer):
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
         stream.write(value)
+
+    def encode(self, value: Any) -> bytes:
+        return value  # type: ignore[no-any-return]
 
     def load(self, stream: BinaryIO) -> Any:
         return stream.read()
@@ -345,9 +358,13 @@ class JsonSerializer(Serializer):
     _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
-        text = self._encoder.encode(value)
+        stream.write(self.encode(value))
+
+    def encode(self, value: Any) -> bytes:
+        if type(value) is int:  # what the encoder writes for an int (``int.__repr__``),
+            return int.__repr__(value).encode()  # without setting up an encoding pass
         # As in TextSerializer: a str may hold lone surrogates (surrogateescape'd names).
-        stream.write(text.encode("utf-8", "surrogatepass"))
+        return self._encoder.encode(value).encode("utf-8", "surrogatepass")  # type: ignore[no-any-return]
 
     def load(self, stream: BinaryIO) -> Any:
         return json.loads(stream.read().decode("utf-8", "surrogatepass"))

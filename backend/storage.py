@@ -21,7 +21,14 @@ from typing import Any, BinaryIO
 
 from . import mapped, packs
 from .errors import ConfigError, CorruptArtifact, StorageError
-from .hashing import HashingReader, HashingWriter, algorithm_for, algorithm_of, digest_hex
+from .hashing import (
+    HashingReader,
+    HashingWriter,
+    algorithm_for,
+    algorithm_of,
+    content_digest,
+    digest_hex,
+)
 from .serializers import Serializer
 
 
@@ -218,16 +225,21 @@ class Storage:
     def put_value(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
         """Serialize ``value`` straight into storage; return (digest, key, size)."""
         if _small(value):
-            buffer = io.BytesIO()
-            writer = HashingWriter(buffer)
-            serializer.dump(value, writer)  # type: ignore[arg-type]
-            digest = writer.hexdigest()
-            if writer.size <= self.PACK_ITEM and self.packing:
-                return digest, self._pack(digest, buffer.getbuffer()), writer.size
+            data: bytes | memoryview | None = serializer.encode(value)
+            if data is not None:  # whole already: hash it in one call
+                digest = content_digest(data)
+            else:
+                buffer = io.BytesIO()
+                writer = HashingWriter(buffer)
+                serializer.dump(value, writer)  # type: ignore[arg-type]
+                digest, data = writer.hexdigest(), buffer.getbuffer()
+            size = len(data)
+            if size <= self.PACK_ITEM and self.packing:
+                return digest, self._pack(digest, data), size
             key = self.artifact_key(digest)
             if not self.exists(key):
-                self.write_bytes(key, buffer.getbuffer())
-            return digest, key, writer.size
+                self.write_bytes(key, data)
+            return digest, key, size
         digest = self.mapped_digest(value, serializer)
         if digest is not None:  # a mapped array, unchanged: its file is (or was) stored
             key = self.artifact_key(digest)
@@ -458,6 +470,10 @@ class Storage:
     def _memo_put(self, key: str, digest: str, data: bytes) -> None:
         if key != self.artifact_key(digest) and packs.parse(key) is None:
             return  # only objects whose key fixes their bytes: content-addressed or packed
+        self._remember(key, digest, data)
+
+    def _remember(self, key: str, digest: str, data: bytes) -> None:
+        """``_memo_put`` of an object whose key is known to fix its bytes."""
         with self._memo_lock:
             if key in self._verified:
                 return
@@ -536,7 +552,7 @@ class Storage:
         finally:
             self._pending.pop(pack.key, None)
 
-    def _pack(self, digest: str, data: memoryview) -> str:
+    def _pack(self, digest: str, data: bytes | memoryview) -> str:
         """The member key of ``data`` (which hashes to ``digest``) in a pack: one this
         process already wrote or is writing, else the pending pack, to which it is added."""
         pack = getattr(self._packing, "pack", None)
@@ -554,7 +570,7 @@ class Storage:
         if len(self._located) >= self.PACK_MEMO:
             self._located.clear()
         self._located[digest] = key
-        self._memo_put(key, digest, bytes(data))  # hashed just now: verified by making
+        self._remember(key, digest, bytes(data))  # a member: hashed just now, verified by making
         if len(pack.data) >= self.PACK_MAX:
             self.seal_pack()
         return key
@@ -572,6 +588,14 @@ class Storage:
         finally:
             if outer is None:
                 self._packing.sizes = None
+
+    def renew_pack_checks(self) -> None:
+        """Inside ``pack_checks``: forget the pack sizes found so far, so that the block
+        goes on trusting checks no older than this call (a long run renews them at every
+        commit, so each check is at most one scheduling round old)."""
+        sizes = getattr(self._packing, "sizes", None)
+        if sizes:
+            sizes.clear()
 
     def _member_size(self, pack_key: str, offset: int, size: int) -> int | None:
         """``size`` if the pack holds the member's whole range, else None (gone, cut)."""

@@ -15,22 +15,26 @@ exception). Outside a task, ``save`` and ``load`` raise with a clear message.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
 _where: ContextVar[tuple[Any, str] | None] = ContextVar("papercrane_checkpoint", default=None)
 
 
-@contextlib.contextmanager
-def location(storage: Any, key: str) -> Iterator[None]:
-    """Used by the runner around a task's code."""
-    token = _where.set((storage, key))
-    try:
-        yield
-    finally:
-        _where.reset(token)
+class location:  # noqa: N801 (used as a function: ``with location(storage, key):``)
+    """Used by the runner around a task's code. A class rather than a generator: a map
+    enters it once per element, and a generator's set-up cost more than the cell."""
+
+    __slots__ = ("_place", "_token")
+
+    def __init__(self, storage: Any, key: str) -> None:
+        self._place = (storage, key)
+
+    def __enter__(self) -> None:
+        self._token = _where.set(self._place)
+
+    def __exit__(self, *exc: object) -> None:
+        _where.reset(self._token)
 
 
 def _here() -> tuple[Any, str]:

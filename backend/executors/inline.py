@@ -26,26 +26,31 @@ class _Capture(io.TextIOBase):
 
     def __init__(self, target: Any) -> None:
         self._target = target
-        self.buffer_ = io.StringIO()
+        self.parts: list[str] = []
 
     def write(self, text: str) -> int:
         self._target.write(text)
-        self.buffer_.write(text)
+        self.parts.append(text)
         return len(text)
 
     def flush(self) -> None:
         self._target.flush()
+
+    def close(self) -> None:
+        """Also called when the capture is collected (``io`` objects close themselves),
+        which flushes: only when the attempt wrote something is the stream flushed, as
+        before. Flushing ipykernel's stream waits for its I/O thread (twice per attempt,
+        stdout and stderr), and a map's attempts mostly print nothing. (Display messages
+        flush the streams themselves, so output order is kept either way.)"""
+        if self.parts:
+            super().close()
 
     def writable(self) -> bool:
         return True
 
 
 @contextlib.contextmanager
-def _alarm(seconds: float | None, label: str) -> Iterator[None]:
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
+def _alarm(seconds: float, label: str) -> Iterator[None]:
     def _expired(signum: int, frame: Any) -> None:
         raise TaskTimeout(f"{label} ran longer than its timeout of {seconds:g} s and was stopped")
 
@@ -67,23 +72,37 @@ class InlineExecutor(Executor):
     def run(
         self, attempt: AttemptSpec, sink: LogSink, cancel: threading.Event | None = None
     ) -> AttemptResult:
+        """Run the cell with its output captured (and passed through), under its timeout.
+
+        The streams are swapped and restored by hand, as ``contextlib.redirect_stdout``
+        does, and the alarm is set up only for a task with a timeout, on the main
+        thread (SIGALRM): a map runs thousands of attempts whose bodies take a few µs."""
         if attempt.values is None:
             raise ConfigError("the inline executor needs the input values in this process")
         out, err = _Capture(sys.stdout), _Capture(sys.stderr)
-        label = f"task {attempt.task.name!r}"
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # noqa: SIM117
-            with _alarm(attempt.config.timeout, label):
-                result = runner.execute(
-                    attempt.task,
-                    attempt.values,
-                    self.artifacts,
-                    set(attempt.declared_outputs),
-                    checkpoint_key=attempt.checkpoint_key,
-                )
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+        try:
+            timeout = attempt.config.timeout
+            if timeout and threading.current_thread() is threading.main_thread():
+                with _alarm(timeout, f"task {attempt.task.name!r}"):
+                    result = self._execute(attempt)
+            else:
+                result = self._execute(attempt)
+        finally:
+            sys.stdout, sys.stderr = saved
         for stream, cap in (("stdout", out), ("stderr", err)):
-            text = cap.buffer_.getvalue()
-            if text:
+            if cap.parts:
                 key = f"{attempt.prefix}/{stream}.log"
-                self.storage.write_bytes(key, text.encode())
+                self.storage.write_bytes(key, "".join(cap.parts).encode())
                 result.logs[stream] = key
         return result
+
+    def _execute(self, attempt: AttemptSpec) -> AttemptResult:
+        return runner.execute(
+            attempt.task,
+            attempt.values,  # type: ignore[arg-type]
+            self.artifacts,
+            set(attempt.declared_outputs),
+            checkpoint_key=attempt.checkpoint_key,
+        )

@@ -258,19 +258,26 @@ class Store:
         Returns the events with their sequence numbers. ``state`` must already have the
         events applied (the engine folds them as it goes).
         """
+        return [e.numbered(seq) for e, seq in zip(batch, self.append_seqs(conn, batch, state))]
+
+    def append_seqs(self, conn: Any, batch: list[Event], state: ExecutionState) -> list[int]:
+        """``append``, returning only the sequence numbers (in ``batch``'s order): a
+        caller that hands the numbered events on one at a time (``Event.numbered``)
+        does not keep thousands of them alive at once."""
         created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
         if sqlite_rows.applies(conn):
+            text = sqlite_rows.json_text
             seqs = sqlite_rows.append(
                 conn,
                 self._projection_row(state) if created else None,
-                [(e.execution_id, e.node, e.attempt, e.kind.value, e.ts, e.payload) for e in batch],
+                [
+                    (e.execution_id, e.node, e.attempt, e.kind.value, e.ts, text(e.payload))
+                    for e in batch
+                ],
                 (state.status.value, state.ended_at, state.id),
             )
             state.last_seq = seqs[-1]
-            return [
-                Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
-                for e, seq in zip(batch, seqs)
-            ]
+            return seqs
         rows = [
             {
                 "execution_id": e.execution_id,
@@ -286,10 +293,6 @@ class Store:
         if created:
             conn.execute(sql["insert_execution"], self._projection_row(state))
         seqs = [r.seq for r in conn.execute(sql["insert_events"], rows)]
-        numbered = [
-            Event(e.execution_id, e.kind, e.node, e.attempt, e.payload, e.ts, seq)
-            for e, seq in zip(batch, seqs)
-        ]
         state.last_seq = max(seqs)
         conn.execute(
             sql["update_execution"],
@@ -300,7 +303,7 @@ class Store:
                 "last_seq": state.last_seq,
             },
         )
-        return numbered
+        return seqs
 
     @staticmethod
     def _projection_row(state: ExecutionState) -> dict[str, Any]:
@@ -432,14 +435,16 @@ class Store:
     # -- artifacts ----------------------------------------------------------------------------
     def put_artifacts(self, conn: Any, refs: Iterable[ArtifactRef]) -> None:
         now = time.time()
+        if sqlite_rows.applies(conn):
+            sqlite_rows.put_artifacts(conn, refs, now, SHOWN_WIDTHS)
+            return
         rows = {r.id: {**r.to_dict(), "created_at": now} for r in refs}
         if not rows:
             return
         for row in rows.values():
-            # Shown, never parsed; PostgreSQL enforces the column widths SQLite ignores.
             for column, width in SHOWN_WIDTHS.items():
                 if len(row[column]) > width:
-                    row[column] = row[column][: width - 1] + "…"
+                    row[column] = sqlite_rows.cut(row[column], width)
         _insert_ignore(conn, "artifacts", list(rows.values()))
 
     def artifact(self, artifact_id: str) -> ArtifactRef | None:
@@ -573,7 +578,7 @@ class Store:
             return
         now = time.time()
         if sqlite_rows.applies(conn):
-            sqlite_rows.cache_put(conn, [{**r, "created_at": now} for r in rows])
+            sqlite_rows.cache_put(conn, rows, now)
             return
         dialect = conn.dialect.name
         stmt = self._cache_upserts.get(dialect)

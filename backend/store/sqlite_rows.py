@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter, itemgetter
 from typing import Any
 
 
@@ -80,19 +81,38 @@ class Table:
             sql = _statements[key] = f"SELECT {names} FROM {self.name} WHERE {where}"
         return sql
 
-    def upsert(self, keys: tuple[str, ...]) -> str:
-        """Insert, or on a conflict over ``keys`` replace the other columns."""
-        key = (self.name, keys, "upsert")
+    def upsert(self, keys: tuple[str, ...], columns: tuple[str, ...] | None = None) -> str:
+        """Insert (``columns``, in that order; all by default), or on a conflict over
+        ``keys`` replace the other columns."""
+        columns = self.columns if columns is None else columns
+        key = (self.name, keys + ("/",) + columns, "upsert")
         sql = _statements.get(key)
         if sql is None:
             update = ", ".join(f'"{c}" = excluded."{c}"' for c in self.columns if c not in keys)
             conflict = f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
-            sql = _statements[key] = self.insert(self.columns, conflict)
+            sql = _statements[key] = self.insert(columns, conflict)
         return sql
 
     def row(self, values: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
         """``values`` in ``columns``' order, JSON columns serialized."""
-        return tuple(json.dumps(values[c]) if c in self.json else values[c] for c in columns)
+        return tuple(json_text(values[c]) if c in self.json else values[c] for c in columns)
+
+    def rows(
+        self, values: Iterable[dict[str, Any]], columns: tuple[str, ...], *tail: Any
+    ) -> list[list[Any]]:
+        """``row`` of each of ``values``, then the constants ``tail`` (a batch's
+        ``created_at``, given once rather than copied into every dict). A map writes
+        thousands of rows per commit: one ``itemgetter`` call per row, then only the
+        JSON columns are touched."""
+        get = itemgetter(*columns)
+        at = [i for i, c in enumerate(columns) if c in self.json]
+        found = []
+        for value in values:
+            row = [*get(value), *tail]
+            for i in at:
+                row[i] = json_text(row[i])
+            found.append(row)
+        return found
 
     def decode(self, columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
         return {c: (_loads(v) if c in self.json else v) for c, v in zip(columns, row)}
@@ -113,6 +133,11 @@ class Table:
     def but_generated(self) -> tuple[str, ...]:
         """The columns an insert names: all but an autoincremented ``id``."""
         return tuple(c for c in self.columns if c != "id")
+
+    @cached_property
+    def but_generated_created(self) -> tuple[str, ...]:
+        """``but_generated`` less ``created_at`` (which a batch gives once)."""
+        return tuple(c for c in self.but_generated if c != "created_at")
 
 
 _tables: dict[str, Table] = {}
@@ -150,10 +175,11 @@ _UPDATE_EXECUTION = "UPDATE executions SET status = ?, ended_at = ?, last_seq = 
 def append(
     conn: Any,
     execution_row: dict[str, Any] | None,
-    events: Sequence[tuple[str, str, int, str, float, Any]],
+    events: Sequence[tuple[str, str, int, str, float, str]],
     projection: tuple[str, float | None, str],
 ) -> list[int]:
-    """Insert the execution row (when new) and the events; return the events' ``seq``.
+    """Insert the execution row (when new) and the events (``EVENT_FIELDS``, the payload
+    as JSON text: ``json_text``); return the events' ``seq``.
 
     The caller's transaction holds SQLite's write lock from its first insert on, so the
     rows of one ``executemany`` take consecutive rowids ending at ``last_insert_rowid()``
@@ -166,10 +192,7 @@ def append(
         if execution_row is not None:
             t = table(raw, "executions")
             cur.execute(t.insert_all, t.row(execution_row, t.columns))
-        cur.executemany(
-            table(raw, "events").insert(EVENT_FIELDS),
-            [(e, n, a, k, ts, _payload(p)) for e, n, a, k, ts, p in events],
-        )
+        cur.executemany(table(raw, "events").insert(EVENT_FIELDS), events)
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
         status, ended_at, execution_id = projection
         cur.execute(_UPDATE_EXECUTION, (status, ended_at, last, execution_id))
@@ -178,20 +201,66 @@ def append(
     return list(range(last - len(events) + 1, last + 1))
 
 
-def _payload(payload: Any) -> str:
-    """An event's payload as JSON text, as ``json.dumps`` writes it (most events of a
-    task run have an empty one, which needs no encoder)."""
-    if not payload and type(payload) is dict:
-        return "{}"
-    return json.dumps(payload)
+def json_text(value: Any) -> str:
+    """A JSON column's text, as ``json.dumps`` writes it. Most of a task run's JSON is
+    empty (an event's payload, a cache entry's references, its display): no encoder
+    for those."""
+    if not value:
+        if value is None:
+            return "null"
+        kind = type(value)
+        if kind is dict:
+            return "{}"
+        if kind is list:
+            return "[]"
+    return json.dumps(value)
 
 
 def put_lineage(conn: Any, rows: list[dict[str, Any]], now: float) -> None:
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "lineage")
-        columns = t.but_generated
-        cur.executemany(t.insert(columns), [t.row({"created_at": now, **r}, columns) for r in rows])
+        columns = t.but_generated_created
+        cur.executemany(t.insert((*columns, "created_at")), t.rows(rows, columns, now))
+    finally:
+        cur.close()
+
+
+#: ``ArtifactRef``'s fields, in the order ``put_artifacts`` writes them.
+ARTIFACT_FIELDS = ("id", "hash", "uri", "size", "serializer", "python_type", "preview")
+
+
+def cut(text: str, width: int) -> str:
+    """Text shown, never parsed, cut to a column's width (PostgreSQL enforces the widths
+    SQLite ignores, so they are cut on every database)."""
+    return text[: width - 1] + "…"
+
+
+def put_artifacts(conn: Any, refs: Iterable[Any], now: float, widths: dict[str, int]) -> None:
+    """Insert-or-ignore artifact rows straight from ``ArtifactRef``s (``ARTIFACT_FIELDS``,
+    then ``created_at``), ``python_type`` and ``preview`` cut to ``widths`` (no dict per
+    row: a map records two artifacts per element)."""
+    get = attrgetter(*ARTIFACT_FIELDS)
+    seen: set[str] = set()
+    params = []
+    type_width, preview_width = widths["python_type"], widths["preview"]
+    for ref in refs:
+        if ref.id in seen:
+            continue
+        seen.add(ref.id)
+        row = [*get(ref), now]
+        if len(row[5]) > type_width:
+            row[5] = cut(row[5], type_width)
+        if len(row[6]) > preview_width:
+            row[6] = cut(row[6], preview_width)
+        params.append(row)
+    if not params:
+        return
+    cur = _cursor(conn)
+    try:
+        t = table(cur.connection, "artifacts")
+        sql = t.insert((*ARTIFACT_FIELDS, "created_at"), " ON CONFLICT DO NOTHING")
+        cur.executemany(sql, params)
     finally:
         cur.close()
 
@@ -207,12 +276,15 @@ def insert_ignore(conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
         cur.close()
 
 
-def cache_put(conn: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace cache entries (an upsert on the key, project and domain)."""
+def cache_put(conn: Any, rows: list[dict[str, Any]], now: float) -> None:
+    """Insert or replace cache entries (an upsert on the key, project and domain), each
+    created ``now``."""
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "cache_entries")
-        cur.executemany(t.upsert(("key", "project", "domain")), [t.row(r, t.columns) for r in rows])
+        columns = t.but_created
+        sql = t.upsert(("key", "project", "domain"), (*columns, "created_at"))
+        cur.executemany(sql, t.rows(rows, columns, now))
     finally:
         cur.close()
 

@@ -238,3 +238,57 @@ def test_a_start_that_could_not_be_written_stays_pending(engine: LocalEngine) ->
     run.pending.pop()
     run.flush()
     assert [e.kind for e in engine.events(run.state.id)] == [e.kind for e in pending[:-1]]
+
+
+class _CountingStream:
+    """The cell's stream as a kernel provides it (ipykernel's ``OutStream`` waits for
+    its I/O thread on every flush): here one that counts the flushes it is asked for."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_an_inline_task_that_prints_nothing_does_not_flush_the_cells_streams(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import sys
+
+    out, err = _CountingStream(), _CountingStream()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    quiet = run(engine, "y = x + 1", {"x": 1})
+    gc.collect()  # (a capture flushes, if at all, when it is collected)
+    assert quiet.values == {"y": 2} and (out.flushes, err.flushes) == (0, 0)
+    assert engine.execution(quiet.execution.id).nodes["t"].logs == {}
+    loud = run(engine, "print('hello')\ny = x + 1", {"x": 2})
+    gc.collect()
+    assert out.text == "hello\n" and out.flushes >= 1 and err.flushes == 0
+    (key,) = engine.execution(loud.execution.id).nodes["t"].logs[1].values()
+    assert engine.storage.read_bytes(key) == b"hello\n"
+    assert sys.stdout is out and sys.stderr is err
+
+
+def test_events_built_field_by_field_equal_the_dataclasss_own() -> None:
+    """``Event.stamped`` and ``Event.numbered`` skip the frozen dataclass's ``__init__``:
+    what they give must be the same event, still frozen."""
+    import dataclasses
+
+    before = time.time()
+    made = Event.stamped("e1", EventKind.CACHE_MISS, "t[3]", 0, {"cache_key": "k"})
+    assert before <= made.ts <= time.time()
+    plain = Event("e1", EventKind.CACHE_MISS, "t[3]", 0, {"cache_key": "k"}, made.ts)
+    assert made == plain and repr(made) == repr(plain)
+    assert dataclasses.asdict(made) == dataclasses.asdict(plain)
+    numbered = made.numbered(7)
+    assert numbered == dataclasses.replace(plain, seq=7) and made.seq == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        numbered.seq = 8  # type: ignore[misc]

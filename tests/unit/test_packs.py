@@ -209,3 +209,18 @@ def test_a_member_found_damaged_is_not_named_again_by_this_process(tmp_path: Pat
     ((again_digest, again, _),) = _packed(storage, ["value"])
     assert again != key and again_digest == digest
     assert storage.load_value(again, digest, JSON) == "value"
+
+
+def test_pack_checks_trust_a_pack_until_they_are_renewed(tmp_path: Path) -> None:
+    """Inside ``pack_checks`` each pack's presence is checked once (a scheduler renews
+    the checks at every commit); after ``renew_pack_checks`` a deleted pack is seen."""
+    storage = Storage(str(tmp_path))
+    ((_, key, size),) = _packed(storage, ["value"])
+    pack_path = tmp_path / packs.parse(key)[0]  # type: ignore[index]
+    with storage.pack_checks():
+        assert storage.size(key) == size
+        pack_path.unlink()
+        assert storage.size(key) == size  # trusted: checked in this round
+        storage.renew_pack_checks()
+        assert storage.size(key) is None
+    assert storage.size(key) is None

@@ -242,6 +242,43 @@ def test_deterministic_serializers_give_equal_bytes_for_equal_values(
     assert one.getvalue() == two.getvalue()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("text", "abc"),
+        ("text", "é \ud800 lone surrogate"),
+        ("bytes", b"\x00\xff"),
+        ("json", 12345),
+        ("json", -(10**300)),
+        ("json", True),
+        ("json", None),
+        ("json", 1.5),
+        ("json", "é \ud800"),
+        ("json", {"a": [1, "b", None]}),
+    ],
+)
+def test_a_whole_encoding_is_the_bytes_dump_writes(
+    registry: SerializerRegistry, storage: Storage, name: str, value: Any
+) -> None:
+    """``encode`` (storing a small value in one call) must give ``dump``'s bytes, so ids
+    and digests do not depend on which path stored the value."""
+    serializer = registry.get(name)
+    streamed = io.BytesIO()
+    serializer.dump(value, streamed)
+    assert serializer.encode(value) == streamed.getvalue()
+    digest, _, size = storage.put_value(value, serializer)
+    assert digest == hashlib.sha256(streamed.getvalue()).hexdigest()
+    assert size == len(streamed.getvalue())
+    assert storage.load_value(storage.artifact_key(digest), digest, serializer) == value
+
+
+@pytest.mark.parametrize("name", ["npy", "parquet", "cloudpickle"])
+def test_streaming_serializers_have_no_whole_encoding(
+    registry: SerializerRegistry, name: str
+) -> None:
+    assert registry.get(name).encode(object()) is None
+
+
 @pytest.mark.parametrize("name", ["parquet", "cloudpickle"])
 def test_pickle_and_parquet_are_not_trusted_as_fingerprints(
     registry: SerializerRegistry, name: str

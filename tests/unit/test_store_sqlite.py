@@ -38,6 +38,8 @@ def test_the_driver_statements_follow_the_schema(tmp_path: Path) -> None:
         store.close()
     artifacts = metadata.tables["artifacts"]
     assert {c: artifacts.c[c].type.length for c in SHOWN_WIDTHS} == SHOWN_WIDTHS
+    # Artifact rows are written from the refs' fields (``put_artifacts``), not the table's.
+    assert {*sqlite_rows.ARTIFACT_FIELDS, "created_at"} == {c.name for c in artifacts.columns}
 
 
 def test_rows_written_by_the_driver_read_back_through_sqlalchemy(tmp_path: Path) -> None:
@@ -102,6 +104,72 @@ def test_event_payloads_are_stored_as_json_dumps_writes_them(tmp_path: Path) -> 
             assert stored[e.seq] == json.dumps(e.payload)
     finally:
         engine.close()
+
+
+def test_batched_rows_are_stored_as_the_schema_reads_them(tmp_path: Path) -> None:
+    """A map's rows are built without a dict per row (artifacts straight from their
+    refs, one ``created_at`` per batch): what reads them back (SQLAlchemy, the driver)
+    sees the same values, the JSON as ``json.dumps`` writes it, shown texts cut."""
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    long = ArtifactRef("b" * 64, "h2", "u2", 2, "json", "m." + "T" * 300, "p" * 300)
+    short = ArtifactRef("a" * 64, "h1", "u1", 1, "json", "int", "1")
+    entries = [
+        {
+            "key": f"{i:064x}",
+            "project": "default",
+            "domain": "development",
+            "task_name": "t",
+            "task_version": "v",
+            "outputs": {"y": short.to_dict()},
+            "references": {"np": "numpy"} if i else {},
+            "display": {"data": {"text/plain": "1"}, "metadata": {}} if i else None,
+            "execution_id": "e",
+        }
+        for i in range(2)
+    ]
+    lineage = [
+        {
+            "artifact_id": short.id,
+            "name": "y",
+            "execution_id": "e",
+            "node": f"t[{i}]",
+            "attempt": 1,
+            "task_name": "t",
+            "task_version": "v",
+            "inputs": {"x": {"id": long.id}},
+        }
+        for i in range(2)
+    ]
+    try:
+        with store.transaction() as conn:
+            store.put_artifacts(conn, [short, long, short])  # (one row per id)
+            store.cache_put_many(conn, entries)
+            store.put_lineage(conn, lineage)
+        assert store.artifact(short.id) == short
+        cut = store.artifact(long.id)
+        assert cut is not None and len(cut.preview) == SHOWN_WIDTHS["preview"]
+        assert cut.preview.endswith("…") and cut.python_type.endswith("…")
+        listed = {e["key"]: e for e in store.cache_list()}  # through SQLAlchemy
+        for entry in entries:
+            got = store.cache_get(entry["key"], "default", "development")
+            assert got == listed[entry["key"]] == {**entry, "created_at": got["created_at"]}
+        rows = [
+            {k: v for k, v in r.items() if k not in ("id", "created_at")}
+            for r in store.producers(short.id)
+        ]
+        assert rows == lineage
+    finally:
+        store.close()
+    raw = sqlite3.connect(tmp_path / "x.db")
+    try:
+        stored = raw.execute('SELECT outputs, "references", display FROM cache_entries').fetchall()
+        assert sorted(stored) == sorted(
+            tuple(json.dumps(e[c]) for c in ("outputs", "references", "display")) for e in entries
+        )
+        (count,) = raw.execute("SELECT COUNT(*) FROM artifacts").fetchone()
+        assert count == 2
+    finally:
+        raw.close()
 
 
 def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
