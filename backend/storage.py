@@ -222,12 +222,7 @@ class Storage:
             writer = HashingWriter(buffer)
             serializer.dump(value, writer)  # type: ignore[arg-type]
             digest = writer.hexdigest()
-            if writer.size <= self.PACK_ITEM and self.packing:
-                return digest, self._pack(digest, buffer.getbuffer()), writer.size
-            key = self.artifact_key(digest)
-            if not self.exists(key):
-                self.write_bytes(key, buffer.getbuffer())
-            return digest, key, writer.size
+            return digest, self.put_encoded(digest, buffer.getbuffer()), writer.size
         digest = self.mapped_digest(value, serializer)
         if digest is not None:  # a mapped array, unchanged: its file is (or was) stored
             key = self.artifact_key(digest)
@@ -252,6 +247,17 @@ class Storage:
             self._move(tmp, key)
             self._vouch_written(key, digest, writer.size)
         return digest, key, writer.size
+
+    def put_encoded(self, digest: str, data: bytes | memoryview) -> str:
+        """Store the small encoded bytes of a value, which hash to ``digest`` (sha256,
+        as ``put_value`` computes it for small values); return their key. Nothing is
+        written when the object is already there (or, while packing, already packed)."""
+        if len(data) <= self.PACK_ITEM and self.packing:
+            return self._pack(digest, memoryview(data))
+        key = self.artifact_key(digest)
+        if not self.exists(key):
+            self.write_bytes(key, data)
+        return key
 
     def put_stream(
         self, stream: BinaryIO, expected_hash: str | None = None
