@@ -132,3 +132,50 @@ def test_rendered_rows_escape_keys_and_values() -> None:
     for key, value in view.summary()[:2]:
         assert _ROW.format(html.escape(key), html.escape(value)) in text
     assert "a&amp;b" in text and "&lt;t&gt;" in text
+
+
+def test_a_shown_value_sends_what_an_assignment_sends(sent: list[tuple[str, Any]]) -> None:
+    """``show_value`` (the run's updates) sends the ``update`` message that assigning
+    ``value`` sends from an ``ipywidgets.HTML``; an equal value sends nothing."""
+    import ipywidgets
+
+    from papercrane.widgets import _run_html_class
+
+    parts = shared_parts()
+    ours = _run_html_class()(value="a", **parts)
+    ours.show_value("b")
+    mine = sent[-1]
+    plain = ipywidgets.HTML(value="a", **parts)
+    plain.value = "b"
+    assert mine == sent[-1] and mine[0] == "comm_msg"
+    assert ours.value == "b" and ours.get_state("value") == {"value": "b"}
+    before = len(sent)
+    ours.show_value("b")
+    assert len(sent) == before
+
+
+def test_a_shown_value_still_reaches_observers(sent: list[tuple[str, Any]]) -> None:
+    """Anything observing ``value`` (or holding its sync) gets the assignment itself."""
+    from papercrane.widgets import _run_html_class
+
+    widget = _run_html_class()(value="a", **shared_parts())
+    seen: list[str] = []
+    widget.observe(lambda change: seen.append(change["new"]), names="value")
+    widget.show_value("b")
+    assert seen == ["b"] and sent[-1][1]["state"] == {"value": "b"}
+    with widget.hold_sync():
+        widget.show_value("c")
+        assert sent[-1][1]["state"] == {"value": "b"}
+    assert seen == ["b", "c"] and sent[-1][1]["state"] == {"value": "c"}
+
+
+def test_comm_ids_look_like_uuid4() -> None:
+    import uuid
+
+    from papercrane.widgets import new_id
+
+    ids = {new_id() for _ in range(200)}
+    assert len(ids) == 200
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
