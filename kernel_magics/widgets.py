@@ -289,17 +289,18 @@ def _run_html_class() -> Any:
             observing ``value`` and no ``hold_sync`` or front-end update in progress,
             ``Widget.notify_change`` would send exactly this. Otherwise it is the
             assignment itself."""
+            traits = self._trait_values  # (a lock never read is still its empty default)
             if (
                 type(value) is not str
-                or self._property_lock
+                or traits.get("_property_lock")
                 or self._holding_sync
                 or set(self._trait_notifiers) - {"comm"}
             ):
                 self.value = value
                 return
-            if value == self._trait_values.get("value"):
+            if value == traits.get("value"):
                 return  # (an equal value: traitlets neither notifies nor sends)
-            self._trait_values["value"] = value
+            traits["value"] = value
             self._send({"method": "update", "state": {"value": value}, "buffer_paths": []}, [])
 
     _html_class = RunHTML

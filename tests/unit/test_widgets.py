@@ -169,6 +169,16 @@ def test_a_shown_value_still_reaches_observers(sent: list[tuple[str, Any]]) -> N
     assert seen == ["b", "c"] and sent[-1][1]["state"] == {"value": "c"}
 
 
+def test_a_value_from_the_front_end_is_not_echoed(sent: list[tuple[str, Any]]) -> None:
+    from papercrane.widgets import _run_html_class
+
+    widget = _run_html_class()(value="a", **shared_parts())
+    before = len(sent)
+    with widget._lock_property(value="b"):  # as while handling the front end's update
+        widget.show_value("b")
+    assert widget.value == "b" and len(sent) == before
+
+
 def test_comm_ids_look_like_uuid4() -> None:
     import uuid
 
