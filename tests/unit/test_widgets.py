@@ -189,3 +189,23 @@ def test_comm_ids_look_like_uuid4() -> None:
     for text in ids:
         parsed = uuid.UUID(hex=text)
         assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_run_widgets_answer_the_front_end(sent: list[tuple[str, Any]]) -> None:
+    """The comm a run widget opens is wired as ``Widget.comm``'s assignment wires it:
+    the widget is registered and handles the front end's messages."""
+    from ipywidgets.widgets.widget import _instances
+
+    from papercrane.widgets import _run_html_class
+
+    widget = _run_html_class()(value="a", **shared_parts())
+    assert _instances[widget.model_id] is widget and widget.comm.comm_id == widget.model_id
+    widget.comm.handle_msg({"content": {"data": {"method": "request_state"}}, "buffers": []})
+    assert sent[-1][1]["method"] == "update" and sent[-1][1]["state"]["value"] == "a"
+    widget.comm.handle_msg(
+        {"content": {"data": {"method": "update", "state": {"value": "b"}}}, "buffers": []}
+    )
+    assert widget.value == "b"
+    model_id = widget.model_id
+    widget.close()
+    assert model_id not in _instances and widget.comm is None
