@@ -209,3 +209,36 @@ def test_run_widgets_answer_the_front_end(sent: list[tuple[str, Any]]) -> None:
     model_id = widget.model_id
     widget.close()
     assert model_id not in _instances and widget.comm is None
+
+
+def test_displayed_and_updated_as_ipython_display_does(sent: list[tuple[str, Any]]) -> None:
+    """A run's bundle reaches the shell's display publisher with the arguments
+    ``display(bundle, raw=True, display_id=...)`` and ``DisplayHandle.update`` give it."""
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+
+    published: list[dict[str, Any]] = []
+
+    class Recorder(DisplayPublisher):  # the boundary: what a kernel would send
+        def publish(self, data: Any, metadata: Any = None, **kwargs: Any) -> None:
+            published.append({"data": data, "metadata": metadata, **kwargs})
+
+    shell = InteractiveShell.instance()
+    before = shell.display_pub
+    shell.display_pub = Recorder(shell=shell)
+    try:
+        view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+        run = RunWidget(view, parts=shared_parts())
+        run.show()
+        run.finish()
+        ours = list(published)
+        published.clear()
+        display_id = ours[0]["transient"]["display_id"]
+        handle = display(ours[0]["data"], raw=True, display_id=display_id)
+        handle.update(ours[1]["data"], raw=True)
+    finally:
+        shell.display_pub = before
+    assert ours == published and len(ours) == 2
+    assert ours[1]["update"] is True and ours[1]["transient"] == {"display_id": display_id}
+    assert len(display_id) == 32 and int(display_id, 16) >= 0
