@@ -97,6 +97,22 @@ def _row_start(key: str) -> str:
     return start
 
 
+_escapes: dict[str, str] = {}
+
+
+def _escaped(text: str) -> str:
+    """``html.escape(text)``, remembered for short texts: a run renders the same names,
+    versions, states and values over and over (~17 texts per run, two renders)."""
+    found = _escapes.get(text)
+    if found is None:
+        found = html.escape(text)
+        if len(text) <= 200:
+            if len(_escapes) >= 4096:
+                _escapes.clear()
+            _escapes[text] = found
+    return found
+
+
 def render(view: RunView) -> tuple[str, str]:
     """The HTML and the text of the run's current state, from one summary: a widget
     shows both (the live view and its static fallbacks), and they then say the same
@@ -119,7 +135,7 @@ def _html(
 ) -> str:
     status = view.status
     color = _COLORS.get(status, "#6b7280")
-    esc = html.escape
+    esc = _escaped
     rows = "".join([_row_start(k) + esc(v) + _ROW_END for k, v in summary])
     parts = [
         "<div class='papercrane-run' style='font-family:var(--jp-ui-font-family,sans-serif);"
