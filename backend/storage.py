@@ -222,7 +222,12 @@ class Storage:
             writer = HashingWriter(buffer)
             serializer.dump(value, writer)  # type: ignore[arg-type]
             digest = writer.hexdigest()
-            return digest, self.put_encoded(digest, buffer.getbuffer()), writer.size
+            if writer.size <= self.PACK_ITEM and self.packing:
+                return digest, self._pack(digest, buffer.getbuffer()), writer.size
+            key = self.artifact_key(digest)
+            if not self.exists(key):
+                self.write_bytes(key, buffer.getbuffer())
+            return digest, key, writer.size
         digest = self.mapped_digest(value, serializer)
         if digest is not None:  # a mapped array, unchanged: its file is (or was) stored
             key = self.artifact_key(digest)
@@ -250,8 +255,9 @@ class Storage:
 
     def put_encoded(self, digest: str, data: bytes | memoryview) -> str:
         """Store the small encoded bytes of a value, which hash to ``digest`` (sha256,
-        as ``put_value`` computes it for small values); return their key. Nothing is
-        written when the object is already there (or, while packing, already packed)."""
+        as ``put_value`` computes it for small values), as ``put_value`` stores them;
+        return their key. Nothing is written when the object is already there (or,
+        while packing, already packed)."""
         if len(data) <= self.PACK_ITEM and self.packing:
             return self._pack(digest, memoryview(data))
         key = self.artifact_key(digest)
