@@ -224,6 +224,7 @@ def test_displayed_and_updated_as_ipython_display_does(sent: list[tuple[str, Any
         def publish(self, data: Any, metadata: Any = None, **kwargs: Any) -> None:
             published.append({"data": data, "metadata": metadata, **kwargs})
 
+    created = not InteractiveShell.initialized()
     shell = InteractiveShell.instance()
     before = shell.display_pub
     shell.display_pub = Recorder(shell=shell)
@@ -239,6 +240,8 @@ def test_displayed_and_updated_as_ipython_display_does(sent: list[tuple[str, Any
         handle.update(ours[1]["data"], raw=True)
     finally:
         shell.display_pub = before
+        if created:
+            InteractiveShell.clear_instance()
     assert ours == published and len(ours) == 2
     assert ours[1]["update"] is True and ours[1]["transient"] == {"display_id": display_id}
     assert len(display_id) == 32 and int(display_id, 16) >= 0
