@@ -185,7 +185,9 @@ class PapercraneMagics(Magics):
             if len(self._parsed) >= 256:
                 self._parsed.clear()
             self._parsed[line] = found
-        return argparse.Namespace(**vars(found))
+        copy = argparse.Namespace()
+        vars(copy).update(vars(found))  # (the keyword constructor sets them one by one)
+        return copy
 
     def _transform(self, cell: str) -> str:
         """``shell.transform_cell(cell)``, with its static part memoized by the text.
