@@ -45,7 +45,7 @@ class ArtifactIO:
         encoded = self.scalars.get(value)
         if encoded is not None:  # encoded before: only the storing is left
             return ArtifactRef(
-                id=fingerprint or encoded.fingerprint,
+                id=encoded.fingerprint if fingerprint is None else fingerprint,
                 hash=encoded.digest,
                 uri=self.storage.put_encoded(encoded.digest, encoded.data),
                 size=len(encoded.data),
