@@ -113,13 +113,31 @@ def _escaped(text: str) -> str:
     return found
 
 
+#: Renderings of runs with no event yet, by name and summary (see ``render``).
+_unstarted: dict[tuple[Any, ...], tuple[str, str]] = {}
+
+
 def render(view: RunView) -> tuple[str, str]:
     """The HTML and the text of the run's current state, from one summary: a widget
     shows both (the live view and its static fallbacks), and they then say the same
-    (one duration)."""
+    (one duration).
+
+    A run with no event yet (an inline task's widget, shown before its code runs) is
+    queued, with no node, error or outputs: its rendering is a function of its name and
+    summary (task and version, executor, duration), remembered for the next run of the
+    same task."""
     summary = view.summary()
     outs = _output_rows(view)
-    return _html(view, summary, outs), _text(view, summary, outs)
+    if view.state is not None or outs:
+        return _html(view, summary, outs), _text(view, summary, outs)
+    key = (view.name, *summary)
+    found = _unstarted.get(key)
+    if found is None:
+        found = _html(view, summary, outs), _text(view, summary, outs)
+        if len(_unstarted) >= 256:
+            _unstarted.clear()
+        _unstarted[key] = found
+    return found
 
 
 def render_html(view: RunView) -> str:

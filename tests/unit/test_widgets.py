@@ -245,3 +245,15 @@ def test_displayed_and_updated_as_ipython_display_does(sent: list[tuple[str, Any
     assert ours == published and len(ours) == 2
     assert ours[1]["update"] is True and ours[1]["transient"] == {"display_id": display_id}
     assert len(display_id) == 32 and int(display_id, 16) >= 0
+
+
+def test_an_unstarted_run_renders_as_it_would_afresh() -> None:
+    """``render`` remembers runs with no event yet by name and summary: the same text
+    as rendering them anew, and another summary renders anew."""
+    from papercrane.widgets import render, render_text
+
+    for executor in ("inline", "inline", "local"):
+        view = RunView(name="<t>", version="1" * 64, executor=executor, max_attempts=2)
+        view.ended = view.started  # (a fixed duration)
+        assert render(view) == (render_html(view), render_text(view))
+        assert executor in render(view)[1] and "queued" in render(view)[1]
