@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, StorageError
 from .model import ArtifactRef
+from .scalars import Scalars
 from .serializers import (
     CloudpickleSerializer,
     Serializer,
@@ -31,14 +32,27 @@ class ArtifactIO:
     def __init__(self, storage: Storage, registry: SerializerRegistry | None = None) -> None:
         self.storage = storage
         self.registry = registry or SerializerRegistry()
+        #: Encodings of small scalars, shared with this engine's fingerprinters.
+        self.scalars = Scalars(self.registry)
 
     def fingerprinter(self) -> Fingerprinter:
         from .fingerprint import Fingerprinter  # the runner rarely needs it: import late
 
-        return Fingerprinter(self.registry)
+        return Fingerprinter(self.registry, self.scalars)
 
     def put(self, value: Any, what: str, fingerprint: str | None = None) -> ArtifactRef:
         """Store ``value``; ``what`` names it in errors ("input 'df'", "output 'model'")."""
+        encoded = self.scalars.get(value)
+        if encoded is not None:  # encoded before: only the storing is left
+            return ArtifactRef(
+                id=encoded.fingerprint if fingerprint is None else fingerprint,
+                hash=encoded.digest,
+                uri=self.storage.put_encoded(encoded.digest, encoded.data),
+                size=len(encoded.data),
+                serializer=encoded.serializer,
+                python_type=encoded.python_type,
+                preview=encoded.preview,
+            )
         serializer = self.registry.for_value(value)
         try:
             digest, key, size = self._put(value, serializer)

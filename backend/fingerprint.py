@@ -21,14 +21,17 @@ from typing import Any
 
 from .environment import import_reference
 from .hashing import HashingWriter
+from .scalars import Scalars
 from .serializers import SerializerRegistry
 
 
 class Fingerprinter:
     """One fingerprinting pass; also records the modules reached (for the environment)."""
 
-    def __init__(self, registry: SerializerRegistry) -> None:
+    def __init__(self, registry: SerializerRegistry, scalars: Scalars | None = None) -> None:
         self.registry = registry
+        #: Encodings of small scalars (``scalars.py``), kept across passes by an engine.
+        self.scalars = scalars
         self.modules: set[str] = set()
         #: Files (notebook cells) that defined the functions reached.
         self.code_files: set[str] = set()
@@ -40,6 +43,10 @@ class Fingerprinter:
     # -- entry point ----------------------------------------------------------------------
     def value(self, value: Any) -> str:
         """Fingerprint of a value as a task input or output."""
+        if self.scalars is not None:
+            encoded = self.scalars.get(value)
+            if encoded is not None:
+                return encoded.fingerprint
         key = id(value)
         if key in self._memo:
             return self._memo[key]

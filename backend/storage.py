@@ -265,6 +265,18 @@ class Storage:
             self._vouch_written(key, digest, writer.size)
         return digest, key, writer.size
 
+    def put_encoded(self, digest: str, data: bytes | memoryview) -> str:
+        """Store the small encoded bytes of a value, which hash to ``digest`` (sha256,
+        as ``put_value`` computes it for small values), as ``put_value`` stores them;
+        return their key. Nothing is written when the object is already there (or,
+        while packing, already packed)."""
+        if len(data) <= self.PACK_ITEM and self.packing:
+            return self._pack(digest, memoryview(data))
+        key = self.artifact_key(digest)
+        if not self.exists(key):
+            self.write_bytes(key, data)
+        return key
+
     def put_stream(
         self, stream: BinaryIO, expected_hash: str | None = None
     ) -> tuple[str, str, int]:

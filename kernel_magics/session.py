@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from papercrane.backend.api import RunRequest
 from papercrane.backend.artifacts import unserializable_error
 from papercrane.backend.errors import ExecutionAborted, TaskFailed
 from papercrane.backend.model import ArtifactRef, TaskConfig, TaskSpec
 
 from .capture import Captured
+from .widgets import RunView, RunWidget, parts_usable, shared_parts
 
 
 class TaskError(Exception):
@@ -251,10 +253,6 @@ class Session:
         return self.run(rec)
 
     def run(self, rec: CellRecord, *, live_widget: bool = True) -> Any:
-        from papercrane.backend.api import RunRequest
-
-        from .widgets import RunView, RunWidget
-
         spec, config = rec.spec, rec.options.config
         view = RunView(
             name=spec.name,
@@ -306,8 +304,6 @@ class Session:
 
     def _widget_parts(self) -> dict[str, Any]:
         """The Layout and style this session's run widgets share (``shared_parts``)."""
-        from .widgets import parts_usable, shared_parts
-
         if not parts_usable(self._parts):
             self._parts = shared_parts()
         return self._parts

@@ -81,3 +81,37 @@ def test_added_transforms_apply(shell: Any, magics: PapercraneMagics) -> None:
     finally:
         shell.input_transformers_post.remove(shout)
     assert magics._transform(cell) == cell
+
+
+def test_the_task_line_is_expanded_as_ipython_expands_magic_lines(
+    shell: Any, magics: PapercraneMagics, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``%%task`` expands ``$name`` and ``{expression}`` itself (only when the line has
+    them): the same result, from the same frames, as IPython gives a cell magic."""
+    from IPython.core.magic_arguments import parse_argstring
+
+    monkeypatch.setenv("PAPERCRANE_HOME", str(tmp_path))
+    shell.register_magics(magics)
+    probed: list[str] = []
+    shell.register_magic_function(lambda line, cell: probed.append(line), "cell", "probe")
+    shell.user_ns.update(x=1, v="notebook")
+    versions = []
+
+    def caller(line: str) -> None:
+        v = "caller"  # noqa: F841 (what expanding could read from this frame)
+        shell.run_cell_magic("probe", line, "y = x + 1\n")
+        shell.run_cell_magic("task", line, "y = x + 1\n")
+        versions.append(magics.session.records["task:y"].options.config.cache_version)
+
+    def outer(line: str) -> None:
+        v = "callers-caller"  # noqa: F841
+        caller(line)
+
+    lines = ["{v}", "$v", "{v.upper()}-{1+1}", "a}b", "$$v", "plain", "{undefined}"]
+    for line in lines:
+        outer(f"--executor inline --cache-version {line}")
+        caller(f"--executor inline --cache-version {line}")
+    expected = [parse_argstring(magics.task, line).cache_version for line in probed]
+    assert versions == expected
+    assert "callers-caller" in expected and "notebook" in expected
+    magics.session.close()

@@ -132,3 +132,128 @@ def test_rendered_rows_escape_keys_and_values() -> None:
     for key, value in view.summary()[:2]:
         assert _ROW.format(html.escape(key), html.escape(value)) in text
     assert "a&amp;b" in text and "&lt;t&gt;" in text
+
+
+def test_a_shown_value_sends_what_an_assignment_sends(sent: list[tuple[str, Any]]) -> None:
+    """``show_value`` (the run's updates) sends the ``update`` message that assigning
+    ``value`` sends from an ``ipywidgets.HTML``; an equal value sends nothing."""
+    import ipywidgets
+
+    from papercrane.widgets import _run_html_class
+
+    parts = shared_parts()
+    ours = _run_html_class()(value="a", **parts)
+    ours.show_value("b")
+    mine = sent[-1]
+    plain = ipywidgets.HTML(value="a", **parts)
+    plain.value = "b"
+    assert mine == sent[-1] and mine[0] == "comm_msg"
+    assert ours.value == "b" and ours.get_state("value") == {"value": "b"}
+    before = len(sent)
+    ours.show_value("b")
+    assert len(sent) == before
+
+
+def test_a_shown_value_still_reaches_observers(sent: list[tuple[str, Any]]) -> None:
+    """Anything observing ``value`` (or holding its sync) gets the assignment itself."""
+    from papercrane.widgets import _run_html_class
+
+    widget = _run_html_class()(value="a", **shared_parts())
+    seen: list[str] = []
+    widget.observe(lambda change: seen.append(change["new"]), names="value")
+    widget.show_value("b")
+    assert seen == ["b"] and sent[-1][1]["state"] == {"value": "b"}
+    with widget.hold_sync():
+        widget.show_value("c")
+        assert sent[-1][1]["state"] == {"value": "b"}
+    assert seen == ["b", "c"] and sent[-1][1]["state"] == {"value": "c"}
+
+
+def test_a_value_from_the_front_end_is_not_echoed(sent: list[tuple[str, Any]]) -> None:
+    from papercrane.widgets import _run_html_class
+
+    widget = _run_html_class()(value="a", **shared_parts())
+    before = len(sent)
+    with widget._lock_property(value="b"):  # as while handling the front end's update
+        widget.show_value("b")
+    assert widget.value == "b" and len(sent) == before
+
+
+def test_comm_ids_look_like_uuid4() -> None:
+    import uuid
+
+    from papercrane.widgets import new_id
+
+    ids = {new_id() for _ in range(200)}
+    assert len(ids) == 200
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_run_widgets_answer_the_front_end(sent: list[tuple[str, Any]]) -> None:
+    """The comm a run widget opens is wired as ``Widget.comm``'s assignment wires it:
+    the widget is registered and handles the front end's messages."""
+    from ipywidgets.widgets.widget import _instances
+
+    from papercrane.widgets import _run_html_class
+
+    widget = _run_html_class()(value="a", **shared_parts())
+    assert _instances[widget.model_id] is widget and widget.comm.comm_id == widget.model_id
+    widget.comm.handle_msg({"content": {"data": {"method": "request_state"}}, "buffers": []})
+    assert sent[-1][1]["method"] == "update" and sent[-1][1]["state"]["value"] == "a"
+    widget.comm.handle_msg(
+        {"content": {"data": {"method": "update", "state": {"value": "b"}}}, "buffers": []}
+    )
+    assert widget.value == "b"
+    model_id = widget.model_id
+    widget.close()
+    assert model_id not in _instances and widget.comm is None
+
+
+def test_displayed_and_updated_as_ipython_display_does(sent: list[tuple[str, Any]]) -> None:
+    """A run's bundle reaches the shell's display publisher with the arguments
+    ``display(bundle, raw=True, display_id=...)`` and ``DisplayHandle.update`` give it."""
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+
+    published: list[dict[str, Any]] = []
+
+    class Recorder(DisplayPublisher):  # the boundary: what a kernel would send
+        def publish(self, data: Any, metadata: Any = None, **kwargs: Any) -> None:
+            published.append({"data": data, "metadata": metadata, **kwargs})
+
+    created = not InteractiveShell.initialized()
+    shell = InteractiveShell.instance()
+    before = shell.display_pub
+    shell.display_pub = Recorder(shell=shell)
+    try:
+        view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+        run = RunWidget(view, parts=shared_parts())
+        run.show()
+        run.finish()
+        ours = list(published)
+        published.clear()
+        display_id = ours[0]["transient"]["display_id"]
+        handle = display(ours[0]["data"], raw=True, display_id=display_id)
+        handle.update(ours[1]["data"], raw=True)
+    finally:
+        shell.display_pub = before
+        if created:
+            InteractiveShell.clear_instance()
+    assert ours == published and len(ours) == 2
+    assert ours[1]["update"] is True and ours[1]["transient"] == {"display_id": display_id}
+    assert len(display_id) == 32 and int(display_id, 16) >= 0
+
+
+def test_an_unstarted_run_renders_as_it_would_afresh() -> None:
+    """``render`` remembers runs with no event yet by name and summary: the same text
+    as rendering them anew, and another summary renders anew."""
+    from papercrane.widgets import render, render_text
+
+    for executor in ("inline", "inline", "local"):
+        view = RunView(name="<t>", version="1" * 64, executor=executor, max_attempts=2)
+        view.ended = view.started  # (a fixed duration)
+        assert render(view) == (render_html(view), render_text(view))
+        assert executor in render(view)[1] and "queued" in render(view)[1]

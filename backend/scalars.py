@@ -1,0 +1,92 @@
+"""Small immutable scalars, encoded once per engine.
+
+A notebook hands the same few numbers, flags and names from task to task (``x = 1``,
+``n = 10``, ``name = "train"``), and a fast task spent more on serializing, hashing and
+fingerprinting them again, each run, than on storing them. An exact ``int`` (of at most
+64 bits), ``bool``, ``None`` or short ``str`` encodes to bytes that are a function of its
+type and value alone: the built-in serializers take these types (plug-ins are asked only
+about values no built-in takes) and encode them deterministically. So the encoding, its
+digest and the value's fingerprint are remembered by ``(type, value)`` and are exactly
+what encoding the value again would give. Only the encoding is remembered: whether the
+bytes are in storage is checked (or they are written) on every store, as for any value.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .hashing import HashingWriter
+from .serializers import preview, python_type_name
+
+if TYPE_CHECKING:
+    from .serializers import SerializerRegistry
+
+_INT_LIMIT = 1 << 64
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A scalar's stored form: what ``ArtifactIO.put`` and ``Fingerprinter.value`` compute."""
+
+    serializer: str
+    data: bytes
+    digest: str
+    fingerprint: str
+    python_type: str
+    preview: str
+
+
+class Scalars:
+    """Encodings of small scalars by ``(type, value)``, at most ``MAX_ENTRIES`` of them
+    (forgotten all at once when full: a notebook's working set is small)."""
+
+    MAX_ENTRIES = 4096
+    #: Longer strings are encoded each time, as any value.
+    MAX_STR = 256
+
+    def __init__(self, registry: SerializerRegistry) -> None:
+        self.registry = registry
+        self._memo: dict[tuple[type, Any], Encoded] = {}
+
+    def get(self, value: Any) -> Encoded | None:
+        """The encoding of ``value`` if it is such a scalar, else None."""
+        t = type(value)
+        if t is int:
+            if not -_INT_LIMIT < value < _INT_LIMIT:
+                return None
+        elif t is str:
+            if len(value) > self.MAX_STR:
+                return None
+        elif t is not bool and value is not None:
+            return None
+        key = (t, value)  # the type keeps True apart from 1
+        found = self._memo.get(key)
+        if found is None:
+            found = self._encode(value)
+            if found is None:
+                return None
+            if len(self._memo) >= self.MAX_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _encode(self, value: Any) -> Encoded | None:
+        from .artifacts import typed_fingerprint
+
+        serializer = self.registry.for_value(value)
+        if not serializer.deterministic:
+            return None
+        buffer = io.BytesIO()
+        writer = HashingWriter(buffer)
+        serializer.dump(value, writer)  # type: ignore[arg-type]
+        digest = writer.hexdigest()
+        return Encoded(
+            serializer=serializer.name,
+            data=buffer.getvalue(),
+            digest=digest,
+            fingerprint=typed_fingerprint(serializer.name, digest),
+            python_type=python_type_name(value),
+            preview=preview(value),
+        )
