@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import types
 from typing import Any
 
@@ -218,11 +219,11 @@ def load_stamped(saved: str | None, stamp: str) -> dict[str, Any] | None:
 
 def save_stamped(saved: str | None, stamp: str, data: dict[str, Any]) -> None:
     """Write ``data`` with ``stamp`` to ``saved`` whole or not at all (a temporary file
-    renamed over it, so a concurrent reader sees the old file or the new one). A cache:
-    failing to write it is not an error."""
+    renamed over it, so a concurrent reader sees the old file or the new one; the
+    temporary file is this thread's own). A cache: failing to write it is not an error."""
     if saved is None:
         return
-    tmp = f"{saved}.{os.getpid()}.tmp"
+    tmp = f"{saved}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         os.makedirs(os.path.dirname(saved) or ".", exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:

@@ -4,8 +4,10 @@ folder on ``sys.path``; the scan itself is counted, not replaced)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -100,3 +102,25 @@ def test_without_a_file_every_registry_scans(site: Path, scans: list[str]) -> No
     _dist(site, "plugdist", {"extra": "json:loads"})
     assert registry(None).extra_names() == registry(None).extra_names() == ["extra"]
     assert len(scans) == 2
+
+
+def test_registries_scanning_at_once_leave_a_whole_file(tmp_path: Path, site: Path) -> None:
+    """Threads of one process (a map's workers) each write through a temporary file of
+    their own: every registry sees the plug-in and the file left is a complete scan."""
+    _dist(site, "plugdist", {"extra": "json:loads"})
+    saved = tmp_path / "cache" / "entry-points.json"
+    start = threading.Barrier(8)
+    found: list[list[str]] = []
+
+    def scan() -> None:
+        start.wait()
+        found.append(registry(saved).extra_names())
+
+    threads = [threading.Thread(target=scan) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [["extra"]] * 8
+    assert json.loads(saved.read_text())["entry_points"] == [["extra", "json:loads"]]
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]  # no temporary left
