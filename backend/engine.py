@@ -25,6 +25,7 @@ from .executors.base import Executor, executor_registry
 from .hashing import canonical_json, sha256_json
 from .model import ArtifactRef, Event, ExecutionState, Status, TaskConfig, TaskSpec
 from .scheduler import RunOptions, WorkflowResult, WorkflowRun
+from .serializers import SerializerRegistry
 from .storage import Storage
 from .store import Store
 from .workflow import Binding, MapSpec, NodeSpec, WorkflowSpec
@@ -99,7 +100,10 @@ class LocalEngine(EngineAPI):
         #: A server's engines (one per project and domain) share one store.
         self._owns_store = store is None
         self.store = store if store is not None else Store(self.config.db_url)
-        self.artifacts = ArtifactIO(self.storage)
+        self.artifacts = ArtifactIO(
+            self.storage,
+            SerializerRegistry(self.config.home / "cache" / "serializer-entry-points.json"),
+        )
         self._executors: dict[str, Executor] = {}
         self._registry = executor_registry()
         #: Task and workflow versions known to be in the store (and storage).

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import types
 from typing import Any
 
@@ -65,6 +66,11 @@ class EnvironmentProbe:
         self._cache: dict[str, tuple[dict[str, str], dict[str, str], list[tuple[str, int]]]] = {}
         #: A file keeping the module -> distributions map between sessions (below).
         self._saved = os.fspath(saved) if saved is not None else None
+        #: The stamp the map belongs to, and ``sys.path`` when it was taken.
+        self._stamp = ""
+        self._stamped_path: list[str] = []
+        #: Distribution -> [version, metadata folder, its ``_stamp``], saved with the map.
+        self._versions: dict[str, list[Any]] = {}
 
     def _module_dists(self, refresh: bool = False) -> dict[str, list[str]]:
         if self._dists is None or refresh:
@@ -75,30 +81,55 @@ class EnvironmentProbe:
         """``packages_distributions()`` reads every installed distribution's metadata:
         ~200 ms, paid by every new kernel (each papermill run) on its first task. The
         map is kept in a file, valid while the interpreter, ``sys.path`` and the
-        distributions' metadata folders on it are the same (``_path_stamp``)."""
+        distributions' metadata folders on it are the same (``path_stamp``). The
+        versions found since (``_version``) are kept beside it."""
         from importlib import metadata  # 20 ms to import: only when a task is captured
 
-        stamp = _path_stamp()
-        if self._saved is not None and not refresh:
-            try:
-                with open(self._saved, encoding="utf-8") as f:
-                    saved = json.load(f)
-                if saved.get("stamp") == stamp and isinstance(saved.get("dists"), dict):
-                    return saved["dists"]
-            except (OSError, ValueError):
-                pass
+        self._stamp, self._stamped_path = path_stamp(), list(sys.path)
+        self._versions = {}
+        saved = None if refresh else load_stamped(self._saved, self._stamp)
+        if saved is not None and isinstance(saved.get("dists"), dict):
+            versions = saved.get("versions")
+            self._versions = versions if isinstance(versions, dict) else {}
+            return saved["dists"]
         dists = metadata.packages_distributions()
-        if self._saved is not None:
-            tmp = f"{self._saved}.{os.getpid()}.tmp"
-            try:
-                os.makedirs(os.path.dirname(self._saved) or ".", exist_ok=True)
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump({"stamp": stamp, "dists": dists}, f)
-                os.replace(tmp, self._saved)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
+        self._dists = dists
+        self._save()
         return dists
+
+    def _save(self) -> None:
+        save_stamped(self._saved, self._stamp, {"dists": self._dists, "versions": self._versions})
+
+    def _version(self, name: str) -> tuple[str, str | None] | None:
+        """(version, metadata folder) of an installed distribution, None if it is not.
+
+        ``metadata.distribution(name).version`` searches ``sys.path`` and parses the
+        distribution's METADATA (~3 ms for numpy, on every kernel's first task), so
+        answers are saved with the map. A saved answer is used only while ``sys.path``
+        is the one the map's stamp was taken with and its metadata folder is unchanged
+        (the ``_stamp`` a session's own cached answers are checked with)."""
+        from importlib import metadata
+
+        same_path = sys.path == self._stamped_path
+        known = self._versions.get(name) if same_path else None
+        if (
+            isinstance(known, list)
+            and len(known) == 3
+            and isinstance(known[0], str)
+            and (known[1] is None or _stamp(known[1]) == known[2])
+        ):
+            return known[0], known[1]
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        found = getattr(dist, "_path", None)
+        path = str(found) if found is not None else None
+        version = dist.version
+        if same_path:
+            self._versions[name] = [version, path, _stamp(path) if path else None]
+            self._save()
+        return version, path
 
     def describe(self, top_module: str) -> tuple[dict[str, str], dict[str, str]]:
         """(packages, local_modules) contributed by one top-level module name."""
@@ -123,22 +154,18 @@ class EnvironmentProbe:
             packages["papercrane"] = _own_version()
         else:
             dists = self._module_dists(refresh=cached is not None).get(top)
-            from importlib import metadata
-
             if dists:
                 for name in dists:
-                    try:
-                        dist = metadata.distribution(name)
-                    except metadata.PackageNotFoundError:
+                    found = self._version(name)
+                    if found is None:
                         continue
-                    packages[name] = dist.version
-                    path = getattr(dist, "_path", None)
+                    packages[name], path = found
                     if path is not None:
-                        watch.append((str(path), _stamp(str(path))))
+                        watch.append((path, _stamp(path)))
             else:
-                found = _module_source(top)
-                if found:
-                    path, digest = found
+                found_source = _module_source(top)
+                if found_source:
+                    path, digest = found_source
                     local[top] = digest
                     watch.append((path, _stamp(path)))
         self._cache[top] = (packages, local, watch)
@@ -154,7 +181,7 @@ class EnvironmentProbe:
         return Environment(packages=packages, local_modules=local)
 
 
-def _path_stamp() -> str:
+def path_stamp() -> str:
     """Changes when the interpreter, ``sys.path`` or the distributions' metadata folders
     on it change (installing, upgrading or removing one), and only then: a notebook's
     own folder on ``sys.path`` changes all the time, its metadata seldom."""
@@ -173,6 +200,38 @@ def _path_stamp() -> str:
         if names:  # (a folder of plain modules, added with sys.path.insert, adds nothing)
             digest.update(f"\0{folder}\0".encode() + "\0".join(names).encode())
     return digest.hexdigest()
+
+
+def load_stamped(saved: str | None, stamp: str) -> dict[str, Any] | None:
+    """The JSON object saved at ``saved`` by ``save_stamped`` under the same stamp (see
+    ``path_stamp``), or None: no file, unreadable, or another stamp."""
+    if saved is None:
+        return None
+    try:
+        with open(saved, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or found.get("stamp") != stamp:
+        return None
+    return found
+
+
+def save_stamped(saved: str | None, stamp: str, data: dict[str, Any]) -> None:
+    """Write ``data`` with ``stamp`` to ``saved`` whole or not at all (a temporary file
+    renamed over it, so a concurrent reader sees the old file or the new one; the
+    temporary file is this thread's own). A cache: failing to write it is not an error."""
+    if saved is None:
+        return
+    tmp = f"{saved}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(saved) or ".", exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({**data, "stamp": stamp}, f)
+        os.replace(tmp, saved)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def _stamp(path: str) -> int:

@@ -15,6 +15,7 @@ import functools
 import io
 import json
 import math
+import os
 from abc import ABC, abstractmethod
 from typing import Any, BinaryIO, ClassVar
 
@@ -440,8 +441,9 @@ _BUILTIN = {
 class SerializerRegistry:
     """Serializers by name, from the ``papercrane.serializers`` entry-point group."""
 
-    def __init__(self) -> None:
-        self._plugins = PluginRegistry("papercrane.serializers", _BUILTIN, "serializer")
+    def __init__(self, saved: str | os.PathLike[str] | None = None) -> None:
+        """``saved``: a file keeping the entry-point scan between sessions (``PluginRegistry``)."""
+        self._plugins = PluginRegistry("papercrane.serializers", _BUILTIN, "serializer", saved)
         self._instances: dict[str, Serializer] = {}
         self._typed: list[type[Serializer]] | None = None
         self._extra: list[type[Serializer]] | None = None

@@ -20,12 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..runner import AttemptResult, system_error
 from .base import AttemptSpec, Executor, LogSink
-from .zygote import ForkedProcess, Zygote, ZygoteUnavailable, die_with_parent, switched_off
+
+if TYPE_CHECKING:  # imported where used: a kernel's cache hits load this executor only
+    from .zygote import ForkedProcess, Zygote
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class LocalExecutor(Executor):
         """This executor's zygote (created on first use; its process on first spawn)."""
         with self._zygote_lock:
             if self._zygote is None:
+                from .zygote import Zygote
+
                 self._zygote = Zygote()
             return self._zygote
 
@@ -180,6 +184,8 @@ class LocalExecutor(Executor):
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
+            from .zygote import ForkedProcess  # (imported by ``_spawn``)
+
             if isinstance(proc, ForkedProcess):
                 proc.close()
         return self._result(attempt, proc, timed_out, started)
@@ -189,6 +195,8 @@ class LocalExecutor(Executor):
     ) -> subprocess.Popen | ForkedProcess:
         """The attempt's process: forked from the zygote when it can, else spawned. The
         zygote's refusals are logged at debug level: they cost time, never behaviour."""
+        from .zygote import ZygoteUnavailable, die_with_parent, switched_off
+
         reason = switched_off()
         if reason is None:
             try:
@@ -223,6 +231,8 @@ class LocalExecutor(Executor):
         try:
             data = json.loads(self.storage.read_bytes(f"{attempt.prefix}/result.json"))
         except Exception:
+            from .zygote import ForkedProcess
+
             lost = proc.describe() if isinstance(proc, ForkedProcess) else None
             return AttemptResult(
                 "failed",

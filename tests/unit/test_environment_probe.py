@@ -3,6 +3,8 @@ sessions, and scans again when anything on ``sys.path`` changes."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -79,3 +81,63 @@ def test_a_folder_of_plain_modules_added_to_sys_path_keeps_the_saved_map(
     monkeypatch.setattr(sys, "path", [str(src), *sys.path])  # sys.path.insert(0, "src")
     EnvironmentProbe(saved).environment({"sqlalchemy"})
     assert len(scans) == 1
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The distributions looked up one by one (``metadata.distribution``)."""
+    real = metadata.distribution
+    asked: list[str] = []
+
+    def counting(name: str) -> metadata.Distribution:
+        asked.append(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "distribution", counting)
+    return asked
+
+
+def _fake_dist(site: Path, version: str) -> Path:
+    info = site / "fakedist_pc-1.dist-info"
+    info.mkdir()
+    meta = f"Metadata-Version: 2.1\nName: fakedist-pc\nVersion: {version}\n"
+    (info / "METADATA").write_text(meta)
+    (info / "top_level.txt").write_text("fakedist_pc\n")
+    return info
+
+
+def test_a_new_session_reads_the_saved_versions(tmp_path: Path, lookups: list[str]) -> None:
+    saved = tmp_path / "module-dists.json"
+    first = EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert lookups == ["SQLAlchemy"]
+    second = EnvironmentProbe(saved).environment({"sqlalchemy"})
+    assert lookups == ["SQLAlchemy"]  # the second session did not look it up
+    assert second == first and second.packages["SQLAlchemy"] == metadata.version("SQLAlchemy")
+
+
+def test_a_replaced_metadata_folder_is_read_again(
+    tmp_path: Path, lookups: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    info = _fake_dist(site, "1.0")
+    assert EnvironmentProbe(saved).environment({"fakedist_pc"}).packages == {"fakedist-pc": "1.0"}
+    shutil.rmtree(info)  # reinstalled under the same folder name, other metadata
+    _fake_dist(site, "1.0.post1")
+    env = EnvironmentProbe(saved).environment({"fakedist_pc"})
+    assert env.packages == {"fakedist-pc": "1.0.post1"}
+    assert lookups == ["fakedist-pc", "fakedist-pc"]
+
+
+def test_versions_found_after_sys_path_changed_are_not_saved(
+    tmp_path: Path, lookups: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = tmp_path / "module-dists.json"
+    probe = EnvironmentProbe(saved)
+    probe.environment({"sqlalchemy"})  # the map (and its stamp) is taken here
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    probe.environment({"numpy"})
+    assert "numpy" not in json.loads(saved.read_text())["versions"]
+    assert "SQLAlchemy" in json.loads(saved.read_text())["versions"]

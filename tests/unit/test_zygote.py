@@ -523,3 +523,39 @@ def test_sys_exit_in_a_task_is_its_exit_code(engine: LocalEngine) -> None:
     assert (
         result.error["message"] == "the task process exited with code 5 before reporting a result"
     )
+
+
+def test_a_cache_hit_neither_starts_nor_imports_the_zygote(tmp_path: Path) -> None:
+    """A fresh process (a papermill run's kernel) whose ``local`` task is a cache hit:
+    nothing is spawned, so the zygote's module is not even imported."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from papercrane.backend.api import RunRequest
+        from papercrane.backend.config import Config
+        from papercrane.backend.engine import LocalEngine
+        from papercrane.backend.model import TaskConfig, TaskSpec
+
+        engine = LocalEngine(Config(home=sys.argv[1]))
+        spec = TaskSpec(name="t", code="y = x * 2", inputs=("x",), outputs=("y",))
+        x = engine.find_artifact(engine.artifacts.fingerprinter().value(3))
+        x = x or engine.put_value(3, "input 'x'")
+        request = RunRequest(
+            spec=spec, config=TaskConfig(cache=True), inputs={"x": x}, values={"x": 3}
+        )
+        result = engine.run_task(request)
+        engine.close()
+        print(result.execution.status.value, result.values["y"],
+              "papercrane.backend.executors.zygote" in sys.modules)
+        """
+    )
+
+    def run() -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run() == ["succeeded", "6", "True"]  # a miss: its attempt forked from the zygote
+    assert run() == ["cached", "6", "False"]
