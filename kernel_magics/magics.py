@@ -12,6 +12,7 @@ import ast
 import functools
 import os
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -235,49 +236,35 @@ class PapercraneMagics(Magics):
 
     @_user_errors
     def _task(self, args: Any, cell: str) -> None:
-        (
-            replace,
-            CaptureError,
-            InputError,
-            Resources,
-            TaskConfig,
-            parse_cpu,
-            parse_duration,
-            parse_gpu,
-            parse_memory,
-            map_spec,
-            capture,
-            split_names,
-            RunOptions,
-        ) = _task_imports()
+        d = _task_imports()
         if args.retries < 0:
-            raise CaptureError(f"--retries {args.retries} must be 0 or more")
+            raise d.CaptureError(f"--retries {args.retries} must be 0 or more")
         executor = args.executor or self.settings.executor  # "": the engine's default
         if executor not in ("", "inline", "local", "kubernetes"):
-            raise CaptureError(
+            raise d.CaptureError(
                 f"executor {executor!r} (from PAPERCRANE_EXECUTOR or %config) is not an "
                 "executor; use inline, local or kubernetes"
             )
-        config = TaskConfig(
+        config = d.TaskConfig(
             cache=args.cache,
             cache_version=args.cache_version,
             retries=args.retries,
-            timeout=parse_duration(args.timeout) if args.timeout else None,
+            timeout=d.parse_duration(args.timeout) if args.timeout else None,
             executor=executor,
             image=args.image,
-            resources=Resources(
-                cpu=parse_cpu(args.cpu) if args.cpu else None,
-                memory=parse_memory(args.memory) if args.memory else None,
-                gpu=parse_gpu(args.gpu) if args.gpu is not None else None,
+            resources=d.Resources(
+                cpu=d.parse_cpu(args.cpu) if args.cpu else None,
+                memory=d.parse_memory(args.memory) if args.memory else None,
+                gpu=d.parse_gpu(args.gpu) if args.gpu is not None else None,
             ),
         )
         mapping = None
         if args.map_over:
-            mapping = map_spec(
+            mapping = d.map_spec(
                 args.map_over, args.map_as, args.min_success_ratio, args.map_concurrency
             )
         elif args.map_as or args.min_success_ratio is not None or args.map_concurrency:
-            raise CaptureError("--as, --min-success-ratio and --map-concurrency need --map NAME")
+            raise d.CaptureError("--as, --min-success-ratio and --map-concurrency need --map NAME")
         session = self.session
         ns = self.shell.user_ns
         pending = session.workflow.pending_outputs() if session.workflow.deferring else frozenset()
@@ -286,28 +273,28 @@ class PapercraneMagics(Magics):
             transformed = self._transform(cell)
         finally:
             self._capturing = False
-        cap = capture(
+        cap = d.capture(
             cell,
             transformed,
             ns,
             name=args.name,
-            inputs=split_names(args.inputs, "--inputs"),
-            outputs=split_names(args.outputs, "--outputs"),
+            inputs=d.split_names(args.inputs, "--inputs"),
+            outputs=d.split_names(args.outputs, "--outputs"),
             pending=pending,
             provided=frozenset([mapping.as_name]) if mapping else frozenset(),
         )
         if mapping is not None:
             over = mapping.over
             if over not in ns and over not in pending:
-                raise InputError(
+                raise d.InputError(
                     f"task {cap.name!r}: --map {over}, but the notebook has no variable {over!r}"
                 )
             if over in ns and over not in pending and over not in cap.values:
                 cap.values[over] = ns[over]  # the list reaches the scheduler, not each element
-            cap = replace(
+            cap = d.replace(
                 cap, inputs=tuple(i for i in cap.inputs if i != over or over in _reads(transformed))
             )
-        options = RunOptions(
+        options = d.RunOptions(
             name=cap.name,
             config=config,
             project=args.project or self.settings.project,
@@ -420,35 +407,22 @@ class PapercraneMagics(Magics):
 
 
 @functools.cache
-def _task_imports() -> tuple[Any, ...]:
+def _task_imports() -> SimpleNamespace:
     """What ``%%task`` uses from the backend and the session, imported at its first run
-    (loading the extension imports none of it), then handed over at once: eight import
-    statements in ``_task`` cost ~4 µs on every run, even with the modules loaded."""
-    from dataclasses import replace
+    (loading the extension imports none of it), then handed over as one namespace:
+    eight import statements in ``_task`` cost ~4 µs on every run, even with the modules
+    loaded. (The names reach ``_task`` through ``locals()``.)"""
+    from dataclasses import replace  # noqa: F401
 
-    from papercrane.backend.errors import CaptureError, InputError
-    from papercrane.backend.model import Resources, TaskConfig
-    from papercrane.backend.units import parse_cpu, parse_duration, parse_gpu, parse_memory
-    from papercrane.backend.workflow import map_spec
+    from papercrane.backend.errors import CaptureError, InputError  # noqa: F401
+    from papercrane.backend.model import Resources, TaskConfig  # noqa: F401
+    from papercrane.backend.units import parse_cpu, parse_duration, parse_gpu, parse_memory  # noqa: F401
+    from papercrane.backend.workflow import map_spec  # noqa: F401
 
-    from .capture import capture, split_names
-    from .session import RunOptions
+    from .capture import capture, split_names  # noqa: F401
+    from .session import RunOptions  # noqa: F401
 
-    return (
-        replace,
-        CaptureError,
-        InputError,
-        Resources,
-        TaskConfig,
-        parse_cpu,
-        parse_duration,
-        parse_gpu,
-        parse_memory,
-        map_spec,
-        capture,
-        split_names,
-        RunOptions,
-    )
+    return SimpleNamespace(**locals())
 
 
 def _reads(source: str) -> set[str]:
