@@ -27,9 +27,18 @@ from typing import TYPE_CHECKING, Any
 from .api import RunListener
 from .errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
 from .executors.base import AttemptSpec, Executor
-from .model import ArtifactRef, ErrorKind, Event, EventKind, ExecutionState, Status
+from .model import (
+    ArtifactRef,
+    ErrorKind,
+    Event,
+    EventColumns,
+    EventKind,
+    ExecutionState,
+    Status,
+)
 from .projection import apply
 from .runner import AttemptResult, system_error
+from .store.sqlite_rows import json_text
 from .workflow import NodeSpec, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -248,9 +257,11 @@ class WorkflowRun:
             self.nodes[n.id].waiting_on = ups
             for up in ups:
                 self.downstream[up].append(n.id)
-        self.pending: list[Event] = []
+        #: Events not yet committed, field by field (see ``EventColumns``).
+        self.pending = EventColumns(self.state.id)
         self.writes: list[Any] = []  # callables run in the next flush's transaction
-        # Rows batched into one statement per kind at the next flush:
+        # Rows batched into one statement per kind at the next flush (lineage and cache
+        # rows with their JSON columns as text: ``_persist``):
         self.new_artifacts: list[ArtifactRef] = []
         self.new_lineage: list[dict[str, Any]] = []
         self.new_cache: list[dict[str, Any]] = []
@@ -289,7 +300,7 @@ class WorkflowRun:
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
         event = Event.stamped(self.state.id, what, node, attempt, payload)
         apply(self.state, event)
-        self.pending.append(event)
+        self.pending.add(event)
 
     def flush(self, *, keep_on_error: bool = False) -> None:
         """Commit the pending events with the rows they depend on, then tell the
@@ -297,7 +308,7 @@ class WorkflowRun:
         flush to write) instead of dropping them."""
         if not self.pending:
             return
-        batch, self.pending = self.pending, []
+        batch = self.pending.take()
         writes, self.writes = self.writes, []
         artifacts, self.new_artifacts = self.new_artifacts, []
         lineage, self.new_lineage = self.new_lineage, []
@@ -311,19 +322,20 @@ class WorkflowRun:
                 for write in writes:
                     write(conn)
                 engine._record_artifacts(conn, artifacts)
-                engine.store.put_lineage(conn, lineage)
-                engine.store.cache_put_many(conn, cache)
+                engine.store.put_lineage(conn, lineage, encoded=True)
+                engine.store.cache_put_many(conn, cache, encoded=True)
                 seqs = engine.store.append_seqs(conn, batch, self.state)
         except BaseException:
             if keep_on_error:
-                self.pending[:0], self.writes[:0] = batch, writes
+                self.pending.put_back(batch)
+                self.writes[:0] = writes
                 self.new_artifacts[:0], self.new_lineage[:0] = artifacts, lineage
                 self.new_cache[:0] = cache
             raise
         self._last_flush = time.monotonic()
         on_event, state = self.listener.on_event, self.state
-        for e, seq in zip(batch, seqs):  # numbered one at a time, not thousands at once
-            on_event(e.numbered(seq), state)
+        for event in batch.numbered(seqs):  # one at a time, not thousands at once
+            on_event(event, state)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:
@@ -960,11 +972,16 @@ class WorkflowRun:
             self._skip(run, _FAIL_FAST, force=True)
 
     def _persist(self, unit: Unit, result: AttemptResult) -> None:
+        """Queue the attempt's artifact, lineage and cache rows for the next flush. Their
+        JSON values are encoded now (``json_text``, the text the store would write): a
+        map keeps a lineage and a cache row per element until the flush, and a dict of
+        strings and numbers alone is not tracked by Python's collector, whose full
+        collections are triggered by how many tracked objects live long."""
         task = unit.node.spec.task
         version = task.version()
         outputs = result.outputs
         key = unit.cache_key
-        inputs = self._provenance(unit.node, unit.inputs)
+        inputs = json_text(self._provenance(unit.node, unit.inputs))
         self.new_artifacts.extend(outputs.values())
         self.new_lineage.extend(
             {
@@ -987,9 +1004,9 @@ class WorkflowRun:
                     "domain": self.options.domain,
                     "task_name": task.name,
                     "task_version": version,
-                    "outputs": {n: r.to_dict() for n, r in outputs.items()},
-                    "references": result.references,
-                    "display": result.display,
+                    "outputs": json_text({n: r.to_dict() for n, r in outputs.items()}),
+                    "references": json_text(result.references),
+                    "display": json_text(result.display),
                     "execution_id": self.state.id,
                 }
             )
@@ -1107,7 +1124,7 @@ class WorkflowRun:
             for i in range(len(run.elements))
         )
         run.status = Status.CACHED if all_cached else Status.SUCCEEDED
-        inputs = self._provenance(run, self._node_inputs(run))
+        inputs = json_text(self._provenance(run, self._node_inputs(run)))
         self.new_artifacts.extend(outputs.values())
         self.new_lineage.extend(
             {
