@@ -170,12 +170,50 @@ class NodeRun:
     open_units: int = 0
     failed_units: int = 0
     running: int = 0
-    #: Units of this node waiting to start (attempts and retries), oldest first.
-    queued: deque[Unit] = field(default_factory=deque)
+    #: Units of this node waiting to start (attempts and retries), oldest first; a map
+    #: element's first attempt as its index (``plan``), its ``Unit`` built when taken.
+    queued: deque[Unit | int] = field(default_factory=deque)
+    plan: _Plan | None = None
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+
+@dataclass
+class _Plan:
+    """What a map element's first unit is made of, kept once per map node.
+
+    A queued element is its index rather than a ``Unit`` with its own inputs dict: the
+    queue of a 1,000-element map lives as long as the map runs, long enough for Python's
+    collector to move such objects to its oldest generation, whose full collections
+    (tens of ms in a notebook's heap) come sooner the more objects get there."""
+
+    shared: dict[str, ArtifactRef]
+    shared_values: dict[str, Any] | None
+    name: str
+    refs: list[ArtifactRef]
+    values: list[Any] | None
+    keys: list[str] | None
+
+    def unit(self, run: NodeRun, i: int) -> Unit:
+        values = None
+        if self.shared_values is not None and self.values is not None:
+            values = {**self.shared_values, self.name: self.values[i]}
+        inputs = {**self.shared, self.name: self.refs[i]}
+        key = self.keys[i] if self.keys is not None else ""
+        return Unit(run, f"{run.id}[{i}]", i, inputs, values, cache_key=key)
+
+    @staticmethod
+    def fresh(unit: Unit) -> bool:
+        """Whether ``unit`` is one ``unit`` would build again (no attempt made yet)."""
+        return (
+            unit.attempt == 0
+            and not unit.user_failures
+            and not unit.system_failures
+            and not unit.adopt
+            and unit.op == "run"
+        )
 
 
 @dataclass
@@ -475,7 +513,7 @@ class WorkflowRun:
                 gate is None
                 and not self.in_flight
                 and self.queued == 1
-                and self._executor(self._first().queued[0]).quick_to_follow
+                and self.engine.executor(self._first().spec.config.executor).quick_to_follow
             ):
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
@@ -636,7 +674,6 @@ class WorkflowRun:
         assert m is not None
         run.elements = [None] * len(element_refs)
         run.open_units = len(element_refs)
-        run.element_inputs = []
         self.emit(K.MAP_EXPANDED, run.id, elements=len(element_refs))
         if not element_refs:
             self._map_done(run)
@@ -648,27 +685,20 @@ class WorkflowRun:
         shared_values = (
             {n: v for n, v in all_values.items() if n in shared} if all_values is not None else None
         )
-        units = []
-        for i, ref in enumerate(element_refs):
-            unit_inputs = {**shared, m.as_name: ref}
-            run.element_inputs.append(unit_inputs)
-            unit_values = None
-            if shared_values is not None and elements is not None:
-                unit_values = {**shared_values, m.as_name: elements[i]}
-            units.append(Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values))
-        prefetched = None
         config = run.spec.config
+        keys = None
+        prefetched = None
         if config.cache:  # one query for all the elements' entries, not one each
             keys = self.engine.element_cache_keys(
                 run.spec.task, config.cache_version, shared, m.as_name, element_refs
             )
-            for unit, key in zip(units, keys):
-                unit.cache_key = key
             prefetched = self.engine.store.cache_get_many(
-                [u.cache_key for u in units], self.options.project, self.options.domain
+                keys, self.options.project, self.options.domain
             )
-        for unit in units:
-            self._cache_or_queue(unit, prefetched)
+        values = elements if shared_values is not None else None
+        run.plan = plan = _Plan(shared, shared_values, m.as_name, element_refs, values, keys)
+        for i in range(len(element_refs)):  # each unit lives only until it is queued
+            self._cache_or_queue(plan.unit(run, i), prefetched)
 
     def _reuse(self, unit: Unit) -> bool:
         """Resume or recover: an element or node that finished well keeps its outputs.
@@ -758,15 +788,20 @@ class WorkflowRun:
         run = unit.node
         if not run.queued:
             self._ready_for(run)[id(run)] = run
-        run.queued.append(unit)
+        index = unit.index
+        compact = index is not None and run.plan is not None and _Plan.fresh(unit)
+        run.queued.append(index if compact else unit)  # type: ignore[arg-type]
         self.queued += 1
 
     def _take(self, run: NodeRun) -> Unit:
-        unit = run.queued.popleft()
+        entry = run.queued.popleft()
         self.queued -= 1
         if not run.queued:
             self._ready_for(run).pop(id(run), None)
-        return unit
+        if type(entry) is int:
+            assert run.plan is not None
+            return run.plan.unit(run, entry)
+        return entry  # type: ignore[return-value]
 
     def _drop(self, run: NodeRun) -> None:
         """Forget a node's queued units (it failed, or fail-fast stopped the run)."""
