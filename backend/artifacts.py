@@ -44,14 +44,15 @@ class ArtifactIO:
         """Store ``value``; ``what`` names it in errors ("input 'df'", "output 'model'")."""
         encoded = self.scalars.get(value)
         if encoded is not None:  # encoded before: only the storing is left
+            name, data, digest, known, python_type, shown = encoded
             return ArtifactRef(
-                id=encoded.fingerprint if fingerprint is None else fingerprint,
-                hash=encoded.digest,
-                uri=self.storage.put_encoded(encoded.digest, encoded.data),
-                size=len(encoded.data),
-                serializer=encoded.serializer,
-                python_type=encoded.python_type,
-                preview=encoded.preview,
+                id=known if fingerprint is None else fingerprint,
+                hash=digest,
+                uri=self.storage.put_encoded(digest, data),
+                size=len(data),
+                serializer=name,
+                python_type=python_type,
+                preview=shown,
             )
         serializer = self.registry.for_value(value)
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .environment import import_reference
 from .hashing import HashingWriter
-from .scalars import Scalars
+from .scalars import FINGERPRINT, Scalars
 from .serializers import SerializerRegistry
 
 
@@ -46,7 +46,7 @@ class Fingerprinter:
         if self.scalars is not None:
             encoded = self.scalars.get(value)
             if encoded is not None:
-                return encoded.fingerprint
+                return encoded[FINGERPRINT]
         key = id(value)
         if key in self._memo:
             return self._memo[key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from functools import cached_property
@@ -307,6 +308,103 @@ class Event:
         fields.update(self.__dict__)
         fields["seq"] = seq
         return event
+
+
+#: Each ``EventKind`` by its value.
+_KINDS: dict[str, EventKind] = {k.value: k for k in EventKind}
+
+
+class EventColumns:
+    """One execution's events waiting for their transaction, kept field by field.
+
+    A map emits four events per element, and a scheduling round keeps hundreds to
+    thousands of them until its flush: long enough for Python's collector to move them
+    to its oldest generation, whose full collections (tens of ms with a notebook's heap)
+    are triggered by how many objects got there. An ``Event`` is two container objects
+    (itself and its ``__dict__``); here the fields sit in six lists of strings, numbers
+    and payload dicts, and a payload of strings and numbers alone (three of a map
+    element's four) is not a container the collector tracks. The events handed to the
+    listener after the commit are equal to the ones emitted."""
+
+    __slots__ = ("execution_id", "kinds", "nodes", "attempts", "stamps", "payloads")
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        self.kinds: list[str] = []
+        self.nodes: list[str] = []
+        self.attempts: list[int] = []
+        self.stamps: list[float] = []
+        self.payloads: list[dict[str, Any]] = []
+
+    @classmethod
+    def of(cls, events: list[Event]) -> EventColumns:
+        """``events`` (all of one execution) as columns."""
+        columns = cls(events[0].execution_id if events else "")
+        for event in events:
+            columns.add(event)
+        return columns
+
+    def add(self, event: Event) -> None:
+        self.kinds.append(event.kind.value)
+        self.nodes.append(event.node)
+        self.attempts.append(event.attempt)
+        self.stamps.append(event.ts)
+        self.payloads.append(event.payload)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def take(self) -> EventColumns:
+        """The events so far, as a batch of their own; this one is left empty."""
+        batch = EventColumns(self.execution_id)
+        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+            setattr(batch, name, getattr(self, name))
+            setattr(self, name, [])
+        return batch
+
+    def pop(self) -> None:
+        """Drop the latest event."""
+        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+            getattr(self, name).pop()
+
+    def clear(self) -> None:
+        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+            getattr(self, name).clear()
+
+    def put_back(self, batch: EventColumns) -> None:
+        """Return a batch ``take`` gave (its write failed) before the events since."""
+        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+            getattr(self, name)[:0] = getattr(batch, name)
+
+    def has(self, kind: EventKind) -> bool:
+        return kind.value in self.kinds
+
+    def rows(self, payload: Any) -> list[tuple[str, str, int, str, float, Any]]:
+        """(execution_id, node, attempt, kind, ts, ``payload(payload)``) per event."""
+        eid = self.execution_id
+        return [
+            (eid, node, attempt, kind, ts, payload(p))
+            for node, attempt, kind, ts, p in zip(
+                self.nodes, self.attempts, self.kinds, self.stamps, self.payloads
+            )
+        ]
+
+    def numbered(self, seqs: list[int]) -> Iterator[Event]:
+        """The events, with the sequence numbers the store gave them, one at a time."""
+        eid = self.execution_id
+        for kind, node, attempt, ts, payload, seq in zip(
+            self.kinds, self.nodes, self.attempts, self.stamps, self.payloads, seqs
+        ):
+            event = object.__new__(Event)
+            fields = event.__dict__
+            fields["execution_id"] = eid
+            fields["kind"] = _KINDS[kind]
+            fields["node"] = node
+            fields["attempt"] = attempt
+            fields["payload"] = payload
+            fields["ts"] = ts
+            fields["seq"] = seq
+            yield event
 
 
 @dataclass

@@ -14,7 +14,6 @@ bytes are in storage is checked (or they are written) on every store, as for any
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .hashing import HashingWriter
@@ -26,16 +25,15 @@ if TYPE_CHECKING:
 _INT_LIMIT = 1 << 64
 
 
-@dataclass(frozen=True)
-class Encoded:
-    """A scalar's stored form: what ``ArtifactIO.put`` and ``Fingerprinter.value`` compute."""
+#: A scalar's stored form, what ``ArtifactIO.put`` and ``Fingerprinter.value`` compute:
+#: (serializer, data, digest, fingerprint, python_type, preview). A plain tuple of strings
+#: and bytes, which Python's collector stops tracking at its first pass: the memo keeps
+#: up to ``Scalars.MAX_ENTRIES`` of them, and a map adds one per new element, which as
+#: objects would reach the oldest generation and bring its full collections sooner.
+Encoded = tuple[str, bytes, str, str, str, str]
 
-    serializer: str
-    data: bytes
-    digest: str
-    fingerprint: str
-    python_type: str
-    preview: str
+#: ``Encoded``'s fields by position.
+FINGERPRINT = 3
 
 
 class Scalars:
@@ -82,11 +80,11 @@ class Scalars:
         writer = HashingWriter(buffer)
         serializer.dump(value, writer)  # type: ignore[arg-type]
         digest = writer.hexdigest()
-        return Encoded(
-            serializer=serializer.name,
-            data=buffer.getvalue(),
-            digest=digest,
-            fingerprint=typed_fingerprint(serializer.name, digest),
-            python_type=python_type_name(value),
-            preview=preview(value),
+        return (
+            serializer.name,
+            buffer.getvalue(),
+            digest,
+            typed_fingerprint(serializer.name, digest),
+            python_type_name(value),
+            preview(value),
         )

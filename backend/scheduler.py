@@ -27,9 +27,18 @@ from typing import TYPE_CHECKING, Any
 from .api import RunListener
 from .errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
 from .executors.base import AttemptSpec, Executor
-from .model import ArtifactRef, ErrorKind, Event, EventKind, ExecutionState, Status
+from .model import (
+    ArtifactRef,
+    ErrorKind,
+    Event,
+    EventColumns,
+    EventKind,
+    ExecutionState,
+    Status,
+)
 from .projection import apply
 from .runner import AttemptResult, system_error
+from .store.sqlite_rows import json_text
 from .workflow import NodeSpec, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -161,12 +170,50 @@ class NodeRun:
     open_units: int = 0
     failed_units: int = 0
     running: int = 0
-    #: Units of this node waiting to start (attempts and retries), oldest first.
-    queued: deque[Unit] = field(default_factory=deque)
+    #: Units of this node waiting to start (attempts and retries), oldest first; a map
+    #: element's first attempt as its index (``plan``), its ``Unit`` built when taken.
+    queued: deque[Unit | int] = field(default_factory=deque)
+    plan: _Plan | None = None
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+
+@dataclass
+class _Plan:
+    """What a map element's first unit is made of, kept once per map node.
+
+    A queued element is its index rather than a ``Unit`` with its own inputs dict: the
+    queue of a 1,000-element map lives as long as the map runs, long enough for Python's
+    collector to move such objects to its oldest generation, whose full collections
+    (tens of ms in a notebook's heap) come sooner the more objects get there."""
+
+    shared: dict[str, ArtifactRef]
+    shared_values: dict[str, Any] | None
+    name: str
+    refs: list[ArtifactRef]
+    values: list[Any] | None
+    keys: list[str] | None
+
+    def unit(self, run: NodeRun, i: int) -> Unit:
+        values = None
+        if self.shared_values is not None and self.values is not None:
+            values = {**self.shared_values, self.name: self.values[i]}
+        inputs = {**self.shared, self.name: self.refs[i]}
+        key = self.keys[i] if self.keys is not None else ""
+        return Unit(run, f"{run.id}[{i}]", i, inputs, values, cache_key=key)
+
+    @staticmethod
+    def fresh(unit: Unit) -> bool:
+        """Whether ``unit`` is one ``unit`` would build again (no attempt made yet)."""
+        return (
+            unit.attempt == 0
+            and not unit.user_failures
+            and not unit.system_failures
+            and not unit.adopt
+            and unit.op == "run"
+        )
 
 
 @dataclass
@@ -248,9 +295,11 @@ class WorkflowRun:
             self.nodes[n.id].waiting_on = ups
             for up in ups:
                 self.downstream[up].append(n.id)
-        self.pending: list[Event] = []
+        #: Events not yet committed, field by field (see ``EventColumns``).
+        self.pending = EventColumns(self.state.id)
         self.writes: list[Any] = []  # callables run in the next flush's transaction
-        # Rows batched into one statement per kind at the next flush:
+        # Rows batched into one statement per kind at the next flush (lineage and cache
+        # rows with their JSON columns as text: ``_persist``):
         self.new_artifacts: list[ArtifactRef] = []
         self.new_lineage: list[dict[str, Any]] = []
         self.new_cache: list[dict[str, Any]] = []
@@ -289,7 +338,7 @@ class WorkflowRun:
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
         event = Event.stamped(self.state.id, what, node, attempt, payload)
         apply(self.state, event)
-        self.pending.append(event)
+        self.pending.add(event)
 
     def flush(self, *, keep_on_error: bool = False) -> None:
         """Commit the pending events with the rows they depend on, then tell the
@@ -297,7 +346,7 @@ class WorkflowRun:
         flush to write) instead of dropping them."""
         if not self.pending:
             return
-        batch, self.pending = self.pending, []
+        batch = self.pending.take()
         writes, self.writes = self.writes, []
         artifacts, self.new_artifacts = self.new_artifacts, []
         lineage, self.new_lineage = self.new_lineage, []
@@ -311,19 +360,20 @@ class WorkflowRun:
                 for write in writes:
                     write(conn)
                 engine._record_artifacts(conn, artifacts)
-                engine.store.put_lineage(conn, lineage)
-                engine.store.cache_put_many(conn, cache)
+                engine.store.put_lineage(conn, lineage, encoded=True)
+                engine.store.cache_put_many(conn, cache, encoded=True)
                 seqs = engine.store.append_seqs(conn, batch, self.state)
         except BaseException:
             if keep_on_error:
-                self.pending[:0], self.writes[:0] = batch, writes
+                self.pending.put_back(batch)
+                self.writes[:0] = writes
                 self.new_artifacts[:0], self.new_lineage[:0] = artifacts, lineage
                 self.new_cache[:0] = cache
             raise
         self._last_flush = time.monotonic()
         on_event, state = self.listener.on_event, self.state
-        for e, seq in zip(batch, seqs):  # numbered one at a time, not thousands at once
-            on_event(e.numbered(seq), state)
+        for event in batch.numbered(seqs):  # one at a time, not thousands at once
+            on_event(event, state)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:
@@ -463,7 +513,7 @@ class WorkflowRun:
                 gate is None
                 and not self.in_flight
                 and self.queued == 1
-                and self._executor(self._first().queued[0]).quick_to_follow
+                and self.engine.executor(self._first().spec.config.executor).quick_to_follow
             ):
                 # One unit and nothing else to do: run it right here (no worker thread;
                 # an interrupt reaches the executor, which stops its attempt).
@@ -624,7 +674,6 @@ class WorkflowRun:
         assert m is not None
         run.elements = [None] * len(element_refs)
         run.open_units = len(element_refs)
-        run.element_inputs = []
         self.emit(K.MAP_EXPANDED, run.id, elements=len(element_refs))
         if not element_refs:
             self._map_done(run)
@@ -636,27 +685,20 @@ class WorkflowRun:
         shared_values = (
             {n: v for n, v in all_values.items() if n in shared} if all_values is not None else None
         )
-        units = []
-        for i, ref in enumerate(element_refs):
-            unit_inputs = {**shared, m.as_name: ref}
-            run.element_inputs.append(unit_inputs)
-            unit_values = None
-            if shared_values is not None and elements is not None:
-                unit_values = {**shared_values, m.as_name: elements[i]}
-            units.append(Unit(run, f"{run.id}[{i}]", i, unit_inputs, unit_values))
-        prefetched = None
         config = run.spec.config
+        keys = None
+        prefetched = None
         if config.cache:  # one query for all the elements' entries, not one each
             keys = self.engine.element_cache_keys(
                 run.spec.task, config.cache_version, shared, m.as_name, element_refs
             )
-            for unit, key in zip(units, keys):
-                unit.cache_key = key
             prefetched = self.engine.store.cache_get_many(
-                [u.cache_key for u in units], self.options.project, self.options.domain
+                keys, self.options.project, self.options.domain
             )
-        for unit in units:
-            self._cache_or_queue(unit, prefetched)
+        values = elements if shared_values is not None else None
+        run.plan = plan = _Plan(shared, shared_values, m.as_name, element_refs, values, keys)
+        for i in range(len(element_refs)):  # each unit lives only until it is queued
+            self._cache_or_queue(plan.unit(run, i), prefetched)
 
     def _reuse(self, unit: Unit) -> bool:
         """Resume or recover: an element or node that finished well keeps its outputs.
@@ -746,15 +788,20 @@ class WorkflowRun:
         run = unit.node
         if not run.queued:
             self._ready_for(run)[id(run)] = run
-        run.queued.append(unit)
+        index = unit.index
+        compact = index is not None and run.plan is not None and _Plan.fresh(unit)
+        run.queued.append(index if compact else unit)  # type: ignore[arg-type]
         self.queued += 1
 
     def _take(self, run: NodeRun) -> Unit:
-        unit = run.queued.popleft()
+        entry = run.queued.popleft()
         self.queued -= 1
         if not run.queued:
             self._ready_for(run).pop(id(run), None)
-        return unit
+        if type(entry) is int:
+            assert run.plan is not None
+            return run.plan.unit(run, entry)
+        return entry  # type: ignore[return-value]
 
     def _drop(self, run: NodeRun) -> None:
         """Forget a node's queued units (it failed, or fail-fast stopped the run)."""
@@ -960,11 +1007,16 @@ class WorkflowRun:
             self._skip(run, _FAIL_FAST, force=True)
 
     def _persist(self, unit: Unit, result: AttemptResult) -> None:
+        """Queue the attempt's artifact, lineage and cache rows for the next flush. Their
+        JSON values are encoded now (``json_text``, the text the store would write): a
+        map keeps a lineage and a cache row per element until the flush, and a dict of
+        strings and numbers alone is not tracked by Python's collector, whose full
+        collections are triggered by how many tracked objects live long."""
         task = unit.node.spec.task
         version = task.version()
         outputs = result.outputs
         key = unit.cache_key
-        inputs = self._provenance(unit.node, unit.inputs)
+        inputs = json_text(self._provenance(unit.node, unit.inputs))
         self.new_artifacts.extend(outputs.values())
         self.new_lineage.extend(
             {
@@ -987,9 +1039,9 @@ class WorkflowRun:
                     "domain": self.options.domain,
                     "task_name": task.name,
                     "task_version": version,
-                    "outputs": {n: r.to_dict() for n, r in outputs.items()},
-                    "references": result.references,
-                    "display": result.display,
+                    "outputs": json_text({n: r.to_dict() for n, r in outputs.items()}),
+                    "references": json_text(result.references),
+                    "display": json_text(result.display),
                     "execution_id": self.state.id,
                 }
             )
@@ -1107,7 +1159,7 @@ class WorkflowRun:
             for i in range(len(run.elements))
         )
         run.status = Status.CACHED if all_cached else Status.SUCCEEDED
-        inputs = self._provenance(run, self._node_inputs(run))
+        inputs = json_text(self._provenance(run, self._node_inputs(run)))
         self.new_artifacts.extend(outputs.values())
         self.new_lineage.extend(
             {

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..model import ArtifactRef, Event, EventKind, ExecutionState
+from ..model import ArtifactRef, Event, EventColumns, EventKind, ExecutionState
 from ..projection import replay
 from . import db, sqlite_rows
 
@@ -70,6 +71,12 @@ def _statements() -> dict[str, Any]:
             cache_entries.c.domain == sa.bindparam("d"),
         ),
     }
+
+
+def _decoded(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``rows`` with their JSON text in ``columns`` decoded, for a driver that encodes
+    JSON itself (SQLAlchemy's ``JSON`` type)."""
+    return [{**r, **{c: json.loads(r[c]) for c in columns}} for r in rows]
 
 
 class Store:
@@ -258,36 +265,26 @@ class Store:
         Returns the events with their sequence numbers. ``state`` must already have the
         events applied (the engine folds them as it goes).
         """
-        return [e.numbered(seq) for e, seq in zip(batch, self.append_seqs(conn, batch, state))]
+        columns = EventColumns.of(batch)
+        return list(columns.numbered(self.append_seqs(conn, columns, state)))
 
-    def append_seqs(self, conn: Any, batch: list[Event], state: ExecutionState) -> list[int]:
-        """``append``, returning only the sequence numbers (in ``batch``'s order): a
-        caller that hands the numbered events on one at a time (``Event.numbered``)
-        does not keep thousands of them alive at once."""
-        created = any(e.kind is EventKind.EXECUTION_CREATED for e in batch)
+    def append_seqs(self, conn: Any, batch: EventColumns, state: ExecutionState) -> list[int]:
+        """``append`` of events kept as columns (a scheduler's pending ones), returning
+        only the sequence numbers (in ``batch``'s order): a caller that hands the
+        numbered events on one at a time (``EventColumns.numbered``) does not keep
+        thousands of them alive at once."""
+        created = batch.has(EventKind.EXECUTION_CREATED)
         if sqlite_rows.applies(conn):
-            text = sqlite_rows.json_text
             seqs = sqlite_rows.append(
                 conn,
                 self._projection_row(state) if created else None,
-                [
-                    (e.execution_id, e.node, e.attempt, e.kind.value, e.ts, text(e.payload))
-                    for e in batch
-                ],
+                batch.rows(sqlite_rows.json_text),
                 (state.status.value, state.ended_at, state.id),
             )
             state.last_seq = seqs[-1]
             return seqs
         rows = [
-            {
-                "execution_id": e.execution_id,
-                "node": e.node,
-                "attempt": e.attempt,
-                "kind": e.kind.value,
-                "ts": e.ts,
-                "payload": e.payload,
-            }
-            for e in batch
+            dict(zip(sqlite_rows.EVENT_FIELDS, row)) for row in batch.rows(lambda payload: payload)
         ]
         sql = _statements()
         if created:
@@ -502,15 +499,22 @@ class Store:
         return found
 
     # -- lineage -------------------------------------------------------------------------------
-    def put_lineage(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    def put_lineage(
+        self, conn: sa.Connection, rows: list[dict[str, Any]], *, encoded: bool = False
+    ) -> None:
+        """Lineage rows. ``encoded``: their ``inputs`` is JSON text already
+        (``sqlite_rows.json_text``), as a scheduler keeps a map's rows (see
+        ``WorkflowRun._persist``)."""
         if not rows:
             return
         now = time.time()
         if sqlite_rows.applies(conn):
-            sqlite_rows.put_lineage(conn, rows, now)
+            sqlite_rows.put_lineage(conn, rows, now, encoded)
         else:
             from .schema import lineage
 
+            if encoded:
+                rows = _decoded(rows, ("inputs",))
             conn.execute(lineage.insert(), [{"created_at": now, **r} for r in rows])
 
     def producers(self, artifact_id: str, project: str | None = None) -> list[dict[str, Any]]:
@@ -571,15 +575,20 @@ class Store:
     def cache_put(self, conn: sa.Connection, row: dict[str, Any]) -> None:
         self.cache_put_many(conn, [row])
 
-    def cache_put_many(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    def cache_put_many(
+        self, conn: sa.Connection, rows: list[dict[str, Any]], *, encoded: bool = False
+    ) -> None:
         """Insert or replace cache entries, one prebuilt statement for the whole batch (a
-        map's elements land together)."""
+        map's elements land together). ``encoded``: their JSON columns (``outputs``,
+        ``references``, ``display``) are JSON text already."""
         if not rows:
             return
         now = time.time()
         if sqlite_rows.applies(conn):
-            sqlite_rows.cache_put(conn, rows, now)
+            sqlite_rows.cache_put(conn, rows, now, encoded)
             return
+        if encoded:
+            rows = _decoded(rows, ("outputs", "references", "display"))
         dialect = conn.dialect.name
         stmt = self._cache_upserts.get(dialect)
         if stmt is None:

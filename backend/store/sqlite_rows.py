@@ -98,13 +98,20 @@ class Table:
         return tuple(json_text(values[c]) if c in self.json else values[c] for c in columns)
 
     def rows(
-        self, values: Iterable[dict[str, Any]], columns: tuple[str, ...], *tail: Any
+        self,
+        values: Iterable[dict[str, Any]],
+        columns: tuple[str, ...],
+        *tail: Any,
+        encoded: bool = False,
     ) -> list[list[Any]]:
         """``row`` of each of ``values``, then the constants ``tail`` (a batch's
         ``created_at``, given once rather than copied into every dict). A map writes
         thousands of rows per commit: one ``itemgetter`` call per row, then only the
-        JSON columns are touched."""
+        JSON columns are touched. ``encoded``: the JSON columns hold ``json_text``'s
+        text already."""
         get = itemgetter(*columns)
+        if encoded:
+            return [[*get(value), *tail] for value in values]
         at = [i for i, c in enumerate(columns) if c in self.json]
         found = []
         for value in values:
@@ -216,12 +223,14 @@ def json_text(value: Any) -> str:
     return json.dumps(value)
 
 
-def put_lineage(conn: Any, rows: list[dict[str, Any]], now: float) -> None:
+def put_lineage(conn: Any, rows: list[dict[str, Any]], now: float, encoded: bool = False) -> None:
+    """Lineage rows, each created ``now`` (``encoded``: their JSON as text already)."""
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "lineage")
         columns = t.but_generated_created
-        cur.executemany(t.insert((*columns, "created_at")), t.rows(rows, columns, now))
+        params = t.rows(rows, columns, now, encoded=encoded)
+        cur.executemany(t.insert((*columns, "created_at")), params)
     finally:
         cur.close()
 
@@ -276,15 +285,15 @@ def insert_ignore(conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
         cur.close()
 
 
-def cache_put(conn: Any, rows: list[dict[str, Any]], now: float) -> None:
+def cache_put(conn: Any, rows: list[dict[str, Any]], now: float, encoded: bool = False) -> None:
     """Insert or replace cache entries (an upsert on the key, project and domain), each
-    created ``now``."""
+    created ``now`` (``encoded``: their JSON as text already)."""
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "cache_entries")
         columns = t.but_created
         sql = t.upsert(("key", "project", "domain"), (*columns, "created_at"))
-        cur.executemany(sql, t.rows(rows, columns, now))
+        cur.executemany(sql, t.rows(rows, columns, now, encoded=encoded))
     finally:
         cur.close()
 

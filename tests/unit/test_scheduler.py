@@ -245,3 +245,98 @@ def test_a_server_never_unpickles_values(engine: LocalEngine, monkeypatch: Any) 
     assert engine.load(result.nodes["sq"].outputs["out"]) == [(1,), (4,), (9,)]
     assert engine.load(result.nodes["total"].outputs["answer"]) == 14
     assert result.execution.nodes["sq"].elements_done == 3
+
+
+def test_the_records_of_a_cached_map_are_exactly_these(engine: LocalEngine) -> None:
+    """Everything a map of misses records, field by field: its events and their
+    payloads, each element's artifacts, lineage row and cache entry, the collected
+    list's. The scheduler keeps these rows in compact forms until its flush (events as
+    columns, JSON encoded early); what lands in the store must not change."""
+    m = MapSpec("xs", "x")
+    cells = [cell("m", "y = x + w", ("x", "w"), ("y",), cache=True, map=m)]
+    spec = assemble("wf", cells)
+    task = spec.nodes[0].task
+    xs, w = [3, 1, 3], 10
+    params = {"xs": engine.put_value(xs, "xs"), "w": engine.put_value(w, "w")}
+    request = WorkflowRequest(spec=spec, params=params, param_values={"xs": xs, "w": w})
+    result = engine.run_workflow(request)
+    eid = result.execution.id
+    assert result.nodes["m"].values == {"y": [13, 11, 13]}
+
+    def stored(value: Any) -> dict[str, Any]:
+        ref = engine.artifacts.put(value, "expected")
+        found = engine.artifact(ref.id).to_dict()
+        assert {k: v for k, v in found.items() if k != "uri"} == {
+            k: v for k, v in ref.to_dict().items() if k != "uri"
+        }
+        return found
+
+    elements = [stored(x) for x in xs]
+    outs = [stored(x + w) for x in xs]
+    keys = [
+        engine.cache_key(task, "", {"w": params["w"], "x": engine.artifact(e["id"])})
+        for e in elements
+    ]
+    collected = engine.artifact(result.nodes["m"].outputs["y"].id).to_dict()
+    assert engine.artifacts.load(engine.artifact(collected["id"])) == [13, 11, 13]
+
+    events = [(e.kind.value, e.node, e.attempt, e.payload) for e in engine.events(eid)]
+    ends = [p for k, n, _, p in events if k == "attempt_succeeded" and "[" in n]
+    durations = [p.pop("duration") for p in ends]
+    assert len(durations) == 3 and all(isinstance(d, float) and d >= 0 for d in durations)
+    config = {"max_parallel": 4, "failure_policy": "fail-fast"}
+    assert events == [
+        ("execution_created", "", 0, {
+            "kind": "workflow", "project": "default", "domain": "development", "name": "wf",
+            "inputs": {"xs": params["xs"].id, "w": params["w"].id},
+            "workflow_version": spec.version(), "config": config,
+        }),
+        ("node_queued", "m", 0, {"cache": True, "map": True}),
+        ("map_expanded", "m", 0, {"elements": 3}),
+        *[("cache_miss", f"m[{i}]", 0, {"cache_key": keys[i]}) for i in range(3)],
+        *[
+            event
+            for i in range(3)
+            for event in (
+                ("attempt_started", f"m[{i}]", 1, {"executor": "inline"}),
+                ("attempt_succeeded", f"m[{i}]", 1, {
+                    "outputs": {"y": outs[i]["id"]}, "references": {}, "display": None,
+                }),
+                ("node_succeeded", f"m[{i}]", 1, {}),
+            )
+        ],
+        ("attempt_succeeded", "m", 0, {
+            "outputs": {"y": collected["id"]}, "references": {}, "map_over": "xs",
+        }),
+        ("node_succeeded", "m", 0, {}),
+        ("execution_succeeded", "", 0, {}),
+    ]  # fmt: skip
+
+    for i in range(3):
+        entry = engine.store.cache_get(keys[i], "default", "development")
+        assert entry is not None
+        entry.pop("created_at")
+        assert entry == {
+            "key": keys[i], "project": "default", "domain": "development",
+            "task_name": "m", "task_version": task.version(),
+            "outputs": {"y": engine.artifact(outs[i]["id"]).to_dict()},
+            "references": {}, "display": None, "execution_id": eid,
+        }  # fmt: skip
+    lineage = {}
+    for ref in {o["id"] for o in outs} | {collected["id"]}:
+        for row in engine.store.producers(ref):
+            lineage[row["node"]] = {k: v for k, v in row.items() if k not in ("id", "created_at")}
+    base = {"name": "y", "execution_id": eid, "task_name": "m", "task_version": task.version()}
+    assert lineage == {
+        **{
+            f"m[{i}]": {
+                **base, "artifact_id": outs[i]["id"], "node": f"m[{i}]", "attempt": 1,
+                "inputs": {"w": {"id": params["w"].id}, "x": {"id": elements[i]["id"]}},
+            }
+            for i in range(3)
+        },
+        "m": {
+            **base, "artifact_id": collected["id"], "node": "m", "attempt": 0,
+            "inputs": {"xs": {"id": params["xs"].id}, "w": {"id": params["w"].id}},
+        },
+    }  # fmt: skip
