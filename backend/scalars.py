@@ -13,11 +13,10 @@ bytes are in storage is checked (or they are written) on every store, as for any
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
-from .hashing import HashingWriter
 from .serializers import preview, python_type_name
+from .storage import encode_small
 
 if TYPE_CHECKING:
     from .serializers import SerializerRegistry
@@ -76,13 +75,10 @@ class Scalars:
         serializer = self.registry.for_value(value)
         if not serializer.deterministic:
             return None
-        buffer = io.BytesIO()
-        writer = HashingWriter(buffer)
-        serializer.dump(value, writer)  # type: ignore[arg-type]
-        digest = writer.hexdigest()
+        data, digest = encode_small(value, serializer)
         return (
             serializer.name,
-            buffer.getvalue(),
+            bytes(data),
             digest,
             typed_fingerprint(serializer.name, digest),
             python_type_name(value),

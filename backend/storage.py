@@ -32,6 +32,20 @@ from .hashing import (
 from .serializers import Serializer
 
 
+def encode_small(value: Any, serializer: Serializer) -> tuple[bytes | memoryview, str]:
+    """A small value's encoded bytes and their content digest: in one call and one hash
+    from serializers that build their bytes whole (``Serializer.encode``), else through
+    ``dump`` into a buffer. Storing (``Storage.put_value``) and the memo of scalars
+    (``scalars.Scalars``) both encode this way, so they give the same bytes and digest."""
+    data = serializer.encode(value)
+    if data is not None:
+        return data, content_digest(data)
+    buffer = io.BytesIO()
+    writer = HashingWriter(buffer)
+    serializer.dump(value, writer)  # type: ignore[arg-type]
+    return buffer.getbuffer(), writer.hexdigest()
+
+
 def _small(value: Any) -> bool:
     """A cheap guess that a value encodes small; big arrays and frames stream instead."""
     nbytes = getattr(value, "nbytes", None)
@@ -225,21 +239,8 @@ class Storage:
     def put_value(self, value: Any, serializer: Serializer) -> tuple[str, str, int]:
         """Serialize ``value`` straight into storage; return (digest, key, size)."""
         if _small(value):
-            data: bytes | memoryview | None = serializer.encode(value)
-            if data is not None:  # whole already: hash it in one call
-                digest = content_digest(data)
-            else:
-                buffer = io.BytesIO()
-                writer = HashingWriter(buffer)
-                serializer.dump(value, writer)  # type: ignore[arg-type]
-                digest, data = writer.hexdigest(), buffer.getbuffer()
-            size = len(data)
-            if size <= self.PACK_ITEM and self.packing:
-                return digest, self._pack(digest, data), size
-            key = self.artifact_key(digest)
-            if not self.exists(key):
-                self.write_bytes(key, data)
-            return digest, key, size
+            data, digest = encode_small(value, serializer)
+            return digest, self.put_encoded(digest, data), len(data)
         digest = self.mapped_digest(value, serializer)
         if digest is not None:  # a mapped array, unchanged: its file is (or was) stored
             key = self.artifact_key(digest)
