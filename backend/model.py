@@ -327,6 +327,8 @@ class EventColumns:
     listener after the commit are equal to the ones emitted."""
 
     __slots__ = ("execution_id", "kinds", "nodes", "attempts", "stamps", "payloads")
+    #: The per-event lists, which move together.
+    _COLUMNS = ("kinds", "nodes", "attempts", "stamps", "payloads")
 
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
@@ -357,23 +359,23 @@ class EventColumns:
     def take(self) -> EventColumns:
         """The events so far, as a batch of their own; this one is left empty."""
         batch = EventColumns(self.execution_id)
-        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+        for name in self._COLUMNS:
             setattr(batch, name, getattr(self, name))
             setattr(self, name, [])
         return batch
 
     def pop(self) -> None:
         """Drop the latest event."""
-        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+        for name in self._COLUMNS:
             getattr(self, name).pop()
 
     def clear(self) -> None:
-        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+        for name in self._COLUMNS:
             getattr(self, name).clear()
 
     def put_back(self, batch: EventColumns) -> None:
         """Return a batch ``take`` gave (its write failed) before the events since."""
-        for name in ("kinds", "nodes", "attempts", "stamps", "payloads"):
+        for name in self._COLUMNS:
             getattr(self, name)[:0] = getattr(batch, name)
 
     def has(self, kind: EventKind) -> bool:
