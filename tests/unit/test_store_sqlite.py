@@ -4,6 +4,7 @@ everything else through SQLAlchemy, and both see the same rows."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -104,6 +105,42 @@ def test_event_payloads_are_stored_as_json_dumps_writes_them(tmp_path: Path) -> 
             assert stored[e.seq] == json.dumps(e.payload)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"outputs": {"y": "a" * 64}, "references": {}, "display": None, "duration": 1.5e-05},
+        {"name": "café ☕ 数据", "emoji": "\U0001f600", "quote": 'a "b" \\ c\n'},
+        {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "floats": [0.1, 1e300, -0.0]},
+        {"deep": {"er": {"est": [1, None, True, False, {"k": []}]}}, "n": None},
+        {1: "int key", 2.5: "float key", None: "null key", False: "bool key"},
+        [1, "two", 3.0, None],
+        "just text",
+        7,
+        None,
+        {},
+        [],
+        "",
+    ],
+)
+def test_json_text_writes_what_json_dumps_writes(value: object) -> None:
+    """``json_text`` keeps one encoder rather than ``json.dumps``'s new one per call:
+    the text must be ``json.dumps``'s, non-ASCII, NaN and infinities included."""
+    assert sqlite_rows.json_text(value) == json.dumps(value)
+
+
+def test_json_text_raises_what_json_dumps_raises() -> None:
+    """A value the shared encoder cannot write gets ``json.dumps``'s own error, and the
+    encoder keeps working afterwards (it keeps no state from a failed call)."""
+    circular: dict[str, object] = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        sqlite_rows.json_text(circular)
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+        sqlite_rows.json_text({"a": [object()]})
+    shared = {"x": 1}
+    assert sqlite_rows.json_text({"a": shared, "b": shared}) == '{"a": {"x": 1}, "b": {"x": 1}}'
 
 
 def test_batched_rows_are_stored_as_the_schema_reads_them(tmp_path: Path) -> None:
