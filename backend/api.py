@@ -5,6 +5,7 @@ the same methods against ``papercrane server``, checked by one contract test sui
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,16 +13,44 @@ from .model import ArtifactRef, Event, ExecutionState, TaskConfig, TaskSpec
 
 
 class RunListener(Protocol):
-    """Live updates while a run goes on (the widget is one)."""
+    """Live updates while a run goes on (the widget is one).
+
+    ``on_event`` gets every committed event, in order, with the execution's live state
+    (already past the whole committed batch). A listener may also have ``on_events``
+    (``BatchListener``): it then gets each committed batch at one call instead."""
 
     def on_event(self, event: Event, state: ExecutionState) -> None: ...
 
     def on_log(self, stream: str, text: str) -> None: ...
 
 
+class BatchListener(RunListener, Protocol):
+    """A listener that takes a committed batch of events at once: a map commits
+    thousands per transaction, and a listener that only shows the state (the run
+    widget) need not be called, nor an ``Event`` built, for each of them."""
+
+    def on_events(self, events: Iterable[Event], state: ExecutionState) -> None:
+        """``events``: the batch, in order, each built as it is iterated (iterate once)."""
+
+
+def deliver(listener: RunListener, events: Iterable[Event], state: ExecutionState) -> None:
+    """Hand committed events to ``listener``: to its ``on_events`` if it has one, else
+    to ``on_event`` one by one, in order."""
+    on_events = getattr(listener, "on_events", None)
+    if on_events is not None:
+        on_events(events, state)
+        return
+    on_event = listener.on_event
+    for event in events:
+        on_event(event, state)
+
+
 class NullListener:
     def on_event(self, event: Event, state: ExecutionState) -> None:
         pass
+
+    def on_events(self, events: Iterable[Event], state: ExecutionState) -> None:
+        pass  # nobody listens: no event need be built
 
     def on_log(self, stream: str, text: str) -> None:
         pass

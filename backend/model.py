@@ -347,11 +347,18 @@ class EventColumns:
         return columns
 
     def add(self, event: Event) -> None:
-        self.kinds.append(event.kind.value)
-        self.nodes.append(event.node)
-        self.attempts.append(event.attempt)
-        self.stamps.append(event.ts)
-        self.payloads.append(event.payload)
+        self.append(event.kind.value, event.node, event.attempt, event.ts, event.payload)
+
+    def append(
+        self, kind: str, node: str, attempt: int, ts: float, payload: dict[str, Any]
+    ) -> None:
+        """One event, by its fields (``kind`` as its value): what the scheduler emits,
+        with no ``Event`` built for it."""
+        self.kinds.append(kind)
+        self.nodes.append(node)
+        self.attempts.append(attempt)
+        self.stamps.append(ts)
+        self.payloads.append(payload)
 
     def __len__(self) -> int:
         return len(self.kinds)

@@ -24,19 +24,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .api import RunListener
+from .api import RunListener, deliver
 from .errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
 from .executors.base import AttemptSpec, Executor
 from .model import (
     ArtifactRef,
     ErrorKind,
-    Event,
     EventColumns,
     EventKind,
     ExecutionState,
     Status,
 )
-from .projection import apply
+from .projection import fold
 from .runner import AttemptResult, system_error
 from .store.sqlite_rows import json_text
 from .workflow import NodeSpec, WorkflowSpec
@@ -336,9 +335,12 @@ class WorkflowRun:
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, what: EventKind, node: str = "", attempt: int = 0, /, **payload: Any) -> None:
-        event = Event.stamped(self.state.id, what, node, attempt, payload)
-        apply(self.state, event)
-        self.pending.add(event)
+        """Record a state change: folded into the live state now (``projection.fold``,
+        what ``apply`` does with an ``Event``), kept as columns until the next flush
+        commits it. No ``Event`` exists until a listener asks for one."""
+        ts = time.time()
+        fold(self.state, what, node, attempt, payload, ts)
+        self.pending.append(what.value, node, attempt, ts, payload)
 
     def flush(self, *, keep_on_error: bool = False) -> None:
         """Commit the pending events with the rows they depend on, then tell the
@@ -371,9 +373,9 @@ class WorkflowRun:
                 self.new_cache[:0] = cache
             raise
         self._last_flush = time.monotonic()
-        on_event, state = self.listener.on_event, self.state
-        for event in batch.numbered(seqs):  # one at a time, not thousands at once
-            on_event(event, state)
+        # The events one at a time (not thousands alive at once), all of them at one
+        # call to a listener that takes a batch (``deliver``).
+        deliver(self.listener, batch.numbered(seqs), self.state)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> WorkflowResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -465,6 +466,14 @@ class RunWidget:
             self.show()
         else:
             self.refresh()
+
+    def on_events(self, events: Iterable[Event], state: ExecutionState) -> None:
+        """A committed batch at once (``BatchListener``): the view shows the run's
+        state, which is already past the whole batch, so one ``on_event`` leaves it as
+        one per event would (an empty batch changes nothing); the events are not built."""
+        first = next(iter(events), None)
+        if first is not None:
+            self.on_event(first, state)
 
     def on_log(self, stream: str, text: str) -> None:
         import sys

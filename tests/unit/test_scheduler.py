@@ -4,6 +4,7 @@ failure policies, recovery, lineage."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ import pytest
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine, WorkflowRequest
 from papercrane.backend.errors import UserError, WorkflowFailed
-from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
+from papercrane.backend.model import (
+    Event,
+    EventKind,
+    ExecutionState,
+    Status,
+    TaskConfig,
+    TaskSpec,
+)
 from papercrane.backend.workflow import CellTask, MapSpec, assemble
 
 
@@ -340,3 +348,62 @@ def test_the_records_of_a_cached_map_are_exactly_these(engine: LocalEngine) -> N
             "inputs": {"xs": {"id": params["xs"].id}, "w": {"id": params["w"].id}},
         },
     }  # fmt: skip
+
+
+class _EachEvent:
+    """A listener with ``on_event`` alone: it must hear every committed event."""
+
+    def __init__(self) -> None:
+        self.heard: list[Event] = []
+        self.states: list[Status] = []
+
+    def on_event(self, event: Event, state: ExecutionState) -> None:
+        self.heard.append(event)
+        self.states.append(state.status)
+
+    def on_log(self, stream: str, text: str) -> None:
+        pass
+
+
+class _Batches(_EachEvent):
+    """A listener that takes committed batches (``on_events``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    def on_events(self, events: Iterable[Event], state: ExecutionState) -> None:
+        self.batches += 1
+        for event in events:
+            self.on_event(event, state)
+
+
+@pytest.mark.parametrize("listener", [_EachEvent, _Batches])
+def test_listeners_hear_every_event_as_stored_in_order(
+    engine: LocalEngine, listener: Any, tmp_path: Path
+) -> None:
+    """A map's events reach a listener after their commit, with their sequence numbers,
+    whether it takes them one by one or by batch: the same events, in the store's order
+    (a failed and retried element, log lines and the execution's end included)."""
+    failed_once = tmp_path / "failed-once"
+    code = (
+        f"import pathlib\nprint(x)\nmark = pathlib.Path({str(failed_once)!r})\n"
+        "if x == 2 and not mark.exists():\n    mark.touch()\n    raise ValueError(x)\ny = x"
+    )
+    cells = [cell("m", code, ("x",), ("y",), cache=True, retries=1, map=MapSpec("xs", "x"))]
+    heard = listener()
+    xs = list(range(5))
+    request = WorkflowRequest(
+        spec=assemble("wf", cells),
+        params={"xs": engine.put_value(xs, "xs")},
+        param_values={"xs": xs},
+    )
+    result = engine.run_workflow(request, listener=heard)
+    assert result.nodes["m"].values == {"y": xs}
+    stored = engine.events(result.execution.id)
+    assert [e.to_dict() for e in heard.heard] == [e.to_dict() for e in stored]
+    kinds = {e.kind for e in stored}
+    assert {EventKind.ATTEMPT_FAILED, EventKind.RETRY_SCHEDULED, EventKind.LOG_STORED} <= kinds
+    assert heard.states[-1] is Status.SUCCEEDED
+    if isinstance(heard, _Batches):
+        assert 1 <= heard.batches < len(stored)

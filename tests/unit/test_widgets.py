@@ -8,6 +8,7 @@ from typing import Any
 import comm
 import pytest
 
+from papercrane.backend.model import Event, EventKind, ExecutionState, Status
 from papercrane.widgets import RunView, RunWidget, render_html, shared_parts
 
 
@@ -257,3 +258,31 @@ def test_an_unstarted_run_renders_as_it_would_afresh() -> None:
         view.ended = view.started  # (a fixed duration)
         assert render(view) == (render_html(view), render_text(view))
         assert executor in render(view)[1] and "queued" in render(view)[1]
+
+
+def test_a_batch_of_events_shows_the_run_once_with_its_state(
+    sent: list[tuple[str, Any]],
+) -> None:
+    """A map commits thousands of events at once: the widget takes them as one batch
+    (``on_events``), shown with the run's live state as one ``on_event`` per event
+    would leave it (the first shows it; the rest fall within its 50 ms between
+    renders), without building the batch's other events."""
+    view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+    run = RunWidget(view, parts=shared_parts())
+    state = ExecutionState(id="e", status=Status.RUNNING)
+    before = len(sent)
+    run.on_events(iter(()), state)  # (an empty batch changes nothing)
+    assert not run.shown and len(sent) == before
+    built: list[int] = []
+
+    def events() -> Iterator[Event]:
+        for seq in range(1, 1001):
+            built.append(seq)
+            yield Event("e", EventKind.ATTEMPT_STARTED, f"m[{seq}]", 1, seq=seq)
+
+    run.on_events(events(), state)
+    assert run.shown and view.state is state and built == [1]
+    assert [m for m, _ in sent[before:]] == ["comm_open"]
+    ended = ExecutionState(id="e", status=Status.SUCCEEDED)
+    run.on_events(events(), ended)  # the end is rendered once, by ``finish``
+    assert view.state is ended and [m for m, _ in sent[before:]] == ["comm_open"]
