@@ -340,7 +340,7 @@ class WorkflowRun:
         commits it. No ``Event`` exists until a listener asks for one."""
         ts = time.time()
         fold(self.state, what, node, attempt, payload, ts)
-        self.pending.append(what.value, node, attempt, ts, payload)
+        self.pending.append(what._value_, node, attempt, ts, payload)  # (`.value`: a property)
 
     def flush(self, *, keep_on_error: bool = False) -> None:
         """Commit the pending events with the rows they depend on, then tell the
@@ -699,8 +699,19 @@ class WorkflowRun:
             )
         values = elements if shared_values is not None else None
         run.plan = plan = _Plan(shared, shared_values, m.as_name, element_refs, values, keys)
-        for i in range(len(element_refs)):  # each unit lives only until it is queued
-            self._cache_or_queue(plan.unit(run, i), prefetched)
+        # An element with nothing earlier to reuse (no resume, no recovery) and no cache
+        # entry is queued as its index straight away, its ``cache_miss`` recorded from
+        # its key alone: what ``_cache_or_queue`` does for it, without a ``Unit`` that
+        # would live only until queued. Entries found (hits, damaged ones) go through
+        # ``_cache_or_queue``.
+        plain = self.resume is None and self.recover_from is None
+        for i in range(len(element_refs)):
+            if plain and (keys is None or (prefetched is not None and keys[i] not in prefetched)):
+                if keys is not None:
+                    self.emit(K.CACHE_MISS, f"{run.id}[{i}]", cache_key=keys[i])
+                self._enqueue_index(run, i)
+            else:
+                self._cache_or_queue(plan.unit(run, i), prefetched)
 
     def _reuse(self, unit: Unit) -> bool:
         """Resume or recover: an element or node that finished well keeps its outputs.
@@ -793,6 +804,13 @@ class WorkflowRun:
         index = unit.index
         compact = index is not None and run.plan is not None and _Plan.fresh(unit)
         run.queued.append(index if compact else unit)  # type: ignore[arg-type]
+        self.queued += 1
+
+    def _enqueue_index(self, run: NodeRun, index: int) -> None:
+        """``_enqueue`` of a map element's first unit, as its index (``_Plan``)."""
+        if not run.queued:
+            self._ready_for(run)[id(run)] = run
+        run.queued.append(index)
         self.queued += 1
 
     def _take(self, run: NodeRun) -> Unit:
