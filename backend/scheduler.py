@@ -837,7 +837,7 @@ class WorkflowRun:
     def _launch(self) -> Unit | None:
         """Hand out-of-process units to workers, round-robin over nodes, up to the
         parallelism limits; return an inline unit to run here, if one waits."""
-        for run in list(self.ready_out.values()):
+        for run in list(self.ready_out.values()) if self.ready_out else ():
             if self.in_flight >= self.options.max_parallel:
                 break
             executor = self.engine.executor(run.spec.config.executor)
@@ -1021,8 +1021,10 @@ class WorkflowRun:
     def _settle(self, run: NodeRun) -> None:
         """After fail-fast dropped a node's queued units: once none of its units is
         still running, the node is skipped (it can neither finish nor fail now)."""
+        if not self.stopping:
+            return  # (the usual case: every element of a map comes here)
         stuck = run.status is Status.RUNNING and not run.running and not run.queued
-        if self.stopping and stuck and run.open_units:
+        if stuck and run.open_units:
             run.open_units = 0
             self._skip(run, _FAIL_FAST, force=True)
 
@@ -1038,19 +1040,20 @@ class WorkflowRun:
         key = unit.cache_key
         inputs = json_text(self._provenance(unit.node, unit.inputs))
         self.new_artifacts.extend(outputs.values())
-        self.new_lineage.extend(
-            {
-                "artifact_id": ref.id,
-                "name": name,
-                "execution_id": self.state.id,
-                "node": unit.key,
-                "attempt": unit.attempt,
-                "task_name": task.name,
-                "task_version": version,
-                "inputs": inputs,
-            }
-            for name, ref in outputs.items()
-        )
+        lineage = self.new_lineage
+        for name, ref in outputs.items():
+            lineage.append(
+                {
+                    "artifact_id": ref.id,
+                    "name": name,
+                    "execution_id": self.state.id,
+                    "node": unit.key,
+                    "attempt": unit.attempt,
+                    "task_name": task.name,
+                    "task_version": version,
+                    "inputs": inputs,
+                }
+            )
         if key:
             self.new_cache.append(
                 {
