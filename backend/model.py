@@ -281,34 +281,6 @@ class Event:
         data["kind"] = self.kind.value
         return data
 
-    @classmethod
-    def stamped(
-        cls, execution_id: str, kind: EventKind, node: str, attempt: int, payload: dict[str, Any]
-    ) -> Event:
-        """``Event(execution_id, kind, node, attempt, payload)`` stamped now, its fields
-        set in one dict rather than by the frozen dataclass's ``__init__``, which costs
-        twice as much (a map emits four events per element). An equal event."""
-        event = object.__new__(cls)
-        fields = event.__dict__
-        fields["execution_id"] = execution_id
-        fields["kind"] = kind
-        fields["node"] = node
-        fields["attempt"] = attempt
-        fields["payload"] = payload
-        fields["ts"] = time.time()
-        fields["seq"] = 0
-        return event
-
-    def numbered(self, seq: int) -> Event:
-        """This event with the sequence number the store gave it: a copy of its fields'
-        dict (a frozen dataclass's ``__init__`` sets field by field, three times the
-        cost, and a map numbers four events per element)."""
-        event = object.__new__(Event)
-        fields = event.__dict__
-        fields.update(self.__dict__)
-        fields["seq"] = seq
-        return event
-
 
 #: Each ``EventKind`` by its value.
 _KINDS: dict[str, EventKind] = {k.value: k for k in EventKind}
