@@ -272,7 +272,7 @@ class Storage:
         return their key. Nothing is written when the object is already there (or,
         while packing, already packed)."""
         if len(data) <= self.PACK_ITEM and self.packing:
-            return self._pack(digest, memoryview(data))
+            return self._pack(digest, data)
         key = self.artifact_key(digest)
         if not self.exists(key):
             self.write_bytes(key, data)
@@ -574,16 +574,21 @@ class Storage:
             # Not a member of another thread's pending pack: this thread may commit rows
             # naming it before that pack is written (or after its write failed).
             owner = self._pending.get(known.partition("@")[0])
-            if (owner is None or owner is pack) and self.size(known) == len(data):
+            if owner is not None and owner is pack:
+                # This thread's pending pack, which only grows until it is written (and a
+                # failed write forgets its members): the member is there, no check needed.
+                return known
+            if owner is None and self.size(known) == len(data):
                 return known
         if pack is None:
             pack = self._packing.pack = packs.PendingPack()
             self._pending[pack.key] = pack
-        key = pack.add(digest, data)
+        payload = data if type(data) is bytes else bytes(data)  # kept: one copy at most
+        key = pack.add(digest, payload)
         if len(self._located) >= self.PACK_MEMO:
             self._located.clear()
         self._located[digest] = key
-        self._remember(key, digest, bytes(data))  # a member: hashed just now, verified by making
+        self._remember(key, digest, payload)  # a member: hashed just now, verified by making
         if len(pack.data) >= self.PACK_MAX:
             self.seal_pack()
         return key

@@ -224,3 +224,15 @@ def test_pack_checks_trust_a_pack_until_they_are_renewed(tmp_path: Path) -> None
         storage.renew_pack_checks()
         assert storage.size(key) is None
     assert storage.size(key) is None
+
+
+def test_a_value_stored_twice_into_the_pending_pack_is_one_member(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    first, again, other = _packed(storage, ["same", "same", "other"])
+    assert again == first and other[1] != first[1]
+    (pack_key,) = {packs.parse(key)[0] for _, key, _ in (first, other)}  # type: ignore[index]
+    assert [d for d, _, _ in packs.index_of((tmp_path / pack_key).read_bytes())] == [
+        first[0],
+        other[0],
+    ]
+    assert Storage(str(tmp_path)).load_value(again[1], again[0], JSON) == "same"
