@@ -4,10 +4,10 @@ outputs) and the engine (for cache hits) all go through it."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, StorageError
+from .hashing import typed_fingerprint
 from .model import ArtifactRef
 from .scalars import Scalars
 from .serializers import (
@@ -23,9 +23,34 @@ if TYPE_CHECKING:
     from .fingerprint import Fingerprinter
 
 
-def typed_fingerprint(serializer: str, digest: str) -> str:
-    """Fingerprint of a value whose serializer is deterministic: its bytes, typed."""
-    return hashlib.sha256(f"{serializer}:{digest}".encode()).hexdigest()
+_new_object = object.__new__
+
+
+def new_ref(
+    id: str,
+    hash: str,
+    uri: str,
+    size: int,
+    serializer: str,
+    python_type: str,
+    preview: str,
+) -> ArtifactRef:
+    """``ArtifactRef(id, hash, uri, size, serializer, python_type, preview)``, built
+    without the frozen dataclass's ``__init__``, which sets each field through
+    ``object.__setattr__`` (~1.1 µs against ~0.3 µs here): a map stores two new values
+    per element. The fields go into the instance's ``__dict__`` as that ``__init__``
+    puts them, so the ref is equal, hashes the same and is as immutable; a test checks
+    it against ``ArtifactRef``'s own fields, so a field added there fails it."""
+    ref = _new_object(ArtifactRef)
+    fields = ref.__dict__
+    fields["id"] = id
+    fields["hash"] = hash
+    fields["uri"] = uri
+    fields["size"] = size
+    fields["serializer"] = serializer
+    fields["python_type"] = python_type
+    fields["preview"] = preview
+    return ref
 
 
 class ArtifactIO:
@@ -45,14 +70,14 @@ class ArtifactIO:
         encoded = self.scalars.get(value)
         if encoded is not None:  # encoded before: only the storing is left
             name, data, digest, known, python_type, shown = encoded
-            return ArtifactRef(
-                id=known if fingerprint is None else fingerprint,
-                hash=digest,
-                uri=self.storage.put_encoded(digest, data),
-                size=len(data),
-                serializer=name,
-                python_type=python_type,
-                preview=shown,
+            return new_ref(
+                known if fingerprint is None else fingerprint,
+                digest,
+                self.storage.put_encoded(digest, data),
+                len(data),
+                name,
+                python_type,
+                shown,
             )
         serializer = self.registry.for_value(value)
         try:
@@ -76,14 +101,14 @@ class ArtifactIO:
                 fingerprint = typed_fingerprint(serializer.name, digest)
             else:
                 fingerprint = self.fingerprinter().value(value)
-        return ArtifactRef(
-            id=fingerprint,
-            hash=digest,
-            uri=key,
-            size=size,
-            serializer=serializer.name,
-            python_type=python_type_name(value),
-            preview=preview(value),
+        return new_ref(
+            fingerprint,
+            digest,
+            key,
+            size,
+            serializer.name,
+            python_type_name(value),
+            preview(value),
         )
 
     def known_fingerprint(self, value: Any) -> str | None:
