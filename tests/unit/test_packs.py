@@ -236,3 +236,23 @@ def test_a_value_stored_twice_into_the_pending_pack_is_one_member(tmp_path: Path
         other[0],
     ]
     assert Storage(str(tmp_path)).load_value(again[1], again[0], JSON) == "same"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut"])
+def test_a_value_whose_written_pack_lost_it_is_packed_anew(tmp_path: Path, damage: str) -> None:
+    """Storing a value this process packed before names the old member only while its
+    pack still holds the member's whole range (checked once per ``pack_checks`` round)."""
+    storage = Storage(str(tmp_path))
+    (_, first, size), (_, later, _) = _packed(storage, ["keep", "lost"])
+    pack_path = tmp_path / packs.parse(later)[0]  # type: ignore[index]
+    with storage.pack_checks():
+        assert _packed(storage, ["lost"])[0][1] == later  # the pack is whole: named again
+        if damage == "deleted":
+            pack_path.unlink()
+        else:
+            pack_path.write_bytes(pack_path.read_bytes()[: packs.parse(later)[1] + 1])  # type: ignore[index]
+        assert _packed(storage, ["lost"])[0][1] == later  # trusted until renewed
+        storage.renew_pack_checks()
+        (digest, again, _), (_, kept, _) = _packed(storage, ["lost", "keep"])
+    assert again != later and Storage(str(tmp_path)).load_value(again, digest, JSON) == "lost"
+    assert (kept == first) == (damage == "cut")  # a cut pack still holds its first member
