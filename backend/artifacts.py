@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 _new_object = object.__new__
+_set = object.__setattr__
 
 
 def new_ref(
@@ -35,21 +36,21 @@ def new_ref(
     python_type: str,
     preview: str,
 ) -> ArtifactRef:
-    """``ArtifactRef(id, hash, uri, size, serializer, python_type, preview)``, built
-    without the frozen dataclass's ``__init__``, which sets each field through
-    ``object.__setattr__`` (~1.1 µs against ~0.3 µs here): a map stores two new values
-    per element. The fields go into the instance's ``__dict__`` as that ``__init__``
-    puts them, so the ref is equal, hashes the same and is as immutable; a test checks
-    it against ``ArtifactRef``'s own fields, so a field added there fails it."""
+    """``ArtifactRef(id, hash, uri, size, serializer, python_type, preview)``: what the
+    frozen dataclass's ``__init__`` does (``object.__setattr__`` per field), without the
+    keyword call through the class and the global look-up per field, ~1.1 µs against
+    ~0.7 µs in a map's loop, which stores two new values per element. (Filling
+    ``ref.__dict__`` instead is quicker to build but makes Python 3.11+ create a real
+    dict per ref, which is bigger and slower to read.) A test checks the result against
+    ``ArtifactRef``'s own fields, so a field added there fails it."""
     ref = _new_object(ArtifactRef)
-    fields = ref.__dict__
-    fields["id"] = id
-    fields["hash"] = hash
-    fields["uri"] = uri
-    fields["size"] = size
-    fields["serializer"] = serializer
-    fields["python_type"] = python_type
-    fields["preview"] = preview
+    _set(ref, "id", id)
+    _set(ref, "hash", hash)
+    _set(ref, "uri", uri)
+    _set(ref, "size", size)
+    _set(ref, "serializer", serializer)
+    _set(ref, "python_type", python_type)
+    _set(ref, "preview", preview)
     return ref
 
 
