@@ -48,6 +48,11 @@ def content_digest(data: bytes) -> str:
     return _BLAKE3_PREFIX + _blake3(1).update(data).hexdigest()
 
 
+def typed_fingerprint(serializer: str, digest: str) -> str:
+    """Fingerprint of a value whose serializer is deterministic: its bytes, typed."""
+    return hashlib.sha256(f"{serializer}:{digest}".encode()).hexdigest()
+
+
 def algorithm_of(digest: str) -> str:
     """The algorithm that made a content digest, read from the digest itself."""
     return BLAKE3 if digest.startswith(_BLAKE3_PREFIX) else SHA256

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,7 +213,7 @@ def collect(
     spec: TaskSpec,
     ns: dict[str, Any],
     artifacts: ArtifactIO,
-    declared: set[str],
+    declared: Collection[str],
 ) -> tuple[dict[str, ArtifactRef], dict[str, str], dict[str, Any]]:
     """Store the outputs the cell bound. Names it was only *maybe* going to bind and did
     not are skipped; a name given with ``--outputs`` that is missing is an error."""
@@ -241,7 +242,7 @@ def execute(
     spec: TaskSpec,
     values: dict[str, Any],
     artifacts: ArtifactIO,
-    declared_outputs: set[str],
+    declared_outputs: Collection[str],
     formatter: Any = None,
     checkpoint_key: str = "",
 ) -> AttemptResult:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .hashing import typed_fingerprint
 from .serializers import preview, python_type_name
 from .storage import encode_small
 
 if TYPE_CHECKING:
-    from .serializers import SerializerRegistry
+    from .serializers import Serializer, SerializerRegistry
 
 _INT_LIMIT = 1 << 64
 
@@ -46,6 +47,10 @@ class Scalars:
     def __init__(self, registry: SerializerRegistry) -> None:
         self.registry = registry
         self._memo: dict[tuple[type, Any], Encoded] = {}
+        # The serializer of each scalar type, asked of the registry once: a built-in takes
+        # each of these types whatever the value (``for_value`` asks plug-ins only about
+        # values no built-in takes), and a map encodes a new int per element.
+        self._serializers: dict[type, Serializer] = {}
 
     def get(self, value: Any) -> Encoded | None:
         """The encoding of ``value`` if it is such a scalar, else None."""
@@ -70,9 +75,10 @@ class Scalars:
         return found
 
     def _encode(self, value: Any) -> Encoded | None:
-        from .artifacts import typed_fingerprint
-
-        serializer = self.registry.for_value(value)
+        t = type(value)
+        serializer = self._serializers.get(t)
+        if serializer is None:
+            serializer = self._serializers[t] = self.registry.for_value(value)
         if not serializer.deterministic:
             return None
         data, digest = encode_small(value, serializer)

@@ -272,7 +272,7 @@ class Storage:
         return their key. Nothing is written when the object is already there (or,
         while packing, already packed)."""
         if len(data) <= self.PACK_ITEM and self.packing:
-            return self._pack(digest, memoryview(data))
+            return self._pack(digest, data)
         key = self.artifact_key(digest)
         if not self.exists(key):
             self.write_bytes(key, data)
@@ -573,17 +573,27 @@ class Storage:
         if known is not None:
             # Not a member of another thread's pending pack: this thread may commit rows
             # naming it before that pack is written (or after its write failed).
-            owner = self._pending.get(known.partition("@")[0])
-            if (owner is None or owner is pack) and self.size(known) == len(data):
-                return known
+            pack_key, _, span = known.partition("@")  # (a key ``_pack`` made: no ``parse``)
+            owner = self._pending.get(pack_key)
+            if owner is not None:
+                if owner is pack:
+                    # This thread's pending pack, which only grows until it is written (a
+                    # failed write forgets its members): the member is there, no check.
+                    return known
+            else:  # a written pack: is it (still) there, as long as it was?
+                offset, _, size = span.partition("+")
+                whole = self._pack_size(pack_key)
+                if whole is not None and int(offset) + int(size) <= whole:
+                    return known
         if pack is None:
             pack = self._packing.pack = packs.PendingPack()
             self._pending[pack.key] = pack
-        key = pack.add(digest, data)
+        payload = data if type(data) is bytes else bytes(data)  # kept: one copy at most
+        key = pack.add(digest, payload)
         if len(self._located) >= self.PACK_MEMO:
             self._located.clear()
         self._located[digest] = key
-        self._remember(key, digest, bytes(data))  # a member: hashed just now, verified by making
+        self._remember(key, digest, payload)  # a member: hashed just now, verified by making
         if len(pack.data) >= self.PACK_MAX:
             self.seal_pack()
         return key
@@ -615,14 +625,19 @@ class Storage:
         pending = self._pending.get(pack_key)
         if pending is not None:
             return size if offset + size <= len(pending.data) else None
+        whole = self._pack_size(pack_key)
+        return size if whole is not None and offset + size <= whole else None
+
+    def _pack_size(self, pack_key: str) -> int | None:
+        """The size of a written pack (None if gone): checked once per ``pack_checks``
+        round in one, every time outside."""
         sizes = getattr(self._packing, "sizes", None)
         if sizes is None:
-            whole = self._object_size(pack_key)
-        elif pack_key in sizes:
-            whole = sizes[pack_key]
-        else:
-            whole = sizes[pack_key] = self._object_size(pack_key)
-        return size if whole is not None and offset + size <= whole else None
+            return self._object_size(pack_key)
+        if pack_key in sizes:
+            return sizes[pack_key]  # type: ignore[no-any-return]
+        whole = sizes[pack_key] = self._object_size(pack_key)
+        return whole
 
     def _read_member(self, key: str, pack_key: str, offset: int, size: int) -> bytes:
         """A member's bytes, by one ranged read of its pack (or from the pending pack)."""

@@ -91,18 +91,24 @@ class InlineExecutor(Executor):
                 result = self._execute(attempt)
         finally:
             sys.stdout, sys.stderr = saved
-        for stream, cap in (("stdout", out), ("stderr", err)):
-            if cap.parts:
-                key = f"{attempt.prefix}/{stream}.log"
-                self.storage.write_bytes(key, "".join(cap.parts).encode())
-                result.logs[stream] = key
+        if out.parts:
+            self._keep_log(attempt, result, "stdout", out.parts)
+        if err.parts:
+            self._keep_log(attempt, result, "stderr", err.parts)
         return result
+
+    def _keep_log(
+        self, attempt: AttemptSpec, result: AttemptResult, stream: str, parts: list[str]
+    ) -> None:
+        key = f"{attempt.prefix}/{stream}.log"
+        self.storage.write_bytes(key, "".join(parts).encode())
+        result.logs[stream] = key
 
     def _execute(self, attempt: AttemptSpec) -> AttemptResult:
         return runner.execute(
             attempt.task,
             attempt.values,  # type: ignore[arg-type]
             self.artifacts,
-            set(attempt.declared_outputs),
+            attempt.declared_outputs,
             checkpoint_key=attempt.checkpoint_key,
         )

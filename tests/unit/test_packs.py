@@ -224,3 +224,35 @@ def test_pack_checks_trust_a_pack_until_they_are_renewed(tmp_path: Path) -> None
         storage.renew_pack_checks()
         assert storage.size(key) is None
     assert storage.size(key) is None
+
+
+def test_a_value_stored_twice_into_the_pending_pack_is_one_member(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    first, again, other = _packed(storage, ["same", "same", "other"])
+    assert again == first and other[1] != first[1]
+    (pack_key,) = {packs.parse(key)[0] for _, key, _ in (first, other)}  # type: ignore[index]
+    assert [d for d, _, _ in packs.index_of((tmp_path / pack_key).read_bytes())] == [
+        first[0],
+        other[0],
+    ]
+    assert Storage(str(tmp_path)).load_value(again[1], again[0], JSON) == "same"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut"])
+def test_a_value_whose_written_pack_lost_it_is_packed_anew(tmp_path: Path, damage: str) -> None:
+    """Storing a value this process packed before names the old member only while its
+    pack still holds the member's whole range (checked once per ``pack_checks`` round)."""
+    storage = Storage(str(tmp_path))
+    (_, first, size), (_, later, _) = _packed(storage, ["keep", "lost"])
+    pack_path = tmp_path / packs.parse(later)[0]  # type: ignore[index]
+    with storage.pack_checks():
+        assert _packed(storage, ["lost"])[0][1] == later  # the pack is whole: named again
+        if damage == "deleted":
+            pack_path.unlink()
+        else:
+            pack_path.write_bytes(pack_path.read_bytes()[: packs.parse(later)[1] + 1])  # type: ignore[index]
+        assert _packed(storage, ["lost"])[0][1] == later  # trusted until renewed
+        storage.renew_pack_checks()
+        (digest, again, _), (_, kept, _) = _packed(storage, ["lost", "keep"])
+    assert again != later and Storage(str(tmp_path)).load_value(again, digest, JSON) == "lost"
+    assert (kept == first) == (damage == "cut")  # a cut pack still holds its first member

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from papercrane.backend.artifacts import ArtifactIO, typed_fingerprint
+from papercrane.backend.artifacts import ArtifactIO, new_ref, typed_fingerprint
 from papercrane.backend.fingerprint import Fingerprinter
 from papercrane.backend.model import ArtifactRef
 from papercrane.backend.serializers import preview, python_type_name
@@ -103,3 +105,18 @@ def test_the_memo_stays_bounded(tmp_path: Path) -> None:
     for i in range(artifacts.scalars.MAX_ENTRIES + 10):
         fingerprinter.value(i)
     assert len(artifacts.scalars._memo) <= artifacts.scalars.MAX_ENTRIES
+
+
+def test_refs_built_for_stored_values_are_artifact_refs(tmp_path: Path) -> None:
+    """``new_ref`` skips the frozen dataclass's ``__init__``: its refs must be the same
+    objects in every respect (fields, equality, hash, immutability, ``to_dict``)."""
+    fields = ("i", "h", "packs/ab/ab@0+1", 1, "json", "int", "1")
+    fast, plain = new_ref(*fields), ArtifactRef(*fields)
+    assert type(fast) is ArtifactRef
+    assert vars(fast) == vars(plain) == {f.name: v for f, v in zip(dataclass_fields(plain), fields)}
+    assert fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
+    assert fast.to_dict() == plain.to_dict()
+    with pytest.raises(FrozenInstanceError):
+        fast.uri = "elsewhere"  # type: ignore[misc]
+    ref = ArtifactIO(Storage(str(tmp_path))).put([1, 2], "v")  # (not a memoized scalar)
+    assert type(ref) is ArtifactRef and vars(ref).keys() == vars(plain).keys()
