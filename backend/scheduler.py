@@ -1311,9 +1311,13 @@ class WorkflowRun:
             self.emit(K.EXECUTION_FAILED, error=first)
             self.flush()
             if self.kind == "task":
+                attempts = self.state.nodes[failed[0].id].attempt
+                # A map's attempts are its elements' (the message counts those), and a
+                # node whose inputs were refused never made one: no "after 0 attempt(s)".
+                after = f" after {attempts} attempt(s)" if attempts else ""
                 raise TaskFailed(
-                    f"task {failed[0].id!r} failed after {self.state.nodes[failed[0].id].attempt} "
-                    f"attempt(s): {first.get('type')}: {first.get('message')}",
+                    f"task {failed[0].id!r} failed{after}: {first.get('type')}: "
+                    f"{first.get('message')}",
                     first.get("traceback", ""),
                     self.state.id,
                     first.get("type", ""),

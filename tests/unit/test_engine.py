@@ -23,6 +23,7 @@ from papercrane.backend.model import (
 )
 from papercrane.backend.projection import replay
 from papercrane.backend.store import db as store_db
+from papercrane.backend.workflow import MapSpec
 
 
 @pytest.fixture
@@ -92,6 +93,23 @@ def test_failed_run_keeps_user_traceback(engine: LocalEngine) -> None:
     assert node.user_failures == 3 and node.status is Status.FAILED
     kinds = [e.kind for e in engine.events(err.execution_id)]
     assert kinds.count(EventKind.RETRY_SCHEDULED) == 2
+
+
+def test_a_failed_task_says_how_many_attempts_it_made(engine: LocalEngine) -> None:
+    with pytest.raises(TaskFailed, match=r"^task 't' failed after 2 attempt\(s\): ZeroDivision"):
+        run(engine, "y = 1 / x", {"x": 0}, retries=1)
+    # A map's attempts are its elements', counted in the message: no "after 0 attempt(s)".
+    s = TaskSpec(name="div", code="out = 10 // item", inputs=("item",), outputs=("out",))
+    values = {"items": [1, 0, 5]}
+    refs = {"items": engine.put_value(values["items"], "input 'items'")}
+    cfg = TaskConfig(executor="inline")
+    request = RunRequest(
+        spec=s, config=cfg, inputs=refs, values=values, map=MapSpec("items", "item")
+    )
+    with pytest.raises(TaskFailed) as info:
+        engine.run_task(request)
+    assert str(info.value).startswith("task 'div' failed: ZeroDivisionError: 1 of 3 elements")
+    assert "attempt" not in str(info.value)
 
 
 def test_cache_hit_and_miss(engine: LocalEngine) -> None:
