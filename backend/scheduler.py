@@ -1123,7 +1123,8 @@ class WorkflowRun:
                     {
                         **error,
                         "message": f"{run.failed_units} of {len(run.elements)} elements failed "
-                        f"(allowed: {allowed}); first: {error.get('type')}: {error.get('message')}",
+                        f"(allowed: {allowed}); element {unit.index}: {error.get('type')}: "
+                        f"{error.get('message')}",
                     },
                 )
             return

@@ -142,7 +142,7 @@ def test_map_collects_outputs_in_order_with_per_element_cache(engine: LocalEngin
 def test_map_failures_and_min_success_ratio(engine: LocalEngine) -> None:
     code = "out = 10 // item"
     strict = [cell("div", code, ("item",), ("out",), map=MapSpec("items", "item"))]
-    with pytest.raises(WorkflowFailed, match="1 of 4 elements failed"):
+    with pytest.raises(WorkflowFailed, match="1 of 4 elements failed .allowed: 0.; element 2: "):
         run(engine, strict, {"items": [1, 2, 0, 5]})
     lenient = [cell("div", code, ("item",), ("out",), map=MapSpec("items", "item", 0.75))]
     result = run(engine, lenient, {"items": [1, 2, 0, 5]})
