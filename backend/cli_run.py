@@ -158,6 +158,7 @@ def run_notebook(
     quiet: bool,
     remote: bool = False,
     detach: bool = False,
+    kernel: str | None = None,
 ) -> int:
     import papermill
     from rich.console import Console
@@ -167,6 +168,7 @@ def run_notebook(
     path = Path(notebook).resolve()
     flow = notebook_workflow(path)
     check_params(flow, params)
+    kernel = kernel or _notebook_kernel(path)
     if (remote or detach) and not os.environ.get("PAPERCRANE_URL"):
         raise UserError(
             "--remote and --detach run the tasks on a papercrane server: set PAPERCRANE_URL "
@@ -208,6 +210,7 @@ def run_notebook(
                 progress_bar=False,
                 cwd=str(path.parent),
                 log_output=False,
+                kernel_name=kernel,
             )
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
@@ -246,6 +249,22 @@ def run_notebook(
     return 1
 
 
+def _notebook_kernel(path: Path) -> str:
+    """The kernel the notebook names (``metadata.kernelspec.name``), checked before any
+    kernel starts: papermill's own error for a notebook without one (written by a script,
+    say) names neither the notebook nor this command's option."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    name = nb.metadata.get("kernelspec", {}).get("name")
+    if not name:
+        raise UserError(
+            f"{path.name} names no kernel (its metadata has no kernelspec): pass one with "
+            "--kernel NAME, e.g. --kernel python3 (`jupyter kernelspec list` shows them)"
+        )
+    return str(name)
+
+
 def _cell_stderr(out: Path) -> str:
     """What the failed cell wrote to stderr: IPython reports a UsageError (papercrane's
     own one-line errors) there, not as an error output papermill can see."""
@@ -266,6 +285,8 @@ def _cell_stderr(out: Path) -> str:
 
 
 def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) -> None:
+    from rich.markup import escape
+
     failed = progress.failures()
     if not failed:
         name = getattr(exc, "ename", type(exc).__name__)
@@ -273,8 +294,6 @@ def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) ->
         message = f"{name}: {value}"
         if not value and out.exists():
             message = _cell_stderr(out) or message
-        from rich.markup import escape
-
         console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         cell = getattr(exc, "exec_count", None)
         if cell is not None:
@@ -284,8 +303,16 @@ def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) ->
         return
     for node_id, node, state in failed:
         error = node.error
-        attempt = f"attempt {node.attempt}" if node.attempt else "before its first attempt"
-        console.print(f"[bold red]task {node_id!r} failed[/] in execution {state.id}, {attempt}")
+        if node.elements and error is not None:  # a map: its elements made the attempts
+            where = f": {error.message}"
+        elif node.attempt:
+            where = f", attempt {node.attempt}"
+        else:
+            where = ", before its first attempt"
+        console.print(
+            f"[bold red]task {node_id!r} failed[/] in execution {state.id}{escape(where)}",
+            highlight=False,
+        )
         if error is not None:
             console.print(
                 error.traceback.rstrip() or f"{error.type}: {error.message}",
@@ -308,6 +335,13 @@ def register(main: click.Group) -> None:
         help="set a notebook parameter (repeatable)",
     )
     @click.option("-o", "--output", default=None, help="write the executed notebook here")
+    @click.option(
+        "-k",
+        "--kernel",
+        default=None,
+        metavar="NAME",
+        help="kernel to run it in (default: the one the notebook names)",
+    )
     @click.option("--project", default=None, help="project (default: $PAPERCRANE_PROJECT)")
     @click.option("--domain", default=None, help="domain (default: $PAPERCRANE_DOMAIN)")
     @click.option("--max-parallel", type=int, default=None, help="tasks at the same time")
@@ -328,6 +362,7 @@ def register(main: click.Group) -> None:
         notebook: str,
         params: tuple,
         output: str | None,
+        kernel: str | None,
         project: str | None,
         domain: str | None,
         max_parallel: int | None,
@@ -353,5 +388,6 @@ def register(main: click.Group) -> None:
             quiet,
             remote,
             detach,
+            kernel,
         )
         raise SystemExit(code)

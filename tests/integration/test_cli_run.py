@@ -253,6 +253,35 @@ def test_missing_notebook_file(home: Path, tmp_path: Path) -> None:
     assert "nowhere.ipynb: no such notebook" in result.stderr
 
 
+def test_a_notebook_without_a_kernelspec_needs_kernel(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(tmp_path / "scripted.ipynb", "%load_ext papercrane", "%%task t\ny = 2")
+    nb = nbformat.read(src, 4)
+    del nb.metadata["kernelspec"]
+    nbformat.write(nb, src)
+    refused = papercrane(home, "run", str(src), "-q")
+    assert refused.returncode != 0
+    assert "scripted.ipynb names no kernel" in refused.stderr
+    assert "--kernel NAME" in refused.stderr and "Traceback" not in refused.stderr
+    assert executions(home) == []  # refused before any kernel started
+    ok(papercrane(home, "run", str(src), "-q", "--kernel", "python3"))
+    assert [e["status"] for e in executions(home)] == ["succeeded"]
+
+
+def test_a_failed_map_is_reported_with_its_element(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "mapfail.ipynb",
+        "%load_ext papercrane",
+        "xs = [3, 1, 4]",
+        "%%task inv --map xs --executor inline\nz = 1 / (x - 1)",
+    )
+    result = papercrane(home, "run", str(src), "-q")
+    assert result.returncode == 1
+    assert "task 'inv' failed in execution" in result.stderr
+    assert "1 of 3 elements failed (allowed: 0); element 1: ZeroDivisionError" in result.stderr
+    assert "z = 1 / (x - 1)" in result.stderr  # the element's own traceback
+    assert "before its first attempt" not in result.stderr
+
+
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:
     src = write_notebook(
         tmp_path / "twice.ipynb",
