@@ -143,6 +143,16 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
             n.node: {
                 "status": n.status.value,
                 "attempts": n.attempt,
+                **(
+                    {
+                        "elements": n.elements,
+                        "elements_done": n.elements_done,
+                        "elements_failed": n.elements_failed,
+                        "elements_cached": n.elements_cached,
+                    }
+                    if n.elements
+                    else {}
+                ),
                 "cache": n.cache,
                 "cache_key": n.cache_key,
                 "outputs": n.outputs,
@@ -165,9 +175,9 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         nodes = Table("node", "status", "attempts", "cache", "outputs", "error")
         for name, n in data["nodes"].items():
             err = f"{n['error']['type']}: {n['error']['message']}" if n["error"] else ""
-            nodes.add_row(
-                name, n["status"], str(n["attempts"]), n["cache"], ", ".join(n["outputs"]), err
-            )
+            # A map's attempts are its elements' (their own rows): show how many it has.
+            tries = f"map of {n['elements']}" if n.get("elements") else str(n["attempts"])
+            nodes.add_row(name, n["status"], tries, n["cache"], ", ".join(n["outputs"]), err)
         parts = [head, nodes]
         if with_events:
             ev = Table("seq", "time", "kind", "node", "attempt")

@@ -280,6 +280,11 @@ def test_a_failed_map_is_reported_with_its_element(home: Path, tmp_path: Path) -
     assert "1 of 3 elements failed (allowed: 0); element 1: ZeroDivisionError" in result.stderr
     assert "z = 1 / (x - 1)" in result.stderr  # the element's own traceback
     assert "before its first attempt" not in result.stderr
+    (execution,) = executions(home)
+    node = as_json(home, "executions", "show", execution["id"])["nodes"]["inv"]
+    assert (node["elements"], node["elements_failed"], node["status"]) == (3, 1, "failed")
+    table = ok(papercrane(home, "executions", "show", execution["id"])).stdout
+    assert "map of 3" in table  # not "0" attempts: its elements made them
 
 
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:
