@@ -277,6 +277,10 @@ def execute(
     )
 
 
+#: Written in an attempt's folder when the engine gives the attempt up.
+GIVEN_UP = "given-up"
+
+
 class _Tee:
     """Writes to the original stream (the executor's pipe) and to the attempt's log."""
 
@@ -315,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     storage = Storage(argv[0])
     attempt = json.loads(storage.read_bytes(argv[1]))
     prefix = attempt["prefix"]
+    if storage.exists(f"{prefix}/{GIVEN_UP}"):
+        # The engine gave this attempt up (its pod was lost) and may already run the
+        # next one. Kubernetes before 1.26 replaces a deleted Job pod, and a replacement
+        # created after the engine deleted the Job must neither overwrite the attempt's
+        # logs nor race the next attempt on its checkpoint.
+        print(f"papercrane: attempt {prefix} was given up; not running it", file=sys.stderr)
+        return 3
     spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
     storage.vouched.adopt(attempt.get("vouched", {}))  # from the engine that started us
     artifacts = ArtifactIO(storage)

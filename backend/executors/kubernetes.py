@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConfigError
-from ..runner import AttemptResult, system_error
+from ..runner import GIVEN_UP, AttemptResult, system_error
 from .base import AttemptSpec, Executor, LogSink
 
 _LABEL = "papercrane.io"
@@ -432,6 +432,11 @@ class KubernetesExecutor(Executor):
             # would otherwise go on for 30 s, next to the attempt that replaces it.
             # The server shutting down leaves it alone (a restarted server adopts it).
             ended = outcome["kind"] in ("done", "failed")
+            if not ended and outcome["kind"] != "detached":
+                # Before the Job goes: a pod its controller still creates (Kubernetes
+                # before 1.26 replaces a deleted one) finds this and does not run.
+                with contextlib.suppress(Exception):
+                    self.storage.write_bytes(f"{attempt.prefix}/{GIVEN_UP}", b"")
             if outcome["kind"] != "detached":
                 self.delete(namespace, name, None if ended else watch.selector)
         result = self._result(attempt, outcome, started)

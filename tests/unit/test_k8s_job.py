@@ -272,3 +272,30 @@ def test_namespace_per_project_and_domain() -> None:
     ns = s.namespace_for("Team_A", "Prod" + "x" * 80)
     assert DNS_LABEL.match(ns) and len(ns) <= 63
     assert KubernetesSettings(namespace="tasks").namespace_for("vision", "staging") == "tasks"
+
+
+def test_the_runner_does_not_run_an_attempt_that_was_given_up(tmp_path) -> None:
+    """A pod that Kubernetes (before 1.26) creates to replace a deleted one, after the
+    engine gave the attempt up: the real runner, in a subprocess, leaves the attempt's
+    logs and result alone and does not run the task."""
+    import json
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    prefix = "runs/e/n/1"
+    folder = store / prefix
+    folder.mkdir(parents=True)
+    (folder / "attempt.json").write_text(json.dumps({"prefix": prefix, "task_key": "nowhere"}))
+    (folder / "stdout.log").write_text("starting at step 0\n")  # what the lost pod wrote
+    (folder / "given-up").write_bytes(b"")
+    done = subprocess.run(
+        [sys.executable, "-m", "papercrane.backend.runner", str(store), f"{prefix}/attempt.json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert "was given up" in done.stderr
+    assert (folder / "stdout.log").read_text() == "starting at step 0\n"
+    assert not (folder / "result.json").exists()
