@@ -709,7 +709,7 @@ class WorkflowRun:
             if plain and (keys is None or (prefetched is not None and keys[i] not in prefetched)):
                 if keys is not None:
                     self.emit(K.CACHE_MISS, f"{run.id}[{i}]", cache_key=keys[i])
-                self._enqueue_index(run, i)
+                self._push(run, i)
             else:
                 self._cache_or_queue(plan.unit(run, i), prefetched)
 
@@ -799,18 +799,15 @@ class WorkflowRun:
 
     def _enqueue(self, unit: Unit) -> None:
         run = unit.node
-        if not run.queued:
-            self._ready_for(run)[id(run)] = run
         index = unit.index
         compact = index is not None and run.plan is not None and _Plan.fresh(unit)
-        run.queued.append(index if compact else unit)  # type: ignore[arg-type]
-        self.queued += 1
+        self._push(run, index if compact else unit)  # type: ignore[arg-type]
 
-    def _enqueue_index(self, run: NodeRun, index: int) -> None:
-        """``_enqueue`` of a map element's first unit, as its index (``_Plan``)."""
+    def _push(self, run: NodeRun, entry: Unit | int) -> None:
+        """Queue a unit, or a map element's first unit as its index (``_Plan``)."""
         if not run.queued:
             self._ready_for(run)[id(run)] = run
-        run.queued.append(index)
+        run.queued.append(entry)
         self.queued += 1
 
     def _take(self, run: NodeRun) -> Unit:
