@@ -168,7 +168,12 @@ def run_notebook(
     path = Path(notebook).resolve()
     flow = notebook_workflow(path)
     check_params(flow, params)
-    kernel = kernel or _notebook_kernel(path)
+    kernel = kernel or flow.kernel
+    if not kernel:  # papermill's own error names neither the notebook nor --kernel
+        raise UserError(
+            f"{path.name} names no kernel (its metadata has no kernelspec): pass one with "
+            "--kernel NAME, e.g. --kernel python3 (`jupyter kernelspec list` shows them)"
+        )
     if (remote or detach) and not os.environ.get("PAPERCRANE_URL"):
         raise UserError(
             "--remote and --detach run the tasks on a papercrane server: set PAPERCRANE_URL "
@@ -247,22 +252,6 @@ def run_notebook(
     if output and out.exists():
         console.print(f"wrote {out} (with the error)")
     return 1
-
-
-def _notebook_kernel(path: Path) -> str:
-    """The kernel the notebook names (``metadata.kernelspec.name``), checked before any
-    kernel starts: papermill's own error for a notebook without one (written by a script,
-    say) names neither the notebook nor this command's option."""
-    import nbformat
-
-    nb = nbformat.read(str(path), as_version=4)
-    name = nb.metadata.get("kernelspec", {}).get("name")
-    if not name:
-        raise UserError(
-            f"{path.name} names no kernel (its metadata has no kernelspec): pass one with "
-            "--kernel NAME, e.g. --kernel python3 (`jupyter kernelspec list` shows them)"
-        )
-    return str(name)
 
 
 def _cell_stderr(out: Path) -> str:

@@ -31,6 +31,8 @@ class FileWorkflow:
     tasks: list[FileTask]
     #: Names assigned in the cell tagged "parameters" (what papermill's -p overrides).
     parameters: list[str]
+    #: The kernel the notebook names (``metadata.kernelspec.name``), "" if none.
+    kernel: str = ""
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
@@ -107,7 +109,8 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         tasks.append(task)
         for out in outputs:
             producers[out] = name
-    return FileWorkflow(Path(path).stem, tasks, parameters)
+    kernel = nb.metadata.get("kernelspec", {}).get("name") or ""  # type: ignore[attr-defined]
+    return FileWorkflow(Path(path).stem, tasks, parameters, str(kernel))
 
 
 def _assigned(source: str) -> list[str]:
