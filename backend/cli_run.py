@@ -174,6 +174,7 @@ def run_notebook(
             f"{path.name} names no kernel (its metadata has no kernelspec): pass one with "
             "--kernel NAME, e.g. --kernel python3 (`jupyter kernelspec list` shows them)"
         )
+    _check_kernel(kernel, path.name)
     if (remote or detach) and not os.environ.get("PAPERCRANE_URL"):
         raise UserError(
             "--remote and --detach run the tasks on a papercrane server: set PAPERCRANE_URL "
@@ -252,6 +253,23 @@ def run_notebook(
     if output and out.exists():
         console.print(f"wrote {out} (with the error)")
     return 1
+
+
+def _check_kernel(kernel: str, notebook: str) -> None:
+    """Refuse a kernel that is not installed before anything starts, naming the ones
+    that are (papermill's ``NoSuchKernel`` comes after a kernel manager is set up and
+    says neither)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    specs = KernelSpecManager()
+    try:
+        specs.get_kernel_spec(kernel)
+    except NoSuchKernel:
+        installed = ", ".join(sorted(specs.find_kernel_specs())) or "none"
+        raise UserError(
+            f"{notebook}: no kernel named {kernel!r} is installed (installed: {installed}); "
+            "pass one with --kernel NAME"
+        ) from None
 
 
 def _cell_stderr(out: Path) -> str:

@@ -263,6 +263,11 @@ def test_a_notebook_without_a_kernelspec_needs_kernel(home: Path, tmp_path: Path
     assert "scripted.ipynb names no kernel" in refused.stderr
     assert "--kernel NAME" in refused.stderr and "Traceback" not in refused.stderr
     assert executions(home) == []  # refused before any kernel started
+    unknown = papercrane(home, "run", str(src), "-q", "--kernel", "nosuchkernel")
+    assert unknown.returncode != 0
+    assert "no kernel named 'nosuchkernel' is installed (installed: " in unknown.stderr
+    assert "python3" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert executions(home) == []
     ok(papercrane(home, "run", str(src), "-q", "--kernel", "python3"))
     assert [e["status"] for e in executions(home)] == ["succeeded"]
 
