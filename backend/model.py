@@ -40,6 +40,17 @@ class Status(str, Enum):
 
 
 class EventKind(str, Enum):
+    """What an event records. A node's life: ``node_queued``, then ``cache_hit`` (its end),
+    or ``cache_miss`` and its attempts (``attempt_started`` ... ``attempt_succeeded`` or
+    ``attempt_failed``, ``retry_scheduled``), then ``node_succeeded`` or ``node_failed``.
+
+    A map element (node ``name[i]``) records less, as a map has thousands: a hit is one
+    ``cache_hit``; otherwise its attempts, the first ``attempt_started`` naming the cache
+    key that missed (``cache_key`` in its payload), and a successful attempt is the
+    element's end (no ``node_succeeded``). An element that fails for good still ends with
+    ``node_failed``. Stores written before 2026-12-07 also have each element's
+    ``cache_miss`` and ``node_succeeded``; ``projection.fold`` reads both forms."""
+
     EXECUTION_CREATED = "execution_created"
     NODE_QUEUED = "node_queued"
     CACHE_HIT = "cache_hit"

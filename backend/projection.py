@@ -61,7 +61,7 @@ def fold(
     seq: int = 0,
 ) -> ExecutionState:
     """``apply`` of an event given field by field: the scheduler folds what it emits
-    before any ``Event`` exists (a map emits four per element, and keeps them as
+    before any ``Event`` exists (a map emits two per element, and keeps them as
     columns until its flush, ``model.EventColumns``). The one definition of what each
     event means; ``apply`` is this on an ``Event``'s fields."""
     if seq > state.last_seq:
@@ -77,7 +77,9 @@ def fold(
     node = state.nodes.get(node_id)
     if node is None:
         node = state.nodes[node_id] = NodeState(node=node_id)
-    if "[" in node_id and kind in _ELEMENT_ENDS:
+    element = "[" in node_id
+    if element and kind in _ELEMENT_ENDS and not node.status.terminal:
+        # (an older store's element has a node_succeeded after its attempt_succeeded)
         _count_element(state, kind, node_id)
     # (The kinds every task and map element records come first: a map folds thousands.)
     if kind is _ATTEMPT_STARTED:
@@ -86,10 +88,19 @@ def fold(
         node.started_at = node.started_at or ts
         if state.status is _S_QUEUED:
             state.status = _S_RUNNING
+        key = p.get("cache_key")
+        if key:  # a map element's miss (see ``model.EventKind``)
+            node.cache_key = key
+            if node.cache != "invalid":
+                node.cache = "miss"
     elif kind is _ATTEMPT_SUCCEEDED:
         node.outputs = dict(p.get("outputs", {}))
         node.references = dict(p.get("references", {}))
         node.display = p.get("display")
+        if element:  # a map element's successful attempt is its end
+            node.status = _S_SUCCEEDED
+            node.error = None
+            node.ended_at = ts
     elif kind is _NODE_SUCCEEDED:
         node.status = _S_SUCCEEDED
         node.error = None
@@ -184,7 +195,7 @@ def _apply_execution(
     return state
 
 
-_ELEMENT_ENDS = (_NODE_SUCCEEDED, _CACHE_HIT, _NODE_FAILED, _NODE_RECOVERED)
+_ELEMENT_ENDS = (_ATTEMPT_SUCCEEDED, _NODE_SUCCEEDED, _CACHE_HIT, _NODE_FAILED, _NODE_RECOVERED)
 
 
 def _count_element(state: ExecutionState, kind: EventKind, node_id: str) -> None:

@@ -700,15 +700,13 @@ class WorkflowRun:
         values = elements if shared_values is not None else None
         run.plan = plan = _Plan(shared, shared_values, m.as_name, element_refs, values, keys)
         # An element with nothing earlier to reuse (no resume, no recovery) and no cache
-        # entry is queued as its index straight away, its ``cache_miss`` recorded from
-        # its key alone: what ``_cache_or_queue`` does for it, without a ``Unit`` that
-        # would live only until queued. Entries found (hits, damaged ones) go through
+        # entry is queued as its index straight away: what ``_cache_or_queue`` does for
+        # it, without a ``Unit`` that would live only until queued (its miss is recorded
+        # by its attempt, ``_begin``). Entries found (hits, damaged ones) go through
         # ``_cache_or_queue``.
         plain = self.resume is None and self.recover_from is None
         for i in range(len(element_refs)):
             if plain and (keys is None or (prefetched is not None and keys[i] not in prefetched)):
-                if keys is not None:
-                    self.emit(K.CACHE_MISS, f"{run.id}[{i}]", cache_key=keys[i])
                 self._push(run, i)
             else:
                 self._cache_or_queue(plan.unit(run, i), prefetched)
@@ -783,7 +781,7 @@ class WorkflowRun:
                 return
             if problem:
                 self.emit(K.CACHE_INVALID, unit.key, cache_key=unit.cache_key, reason=problem)
-            else:
+            elif unit.index is None:  # (an element's miss is recorded by its attempt)
                 self.emit(K.CACHE_MISS, unit.key, cache_key=unit.cache_key)
         self._enqueue(unit)
 
@@ -867,9 +865,17 @@ class WorkflowRun:
         self.pool.submit(self._work, executor, unit, attempt)
 
     def _begin(self, unit: Unit, executor: Executor | None = None) -> None:
+        """Record an attempt starting. A map element's life is its attempts' events
+        (``model.EventKind``): its attempt names the cache key that missed, where a
+        node records a ``cache_miss`` first (it may wait in the queue, shown as a miss)."""
         unit.attempt += 1
         name = (executor or self._executor(unit)).name
-        self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=name)
+        if unit.index is not None and unit.cache_key:
+            self.emit(
+                K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=name, cache_key=unit.cache_key
+            )
+        else:
+            self.emit(K.ATTEMPT_STARTED, unit.key, unit.attempt, executor=name)
 
     def _attempt_spec(self, unit: Unit) -> AttemptSpec:
         spec = unit.node.spec
@@ -993,7 +999,8 @@ class WorkflowRun:
                 display=result.display,
                 duration=result.ended_at - result.started_at,
             )
-            self.emit(K.NODE_SUCCEEDED, unit.key, unit.attempt)
+            if unit.index is None:  # (an element's successful attempt is its end)
+                self.emit(K.NODE_SUCCEEDED, unit.key, unit.attempt)
             self._persist(unit, result)
             self._unit_ok(unit, result, cached=False)
             return

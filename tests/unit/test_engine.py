@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,3 +320,74 @@ def test_events_built_field_by_field_equal_the_dataclasss_own() -> None:
     assert [dataclasses.asdict(e) for e in numbered] == [dataclasses.asdict(e) for e in expected]
     with pytest.raises(dataclasses.FrozenInstanceError):
         numbered[0].seq = 9  # type: ignore[misc]
+
+
+def _element_events(old_form: bool) -> list[Event]:
+    """A 3-element map as each form of the store records it: element 0 a cache hit,
+    element 1 a miss that succeeded on its second attempt, element 2 a miss that failed
+    for good (the map allowed one failure)."""
+    ev: list[Event] = []
+
+    def add(what: EventKind, node: str, attempt: int = 0, /, **payload: Any) -> None:
+        ev.append(Event("e1", what, node, attempt, payload, 1.0 + len(ev), len(ev) + 1))
+
+    error = {"kind": "user", "type": "ValueError", "message": "no", "traceback": ""}
+    add(EventKind.EXECUTION_CREATED, "", kind="task", name="m")
+    add(EventKind.NODE_QUEUED, "m", cache=True, map=True)
+    add(EventKind.MAP_EXPANDED, "m", elements=3)
+    add(EventKind.CACHE_HIT, "m[0]", cache_key="k0", outputs={"y": "a0"}, references={})
+    start = {} if old_form else {"cache_key": "k1"}
+    if old_form:
+        add(EventKind.CACHE_MISS, "m[1]", cache_key="k1")
+        add(EventKind.CACHE_MISS, "m[2]", cache_key="k2")
+    add(EventKind.ATTEMPT_STARTED, "m[1]", 1, executor="inline", **start)
+    add(EventKind.ATTEMPT_FAILED, "m[1]", 1, error=error)
+    add(EventKind.RETRY_SCHEDULED, "m[1]", 1, budget="user")
+    add(EventKind.ATTEMPT_STARTED, "m[1]", 2, executor="inline", **start)
+    add(EventKind.ATTEMPT_SUCCEEDED, "m[1]", 2, outputs={"y": "a1"}, references={})
+    if old_form:
+        add(EventKind.NODE_SUCCEEDED, "m[1]", 2)
+    start = {} if old_form else {"cache_key": "k2"}
+    add(EventKind.ATTEMPT_STARTED, "m[2]", 1, executor="inline", **start)
+    add(EventKind.ATTEMPT_FAILED, "m[2]", 1, error=error)
+    add(EventKind.NODE_FAILED, "m[2]", 1, error=error)
+    add(EventKind.ATTEMPT_SUCCEEDED, "m", 0, outputs={"y": "list"}, references={})
+    add(EventKind.NODE_SUCCEEDED, "m", 0)
+    add(EventKind.EXECUTION_SUCCEEDED, "")
+    return ev
+
+
+def test_an_elements_events_fold_alike_in_both_forms_of_the_store() -> None:
+    """A map element records no ``cache_miss`` or ``node_succeeded`` now (its attempt
+    names the key, its successful attempt ends it); a store written before has them.
+    Both must read as the same state, each element counted once."""
+    new, old = replay("e1", _element_events(False)), replay("e1", _element_events(True))
+    for state in (new, old):
+        m = state.nodes["m"]
+        assert (m.elements, m.elements_done, m.elements_cached, m.elements_failed) == (3, 2, 1, 1)
+        hit, ran, failed = (state.nodes[f"m[{i}]"] for i in range(3))
+        assert (hit.status, hit.cache, hit.cache_key) == (Status.CACHED, "hit", "k0")
+        assert (ran.status, ran.cache, ran.cache_key) == (Status.SUCCEEDED, "miss", "k1")
+        assert ran.attempt == 2 and ran.error is None and ran.outputs == {"y": "a1"}
+        assert ran.started_at is not None and ran.ended_at is not None
+        assert ran.ended_at > ran.started_at
+        assert (failed.status, failed.cache, failed.cache_key) == (Status.FAILED, "miss", "k2")
+        assert failed.error is not None and failed.error.type == "ValueError"
+        assert state.status is Status.SUCCEEDED
+    ended = [e for e in _element_events(False) if e.kind is EventKind.ATTEMPT_SUCCEEDED]
+    assert new.nodes["m[1]"].ended_at == ended[0].ts  # its successful attempt ended it
+
+
+def test_a_top_level_attempt_that_succeeded_waits_for_its_node_succeeded() -> None:
+    """Only an element's attempt ends it: a node's attempt that succeeded leaves the
+    node running until ``node_succeeded`` (its outputs may still be checked)."""
+    ev = [
+        Event("e1", EventKind.EXECUTION_CREATED, "", 0, {"kind": "task"}, 1.0, 1),
+        Event("e1", EventKind.CACHE_MISS, "t", 0, {"cache_key": "k"}, 2.0, 2),
+        Event("e1", EventKind.ATTEMPT_STARTED, "t", 1, {"executor": "inline"}, 3.0, 3),
+        Event("e1", EventKind.ATTEMPT_SUCCEEDED, "t", 1, {"outputs": {"y": "a"}}, 4.0, 4),
+    ]
+    state = replay("e1", ev)
+    assert state.nodes["t"].status is Status.RUNNING and state.nodes["t"].cache == "miss"
+    state = replay("e1", [*ev, Event("e1", EventKind.NODE_SUCCEEDED, "t", 1, {}, 5.0, 5)])
+    assert state.nodes["t"].status is Status.SUCCEEDED and state.nodes["t"].ended_at == 5.0
