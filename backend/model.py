@@ -300,13 +300,13 @@ _KINDS: dict[str, EventKind] = {k.value: k for k in EventKind}
 class EventColumns:
     """One execution's events waiting for their transaction, kept field by field.
 
-    A map emits four events per element, and a scheduling round keeps hundreds to
+    A map emits two events per element, and a scheduling round keeps hundreds to
     thousands of them until its flush: long enough for Python's collector to move them
     to its oldest generation, whose full collections (tens of ms with a notebook's heap)
     are triggered by how many objects got there. An ``Event`` is two container objects
     (itself and its ``__dict__``); here the fields sit in six lists of strings, numbers
-    and payload dicts, and a payload of strings and numbers alone (three of a map
-    element's four) is not a container the collector tracks. The events handed to the
+    and payload dicts, and a payload of strings and numbers alone (a map element's
+    ``attempt_started``) is not a container the collector tracks. The events handed to the
     listener after the commit are equal to the ones emitted."""
 
     __slots__ = ("execution_id", "kinds", "nodes", "attempts", "stamps", "payloads")
