@@ -26,7 +26,7 @@ artifacts = sa.Table(
     "artifacts",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("hash", sa.String(80), nullable=False, index=True),
+    sa.Column("hash", sa.String(80), nullable=False),
     sa.Column("uri", sa.String(300), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("serializer", sa.String(50), nullable=False),
@@ -118,7 +118,6 @@ lineage = sa.Table(
     sa.Column("inputs", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_lineage_artifact", "artifact_id", "created_at"),
-    sa.Index("ix_lineage_execution", "execution_id"),
 )
 
 tokens = sa.Table(

@@ -16,12 +16,13 @@ import sqlalchemy as sa
 
 from papercrane.backend.api import RunRequest
 from papercrane.backend.config import Config
-from papercrane.backend.engine import LocalEngine
+from papercrane.backend.engine import LocalEngine, WorkflowRequest
 from papercrane.backend.errors import ConfigError
 from papercrane.backend.model import ArtifactRef, Status, TaskConfig, TaskSpec
 from papercrane.backend.store import Store, db, sqlite_rows
 from papercrane.backend.store.repo import SHOWN_WIDTHS
 from papercrane.backend.store.schema import metadata
+from papercrane.backend.workflow import CellTask, MapSpec, assemble
 
 
 def test_the_driver_statements_follow_the_schema(tmp_path: Path) -> None:
@@ -324,3 +325,67 @@ def test_a_store_upgraded_by_a_newer_papercrane_is_refused_clearly(tmp_path: Pat
     engine.dispose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0099",)
+
+
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def _revision(path: Path) -> str | None:
+    engine = db.create_engine(f"sqlite:///{path}")
+    try:
+        return db.current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def _downgrade(path: Path, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(db._MIGRATIONS))
+    engine = db.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def test_revision_0007_drops_two_unused_indexes_and_keeps_new_elements_from_going_back(
+    tmp_path: Path,
+) -> None:
+    """0007 drops ``ix_artifacts_hash`` and ``ix_lineage_execution`` (no query used them).
+    A store that recorded a map's elements the new way (``model.EventKind``) cannot go
+    back to 0006, whose papercrane would read them as still running; one without can,
+    and gets the indexes back."""
+    path = tmp_path / "papercrane.db"
+    engine = db.create_engine(f"sqlite:///{path}")
+    db.upgrade(engine, "0006")
+    engine.dispose()
+    unused = {"ix_artifacts_hash", "ix_lineage_execution"}
+    assert unused <= _indexes(path)
+    papercrane = LocalEngine(Config(home=tmp_path))  # opening migrates to the head
+    spec = TaskSpec(name="inc", code="y = x + 1", inputs=("x",), outputs=("y",))
+    config = TaskConfig(executor="inline", cache=True)
+    xs = papercrane.put_value([1, 2], "xs")
+    papercrane.close()
+    assert not unused & _indexes(path) and _revision(path) == "0007"
+    _downgrade(path, "0006")  # nothing recorded the new way yet
+    assert unused <= _indexes(path)
+
+    papercrane = LocalEngine(Config(home=tmp_path))
+    request = WorkflowRequest(
+        spec=assemble("wf", [CellTask(task=spec, config=config, map=MapSpec("xs", "x"))]),
+        params={"xs": xs},
+        param_values={"xs": [1, 2]},
+    )
+    assert papercrane.run_workflow(request).nodes["inc"].values["y"] == [2, 3]
+    papercrane.close()
+    with pytest.raises(RuntimeError, match="still running; keep the newer papercrane"):
+        _downgrade(path, "0006")
+    assert not unused & _indexes(path) and _revision(path) == "0007"
