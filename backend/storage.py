@@ -582,8 +582,7 @@ class Storage:
                     return known
             else:  # a written pack: is it (still) there, as long as it was?
                 offset, _, size = span.partition("+")
-                whole = self._pack_size(pack_key)
-                if whole is not None and int(offset) + int(size) <= whole:
+                if self._member_size(pack_key, int(offset), int(size)) is not None:
                     return known
         if pack is None:
             pack = self._packing.pack = packs.PendingPack()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 
@@ -224,14 +224,21 @@ def _connect(engine: sa.Engine) -> sa.Connection:
         ) from None
 
 
-def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Run Alembic migrations up to ``revision``, one process at a time."""
-    import sqlalchemy as sa
-    from alembic import command
+def alembic_config() -> Any:
+    """Alembic's configuration for papercrane's migration scripts (no ``alembic.ini``)."""
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return cfg
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Run Alembic migrations up to ``revision``, one process at a time."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    cfg = alembic_config()
     lock = _migration_lock(engine)
     with lock, _connect(engine).execution_options(papercrane_write=True) as conn:
         if engine.dialect.name == "postgresql":

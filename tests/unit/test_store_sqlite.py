@@ -3,6 +3,7 @@ everything else through SQLAlchemy, and both see the same rows."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -333,19 +334,14 @@ def _indexes(path: Path) -> set[str]:
 
 
 def _revision(path: Path) -> str | None:
-    engine = db.create_engine(f"sqlite:///{path}")
-    try:
-        return db.current_revision(engine)
-    finally:
-        engine.dispose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return db.sqlite_revision(conn)
 
 
 def _downgrade(path: Path, revision: str) -> None:
     from alembic import command
-    from alembic.config import Config as AlembicConfig
 
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(db._MIGRATIONS))
+    cfg = db.alembic_config()
     engine = db.create_engine(f"sqlite:///{path}")
     try:
         with engine.connect() as conn:
