@@ -15,6 +15,7 @@ import click
 
 from .config import Config
 from .errors import PapercraneError
+from .model import Status
 from .units import format_duration
 
 
@@ -54,6 +55,21 @@ def _when(ts: float | None) -> str:
     if not ts:
         return ""
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _map_progress(node: dict[str, Any]) -> str:
+    """A map's elements by outcome: which ran, which failed, and which a failure stopped
+    before they started (they have no rows of their own to show it)."""
+    total, done, failed = node["elements"], node["elements_done"], node["elements_failed"]
+    parts = [f"{done} done"]
+    if node["elements_cached"]:
+        parts[0] += f" ({node['elements_cached']} cached)"
+    if failed:
+        parts.append(f"{failed} failed")
+    rest = total - done - failed
+    if rest:
+        parts.append(f"{rest} {'not run' if Status(node['status']).terminal else 'to go'}")
+    return f"map of {total}: " + ", ".join(parts)
 
 
 class _Group(click.Group):
@@ -135,7 +151,10 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         "status": state.status.value,
         "project": state.project,
         "domain": state.domain,
+        "kind": state.kind,
         "task_version": state.task_version,
+        "workflow_version": state.workflow_version,
+        "recovered_from": state.recovered_from,
         "created_at": state.created_at,
         "ended_at": state.ended_at,
         "inputs": state.inputs,
@@ -169,14 +188,21 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         from rich.table import Table
 
         head = Table.grid(padding=(0, 2))
-        for k in ("id", "name", "status", "task_version"):
+        head.add_column()
+        head.add_column(overflow="fold")  # (a 64-digit version is copied, not cut)
+        version = "workflow_version" if state.kind == "workflow" else "task_version"
+        for k in ("id", "name", "kind", "status", version):
             head.add_row(k, str(data[k]))
+        if state.recovered_from:
+            head.add_row("recovers", state.recovered_from)
         head.add_row("created", _when(state.created_at))
+        if state.duration is not None:
+            head.add_row("duration", format_duration(state.duration))
         nodes = Table("node", "status", "attempts", "cache", "outputs", "error")
         for name, n in data["nodes"].items():
             err = f"{n['error']['type']}: {n['error']['message']}" if n["error"] else ""
             # A map's attempts are its elements' (their own rows): show how many it has.
-            tries = f"map of {n['elements']}" if n.get("elements") else str(n["attempts"])
+            tries = _map_progress(n) if n.get("elements") else str(n["attempts"])
             nodes.add_row(name, n["status"], tries, n["cache"], ", ".join(n["outputs"]), err)
         parts = [head, nodes]
         if with_events:

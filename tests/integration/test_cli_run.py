@@ -286,10 +286,15 @@ def test_a_failed_map_is_reported_with_its_element(home: Path, tmp_path: Path) -
     assert "z = 1 / (x - 1)" in result.stderr  # the element's own traceback
     assert "before its first attempt" not in result.stderr
     (execution,) = executions(home)
-    node = as_json(home, "executions", "show", execution["id"])["nodes"]["inv"]
+    shown = as_json(home, "executions", "show", execution["id"])
+    assert (shown["kind"], len(shown["workflow_version"])) == ("workflow", 64)
+    node = shown["nodes"]["inv"]
     assert (node["elements"], node["elements_failed"], node["status"]) == (3, 1, "failed")
     table = ok(papercrane(home, "executions", "show", execution["id"])).stdout
-    assert "map of 3" in table  # not "0" attempts: its elements made them
+    # Not "0" attempts: its elements made them; and the element fail-fast dropped is
+    # counted, though it has no row of its own.
+    assert "map of 3: 1 done, 1 failed, 1 not run" in table
+    assert shown["workflow_version"] in table.replace("\n", "")
 
 
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:

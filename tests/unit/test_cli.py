@@ -71,3 +71,27 @@ def test_unknown_execution_is_a_clean_error(home: Path) -> None:
     code, out = cli(home, "executions", "show", "doesnotexist")
     assert code != 0
     assert "no execution 'doesnotexist'" in out
+
+
+@pytest.mark.parametrize(
+    ("status", "counts", "shown"),
+    [
+        ("succeeded", (4, 4, 0, 1), "map of 4: 4 done (1 cached)"),
+        ("failed", (40, 3, 1, 0), "map of 40: 3 done, 1 failed, 36 not run"),
+        ("running", (10, 2, 0, 0), "map of 10: 2 done, 8 to go"),
+    ],
+)
+def test_a_maps_elements_are_counted_by_outcome(
+    status: str, counts: tuple[int, int, int, int], shown: str
+) -> None:
+    from papercrane.backend.cli import _map_progress
+
+    total, done, failed, cached = counts
+    node = {
+        "status": status,
+        "elements": total,
+        "elements_done": done,
+        "elements_failed": failed,
+        "elements_cached": cached,
+    }
+    assert _map_progress(node) == shown
