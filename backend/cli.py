@@ -72,6 +72,10 @@ def _map_progress(node: dict[str, Any]) -> str:
     return f"map of {total}: " + ", ".join(parts)
 
 
+#: ``--json`` on every command that prints records: the same data, for scripts.
+_json = click.option("--json", "as_json", is_flag=True, help="machine-readable output (JSON)")
+
+
 class _Group(click.Group):
     """Turns papercrane's own errors into one clean line and exit code 1."""
 
@@ -97,11 +101,16 @@ def executions() -> None:
 
 
 @executions.command("list")
-@click.option("--project", default=None)
-@click.option("--domain", default=None)
-@click.option("--status", default=None, help="queued, running, succeeded, cached, failed, aborted")
-@click.option("--limit", default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--project", default=None, help="only this project's")
+@click.option("--domain", default=None, help="only this domain's")
+@click.option(
+    "--status",
+    default=None,
+    type=click.Choice(["queued", "running", "succeeded", "cached", "failed", "aborted"]),
+    help="only executions in this state",
+)
+@click.option("--limit", default=20, show_default=True, help="how many, newest first")
+@_json
 @click.pass_obj
 def executions_list(
     obj: _Ctx,
@@ -139,7 +148,7 @@ def executions_list(
 @executions.command("show")
 @click.argument("execution_id")
 @click.option("--events", "with_events", is_flag=True, help="also list every event")
-@click.option("--json", "as_json", is_flag=True)
+@_json
 @click.pass_obj
 def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bool) -> None:
     """One execution: its nodes, attempts, cache status and errors."""
@@ -239,10 +248,11 @@ def cache() -> None:
 
 
 @cache.command("list")
-@click.option("--task", "task_name", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--task", "task_name", default=None, help="only this task's entries")
+@_json
 @click.pass_obj
 def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
+    """Cache entries, newest first: the task, its outputs and the execution that made them."""
     rows = obj.engine.cache_list(task_name=task_name)
 
     def table() -> Any:
@@ -264,10 +274,11 @@ def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
 
 @cache.command("clear")
 @click.option("--task", "task_name", default=None, help="only this task's entries")
-@click.option("--json", "as_json", is_flag=True)
+@_json
 @click.pass_obj
 def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
-    """Forget cache entries (stored values stay until garbage-collected)."""
+    """Forget cache entries, so their tasks run again. The values they named stay in
+    storage: earlier executions and lineage still read them."""
     n = obj.engine.cache_clear(task_name=task_name)
     _emit({"cleared": n}, as_json, lambda: f"cleared {n} cache entr{'y' if n == 1 else 'ies'}")
 
@@ -287,8 +298,10 @@ def executions_logs(
 
 @main.command()
 @click.argument("execution_id")
-@click.option("--max-parallel", type=int, default=4, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--max-parallel", type=int, default=4, show_default=True, help="nodes at the same time"
+)
+@_json
 @click.pass_obj
 def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> None:
     """Re-run a failed execution: reuse every node that succeeded, run only the rest."""
@@ -317,7 +330,7 @@ def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> N
 
 @main.command()
 @click.argument("artifact")
-@click.option("--json", "as_json", is_flag=True)
+@_json
 @click.pass_obj
 def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
     """How an artifact was made: task, version, execution and inputs, recursively."""
@@ -485,7 +498,7 @@ def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | No
 
 @token.command("list")
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
-@click.option("--json", "as_json", is_flag=True)
+@_json
 @click.pass_obj
 def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
     """Tokens (never their secret), with the id to revoke them by."""
