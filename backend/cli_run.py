@@ -46,6 +46,13 @@ def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
                 f"-p {name}: the notebook has no parameter {name!r}; its parameters are: "
                 f"{', '.join(known) or '(none)'}"
             )
+        if name not in flow.parameters and name in flow.assigned_later:
+            # papermill would set it, then the cell would set it again, silently.
+            raise UserError(
+                f"-p {name}: cell {flow.assigned_later[name] + 1} assigns {name!r} after the "
+                "parameters are set, so the value given would be replaced; move that "
+                "assignment to a cell tagged 'parameters' (papermill's convention)"
+            )
 
 
 def _prepared_copy(path: Path, detach: bool) -> Path:

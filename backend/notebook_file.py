@@ -9,8 +9,10 @@ later, from the kernel that runs the notebook.
 from __future__ import annotations
 
 import ast
+import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -33,6 +35,9 @@ class FileWorkflow:
     parameters: list[str]
     #: The kernel the notebook names (``metadata.kernelspec.name``), "" if none.
     kernel: str = ""
+    #: Names a plain cell assigns after the parameters cell (where papermill puts the
+    #: ``-p`` values), with that cell's index: a ``-p`` value for one would be replaced.
+    assigned_later: dict[str, int] = field(default_factory=dict)
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
@@ -60,19 +65,34 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
     from papercrane.analysis import analyze
     from papercrane.magics import PapercraneMagics
 
+    from .workflow import singular
+
     nb = read_notebook(path)
     transformer = TransformerManager()
     tasks: list[FileTask] = []
     producers: dict[str, str] = {}
     codes: dict[str, str] = {}
     parameters: list[str] = []
+    bound: set[str] = set()  # names the cells before this one assign
+    modules: set[str] = set()  # ... and import (and do not assign again)
+    later: dict[str, int] = {}
+    tagged = False
     for index, cell in enumerate(nb.cells):  # type: ignore[attr-defined]
         if cell.cell_type != "code":
             continue
         source = cell.source
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             parameters += _assigned(source)
+            if not tagged:  # papermill puts the -p values after the first one
+                tagged, later = True, {}
+                bound |= set(_assigned(source))
+                continue
         if not source.startswith("%%task"):
+            assigned, imported = _bound(transformer, source)
+            for name in assigned:
+                later.setdefault(name, index)
+            bound |= assigned
+            modules = (modules | imported) - assigned
             continue
         first, _, body = source.partition("\n")
         try:
@@ -101,7 +121,21 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
                 " give one of them another name"
             )
         codes[name] = normalized
-        inputs = [n for n in [*found.reads, *found.deferred_reads] if n not in found.import_bound]
+        # As in the kernel: a builtin the cell calls (``len``, ``print``) is not an input
+        # unless the notebook binds that name itself, a module an earlier cell imported is
+        # the task's import (not a value), and a map's element is bound per element.
+        element = (args.map_as or singular(args.map_over) or "") if args.map_over else ""
+        inputs = [
+            n
+            for n in dict.fromkeys([*found.reads, *found.deferred_reads])
+            if n not in found.import_bound
+            and n != element
+            and (n not in modules or n in producers)
+            and not (hasattr(builtins, n) and n not in bound and n not in producers)
+        ]
+        if args.map_over and args.map_over not in inputs:
+            inputs.append(args.map_over)
+        bound |= set(found.bound) - found.import_bound
         task = FileTask(name, index, inputs, outputs, map_over=args.map_over or "")
         task.upstream = {n: producers[n] for n in inputs if n in producers}
         if task.map_over and task.map_over in producers:
@@ -110,7 +144,19 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         for out in outputs:
             producers[out] = name
     kernel = nb.metadata.get("kernelspec", {}).get("name") or ""  # type: ignore[attr-defined]
-    return FileWorkflow(Path(path).stem, tasks, parameters, str(kernel))
+    return FileWorkflow(Path(path).stem, tasks, parameters, str(kernel), later)
+
+
+def _bound(transformer: Any, source: str) -> tuple[set[str], set[str]]:
+    """Names a plain cell assigns (or defines), and names it binds by import; none if it
+    is not Python the analysis can read (the kernel will say so when it runs)."""
+    from papercrane.analysis import analyze
+
+    try:
+        found = analyze(transformer.transform_cell(source))
+    except Exception:
+        return set(), set()
+    return set(found.bound) - found.import_bound, set(found.import_bound)
 
 
 def _assigned(source: str) -> list[str]:

@@ -233,6 +233,33 @@ def test_unknown_parameter_names_the_known_ones(home: Path, tmp_path: Path) -> N
     assert executions(home) == []  # refused before any kernel started
 
 
+def test_the_known_parameters_are_the_notebooks_values(home: Path, tmp_path: Path) -> None:
+    """Read from the file, with no kernel: the builtins a task calls, a module a plain
+    cell imported and a map's element are not parameters; a plain cell's value is (the
+    kernel would take it as an input), and so is a builtin's name the notebook rebinds.
+    A value a plain cell sets after papermill's injected parameters is refused."""
+    src = write_notebook(
+        tmp_path / "names.ipynb",
+        "%load_ext papercrane",
+        ("n = 3", ["parameters"]),
+        "import math\nxs = [1.0, 4.0]\nsum = 10",
+        "%%task roots --map xs\nroot = math.sqrt(x) + len(str(n))\nprint(root)",
+        "%%task total\ntotal = sum + max(root) + int(n)",
+        "print('total:', total)",
+    )
+    result = papercrane(home, "run", str(src), "-q", "-p", "nope", "1")
+    assert result.returncode == 1
+    assert "its parameters are: n, xs, sum\n" in result.stderr, result.stderr
+    # papermill would set ``sum``, then cell 3 would set it again: refused, not ignored.
+    result = papercrane(home, "run", str(src), "-q", "-p", "sum", "20")
+    assert result.returncode == 1
+    assert "-p sum: cell 3 assigns 'sum' after the parameters are set" in result.stderr
+    assert "tagged 'parameters'" in result.stderr
+    out = tmp_path / "names.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-q", "-p", "n", "5", "-o", str(out)))
+    assert "total: 18.0" in printed(nbformat.read(out, as_version=4))  # 10 + (2 + 1) + 5
+
+
 @pytest.mark.parametrize(
     "content",
     ["this is { not json", '{"cells": 3, "metadata": {}}', "[1, 2, 3]"],
