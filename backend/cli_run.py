@@ -120,7 +120,9 @@ class _Progress:
                     found[node_id] = (node, state)
         return found
 
-    def table(self) -> Any:
+    def table(self, ended: bool = False) -> Any:
+        """``ended``: the notebook has stopped, so a task with no execution never ran
+        (a cell before it failed), rather than waiting for its turn."""
         from rich.table import Table
 
         from .units import format_duration
@@ -132,7 +134,7 @@ class _Progress:
         for task in self.flow.tasks:
             node, state = nodes.get(task.name, (None, None))
             if node is None:
-                t.add_row(task.name, "waiting", "", "", "")
+                t.add_row(task.name, "not run" if ended else "waiting", "", "", "")
                 continue
             detail = ""
             if node.elements:
@@ -239,7 +241,7 @@ def run_notebook(
                 while worker.is_alive():
                     worker.join(timeout=0.3)
                     progress.poll()
-                    live.update(progress.table())
+                    live.update(progress.table(ended=not worker.is_alive()))
             if not console.is_terminal:
                 console.line()  # rich leaves the last frame without a newline
         progress.poll()

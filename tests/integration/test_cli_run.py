@@ -324,6 +324,22 @@ def test_a_failed_map_is_reported_with_its_element(home: Path, tmp_path: Path) -
     assert shown["workflow_version"] in table.replace("\n", "")
 
 
+def test_the_progress_says_which_tasks_never_ran(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "early.ipynb",
+        "%load_ext papercrane",
+        "%%task first\nfirst = 1",
+        "raise ValueError('stopped here')",
+        "%%task second\nsecond = first + 1",
+    )
+    result = papercrane(home, "run", str(src))  # with the progress display
+    assert result.returncode == 1
+    rows = {line.split("│")[1].strip(): line for line in result.stderr.splitlines() if "│" in line}
+    assert "succeeded" in rows["first"]
+    assert "not run" in rows["second"] and "waiting" not in rows["second"]
+    assert "ValueError: stopped here" in result.stderr
+
+
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:
     src = write_notebook(
         tmp_path / "twice.ipynb",
