@@ -209,6 +209,10 @@ def append(
     return list(range(last - len(events) + 1, last + 1))
 
 
+#: ``json.dumps``'s text for the value ``_one_shot_encoder`` tries its encoder on.
+_PROBE_TEXT = '{"a": [1, 2.5, null, true, "\\u00e9\\n"], "b": {"c": Infinity}, "d": ""}'
+
+
 def _one_shot_encoder() -> Callable[[Any, int], list[str]] | None:
     """The C encoder ``json.dumps(value)`` builds anew at each call (``JSONEncoder.
     iterencode``), built once with the same arguments: ``json.dumps``'s defaults
@@ -216,14 +220,22 @@ def _one_shot_encoder() -> Callable[[Any, int], list[str]] | None:
     the circular-reference markers: a dict shared between threads would need a lock,
     and the C encoder leaves its markers behind when it fails; a circular value fails
     by recursion instead, and ``json_text`` then lets ``json.dumps`` raise its own
-    error. None where the interpreter has no C encoder."""
-    make = json.encoder.c_make_encoder
+    error. None where the interpreter has no C encoder, or one that is called otherwise
+    or writes other text than ``json.dumps`` (it is not a documented API): then every
+    value goes to ``json.dumps``."""
+    make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # (an interpreter without ``_json``)
         return None
     default = json.JSONEncoder().default
-    return make(  # type: ignore[no-any-return]
-        None, default, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
-    )
+    try:
+        ascii_str = json.encoder.encode_basestring_ascii
+        encode = make(None, default, ascii_str, None, ": ", ", ", False, False, True)
+        probe = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": float("inf")}, "d": ""}
+        if "".join(encode(probe, 0)) != _PROBE_TEXT:
+            return None
+    except Exception:
+        return None
+    return encode  # type: ignore[no-any-return]
 
 
 _encode = _one_shot_encoder()

@@ -145,6 +145,26 @@ def test_json_text_raises_what_json_dumps_raises() -> None:
     assert sqlite_rows.json_text({"a": shared, "b": shared}) == '{"a": {"x": 1}, "b": {"x": 1}}'
 
 
+def test_json_text_needs_no_particular_c_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``c_make_encoder`` is not a documented API: an interpreter where it takes other
+    arguments, writes other text or is missing gets ``json.dumps`` for every value."""
+    assert sqlite_rows._one_shot_encoder() is not None  # (this CPython's is the expected one)
+
+    def other_signature(*args: object) -> object:
+        raise TypeError("make_encoder() takes 10 arguments")
+
+    def other_text(*args: object) -> object:
+        return lambda value, level: ["{}"]
+
+    for make in (other_signature, other_text, None):
+        with monkeypatch.context() as patched:  # (json.dumps itself calls it too)
+            patched.setattr(json.encoder, "c_make_encoder", make)
+            encoder = sqlite_rows._one_shot_encoder()
+        assert encoder is None
+        monkeypatch.setattr(sqlite_rows, "_encode", encoder)
+        assert sqlite_rows.json_text({"a": [1, "é"]}) == json.dumps({"a": [1, "é"]})
+
+
 def test_batched_rows_are_stored_as_the_schema_reads_them(tmp_path: Path) -> None:
     """A map's rows are built without a dict per row (artifacts straight from their
     refs, one ``created_at`` per batch): what reads them back (SQLAlchemy, the driver)
