@@ -290,9 +290,17 @@ def _run_html_class() -> Any:
         return _html_class
     import comm as comm_module
     import ipywidgets
+    import traitlets
     from ipywidgets.widgets.widget import __protocol_version__
     from ipywidgets.widgets.widget_string import HTMLStyle
     from traitlets import Bunch, HasTraits, default
+
+    if not (ipywidgets.__version__.startswith("8.") and traitlets.__version__.startswith("5.")):
+        # The shortcuts below lean on these versions' internals (``_trait_values``,
+        # ``_call_widget_constructed``, what ``notify_change`` sends): with others, the
+        # widget is a plain ``ipywidgets.HTML``, only slower to open and update.
+        _html_class = ipywidgets.HTML
+        return _html_class
 
     class RunHTML(ipywidgets.HTML):
         _sync_keys: list[str] | None = None

@@ -286,3 +286,26 @@ def test_a_batch_of_events_shows_the_run_once_with_its_state(
     ended = ExecutionState(id="e", status=Status.SUCCEEDED)
     run.on_events(events(), ended)  # the end is rendered once, by ``finish``
     assert view.state is ended and [m for m, _ in sent[before:]] == ["comm_open"]
+
+
+def test_other_ipywidgets_versions_get_a_plain_html(
+    sent: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick paths lean on ipywidgets 8's and traitlets 5's internals; with another
+    major version a run is shown by a plain ``ipywidgets.HTML``, updated by assignment."""
+    import ipywidgets
+
+    import papercrane.widgets as widgets
+
+    monkeypatch.setattr(widgets, "_html_class", None)
+    monkeypatch.setattr(ipywidgets, "__version__", "9.0.0")
+    assert widgets._run_html_class() is ipywidgets.HTML
+    view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+    run = RunWidget(view, parts=shared_parts())
+    run.show()
+    assert type(run.widget) is ipywidgets.HTML and sent[-1][0] == "comm_open"
+    ended = ExecutionState(id="e", status=Status.SUCCEEDED)
+    run.on_events(iter([Event("e", EventKind.EXECUTION_SUCCEEDED, seq=1)]), ended)
+    run.finish()
+    assert sent[-1][0] == "comm_msg" and "succeeded" in sent[-1][1]["state"]["value"]
+    monkeypatch.setattr(widgets, "_html_class", None)  # (the next test builds it again)
