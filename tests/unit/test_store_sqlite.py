@@ -405,3 +405,22 @@ def test_revision_0007_drops_two_unused_indexes_and_keeps_new_elements_from_goin
     with pytest.raises(RuntimeError, match="still running; keep the newer papercrane"):
         _downgrade(path, "0006")
     assert not unused & _indexes(path) and _revision(path) == "0007"
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 31, 63, 64, 65, 200, 1000])
+def test_multi_row_inserts_write_what_executemany_writes(n: int) -> None:
+    """Events go in multi-row INSERTs (64 rows, then 32, 16, ... for the rest): every
+    row once, in order, so their rowids are consecutive as one ``executemany`` gives."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE multi_rows (seq INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
+    conn.execute("INSERT INTO multi_rows (a, b, c) VALUES ('first', 0, NULL)")
+    t = sqlite_rows.table(conn, "multi_rows")
+    rows = [(f"a{i}", i, None if i % 3 else json.dumps({"i": i})) for i in range(n)]
+    cur = conn.cursor()
+    sqlite_rows.insert_rows(cur, t, ("a", "b", "c"), rows)
+    stored = conn.execute(
+        "SELECT seq, a, b, c FROM multi_rows WHERE seq > 1 ORDER BY seq"
+    ).fetchall()
+    assert stored == [(i + 2, *row) for i, row in enumerate(rows)]
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    assert last == n + 1
