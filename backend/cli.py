@@ -203,7 +203,7 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         for k in ("id", "name", "kind", "status", version):
             head.add_row(k, str(data[k]))
         if state.recovered_from:
-            head.add_row("recovers", state.recovered_from)
+            head.add_row("recovers", f"{state.recovered_from} (reusing its successful nodes)")
         head.add_row("created", _when(state.created_at))
         if state.duration is not None:
             head.add_row("duration", format_duration(state.duration))

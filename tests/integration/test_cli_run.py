@@ -435,6 +435,8 @@ def test_failing_task_then_recover_runs_only_what_failed(home: Path, tmp_path: P
     # extract's output was reused, not recomputed; the failed node and the one it held
     # up ran once more.
     assert counts(log) == {"extract": 1, "validate": 2, "publish": 1}
+    shown = ok(papercrane(home, "executions", "show", recovered["id"])).stdout
+    assert f"recovers          {failed['id']} (reusing its successful nodes)" in shown
     again = papercrane(home, "recover", recovered["id"], "--json")
     assert again.returncode != 0 and "nothing to recover" in again.stderr
 
