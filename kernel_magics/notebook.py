@@ -143,11 +143,40 @@ class NotebookWorkflow:
         return self._execute(spec, params, values, records, live=live)
 
     def _flush_at_exit(self) -> None:
-        if self.pending:
-            try:
-                self.flush(live=False)
-            except Exception as exc:  # the kernel is going away: say why, don't raise
-                print(f"papercrane: deferred tasks failed at exit: {exc}")
+        """The end of a notebook whose last deferred tasks no cell read: they run as the
+        interpreter exits. A kernel manager (papermill's, nbconvert's, JupyterLab's) gives
+        a shutting-down kernel a few seconds (``shutdown_wait_time``: SIGTERM after half
+        of its 5 s), so a SIGTERM meanwhile stops the run like an interrupt: recorded as
+        aborted, its subprocesses stopped, rather than killed mid-run and left "running"
+        in the store. What happened goes to the kernel's stderr (the terminal that ran
+        papermill): by then the notebook has no cell to show it."""
+        if not self.pending:
+            return
+        import signal
+        import sys
+
+        names = ", ".join(rec.spec.name for rec in self.pending)
+
+        def stopped(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("the kernel was stopped (SIGTERM)")
+
+        previous: Any = None
+        with contextlib.suppress(ValueError):  # (only the main thread may; atexit runs there)
+            previous = signal.signal(signal.SIGTERM, stopped)
+        try:
+            self.flush(live=False)
+        except KeyboardInterrupt as exc:  # (TaskInterrupted: the run was recorded aborted)
+            print(
+                f"papercrane: the kernel was stopped while its deferred tasks ({names}) ran at "
+                f"exit: {exc}. End the notebook with a `%workflow flush` cell (`papercrane run` "
+                "adds one) so they run as a cell, not during the kernel's shutdown.",
+                file=sys.__stderr__,
+            )
+        except Exception as exc:  # the kernel is going away: say why, don't raise
+            print(f"papercrane: deferred tasks failed at exit: {exc}", file=sys.__stderr__)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     # -- %workflow run / recover / show ---------------------------------------------------
     def run(self, overrides: dict[str, Any], max_parallel: int | None, policy: str) -> Any:

@@ -135,3 +135,61 @@ def test_two_processes_share_one_store(home: Path, tmp_path: Path) -> None:
             assert state.status.value == status
     finally:
         store.close()
+
+
+def _deferred_notebook(path: Path, seconds: float) -> Path:
+    """Batch mode under plain papermill: the last task is deferred and no later cell
+    reads it, so it runs as the kernel exits (there is no `%workflow flush` cell)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext papercrane\n%workflow defer"),
+        nbformat.v4.new_code_cell(f"%%task tail\nimport time\ntime.sleep({seconds})\ntail = 1"),
+        nbformat.v4.new_code_cell("print('last cell')"),
+    ]
+    nbformat.write(nb, path)
+    return path
+
+
+def _papermill_cli(src: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env["PAPERCRANE_HOME"] = str(home)
+    argv = [sys.executable, "-m", "papermill", str(src), str(src.with_suffix(".out.ipynb"))]
+    return subprocess.run(
+        [*argv, "--no-progress-bar"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_deferred_tasks_left_at_the_end_run_as_the_kernel_exits(home: Path, tmp_path: Path) -> None:
+    result = _papermill_cli(_deferred_notebook(tmp_path / "quick.ipynb", 0), home)
+    assert result.returncode == 0, result.stderr
+    store = Store(f"sqlite:///{home / 'papercrane.db'}")
+    try:
+        (row,) = store.list_executions()
+    finally:
+        store.close()
+    assert row["status"] == "succeeded"
+
+
+def test_a_kernel_stopped_during_its_exit_flush_records_the_run_aborted(
+    home: Path, tmp_path: Path
+) -> None:
+    """papermill's kernel manager sends SIGTERM 2.5 s into the kernel's shutdown: a
+    deferred task still running then is stopped and recorded as aborted, not left
+    "running" in the store for ever, and the terminal says what to do."""
+    result = _papermill_cli(_deferred_notebook(tmp_path / "slow.ipynb", 60), home)
+    assert result.returncode == 0, result.stderr
+    assert "the kernel was stopped while its deferred tasks (tail) ran at exit" in result.stderr
+    assert "End the notebook with a `%workflow flush` cell" in result.stderr
+    store = Store(f"sqlite:///{home / 'papercrane.db'}")
+    try:
+        (row,) = store.list_executions()
+        state = store.execution(row["id"])
+    finally:
+        store.close()
+    assert row["status"] == "aborted"
+    assert state is not None and state.nodes["tail"].status.value == "aborted"
