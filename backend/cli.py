@@ -167,6 +167,7 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         "created_at": state.created_at,
         "ended_at": state.ended_at,
         "inputs": state.inputs,
+        "error": state.error.to_dict() if state.error else None,
         "nodes": {
             n.node: {
                 "status": n.status.value,
@@ -207,6 +208,8 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         head.add_row("created", _when(state.created_at))
         if state.duration is not None:
             head.add_row("duration", format_duration(state.duration))
+        if state.status is Status.ABORTED and state.error is not None:
+            head.add_row("aborted", state.error.message)
         nodes = Table("node", "status", "attempts", "cache", "outputs", "error")
         for name, n in data["nodes"].items():
             err = f"{n['error']['type']}: {n['error']['message']}" if n["error"] else ""

@@ -361,7 +361,8 @@ class RemoteEngine(EngineAPI):
 
     def _result(self, state: ExecutionState, want_values: bool) -> RemoteResult:
         if state.status is Status.ABORTED:
-            raise ExecutionAborted(f"execution {state.id} was aborted")
+            why = f" ({state.error.message})" if state.error is not None else ""
+            raise ExecutionAborted(f"execution {state.id} was aborted{why}")
         tops = {k: n for k, n in state.nodes.items() if "[" not in k and ":" not in k}
         if state.status is Status.FAILED:
             failed = [

@@ -17,13 +17,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import owner
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import ArtifactIO
 from .config import Config
 from .errors import ConfigError, Conflict, CorruptArtifact, NotFound, UserError
 from .executors.base import Executor, executor_registry
 from .hashing import canonical_json, sha256_json
-from .model import ArtifactRef, Event, ExecutionState, Status, TaskConfig, TaskSpec
+from .model import (
+    ArtifactRef,
+    Event,
+    EventKind,
+    ExecutionState,
+    Status,
+    TaskConfig,
+    TaskSpec,
+)
+from .projection import apply
 from .scheduler import RunOptions, WorkflowResult, WorkflowRun
 from .serializers import SerializerRegistry
 from .storage import Storage
@@ -92,6 +102,10 @@ class LocalEngine(EngineAPI):
     #: Shared limits on running attempts across executions (a server's fair share);
     #: None: each execution is limited only by its own --max-parallel.
     gate: Any = None
+    #: Whether the executions this engine runs live and die with this process (a kernel,
+    #: ``papercrane run``): they record it (``owner``), so one it left running when it
+    #: was killed is found and recorded as aborted. A server resumes its own instead.
+    runs_in_process: bool = True
 
     def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
@@ -313,13 +327,42 @@ class LocalEngine(EngineAPI):
         state = self.store.execution(execution_id)
         if state is None:
             raise NotFound(f"no execution {execution_id!r}")
-        return state
+        return self._settle_lost(state)
 
     def events(self, execution_id: str, after: int = 0) -> list[Event]:
         return self.store.events(execution_id, after)
 
     def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
-        return self.store.list_executions(limit=limit, **filters)
+        rows = self.store.list_executions(limit=limit, **filters)
+        for row in rows:
+            # (a running one is checked from its first event: a listing polled while a
+            # big map runs must not replay the map's events each time)
+            if row["status"] in ("queued", "running") and owner.gone(self.store.runner(row["id"])):
+                state = self.execution(row["id"])
+                row.update(status=state.status.value, ended_at=state.ended_at)
+        if filters.get("status"):
+            rows = [r for r in rows if r["status"] == filters["status"]]
+        return rows
+
+    def _settle_lost(self, state: ExecutionState) -> ExecutionState:
+        """An execution still "running" whose process is gone (``owner``) is recorded as
+        aborted, once: the check and the event share one write transaction, so two
+        readers finding it at once write one event between them."""
+        if state.status.terminal or not state.runner or not owner.gone(state.runner):
+            return state
+        runner = state.runner
+        reason = (
+            f"lost: the process that ran it (pid {runner.get('pid')} on {runner.get('host')}) "
+            "ended before it did (a kernel restart, a kill or a crash)"
+        )
+        with self.recording() as conn:  # (holds the write lock: one reader settles it)
+            current = self.store.execution(state.id)
+            if current is None or current.status.terminal:
+                return current or state
+            event = Event(state.id, EventKind.EXECUTION_ABORTED, payload={"reason": reason})
+            apply(current, event)
+            self.store.append(conn, [event], current)
+        return current
 
     def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
         key = f"runs/{execution_id}/{node}/{attempt}/{stream}.log"

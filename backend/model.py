@@ -457,6 +457,9 @@ class ExecutionState:
     task_version: str = ""
     workflow_version: str = ""
     recovered_from: str = ""
+    #: The process running it when the engine runs in the kernel (``owner``); empty
+    #: for a server's executions and for those recorded before runners were.
+    runner: dict[str, Any] = field(default_factory=dict)
     status: Status = Status.QUEUED
     created_at: float = 0.0
     ended_at: float | None = None

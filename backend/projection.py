@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .model import ErrorInfo, Event, EventKind, ExecutionState, NodeState, Status
+from .model import ErrorInfo, ErrorKind, Event, EventKind, ExecutionState, NodeState, Status
 
 K = EventKind
 
@@ -171,6 +171,7 @@ def _apply_execution(
         state.task_version = p.get("task_version", "")
         state.workflow_version = p.get("workflow_version", "")
         state.recovered_from = p.get("recovered_from", "")
+        state.runner = dict(p.get("runner") or {})
         state.inputs = dict(p.get("inputs", {}))
         state.config = dict(p.get("config", {}))
         state.created_at = ts
@@ -188,6 +189,8 @@ def _apply_execution(
     else:  # EXECUTION_ABORTED
         state.status = Status.ABORTED
         state.ended_at = ts
+        if p.get("reason"):  # (why it stopped: an interrupt, a cancel, its process lost)
+            state.error = ErrorInfo(ErrorKind.SYSTEM, "Aborted", p["reason"])
         for node in state.nodes.values():
             if not node.status.terminal:
                 node.status = Status.ABORTED

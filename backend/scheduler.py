@@ -35,6 +35,7 @@ from .model import (
     ExecutionState,
     Status,
 )
+from .owner import this_process
 from .projection import fold
 from .runner import AttemptResult, system_error
 from .store.sqlite_rows import json_text
@@ -487,6 +488,8 @@ class WorkflowRun:
             }
         if self.recover_from is not None:
             payload["recovered_from"] = self.recover_from.id
+        if engine.runs_in_process:
+            payload["runner"] = this_process()
         self.emit(K.EXECUTION_CREATED, **payload)
         for n in spec.nodes:
             self.emit(K.NODE_QUEUED, n.id, cache=n.config.cache, map=bool(n.map))

@@ -83,6 +83,7 @@ class Service:
                 engine.unpickles = False  # the server never decodes user values
                 engine.scope_project = project
                 engine.gate = self.gate
+                engine.runs_in_process = False  # (a restarted server resumes its own)
                 engine.default_executor = self.settings.project_executors.get(
                     project, self.settings.executor
                 )

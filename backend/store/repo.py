@@ -332,6 +332,20 @@ class Store:
             for r in rows
         ]
 
+    def runner(self, execution_id: str) -> dict[str, Any]:
+        """The process its creation names as running it (``owner``), read from that
+        first event alone: {} if none is named."""
+        from .schema import events, sa
+
+        with self.read() as conn:
+            payload = conn.execute(
+                sa.select(events.c.payload)
+                .where(events.c.execution_id == execution_id)
+                .order_by(events.c.seq)
+                .limit(1)
+            ).scalar()
+        return dict((payload or {}).get("runner") or {})
+
     def execution_exists(self, execution_id: str) -> bool:
         from .schema import executions, sa
 

@@ -309,6 +309,10 @@ def test_beta_reads_its_own_objects(world: World) -> None:
             beta.ok(method, fill(path, world, "beta"))
     logs = beta.ok("GET", f"/api/v1/executions/{world.succeeded}/logs/shout/1").text
     assert logs == "beta log line\n"
+    # The server's executions name no process of their own (a kernel's do, to be found
+    # lost if it dies): a restarted server resumes them instead.
+    created = beta.ok("GET", f"/api/v1/executions/{world.succeeded}/events")[0]
+    assert created["kind"] == "execution_created" and "runner" not in created["payload"]
     assert beta.ok("GET", f"{scope('beta')}/artifacts/{world.artifact}/bytes").content == SECRET
 
 

@@ -3,7 +3,9 @@ interrupts, and the records each leaves in the store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -186,6 +188,55 @@ time.sleep(60)"""
         with pytest.raises(ProcessLookupError):
             os.kill(int(pidfile.read_text()), 0)
     assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
+
+
+def test_a_run_whose_kernel_was_killed_is_found_lost(home: Path, workdir: Path) -> None:
+    """A kernel killed mid-task (a restart, ``kill -9``, the OOM killer) cannot record
+    anything: whoever reads the execution afterwards finds its process gone, records it
+    as aborted (once) and can recover it; it is not left "running" for ever."""
+    from papercrane.backend.config import Config
+    from papercrane.backend.engine import LocalEngine
+
+    hold = workdir / "hold"
+    hold.write_text("")
+    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
+    try:
+        k.run("%load_ext papercrane").ok()
+        k.kc.execute(
+            "%%task slow --executor inline\nimport os, time\n"
+            f"while os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\nslow = 1"
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(sqlite3.OperationalError):  # (no store yet)
+                if "attempt_started" in [kind for _, kind, _ in events(home)]:
+                    break
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+        k.km.signal_kernel(signal.SIGKILL)  # no chance to record anything
+        k.km.shutdown_kernel(now=True)  # (reaps it)
+    finally:
+        k.kc.stop_channels()
+    (execution,) = {e for e, _, _ in events(home)}
+    assert kinds(home, execution)[-1] == "attempt_started"  # as the kill left it
+
+    engine = LocalEngine(Config(home=home))
+    try:
+        assert engine.list_executions(status="running") == []
+        (row,) = engine.list_executions()
+        assert (row["id"], row["status"]) == (execution, "aborted")
+        state = engine.execution(execution)
+        assert state.error is not None and state.error.message.startswith(
+            "lost: the process that ran it"
+        )
+        assert state.nodes["slow"].status.value == "aborted"
+        engine.execution(execution)  # read again: nothing more is recorded
+        assert kinds(home, execution).count("execution_aborted") == 1
+        hold.unlink()
+        recovered = engine.recover(execution)
+        assert recovered.execution.status.value == "succeeded"
+    finally:
+        engine.close()
 
 
 def test_del_and_in_place_changes_reach_the_notebook(kernel: Kernel) -> None:

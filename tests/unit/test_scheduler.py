@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from papercrane.backend import owner
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine, WorkflowRequest
 from papercrane.backend.errors import UserError, WorkflowFailed
@@ -314,6 +315,7 @@ def test_the_records_of_a_cached_map_are_exactly_these(engine: LocalEngine) -> N
             "kind": "workflow", "project": "default", "domain": "development", "name": "wf",
             "inputs": {"xs": params["xs"].id, "w": params["w"].id},
             "workflow_version": spec.version(), "config": config,
+            "runner": owner.this_process(),  # (the process that runs it: this one)
         }),
         ("node_queued", "m", 0, {"cache": True, "map": True}),
         ("map_expanded", "m", 0, {"elements": 3}),
