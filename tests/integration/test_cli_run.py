@@ -13,6 +13,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from .nbfiles import write_notebook
+
 pytestmark = pytest.mark.kernel
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -43,24 +45,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 
 def as_json(home: Path, *args: str) -> Any:
     return json.loads(ok(papercrane(home, *args, "--json")).stdout)
-
-
-def write_notebook(path: Path, *cells: str | tuple[str, list[str]]) -> Path:
-    """A notebook of code cells; ``(source, tags)`` for a tagged cell."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for cell in cells:
-        source, tags = cell if isinstance(cell, tuple) else (cell, [])
-        code = nbformat.v4.new_code_cell(source)
-        if tags:
-            code.metadata["tags"] = tags
-        nb.cells.append(code)
-    nbformat.write(nb, path)
-    return path
 
 
 def printed(nb: nbformat.NotebookNode) -> str:

@@ -15,6 +15,8 @@ import pytest
 
 from papercrane.backend.store import Store
 
+from .nbfiles import write_notebook
+
 pytestmark = pytest.mark.kernel
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -81,23 +83,14 @@ def test_papermill_parameters_reach_tasks(home: Path, tmp_path: Path) -> None:
 
 
 def _many_tasks_notebook(path: Path, tag: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    cells = [nbformat.v4.new_code_cell("%load_ext papercrane\nacc = 0")]
-    for i in range(12):
-        executor = "inline" if i % 2 else "local"
-        cells.append(
-            nbformat.v4.new_code_cell(
-                f"%%task step{i} --cache --executor {executor}\nacc = acc + {i}\nlabel = {tag!r}"
-            )
-        )
-    cells.append(nbformat.v4.new_code_cell("assert acc == sum(range(12)), acc"))
-    nb.cells = cells
-    nbformat.write(nb, path)
+    steps = [
+        f"%%task step{i} --cache --executor {'inline' if i % 2 else 'local'}\n"
+        f"acc = acc + {i}\nlabel = {tag!r}"
+        for i in range(12)
+    ]
+    write_notebook(
+        path, "%load_ext papercrane\nacc = 0", *steps, "assert acc == sum(range(12)), acc"
+    )
 
 
 def test_two_processes_share_one_store(home: Path, tmp_path: Path) -> None:
@@ -140,19 +133,12 @@ def test_two_processes_share_one_store(home: Path, tmp_path: Path) -> None:
 def _deferred_notebook(path: Path, seconds: float) -> Path:
     """Batch mode under plain papermill: the last task is deferred and no later cell
     reads it, so it runs as the kernel exits (there is no `%workflow flush` cell)."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell("%load_ext papercrane\n%workflow defer"),
-        nbformat.v4.new_code_cell(f"%%task tail\nimport time\ntime.sleep({seconds})\ntail = 1"),
-        nbformat.v4.new_code_cell("print('last cell')"),
-    ]
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(
+        path,
+        "%load_ext papercrane\n%workflow defer",
+        f"%%task tail\nimport time\ntime.sleep({seconds})\ntail = 1",
+        "print('last cell')",
+    )
 
 
 def _papermill_cli(src: Path, home: Path) -> subprocess.CompletedProcess[str]:

@@ -11,12 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import papermill
 import pytest
 
 from ..server_fixture import ServerProcess
 from .kernel import Kernel
+from .nbfiles import write_notebook
 
 pytestmark = pytest.mark.kernel
 
@@ -68,20 +68,13 @@ def test_magics_run_tasks_on_the_server(server: ServerProcess, tmp_path: Path) -
 
 def test_papermill_against_the_server(server: ServerProcess, tmp_path: Path) -> None:
     env = remote_env(server, tmp_path)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell("%load_ext papercrane"),
-        nbformat.v4.new_code_cell("n = 3", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("%%task square\nsq = n * n"),
-        nbformat.v4.new_code_cell("assert sq == 49, sq"),
-    ]
-    src = tmp_path / "remote.ipynb"
-    nbformat.write(nb, src)
+    src = write_notebook(
+        tmp_path / "remote.ipynb",
+        "%load_ext papercrane",
+        ("n = 3", ["parameters"]),
+        "%%task square\nsq = n * n",
+        "assert sq == 49, sq",
+    )
     old = dict(os.environ)
     os.environ.update(env)
     try:
@@ -107,15 +100,7 @@ CLI = [sys.executable, "-m", "papercrane.backend.cli"]
 
 
 def task_notebook(path: Path, cell: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [nbformat.v4.new_code_cell("%load_ext papercrane"), nbformat.v4.new_code_cell(cell)]
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(path, "%load_ext papercrane", cell)
 
 
 def run_detached(src: Path, env: dict[str, str], *extra: str) -> str:
