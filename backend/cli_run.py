@@ -170,6 +170,7 @@ def run_notebook(
     kernel: str | None = None,
 ) -> int:
     import papermill
+    from jupyter_client.manager import KernelManager
     from rich.console import Console
     from rich.live import Live
 
@@ -215,6 +216,10 @@ def run_notebook(
     )
     failure: list[BaseException] = []
     since = time.time()
+    # Our own kernel manager (papermill's would be out of reach): Ctrl-C interrupts the
+    # kernel, so the running task stops and is recorded as interrupted, and papermill
+    # then ends with that cell's error as with any other.
+    km = KernelManager(kernel_name=kernel)
 
     def execute() -> None:
         try:
@@ -226,26 +231,47 @@ def run_notebook(
                 cwd=str(path.parent),
                 log_output=False,
                 kernel_name=kernel,
+                km=km,
             )
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
+        finally:
+            done.set()
 
     progress = _Progress(engine, flow, since, project)
     worker = threading.Thread(target=execute, name="papermill", daemon=True)
+    # Waited on instead of ``worker.join()``: a join that Ctrl-C interrupts can report
+    # the thread finished while it still runs (CPython's bpo-45274, in 3.11).
+    done = threading.Event()
+
+    def follow() -> None:
+        if quiet:
+            while not done.wait(0.3):
+                pass
+            return
+        with Live(progress.table(), console=console, refresh_per_second=4) as live:
+            while not done.is_set():
+                done.wait(0.3)
+                progress.poll()
+                live.update(progress.table(ended=done.is_set()))
+        if not console.is_terminal:
+            console.line()  # rich leaves the last frame without a newline
+
+    interrupted = False
     try:
         worker.start()
-        if quiet:
-            worker.join()
-        else:
-            with Live(progress.table(), console=console, refresh_per_second=4) as live:
-                while worker.is_alive():
-                    worker.join(timeout=0.3)
-                    progress.poll()
-                    live.update(progress.table(ended=not worker.is_alive()))
-            if not console.is_terminal:
-                console.line()  # rich leaves the last frame without a newline
+        try:
+            follow()
+        except KeyboardInterrupt:  # (a second Ctrl-C stops at once: the finally below)
+            interrupted = True
+            console.print("interrupting the notebook's kernel (Ctrl-C again to quit at once)")
+            if km.has_kernel:
+                km.interrupt_kernel()
+            follow()
         progress.poll()
     finally:
+        if km.has_kernel:  # (papermill leaves a kernel it was given running)
+            km.shutdown_kernel(now=interrupted)
         os.environ.clear()
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
@@ -316,6 +342,9 @@ def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) ->
             source = (getattr(exc, "source", "") or "").strip().splitlines()
             where = f"In[{cell}]" + (f": {source[0]}" if source else "")
             console.print(f"(in cell {where})", markup=False, highlight=False)
+        for state in progress.states.values():  # (stopped by Ctrl-C: they can go on)
+            if state.status.value == "aborted":
+                console.print(f"recover with: papercrane recover {state.id}")
         return
     for node_id, node, state in failed:
         error = node.error

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +324,42 @@ def test_the_progress_says_which_tasks_never_ran(home: Path, tmp_path: Path) -> 
     assert "succeeded" in rows["first"]
     assert "not run" in rows["second"] and "waiting" not in rows["second"]
     assert "ValueError: stopped here" in result.stderr
+
+
+def test_ctrl_c_interrupts_the_running_task_and_says_how_to_go_on(
+    home: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C on ``papercrane run`` interrupts the notebook's kernel: the running task
+    stops and is recorded as interrupted, the executed notebook is written, and the
+    terminal says how to recover; not a bare "Aborted!" over a kernel left to die."""
+    started = tmp_path / "started"
+    src = write_notebook(
+        tmp_path / "long.ipynb",
+        "%load_ext papercrane",
+        f"%%task long --executor local\nimport time\nopen({str(started)!r}, 'w')\n"
+        "time.sleep(120)\nlong = 1",
+        "print(long)",
+    )
+    out = tmp_path / "long.out.ipynb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src), "-o", str(out)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert "interrupting the notebook's kernel" in stderr
+    assert "was interrupted and recorded as aborted" in stderr
+    (execution,) = executions(home)
+    assert execution["status"] == "aborted"
+    assert f"recover with: papercrane recover {execution['id']}" in stderr
+    assert "Aborted!" not in stderr
+    assert out.exists()
 
 
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:
