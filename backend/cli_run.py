@@ -10,6 +10,7 @@ executions in the store and draws their nodes.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import tempfile
@@ -236,13 +237,18 @@ def run_notebook(
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
         finally:
-            done.set()
+            try:
+                if km.has_kernel:  # (papermill leaves a kernel it was given running)
+                    km.shutdown_kernel(now=stop.is_set())
+            finally:
+                done.set()
 
     progress = _Progress(engine, flow, since, project)
     worker = threading.Thread(target=execute, name="papermill", daemon=True)
     # Waited on instead of ``worker.join()``: a join that Ctrl-C interrupts can report
     # the thread finished while it still runs (CPython's bpo-45274, in 3.11).
     done = threading.Event()
+    stop = threading.Event()  # Ctrl-C: no deferred task is to run as the kernel exits
 
     def follow() -> None:
         if quiet:
@@ -257,21 +263,21 @@ def run_notebook(
         if not console.is_terminal:
             console.line()  # rich leaves the last frame without a newline
 
-    interrupted = False
     try:
         worker.start()
         try:
             follow()
         except KeyboardInterrupt:  # (a second Ctrl-C stops at once: the finally below)
-            interrupted = True
+            stop.set()
             console.print("interrupting the notebook's kernel (Ctrl-C again to quit at once)")
             if km.has_kernel:
                 km.interrupt_kernel()
             follow()
         progress.poll()
     finally:
-        if km.has_kernel:  # (papermill leaves a kernel it was given running)
-            km.shutdown_kernel(now=interrupted)
+        if not done.is_set() and km.has_kernel:  # (a second Ctrl-C)
+            with contextlib.suppress(Exception):
+                km.shutdown_kernel(now=True)
         os.environ.clear()
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
