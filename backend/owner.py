@@ -39,9 +39,9 @@ def gone(runner: dict[str, Any]) -> bool:
     zombie not yet reaped counts as exited), or its pid now names a process that
     started later, or the machine has rebooted since. A runner on another host or in
     another pid namespace, or one this host cannot check, is taken to be alive."""
-    if not runner or runner.get("host") != socket.gethostname():
-        return False
     me = this_process()
+    if not runner or runner == me or runner.get("host") != me["host"]:
+        return False  # (nothing named, this very process, or another host)
     if runner.get("boot") and me["boot"] and runner["boot"] != me["boot"]:
         return True  # the machine restarted since
     if runner.get("pidns") != me["pidns"]:

@@ -409,8 +409,8 @@ def test_revision_0007_drops_two_unused_indexes_and_keeps_new_elements_from_goin
 
 @pytest.mark.parametrize("n", [0, 1, 2, 31, 63, 64, 65, 200, 1000])
 def test_multi_row_inserts_write_what_executemany_writes(n: int) -> None:
-    """Events go in multi-row INSERTs (64 rows, then 32, 16, ... for the rest): every
-    row once, in order, so their rowids are consecutive as one ``executemany`` gives."""
+    """Events go in multi-row INSERTs (64 rows each, the rest in one ``executemany``):
+    every row once, in order, so their rowids are consecutive as ``executemany`` gives."""
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE multi_rows (seq INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
     conn.execute("INSERT INTO multi_rows (a, b, c) VALUES ('first', 0, NULL)")
