@@ -246,7 +246,7 @@ def run_notebook(
     progress = _Progress(engine, flow, since, project)
     worker = threading.Thread(target=execute, name="papermill", daemon=True)
     # Waited on instead of ``worker.join()``: a join that Ctrl-C interrupts can report
-    # the thread finished while it still runs (CPython's bpo-45274, in 3.11).
+    # the thread finished while it still runs (CPython gh-90882, bpo-46726: 3.9 to 3.11).
     done = threading.Event()
     stop = threading.Event()  # Ctrl-C: no deferred task is to run as the kernel exits
 
