@@ -13,6 +13,7 @@ import ast
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -171,7 +172,6 @@ def run_notebook(
     kernel: str | None = None,
 ) -> int:
     import papermill
-    from jupyter_client.manager import KernelManager
     from rich.console import Console
     from rich.live import Live
 
@@ -185,7 +185,7 @@ def run_notebook(
             f"{path.name} names no kernel (its metadata has no kernelspec): pass one with "
             "--kernel NAME, e.g. --kernel python3 (`jupyter kernelspec list` shows them)"
         )
-    _check_kernel(kernel, path.name)
+    argv = _check_kernel(kernel, path.name)
     if (remote or detach) and not os.environ.get("PAPERCRANE_URL"):
         raise UserError(
             "--remote and --detach run the tasks on a papercrane server: set PAPERCRANE_URL "
@@ -220,7 +220,8 @@ def run_notebook(
     # Our own kernel manager (papermill's would be out of reach): Ctrl-C interrupts the
     # kernel, so the running task stops and is recorded as interrupted, and papermill
     # then ends with that cell's error as with any other.
-    km = KernelManager(kernel_name=kernel)
+    sockets = Path(tempfile.mkdtemp(prefix="papercrane-kernel-"))
+    km = _kernel_manager(kernel, argv, sockets)
 
     def execute() -> None:
         try:
@@ -281,6 +282,7 @@ def run_notebook(
         os.environ.clear()
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
+        shutil.rmtree(sockets, ignore_errors=True)
     submitted = _strip_flush_cell(out) if out.exists() else []
     engine.close()
     if not failure:
@@ -296,21 +298,35 @@ def run_notebook(
     return 1
 
 
-def _check_kernel(kernel: str, notebook: str) -> None:
+def _check_kernel(kernel: str, notebook: str) -> list[str]:
     """Refuse a kernel that is not installed before anything starts, naming the ones
     that are (papermill's ``NoSuchKernel`` comes after a kernel manager is set up and
-    says neither)."""
+    says neither). Returns the kernelspec's command line."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     specs = KernelSpecManager()
     try:
-        specs.get_kernel_spec(kernel)
+        return list(specs.get_kernel_spec(kernel).argv)
     except NoSuchKernel:
         installed = ", ".join(sorted(specs.find_kernel_specs())) or "none"
         raise UserError(
             f"{notebook}: no kernel named {kernel!r} is installed (installed: {installed}); "
             "pass one with --kernel NAME"
         ) from None
+
+
+def _kernel_manager(kernel: str, argv: list[str], sockets: Path) -> Any:
+    """The notebook kernel's manager. An IPython kernel on a POSIX system talks over
+    Unix sockets in ``sockets`` (a private temporary folder): no TCP ports open on
+    localhost for other local users to reach, and none of ipykernel's warning about
+    unencrypted TCP on every run. Other kernels (not all take ``ipc``) and Windows keep
+    jupyter_client's TCP."""
+    from jupyter_client.manager import KernelManager
+
+    ipython = any("ipykernel" in part for part in argv)
+    if os.name == "posix" and ipython:
+        return KernelManager(kernel_name=kernel, transport="ipc", ip=str(sockets / "kernel"))
+    return KernelManager(kernel_name=kernel)
 
 
 def _cell_stderr(out: Path) -> str:

@@ -90,6 +90,9 @@ def test_branches_example_runs_in_batch(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "branches.out.ipynb"
     result = ok(papercrane(home, "run", str(NOTEBOOKS / "branches.ipynb"), "-o", str(out)))
     assert "wrote" in result.stderr
+    # The IPython kernel talks over Unix sockets, not localhost TCP (which ipykernel 7
+    # warns about on every run).
+    assert "Kernel is running over TCP" not in result.stderr
     nb = nbformat.read(out, as_version=4)
     assert not [c for c in nb.cells if "papercrane-flush" in c.metadata.get("tags", [])]
     assert not [c for c in nb.cells if "%workflow flush" in c.source]
@@ -494,3 +497,18 @@ def test_lineage_of_a_three_step_chain(home: Path, tmp_path: Path) -> None:
     # The chain ends at the parameter the first task read.
     first = tree["inputs"][0]["inputs"][0]
     assert [(i["name"], i["artifact"]["preview"]) for i in first["inputs"]] == [("start", "4")]
+
+
+def test_an_ipython_kernel_gets_unix_sockets_others_tcp(tmp_path: Path) -> None:
+    from papercrane.backend.cli_run import _kernel_manager
+
+    ipython = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    km = _kernel_manager("python3", ipython, tmp_path)
+    if os.name == "posix":
+        assert (km.transport, km.ip) == ("ipc", str(tmp_path / "kernel"))
+    else:
+        assert km.transport == "tcp"
+    other = _kernel_manager(
+        "ir", ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"], tmp_path
+    )
+    assert other.transport == "tcp"
