@@ -334,6 +334,8 @@ class LocalEngine(EngineAPI):
 
     def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
         rows = self.store.list_executions(limit=limit, **filters)
+        if not self.runs_in_process:  # (a server's store holds only its own executions)
+            return rows
         for row in rows:
             # (a running one is checked from its first event: a listing polled while a
             # big map runs must not replay the map's events each time)
@@ -348,7 +350,12 @@ class LocalEngine(EngineAPI):
         """An execution still "running" whose process is gone (``owner``) is recorded as
         aborted, once: the check and the event share one write transaction, so two
         readers finding it at once write one event between them."""
-        if state.status.terminal or not state.runner or not owner.gone(state.runner):
+        if (
+            state.status.terminal
+            or not state.runner
+            or not self.runs_in_process
+            or not owner.gone(state.runner)
+        ):
             return state
         runner = state.runner
         reason = (
