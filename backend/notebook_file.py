@@ -82,10 +82,11 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
             continue
         source = cell.source
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            parameters += _assigned(source)
+            names = _assigned(source)
+            parameters += names
             if not tagged:  # papermill puts the -p values after the first one
                 tagged, later = True, {}
-                bound |= set(_assigned(source))
+                bound |= set(names)
                 continue
         if not source.startswith("%%task"):
             assigned, imported = _bound(transformer, source)
