@@ -216,6 +216,9 @@ def run_notebook(
         }
     )
     failure: list[BaseException] = []
+    late: list[str] = []  # what ``_run_deferred`` submitted (--detach)
+    late_since: list[float] = []  # when it started
+    flush_line = "flush --detach" if detach else "flush"
     since = time.time()
     # Our own kernel manager (papermill's would be out of reach): Ctrl-C interrupts the
     # kernel, so the running task stops and is recorded as interrupted, and papermill
@@ -237,6 +240,9 @@ def run_notebook(
             )
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
+            if not stop.is_set():
+                late_since.append(time.time())
+                late.extend(_run_deferred(km, flush_line, console, stop, _failed_cell(exc)))
         finally:
             try:
                 if km.has_kernel:  # (papermill leaves a kernel it was given running)
@@ -283,7 +289,7 @@ def run_notebook(
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
         shutil.rmtree(sockets, ignore_errors=True)
-    submitted = _strip_flush_cell(out) if out.exists() else []
+    submitted = (_strip_flush_cell(out) if out.exists() else []) + late
     engine.close()
     if not failure:
         if output:
@@ -292,10 +298,85 @@ def run_notebook(
             for execution_id in submitted:
                 click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
         return 0
-    _report(console, failure[0], progress, out)
+    _report(console, failure[0], progress, out, late_since[0] if late_since else time.time())
     if output and out.exists():
         console.print(f"wrote {out} (with the error)")
+    for execution_id in late:  # deferred tasks submitted after the failure (--detach)
+        click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
     return 1
+
+
+#: Asked of the kernel after a cell failed: the task cells batch mode holds (none if
+#: papercrane was never loaded, or nothing is deferred).
+_DEFERRED = (
+    "getattr(__import__('sys').modules.get('papercrane.notebook'), 'deferred_names', "
+    "lambda shell: [])(get_ipython())"
+)
+
+
+def _run_deferred(km: Any, line: str, console: Any, stop: threading.Event, cell: str) -> list[str]:
+    """After a cell failed: run the task cells deferred above it, as the notebook's own
+    last cell would have, in its kernel, before it shuts down. Top to bottom, those cells
+    ran before the one that failed, so their results (and cache entries) are kept for the
+    next run. Left to the kernel's exit, they would be stopped 2.5 s in and recorded as
+    aborted. Ctrl-C stops them as it stops a cell. Returns the executions a ``--detach``
+    flush submitted."""
+    import ast
+    import queue
+
+    if not km.has_kernel or not km.is_alive():
+        return []
+    client = km.client()
+    client.start_channels()
+    try:
+
+        def ask(code: str, **extra: Any) -> tuple[dict[str, Any], str]:
+            """Execute ``code``: its reply, and what it printed. Waits until the kernel
+            is idle again, or dies (``execute_interactive`` would wait for ever)."""
+            msg_id = client.execute(code, store_history=False, **extra)
+            printed: list[str] = []
+            while True:
+                try:
+                    msg = client.get_iopub_msg(timeout=0.5)
+                except queue.Empty:
+                    if not km.is_alive():
+                        raise RuntimeError("the kernel died") from None
+                    continue
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                content = msg["content"]
+                if msg["msg_type"] == "stream":
+                    printed.append(content.get("text", ""))
+                elif msg["msg_type"] == "status" and content["execution_state"] == "idle":
+                    break
+            while True:  # (the reply is sent before the kernel goes idle)
+                reply = client.get_shell_msg(timeout=5)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return reply["content"], "".join(printed)
+
+        reply, _ = ask("", user_expressions={"names": _DEFERRED})
+        found = reply.get("user_expressions", {}).get("names", {})
+        try:
+            names = ast.literal_eval(found.get("data", {}).get("text/plain", "[]"))
+        except (ValueError, SyntaxError):
+            names = []
+        if not names or stop.is_set():
+            return []
+        what = f"the deferred task above it ({names[0]})"
+        if len(names) > 1:
+            what = f"the {len(names)} deferred tasks above it ({', '.join(names)})"
+        console.print(
+            f"{cell.partition(':')[0] or 'a cell'} failed: running {what} first, as a "
+            f"top-to-bottom run would have; Ctrl-C stops {'them' if len(names) > 1 else 'it'}",
+            highlight=False,
+        )
+        _, printed = ask(f"get_ipython().run_line_magic('workflow', {line!r})")
+        return _SUBMITTED.findall(printed)
+    except Exception as exc:  # the notebook's own failure is what gets reported
+        console.print(f"could not run the deferred tasks after the failure: {exc}")
+        return []
+    finally:
+        client.stop_channels()
 
 
 def _check_kernel(kernel: str, notebook: str) -> list[str]:
@@ -348,27 +429,33 @@ def _cell_stderr(out: Path) -> str:
     return ""
 
 
-def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) -> None:
+def _report(
+    console: Any, exc: BaseException, progress: _Progress, out: Path, late_since: float
+) -> None:
+    """Why the run failed: the tasks that failed (with their tracebacks), else the
+    notebook's own error. Tasks that failed only in ``_run_deferred``, after the
+    notebook's error, are reported after that error, which remains the cause."""
     from rich.markup import escape
 
     failed = progress.failures()
-    if not failed:
+    late = [f for f in failed if f[2].created_at >= late_since]
+    early = [f for f in failed if f[2].created_at < late_since]
+    if not early:
         name = getattr(exc, "ename", type(exc).__name__)
         value = getattr(exc, "evalue", str(exc))
         message = f"{name}: {value}"
         if not value and out.exists():
             message = _cell_stderr(out) or message
         console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
-        cell = getattr(exc, "exec_count", None)
-        if cell is not None:
-            source = (getattr(exc, "source", "") or "").strip().splitlines()
-            where = f"In[{cell}]" + (f": {source[0]}" if source else "")
+        where = _failed_cell(exc)
+        if where:
             console.print(f"(in cell {where})", markup=False, highlight=False)
-        for state in progress.states.values():  # (stopped by Ctrl-C: they can go on)
-            if state.status.value == "aborted":
-                console.print(f"recover with: papercrane recover {state.id}")
-        return
-    for node_id, node, state in failed:
+        if not late:
+            for state in progress.states.values():  # (stopped by Ctrl-C: they can go on)
+                if state.status.value == "aborted":
+                    console.print(f"recover with: papercrane recover {state.id}")
+            return
+    for node_id, node, state in early + late:
         error = node.error
         if node.elements and error is not None:  # a map: its elements made the attempts
             where = f": {error.message}"
@@ -386,7 +473,16 @@ def _report(console: Any, exc: BaseException, progress: _Progress, out: Path) ->
                 markup=False,
                 highlight=False,
             )
-    console.print(f"recover with: papercrane recover {failed[0][2].id}")
+    console.print(f"recover with: papercrane recover {(early + late)[0][2].id}")
+
+
+def _failed_cell(exc: BaseException) -> str:
+    """``In[N]: its first line`` for papermill's error, else ''."""
+    cell = getattr(exc, "exec_count", None)
+    if cell is None:
+        return ""
+    source = (getattr(exc, "source", "") or "").strip().splitlines()
+    return f"In[{cell}]" + (f": {source[0]}" if source else "")
 
 
 def register(main: click.Group) -> None:

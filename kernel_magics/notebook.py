@@ -18,6 +18,16 @@ from papercrane.backend.workflow import CellTask, WorkflowSpec, assemble
 from .session import CellRecord, Session, TaskInterrupted, WorkflowError
 
 
+def deferred_names(shell: Any) -> list[str]:
+    """The task cells batch mode has recorded and not run yet, by name: ``papercrane
+    run`` asks after a cell failed, to run them as the notebook would have before it."""
+    for magics in shell.magics_manager.registry.values():
+        session = getattr(magics, "_session", None)
+        if isinstance(session, Session):
+            return [rec.spec.name for rec in session.workflow.pending]
+    return []
+
+
 class NotebookWorkflow:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -168,8 +178,9 @@ class NotebookWorkflow:
         except KeyboardInterrupt as exc:  # (TaskInterrupted: the run was recorded aborted)
             print(
                 f"papercrane: the kernel was stopped while its deferred tasks ({names}) ran at "
-                f"exit: {exc}. End the notebook with a `%workflow flush` cell (`papercrane run` "
-                "adds one) so they run as a cell, not during the kernel's shutdown.",
+                f"exit: {exc}. To run them as a cell, not during the kernel's shutdown, end "
+                "the notebook with a `%workflow flush` cell, or run it with `papercrane run` "
+                "(which adds that cell, and runs them after a failed cell too).",
                 file=sys.__stderr__,
             )
         except Exception as exc:  # the kernel is going away: say why, don't raise

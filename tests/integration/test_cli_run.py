@@ -329,6 +329,51 @@ def test_the_progress_says_which_tasks_never_ran(home: Path, tmp_path: Path) -> 
     assert "ValueError: stopped here" in result.stderr
 
 
+def test_tasks_deferred_above_a_failed_cell_run_to_their_end(home: Path, tmp_path: Path) -> None:
+    """Top to bottom, a task cell above the cell that fails has run before it. In batch
+    mode nothing read its output yet, so it is still pending when the notebook stops:
+    ``papercrane run`` runs it then, whole. (Left to the kernel's exit, a kernel manager
+    would stop it 2.5 s in and it would be recorded as aborted.)"""
+    log = tmp_path / "ran.log"
+    src = write_notebook(
+        tmp_path / "late.ipynb",
+        "%load_ext papercrane",
+        f"log_path = {str(log)!r}",
+        f"%%task slow\nimport time\ntime.sleep(3.5)\n{_mark('slow')}slow = 1",
+        "raise ValueError('boom')",
+    )
+    result = papercrane(home, "run", str(src))
+    assert result.returncode == 1, result.stderr
+    assert "In[4] failed: running the deferred task above it (slow) first" in result.stderr
+    assert "the notebook failed: ValueError: boom" in result.stderr, result.stderr
+    assert counts(log) == {"slow": 1}
+    (execution,) = executions(home)
+    assert execution["status"] == "succeeded"
+    assert "recover with" not in result.stderr  # nothing to recover: the task is done
+
+
+def test_a_deferred_task_failing_after_the_notebook_failed_is_reported_too(
+    home: Path, tmp_path: Path
+) -> None:
+    src = write_notebook(
+        tmp_path / "both.ipynb",
+        "%load_ext papercrane",
+        "%%task fine\nfine = 2",
+        "%%task broken\nbroken = 1 / 0",
+        "raise ValueError('boom')",
+    )
+    result = papercrane(home, "run", str(src), "-q")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "running the 2 deferred tasks above it (fine, broken) first" in err, err
+    assert "the notebook failed: ValueError: boom" in err
+    (execution,) = executions(home)
+    assert f"task 'broken' failed in execution {execution['id']}, attempt 1" in err
+    assert "ZeroDivisionError: division by zero" in err
+    assert err.index("ValueError: boom") < err.index("task 'broken' failed")  # the cause first
+    assert f"recover with: papercrane recover {execution['id']}" in err
+
+
 def test_ctrl_c_interrupts_the_running_task_and_says_how_to_go_on(
     home: Path, tmp_path: Path
 ) -> None:
@@ -363,6 +408,36 @@ def test_ctrl_c_interrupts_the_running_task_and_says_how_to_go_on(
     assert f"recover with: papercrane recover {execution['id']}" in stderr
     assert "Aborted!" not in stderr
     assert out.exists()
+
+
+def test_ctrl_c_stops_the_deferred_tasks_run_after_a_failed_cell(
+    home: Path, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    src = write_notebook(
+        tmp_path / "late-long.ipynb",
+        "%load_ext papercrane",
+        f"%%task long --executor local\nimport time\nopen({str(started)!r}, 'w')\n"
+        "time.sleep(120)\nlong = 1",
+        "raise ValueError('boom')",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert "interrupting the notebook's kernel" in stderr
+    assert "the notebook failed: ValueError: boom" in stderr
+    (execution,) = executions(home)
+    assert execution["status"] == "aborted"
+    assert f"recover with: papercrane recover {execution['id']}" in stderr
 
 
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:

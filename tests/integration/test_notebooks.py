@@ -170,7 +170,7 @@ def test_a_kernel_stopped_during_its_exit_flush_records_the_run_aborted(
     result = _papermill_cli(_deferred_notebook(tmp_path / "slow.ipynb", 60), home)
     assert result.returncode == 0, result.stderr
     assert "the kernel was stopped while its deferred tasks (tail) ran at exit" in result.stderr
-    assert "End the notebook with a `%workflow flush` cell" in result.stderr
+    assert "end the notebook with a `%workflow flush` cell" in result.stderr
     store = Store(f"sqlite:///{home / 'papercrane.db'}")
     try:
         (row,) = store.list_executions()

@@ -159,6 +159,28 @@ def test_detach_prints_an_execution_that_already_finished(
     assert final_status(run_detached(src, env), env) == "succeeded"
 
 
+def test_detach_after_a_failed_cell_submits_the_tasks_above_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The cell after the task fails: the task (above it) is still submitted, its id
+    printed for scripts, and the run exits 1 for the cell."""
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    src = write_notebook(
+        tmp_path / "fails.ipynb", "%load_ext papercrane", "%%task above\nu = 3", "1 / 0"
+    )
+    r = subprocess.run(
+        [*CLI, "run", str(src), "--remote", "--detach", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "ZeroDivisionError" in r.stderr
+    execution_id, url = r.stdout.split()
+    assert url.endswith(f"/api/v1/executions/{execution_id}")
+    assert final_status(execution_id, env) == "succeeded"
+
+
 def test_big_values_travel_with_their_blake3_digest(server: ServerProcess) -> None:
     """The client hashes a big value with BLAKE3; the server checks the upload with the
     algorithm the digest names, and the download is verified the same way."""
