@@ -366,7 +366,11 @@ class LocalEngine(EngineAPI):
             current = self.store.execution(state.id)
             if current is None or current.status.terminal:
                 return current or state
-            event = Event(state.id, EventKind.EXECUTION_ABORTED, payload={"reason": reason})
+            # Its end is its last sign of life, not this read (which may come days later).
+            seen = [current.created_at]
+            seen += [t for n in current.nodes.values() for t in (n.started_at, n.ended_at) if t]
+            payload = {"reason": reason, "ended_at": max(seen)}
+            event = Event(state.id, EventKind.EXECUTION_ABORTED, payload=payload)
             apply(current, event)
             self.store.append(conn, [event], current)
         return current

@@ -188,6 +188,8 @@ def _apply_execution(
             state.error = ErrorInfo.from_dict(p["error"])
     else:  # EXECUTION_ABORTED
         state.status = Status.ABORTED
+        # (a lost execution ended at its last recorded step, before the read that found it)
+        ts = p.get("ended_at", ts)
         state.ended_at = ts
         if p.get("reason"):  # (why it stopped: an interrupt, a cancel, its process lost)
             state.error = ErrorInfo(ErrorKind.SYSTEM, "Aborted", p["reason"])

@@ -230,6 +230,9 @@ def test_a_run_whose_kernel_was_killed_is_found_lost(home: Path, workdir: Path) 
             "lost: the process that ran it"
         )
         assert state.nodes["slow"].status.value == "aborted"
+        # It ended no later than the kill, not when it was found: its last step is its end.
+        assert state.ended_at == state.nodes["slow"].started_at
+        assert row["ended_at"] == state.ended_at
         engine.execution(execution)  # read again: nothing more is recorded
         assert kinds(home, execution).count("execution_aborted") == 1
         hold.unlink()
