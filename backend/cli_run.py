@@ -186,6 +186,11 @@ def run_notebook(
             "--kernel NAME, e.g. --kernel python3 (`jupyter kernelspec list` shows them)"
         )
     argv = _check_kernel(kernel, path.name)
+    if output and not Path(output).resolve().parent.is_dir():  # (papermill finds out last)
+        raise UserError(
+            f"-o {output}: the folder {Path(output).resolve().parent} does not exist; "
+            "create it first"
+        )
     if (remote or detach) and not os.environ.get("PAPERCRANE_URL"):
         raise UserError(
             "--remote and --detach run the tasks on a papercrane server: set PAPERCRANE_URL "
@@ -267,6 +272,8 @@ def run_notebook(
                 done.wait(0.3)
                 progress.poll()
                 live.update(progress.table(ended=done.is_set()))
+            progress.poll()  # (the notebook may have ended before the first frame)
+            live.update(progress.table(ended=True))
         if not console.is_terminal:
             console.line()  # rich leaves the last frame without a newline
 

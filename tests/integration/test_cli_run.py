@@ -269,6 +269,15 @@ def test_missing_notebook_file(home: Path, tmp_path: Path) -> None:
     assert "nowhere.ipynb: no such notebook" in result.stderr
 
 
+def test_an_output_folder_that_does_not_exist_is_refused_first(home: Path, tmp_path: Path) -> None:
+    """papermill finds out only when it writes, after the tasks have run."""
+    src = write_notebook(tmp_path / "t.ipynb", "%load_ext papercrane", "%%task t\ny = 2")
+    result = papercrane(home, "run", str(src), "-q", "-o", str(tmp_path / "nowhere" / "o.ipynb"))
+    assert result.returncode != 0
+    assert f"the folder {tmp_path / 'nowhere'} does not exist; create it first" in result.stderr
+    assert executions(home) == []
+
+
 def test_a_notebook_without_a_kernelspec_needs_kernel(home: Path, tmp_path: Path) -> None:
     src = write_notebook(tmp_path / "scripted.ipynb", "%load_ext papercrane", "%%task t\ny = 2")
     nb = nbformat.read(src, 4)
