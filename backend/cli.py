@@ -61,16 +61,19 @@ def _map_progress(node: dict[str, Any]) -> str:
     """A map's elements by outcome: which ran, which failed, and which a failure stopped
     before they started (they have no rows of their own to show it)."""
     total, done, failed = node["elements"], node["elements_done"], node["elements_failed"]
-    parts = [f"{done} done"]
+    parts = [f"{done:,} done"]
     if node["elements_cached"]:
-        parts[0] += f" ({node['elements_cached']} cached)"
+        parts[0] += f" ({node['elements_cached']:,} cached)"
     if failed:
-        parts.append(f"{failed} failed")
+        parts.append(f"{failed:,} failed")
     rest = total - done - failed
     if rest:
-        parts.append(f"{rest} {'not run' if Status(node['status']).terminal else 'to go'}")
-    return f"map of {total}: " + ", ".join(parts)
+        parts.append(f"{rest:,} {'not run' if Status(node['status']).terminal else 'to go'}")
+    return f"map of {total:,}: " + ", ".join(parts)
 
+
+#: How many elements of one map ``executions show`` lists (those that did not succeed).
+_ELEMENT_ROWS = 20
 
 #: ``--json`` on every command that prints records: the same data, for scripts.
 _json = click.option("--json", "as_json", is_flag=True, help="machine-readable output (JSON)")
@@ -148,10 +151,20 @@ def executions_list(
 @executions.command("show")
 @click.argument("execution_id")
 @click.option("--events", "with_events", is_flag=True, help="also list every event")
+@click.option(
+    "--elements",
+    "all_elements",
+    is_flag=True,
+    help="list every map element (default: a map's line counts them, and only elements "
+    f"that did not succeed are listed, up to {_ELEMENT_ROWS} per map)",
+)
 @_json
 @click.pass_obj
-def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bool) -> None:
-    """One execution: its nodes, attempts, cache status and errors."""
+def executions_show(
+    obj: _Ctx, execution_id: str, with_events: bool, all_elements: bool, as_json: bool
+) -> None:
+    """One execution: its nodes, attempts, cache status and errors. (``--json`` has every
+    element of a map; the table, for people, summarizes them.)"""
     state = obj.engine.execution(execution_id)
     evs = obj.engine.events(execution_id) if with_events else []
     data = {
@@ -211,20 +224,42 @@ def executions_show(obj: _Ctx, execution_id: str, with_events: bool, as_json: bo
         if state.status is Status.ABORTED and state.error is not None:
             head.add_row("aborted", state.error.message)
         nodes = Table("node", "status", "attempts", "cache", "outputs", "error")
+        listed: dict[str, int] = {}  # a map's element rows listed so far
+        unlisted: dict[str, int] = {}  # ... and left out
         for name, n in data["nodes"].items():
+            parent, element, _ = name.partition("[")
+            if element and not all_elements:
+                quiet = n["status"] in ("succeeded", "cached")
+                if quiet or listed.get(parent, 0) >= _ELEMENT_ROWS:
+                    unlisted[parent] = unlisted.get(parent, 0) + 1
+                    continue
+                listed[parent] = listed.get(parent, 0) + 1
             err = f"{n['error']['type']}: {n['error']['message']}" if n["error"] else ""
             # A map's attempts are its elements' (their own rows): show how many it has.
             tries = _map_progress(n) if n.get("elements") else str(n["attempts"])
             nodes.add_row(name, n["status"], tries, n["cache"], ", ".join(n["outputs"]), err)
-        parts = [head, nodes]
-        if with_events:
-            ev = Table("seq", "time", "kind", "node", "attempt")
-            for e in evs:
-                ev.add_row(str(e.seq), _when(e.ts), e.kind.value, e.node, str(e.attempt or ""))
-            parts.append(ev)
+        parts: list[Any] = [head, nodes]
+        for parent, count in unlisted.items():
+            total = data["nodes"][parent].get("elements", count)
+            parts.append(f"{parent}: {count:,} of {total:,} elements not listed (--elements)")
         return Group(*parts)
 
     _emit(data, as_json, table)
+    if with_events and not as_json:
+        # A log, printed as lines: a big map has tens of thousands of events, which a
+        # rich table (measuring every cell) took seconds to lay out.
+        node_width = max((len(e.node) for e in evs), default=4)
+        kind_width = max((len(e.kind.value) for e in evs), default=4)
+        click.echo(
+            f"\n{'seq':>6}  {'time':<14}  {'kind':<{kind_width}}  {'node':<{node_width}}  attempt"
+        )
+        click.echo(
+            "\n".join(
+                f"{e.seq:>6}  {_when(e.ts):<14}  {e.kind.value:<{kind_width}}  "
+                f"{e.node:<{node_width}}  {e.attempt or ''}".rstrip()
+                for e in evs
+            )
+        )
 
 
 @main.command()

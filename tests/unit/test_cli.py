@@ -31,7 +31,8 @@ def home(tmp_path: Path) -> Path:
 
 
 def cli(home: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--home", str(home), *args])
+    # (wide: rich wraps table cells at the console width)
+    result = CliRunner().invoke(main, ["--home", str(home), *args], env={"COLUMNS": "200"})
     return result.exit_code, result.output
 
 
@@ -95,3 +96,51 @@ def test_a_maps_elements_are_counted_by_outcome(
         "elements_cached": cached,
     }
     assert _map_progress(node) == shown
+
+
+def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path: Path) -> None:
+    """A 10,000-element map once printed 10,000 rows (and took seconds to draw): the
+    table counts its elements on the map's line and lists those that failed, up to a
+    limit; ``--elements`` lists every one, and ``--json`` always has them all."""
+    from papercrane.backend.cli import _ELEMENT_ROWS
+    from papercrane.backend.workflow import MapSpec
+
+    engine = LocalEngine(Config(home=tmp_path))
+    items = list(range(90))  # every third element fails: 30 failures, 60 successes
+    spec = TaskSpec(name="inv", code="out = 1 // (item % 3)", inputs=("item",), outputs=("out",))
+    request = RunRequest(
+        spec=spec,
+        config=TaskConfig(executor="inline"),
+        inputs={"items": engine.put_value(items, "input 'items'")},
+        values={"items": items},
+        map=MapSpec("items", "item", min_success_ratio=0.5),
+    )
+    execution_id = engine.run_task(request).execution.id
+    engine.close()
+
+    code, table = cli(tmp_path, "executions", "show", execution_id)
+    assert code == 0
+    assert "map of 90: 60 done, 30 failed" in table
+    rows = [line for line in table.splitlines() if "│ inv[" in line]
+    assert len(rows) == _ELEMENT_ROWS < 30
+    assert all("failed" in row for row in rows)
+    assert rows[0].startswith("│ inv[0] ")
+    assert f"inv: {90 - _ELEMENT_ROWS} of 90 elements not listed (--elements)" in table
+    code, every = cli(tmp_path, "executions", "show", execution_id, "--elements")
+    assert len([line for line in every.splitlines() if "│ inv[" in line]) == 90
+    assert "not listed" not in every
+    shown = json.loads(cli(tmp_path, "executions", "show", execution_id, "--json")[1])
+    assert len([n for n in shown["nodes"] if n.startswith("inv[")]) == 90
+    code, logged = cli(tmp_path, "executions", "show", execution_id, "--events")
+    lines = logged.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["seq", "time", "kind"])
+    events = [line.split() for line in lines[header + 1 :]]
+    assert len(events) == len(shown_events(tmp_path, execution_id))
+    assert events[0][0] == "1" and events[0][3] == "execution_created"
+    assert ["attempt_failed", "inv[0]", "1"] in [e[3:] for e in events]
+    assert events[-1][3:] == ["execution_succeeded"]
+
+
+def shown_events(home: Path, execution_id: str) -> list[dict]:
+    out = cli(home, "executions", "show", execution_id, "--events", "--json")[1]
+    return json.loads(out)["events"]
