@@ -384,9 +384,11 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
             p = node.get("producer")
             sub = branch.add(label)
             if p:
+                # (a map's lists are collected from its elements: no attempt of their own)
+                attempt = f", attempt {p['attempt']}" if p["attempt"] else ""
                 sub = sub.add(
                     f"<- {p['task_name']} @ {p['task_version'][:12]}  "
-                    f"(execution {p['execution_id']}, attempt {p['attempt']})"
+                    f"(execution {p['execution_id']}{attempt})"
                 )
                 for child in node["inputs"]:
                     add(sub, child)

@@ -581,6 +581,11 @@ def test_lineage_of_a_three_step_chain(home: Path, tmp_path: Path) -> None:
     # The chain ends at the parameter the first task read.
     first = tree["inputs"][0]["inputs"][0]
     assert [(i["name"], i["artifact"]["preview"]) for i in first["inputs"]] == [("start", "4")]
+    text = ok(papercrane(home, "lineage", artifact)).stdout
+    assert f"lineage of {artifact[:12]}" in text
+    for name in ("third", "second", "first"):
+        assert f"<- {name} @ " in text
+    assert text.count(f"(execution {row['id']}, attempt 1)") == 3
 
 
 def test_an_ipython_kernel_gets_unix_sockets_others_tcp(tmp_path: Path) -> None:

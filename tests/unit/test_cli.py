@@ -131,6 +131,9 @@ def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path:
     assert "not listed" not in every
     shown = json.loads(cli(tmp_path, "executions", "show", execution_id, "--json")[1])
     assert len([n for n in shown["nodes"] if n.startswith("inv[")]) == 90
+    # The map's list is collected from its elements: it names no attempt (not "attempt 0").
+    code, tree = cli(tmp_path, "lineage", shown["nodes"]["inv"]["outputs"]["out"])
+    assert f"<- inv @ {spec.version()[:12]}  (execution {execution_id})" in tree
     code, logged = cli(tmp_path, "executions", "show", execution_id, "--events")
     lines = logged.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["seq", "time", "kind"])
