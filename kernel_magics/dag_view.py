@@ -63,9 +63,10 @@ _STATUS_STYLE: dict[str, tuple[str, str, str]] = {
     "aborted": ("#b45309", "#fef3c7", "aborted"),
     "skipped": ("#9ca3af", "#f9fafb", "skipped"),
     "recovered": ("#0d9488", "#ccfbf1", "recovered"),
+    "deferred": ("#6b7280", "#ffffff", "deferred"),  # batch mode: recorded, not run yet
 }
 _UNKNOWN_STYLE = ("#6b7280", "#ffffff", "")
-_DASHED = {"skipped"}
+_DASHED = {"skipped", "deferred"}
 
 STATUS_COLORS: dict[str, str] = {k: v[0] for k, v in _STATUS_STYLE.items()}
 """Border colour of a node per status (public so tests and other views can match it)."""

@@ -330,7 +330,8 @@ class NotebookWorkflow:
         from .workflow_widget import WorkflowWidget
 
         spec = self.spec()
-        widget = WorkflowWidget(spec, live=False, records=self.session.records)
+        deferred = frozenset(rec.spec.name for rec in self.pending)
+        widget = WorkflowWidget(spec, live=False, records=self.session.records, deferred=deferred)
         widget.show()
 
 

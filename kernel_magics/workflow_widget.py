@@ -45,10 +45,13 @@ class WorkflowWidget:
         live: bool = True,
         title: str = "",
         records: dict[str, Any] | None = None,
+        deferred: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
         self.state: ExecutionState | None = None
         self.records = records or {}
+        #: Task cells batch mode holds (``%workflow show``): recorded, not run yet.
+        self.deferred = deferred
         self._title = title
         self.started = time.time()
         self.ended: float | None = None
@@ -94,6 +97,8 @@ class WorkflowWidget:
             node = self.state.nodes.get(node_id) if self.state else None
             if node is not None:
                 status, cache, detail = node.status.value, node.cache, _detail(node)
+            elif node_id in self.deferred:
+                status, cache, detail = "deferred", "", "runs when a later cell needs its outputs"
             elif node_id in last:
                 rec = last[node_id]
                 status, cache = rec.last_status, rec.last_cache
