@@ -99,3 +99,14 @@ class WorkflowFailed(UserError):
             f"execution {execution_id} failed at {names}: "
             f"{first.get('type', 'Error')}: {first.get('message', '')}{more}"
         )
+
+
+def not_iterable(over: str, value: object) -> str:
+    """What a ``--map`` over a value that has no elements says, wherever it is found (in
+    the kernel before the run, by a scheduler, by the runner on a server)."""
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return (
+        f"--map {over}: {over!r} is {article} {kind}, which is not iterable; "
+        "map over a list, tuple, range or other iterable"
+    )

@@ -29,7 +29,7 @@ from typing import Any
 
 from .artifacts import ArtifactIO
 from .environment import import_reference, resolve_reference
-from .errors import PapercraneError, UserError
+from .errors import PapercraneError, UserError, not_iterable
 from .model import ArtifactRef, ErrorKind, TaskSpec
 from .storage import Storage
 
@@ -363,10 +363,7 @@ def _expand(attempt: dict[str, Any], artifacts: ArtifactIO) -> AttemptResult:
     try:
         elements = list(over)
     except TypeError:
-        msg = (
-            f"--map {name}: {name!r} is a {type(over).__name__}, which is not iterable; "
-            "map over a list, tuple, range or other iterable"
-        )
+        msg = not_iterable(name, over)
         err = {"kind": "user", "type": "TypeError", "message": msg, "traceback": ""}
         return AttemptResult("failed", error=err, started_at=started, ended_at=time.time())
     outputs = {

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .api import RunListener, deliver
-from .errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
+from .errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed, not_iterable
 from .executors.base import AttemptSpec, Executor
 from .model import (
     ArtifactRef,
@@ -654,8 +654,7 @@ class WorkflowRun:
                 {
                     "kind": "user",
                     "type": "TypeError",
-                    "message": f"--map {m.over}: {m.over!r} is a {type(over).__name__}, which is "
-                    "not iterable; map over a list, tuple, range or other iterable",
+                    "message": not_iterable(m.over, over),
                     "traceback": "",
                 },
             )

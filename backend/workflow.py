@@ -245,6 +245,11 @@ def singular(name: str) -> str | None:
 def map_spec(
     over: str, as_name: str | None, min_ratio: float | None, concurrency: int | None
 ) -> MapSpec:
+    if not over.isidentifier():  # (``--map range(3)``, ``--map data["xs"]``)
+        raise CaptureError(
+            f"--map {over}: name a notebook variable that holds the elements "
+            "(assign them to one first, e.g. items = ...)"
+        )
     element = as_name or singular(over)
     if not element:
         raise CaptureError(

@@ -289,8 +289,12 @@ class PapercraneMagics(Magics):
                 raise d.InputError(
                     f"task {cap.name!r}: --map {over}, but the notebook has no variable {over!r}"
                 )
-            if over in ns and over not in pending and over not in cap.values:
-                cap.values[over] = ns[over]  # the list reaches the scheduler, not each element
+            if over in ns and over not in pending:
+                if not hasattr(ns[over], "__iter__") and not hasattr(ns[over], "__getitem__"):
+                    # (refused here, before any execution records the mistake)
+                    raise d.InputError(f"task {cap.name!r}: {d.not_iterable(over, ns[over])}")
+                if over not in cap.values:
+                    cap.values[over] = ns[over]  # the list reaches the scheduler, not each one
             cap = d.replace(
                 cap, inputs=tuple(i for i in cap.inputs if i != over or over in _reads(transformed))
             )
@@ -414,7 +418,7 @@ def _task_imports() -> SimpleNamespace:
     loaded. (The names reach ``_task`` through ``locals()``.)"""
     from dataclasses import replace  # noqa: F401
 
-    from papercrane.backend.errors import CaptureError, InputError  # noqa: F401
+    from papercrane.backend.errors import CaptureError, InputError, not_iterable  # noqa: F401
     from papercrane.backend.model import Resources, TaskConfig  # noqa: F401
     from papercrane.backend.units import parse_cpu, parse_duration, parse_gpu, parse_memory  # noqa: F401
     from papercrane.backend.workflow import map_spec  # noqa: F401

@@ -60,6 +60,8 @@ CASES = [
     ("%%task t\nexec('y = 1')", "exec() hides which variables", "--inputs and --outputs"),
     ("%%task t\nfrom os.path import *", "'import *' hides which names", "--outputs"),
     ("%%task 'bad name!'\ny = 1", "task name", "letters"),
+    ("%%task t --map ok --as k\ny = k", "--map ok: 'ok' is an int, which is not iterable", "list"),
+    ("%%task t --map range(3) --as k\ny = k", "--map range(3): name a notebook variable", "="),
 ]
 
 

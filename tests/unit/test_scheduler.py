@@ -152,7 +152,7 @@ def test_map_failures_and_min_success_ratio(engine: LocalEngine) -> None:
 
 def test_map_over_a_non_iterable_is_a_clear_error(engine: LocalEngine) -> None:
     cells = [cell("m", "out = item", ("item",), ("out",), map=MapSpec("items", "item"))]
-    with pytest.raises(WorkflowFailed, match="'items' is a int, which is not iterable"):
+    with pytest.raises(WorkflowFailed, match="'items' is an int, which is not iterable"):
         run(engine, cells, {"items": 5})
 
 
