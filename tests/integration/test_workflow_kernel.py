@@ -112,7 +112,8 @@ def test_map_in_the_kernel(kernel: Kernel) -> None:
     again = kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
     assert "cached" in again.widget["text/plain"]
     r = kernel.run("%%task m --map bad --as b\nout = b")
-    assert r.status == "error" and "not iterable" in "\n".join(r.error["traceback"])
+    assert r.status == "error" and r.error["ename"] == "UsageError"  # refused before a run
+    assert "'bad' is an int, which is not iterable" in r.error["evalue"]
     r = kernel.run("%%task m --map data\nout = 1")
     assert r.status == "error" and "--as" in r.error["evalue"]
 
