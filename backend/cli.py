@@ -229,7 +229,7 @@ def executions_show(
         for name, n in data["nodes"].items():
             parent, element, _ = name.partition("[")
             if element and not all_elements:
-                quiet = n["status"] in ("succeeded", "cached")
+                quiet = n["status"] in ("succeeded", "cached", "recovered")
                 if quiet or listed.get(parent, 0) >= _ELEMENT_ROWS:
                     unlisted[parent] = unlisted.get(parent, 0) + 1
                     continue
@@ -272,12 +272,33 @@ def logs(obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: b
     """Print a node's stdout (or --stderr) for one attempt."""
     state = obj.engine.execution(execution_id)
     if node not in state.nodes:
-        known = ", ".join(state.nodes) or "none"
-        raise click.UsageError(f"execution {execution_id} has no node {node!r}; nodes: {known}")
-    attempt = attempt or state.nodes[node].attempt or 1
+        parent, _, index = node.partition("[")
+        size = state.nodes[parent].elements if parent in state.nodes else 0
+        if index[:-1].isdigit() and int(index[:-1]) < size:
+            raise click.UsageError(f"{node} never ran: the map stopped before it started")
+        raise click.UsageError(
+            f"execution {execution_id} has no node {node!r}; nodes: {_node_names(state)}"
+        )
+    found = state.nodes[node]
+    if found.elements and not found.attempt:  # (its elements ran, each with its own logs)
+        raise click.UsageError(
+            f"{node!r} is a map: each element has its own logs, e.g. "
+            f"papercrane logs {execution_id} '{node}[0]' (elements 0 to {found.elements - 1})"
+        )
+    attempt = attempt or found.attempt or 1
     click.echo(
         obj.engine.logs(execution_id, node, attempt, "stderr" if stderr else "stdout"), nl=False
     )
+
+
+def _node_names(state: Any) -> str:
+    """An execution's nodes for a message: a map's elements as one range, not thousands."""
+    names = []
+    for name, n in state.nodes.items():
+        if "[" in name:
+            continue
+        names.append(f"{name}, {name}[0..{n.elements - 1}]" if n.elements else name)
+    return ", ".join(names) or "none"
 
 
 @main.group()

@@ -320,6 +320,18 @@ def test_a_failed_map_is_reported_with_its_element(home: Path, tmp_path: Path) -
     # counted, though it has no row of its own.
     assert "map of 3: 1 done, 1 failed, 1 not run" in table
     assert shown["workflow_version"] in table.replace("\n", "")
+    # The map's own logs are its elements'; the element fail-fast dropped has none.
+    whole = papercrane(home, "logs", execution["id"], "inv")
+    assert whole.returncode == 2 and "'inv' is a map: each element has its own logs" in whole.stderr
+    dropped = papercrane(home, "logs", execution["id"], "inv[2]")
+    assert "inv[2] never ran: the map stopped before it started" in dropped.stderr
+    unknown = papercrane(home, "logs", execution["id"], "inv[7]")
+    assert "has no node 'inv[7]'; nodes: inv, inv[0..2]" in unknown.stderr
+    # A recovery lists the element that failed again, not those it reused.
+    assert papercrane(home, "recover", execution["id"]).returncode == 1
+    again = executions(home)[-1]["id"]
+    rows = ok(papercrane(home, "executions", "show", again)).stdout
+    assert "recovers" in rows and "│ inv[1] " in rows and "│ inv[0] " not in rows, rows
 
 
 def test_the_progress_says_which_tasks_never_ran(home: Path, tmp_path: Path) -> None:

@@ -131,6 +131,8 @@ def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path:
     assert "not listed" not in every
     shown = json.loads(cli(tmp_path, "executions", "show", execution_id, "--json")[1])
     assert len([n for n in shown["nodes"] if n.startswith("inv[")]) == 90
+    code, out = cli(tmp_path, "logs", execution_id, "inv[200]")
+    assert code == 2 and "nodes: inv, inv[0..89]" in out  # not 91 names
     # The map's list is collected from its elements: it names no attempt (not "attempt 0").
     code, tree = cli(tmp_path, "lineage", shown["nodes"]["inv"]["outputs"]["out"])
     assert f"<- inv @ {spec.version()[:12]}  (execution {execution_id})" in tree
