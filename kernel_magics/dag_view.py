@@ -336,6 +336,7 @@ def render_dag_html(
     footer: str = "",
     *,
     max_nodes: int = 150,
+    extra_notes: Sequence[str] = (),
 ) -> str:
     """HTML with an inline SVG of the DAG: layers as columns, nodes coloured by status.
 
@@ -398,6 +399,8 @@ def render_dag_html(
             f"(showing the first {len(shown)} in document order)</div>"
         )
     parts.extend(notes)
+    for note in extra_notes:  # the caller's: worth reading before the legend
+        parts.append(f"<div style='color:#b45309'>{esc(note)}</div>")
     if shown:
         parts.append(_legend_html(shown))
     if footer:
@@ -410,7 +413,12 @@ def render_dag_html(
 
 
 def render_dag_text(
-    nodes: list[DagNode], edges: list[DagEdge], title: str = "", *, max_nodes: int = 500
+    nodes: list[DagNode],
+    edges: list[DagEdge],
+    title: str = "",
+    *,
+    max_nodes: int = 500,
+    extra_notes: Sequence[str] = (),
 ) -> str:
     """One line per node in layer order, for papermill output and GitHub's viewer.
 
@@ -451,4 +459,5 @@ def render_dag_text(
         lines.append(f"… and {hidden} more nodes")
     if cycle:
         lines.append("warning: " + _cycle_note(cycle))
+    lines.extend(f"note: {_clean(note)}" for note in extra_notes)
     return "\n".join(lines)

@@ -23,8 +23,16 @@ class _Bundle:
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         nodes, edges = self.owner.graph()
         data: dict[str, Any] = {
-            "text/plain": render_dag_text(nodes, edges, self.owner.title()),
-            "text/html": render_dag_html(nodes, edges, self.owner.title(), self.owner.footer()),
+            "text/plain": render_dag_text(
+                nodes, edges, self.owner.title(), extra_notes=self.owner.notes()
+            ),
+            "text/html": render_dag_html(
+                nodes,
+                edges,
+                self.owner.title(),
+                self.owner.footer(),
+                extra_notes=self.owner.notes(),
+            ),
         }
         if self.owner.widget is not None:
             data["application/vnd.jupyter.widget-view+json"] = {
@@ -60,7 +68,9 @@ class WorkflowWidget:
             import ipywidgets
 
             nodes, edges = self.graph()
-            self.widget = ipywidgets.HTML(value=render_dag_html(nodes, edges, self.title()))
+            self.widget = ipywidgets.HTML(
+                value=render_dag_html(nodes, edges, self.title(), extra_notes=self.notes())
+            )
         self._handle: Any = None
         self._last = 0.0
 
@@ -73,6 +83,17 @@ class WorkflowWidget:
         if self.state is not None:
             parts.append(f"execution {self.state.id}: {self.state.status.value}")
         return " · ".join(parts)
+
+    def notes(self) -> list[str]:
+        """A name two task cells assign: which one each reader gets is document order,
+        which the edges alone don't say (the issue: resolved by document order, shown)."""
+        if self.spec is None:
+            return []
+        return [
+            f"{name} is assigned by {len(tasks)} task cells ({', '.join(tasks)}): each task "
+            "reading it gets the nearest one above it"
+            for name, tasks in self.spec.shadowed.items()
+        ]
 
     def footer(self) -> str:
         parts = []
@@ -130,7 +151,9 @@ class WorkflowWidget:
             return
         self._last = now
         nodes, edges = self.graph()
-        self.widget.value = render_dag_html(nodes, edges, self.title(), self.footer())
+        self.widget.value = render_dag_html(
+            nodes, edges, self.title(), self.footer(), extra_notes=self.notes()
+        )
 
     def finish(self) -> None:
         self.ended = time.time()

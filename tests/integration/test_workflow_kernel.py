@@ -105,6 +105,17 @@ def test_recover_reruns_only_the_failed_node(kernel: Kernel, home: Path, workdir
     assert r.status == "error" and "nothing to recover" in r.error["evalue"]
 
 
+def test_a_name_two_cells_assign_is_shown_with_the_rule(kernel: Kernel) -> None:
+    kernel.run("%%task first --executor inline\nx = 1").ok()
+    kernel.run("%%task second --executor inline\nx = 2").ok()
+    kernel.run("%%task third --executor inline\ny = x + 1").ok()
+    shown = kernel.run("%workflow show").ok().displays[-1]
+    note = "x is assigned by 2 task cells (first, second): each task reading it gets the nearest"
+    assert "[succeeded] third  <- x from second" in shown["text/plain"]
+    assert f"note: {note}" in shown["text/plain"]
+    assert note in shown["text/html"]
+
+
 def test_map_in_the_kernel(kernel: Kernel) -> None:
     kernel.run("words = ['a', 'bb', 'ccc']\nbad = 5").ok()
     kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()

@@ -291,3 +291,13 @@ def test_text_edge_without_label_names_the_source() -> None:
     assert render_dag_text([n("a"), n("b")], [e("a", "b", "")]).splitlines()[1] == (
         "[not run] b  <- a"
     )
+
+
+def test_notes_follow_the_graph_escaped() -> None:
+    nodes = [DagNode("a", "a", "none"), DagNode("b", "b", "none")]
+    note = "x is assigned by 2 task cells (a, <b>)"
+    text = render_dag_text(nodes, [DagEdge("a", "b", "x")], extra_notes=[note])
+    assert text.splitlines()[-1] == f"note: {note}"
+    html = render_dag_html(nodes, [DagEdge("a", "b", "x")], extra_notes=[note])
+    assert "x is assigned by 2 task cells (a, &lt;b&gt;)" in html and "<b>)" not in html
+    assert html.index("</svg>") < html.index("&lt;b&gt;)")  # under the drawing
