@@ -267,8 +267,11 @@ def executions_show(
 @click.argument("node")
 @click.option("--attempt", type=int, default=None, help="default: the last attempt")
 @click.option("--stderr", "stderr", is_flag=True, help="show stderr instead of stdout")
+@_json
 @click.pass_obj
-def logs(obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: bool) -> None:
+def logs(
+    obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: bool, as_json: bool
+) -> None:
     """Print a node's stdout (or --stderr) for one attempt."""
     state = obj.engine.execution(execution_id)
     if node not in state.nodes:
@@ -286,9 +289,13 @@ def logs(obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: b
             f"papercrane logs {execution_id} '{node}[0]' (elements 0 to {found.elements - 1})"
         )
     attempt = attempt or found.attempt or 1
-    click.echo(
-        obj.engine.logs(execution_id, node, attempt, "stderr" if stderr else "stdout"), nl=False
-    )
+    stream = "stderr" if stderr else "stdout"
+    text = obj.engine.logs(execution_id, node, attempt, stream)
+    if as_json:
+        record = {"execution_id": execution_id, "node": node, "attempt": attempt}
+        click.echo(json.dumps({**record, "stream": stream, "text": text}, indent=2))
+    else:
+        click.echo(text, nl=False)
 
 
 def _node_names(state: Any) -> str:
@@ -347,12 +354,20 @@ def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
 @click.argument("node")
 @click.option("--attempt", type=int, default=None, help="default: the last attempt")
 @click.option("--stderr", "stderr", is_flag=True, help="show stderr instead of stdout")
+@_json
 @click.pass_context
 def executions_logs(
-    ctx: click.Context, execution_id: str, node: str, attempt: int | None, stderr: bool
+    ctx: click.Context,
+    execution_id: str,
+    node: str,
+    attempt: int | None,
+    stderr: bool,
+    as_json: bool,
 ) -> None:
     """Print a node's stdout (or --stderr) for one attempt."""
-    ctx.invoke(logs, execution_id=execution_id, node=node, attempt=attempt, stderr=stderr)
+    ctx.invoke(
+        logs, execution_id=execution_id, node=node, attempt=attempt, stderr=stderr, as_json=as_json
+    )
 
 
 @main.command()

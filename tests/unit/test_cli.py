@@ -61,6 +61,11 @@ def test_logs_and_cache(home: Path) -> None:
     rows = json.loads(cli(home, "executions", "list", "--json")[1])
     first = rows[-1]["id"]
     assert cli(home, "logs", first, "hello") == (0, "hi\n")
+    code, out = cli(home, "executions", "logs", first, "hello", "--json")
+    assert (code, json.loads(out)) == (
+        0,
+        {"execution_id": first, "node": "hello", "attempt": 1, "stream": "stdout", "text": "hi\n"},
+    )
     code, out = cli(home, "logs", first, "nope")
     assert code == 2 and "no node 'nope'" in out and "hello" in out
     entries = json.loads(cli(home, "cache", "list", "--json")[1])
