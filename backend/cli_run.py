@@ -101,6 +101,7 @@ class _Progress:
         self.since = since
         self.project = project
         self.states: dict[str, Any] = {}
+        self.reused: dict[str, int] = {}  # tasks a later execution took from the cache
         self._apply = apply
 
     def poll(self) -> None:
@@ -115,11 +116,24 @@ class _Progress:
                 self._apply(state, event)
 
     def node_states(self) -> dict[str, Any]:
+        """Each task's node in the latest execution that ran it; a cache hit later in the
+        run (a ``%workflow run`` after the cells ran) does not hide the run that did the
+        work, it is counted (``reused``)."""
         found: dict[str, Any] = {}
+        self.reused: dict[str, int] = {}
         for state in sorted(self.states.values(), key=lambda s: s.created_at):
             for node_id, node in state.nodes.items():
-                if "[" not in node_id:
-                    found[node_id] = (node, state)
+                if "[" in node_id:
+                    continue
+                earlier = found.get(node_id)
+                if (
+                    earlier is not None
+                    and node.status.value == "cached"
+                    and earlier[0].status.value == "succeeded"
+                ):
+                    self.reused[node_id] = self.reused.get(node_id, 0) + 1
+                    continue
+                found[node_id] = (node, state)
         return found
 
     def table(self, ended: bool = False) -> Any:
@@ -147,6 +161,9 @@ class _Progress:
                 detail = " ".join(
                     filter(None, [detail, format_duration(node.ended_at - node.started_at)])
                 )
+            hits = self.reused.get(task.name, 0)
+            if hits:
+                detail += f" (+{hits} cache hit{'s' if hits > 1 else ''})"
             t.add_row(task.name, node.status.value, node.cache, detail, state.id)
         return t
 

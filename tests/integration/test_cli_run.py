@@ -108,6 +108,11 @@ def test_branches_example_runs_in_batch(home: Path, tmp_path: Path) -> None:
     first = as_json(home, "executions", "show", rows[0]["id"])
     assert first["nodes"].keys() == {"load", "trend", "price_effect", "stats", "combine"}
     assert {n["status"] for n in first["nodes"].values()} == {"succeeded"}
+    # The progress shows the run that did the work, not the later hit that hides it.
+    table = {line.split("│")[1].strip(): line for line in result.stderr.splitlines() if "│" in line}
+    for task in first["nodes"]:
+        assert "succeeded" in table[task] and "(+1 cache hit)" in table[task], table[task]
+        assert rows[0]["id"] in table[task]
 
 
 def test_second_run_executes_no_task_code(home: Path, tmp_path: Path) -> None:
