@@ -87,12 +87,15 @@ class WorkflowWidget:
     def notes(self) -> list[str]:
         """A name two task cells assign: which one each reader gets is document order,
         which the edges alone don't say (the issue: resolved by document order, shown)."""
-        if self.spec is None:
+        if self.spec is None or not self.spec.shadowed:
             return []
+        # Only names a task reads: a module two cells import is environment, not data.
+        read = {b.output for n in self.spec.nodes for b in n.bindings.values() if b.node}
         return [
             f"{name} is assigned by {len(tasks)} task cells ({', '.join(tasks)}): each task "
             "reading it gets the nearest one above it"
             for name, tasks in self.spec.shadowed.items()
+            if name in read
         ]
 
     def footer(self) -> str:

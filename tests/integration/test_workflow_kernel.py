@@ -106,10 +106,11 @@ def test_recover_reruns_only_the_failed_node(kernel: Kernel, home: Path, workdir
 
 
 def test_a_name_two_cells_assign_is_shown_with_the_rule(kernel: Kernel) -> None:
-    kernel.run("%%task first --executor inline\nx = 1").ok()
-    kernel.run("%%task second --executor inline\nx = 2").ok()
+    kernel.run("%%task first --executor inline\nimport json\nx = 1").ok()
+    kernel.run("%%task second --executor inline\nimport json\nx = 2").ok()
     kernel.run("%%task third --executor inline\ny = x + 1").ok()
     shown = kernel.run("%workflow show").ok().displays[-1]
+    assert "json is assigned" not in shown["text/plain"]  # a module: environment, not data
     note = "x is assigned by 2 task cells (first, second): each task reading it gets the nearest"
     assert "[succeeded] third  <- x from second" in shown["text/plain"]
     assert f"note: {note}" in shown["text/plain"]
