@@ -400,6 +400,25 @@ def test_a_deferred_task_failing_after_the_notebook_failed_is_reported_too(
     assert f"recover with: papercrane recover {execution['id']}" in err
 
 
+def ctrl_c_once_started(home: Path, started: Path, *args: str) -> str:
+    """``papercrane run ARGS``, given Ctrl-C (SIGINT) once the task has created
+    ``started``: its stderr, after checking it exited 1 having interrupted the kernel."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", *args]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert "interrupting the notebook's kernel" in stderr
+    return stderr
+
+
 def test_ctrl_c_interrupts_the_running_task_and_says_how_to_go_on(
     home: Path, tmp_path: Path
 ) -> None:
@@ -415,19 +434,7 @@ def test_ctrl_c_interrupts_the_running_task_and_says_how_to_go_on(
         "print(long)",
     )
     out = tmp_path / "long.out.ipynb"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
-    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
-    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src), "-o", str(out)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    stderr = err.decode()
-    assert proc.returncode == 1, stderr
-    assert "interrupting the notebook's kernel" in stderr
+    stderr = ctrl_c_once_started(home, started, str(src), "-o", str(out))
     assert "was interrupted and recorded as aborted" in stderr
     (execution,) = executions(home)
     assert execution["status"] == "aborted"
@@ -447,19 +454,7 @@ def test_ctrl_c_stops_the_deferred_tasks_run_after_a_failed_cell(
         "time.sleep(120)\nlong = 1",
         "raise ValueError('boom')",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
-    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
-    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    stderr = err.decode()
-    assert proc.returncode == 1, stderr
-    assert "interrupting the notebook's kernel" in stderr
+    stderr = ctrl_c_once_started(home, started, str(src))
     assert "the notebook failed: ValueError: boom" in stderr
     (execution,) = executions(home)
     assert execution["status"] == "aborted"
