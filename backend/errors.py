@@ -29,6 +29,16 @@ class InputError(UserError):
     """A task input is missing or cannot be serialized."""
 
 
+class MissingName(InputError):
+    """A cell reads a name the notebook does not define (``name``): the caller may know
+    more, e.g. that a task cell which failed was to produce it."""
+
+    def __init__(self, message: str, name: str, reader: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.reader = reader  # "task 'fit'": who reads it
+
+
 class ConfigError(UserError):
     """A setting (storage URL, home directory, option value) is unusable."""
 

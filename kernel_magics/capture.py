@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from papercrane.backend.environment import import_reference
-from papercrane.backend.errors import CaptureError, InputError
+from papercrane.backend.errors import CaptureError, InputError, MissingName
 
 from .analysis import CellAnalysis, analyze
 
@@ -232,9 +232,11 @@ def _inferred_inputs(
             names.append(n)
         elif not (hasattr(builtins, n) or n in analysis.ever_bound or analysis.star_imports):
             # (with ``import *`` in the cell, any unknown name may come from it)
-            raise InputError(
+            raise MissingName(
                 f"{label} reads {n!r}, but no variable {n!r} is defined in the notebook; "
-                "run the cell that defines it first, or fix the name"
+                "run the cell that defines it first, or fix the name",
+                n,
+                label,
             )
     for n in analysis.deferred_reads:
         if (

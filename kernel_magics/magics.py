@@ -273,16 +273,19 @@ class PapercraneMagics(Magics):
             transformed = self._transform(cell)
         finally:
             self._capturing = False
-        cap = d.capture(
-            cell,
-            transformed,
-            ns,
-            name=args.name,
-            inputs=d.split_names(args.inputs, "--inputs"),
-            outputs=d.split_names(args.outputs, "--outputs"),
-            pending=pending,
-            provided=frozenset([mapping.as_name]) if mapping else frozenset(),
-        )
+        try:
+            cap = d.capture(
+                cell,
+                transformed,
+                ns,
+                name=args.name,
+                inputs=d.split_names(args.inputs, "--inputs"),
+                outputs=d.split_names(args.outputs, "--outputs"),
+                pending=pending,
+                provided=frozenset([mapping.as_name]) if mapping else frozenset(),
+            )
+        except d.MissingName as missing:
+            raise _from_a_failed_task(missing, session) from None
         if mapping is not None:
             over = mapping.over
             if over not in ns and over not in pending:
@@ -418,7 +421,12 @@ def _task_imports() -> SimpleNamespace:
     loaded. (The names reach ``_task`` through ``locals()``.)"""
     from dataclasses import replace  # noqa: F401
 
-    from papercrane.backend.errors import CaptureError, InputError, not_iterable  # noqa: F401
+    from papercrane.backend.errors import (  # noqa: F401
+        CaptureError,
+        InputError,
+        MissingName,
+        not_iterable,
+    )
     from papercrane.backend.model import Resources, TaskConfig  # noqa: F401
     from papercrane.backend.units import parse_cpu, parse_duration, parse_gpu, parse_memory  # noqa: F401
     from papercrane.backend.workflow import map_spec  # noqa: F401
@@ -427,6 +435,21 @@ def _task_imports() -> SimpleNamespace:
     from .session import RunOptions  # noqa: F401
 
     return SimpleNamespace(**locals())
+
+
+def _from_a_failed_task(missing: Any, session: Any) -> Exception:
+    """A name the notebook lacks because the task cell that assigns it did not succeed:
+    say so, rather than that nothing defines it."""
+    for rec in reversed(list(session.records.values())):
+        if missing.name in rec.spec.outputs and rec.last_status in ("failed", "aborted"):
+            return type(missing)(
+                f"{missing.reader} reads {missing.name!r}, which task {rec.spec.name!r} "
+                f"assigns, but its last run {rec.last_status} (execution "
+                f"{rec.last_execution}); fix that cell and run it first",
+                missing.name,
+                missing.reader,
+            )
+    return missing
 
 
 def _reads(source: str) -> set[str]:

@@ -118,3 +118,17 @@ def test_memory_storage_works_inline_and_explains_local(tmp_path: Path, workdir:
         assert "memory://pc-test" in r.error["evalue"] and "--executor inline" in r.error["evalue"]
     finally:
         k.shutdown()
+
+
+def test_a_name_a_failed_task_was_to_assign_names_that_task(primed: Kernel, home: Path) -> None:
+    """Not "no variable is defined": the cell that assigns it exists, and failed."""
+    assert primed.run("%%task broken\nhalf = 1 / 0").status == "error"
+    before = snapshot(home)
+    r = primed.run("%%task after\nwhole = half * 2")
+    assert r.status == "error" and r.error["ename"] == "UsageError"
+    assert (
+        "task 'after' reads 'half', which task 'broken' assigns, but its last run failed"
+        in (r.error["evalue"])
+    )
+    assert "fix that cell and run it first" in r.error["evalue"]
+    assert snapshot(home) == before
