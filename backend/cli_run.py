@@ -187,6 +187,7 @@ def run_notebook(
     remote: bool = False,
     detach: bool = False,
     kernel: str | None = None,
+    log_output: bool = False,
 ) -> int:
     import papermill
     from rich.console import Console
@@ -247,6 +248,12 @@ def run_notebook(
     # then ends with that cell's error as with any other.
     sockets = Path(tempfile.mkdtemp(prefix="papercrane-kernel-"))
     km = _kernel_manager(kernel, argv, sockets)
+    # (papermill's own log_output would also log every display's text: the widgets')
+    streams = (
+        {"stdout_file": _Lines(console), "stderr_file": _Lines(console, "red")}
+        if log_output
+        else {}
+    )
 
     def execute() -> None:
         try:
@@ -259,13 +266,17 @@ def run_notebook(
                 log_output=False,
                 kernel_name=kernel,
                 km=km,
+                **streams,
             )
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
             if not stop.is_set():
                 late_since.append(time.time())
-                late.extend(_run_deferred(km, flush_line, console, stop, _failed_cell(exc)))
+                echo = {"stdout": streams.get("stdout_file"), "stderr": streams.get("stderr_file")}
+                late.extend(_run_deferred(km, flush_line, console, stop, _failed_cell(exc), echo))
         finally:
+            for writer in streams.values():
+                writer.end()
             try:
                 if km.has_kernel:  # (papermill leaves a kernel it was given running)
                     km.shutdown_kernel(now=stop.is_set())
@@ -330,6 +341,30 @@ def run_notebook(
     return 1
 
 
+class _Lines:
+    """``--log-output``: what the notebook prints, whole lines at a time, on the console
+    the progress is drawn on (so it scrolls above the progress, not through it)."""
+
+    def __init__(self, console: Any, style: str = "") -> None:
+        self.console = console
+        self.style = style
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self.console.print(line, style=self.style, markup=False, highlight=False)
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # (papermill flushes after every output: a line is printed once it ends)
+
+    def end(self) -> None:
+        """The notebook is done: a last line with no newline is printed too."""
+        if self.partial:
+            self.write("\n")
+
+
 #: Asked of the kernel after a cell failed: the task cells batch mode holds (none if
 #: papercrane was never loaded, or nothing is deferred).
 _DEFERRED = (
@@ -338,13 +373,20 @@ _DEFERRED = (
 )
 
 
-def _run_deferred(km: Any, line: str, console: Any, stop: threading.Event, cell: str) -> list[str]:
+def _run_deferred(
+    km: Any,
+    line: str,
+    console: Any,
+    stop: threading.Event,
+    cell: str,
+    echo: dict[str, Any] | None = None,
+) -> list[str]:
     """After a cell failed: run the task cells deferred above it, as the notebook's own
     last cell would have, in its kernel, before it shuts down. Top to bottom, those cells
     ran before the one that failed, so their results (and cache entries) are kept for the
     next run. Left to the kernel's exit, they would be stopped 2.5 s in and recorded as
-    aborted. Ctrl-C stops them as it stops a cell. Returns the executions a ``--detach``
-    flush submitted."""
+    aborted. Ctrl-C stops them as it stops a cell. What they print goes to ``echo``'s
+    writers (``--log-output``). Returns the executions a ``--detach`` flush submitted."""
     import ast
     import queue
 
@@ -371,6 +413,9 @@ def _run_deferred(km: Any, line: str, console: Any, stop: threading.Event, cell:
                 content = msg["content"]
                 if msg["msg_type"] == "stream":
                     printed.append(content.get("text", ""))
+                    writer = (echo or {}).get(content.get("name", ""))
+                    if writer is not None:
+                        writer.write(content.get("text", ""))
                 elif msg["msg_type"] == "status" and content["execution_state"] == "idle":
                     break
             while True:  # (the reply is sent before the kernel goes idle)
@@ -534,6 +579,11 @@ def register(main: click.Group) -> None:
     @click.option("--max-parallel", type=int, default=None, help="tasks at the same time")
     @click.option("-q", "--quiet", is_flag=True, help="no progress display")
     @click.option(
+        "--log-output",
+        is_flag=True,
+        help="also print what the notebook's cells and tasks print, as they print it",
+    )
+    @click.option(
         "--remote",
         is_flag=True,
         help="run the tasks on the server at $PAPERCRANE_URL (an error if unset)",
@@ -554,6 +604,7 @@ def register(main: click.Group) -> None:
         domain: str | None,
         max_parallel: int | None,
         quiet: bool,
+        log_output: bool,
         remote: bool,
         detach: bool,
     ) -> None:
@@ -576,5 +627,6 @@ def register(main: click.Group) -> None:
             remote,
             detach,
             kernel,
+            log_output,
         )
         raise SystemExit(code)

@@ -461,6 +461,31 @@ def test_ctrl_c_stops_the_deferred_tasks_run_after_a_failed_cell(
     assert f"recover with: papercrane recover {execution['id']}" in stderr
 
 
+def test_log_output_prints_what_cells_and_tasks_print(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(
+        tmp_path / "talk.ipynb",
+        "%load_ext papercrane",
+        "print('plain says hi')",
+        "%%task t --executor local\nimport sys\nfor i in range(3):\n    print('epoch', i)\n"
+        "print('oops', file=sys.stderr)\nv = 1",
+        "print('v is', v)\nprint('no newline', end='')",
+    )
+    logged = ok(papercrane(home, "run", str(src), "-q", "--log-output")).stderr
+    lines = [line.strip() for line in logged.splitlines()]
+    expected = ["plain says hi", "epoch 0", "epoch 1", "epoch 2", "oops", "v is 1", "no newline"]
+    assert [line for line in lines if line in expected] == expected, logged
+    assert "plain says hi" not in ok(papercrane(home, "run", str(src), "-q")).stderr
+    # ... also from the tasks run after a cell failed (``_run_deferred``)
+    late = write_notebook(
+        tmp_path / "late-talk.ipynb",
+        "%load_ext papercrane",
+        "%%task u --executor local\nprint('late epoch')\nu = 1",
+        "raise ValueError('boom')",
+    )
+    result = papercrane(home, "run", str(late), "-q", "--log-output")
+    assert result.returncode == 1 and "late epoch" in result.stderr.splitlines(), result.stderr
+
+
 def test_one_task_name_with_two_codes(home: Path, tmp_path: Path) -> None:
     src = write_notebook(
         tmp_path / "twice.ipynb",
