@@ -155,8 +155,8 @@ def executions_list(
     "--elements",
     "all_elements",
     is_flag=True,
-    help="list every map element (default: a map's line counts them, and only elements "
-    f"that did not succeed are listed, up to {_ELEMENT_ROWS} per map)",
+    help="list every map element and step (default: a map's line counts them, and only "
+    f"elements that did not succeed are listed, up to {_ELEMENT_ROWS} per map)",
 )
 @_json
 @click.pass_obj
@@ -227,6 +227,8 @@ def executions_show(
         listed: dict[str, int] = {}  # a map's element rows listed so far
         unlisted: dict[str, int] = {}  # ... and left out
         for name, n in data["nodes"].items():
+            if ":" in name and n["status"] == "succeeded" and not all_elements:
+                continue  # a map's own steps on a server (expand, collect): shown if they fail
             parent, element, _ = name.partition("[")
             if element and not all_elements:
                 quiet = n["status"] in ("succeeded", "cached", "recovered")
@@ -302,7 +304,7 @@ def _node_names(state: Any) -> str:
     """An execution's nodes for a message: a map's elements as one range, not thousands."""
     names = []
     for name, n in state.nodes.items():
-        if "[" in name:
+        if "[" in name or ":" in name:
             continue
         names.append(f"{name}, {name}[0..{n.elements - 1}]" if n.elements else name)
     return ", ".join(names) or "none"

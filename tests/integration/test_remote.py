@@ -181,6 +181,53 @@ def test_detach_after_a_failed_cell_submits_the_tasks_above_it(
     assert final_status(execution_id, env) == "succeeded"
 
 
+def test_a_server_maps_steps_are_not_listed_among_its_nodes(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """On a server a map expands and collects in steps of its own (``inv:expand``): the
+    table of ``executions show`` leaves them out while they succeed, as it does the
+    elements (``--elements`` shows both), and ``logs`` does not offer them as nodes."""
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    src = write_notebook(
+        tmp_path / "map.ipynb",
+        "%load_ext papercrane",
+        "xs = [1, 2, 3]",
+        "%%task inv --map xs\ny = 1 / x",
+    )
+    r = subprocess.run([*CLI, "run", str(src), "--remote", "-q"], env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    listing = subprocess.run(
+        [*CLI, "executions", "list", "--json"], env=env, capture_output=True, check=True
+    )
+    execution_id = json.loads(listing.stdout)[0]["id"]
+    shown = json.loads(
+        subprocess.run(
+            [*CLI, "executions", "show", execution_id, "--json"],
+            env=env,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    steps = [n for n in shown["nodes"] if ":" in n]
+    assert steps, shown["nodes"]  # (else this test shows nothing)
+    wide = {**env, "COLUMNS": "200"}
+    table = subprocess.run(
+        [*CLI, "executions", "show", execution_id], env=wide, capture_output=True, text=True
+    ).stdout
+    assert "map of 3: 3 done" in table and not any(step in table for step in steps), table
+    every = subprocess.run(
+        [*CLI, "executions", "show", execution_id, "--elements"],
+        env=wide,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert all(step in every for step in steps)
+    unknown = subprocess.run(
+        [*CLI, "logs", execution_id, "nope"], env=env, capture_output=True, text=True
+    )
+    assert "nodes: inv, inv[0..2]" in unknown.stderr
+
+
 def test_big_values_travel_with_their_blake3_digest(server: ServerProcess) -> None:
     """The client hashes a big value with BLAKE3; the server checks the upload with the
     algorithm the digest names, and the download is verified the same way."""
