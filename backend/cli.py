@@ -317,13 +317,24 @@ def cache() -> None:
 
 @cache.command("list")
 @click.option("--task", "task_name", default=None, help="only this task's entries")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="how many, newest first (a map has one per element); 0 for all",
+)
 @_json
 @click.pass_obj
-def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
+def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> None:
     """Cache entries, newest first: the task, its outputs and the execution that made them."""
-    rows = obj.engine.cache_list(task_name=task_name)
+    # (one more than shown: whether to say there are more)
+    rows = obj.engine.cache_list(task_name=task_name, limit=limit + 1 if limit else None)
+    more = bool(limit) and len(rows) > limit
+    rows = rows[:limit] if limit else rows
 
     def table() -> Any:
+        from rich.console import Group
         from rich.table import Table
 
         t = Table("key", "task", "outputs", "execution", "created")
@@ -335,7 +346,9 @@ def cache_list(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
                 r["execution_id"],
                 _when(r["created_at"]),
             )
-        return t
+        if not more:
+            return t
+        return Group(t, f"the newest {limit}; there are more (--limit N, or 0 for all)")
 
     _emit(rows, as_json, table)
 

@@ -447,10 +447,13 @@ class RemoteEngine(EngineAPI):
             tasks[n["task"]] = TaskSpec.from_dict(row["spec"])
         return WorkflowSpec.from_dict(data, tasks)
 
-    def cache_list(self, task_name: str | None = None) -> list[dict[str, Any]]:
-        return self._req(
-            "GET", f"{self._scope}/cache", params={"task": task_name} if task_name else {}
-        )
+    def cache_list(
+        self, task_name: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"task": task_name} if task_name else {}
+        if limit is not None:
+            params["limit"] = limit
+        return self._req("GET", f"{self._scope}/cache", params=params)
 
     def cache_clear(self, task_name: str | None = None) -> int:
         params = {"task": task_name} if task_name else {}

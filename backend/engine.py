@@ -573,8 +573,10 @@ class LocalEngine(EngineAPI):
     def has_lineage(self, artifact_id: str) -> bool:
         return bool(self.store.producers(artifact_id, self.scope_project))
 
-    def cache_list(self, task_name: str | None = None) -> list[dict[str, Any]]:
-        return self.store.cache_list(project=None, task_name=task_name)
+    def cache_list(
+        self, task_name: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        return self.store.cache_list(project=None, task_name=task_name, limit=limit)
 
     def cache_clear(self, task_name: str | None = None) -> int:
         return self.store.cache_clear(project=None, task_name=task_name)

@@ -544,8 +544,10 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         service: Svc,
         who: Reader,
         task: Annotated[str | None, Query(max_length=200, pattern=m.TEXT_PATTERN)] = None,
+        limit: Annotated[int | None, Query(ge=1)] = None,
     ) -> list[m.CacheEntryOut]:
-        rows = listing.list_cache(service.store, project, domain, task)
+        """Newest first: all of them, or the newest ``limit``."""
+        rows = listing.list_cache(service.store, project, domain, task, limit)
         return [m.CacheEntryOut(**{k: r[k] for k in m.CacheEntryOut.model_fields}) for r in rows]
 
     @r.delete(f"{base}/cache", response_model=m.Cleared, tags=["cache"])

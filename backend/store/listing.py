@@ -48,7 +48,11 @@ def list_workflows(
 
 
 def list_cache(
-    store: Store, project: str, domain: str, task_name: str | None = None
+    store: Store,
+    project: str,
+    domain: str,
+    task_name: str | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     q = (
         sa.select(cache_entries)
@@ -57,6 +61,8 @@ def list_cache(
     )
     if task_name:
         q = q.where(cache_entries.c.task_name == task_name)
+    if limit is not None:
+        q = q.limit(limit)
     return _rows(store, q)
 
 

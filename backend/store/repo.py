@@ -632,8 +632,9 @@ class Store:
             )
 
     def cache_list(
-        self, project: str | None = None, task_name: str | None = None
+        self, project: str | None = None, task_name: str | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        """Newest first; ``limit``: at most that many (a map leaves one per element)."""
         from .schema import cache_entries, sa
 
         query = sa.select(cache_entries).order_by(cache_entries.c.created_at.desc())
@@ -641,6 +642,8 @@ class Store:
             query = query.where(cache_entries.c.project == project)
         if task_name:
             query = query.where(cache_entries.c.task_name == task_name)
+        if limit is not None:
+            query = query.limit(limit)
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 

@@ -106,6 +106,16 @@ def test_cache_hits_the_second_time(engine: Any) -> None:
     assert node.cache_source["execution_id"] == first.execution.id
 
 
+def test_the_cache_lists_newest_first_up_to_a_limit(engine: Any) -> None:
+    spec = task("listed", "y = x * 7", ("x",))  # (a code no other test caches)
+    made = [run(engine, spec, {"x": x}, cache=True).execution.id for x in (1, 2, 3)]
+    entries = engine.cache_list(task_name="listed")
+    assert [e["execution_id"] for e in entries] == made[::-1]
+    assert [e["execution_id"] for e in engine.cache_list(task_name="listed", limit=2)] == (
+        made[:0:-1]
+    )
+
+
 def test_failure_keeps_the_users_traceback(engine: Any) -> None:
     with pytest.raises(TaskFailed) as info:
         run(engine, task("broken", "a = 1\ny = a / x", ("x",)), {"x": 0}, retries=1)

@@ -154,3 +154,28 @@ def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path:
 def shown_events(home: Path, execution_id: str) -> list[dict]:
     out = cli(home, "executions", "show", execution_id, "--events", "--json")[1]
     return json.loads(out)["events"]
+
+
+def test_cache_list_shows_the_newest_up_to_a_limit(tmp_path: Path) -> None:
+    engine = LocalEngine(Config(home=tmp_path))
+    spec = TaskSpec(name="inc", code="y = x + 1", inputs=("x",), outputs=("y",))
+    for x in range(4):
+        ref = engine.put_value(x, "input 'x'")
+        engine.run_task(
+            RunRequest(
+                spec=spec,
+                config=TaskConfig(executor="inline", cache=True),
+                inputs={"x": ref},
+                values={"x": x},
+            )
+        )
+    engine.close()
+    newest = json.loads(cli(tmp_path, "cache", "list", "--json")[1])
+    assert len(newest) == 4
+    two = json.loads(cli(tmp_path, "cache", "list", "--limit", "2", "--json")[1])
+    assert two == newest[:2]
+    assert len(json.loads(cli(tmp_path, "cache", "list", "--limit", "0", "--json")[1])) == 4
+    code, table = cli(tmp_path, "cache", "list", "--limit", "3")
+    assert code == 0 and table.count("│ inc ") == 3
+    assert "the newest 3; there are more (--limit N, or 0 for all)" in table
+    assert "there are more" not in cli(tmp_path, "cache", "list", "--limit", "4")[1]
