@@ -388,7 +388,11 @@ def executions_logs(
 @main.command()
 @click.argument("execution_id")
 @click.option(
-    "--max-parallel", type=int, default=4, show_default=True, help="nodes at the same time"
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="nodes at the same time",
 )
 @_json
 @click.pass_obj

@@ -576,7 +576,9 @@ def register(main: click.Group) -> None:
     )
     @click.option("--project", default=None, help="project (default: $PAPERCRANE_PROJECT)")
     @click.option("--domain", default=None, help="domain (default: $PAPERCRANE_DOMAIN)")
-    @click.option("--max-parallel", type=int, default=None, help="tasks at the same time")
+    @click.option(
+        "--max-parallel", type=click.IntRange(min=1), default=None, help="tasks at the same time"
+    )
     @click.option("-q", "--quiet", is_flag=True, help="no progress display")
     @click.option(
         "--log-output",

@@ -25,7 +25,7 @@ class Papercrane(Configurable):
         help="Batch mode: record task cells and run them together as one parallel workflow "
         "when a later cell needs their outputs (or at the end)"
     ).tag(config=True)
-    max_parallel = Int(help="Nodes of a workflow run at the same time").tag(config=True)
+    max_parallel = Int(min=1, help="Nodes of a workflow run at the same time").tag(config=True)
     workflow_name = Unicode(help="Workflow name (default: the notebook's file name)").tag(
         config=True
     )
@@ -48,8 +48,17 @@ class Papercrane(Configurable):
 
     @default("max_parallel")
     def _max_parallel(self) -> int:
-        value = os.environ.get("PAPERCRANE_MAX_PARALLEL")
-        return int(value) if value else max(2, os.cpu_count() or 2)
+        value = os.environ.get("PAPERCRANE_MAX_PARALLEL", "").strip()
+        if not value:
+            return max(2, os.cpu_count() or 2)
+        if not value.isdigit() or int(value) < 1:
+            from papercrane.backend.errors import ConfigError
+
+            raise ConfigError(
+                f"PAPERCRANE_MAX_PARALLEL={value!r}: give how many tasks may run at once, "
+                "1 or more (or unset it for the default)"
+            )
+        return int(value)
 
     @default("workflow_name")
     def _workflow_name(self) -> str:

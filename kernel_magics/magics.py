@@ -374,6 +374,8 @@ class PapercraneMagics(Magics):
             wf.show()
         elif args.action == "run":
             overrides = dict(parse_param(p) for p in args.param)
+            if args.max_parallel is not None and args.max_parallel < 1:
+                raise UserError(f"--max-parallel {args.max_parallel} must be at least 1")
             wf.run(overrides, args.max_parallel, args.failure_policy)
         elif args.action == "recover":
             if not args.target:

@@ -62,6 +62,7 @@ CASES = [
     ("%%task 'bad name!'\ny = 1", "task name", "letters"),
     ("%%task t --map ok --as k\ny = k", "--map ok: 'ok' is an int, which is not iterable", "list"),
     ("%%task t --map range(3) --as k\ny = k", "--map range(3): name a notebook variable", "="),
+    ("%workflow run --max-parallel 0", "--max-parallel 0 must be at least 1", ""),
 ]
 
 

@@ -179,3 +179,17 @@ def test_cache_list_shows_the_newest_up_to_a_limit(tmp_path: Path) -> None:
     assert code == 0 and table.count("│ inc ") == 3
     assert "the newest 3; there are more (--limit N, or 0 for all)" in table
     assert "there are more" not in cli(tmp_path, "cache", "list", "--limit", "4")[1]
+
+
+def test_max_parallel_below_one_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = cli(home, "recover", "whatever", "--max-parallel", "0")
+    assert code == 2 and "'--max-parallel': 0 is not in the range x>=1" in out
+    from papercrane.backend.errors import ConfigError
+    from papercrane.config import Papercrane
+
+    for bad in ("abc", "0", "-3"):
+        monkeypatch.setenv("PAPERCRANE_MAX_PARALLEL", bad)
+        with pytest.raises(ConfigError, match=f"PAPERCRANE_MAX_PARALLEL='{bad}': give how many"):
+            _ = Papercrane().max_parallel
+    monkeypatch.setenv("PAPERCRANE_MAX_PARALLEL", " 3 ")
+    assert Papercrane().max_parallel == 3
