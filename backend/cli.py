@@ -112,7 +112,13 @@ def executions() -> None:
     type=click.Choice(["queued", "running", "succeeded", "cached", "failed", "aborted"]),
     help="only executions in this state",
 )
-@click.option("--limit", default=20, show_default=True, help="how many, newest first")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="how many, newest first",
+)
 @_json
 @click.pass_obj
 def executions_list(
@@ -267,7 +273,9 @@ def executions_show(
 @main.command()
 @click.argument("execution_id")
 @click.argument("node")
-@click.option("--attempt", type=int, default=None, help="default: the last attempt")
+@click.option(
+    "--attempt", type=click.IntRange(min=1), default=None, help="default: the last attempt"
+)
 @click.option("--stderr", "stderr", is_flag=True, help="show stderr instead of stdout")
 @_json
 @click.pass_obj
@@ -367,7 +375,9 @@ def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
 @executions.command("logs")
 @click.argument("execution_id")
 @click.argument("node")
-@click.option("--attempt", type=int, default=None, help="default: the last attempt")
+@click.option(
+    "--attempt", type=click.IntRange(min=1), default=None, help="default: the last attempt"
+)
 @click.option("--stderr", "stderr", is_flag=True, help="show stderr instead of stdout")
 @_json
 @click.pass_context
@@ -487,9 +497,21 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
     "--k8s-storage-volume", default=None, help="hostPath (default) or pvc:CLAIM, for file storage"
 )
 @click.option("--k8s-pending-timeout", type=float, default=None, help="seconds a pod may pend")
-@click.option("--k8s-pod-quota", type=int, default=None, help="running pods per namespace")
-@click.option("--max-running", type=int, default=None, help="attempts at once, all projects")
-@click.option("--project-limit", type=int, default=0, help="attempts at once per project")
+@click.option(
+    "--k8s-pod-quota", type=click.IntRange(min=1), default=None, help="running pods per namespace"
+)
+@click.option(
+    "--max-running",
+    type=click.IntRange(min=1),
+    default=None,
+    help="attempts at once, all projects",
+)
+@click.option(
+    "--project-limit",
+    type=click.IntRange(min=0),
+    default=0,
+    help="attempts at once per project (0: only --max-running limits them)",
+)
 @click.option("--public-url", default="", help="base URL shown to clients")
 @click.option(
     "--max-upload",

@@ -184,6 +184,13 @@ def test_cache_list_shows_the_newest_up_to_a_limit(tmp_path: Path) -> None:
 def test_max_parallel_below_one_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = cli(home, "recover", "whatever", "--max-parallel", "0")
     assert code == 2 and "'--max-parallel': 0 is not in the range x>=1" in out
+    for args in (
+        ("executions", "list", "--limit", "-2"),  # (SQLite took it as no limit at all)
+        ("logs", "x", "y", "--attempt", "0"),  # (it read the last attempt instead)
+        ("server", "--max-running", "0"),  # (it was ignored)
+    ):
+        code, out = cli(home, *args)
+        assert code == 2 and "is not in the range x>=1" in out, args
     from papercrane.backend.errors import ConfigError
     from papercrane.config import Papercrane
 
