@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from .config import Config
+from .config import Config, check_scope
 from .errors import UserError
 from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
 
@@ -195,6 +195,7 @@ def run_notebook(
 
     console = Console(stderr=True)
     path = Path(notebook).resolve()
+    check_scope(project, domain)
     flow = notebook_workflow(path)
     check_params(flow, params)
     kernel = kernel or flow.kernel

@@ -7,6 +7,28 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: Names of projects, domains, tasks and workflows: what the server's API accepts (its
+#: models use this), so a notebook that runs embedded runs on a server unchanged.
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+#: The longest project or domain (the store's columns hold 100 characters).
+SCOPE_LENGTH = 100
+
+
+def check_scope(project: str, domain: str) -> None:
+    """Refuse a project or domain the server would (and Kubernetes namespaces are made of
+    them), naming it and where it can be set."""
+    import re
+
+    for kind, value in (("project", project), ("domain", domain)):
+        if not re.match(NAME_PATTERN, value) or len(value) > SCOPE_LENGTH:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"{kind} {value!r} is not usable: start with a letter or _, then letters, "
+                f"digits, _, - or . (at most {SCOPE_LENGTH} characters); it comes from "
+                f"--{kind}, %config Papercrane.{kind} or PAPERCRANE_{kind.upper()}"
+            )
+
 
 def default_home() -> Path:
     return Path(os.environ.get("PAPERCRANE_HOME") or Path.home() / ".papercrane").expanduser()

@@ -265,6 +265,9 @@ class PapercraneMagics(Magics):
             )
         elif args.map_as or args.min_success_ratio is not None or args.map_concurrency:
             raise d.CaptureError("--as, --min-success-ratio and --map-concurrency need --map NAME")
+        project = args.project or self.settings.project
+        domain = args.domain or self.settings.domain
+        d.check_scope(project, domain)
         session = self.session
         ns = self.shell.user_ns
         pending = session.workflow.pending_outputs() if session.workflow.deferring else frozenset()
@@ -304,8 +307,8 @@ class PapercraneMagics(Magics):
         options = d.RunOptions(
             name=cap.name,
             config=config,
-            project=args.project or self.settings.project,
-            domain=args.domain or self.settings.domain,
+            project=project,
+            domain=domain,
             map=mapping,
             max_parallel=args.map_concurrency or self.settings.max_parallel,
         )
@@ -423,6 +426,7 @@ def _task_imports() -> SimpleNamespace:
     loaded. (The names reach ``_task`` through ``locals()``.)"""
     from dataclasses import replace  # noqa: F401
 
+    from papercrane.backend.config import check_scope  # noqa: F401
     from papercrane.backend.errors import (  # noqa: F401
         CaptureError,
         InputError,

@@ -225,9 +225,12 @@ class NotebookWorkflow:
         )
 
     def _options(self, records: list[CellRecord]) -> tuple[str, str]:
+        from papercrane.backend.config import check_scope
+
         settings = self.session.settings
         if records:
             return records[-1].options.project, records[-1].options.domain
+        check_scope(settings.project, settings.domain)  # (a record's were checked)
         return settings.project, settings.domain
 
     def _execute(

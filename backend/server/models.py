@@ -9,10 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .. import config
 from ..model import ArtifactRef, Environment, ExecutionState, Resources, TaskConfig, TaskSpec
 from ..workflow import Binding, MapSpec, NodeSpec, WorkflowSpec
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+NAME_PATTERN = config.NAME_PATTERN
 ID_PATTERN = r"^[0-9a-f]+$"
 #: A content digest: sha256 hex, or BLAKE3 hex behind "blake3-" (backend/hashing.py).
 DIGEST_PATTERN = r"^(blake3-)?[0-9a-f]{64}$"

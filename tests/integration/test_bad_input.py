@@ -63,6 +63,8 @@ CASES = [
     ("%%task t --map ok --as k\ny = k", "--map ok: 'ok' is an int, which is not iterable", "list"),
     ("%%task t --map range(3) --as k\ny = k", "--map range(3): name a notebook variable", "="),
     ("%workflow run --max-parallel 0", "--max-parallel 0 must be at least 1", ""),
+    ("%%task t --project ../x\ny = 1", "project '../x' is not usable", "PAPERCRANE_PROJECT"),
+    ("%%task t --domain 'a b'\ny = 1", "domain \"'a b'\" is not usable", "letters, digits"),
 ]
 
 

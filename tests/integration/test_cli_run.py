@@ -283,6 +283,14 @@ def test_an_output_folder_that_does_not_exist_is_refused_first(home: Path, tmp_p
     assert executions(home) == []
 
 
+def test_a_project_the_server_would_refuse_is_refused_first(home: Path, tmp_path: Path) -> None:
+    src = write_notebook(tmp_path / "t.ipynb", "%load_ext papercrane", "%%task t\ny = 2")
+    result = papercrane(home, "run", str(src), "-q", "--project", "team a")
+    assert result.returncode != 0
+    assert "project 'team a' is not usable: start with a letter" in result.stderr
+    assert executions(home) == []
+
+
 def test_a_notebook_without_a_kernelspec_needs_kernel(home: Path, tmp_path: Path) -> None:
     src = write_notebook(tmp_path / "scripted.ipynb", "%load_ext papercrane", "%%task t\ny = 2")
     nb = nbformat.read(src, 4)
