@@ -30,6 +30,23 @@ def check_scope(project: str, domain: str) -> None:
             )
 
 
+def workflow_name(path: str | Path) -> str:
+    """A notebook's default workflow name: its file name made to fit ``NAME_PATTERN``, so
+    that ``My Analysis (v2).ipynb`` can run on a server (``My_Analysis_v2``): accents
+    dropped, any other run of characters the pattern refuses made one ``_``."""
+    import re
+    import unicodedata
+
+    stem = unicodedata.normalize("NFKD", Path(path).stem)
+    ascii_stem = stem.encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", ascii_stem).strip("_.-")
+    if not name:
+        return "notebook"
+    if not re.match(NAME_PATTERN, name):
+        name = "_" + name  # (it began with a digit)
+    return name[:150]
+
+
 def default_home() -> Path:
     return Path(os.environ.get("PAPERCRANE_HOME") or Path.home() / ".papercrane").expanduser()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import workflow_name
 from .errors import UserError
 
 
@@ -145,7 +146,7 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         for out in outputs:
             producers[out] = name
     kernel = nb.metadata.get("kernelspec", {}).get("name") or ""  # type: ignore[attr-defined]
-    return FileWorkflow(Path(path).stem, tasks, parameters, str(kernel), later)
+    return FileWorkflow(workflow_name(path), tasks, parameters, str(kernel), later)
 
 
 def _bound(transformer: Any, source: str) -> tuple[set[str], set[str]]:

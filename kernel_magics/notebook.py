@@ -54,9 +54,21 @@ class NotebookWorkflow:
     def name(self) -> str:
         configured = self.session.settings.workflow_name
         if configured:
+            import re
+
+            from papercrane.backend.config import NAME_PATTERN
+
+            if not re.match(NAME_PATTERN, configured) or len(configured) > 150:
+                raise UserError(
+                    f"workflow name {configured!r} is not usable: start with a letter or _, "
+                    "then letters, digits, _, - or . (at most 150 characters); it comes "
+                    "from %config Papercrane.workflow_name or PAPERCRANE_WORKFLOW"
+                )
             return configured
+        from papercrane.backend.config import workflow_name
+
         path = self.notebook_path()
-        return path.stem if path else "notebook"
+        return workflow_name(path) if path else "notebook"
 
     def ordered(self, records: list[CellRecord]) -> list[CellRecord]:
         """Document order when the notebook file is known, else the order cells ran."""

@@ -135,3 +135,13 @@ def test_a_name_a_failed_task_was_to_assign_names_that_task(primed: Kernel, home
     )
     assert "fix that cell and run it first" in r.error["evalue"]
     assert snapshot(home) == before
+
+
+def test_a_workflow_name_the_server_would_refuse(primed: Kernel, home: Path) -> None:
+    primed.run("%config Papercrane.workflow_name = 'my flow'").ok()
+    r = primed.run("%workflow run")
+    assert r.status == "error" and r.error["ename"] == "UsageError"
+    assert "workflow name 'my flow' is not usable" in r.error["evalue"]
+    assert "%config Papercrane.workflow_name" in r.error["evalue"]
+    primed.run("%config Papercrane.workflow_name = 'my-flow'").ok()
+    assert primed.run("%workflow run").status == "ok"

@@ -228,6 +228,24 @@ def test_a_server_maps_steps_are_not_listed_among_its_nodes(
     assert "nodes: inv, inv[0..2]" in unknown.stderr
 
 
+def test_a_notebook_file_name_with_spaces_runs_on_the_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Its workflow is named after the file: the server refused 'My Analysis (v2)'."""
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    src = write_notebook(
+        tmp_path / "My Analysis (v2).ipynb", "%load_ext papercrane", "%%task t\ny = 2", "print(y)"
+    )
+    r = subprocess.run(
+        [*CLI, "run", str(src), "--remote", "-q"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    listing = subprocess.run(
+        [*CLI, "executions", "list", "--json"], env=env, capture_output=True, check=True
+    )
+    assert [row["name"] for row in json.loads(listing.stdout)] == ["My_Analysis_v2"]
+
+
 def test_big_values_travel_with_their_blake3_digest(server: ServerProcess) -> None:
     """The client hashes a big value with BLAKE3; the server checks the upload with the
     algorithm the digest names, and the download is verified the same way."""

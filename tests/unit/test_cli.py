@@ -200,3 +200,22 @@ def test_max_parallel_below_one_is_refused(home: Path, monkeypatch: pytest.Monke
             _ = Papercrane().max_parallel
     monkeypatch.setenv("PAPERCRANE_MAX_PARALLEL", " 3 ")
     assert Papercrane().max_parallel == 3
+
+
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [
+        ("quickstart.ipynb", "quickstart"),
+        ("My Analysis (v2).ipynb", "My_Analysis_v2"),
+        ("Ünï code.ipynb", "Uni_code"),
+        ("2024-report.ipynb", "_2024-report"),
+        ("日本語.ipynb", "notebook"),
+    ],
+)
+def test_a_notebooks_workflow_name_is_one_a_server_takes(file: str, name: str) -> None:
+    import re
+
+    from papercrane.backend.config import NAME_PATTERN, workflow_name
+
+    assert workflow_name(Path("/some/where") / file) == name
+    assert re.match(NAME_PATTERN, name)
