@@ -195,7 +195,7 @@ def run_notebook(
 
     console = Console(stderr=True)
     path = Path(notebook).resolve()
-    check_scope(project, domain)
+    check_scope(project, domain, where="--project/--domain or PAPERCRANE_PROJECT/_DOMAIN")
     flow = notebook_workflow(path)
     check_params(flow, params)
     kernel = kernel or flow.kernel

@@ -14,19 +14,20 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 SCOPE_LENGTH = 100
 
 
-def check_scope(project: str, domain: str) -> None:
+def check_scope(project: str, domain: str, *, where: str = "") -> None:
     """Refuse a project or domain the server would (and Kubernetes namespaces are made of
-    them), naming it and where it can be set."""
+    them), naming it and where it can be set (``where``: the one place it came from)."""
     import re
 
     for kind, value in (("project", project), ("domain", domain)):
         if not re.match(NAME_PATTERN, value) or len(value) > SCOPE_LENGTH:
             from .errors import ConfigError
 
+            origin = where or (f"--{kind}, %config Papercrane.{kind} or PAPERCRANE_{kind.upper()}")
             raise ConfigError(
                 f"{kind} {value!r} is not usable: start with a letter or _, then letters, "
                 f"digits, _, - or . (at most {SCOPE_LENGTH} characters); it comes from "
-                f"--{kind}, %config Papercrane.{kind} or PAPERCRANE_{kind.upper()}"
+                f"{origin}"
             )
 
 

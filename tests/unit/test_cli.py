@@ -219,3 +219,13 @@ def test_a_notebooks_workflow_name_is_one_a_server_takes(file: str, name: str) -
 
     assert workflow_name(Path("/some/where") / file) == name
     assert re.match(NAME_PATTERN, name)
+
+
+def test_a_token_for_a_project_no_server_takes_is_refused(tmp_path: Path) -> None:
+    code, out = cli(tmp_path, "token", "create", "--project", "bad name", "--role", "read")
+    assert code != 0
+    assert "project 'bad name' is not usable" in out and "it comes from --project" in out
+    code, out = cli(tmp_path, "token", "list", "--json")
+    assert code == 0 and json.loads(out) == []  # nothing was stored
+    code, out = cli(tmp_path, "token", "create", "--project", "pricing", "--role", "read")
+    assert code == 0 and out.startswith("pc_")
