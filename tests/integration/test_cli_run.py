@@ -386,6 +386,24 @@ def test_tasks_deferred_above_a_failed_cell_run_to_their_end(home: Path, tmp_pat
     assert "recover with" not in result.stderr  # nothing to recover: the task is done
 
 
+def test_a_kernel_that_dies_while_the_deferred_tasks_run_is_reported(
+    home: Path, tmp_path: Path
+) -> None:
+    """``_run_deferred`` waits for the kernel with its own loop, not jupyter_client's
+    ``execute_interactive`` (which waits for ever): a dead kernel ends the wait."""
+    src = write_notebook(
+        tmp_path / "dies.ipynb",
+        "%load_ext papercrane",
+        "%%task killer --executor inline\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
+        "\nk = 1",
+        "raise ValueError('boom')",
+    )
+    result = papercrane(home, "run", str(src), "-q", timeout=120)
+    assert result.returncode == 1
+    assert "could not run the deferred tasks after the failure: the kernel died" in result.stderr
+    assert "the notebook failed: ValueError: boom" in result.stderr
+
+
 def test_a_deferred_task_failing_after_the_notebook_failed_is_reported_too(
     home: Path, tmp_path: Path
 ) -> None:
