@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .config import Config, check_scope
+from .config import SCOPE_LENGTH, Config, check_name
 from .errors import PapercraneError
 from .model import Status
 from .units import format_duration
@@ -607,7 +607,7 @@ def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | No
     if project == "*" and role != "admin":
         raise click.UsageError("a token for every project ('*') must have --role admin")
     if project != "*":
-        check_scope(project, "development", where="--project")  # (no server would take it)
+        check_name("project", project, limit=SCOPE_LENGTH, where="--project")
     store = Store(db_url or Config.from_env(**_home(obj)).db_url)
     try:
         click.echo(create_token(store, project, role, name))

@@ -4,38 +4,51 @@ import, so tests can point every engine at its own ``tmp_path``."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: Names of projects, domains, tasks and workflows: what the server's API accepts (its
 #: models use this), so a notebook that runs embedded runs on a server unchanged.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+_NAME = re.compile(NAME_PATTERN)
+#: Task, node and workflow names: at most this long, so that a map element's id
+#: (``name[12345]``) still fits the store's 200-character columns.
+NAME_LENGTH = 150
 #: The longest project or domain (the store's columns hold 100 characters).
 SCOPE_LENGTH = 100
+
+
+def check_name(
+    kind: str, value: str, *, limit: int = NAME_LENGTH, where: str = "", error: Any = None
+) -> str:
+    """Refuse a name the server would (``NAME_PATTERN``), saying what it may be and, with
+    ``where``, where it came from. ``error``: the ``UserError`` class to raise (default
+    ``ConfigError``)."""
+    if len(value) <= limit and _NAME.match(value):
+        return value
+    from .errors import ConfigError
+
+    origin = f"; it comes from {where}" if where else ""
+    raise (error or ConfigError)(
+        f"{kind} {value!r} is not usable: start with a letter or _, then letters, digits, "
+        f"_, - or . (at most {limit} characters){origin}"
+    )
 
 
 def check_scope(project: str, domain: str, *, where: str = "") -> None:
     """Refuse a project or domain the server would (and Kubernetes namespaces are made of
     them), naming it and where it can be set (``where``: the one place it came from)."""
-    import re
-
     for kind, value in (("project", project), ("domain", domain)):
-        if not re.match(NAME_PATTERN, value) or len(value) > SCOPE_LENGTH:
-            from .errors import ConfigError
-
-            origin = where or (f"--{kind}, %config Papercrane.{kind} or PAPERCRANE_{kind.upper()}")
-            raise ConfigError(
-                f"{kind} {value!r} is not usable: start with a letter or _, then letters, "
-                f"digits, _, - or . (at most {SCOPE_LENGTH} characters); it comes from "
-                f"{origin}"
-            )
+        origin = where or f"--{kind}, %config Papercrane.{kind} or PAPERCRANE_{kind.upper()}"
+        check_name(kind, value, limit=SCOPE_LENGTH, where=origin)
 
 
 def workflow_name(path: str | Path) -> str:
     """A notebook's default workflow name: its file name made to fit ``NAME_PATTERN``, so
     that ``My Analysis (v2).ipynb`` can run on a server (``My_Analysis_v2``): accents
     dropped, any other run of characters the pattern refuses made one ``_``."""
-    import re
     import unicodedata
 
     stem = unicodedata.normalize("NFKD", Path(path).stem)
@@ -43,9 +56,9 @@ def workflow_name(path: str | Path) -> str:
     name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", ascii_stem).strip("_.-")
     if not name:
         return "notebook"
-    if not re.match(NAME_PATTERN, name):
+    if not _NAME.match(name):
         name = "_" + name  # (it began with a digit)
-    return name[:150]
+    return name[:NAME_LENGTH]
 
 
 def default_home() -> Path:

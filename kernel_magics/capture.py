@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from papercrane.backend import config
 from papercrane.backend.environment import import_reference
 from papercrane.backend.errors import CaptureError, InputError, MissingName
 
 from .analysis import CellAnalysis, analyze
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,149}$")
 _IPYTHON_NAMES = {
     "In",
     "Out",
@@ -79,12 +79,7 @@ def default_name(analysis: CellAnalysis, explicit_outputs: list[str] | None) -> 
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise CaptureError(
-            f"task name {name!r} is not usable: start with a letter or _, then letters, "
-            "digits, _, - or ., at most 150 characters"
-        )
-    return name
+    return config.check_name("task name", name, error=CaptureError)
 
 
 def _syntax_error(exc: SyntaxError, cell: str, label: str) -> CaptureError:

@@ -53,19 +53,11 @@ class NotebookWorkflow:
 
     def name(self) -> str:
         configured = self.session.settings.workflow_name
+        from papercrane.backend.config import check_name, workflow_name
+
         if configured:
-            import re
-
-            from papercrane.backend.config import NAME_PATTERN
-
-            if not re.match(NAME_PATTERN, configured) or len(configured) > 150:
-                raise UserError(
-                    f"workflow name {configured!r} is not usable: start with a letter or _, "
-                    "then letters, digits, _, - or . (at most 150 characters); it comes "
-                    "from %config Papercrane.workflow_name or PAPERCRANE_WORKFLOW"
-                )
-            return configured
-        from papercrane.backend.config import workflow_name
+            where = "%config Papercrane.workflow_name or PAPERCRANE_WORKFLOW"
+            return check_name("workflow name", configured, where=where)
 
         path = self.notebook_path()
         return workflow_name(path) if path else "notebook"

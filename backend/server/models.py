@@ -17,9 +17,7 @@ NAME_PATTERN = config.NAME_PATTERN
 ID_PATTERN = r"^[0-9a-f]+$"
 #: A content digest: sha256 hex, or BLAKE3 hex behind "blake3-" (backend/hashing.py).
 DIGEST_PATTERN = r"^(blake3-)?[0-9a-f]{64}$"
-#: Task, node and workflow names: at most 150 characters, like ``%%task NAME``, so that
-#: a map element's id (``name[12345]``) still fits the store's 200-character columns.
-NAME_LENGTH = 150
+NAME_LENGTH = config.NAME_LENGTH  # (as ``%%task NAME``; why: backend/config.py)
 Name = Field(min_length=1, max_length=NAME_LENGTH, pattern=NAME_PATTERN)
 Id = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
 #: A node of an execution: a node id, or one element of a map node (``fit[3]``).
