@@ -120,7 +120,7 @@ class _Progress:
         run (a ``%workflow run`` after the cells ran) does not hide the run that did the
         work, it is counted (``reused``)."""
         found: dict[str, Any] = {}
-        self.reused: dict[str, int] = {}
+        self.reused = {}
         for state in sorted(self.states.values(), key=lambda s: s.created_at):
             for node_id, node in state.nodes.items():
                 if "[" in node_id:
@@ -327,18 +327,23 @@ def run_notebook(
         shutil.rmtree(sockets, ignore_errors=True)
     submitted = (_strip_flush_cell(out) if out.exists() else []) + late
     engine.close()
+
+    def print_submitted() -> None:
+        """``--detach``: what was submitted without waiting, one id per line on stdout."""
+        for execution_id in submitted:
+            click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
+
     if not failure:
         if output:
             console.print(f"wrote {out}")
-        if detach:  # what was submitted without waiting, one id per line on stdout
-            for execution_id in submitted:
-                click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
+        if detach:
+            print_submitted()
         return 0
     _report(console, failure[0], progress, out, late_since[0] if late_since else time.time())
     if output and out.exists():
         console.print(f"wrote {out} (with the error)")
-    for execution_id in late:  # deferred tasks submitted after the failure (--detach)
-        click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
+    if detach:  # (the tasks deferred above the failed cell, which _run_deferred submitted)
+        print_submitted()
     return 1
 
 
@@ -388,7 +393,6 @@ def _run_deferred(
     next run. Left to the kernel's exit, they would be stopped 2.5 s in and recorded as
     aborted. Ctrl-C stops them as it stops a cell. What they print goes to ``echo``'s
     writers (``--log-output``). Returns the executions a ``--detach`` flush submitted."""
-    import ast
     import queue
 
     if not km.has_kernel or not km.is_alive():
