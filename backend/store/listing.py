@@ -54,16 +54,7 @@ def list_cache(
     task_name: str | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    q = (
-        sa.select(cache_entries)
-        .where(cache_entries.c.project == project, cache_entries.c.domain == domain)
-        .order_by(cache_entries.c.created_at.desc())
-    )
-    if task_name:
-        q = q.where(cache_entries.c.task_name == task_name)
-    if limit is not None:
-        q = q.limit(limit)
-    return _rows(store, q)
+    return store.cache_list(project=project, domain=domain, task_name=task_name, limit=limit)
 
 
 def clear_cache(store: Store, project: str, domain: str, task_name: str | None = None) -> int:

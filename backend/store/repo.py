@@ -632,7 +632,11 @@ class Store:
             )
 
     def cache_list(
-        self, project: str | None = None, task_name: str | None = None, limit: int | None = None
+        self,
+        project: str | None = None,
+        task_name: str | None = None,
+        limit: int | None = None,
+        domain: str | None = None,
     ) -> list[dict[str, Any]]:
         """Newest first; ``limit``: at most that many (a map leaves one per element)."""
         from .schema import cache_entries, sa
@@ -640,6 +644,8 @@ class Store:
         query = sa.select(cache_entries).order_by(cache_entries.c.created_at.desc())
         if project:
             query = query.where(cache_entries.c.project == project)
+        if domain:
+            query = query.where(cache_entries.c.domain == domain)
         if task_name:
             query = query.where(cache_entries.c.task_name == task_name)
         if limit is not None:
