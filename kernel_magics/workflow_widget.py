@@ -3,6 +3,7 @@ drawn by dependency, each node coloured by its state, updated live from the even
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any
@@ -24,14 +25,14 @@ class _Bundle:
         nodes, edges = self.owner.graph()
         data: dict[str, Any] = {
             "text/plain": render_dag_text(
-                nodes, edges, self.owner.title(), extra_notes=self.owner.notes()
+                nodes, edges, self.owner.title(), extra_notes=self.owner.notes
             ),
             "text/html": render_dag_html(
                 nodes,
                 edges,
                 self.owner.title(),
                 self.owner.footer(),
-                extra_notes=self.owner.notes(),
+                extra_notes=self.owner.notes,
             ),
         }
         if self.owner.widget is not None:
@@ -69,7 +70,7 @@ class WorkflowWidget:
 
             nodes, edges = self.graph()
             self.widget = ipywidgets.HTML(
-                value=render_dag_html(nodes, edges, self.title(), extra_notes=self.notes())
+                value=render_dag_html(nodes, edges, self.title(), extra_notes=self.notes)
             )
         self._handle: Any = None
         self._last = 0.0
@@ -84,9 +85,11 @@ class WorkflowWidget:
             parts.append(f"execution {self.state.id}: {self.state.status.value}")
         return " · ".join(parts)
 
+    @functools.cached_property
     def notes(self) -> list[str]:
         """A name two task cells assign: which one each reader gets is document order,
-        which the edges alone don't say (the issue: resolved by document order, shown)."""
+        which the edges alone don't say (the issue: resolved by document order, shown).
+        Of the spec alone, so made once, not at every redraw of a live run."""
         if self.spec is None or not self.spec.shadowed:
             return []
         # Only names a task reads: a module two cells import is environment, not data.
@@ -155,7 +158,7 @@ class WorkflowWidget:
         self._last = now
         nodes, edges = self.graph()
         self.widget.value = render_dag_html(
-            nodes, edges, self.title(), self.footer(), extra_notes=self.notes()
+            nodes, edges, self.title(), self.footer(), extra_notes=self.notes
         )
 
     def finish(self) -> None:
