@@ -245,7 +245,8 @@ def append(
     return list(range(last - len(events) + 1, last + 1))
 
 
-#: ``json.dumps``'s text for the value ``_one_shot_encoder`` tries its encoder on.
+#: ``json.dumps``'s text for the value ``_one_shot_encoder`` tries its encoder on (a
+#: constant, not ``json.dumps(probe)``: that goes through the same C encoder).
 _PROBE_TEXT = '{"a": [1, 2.5, null, true, "\\u00e9\\n"], "b": {"c": Infinity}, "d": ""}'
 
 
