@@ -29,6 +29,11 @@ class Papercrane(Configurable):
     workflow_name = Unicode(help="Workflow name (default: the notebook's file name)").tag(
         config=True
     )
+    gc_freeze = Bool(
+        help="At load, move the kernel's own objects out of the garbage collector's reach "
+        "(gc.freeze) if the notebook holds no data yet: full collections skip them and the "
+        "kernel exits sooner. False thaws them."
+    ).tag(config=True)
 
     @default("project")
     def _project(self) -> str:
@@ -45,6 +50,10 @@ class Papercrane(Configurable):
     @default("defer")
     def _defer(self) -> bool:
         return os.environ.get("PAPERCRANE_DEFER", "").lower() in ("1", "true", "yes", "on")
+
+    @default("gc_freeze")
+    def _gc_freeze(self) -> bool:
+        return os.environ.get("PAPERCRANE_GC_FREEZE", "").lower() not in ("0", "false", "no", "off")
 
     @default("max_parallel")
     def _max_parallel(self) -> int:

@@ -20,6 +20,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .config import Papercrane
+from .gc_freeze import Freezer
 
 
 def _user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,6 +88,16 @@ class PapercraneMagics(Magics):
         shell.ast_transformers.append(self._flusher)
         self._parsed: dict[str, Any] = {}
         self._static: dict[tuple[Any, ...], str] = {}  # ``_transform``'s memo
+        self._freezer = Freezer()
+        if self.settings.gc_freeze:
+            self._freezer.freeze_if_safe(shell)
+        self.settings.observe(self._gc_freeze_changed, "gc_freeze")
+
+    def _gc_freeze_changed(self, change: Any) -> None:
+        if change["new"]:
+            self._freezer.freeze_if_safe(self.shell)
+        else:
+            self._freezer.thaw()
 
     @property
     def session(self) -> Any:
@@ -101,6 +112,7 @@ class PapercraneMagics(Magics):
             self.shell.ast_transformers.remove(self._flusher)
         if self.settings in self.shell.configurables:
             self.shell.configurables.remove(self.settings)
+        self._freezer.thaw()
         if self._session is not None:
             self._session.close()
 

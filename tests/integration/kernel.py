@@ -103,9 +103,11 @@ class Kernel:
     def send_interrupt(self) -> None:
         self.km.interrupt_kernel()
 
-    def shutdown(self) -> None:
+    def shutdown(self, now: bool = True) -> None:
+        """``now``: kill the kernel; otherwise ask it to exit and wait, as papermill and
+        JupyterLab do, so that its exit (atexit handlers, finalizers) runs."""
         self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
+        self.km.shutdown_kernel(now=now)
 
 
 def python() -> str:

@@ -1,0 +1,85 @@
+"""Loading papercrane freezes the kernel's own objects (``gc.freeze``), never the
+notebook's data: see ``papercrane.gc_freeze`` for why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .kernel import Kernel
+
+FROZEN = "import gc; print(gc.get_freeze_count() > 0)"
+
+# A file written from inside a reference cycle and never closed: only the collector
+# frees it, and only its freeing flushes what was written.
+CYCLE_FILE = """
+class Holder:
+    pass
+h = Holder()
+h.me = h
+h.out = open({path!r}, "w")
+h.out.write("written from a cycle")
+"""
+
+
+def test_a_fresh_kernel_is_frozen_and_the_notebook_data_still_collected(
+    home: Path, workdir: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "from-a-cycle.txt"
+    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
+    try:
+        k.run("%load_ext papercrane").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "True"
+        # A cycle made after the load is garbage the collector finds.
+        probe = k.run(
+            "import gc, weakref\n"
+            "class Node: pass\n"
+            "n = Node(); n.me = n; alive = weakref.ref(n); del n\n"
+            "gc.collect(); print(alive() is None)"
+        ).ok()
+        assert probe.stdout.strip() == "True"
+        k.run(CYCLE_FILE.format(path=str(target))).ok()
+    finally:
+        k.shutdown(now=False)
+    # The kernel's exit collected the cycle, so the file was flushed and closed.
+    assert target.read_text() == "written from a cycle"
+
+
+def test_a_notebook_that_already_holds_data_is_not_frozen(home: Path, workdir: Path) -> None:
+    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
+    try:
+        k.run("import json\nrows = [{'a': 1}]\nlimit = 3").ok()
+        k.run("%load_ext papercrane").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "False"
+    finally:
+        k.shutdown()
+
+
+def test_a_list_shown_before_the_load_counts_as_data(home: Path, workdir: Path) -> None:
+    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
+    try:
+        k.run("[1, 2, 3]").ok()  # kept by IPython as _1 and Out[1]
+        k.run("%load_ext papercrane").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "False"
+    finally:
+        k.shutdown()
+
+
+def test_turned_off_by_config_or_environment(home: Path, workdir: Path) -> None:
+    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
+    try:
+        k.run("%load_ext papercrane").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "True"
+        k.run("%config Papercrane.gc_freeze = False").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "False"
+        # Turning it back on is refused now that the notebook holds data (`gc`).
+        k.run("held = [1]\n%config Papercrane.gc_freeze = True").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "False"
+    finally:
+        k.shutdown()
+
+    k = Kernel({"PAPERCRANE_HOME": str(home), "PAPERCRANE_GC_FREEZE": "0"}, workdir)
+    try:
+        k.run("%load_ext papercrane").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "False"
+    finally:
+        k.shutdown()
