@@ -36,7 +36,8 @@ def holds_no_data(shell: Any) -> bool:
     """
     hidden = shell.user_ns_hidden
     values = [value for name, value in shell.user_ns.items() if name not in hidden]
-    values.extend(shell.history_manager.output_hist.values())
+    history = getattr(shell, "history_manager", None)
+    values.extend(getattr(history, "output_hist", {}).values())
     return all(isinstance(v, types.ModuleType) or not gc.is_tracked(v) for v in values)
 
 
