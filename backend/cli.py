@@ -45,10 +45,38 @@ class _Ctx:
 def _emit(data: Any, as_json: bool, table: Any) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        from rich.console import Console
+        return
+    from rich.console import Console
+    from rich.measure import Measurement
 
-        Console().print(table())
+    console = Console()
+    shown = table()
+    if not console.is_terminal:
+        # Piped into a file, grep or less: rich would lay the table out in 80 columns
+        # and cut what does not fit. Nobody reads it at that width, so give it its own.
+        unbounded = console.options.update_width(1 << 16)
+        natural = Measurement.get(console, unbounded, shown).maximum
+        if natural > console.width:
+            console = Console(width=natural)
+    console.print(shown)
+
+
+#: Columns whose values are copied or compared whole (ids, keys, times, states): never
+#: wrapped or cut. The others fold a long value onto more lines rather than cut it.
+_WHOLE = frozenset(
+    {"id", "key", "execution", "created", "status", "duration", "attempts", "cache", "revoked"}
+)
+
+
+def _table(*headers: str, **options: Any) -> Any:
+    """A table for people in a terminal of any width: on a narrow one, ids stay whole
+    (a cut id can't be pasted into the next command) and names fold."""
+    from rich.table import Column, Table
+
+    return Table(
+        *(Column(h, no_wrap=True) if h in _WHOLE else Column(h, overflow="fold") for h in headers),
+        **options,
+    )
 
 
 def _when(ts: float | None) -> str:
@@ -133,22 +161,24 @@ def executions_list(
     rows = obj.engine.list_executions(limit=limit, project=project, domain=domain, status=status)
 
     def table() -> Any:
-        from rich.table import Table
-
-        t = Table()
-        t.add_column("id", no_wrap=True, min_width=16)
-        for col in ("name", "status", "created", "duration", "project/domain"):
-            t.add_column(col, no_wrap=col in ("status", "created"))
+        if not rows:
+            asked = [
+                f"--{k} {v}"
+                for k, v in (("project", project), ("domain", domain), ("status", status))
+                if v
+            ]
+            return f"no executions{' with ' + ' '.join(asked) if asked else ' yet'}"
+        scopes = {f"{r['project']}/{r['domain']}" for r in rows}
+        # One project and domain (the usual case) is said once, under the table, which
+        # leaves a narrow terminal the width for the names.
+        columns = ["id", "name", "status", "created", "duration"]
+        if len(scopes) > 1:
+            columns.append("project/domain")
+        t = _table(*columns, caption=f"in {scopes.pop()}" if len(scopes) == 1 else None)
         for r in rows:
             dur = format_duration(r["ended_at"] - r["created_at"]) if r["ended_at"] else ""
-            t.add_row(
-                r["id"],
-                r["name"],
-                r["status"],
-                _when(r["created_at"]),
-                dur,
-                f"{r['project']}/{r['domain']}",
-            )
+            cells = [r["id"], r["name"], r["status"], _when(r["created_at"]), dur]
+            t.add_row(*cells, *([f"{r['project']}/{r['domain']}"] if len(columns) > 5 else []))
         return t
 
     _emit(rows, as_json, table)
@@ -229,7 +259,7 @@ def executions_show(
             head.add_row("duration", format_duration(state.duration))
         if state.status is Status.ABORTED and state.error is not None:
             head.add_row("aborted", state.error.message)
-        nodes = Table("node", "status", "attempts", "cache", "outputs", "error")
+        nodes = _table("node", "status", "attempts", "cache", "outputs", "error")
         listed: dict[str, int] = {}  # a map's element rows listed so far
         unlisted: dict[str, int] = {}  # ... and left out
         for name, n in data["nodes"].items():
@@ -342,10 +372,11 @@ def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> N
     rows = rows[:limit] if limit else rows
 
     def table() -> Any:
+        if not rows:
+            return f"no cache entries{' for task ' + repr(task_name) if task_name else ''}"
         from rich.console import Group
-        from rich.table import Table
 
-        t = Table("key", "task", "outputs", "execution", "created")
+        t = _table("key", "task", "outputs", "execution", "created")
         for r in rows:
             t.add_row(
                 r["key"][:12],
@@ -631,9 +662,8 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
         store.close()
 
     def table() -> Any:
-        from rich.table import Table
 
-        t = Table("id", "project", "role", "name", "created", "revoked")
+        t = _table("id", "project", "role", "name", "created", "revoked")
         for r in rows:
             t.add_row(
                 str(r["id"]),

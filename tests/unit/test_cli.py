@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,66 @@ def test_a_token_for_a_project_no_server_takes_is_refused(tmp_path: Path) -> Non
     assert code == 0 and json.loads(out) == []  # nothing was stored
     code, out = cli(tmp_path, "token", "create", "--project", "pricing", "--role", "read")
     assert code == 0 and out.startswith("pc_")
+
+
+LONG_NAME = "estimate_the_quarterly_demand_per_region_with_the_seasonal_model"
+
+
+def _with_long_name(home: Path) -> None:
+    engine = LocalEngine(Config(home=home))
+    spec = TaskSpec(name=LONG_NAME, code="z = 2", inputs=(), outputs=("z",))
+    cfg = TaskConfig(executor="inline", cache=True)
+    engine.run_task(RunRequest(spec=spec, config=cfg, inputs={}, values={}))
+    engine.close()
+
+
+def test_tables_piped_into_a_file_are_never_cut(home: Path) -> None:
+    """Not a terminal and no COLUMNS: rich would lay tables out in 80 columns."""
+    _with_long_name(home)
+    runner = CliRunner()
+    ids = [r["id"] for r in json.loads(cli(home, "executions", "list", "--json")[1])]
+    out = runner.invoke(main, ["--home", str(home), "executions", "list"], env={"COLUMNS": None})
+    assert out.exit_code == 0
+    assert LONG_NAME in out.output
+    assert all(i in out.output for i in ids)
+    cached = runner.invoke(main, ["--home", str(home), "cache", "list"], env={"COLUMNS": None})
+    makers = {r["execution_id"] for r in json.loads(cli(home, "cache", "list", "--json")[1])}
+    assert makers and all(m in cached.output for m in makers)
+
+
+def _in_terminal(home: Path, *args: str) -> str:
+    """What a terminal 80 columns wide shows (rich's TTY_COMPATIBLE: a terminal without
+    one), its bold headers' escapes removed."""
+    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": "80"}
+    out = CliRunner().invoke(main, ["--home", str(home), *args], env=terminal).output
+    return re.sub(r"\x1b\[[0-9;]*m", "", out)
+
+
+def test_tables_in_a_narrow_terminal_keep_ids_whole(home: Path) -> None:
+    _with_long_name(home)
+    out = _in_terminal(home, "executions", "list")
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    ids = [r["id"] for r in json.loads(cli(home, "executions", "list", "--json")[1])]
+    assert all(i in out for i in ids)
+    # The one project and domain is said once, under the table, not in a column.
+    assert "project/domain" not in out
+    assert lines[-1].strip() == "in default/development"
+    # A long name folds onto more lines instead of being cut with an ellipsis.
+    assert "…" not in out
+    assert LONG_NAME[:10] in out and LONG_NAME[-8:] in out
+
+    out = _in_terminal(home, "cache", "list")
+    assert max(len(line) for line in out.splitlines()) <= 80
+    makers = {r["execution_id"] for r in json.loads(cli(home, "cache", "list", "--json")[1])}
+    assert all(m in out for m in makers)
+
+
+def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
+    assert cli(home, "executions", "list", "--project", "nope") == (
+        0,
+        "no executions with --project nope\n",
+    )
+    assert cli(home, "cache", "list", "--task", "nope") == (0, "no cache entries for task 'nope'\n")
+    empty = tmp_path / "empty-home"
+    assert cli(empty, "executions", "list") == (0, "no executions yet\n")
