@@ -20,7 +20,7 @@ from typing import Any
 from . import owner
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import ArtifactIO
-from .config import Config
+from .config import Config, check_scope
 from .errors import ConfigError, Conflict, CorruptArtifact, NotFound, UserError
 from .executors.base import Executor, executor_registry
 from .hashing import canonical_json, sha256_json
@@ -90,6 +90,11 @@ class WorkflowRequest:
     want_values: bool = True
     #: Where parameter values came from, when the caller knows (see ``RunRequest``).
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+#: Where a project or domain the engine refuses came from, for callers of its API (the
+#: kernel, the CLI and the server check theirs first, naming their own options).
+_API = "the engine request's project= and domain="
 
 
 class LocalEngine(EngineAPI):
@@ -231,6 +236,7 @@ class LocalEngine(EngineAPI):
         self._pending_registered.clear()
 
     def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
+        check_scope(project, domain, where=_API)
         version, key = self.bundle(spec)
         with self.recording() as conn:
             self.record_task(conn, spec, version, key, RunOptions(project, domain))
@@ -238,6 +244,7 @@ class LocalEngine(EngineAPI):
 
     def register_workflow(self, spec: WorkflowSpec, project: str, domain: str) -> str:
         """Register a workflow and its tasks; the same content twice is a no-op."""
+        check_scope(project, domain, where=_API)
         options = RunOptions(project, domain)
         bundles = [self.bundle(n.task) for n in spec.nodes]
         with self.recording() as conn:
@@ -399,6 +406,7 @@ class LocalEngine(EngineAPI):
     def task_run(self, request: RunRequest, listener: RunListener | None = None) -> WorkflowRun:
         """A single task's execution, ready to ``begin()`` and ``proceed()``."""
         spec, config = request.spec, request.config
+        check_scope(request.project, request.domain, where=_API)
         if self.executor(config.executor).in_process and request.values is None:
             raise ConfigError(
                 "the inline executor runs in the caller's process and needs its values"
@@ -450,6 +458,7 @@ class LocalEngine(EngineAPI):
                 f"workflow {spec.name!r} has no value for parameter(s) {', '.join(missing)}; "
                 "define them in the notebook or pass them with -p NAME=VALUE"
             )
+        check_scope(request.project, request.domain, where=_API)
         if request.max_parallel < 1:
             raise UserError(f"--max-parallel {request.max_parallel} must be at least 1")
         if request.failure_policy not in ("fail-fast", "continue"):

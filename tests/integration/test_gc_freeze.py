@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from .kernel import Kernel
 
 FROZEN = "import gc; print(gc.get_freeze_count() > 0)"
@@ -44,20 +46,20 @@ def test_a_fresh_kernel_is_frozen_and_the_notebook_data_still_collected(
     assert target.read_text() == "written from a cycle"
 
 
-def test_a_notebook_that_already_holds_data_is_not_frozen(home: Path, workdir: Path) -> None:
+@pytest.mark.parametrize(
+    "before",
+    [
+        "import json\nrows = [{'a': 1}]\nlimit = 3",
+        "[1, 2, 3]",  # only displayed: kept by IPython as _1 and Out[1]
+    ],
+    ids=["variables", "a displayed list"],
+)
+def test_a_notebook_that_already_holds_data_is_not_frozen(
+    home: Path, workdir: Path, before: str
+) -> None:
     k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
     try:
-        k.run("import json\nrows = [{'a': 1}]\nlimit = 3").ok()
-        k.run("%load_ext papercrane").ok()
-        assert k.run(FROZEN).ok().stdout.strip() == "False"
-    finally:
-        k.shutdown()
-
-
-def test_a_list_shown_before_the_load_counts_as_data(home: Path, workdir: Path) -> None:
-    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
-    try:
-        k.run("[1, 2, 3]").ok()  # kept by IPython as _1 and Out[1]
+        k.run(before).ok()
         k.run("%load_ext papercrane").ok()
         assert k.run(FROZEN).ok().stdout.strip() == "False"
     finally:

@@ -391,3 +391,24 @@ def test_a_top_level_attempt_that_succeeded_waits_for_its_node_succeeded() -> No
     assert state.nodes["t"].status is Status.RUNNING and state.nodes["t"].cache == "miss"
     state = replay("e1", [*ev, Event("e1", EventKind.NODE_SUCCEEDED, "t", 1, {}, 5.0, 5)])
     assert state.nodes["t"].status is Status.SUCCEEDED and state.nodes["t"].ended_at == 5.0
+
+
+def test_the_api_refuses_a_project_or_domain_the_server_would(engine: LocalEngine) -> None:
+    """The kernel, the CLI and the server check their own options; a script calling the
+    engine directly gets the same rule, before anything is recorded."""
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.workflow import NodeSpec, WorkflowSpec
+
+    cfg = TaskConfig(executor="inline")
+    task = spec("y = 1")
+    with pytest.raises(ConfigError, match=r"project 'a b' is not usable.*project= and domain="):
+        engine.run_task(RunRequest(task, cfg, {}, {}, project="a b"))
+    with pytest.raises(ConfigError, match=r"domain '\.\./x' is not usable"):
+        engine.register_task(task, "default", "../x")
+    flow = WorkflowSpec("w", (NodeSpec(id="t", task=task, config=cfg, bindings={}),))
+    with pytest.raises(ConfigError, match="project"):
+        engine.run_workflow(WorkflowRequest(flow, {}, {}, project="-x"))
+    with pytest.raises(ConfigError, match="domain"):
+        engine.register_workflow(flow, "default", "")
+    assert engine.list_executions() == []
+    assert engine.store.cache_list() == []
