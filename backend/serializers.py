@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import types
 from abc import ABC, abstractmethod
 from typing import Any, BinaryIO, ClassVar
 
@@ -492,8 +493,25 @@ def preview(value: Any, limit: int = 80) -> str:
             cols = ", ".join(map(str, list(value.columns)[:4]))
             more = ", ..." if len(value.columns) > 4 else ""
             return f"{shape[0]} rows × {shape[1]} cols [{cols}{more}]"
-        text = repr(value)
+        if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
+            text = _signature(value)
+        else:
+            text = repr(value)
     except Exception as exc:  # a broken __repr__ in user code
         return f"<repr failed: {type(exc).__name__}>"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _signature(value: Any) -> str:
+    """``def design(X, degree)`` where ``repr`` gives ``<function design at 0x7f...>``:
+    an address says nothing, and differs from run to run for the same function."""
+    import inspect
+
+    try:
+        params = str(inspect.signature(value))
+    except Exception:  # some built-ins and C types have none; a user's may be broken
+        params = "(...)"
+    kind = "class" if isinstance(value, type) else "def"
+    name = value.__qualname__.rpartition("<locals>.")[2]
+    return f"{kind} {name}{params}"

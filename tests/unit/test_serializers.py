@@ -466,6 +466,14 @@ def test_preview_is_short_and_never_raises() -> None:
     assert len(preview(list(range(1000)))) == 80
     assert preview(Multiline()) == "first line second line"
     assert preview(Broken()) == "<repr failed: ValueError>"
+    # Functions and classes by their signature, not an address that changes every run.
+
+    def design(X, degree=2):  # noqa: N803 (a notebook's names)
+        return X
+
+    assert preview(design) == "def design(X, degree=2)"
+    assert preview(Broken) == "class Broken()"
+    assert preview(len) == "def len(obj, /)"
 
 
 def test_npy_loads_from_a_stream_that_only_reads(registry: SerializerRegistry) -> None:
