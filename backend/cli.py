@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .config import SCOPE_LENGTH, Config, check_name
-from .errors import PapercraneError
+from .errors import NotFound, PapercraneError
 from .model import Status
 from .units import format_duration
 
@@ -312,7 +312,8 @@ def executions_show(
 def logs(
     obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: bool, as_json: bool
 ) -> None:
-    """Print a node's stdout (or --stderr) for one attempt."""
+    """Print a node's stdout (or --stderr) for one attempt. A cache hit's or a recovered
+    node's are those of the attempt that made its outputs, in another execution."""
     state = obj.engine.execution(execution_id)
     if node not in state.nodes:
         parent, _, index = node.partition("[")
@@ -328,14 +329,54 @@ def logs(
             f"{node!r} is a map: each element has its own logs, e.g. "
             f"papercrane logs {execution_id} '{node}[0]' (elements 0 to {found.elements - 1})"
         )
-    attempt = attempt or found.attempt or 1
     stream = "stderr" if stderr else "stdout"
+    record: dict[str, Any] = {}
+    if not found.attempt and attempt is None:
+        # A cache hit or a recovered node ran no attempt here: its logs are those of
+        # the attempt that made its outputs, in another execution.
+        source = _ran_elsewhere(obj.engine, state, node, found)
+        if source is None:
+            raise click.UsageError(
+                f"{node!r} ran no attempt in {execution_id} ({found.status.value}), "
+                "and the one that made its outputs is not recorded"
+            )
+        record["via"] = {"execution_id": execution_id, "node": node, "status": found.status.value}
+        execution_id, node, attempt = source
+        if not as_json:
+            click.echo(
+                f"({record['via']['node']} was {found.status.value} in "
+                f"{record['via']['execution_id']}: these are the logs of execution "
+                f"{execution_id}, node {node}, attempt {attempt}, which made its outputs)",
+                err=True,
+            )
+    attempt = attempt or found.attempt or 1
     text = obj.engine.logs(execution_id, node, attempt, stream)
     if as_json:
-        record = {"execution_id": execution_id, "node": node, "attempt": attempt}
+        record = {"execution_id": execution_id, "node": node, "attempt": attempt, **record}
         click.echo(json.dumps({**record, "stream": stream, "text": text}, indent=2))
     else:
         click.echo(text, nl=False)
+
+
+def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str, str, int] | None:
+    """Where a node that ran no attempt in ``state`` got its outputs: the execution, node
+    and attempt (a cache hit's source execution, whose node with the same cache key ran;
+    a recovered node's failed execution, where it succeeded)."""
+    recovered = found.status is Status.RECOVERED
+    origin = state.recovered_from if recovered else found.cache_source.get("execution_id")
+    if not origin or not (recovered or found.cache == "hit" and found.cache_key):
+        return None
+    try:
+        source = engine.execution(origin)
+    except NotFound:  # (deleted, or in another store)
+        return None
+    if recovered:
+        done = source.nodes.get(node)
+        return (source.id, node, done.attempt) if done is not None and done.attempt else None
+    for name, n in source.nodes.items():
+        if n.cache_key == found.cache_key and n.attempt and n.status is Status.SUCCEEDED:
+            return source.id, name, n.attempt
+    return None
 
 
 def _node_names(state: Any) -> str:

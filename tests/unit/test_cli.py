@@ -293,3 +293,53 @@ def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
     assert cli(home, "cache", "list", "--task", "nope") == (0, "no cache entries for task 'nope'\n")
     empty = tmp_path / "empty-home"
     assert cli(empty, "executions", "list") == (0, "no executions yet\n")
+
+
+def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    first = next(r["id"] for r in rows if r["status"] == "succeeded")
+    hit = next(r["id"] for r in rows if r["status"] == "cached")
+    result = CliRunner().invoke(main, ["--home", str(home), "logs", hit, "hello"])
+    assert result.exit_code == 0
+    assert result.stdout == "hi\n"
+    assert f"hello was cached in {hit}: these are the logs of execution {first}" in result.stderr
+    data = json.loads(cli(home, "logs", hit, "hello", "--json")[1])
+    assert (data["execution_id"], data["node"], data["attempt"], data["text"]) == (
+        first,
+        "hello",
+        1,
+        "hi\n",
+    )
+    assert data["via"] == {"execution_id": hit, "node": "hello", "status": "cached"}
+
+
+def test_logs_of_a_recovered_node_are_those_of_the_execution_it_came_from(
+    tmp_path: Path,
+) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    flag = tmp_path / "fixed"
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="a", code="print('made x')\nx = 1", inputs=(), outputs=("x",))
+    b = TaskSpec(
+        name="b",
+        code=f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
+        inputs=("x",),
+        outputs=("y",),
+    )
+    spec = assemble("wf", [CellTask(task=a, config=cfg), CellTask(task=b, config=cfg)])
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(WorkflowRequest(spec=spec, params={}, param_values={}))
+    flag.write_text("ok")
+    again = engine.recover(failed.value.execution_id).execution.id
+    engine.close()
+    data = json.loads(cli(tmp_path, "logs", again, "a", "--json")[1])
+    assert (data["execution_id"], data["node"], data["text"]) == (
+        failed.value.execution_id,
+        "a",
+        "made x\n",
+    )
+    assert data["via"]["status"] == "recovered"
