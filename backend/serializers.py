@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import types
 from abc import ABC, abstractmethod
 from typing import Any, BinaryIO, ClassVar
@@ -483,6 +484,9 @@ def python_type_name(value: Any) -> str:
     return f"{module}.{t.__qualname__}"
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def preview(value: Any, limit: int = 80) -> str:
     """A one-line summary for widgets and listings; never raises."""
     try:
@@ -499,7 +503,9 @@ def preview(value: Any, limit: int = 80) -> str:
             text = repr(value)
     except Exception as exc:  # a broken __repr__ in user code
         return f"<repr failed: {type(exc).__name__}>"
-    text = " ".join(text.split())
+    # ``<Model object at 0x7f...>``, ``Generator(PCG64) at 0x7F...``: the address says
+    # nothing about the value, and differs from run to run for the same one.
+    text = _ADDRESS.sub("", " ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

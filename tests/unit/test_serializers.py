@@ -474,6 +474,8 @@ def test_preview_is_short_and_never_raises() -> None:
     assert preview(design) == "def design(X, degree=2)"
     assert preview(Broken) == "class Broken()"
     assert preview(len) == "def len(obj, /)"
+    assert preview(object()) == "<object object>"
+    assert preview(np.random.default_rng(0)) == "Generator(PCG64)"
 
 
 def test_npy_loads_from_a_stream_that_only_reads(registry: SerializerRegistry) -> None:
