@@ -39,7 +39,12 @@ class DagNode:
     status: str
     cache: str = ""
     detail: str = ""
-    is_map: bool = False
+    #: A map node: the name of the list it runs over.
+    map_over: str = ""
+
+    @property
+    def is_map(self) -> bool:
+        return bool(self.map_over)
 
 
 @dataclass
@@ -234,7 +239,7 @@ def _node_svg(node: DagNode, x: float, y: float) -> str:
     cache = _status_key(node.cache) if node.cache else ""
     tip = [f"{node.label} ({node.id})" if node.label != node.id else node.id, status_text]
     if node.is_map:
-        tip.append("map task")
+        tip.append(f"map over {node.map_over}")
     if cache:
         tip.append(f"cache {cache}")
     if node.detail:
@@ -447,7 +452,7 @@ def render_dag_text(
         ]
         if sources:
             line += "  <- " + ", ".join(sources)
-        extras = (["map"] if n.is_map else []) + (
+        extras = ([f"map over {_clean(n.map_over)}"] if n.is_map else []) + (
             [f"cache {_status_key(n.cache)}"] if n.cache else []
         )
         if n.detail:

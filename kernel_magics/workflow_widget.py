@@ -118,7 +118,7 @@ class WorkflowWidget:
             ids = [n for n in self.state.nodes if "[" not in n]
         self.total = len(ids)
         ids = ids[:_SHOWN]  # a 100,000-node workflow: build (and draw) only what is shown
-        maps = {n.id for n in self.spec.nodes[:_SHOWN] if n.map} if self.spec else set()
+        maps = {n.id: n.map.over for n in self.spec.nodes[:_SHOWN] if n.map} if self.spec else {}
         last = {r.spec.name: r for r in self.records.values()}
         for node_id in ids:
             node = self.state.nodes.get(node_id) if self.state else None
@@ -132,7 +132,7 @@ class WorkflowWidget:
                 detail = f"last run {rec.last_execution}" if rec.last_execution else ""
             else:
                 status, cache, detail = "none", "", ""
-            nodes.append(DagNode(node_id, node_id, status, cache, detail, node_id in maps))
+            nodes.append(DagNode(node_id, node_id, status, cache, detail, maps.get(node_id, "")))
         shown = set(ids)
         edges = (
             [

@@ -123,6 +123,9 @@ def test_map_in_the_kernel(kernel: Kernel) -> None:
     assert kernel.run("print(size)").ok().stdout.strip() == "[1, 2, 3]"
     again = kernel.run("%%task lens --map words --cache\nsize = len(word)").ok()
     assert "cached" in again.widget["text/plain"]
+    shown = kernel.run("%workflow show").ok().displays[-1]
+    assert "[cached] lens  (map over words; cache hit" in shown["text/plain"]
+    assert "map over words" in shown["text/html"]  # the node's tooltip
     r = kernel.run("%%task m --map bad --as b\nout = b")
     assert r.status == "error" and r.error["ename"] == "UsageError"  # refused before a run
     assert "'bad' is an int, which is not iterable" in r.error["evalue"]

@@ -191,10 +191,11 @@ def test_cache_badge(cache: str) -> None:
 
 
 def test_map_node_is_a_stack_of_boxes() -> None:
-    svg = svg_of(render_dag_html([n("one"), n("many", is_map=True)], []))
+    svg = svg_of(render_dag_html([n("one"), n("many", map_over="items")], []))
     one, many = node_groups(svg)
     assert len(one.findall(f"{SVG}rect")) == 1
     assert len(many.findall(f"{SVG}rect")) == 3
+    assert "map over items" in many.find(f"{SVG}title").text
 
 
 def test_detail_line_and_legend() -> None:
@@ -264,7 +265,7 @@ def test_text_rendering_of_a_small_dag() -> None:
         DagNode("prepare", "prepare", "succeeded", cache="miss", detail="1.2 s"),
         DagNode("fit", "fit", "running", detail="attempt 2 of 3"),
         DagNode("notes", "notes", "skipped"),
-        DagNode("score", "score", "cached", cache="hit", is_map=True, detail="10/10 elements"),
+        DagNode("score", "score", "cached", cache="hit", map_over="folds", detail="10/10 elements"),
         DagNode("report", "report", "none"),
     ]
     edges = [
@@ -281,7 +282,7 @@ def test_text_rendering_of_a_small_dag() -> None:
             "[skipped] notes",
             "[running] fit  <- X_train, y_train from prepare  (attempt 2 of 3)",
             "[cached] score  <- X_test from prepare, model from fit"
-            "  (map; cache hit; 10/10 elements)",
+            "  (map over folds; cache hit; 10/10 elements)",
             "[not run] report  <- rmse from score",
         ]
     )
