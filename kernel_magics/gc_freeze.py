@@ -42,7 +42,12 @@ def holds_no_data(shell: Any) -> bool:
 
 
 class Freezer:
-    """Freezes once, at the extension's load, and thaws only what it froze."""
+    """Freezes at the extension's load, and thaws only what it froze."""
+
+    #: Whether this process froze before: a later freeze (``%reload_ext``, the setting
+    #: turned back on) comes after the notebook ran, when the old generation may hold
+    #: garbage that a freeze would keep forever.
+    froze_before = False
 
     def __init__(self) -> None:
         self.frozen = False
@@ -51,12 +56,14 @@ class Freezer:
         if self.frozen or gc.get_freeze_count() or not holds_no_data(shell):
             # Someone else froze (their choice stands), or the notebook already has data.
             return False
-        # The young generations hold what start-up has just dropped; the old one is
-        # collected by the interpreter's own schedule (a kernel's has nothing in it to
-        # free at this point, measured), and collecting it would cost ~15 ms here.
-        gc.collect(1)
+        if Freezer.froze_before:
+            gc.collect()
+        else:
+            # At a kernel's start only the young generations hold garbage (a fresh
+            # kernel's full collection frees nothing, measured, and costs ~15 ms here).
+            gc.collect(1)
         gc.freeze()
-        self.frozen = True
+        self.frozen = Freezer.froze_before = True
         return True
 
     def thaw(self) -> None:

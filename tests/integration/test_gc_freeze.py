@@ -85,3 +85,28 @@ def test_turned_off_by_config_or_environment(home: Path, workdir: Path) -> None:
         assert k.run(FROZEN).ok().stdout.strip() == "False"
     finally:
         k.shutdown()
+
+
+def test_a_reload_collects_what_the_notebook_dropped_before_freezing(
+    home: Path, workdir: Path
+) -> None:
+    """A freeze after the notebook ran (``%reload_ext``) would keep the garbage of the
+    old generation forever: it collects it first."""
+    k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
+    try:
+        k.run("%load_ext papercrane").ok()
+        # Only a module in the namespace (so the reload may freeze), holding a weak
+        # reference to a cycle that lived long enough to reach the oldest generation.
+        k.run(
+            "import gc, types\n"
+            "scratch = types.ModuleType('scratch')\n"
+            "exec('import weakref\\nclass Node: pass\\nn = Node(); n.me = n\\n"
+            "alive = weakref.ref(n)', scratch.__dict__)\n"
+            "gc.collect()\n"
+            "del scratch.n, scratch.Node"
+        ).ok()
+        k.run("%reload_ext papercrane").ok()
+        assert k.run(FROZEN).ok().stdout.strip() == "True"
+        assert k.run("print(scratch.alive() is None)").ok().stdout.strip() == "True"
+    finally:
+        k.shutdown()
