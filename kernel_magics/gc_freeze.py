@@ -15,7 +15,8 @@ becomes garbage in a reference cycle is never freed, and its finalizer never run
 file written in a cycle would lose what it had not flushed). So papercrane freezes
 when it is loaded and the notebook holds no data yet: each name the user can see is
 a module or a value the collector does not track (numbers, strings). Everything made
-later, the notebook's data included, is collected as before.
+later, the notebook's data included, is collected as before; and a freeze that comes
+after other cells first collects what they dropped, which would otherwise be kept.
 
 ``%config Papercrane.gc_freeze = False`` (or ``PAPERCRANE_GC_FREEZE=0``) turns it
 off; turning it off after the load thaws what was frozen.
@@ -45,8 +46,8 @@ class Freezer:
     """Freezes at the extension's load, and thaws only what it froze."""
 
     #: Whether this process froze before: a later freeze (``%reload_ext``, the setting
-    #: turned back on) comes after the notebook ran, when the old generation may hold
-    #: garbage that a freeze would keep forever.
+    #: turned back on), like a first one after other cells, comes after the notebook
+    #: ran, when the old generation may hold garbage that a freeze would keep forever.
     froze_before = False
 
     def __init__(self) -> None:
@@ -56,8 +57,8 @@ class Freezer:
         if self.frozen or gc.get_freeze_count() or not holds_no_data(shell):
             # Someone else froze (their choice stands), or the notebook already has data.
             return False
-        if Freezer.froze_before:
-            gc.collect()
+        if Freezer.froze_before or getattr(shell, "execution_count", 1) > 1:
+            gc.collect()  # cells ran before: what they dropped may be in any generation
         else:
             # At a kernel's start only the young generations hold garbage (a fresh
             # kernel's full collection frees nothing, measured, and costs ~15 ms here).

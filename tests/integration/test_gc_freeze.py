@@ -87,25 +87,35 @@ def test_turned_off_by_config_or_environment(home: Path, workdir: Path) -> None:
         k.shutdown()
 
 
-def test_a_reload_collects_what_the_notebook_dropped_before_freezing(
-    home: Path, workdir: Path
+# Only a module in the namespace (so a freeze is allowed), holding a weak reference to
+# a cycle that lived long enough to reach the oldest generation, then was dropped.
+DROPPED_CYCLE = (
+    "import gc, types\n"
+    "scratch = types.ModuleType('scratch')\n"
+    "exec('import weakref\\nclass Node: pass\\nn = Node(); n.me = n\\n"
+    "alive = weakref.ref(n)', scratch.__dict__)\n"
+    "gc.collect()\n"
+    "del scratch.n, scratch.Node"
+)
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        [DROPPED_CYCLE, "%load_ext papercrane"],
+        ["%load_ext papercrane", DROPPED_CYCLE, "%reload_ext papercrane"],
+    ],
+    ids=["loaded after other cells", "reloaded"],
+)
+def test_a_freeze_after_cells_ran_collects_what_they_dropped(
+    home: Path, workdir: Path, cells: list[str]
 ) -> None:
-    """A freeze after the notebook ran (``%reload_ext``) would keep the garbage of the
-    old generation forever: it collects it first."""
+    """Only a kernel's very first cells may skip the full collection before freezing:
+    otherwise the old generation's garbage would be kept forever."""
     k = Kernel({"PAPERCRANE_HOME": str(home)}, workdir)
     try:
-        k.run("%load_ext papercrane").ok()
-        # Only a module in the namespace (so the reload may freeze), holding a weak
-        # reference to a cycle that lived long enough to reach the oldest generation.
-        k.run(
-            "import gc, types\n"
-            "scratch = types.ModuleType('scratch')\n"
-            "exec('import weakref\\nclass Node: pass\\nn = Node(); n.me = n\\n"
-            "alive = weakref.ref(n)', scratch.__dict__)\n"
-            "gc.collect()\n"
-            "del scratch.n, scratch.Node"
-        ).ok()
-        k.run("%reload_ext papercrane").ok()
+        for cell in cells:
+            k.run(cell).ok()
         assert k.run(FROZEN).ok().stdout.strip() == "True"
         assert k.run("print(scratch.alive() is None)").ok().stdout.strip() == "True"
     finally:
