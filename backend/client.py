@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,18 @@ from .serializers import CloudpickleSerializer, SerializerRegistry, preview, pyt
 from .workflow import WorkflowSpec
 
 _TERMINAL = (EventKind.EXECUTION_SUCCEEDED, EventKind.EXECUTION_FAILED, EventKind.EXECUTION_ABORTED)
+
+
+_HEX = re.compile(r"[0-9a-f]{1,64}")
+
+
+def _execution(execution_id: str) -> str:
+    """An execution's API path. An id that is no id (the server answers its pattern
+    with a 422 about a path parameter) is an unknown execution, as the embedded engine
+    says it."""
+    if not _HEX.fullmatch(execution_id):
+        raise NotFound(f"no execution {execution_id!r}")
+    return f"/api/v1/executions/{execution_id}"
 
 
 @dataclass
@@ -300,13 +313,13 @@ class RemoteEngine(EngineAPI):
     ) -> RemoteResult:
         new = self._req(
             "POST",
-            f"/api/v1/executions/{execution_id}/recover",
+            f"{_execution(execution_id)}/recover",
             json={"max_parallel": max_parallel},
         )["id"]
         return self._result(self.follow(new, listener), want_values)
 
     def abort(self, execution_id: str) -> None:
-        self._req("POST", f"/api/v1/executions/{execution_id}/abort")
+        self._req("POST", f"{_execution(execution_id)}/abort")
 
     def follow(self, execution_id: str, listener: RunListener | None = None) -> ExecutionState:
         """Stream the execution's events until it ends (reconnecting if the stream
@@ -342,7 +355,7 @@ class RemoteEngine(EngineAPI):
             ) from None
 
     def _sse(self, execution_id: str, after: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        path = f"/api/v1/executions/{execution_id}/stream"
+        path = f"{_execution(execution_id)}/stream"
         try:
             with self._http.stream("GET", path, params={"after": after}) as response:
                 self._check(response)
@@ -400,9 +413,7 @@ class RemoteEngine(EngineAPI):
         return state
 
     def events(self, execution_id: str, after: int = 0) -> list[Event]:
-        rows = self._req(
-            "GET", f"/api/v1/executions/{execution_id}/events", params={"after": after}
-        )
+        rows = self._req("GET", f"{_execution(execution_id)}/events", params={"after": after})
         return [
             Event(
                 r["execution_id"],
@@ -425,7 +436,7 @@ class RemoteEngine(EngineAPI):
 
     def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
         response = self._http.get(
-            f"/api/v1/executions/{execution_id}/logs/{node}/{attempt}", params={"stream": stream}
+            f"{_execution(execution_id)}/logs/{node}/{attempt}", params={"stream": stream}
         )
         self._check(response)
         return response.text

@@ -94,7 +94,10 @@ def validation_body(exc: RequestValidationError) -> dict[str, Any]:
             where = _where(loc)
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-        lines.append(f"{where}: {msg}")
+        line = f"{where}: {msg}"
+        if line in lines:
+            continue  # (a path parameter that a dependency checks too is reported twice)
+        lines.append(line)
         errors.append(
             {
                 "loc": [str(p) if not isinstance(p, int) else p for p in loc],

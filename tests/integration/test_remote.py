@@ -299,3 +299,13 @@ def test_the_server_serves_packed_values(server: ServerProcess) -> None:
         assert client.load(client.artifact(collected.id)) == [4, 9]
     finally:
         client.close()
+
+
+def test_an_id_that_is_no_id_is_an_unknown_execution(server: ServerProcess, tmp_path: Path) -> None:
+    """The server answers a malformed id with a 422 about its path parameter; the CLI
+    says what the embedded engine says."""
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    for args in (["executions", "show", "nope"], ["logs", "nope", "x"], ["recover", "nope"]):
+        r = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True)
+        assert r.returncode != 0
+        assert r.stderr.strip().splitlines()[-1] == "Error: no execution 'nope'", r.stderr

@@ -673,6 +673,13 @@ BAD_REQUESTS = {
         422,
         "path parameter 'execution_id': String should match pattern",
     ),
+    "an execution id that is not an id, under the execution": (
+        "GET",
+        "/api/v1/executions/nope/events",
+        {},
+        422,
+        "path parameter 'execution_id': String should match pattern",
+    ),
     "a project name that is not a name": (
         "GET",
         "/api/v1/projects/-gamma/domains/development/executions",
@@ -718,6 +725,7 @@ def test_bad_input_gets_a_clear_4xx(world: World, case: str) -> None:
     assert r.status_code == status, f"{case}: {r.status_code} {r.text}"
     detail = r.json()["detail"]
     assert isinstance(detail, str) and message in detail, f"{case}: {detail!r}"
+    assert detail.count(message) == 1, f"{case}: said more than once: {detail!r}"
 
 
 def test_version_conflicts_leave_the_registered_version_alone(world: World) -> None:
