@@ -529,9 +529,8 @@ class LocalEngine(EngineAPI):
     ) -> WorkflowRun:
         source = self.execution(execution_id)
         if source.status.ok:
-            raise Conflict(
-                f"execution {execution_id} {source.status.value}; there is nothing to recover"
-            )
+            how = "was a cache hit" if source.status is Status.CACHED else "succeeded"
+            raise Conflict(f"execution {execution_id} {how}; there is nothing to recover")
         if not source.status.terminal:
             raise Conflict(
                 f"execution {execution_id} is still {source.status.value}; wait for it to "

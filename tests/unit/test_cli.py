@@ -343,3 +343,12 @@ def test_logs_of_a_recovered_node_are_those_of_the_execution_it_came_from(
         "made x\n",
     )
     assert data["via"]["status"] == "recovered"
+
+
+def test_recover_of_an_execution_that_did_not_fail_says_what_it_was(home: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    for status, said in (("succeeded", "succeeded"), ("cached", "was a cache hit")):
+        done = next(r["id"] for r in rows if r["status"] == status)
+        code, out = cli(home, "recover", done)
+        assert code != 0
+        assert f"execution {done} {said}; there is nothing to recover" in out
