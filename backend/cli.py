@@ -703,7 +703,6 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
         store.close()
 
     def table() -> Any:
-
         t = _table("id", "project", "role", "name", "created", "revoked")
         for r in rows:
             t.add_row(

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from . import config
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import typed_fingerprint, unserializable_error
 from .errors import (
@@ -42,14 +43,14 @@ from .workflow import WorkflowSpec
 _TERMINAL = (EventKind.EXECUTION_SUCCEEDED, EventKind.EXECUTION_FAILED, EventKind.EXECUTION_ABORTED)
 
 
-_HEX = re.compile(r"[0-9a-f]{1,64}")
+_ID = re.compile(config.ID_PATTERN)
 
 
 def _execution(execution_id: str) -> str:
     """An execution's API path. An id that is no id (the server answers its pattern
     with a 422 about a path parameter) is an unknown execution, as the embedded engine
     says it."""
-    if not _HEX.fullmatch(execution_id):
+    if not _ID.fullmatch(execution_id):
         raise NotFound(f"no execution {execution_id!r}")
     return f"/api/v1/executions/{execution_id}"
 

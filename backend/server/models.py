@@ -14,7 +14,7 @@ from ..model import ArtifactRef, Environment, ExecutionState, Resources, TaskCon
 from ..workflow import Binding, MapSpec, NodeSpec, WorkflowSpec
 
 NAME_PATTERN = config.NAME_PATTERN
-ID_PATTERN = r"^[0-9a-f]+$"
+ID_PATTERN = config.ID_PATTERN
 #: A content digest: sha256 hex, or BLAKE3 hex behind "blake3-" (backend/hashing.py).
 DIGEST_PATTERN = r"^(blake3-)?[0-9a-f]{64}$"
 NAME_LENGTH = config.NAME_LENGTH  # (as ``%%task NAME``; why: backend/config.py)
