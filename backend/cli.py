@@ -140,6 +140,7 @@ def executions() -> None:
     type=click.Choice(["queued", "running", "succeeded", "cached", "failed", "aborted"]),
     help="only executions in this state",
 )
+@click.option("--name", default=None, help="only this task's or workflow's (e.g. a notebook's)")
 @click.option(
     "--limit",
     default=20,
@@ -154,17 +155,25 @@ def executions_list(
     project: str | None,
     domain: str | None,
     status: str | None,
+    name: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """The most recent executions, newest first."""
-    rows = obj.engine.list_executions(limit=limit, project=project, domain=domain, status=status)
+    rows = obj.engine.list_executions(
+        limit=limit, project=project, domain=domain, status=status, name=name
+    )
 
     def table() -> Any:
         if not rows:
             asked = [
                 f"--{k} {v}"
-                for k, v in (("project", project), ("domain", domain), ("status", status))
+                for k, v in (
+                    ("project", project),
+                    ("domain", domain),
+                    ("status", status),
+                    ("name", name),
+                )
                 if v
             ]
             return f"no executions{' with ' + ' '.join(asked) if asked else ' yet'}"

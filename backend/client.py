@@ -431,7 +431,11 @@ class RemoteEngine(EngineAPI):
     def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
         params = {
             "limit": limit,
-            **{k: v for k, v in filters.items() if v is not None and k in ("status", "before")},
+            **{
+                k: v
+                for k, v in filters.items()
+                if v is not None and k in ("status", "before", "name")
+            },
         }
         return self._req("GET", f"{self._scope}/executions", params=params)["items"]
 

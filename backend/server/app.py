@@ -283,9 +283,17 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
             float | None,
             Query(description="created_at of the last row seen", allow_inf_nan=False),
         ] = None,
+        name: Annotated[
+            str | None,
+            Query(
+                max_length=m.NAME_LENGTH,
+                pattern=m.NAME_PATTERN,
+                description="only executions of this task or workflow",
+            ),
+        ] = None,
     ) -> m.ExecutionPage:
         rows = service.store.list_executions(
-            project=project, domain=domain, status=status, limit=limit, before=before
+            project=project, domain=domain, status=status, limit=limit, before=before, name=name
         )
         items = [m.ExecutionRow(**{k: r[k] for k in m.ExecutionRow.model_fields}) for r in rows]
         return m.ExecutionPage(

@@ -370,6 +370,7 @@ class Store:
         status: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        name: str | None = None,
     ) -> list[dict[str, Any]]:
         from .schema import executions, sa
 
@@ -380,6 +381,8 @@ class Store:
             query = query.where(executions.c.domain == domain)
         if status:
             query = query.where(executions.c.status == status)
+        if name:
+            query = query.where(executions.c.name == name)
         if before is not None:
             query = query.where(executions.c.created_at < before)
         with self.read() as conn:

@@ -200,6 +200,14 @@ def test_a_server_maps_steps_are_not_listed_among_its_nodes(
         [*CLI, "executions", "list", "--json"], env=env, capture_output=True, check=True
     )
     execution_id = json.loads(listing.stdout)[0]["id"]
+    for name, found in (("map", [execution_id]), ("nope", [])):  # (the notebook's name)
+        named = subprocess.run(
+            [*CLI, "executions", "list", "--name", name, "--json"],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        assert [r["id"] for r in json.loads(named.stdout)] == found
     shown = json.loads(
         subprocess.run(
             [*CLI, "executions", "show", execution_id, "--json"],

@@ -314,6 +314,12 @@ def test_beta_reads_its_own_objects(world: World) -> None:
     created = beta.ok("GET", f"/api/v1/executions/{world.succeeded}/events")[0]
     assert created["kind"] == "execution_created" and "runner" not in created["payload"]
     assert beta.ok("GET", f"{scope('beta')}/artifacts/{world.artifact}/bytes").content == SECRET
+    # Its executions of one task, by name.
+    shouts = beta.ok("GET", f"{scope('beta')}/executions", params={"name": "shout"})["items"]
+    assert world.succeeded in [e["id"] for e in shouts]
+    assert {e["name"] for e in shouts} == {"shout"}
+    none = beta.ok("GET", f"{scope('beta')}/executions", params={"name": "whisper"})["items"]
+    assert none == []
 
 
 def test_alpha_cannot_read_or_write_beta(world: World) -> None:
@@ -657,7 +663,8 @@ BAD_REQUESTS = {
         f"{G}/executions?stauts=failed",
         {},
         422,
-        "query parameter 'stauts': not a parameter of this route (it takes: before, limit, status)",
+        "query parameter 'stauts': not a parameter of this route "
+        "(it takes: before, limit, name, status)",
     ),
     "a cursor that is not a time": (
         "GET",

@@ -352,3 +352,12 @@ def test_recover_of_an_execution_that_did_not_fail_says_what_it_was(home: Path) 
         code, out = cli(home, "recover", done)
         assert code != 0
         assert f"execution {done} {said}; there is nothing to recover" in out
+
+
+def test_executions_list_by_name(home: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--name", "hello", "--json")[1])
+    assert [(r["name"], r["status"]) for r in rows] == [("hello", "cached"), ("hello", "succeeded")]
+    assert cli(home, "executions", "list", "--name", "nope", "--status", "failed") == (
+        0,
+        "no executions with --status failed --name nope\n",
+    )
