@@ -27,6 +27,8 @@ from .errors import UserError
 from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
 
 _FLUSH_TAG = "papercrane-flush"
+#: The ``%load_ext papercrane`` cell added to a notebook that has none.
+_LOAD_TAG = "papercrane-load"
 #: What ``%workflow flush --detach`` prints for each execution it submits.
 _SUBMITTED = re.compile(r"submitted execution (\S+):")
 
@@ -57,21 +59,27 @@ def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
             )
 
 
-def _prepared_copy(path: Path, detach: bool) -> Path:
+def _prepared_copy(path: Path, detach: bool, load: bool) -> Path:
+    """The notebook with the cells this run adds (and takes out of the executed copy):
+    a flush at the end, and ``load``: the extension loaded at the top."""
     import nbformat
 
     nb = read_notebook(path)
     cell = nbformat.v4.new_code_cell("%workflow flush" + (" --detach" if detach else ""))
     cell.metadata["tags"] = [_FLUSH_TAG]
     nb.cells.append(cell)  # type: ignore[attr-defined]
+    if load:
+        first = nbformat.v4.new_code_cell("%load_ext papercrane")
+        first.metadata["tags"] = [_LOAD_TAG]
+        nb.cells.insert(0, first)  # type: ignore[attr-defined]
     handle, name = tempfile.mkstemp(suffix=".ipynb", prefix=f".{path.stem}-", dir=path.parent)
     os.close(handle)
     nbformat.write(nb, name)
     return Path(name)
 
 
-def _strip_flush_cell(out: Path) -> list[str]:
-    """Remove the flush cell we added; return the executions it submitted detached
+def _strip_added_cells(out: Path) -> list[str]:
+    """Remove the cells we added; return the executions the flush submitted detached
     (what it printed), which may have finished by now: the caller still wants their ids."""
     import nbformat
 
@@ -79,8 +87,10 @@ def _strip_flush_cell(out: Path) -> list[str]:
     submitted: list[str] = []
     kept = []
     for cell in nb.cells:
-        if _FLUSH_TAG not in cell.get("metadata", {}).get("tags", []):
-            kept.append(cell)
+        tags = cell.get("metadata", {}).get("tags", [])
+        if _FLUSH_TAG not in tags:
+            if _LOAD_TAG not in tags:
+                kept.append(cell)
             continue
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
@@ -225,7 +235,13 @@ def run_notebook(
 
         overrides = {"home": Path(home)} if home else {}
         engine = LocalEngine(Config.from_env(**overrides))
-    prepared = _prepared_copy(path, detach)
+    if flow.tasks and not flow.loads_papercrane:
+        console.print(
+            f"note: {path.name} has no `%load_ext papercrane` cell before its first task "
+            "cell; papercrane run loads it first. Add one at the top to run the notebook "
+            "in JupyterLab or under papermill too."
+        )
+    prepared = _prepared_copy(path, detach, load=bool(flow.tasks) and not flow.loads_papercrane)
     out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
     env_before = dict(os.environ)
     os.environ.update(
@@ -325,7 +341,7 @@ def run_notebook(
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
         shutil.rmtree(sockets, ignore_errors=True)
-    submitted = (_strip_flush_cell(out) if out.exists() else []) + late
+    submitted = (_strip_added_cells(out) if out.exists() else []) + late
     engine.close()
 
     def print_submitted() -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import workflow_name
 from .errors import UserError
+
+_LOADS = re.compile(r"^\s*%(re)?load_ext\s+papercrane\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -39,6 +42,9 @@ class FileWorkflow:
     #: Names a plain cell assigns after the parameters cell (where papermill puts the
     #: ``-p`` values), with that cell's index: a ``-p`` value for one would be replaced.
     assigned_later: dict[str, int] = field(default_factory=dict)
+    #: Whether a cell before the first task cell runs ``%load_ext papercrane``: without
+    #: it the kernel does not know ``%%task``.
+    loads_papercrane: bool = False
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
@@ -78,10 +84,13 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
     modules: set[str] = set()  # ... and import (and do not assign again)
     later: dict[str, int] = {}
     tagged = False
+    loads = False
     for index, cell in enumerate(nb.cells):  # type: ignore[attr-defined]
         if cell.cell_type != "code":
             continue
         source = cell.source
+        if not tasks and _LOADS.search(source):
+            loads = True
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             names = _assigned(source)
             parameters += names
@@ -146,7 +155,7 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         for out in outputs:
             producers[out] = name
     kernel = nb.metadata.get("kernelspec", {}).get("name") or ""  # type: ignore[attr-defined]
-    return FileWorkflow(workflow_name(path), tasks, parameters, str(kernel), later)
+    return FileWorkflow(workflow_name(path), tasks, parameters, str(kernel), later, loads)
 
 
 def _bound(transformer: Any, source: str) -> tuple[set[str], set[str]]:

@@ -542,6 +542,25 @@ def test_failing_plain_cell_is_reported(home: Path, tmp_path: Path) -> None:
     assert "assert value == 42" in result.stderr  # the cell
 
 
+def test_a_notebook_that_does_not_load_papercrane_runs_and_is_told(
+    home: Path, tmp_path: Path
+) -> None:
+    """Its kernel would not know ``%%task``: the run loads the extension in a cell of its
+    own, says so, and leaves that cell out of the executed notebook."""
+    src = write_notebook(tmp_path / "bare.ipynb", "x = 20", "%%task double\ny = x * 2", "print(y)")
+    out = tmp_path / "out.ipynb"
+    result = ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    assert "has no `%load_ext papercrane` cell before its first task cell" in result.stderr
+    nb = nbformat.read(out, as_version=4)
+    assert [c.source for c in nb.cells] == ["x = 20", "%%task double\ny = x * 2", "print(y)"]
+    assert "40" in printed(nb)
+    # A notebook that loads it is left as it is, and not told.
+    src = write_notebook(tmp_path / "loads.ipynb", "%load_ext papercrane", "%%task t\nz = 1")
+    result = ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    assert "load_ext" not in result.stderr
+    assert [c.source for c in nbformat.read(out, as_version=4).cells][0] == "%load_ext papercrane"
+
+
 def test_papercrane_error_in_a_cell_is_reported(home: Path, tmp_path: Path) -> None:
     """IPython shows a UsageError on stderr, not as an error output: papermill only knows
     that the cell failed, so the CLI reads the message from the cell."""
