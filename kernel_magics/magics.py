@@ -338,7 +338,8 @@ class PapercraneMagics(Magics):
         "target",
         nargs="?",
         default=None,
-        help="recover: the execution id; defer: on (default) or off",
+        help="recover: the execution id (default: the workflow's last run, if it failed); "
+        "defer: on (default) or off",
     )
     @argument(
         "-p",
@@ -393,9 +394,7 @@ class PapercraneMagics(Magics):
                 raise UserError(f"--max-parallel {args.max_parallel} must be at least 1")
             wf.run(overrides, args.max_parallel, args.failure_policy)
         elif args.action == "recover":
-            if not args.target:
-                raise UserError("%workflow recover needs an execution id")
-            wf.recover(args.target)
+            wf.recover(args.target or wf.last_failed())
         elif args.action == "defer":
             target = (args.target or "on").lower()
             if target not in ("on", "off"):

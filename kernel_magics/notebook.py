@@ -289,6 +289,22 @@ class NotebookWorkflow:
         self._bind(result, records)
         return result
 
+    def last_failed(self) -> str:
+        """``%workflow recover`` without an id: this notebook's workflow's latest
+        execution, if it failed or was aborted (a later success leaves nothing to do)."""
+        project, domain = self._options([])
+        name = self.name()
+        latest = self.session.engine.list_executions(
+            limit=1, project=project, domain=domain, name=name
+        )
+        if not latest or latest[0]["status"] not in ("failed", "aborted"):
+            last = f"its last run, {latest[0]['id']}, {latest[0]['status']}" if latest else "none"
+            raise UserError(
+                f"workflow {name!r} has no failed run to recover ({last}); give an "
+                "execution id: %workflow recover ID (papercrane executions list --status failed)"
+            )
+        return str(latest[0]["id"])
+
     def recover(self, execution_id: str) -> Any:
         from .workflow_widget import WorkflowWidget
 

@@ -98,11 +98,16 @@ def test_recover_reruns_only_the_failed_node(kernel: Kernel, home: Path, workdir
     failed = last_execution(home)
     assert log.read_text().split() == ["a", "b"]
     flag.write_text("ok")
-    kernel.run(f"%workflow recover {failed}").ok()
+    kernel.run("%workflow recover").ok()  # (no id: the workflow's last run, which failed)
     assert log.read_text().split() == ["a", "b", "b", "c"]  # a came from the failed run
     assert kernel.run("print(z)").ok().stdout.strip() == "2"
-    r = kernel.run(f"%workflow recover {last_execution(home)}")
+    recovered = last_execution(home)
+    assert recovered != failed
+    r = kernel.run(f"%workflow recover {recovered}")
     assert r.status == "error" and "nothing to recover" in r.error["evalue"]
+    r = kernel.run("%workflow recover")
+    assert r.status == "error"
+    assert f"no failed run to recover (its last run, {recovered}, succeeded)" in r.error["evalue"]
 
 
 def test_a_name_two_cells_assign_is_shown_with_the_rule(kernel: Kernel) -> None:
