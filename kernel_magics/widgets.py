@@ -199,7 +199,8 @@ def _text(
     lines = [f"{view.name}: {view.status.value}"]
     lines += [f"  {k}: {v}" for k, v in summary[1:]]
     for name, type_, size, prev in outs:
-        lines.append(f"  -> {name} ({type_}, {size}) {prev}".rstrip())
+        what = f"{type_}, {size}" if size else type_  # (an import has no size)
+        lines.append(f"  -> {name} ({what}) {prev}".rstrip())
     node = view.node
     if node is not None and node.error is not None and view.status is Status.FAILED:
         lines.append(f"  error: {node.error.type}: {node.error.message}")

@@ -309,3 +309,24 @@ def test_other_ipywidgets_versions_get_a_plain_html(
     run.finish()
     assert sent[-1][0] == "comm_msg" and "succeeded" in sent[-1][1]["state"]["value"]
     monkeypatch.setattr(widgets, "_html_class", None)  # (the next test builds it again)
+
+
+def test_text_lists_outputs_with_type_and_size_and_imports_by_module() -> None:
+    from papercrane.backend.model import ArtifactRef
+    from papercrane.widgets import render_text
+
+    ref = ArtifactRef(
+        id="a" * 64,
+        hash="b" * 64,
+        uri="artifacts/aa",
+        size=3,
+        serializer="json",
+        python_type="int",
+        preview="225",
+    )
+    view = RunView(name="t", version="0" * 64, executor="inline", max_attempts=1)
+    view.outputs = {"split": ref}
+    view.references = {"np": "numpy"}
+    text = render_text(view)
+    assert "  -> split (int, 3 B) 225" in text
+    assert "  -> np (import) numpy" in text
