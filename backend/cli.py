@@ -47,18 +47,14 @@ def _emit(data: Any, as_json: bool, table: Any) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     from rich.console import Console
-    from rich.measure import Measurement
 
     console = Console()
-    shown = table()
     if not console.is_terminal:
         # Piped into a file, grep or less: rich would lay the table out in 80 columns
-        # and cut what does not fit. Nobody reads it at that width, so give it its own.
-        unbounded = console.options.update_width(1 << 16)
-        natural = Measurement.get(console, unbounded, shown).maximum
-        if natural > console.width:
-            console = Console(width=natural)
-    console.print(shown)
+        # and cut what does not fit. Nobody reads it at that width; with room enough,
+        # tables, trees and text (none of which expand) print at their natural width.
+        console = Console(width=1 << 16)
+    console.print(table())
 
 
 #: Columns whose values are copied or compared whole (ids, keys, times, states): never

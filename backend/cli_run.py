@@ -235,13 +235,14 @@ def run_notebook(
 
         overrides = {"home": Path(home)} if home else {}
         engine = LocalEngine(Config.from_env(**overrides))
-    if flow.tasks and not flow.loads_papercrane:
+    load = bool(flow.tasks) and not flow.loads_papercrane
+    if load:
         console.print(
             f"note: {path.name} has no `%load_ext papercrane` cell before its first task "
             "cell; papercrane run loads it first. Add one at the top to run the notebook "
             "in JupyterLab or under papermill too."
         )
-    prepared = _prepared_copy(path, detach, load=bool(flow.tasks) and not flow.loads_papercrane)
+    prepared = _prepared_copy(path, detach, load)
     out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
     env_before = dict(os.environ)
     os.environ.update(

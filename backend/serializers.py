@@ -505,7 +505,9 @@ def preview(value: Any, limit: int = 80) -> str:
         return f"<repr failed: {type(exc).__name__}>"
     # ``<Model object at 0x7f...>``, ``Generator(PCG64) at 0x7F...``: the address says
     # nothing about the value, and differs from run to run for the same one.
-    text = _ADDRESS.sub("", " ".join(text.split()))
+    text = " ".join(text.split())
+    if " at 0x" in text:  # (a map previews every new element: no regex for the rest)
+        text = _ADDRESS.sub("", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
