@@ -298,7 +298,11 @@ class NotebookWorkflow:
             limit=1, project=project, domain=domain, name=name
         )
         if not latest or latest[0]["status"] not in ("failed", "aborted"):
-            last = f"its last run, {latest[0]['id']}, {latest[0]['status']}" if latest else "none"
+            last = (
+                f"its last run, {latest[0]['id']}, {latest[0]['status']}"
+                if latest
+                else "it has not run yet"
+            )
             raise UserError(
                 f"workflow {name!r} has no failed run to recover ({last}); give an "
                 "execution id: %workflow recover ID (papercrane executions list --status failed)"
