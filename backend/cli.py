@@ -41,6 +41,13 @@ class _Ctx:
                 self._engine = LocalEngine(Config.from_env(**overrides))
         return self._engine
 
+    def close(self) -> None:
+        """Close the engine if a command opened one: its database connections (SQLite
+        checkpoints its WAL on the last close) or its HTTP session."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.close()
+
 
 def _emit(data: Any, as_json: bool, table: Any) -> None:
     if as_json:
@@ -120,6 +127,7 @@ class _Group(click.Group):
 def main(ctx: click.Context, home: str | None) -> None:
     """papercrane: notebook cells as cached, versioned tasks."""
     ctx.obj = _Ctx(home)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @main.group()

@@ -160,9 +160,11 @@ class Fingerprinter:
 
 
 #: Class attributes that are bookkeeping, not behaviour: ``_abc_impl`` is ABCMeta's cache
-#: of isinstance answers (it changes as the class is used, and can't be pickled).
+#: of isinstance answers (it changes as the class is used, and can't be pickled);
+#: ``__firstlineno__`` (Python 3.13+) is where the cell put the class, which moves when
+#: a cell above it grows, as a function's ``co_firstlineno`` does.
 _CLASS_BOOKKEEPING = frozenset(
-    {"__dict__", "__weakref__", "__module__", "__qualname__", "_abc_impl"}
+    {"__dict__", "__weakref__", "__module__", "__qualname__", "__firstlineno__", "_abc_impl"}
 )
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 import types
 from abc import ABC, abstractmethod
 from typing import Any, BinaryIO, ClassVar
@@ -477,11 +478,40 @@ class SerializerRegistry:
 
 
 def python_type_name(value: Any) -> str:
+    """The name a user would write for the value's type: ``int``, ``pandas.DataFrame``,
+    ``sklearn.linear_model.LinearRegression`` (not where the class happens to be defined,
+    ``pandas.core.frame.DataFrame`` under pandas 2, ``…linear_model._base…``)."""
     t = type(value)
     module = t.__module__
     if module == "builtins":
         return t.__qualname__
-    return f"{module}.{t.__qualname__}"
+    if "." not in module:  # (a notebook's own class: ``__main__.Point``; not kept below)
+        return f"{module}.{t.__qualname__}"
+    name = _PUBLIC_NAMES.get(t)
+    if name is None:
+        name = _PUBLIC_NAMES[t] = _public_name(t, module)
+    return name
+
+
+#: Library types by their public names (a map names two artifacts per element).
+_PUBLIC_NAMES: dict[type, str] = {}
+
+
+def _public_name(t: type, module: str) -> str:
+    """``package.Name`` for the shortest already imported parent package of ``module``
+    that has ``t`` under its qualified name. Only what is in a module's ``__dict__``
+    counts, so a lazy module's ``__getattr__`` imports nothing here."""
+    qualname = t.__qualname__
+    first, *rest = qualname.split(".")
+    parts = module.split(".")
+    for i in range(1, len(parts)):
+        package = ".".join(parts[:i])
+        obj = getattr(sys.modules.get(package), "__dict__", {}).get(first)
+        for attr in rest:
+            obj = getattr(obj, attr, None)
+        if obj is t:
+            return f"{package}.{qualname}"
+    return f"{module}.{qualname}"
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

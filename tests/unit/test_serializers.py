@@ -6,8 +6,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
+import sys
 import threading
 import traceback
+import types
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -449,6 +451,32 @@ def test_python_type_name() -> None:
     assert python_type_name(np.arange(2)) == "numpy.ndarray"
     assert python_type_name(pd.DataFrame()) == "pandas.DataFrame"
     assert python_type_name(Color.RED) == f"{__name__}.Color"
+
+
+def test_a_library_type_is_named_as_its_package_exports_it() -> None:
+    import email.message
+    import json.decoder
+
+    # Defined in json.decoder, exported by json (as pandas 2 defines DataFrame in
+    # pandas.core.frame): named as users import it, under any pandas.
+    assert python_type_name(json.decoder.JSONDecodeError("m", "d", 0)) == "json.JSONDecodeError"
+    assert python_type_name(pd.Series(dtype=float)) == "pandas.Series"
+    # Not exported by its package: named where it is defined.
+    assert python_type_name(email.message.Message()) == "email.message.Message"
+
+
+def test_a_type_name_imports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package's lazy ``__getattr__`` (scipy's, for one) would import a submodule."""
+    asked: list[str] = []
+    package = types.ModuleType("lazypkg")
+    package.__getattr__ = lambda name: asked.append(name)  # type: ignore[method-assign]
+    inner = types.ModuleType("lazypkg._impl")
+    thing = type("Thing", (), {"__module__": "lazypkg._impl"})
+    inner.Thing = thing  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lazypkg", package)
+    monkeypatch.setitem(sys.modules, "lazypkg._impl", inner)
+    assert python_type_name(thing()) == "lazypkg._impl.Thing"
+    assert asked == []
 
 
 def test_preview_is_short_and_never_raises() -> None:
