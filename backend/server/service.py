@@ -210,6 +210,7 @@ class Service:
             run.shutdown()
         for engine in self._engines.values():
             engine.close()
+        self.store.close()  # (the engines share it: theirs to use, the service's to close)
 
     # -- following ---------------------------------------------------------------------------
     def notify(self, execution_id: str) -> None:

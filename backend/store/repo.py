@@ -113,6 +113,13 @@ class Store:
         self._read_options: dict[str, Any] = (
             {"isolation_level": "AUTOCOMMIT"} if url.startswith("postgres") else {}
         )
+        try:
+            self._open_schema()
+        except BaseException:
+            self.close()  # (a store too new for us, or unreachable: no connection is left open)
+            raise
+
+    def _open_schema(self) -> None:
         if self._file is None:
             db.ensure_schema(self.engine)
         else:

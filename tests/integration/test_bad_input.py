@@ -4,6 +4,7 @@ behind in the store: no rows, no value files, no temporary files."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def snapshot(home: Path) -> dict[str, object]:
     counts: dict[str, object] = {}
     db = home / "papercrane.db"
     if db.exists():
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             for table in TABLES:
                 counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     store = home / "store"

@@ -4,6 +4,7 @@ runs, so each test can prove whether a run was a hit (no append) or a miss (appe
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def test_damaged_entry_is_never_served(
 ) -> None:
     kernel.run("n = 5").ok()
     counter.task("out = 'x' * n")
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         (uri,) = db.execute("SELECT uri FROM artifacts WHERE preview = \"'xxxxx'\"").fetchone()
     blob = home / "store" / uri
     if damage == "corrupt":
@@ -195,7 +196,7 @@ def test_corrupted_big_array_is_never_served(
 ) -> None:
     kernel.run(f"import numpy as np\nn = {n}").ok()
     counter.task("big = np.arange(n, dtype=np.float64)")
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         (uri, digest) = db.execute(
             "SELECT uri, hash FROM artifacts WHERE python_type = 'numpy.ndarray'"
         ).fetchone()

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import nbformat
@@ -116,7 +117,7 @@ def test_two_processes_share_one_store(home: Path, tmp_path: Path) -> None:
         results = list(pool.map(run, paths))
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = db.execute("SELECT id, status FROM executions").fetchall()
     assert len(rows) == 24

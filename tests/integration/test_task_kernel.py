@@ -18,7 +18,7 @@ pytestmark = pytest.mark.kernel
 
 
 def events(home: Path) -> list[tuple[str, str, int]]:
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with contextlib.closing(sqlite3.connect(home / "papercrane.db")) as db:
         return db.execute("SELECT execution_id, kind, attempt FROM events ORDER BY seq").fetchall()
 
 
@@ -266,7 +266,7 @@ def test_load_ext_imports_nothing_heavy(tmp_path: Path) -> None:
 
 def test_resources_are_validated_and_recorded(kernel: Kernel, home: Path) -> None:
     kernel.run("%%task sized --cpu 500m --memory 4Gi --gpu 1\nz = 1").ok()
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with contextlib.closing(sqlite3.connect(home / "papercrane.db")) as db:
         (payload,) = db.execute(
             "SELECT payload FROM events WHERE kind = 'execution_created' ORDER BY seq DESC"
         ).fetchone()

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.kernel
 
 
 def node_times(home: Path, execution: str) -> dict[str, tuple[float, float]]:
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         rows = db.execute(
             "SELECT node, kind, ts FROM events WHERE execution_id = ? ORDER BY seq", (execution,)
         ).fetchall()
@@ -33,7 +34,7 @@ def node_times(home: Path, execution: str) -> dict[str, tuple[float, float]]:
 
 
 def last_execution(home: Path, kind: str = "workflow") -> str:
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         (eid,) = db.execute(
             "SELECT id FROM executions WHERE kind = ? ORDER BY created_at DESC", (kind,)
         ).fetchone()
@@ -188,7 +189,7 @@ def test_lineage_of_a_three_step_workflow(kernel: Kernel) -> None:
 def test_config_sets_project(kernel: Kernel, home: Path) -> None:
     kernel.run('%config Papercrane.project = "pricing"').ok()
     kernel.run("%%task p --executor inline\nv = 1").ok()
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         (project,) = db.execute(
             "SELECT project FROM executions ORDER BY created_at DESC"
         ).fetchone()
@@ -212,7 +213,7 @@ def test_interrupting_a_parallel_workflow_aborts_it(
     kernel.send_interrupt()
     reply = kernel.kc.get_shell_msg(timeout=30)
     assert reply["content"]["status"] == "error"
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         (status,) = db.execute(
             "SELECT status FROM executions WHERE kind = 'workflow' ORDER BY created_at DESC"
         ).fetchone()
@@ -231,7 +232,7 @@ def test_a_packed_map_read_by_other_processes(kernel: Kernel, home: Path) -> Non
     kernel.run("%%task inc --map xs --executor inline --cache\ny = x + 1").ok()
     kernel.run("%%task total --executor local\ns = sum(y)").ok()
     assert kernel.run("print(s)").ok().stdout.strip() == "21"
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         uris = dict(db.execute("SELECT preview, uri FROM artifacts"))
         (element_out,) = db.execute(
             "SELECT artifact_id FROM lineage WHERE node = 'inc[1]'"

@@ -4,6 +4,7 @@ every reader gets must not change. Engine API, real SQLite, real files."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,12 @@ def _run(home: Path, items: list[Any], cells: list[CellTask] | None = None) -> A
 
 
 def _uris(home: Path) -> dict[str, str]:
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         return dict(db.execute("SELECT preview, uri FROM artifacts"))
 
 
 def _kinds(home: Path, execution_id: str) -> list[str]:
-    with sqlite3.connect(home / "papercrane.db") as db:
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
         rows = db.execute(
             "SELECT node, kind FROM events WHERE execution_id = ? ORDER BY seq", (execution_id,)
         )

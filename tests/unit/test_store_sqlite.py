@@ -336,20 +336,21 @@ def test_a_store_upgraded_by_a_newer_papercrane_is_refused_clearly(tmp_path: Pat
     do (not Alembic's "Can't locate revision"), and leaves the store as it was."""
     path = tmp_path / "x.db"
     Store(f"sqlite:///{path}").close()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
+        conn.commit()
     with pytest.raises(ConfigError, match=r"newer papercrane .*'0099'.*upgrade papercrane"):
         Store(f"sqlite:///{path}")
     engine = sa.create_engine(f"sqlite:///{path}")
     with pytest.raises(ConfigError, match="newer papercrane"):
         db.ensure_schema(engine)
     engine.dispose()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0099",)
 
 
 def _indexes(path: Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
 
 
@@ -408,10 +409,13 @@ def test_revision_0007_drops_two_unused_indexes_and_keeps_new_elements_from_goin
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 31, 63, 64, 65, 200, 1000])
-def test_multi_row_inserts_write_what_executemany_writes(n: int) -> None:
+def test_multi_row_inserts_write_what_executemany_writes(
+    n: int, request: pytest.FixtureRequest
+) -> None:
     """Events go in multi-row INSERTs (64 rows each, the rest in one ``executemany``):
     every row once, in order, so their rowids are consecutive as ``executemany`` gives."""
     conn = sqlite3.connect(":memory:")
+    request.addfinalizer(conn.close)
     conn.execute("CREATE TABLE multi_rows (seq INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
     conn.execute("INSERT INTO multi_rows (a, b, c) VALUES ('first', 0, NULL)")
     t = sqlite_rows.table(conn, "multi_rows")
