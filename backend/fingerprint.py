@@ -22,7 +22,7 @@ from typing import Any
 from .environment import import_reference
 from .hashing import HashingWriter
 from .scalars import FINGERPRINT, Scalars
-from .serializers import SerializerRegistry
+from .serializers import SerializerRegistry, type_module
 
 
 class Fingerprinter:
@@ -90,7 +90,7 @@ class Fingerprinter:
             return f"{type(value).__name__}:{_h(','.join(items))}"
         if isinstance(value, types.MappingProxyType):  # dataclass field metadata, ...
             return f"mappingproxy:{self.value(dict(value))}"
-        module = type(value).__module__ or ""
+        module = type_module(value)
         if (
             module.startswith("numpy")
             and type(value).__name__ == "ndarray"

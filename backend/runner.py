@@ -337,6 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = tees["stdout"], tees["stderr"]
         try:
             result = _run_attempt(spec, attempt, artifacts)
+        except Exception as exc:
+            # papercrane's own code failed around the task (storing an output, say): a
+            # result that says so, with the traceback in the attempt's stderr log, not a
+            # process that ended "before reporting a result" without a word.
+            traceback.print_exc()
+            message = f"papercrane failed around the task: {type(exc).__name__}: {_safe_str(exc)}"
+            error = system_error(message, type(exc).__name__)
+            error["traceback"] = traceback.format_exc()
+            now = time.time()
+            result = AttemptResult("failed", error=error, started_at=now, ended_at=now)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     result.logs = {name: f"{prefix}/{name}.log" for name, tee in tees.items() if tee.written}

@@ -64,8 +64,12 @@ class Serializer(ABC):
         return None
 
 
-def _module_of(value: Any) -> str:
-    return type(value).__module__ or ""
+def type_module(value: Any) -> str:
+    """The module of ``value``'s type, or "". Not always ``type(value).__module__``: a type
+    whose instances have a ``__module__`` slot (Cython's functions, which pickles of
+    NumPy's random generators hold) gives that slot's descriptor there, not a string."""
+    module = type(value).__module__
+    return module if isinstance(module, str) else ""
 
 
 class NumpySerializer(Serializer):
@@ -74,7 +78,7 @@ class NumpySerializer(Serializer):
 
     @classmethod
     def accepts(cls, value: Any) -> bool:
-        if not _module_of(value).startswith("numpy"):
+        if not type_module(value).startswith("numpy"):
             return False
         import numpy as np
 
@@ -243,7 +247,7 @@ class ParquetSerializer(Serializer):
 
     @classmethod
     def accepts(cls, value: Any) -> bool:
-        if not _module_of(value).startswith("pandas"):
+        if not type_module(value).startswith("pandas"):
             return False
         import pandas as pd
 
@@ -482,8 +486,8 @@ def python_type_name(value: Any) -> str:
     ``sklearn.linear_model.LinearRegression`` (not where the class happens to be defined,
     ``pandas.core.frame.DataFrame`` under pandas 2, ``…linear_model._base…``)."""
     t = type(value)
-    module = t.__module__
-    if module == "builtins":
+    module = type_module(value)
+    if module in ("builtins", ""):
         return t.__qualname__
     if "." not in module:  # (a notebook's own class: ``__main__.Point``; not kept below)
         return f"{module}.{t.__qualname__}"

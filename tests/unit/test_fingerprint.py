@@ -504,3 +504,27 @@ def test_sets_of_strings_are_stable_across_hash_seeds() -> None:
     assert len({tuple(r["order"]) for r in runs}) > 1
     for key in ("set", "frozenset", "nested", "function", "instance"):
         assert len({r[key] for r in runs}) == 1, key
+
+
+# -- types whose __module__ is not a string ----------------------------------------------------
+
+
+def odd_module_instance(state: int) -> Any:
+    """As with Cython's function type (a NumPy random generator's pickle holds one): its
+    instances have a ``__module__`` slot, so the type's own ``__module__`` is not a string
+    but that slot's descriptor."""
+
+    class Odd:
+        def __init__(self, state: int) -> None:
+            self.state = state
+
+    Odd.__module__ = property(lambda self: "elsewhere")  # type: ignore[assignment]
+    return Odd(state)
+
+
+def test_a_value_whose_types_module_is_not_a_string_is_fingerprinted() -> None:
+    """Python 3.10's NumPy 2.2: the quickstart's ``rng`` output broke the task's process."""
+    assert fp([odd_module_instance(1)]) == fp([odd_module_instance(1)])
+    assert fp([odd_module_instance(1)]) != fp([odd_module_instance(2)])
+    assert fp(np.random.default_rng(7)) == fp(np.random.default_rng(7))
+    assert fp(np.random.default_rng(7)) != fp(np.random.default_rng(8))

@@ -465,6 +465,14 @@ def test_a_library_type_is_named_as_its_package_exports_it() -> None:
     assert python_type_name(email.message.Message()) == "email.message.Message"
 
 
+def test_a_type_whose_module_is_not_a_string_is_named_and_stored() -> None:
+    from tests.unit.test_fingerprint import odd_module_instance
+
+    value = odd_module_instance(1)
+    assert python_type_name(value) == "odd_module_instance.<locals>.Odd"
+    assert SerializerRegistry().for_value(value).name == "cloudpickle"
+
+
 def test_a_type_name_imports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """A package's lazy ``__getattr__`` (scipy's, for one) would import a submodule."""
     asked: list[str] = []

@@ -319,6 +319,39 @@ def test_exit_code_is_reported_as_before(engine: LocalEngine) -> None:
     )
 
 
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_papercranes_own_failure_in_the_tasks_process_is_reported_with_its_traceback(
+    engine: LocalEngine, zygote: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of papercrane's around the task (Python 3.10's NumPy once broke storing an
+    output) is a system error that names it, not "exited with code 1 before reporting a
+    result" with an empty log. Here the task itself breaks the runner's collection of its
+    outputs, standing in for such a bug."""
+    monkeypatch.setenv(SWITCH, zygote)
+    code = """
+    import sys
+
+    def collect(*args, **kwargs):
+        raise RuntimeError("a stand-in bug while storing outputs")
+
+    # The runner's module: ``__main__`` in a ``python -m`` process, imported in the zygote.
+    for name in ("__main__", "papercrane.backend.runner"):
+        if hasattr(sys.modules.get(name), "collect"):
+            sys.modules[name].collect = collect
+    y = 1
+    """
+    lines = Lines()
+    result = engine.executor("local").run(attempt(engine, code), lines)
+    assert result.status == "failed" and result.error["kind"] == "system"
+    assert result.error["message"] == (
+        "papercrane failed around the task: RuntimeError: a stand-in bug while storing outputs"
+    )
+    assert 'runner.py", line' in result.error["traceback"]
+    log = engine.storage.read_bytes(result.logs["stderr"]).decode()
+    assert log.rstrip().endswith("RuntimeError: a stand-in bug while storing outputs")
+    assert "a stand-in bug" in lines.streams["stderr"]  # shown live too
+
+
 def test_a_dead_zygote_loses_its_attempt_and_is_replaced(
     engine: LocalEngine, executor: LocalExecutor, tmp_path: Path
 ) -> None:
