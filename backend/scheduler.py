@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -440,6 +440,13 @@ class WorkflowRun:
             raise ExecutionAborted(
                 f"execution {self.state.id} was {how} and recorded as aborted"
             ) from None
+        except Exception as exc:
+            # papercrane's own failure mid-run (a bug; the interpreter refusing a thread):
+            # the execution ends recorded as aborted, naming it, not "running" for ever.
+            # The exception itself goes on to the caller, traceback and all.
+            with suppress(Exception):
+                self._abort(f"papercrane failed while running it: {type(exc).__name__}: {exc}")
+            raise
         finally:
             if self.packing:
                 self.engine.storage.end_pack()

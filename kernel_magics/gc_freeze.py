@@ -42,6 +42,11 @@ def holds_no_data(shell: Any) -> bool:
     return all(isinstance(v, types.ModuleType) or not gc.is_tracked(v) for v in values)
 
 
+#: The permanent generation before papercrane could freeze anything. Not always empty:
+#: Python 3.12 starts with a few hundred of its own objects there.
+_AT_IMPORT = gc.get_freeze_count()
+
+
 class Freezer:
     """Freezes at the extension's load, and thaws only what it froze."""
 
@@ -54,7 +59,7 @@ class Freezer:
         self.frozen = False
 
     def freeze_if_safe(self, shell: Any) -> bool:
-        if self.frozen or gc.get_freeze_count() or not holds_no_data(shell):
+        if self.frozen or gc.get_freeze_count() > _AT_IMPORT or not holds_no_data(shell):
             # Someone else froze (their choice stands), or the notebook already has data.
             return False
         if Freezer.froze_before or getattr(shell, "execution_count", 1) > 1:

@@ -166,10 +166,21 @@ class NotebookWorkflow:
         papermill): by then the notebook has no cell to show it."""
         if not self.pending:
             return
+        import platform
         import signal
         import sys
 
         names = ", ".join(rec.spec.name for rec in self.pending)
+        if not _threads_start():
+            # (before anything is recorded: no execution is left half-written)
+            print(
+                f"papercrane: the deferred tasks ({names}) did not run: this Python "
+                f"({platform.python_version()}) cannot start a thread while the kernel exits, "
+                "and running them needs one. End the notebook with a `%workflow flush` cell, "
+                "or run it with `papercrane run` (which adds that cell).",
+                file=sys.__stderr__,
+            )
+            return
 
         def stopped(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt("the kernel was stopped (SIGTERM)")
@@ -373,3 +384,18 @@ def parse_param(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         value = raw
     return name, value
+
+
+def _threads_start() -> bool:
+    """Whether this process can still start a thread. Python 3.12 refuses once the
+    interpreter has begun to exit, atexit handlers included (CPython issue 113964);
+    3.10, 3.11 and 3.13 allow it."""
+    import threading
+
+    try:
+        probe = threading.Thread(target=lambda: None, name="papercrane-probe", daemon=True)
+        probe.start()
+    except RuntimeError:
+        return False
+    probe.join()
+    return True

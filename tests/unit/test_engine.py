@@ -412,3 +412,29 @@ def test_the_api_refuses_a_project_or_domain_the_server_would(engine: LocalEngin
         engine.register_workflow(flow, "default", "")
     assert engine.list_executions() == []
     assert engine.store.cache_list() == []
+
+
+def test_papercranes_own_failure_mid_run_records_the_execution_aborted(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of papercrane's own while it runs an execution reaches the caller as it
+    is, and the execution is recorded aborted with the reason, not left "running". The
+    stand-in (a monkeypatch): the helper thread refused, as Python 3.12 refuses any new
+    thread once the interpreter is exiting."""
+    from papercrane.backend import scheduler
+
+    def refuse(*args: Any) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(scheduler._deadlines, "arm", refuse)
+    with pytest.raises(RuntimeError, match="can't create new thread"):
+        run(engine, "y = x + 1", {"x": 1})
+    (row,) = engine.list_executions()
+    assert row["status"] == "aborted"
+    last = engine.events(row["id"])[-1]
+    assert last.kind.value == "execution_aborted"
+    assert last.payload["reason"] == (
+        "papercrane failed while running it: RuntimeError: "
+        "can't create new thread at interpreter shutdown"
+    )
+    assert engine.execution(row["id"]).nodes["t"].status.value != "running"
