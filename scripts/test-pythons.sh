@@ -54,12 +54,15 @@ for v in "${versions[@]}"; do
         failed+=("$v (install)")
         continue
     fi
+    # As if this venv were activated, not the caller's (IPython warns when VIRTUAL_ENV
+    # names another venv; the tests start `papercrane` and `papermill` from PATH).
+    in_venv=(env VIRTUAL_ENV="$PWD/$venv" PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -q)
     if [ "$quick" = 1 ]; then
         # The unit tests, then the kernel tests (a real kernel on this Python).
-        "$venv/bin/python" -m pytest -q tests/unit || failed+=("$v (unit)")
-        "$venv/bin/python" -m pytest -q "${kernel_tests[@]}" || failed+=("$v (kernel)")
+        "${in_venv[@]}" tests/unit || failed+=("$v (unit)")
+        "${in_venv[@]}" "${kernel_tests[@]}" || failed+=("$v (kernel)")
     else
-        "$venv/bin/python" -m pytest -q tests -m "not kubernetes" || failed+=("$v")
+        "${in_venv[@]}" tests -m "not kubernetes" || failed+=("$v")
     fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
