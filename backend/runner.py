@@ -341,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             # papercrane's own code failed around the task (storing an output, say): a
             # result that says so, with the traceback in the attempt's stderr log, not a
             # process that ended "before reporting a result" without a word.
-            traceback.print_exc()
+            trace = traceback.format_exc()
+            sys.stderr.write(trace)
             message = f"papercrane failed around the task: {type(exc).__name__}: {_safe_str(exc)}"
-            error = system_error(message, type(exc).__name__)
-            error["traceback"] = traceback.format_exc()
+            error = {**system_error(message, type(exc).__name__), "traceback": trace}
             now = time.time()
             result = AttemptResult("failed", error=error, started_at=now, ended_at=now)
         finally:

@@ -22,6 +22,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
         -h | --help) sed -n 2,15p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "test-pythons.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) versions+=("$arg") ;;
     esac
 done
