@@ -311,12 +311,12 @@ class RemoteEngine(EngineAPI):
         *,
         max_parallel: int = 4,
         want_values: bool = True,
+        workflow: WorkflowSpec | None = None,
     ) -> RemoteResult:
-        new = self._req(
-            "POST",
-            f"{_execution(execution_id)}/recover",
-            json={"max_parallel": max_parallel},
-        )["id"]
+        body: dict[str, Any] = {"max_parallel": max_parallel}
+        if workflow is not None:  # the edited workflow: the server must know it first
+            body["workflow_version"] = self.register_workflow(workflow)
+        new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
         return self._result(self.follow(new, listener), want_values)
 
     def abort(self, execution_id: str) -> None:
@@ -396,7 +396,15 @@ class RemoteEngine(EngineAPI):
                     error.get("message", ""),
                 )
             skipped = [k for k, n in tops.items() if n.status is Status.SKIPPED]
-            raise WorkflowFailed(state.id, failed or [("?", {})], skipped)
+            failure = WorkflowFailed(state.id, failed or [("?", {})], skipped)
+            ok = {k: n for k, n in tops.items() if n.status.ok}
+            failure.result = self._nodes(state, ok, want_values)
+            raise failure
+        return self._nodes(state, tops, want_values)
+
+    def _nodes(
+        self, state: ExecutionState, tops: dict[str, Any], want_values: bool
+    ) -> RemoteResult:
         nodes = {}
         for key, n in tops.items():
             outputs = {name: self.artifact(aid) for name, aid in n.outputs.items()}

@@ -38,7 +38,7 @@ from .scheduler import RunOptions, WorkflowResult, WorkflowRun
 from .serializers import SerializerRegistry
 from .storage import Storage
 from .store import Store
-from .workflow import Binding, MapSpec, NodeSpec, WorkflowSpec
+from .workflow import Binding, MapSpec, NodeSpec, WorkflowSpec, changed_nodes
 
 
 def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
@@ -95,6 +95,19 @@ class WorkflowRequest:
 #: Where a project or domain the engine refuses came from, for callers of its API (the
 #: kernel, the CLI and the server check theirs first, naming their own options).
 _API = "the engine request's project= and domain="
+
+
+def check_recoverable(source: ExecutionState) -> None:
+    """Refuse to recover an execution that has nothing to recover (it succeeded) or
+    has not ended: the same words from every front door, before anything is shown."""
+    if source.status.ok:
+        how = "was a cache hit" if source.status is Status.CACHED else "succeeded"
+        raise Conflict(f"execution {source.id} {how}; there is nothing to recover")
+    if not source.status.terminal:
+        raise Conflict(
+            f"execution {source.id} is still {source.status.value}; wait for it to "
+            "finish (or abort it) before recovering it"
+        )
 
 
 class LocalEngine(EngineAPI):
@@ -526,26 +539,40 @@ class LocalEngine(EngineAPI):
         *,
         max_parallel: int = 4,
         want_values: bool = True,
+        workflow: WorkflowSpec | None = None,
     ) -> WorkflowRun:
+        """``recover``'s run, ready to ``begin()`` or ``run()``: refused here, before
+        anything runs, if the execution cannot be recovered."""
         source = self.execution(execution_id)
-        if source.status.ok:
-            how = "was a cache hit" if source.status is Status.CACHED else "succeeded"
-            raise Conflict(f"execution {execution_id} {how}; there is nothing to recover")
-        if not source.status.terminal:
-            raise Conflict(
-                f"execution {execution_id} is still {source.status.value}; wait for it to "
-                "finish (or abort it) before recovering it"
-            )
-        workflow, params, options = self._rebuild(source, max_parallel, want_values)
+        check_recoverable(source)
+        stored, params, options = self._rebuild(source, max_parallel, want_values)
+        stale: frozenset[str] = frozenset()
+        if workflow is not None:
+            if source.kind != "workflow":
+                raise UserError(
+                    f"execution {execution_id} ran task {source.name!r} alone, not a "
+                    "workflow; recover it as it ran, or run the cell again"
+                )
+            new = sorted(set(workflow.parameters()) - set(params))
+            if new:
+                raise UserError(
+                    f"the workflow now has parameter(s) {', '.join(new)} that execution "
+                    f"{execution_id} did not have, so it cannot be recovered onto it; run it "
+                    "with %workflow run (-p NAME=VALUE)"
+                )
+            self._check_executors(workflow.nodes)
+            stale = changed_nodes(stored, workflow)
+            stored, params = workflow, {p: params[p] for p in workflow.parameters()}
         return WorkflowRun(
             self,
-            workflow,
+            stored,
             params,
             None,
             options,
             listener or NullListener(),
             kind=source.kind,
             recover_from=source,
+            stale=stale,
         )
 
     def recover(
@@ -555,11 +582,21 @@ class LocalEngine(EngineAPI):
         *,
         max_parallel: int = 4,
         want_values: bool = True,
+        workflow: WorkflowSpec | None = None,
     ) -> WorkflowResult:
         """Re-run a failed (or aborted) execution: every node that succeeded keeps its
-        outputs; only what failed or never ran runs again, as a new execution."""
+        outputs; only what failed or never ran runs again, as a new execution.
+
+        ``workflow``: the same workflow as it is now, after the user fixed a cell (a
+        notebook's "fix the cell, then recover"). Its changed nodes and everything
+        downstream of them run again too (``workflow.changed_nodes``), with the
+        execution's parameters; without it the execution's own version runs again."""
         run = self.recover_run(
-            execution_id, listener, max_parallel=max_parallel, want_values=want_values
+            execution_id,
+            listener,
+            max_parallel=max_parallel,
+            want_values=want_values,
+            workflow=workflow,
         )
         return run.run()
 

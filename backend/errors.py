@@ -8,6 +8,8 @@ the user's code was never at fault.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PapercraneError(Exception):
     """Root of every error papercrane raises on purpose."""
@@ -102,6 +104,10 @@ class WorkflowFailed(UserError):
         self.execution_id = execution_id
         self.failures = failures
         self.skipped = skipped or []
+        #: What did finish well, as a run's result (its nodes, with values when asked
+        #: for): a notebook binds those outputs, as cells above a failing one would
+        #: have bound theirs. None where the raiser has no such result.
+        self.result: Any = None
         names = ", ".join(node for node, _ in failures)
         first_node, first = failures[0]
         more = f"; {len(self.skipped)} node(s) skipped" if self.skipped else ""

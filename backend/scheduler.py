@@ -269,6 +269,7 @@ class WorkflowRun:
         recover_from: ExecutionState | None = None,
         sources: dict[str, dict[str, str]] | None = None,
         resume: ExecutionState | None = None,
+        stale: frozenset[str] = frozenset(),
     ) -> None:
         self.engine = engine
         self.spec = spec
@@ -281,6 +282,9 @@ class WorkflowRun:
         self.listener = listener
         self.kind = kind
         self.recover_from = recover_from
+        #: Nodes of an edited workflow that a recover must run again, though they (or
+        #: their elements) succeeded in ``recover_from`` (``workflow.changed_nodes``).
+        self.stale = stale
         #: Continuing an execution whose scheduler died (a server restart): same id, its
         #: events so far are the truth, finished nodes and elements are kept.
         self.resume = resume
@@ -587,6 +591,8 @@ class WorkflowRun:
         for source, how in ((self.resume, "resume"), (self.recover_from, "recover")):
             if source is None:
                 continue
+            if how == "recover" and key.partition("[")[0].partition(":")[0] in self.stale:
+                continue  # (an element ``node[3]``, a step ``node:collect``: the node's)
             old = source.nodes.get(key)
             if old is not None and old.status.ok and old.outputs:
                 return old, how
@@ -1337,18 +1343,24 @@ class WorkflowRun:
                     first.get("type", ""),
                     first.get("message", ""),
                 )
-            raise WorkflowFailed(
+            failure = WorkflowFailed(
                 self.state.id,
                 [(r.id, r.error or {}) for r in failed],
                 [r.id for r in self.nodes.values() if r.status is Status.SKIPPED],
             )
+            failure.result = self._result(only_ok=True)
+            raise failure
         self.emit(K.EXECUTION_SUCCEEDED)
         self.flush()
+        return self._result()
+
+    def _result(self, only_ok: bool = False) -> WorkflowResult:
+        nodes = {k: r for k, r in self.nodes.items() if r.status.ok} if only_ok else self.nodes
         if self.options.want_values:
-            for run in self.nodes.values():
+            for run in nodes.values():
                 for name, ref in run.outputs.items():
                     if name not in run.values:
                         run.values[name] = self.engine.artifacts.load(
                             ref, verify=run.status is Status.RECOVERED
                         )
-        return WorkflowResult(self.state, self.nodes)
+        return WorkflowResult(self.state, nodes)

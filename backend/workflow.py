@@ -215,6 +215,37 @@ def assemble(name: str, cells: Iterable[CellTask]) -> WorkflowSpec:
     return WorkflowSpec(name, tuple(nodes), shadowed)
 
 
+def changed_nodes(before: WorkflowSpec, after: WorkflowSpec) -> frozenset[str]:
+    """The nodes of ``after`` whose results an execution of ``before`` cannot stand for:
+    a node that is new, whose task changed (its version: code, interface, environment),
+    that reads its inputs from elsewhere or maps differently, and every node downstream
+    of one of those. Recovering onto an edited notebook runs these again and reuses the
+    rest; a retry or executor setting alone changes no result, so it is not compared."""
+    old = {n.id: n for n in before.nodes}
+    changed: set[str] = set()
+    for n in after.nodes:
+        o = old.get(n.id)
+        if (
+            o is None
+            or o.task.version() != n.task.version()
+            or o.bindings != n.bindings
+            or _mapping(o.map) != _mapping(n.map)
+        ):
+            changed.add(n.id)
+    grown = True
+    while grown:  # everything downstream, whatever order the nodes come in
+        grown = False
+        for n in after.nodes:
+            if n.id not in changed and any(b.node in changed for b in n.bindings.values()):
+                changed.add(n.id)
+                grown = True
+    return frozenset(changed)
+
+
+def _mapping(m: MapSpec | None) -> tuple[str, str] | None:
+    return (m.over, m.as_name) if m is not None else None
+
+
 def _unique(node_id: str, taken: dict[str, Any]) -> str:
     i = 2
     while f"{node_id}-{i}" in taken:

@@ -370,7 +370,15 @@ class PapercraneMagics(Magics):
     def workflow(self, line: str) -> Any:
         """The notebook's task cells as one workflow (a DAG): show it, run it in
         parallel, recover a failed run, or batch task cells up (defer)."""
-        args = parse_argstring(self.workflow, line)
+        try:
+            args = parse_argstring(self.workflow, line)
+        except UsageError as exc:
+            if "unrecognized arguments" in str(exc) and "-p" in line.split():
+                raise UsageError(
+                    f"{exc}. A parameter value with spaces goes in quotes around the whole "
+                    """parameter: -p "title=hello world" (or -p "title='hello world'")"""
+                ) from None
+            raise
         return self._workflow(args)
 
     @_user_errors

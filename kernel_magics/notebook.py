@@ -36,6 +36,9 @@ class NotebookWorkflow:
         self._atexit = False
         #: ``--detach`` on the current %workflow line: submit to the server, don't wait.
         self.detach = False
+        #: The latest workflow execution this kernel ran (``last_failed``'s choice when
+        #: the notebook's name, and so its workflow's, is not known).
+        self.last_run = ""
 
     @property
     def deferring(self) -> bool:
@@ -290,13 +293,17 @@ class NotebookWorkflow:
             result = engine.run_workflow(request, listener=widget)
         except WorkflowFailed as failure:
             widget.finish()
-            self._remember(records, widget.state)
+            self.last_run = failure.execution_id
+            self._bind_partial(failure, records, widget.state)
             raise WorkflowError(failure) from None
         except ExecutionAborted as aborted:
             widget.finish()
+            if widget.state is not None:
+                self.last_run = widget.state.id
             self._remember(records, widget.state)
             raise TaskInterrupted(str(aborted)) from None
         widget.finish()
+        self.last_run = result.execution.id
         self._bind(result, records)
         return result
 
@@ -305,9 +312,22 @@ class NotebookWorkflow:
         execution, if it failed or was aborted (a later success leaves nothing to do)."""
         project, domain = self._options([])
         name = self.name()
-        latest = self.session.engine.list_executions(
-            limit=1, project=project, domain=domain, name=name
-        )
+        if name == "notebook" and not self.session.settings.workflow_name:
+            # Not this notebook's name: every notebook whose file is not known (under
+            # papermill, say) gets it. Only this kernel's own run can be meant.
+            if not self.last_run:
+                raise UserError(
+                    "this kernel has not run the workflow yet, and the notebook's file is "
+                    "not known, so its earlier runs can't be told from other notebooks'; "
+                    "give an execution id: %workflow recover ID (papercrane executions list "
+                    "--status failed)"
+                )
+            state = self.session.engine.execution(self.last_run)
+            latest = [{"id": state.id, "status": state.status.value}]
+        else:
+            latest = self.session.engine.list_executions(
+                limit=1, project=project, domain=domain, name=name
+            )
         if not latest or latest[0]["status"] not in ("failed", "aborted"):
             last = (
                 f"its last run, {latest[0]['id']}, {latest[0]['status']}"
@@ -321,29 +341,58 @@ class NotebookWorkflow:
         return str(latest[0]["id"])
 
     def recover(self, execution_id: str) -> Any:
+        """Re-run a failed execution, reusing what succeeded. If it is this notebook's
+        workflow and its task cells changed since (the user fixed the failing cell and
+        ran it), the cells as they are now run: the changed nodes and everything
+        downstream of them run again, the rest is reused (``engine.recover``)."""
+        from papercrane.backend.engine import check_recoverable
+
         from .workflow_widget import WorkflowWidget
 
         engine = self.session.engine
         source = engine.execution(execution_id)
-        spec = engine.workflow(source.workflow_version) if source.kind == "workflow" else None
+        check_recoverable(source)  # (before a widget is shown)
+        spec = edited = None
+        if source.kind == "workflow":
+            spec = engine.workflow(source.workflow_version)
+            if source.name == self.name() and self.session.records:
+                current = self.spec()
+                if current.version() != spec.version():
+                    spec = edited = current
         widget = WorkflowWidget(spec, live=True, title=f"recovering {execution_id}")
         widget.show()
+        records = list(self.session.records.values()) if edited is not None else []
         try:
-            result = engine.recover(execution_id, listener=widget)
+            result = engine.recover(execution_id, listener=widget, workflow=edited)
         except WorkflowFailed as failure:
             widget.finish()
+            self.last_run = failure.execution_id
+            self._bind_partial(failure, records, widget.state)
             raise WorkflowError(failure) from None
         except ExecutionAborted as aborted:
             widget.finish()
+            if widget.state is not None:
+                self.last_run = widget.state.id
             raise TaskInterrupted(str(aborted)) from None
         widget.finish()
-        self._bind(result, [])
+        self.last_run = result.execution.id
+        self._bind(result, records)
         return result
 
-    def _bind(self, result: Any, records: list[CellRecord]) -> None:
+    def _bind_partial(self, failure: WorkflowFailed, records: list[CellRecord], state: Any) -> None:
+        """A failed run still binds what its nodes that finished well produced, as the
+        cells above a failing cell would have: a fix of the failing cell then finds its
+        inputs in the notebook."""
+        if failure.result is not None and failure.result.nodes:
+            self._bind(failure.result, records, partial=True)
+        else:
+            self._remember(records, state)
+
+    def _bind(self, result: Any, records: list[CellRecord], partial: bool = False) -> None:
         deleted: set[str] = set()
         for rec in records:
-            deleted |= rec.deleted
+            if not partial:  # (a partial result: only the nodes that finished are known)
+                deleted |= rec.deleted
         state = result.execution
         for run in result.nodes.values():  # document order: later nodes win, as cells do
             recovered = run.status.value == "recovered" and state.recovered_from
@@ -374,7 +423,11 @@ class NotebookWorkflow:
 
 
 def parse_param(text: str) -> tuple[str, Any]:
-    """``name=value``: the value is a Python literal if it parses as one, else a string."""
+    """``name=value``: the value is a Python literal if it parses as one, else a string.
+    IPython splits a magic's line at spaces outside quotes that open a word and keeps
+    those quotes, so a value with a space comes as one quoted word: ``-p "s=a b"``."""
+    if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:
+        text = text[1:-1]
     name, sep, raw = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():

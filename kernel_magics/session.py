@@ -58,7 +58,10 @@ class WorkflowError(Exception):
             lines += body.splitlines() if body else [f"{error.get('type')}: {error.get('message')}"]
         if f.skipped:
             lines.append(f"skipped (never ran): {', '.join(f.skipped)}")
-        lines.append(f"fix the cell, then: %workflow recover {f.execution_id}")
+        lines.append(
+            f"fix the cell and run it, then: %workflow recover {f.execution_id} (what "
+            "succeeded is kept; the fixed cell and those after it run as they are now)"
+        )
         return lines
 
 

@@ -400,7 +400,8 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         scope: Writable,
         body: m.Recover | None = None,
     ) -> m.Created:
-        new = service.recover(execution_id, (body or m.Recover()).max_parallel)
+        body = body or m.Recover()
+        new = service.recover(execution_id, body.max_parallel, body.workflow_version)
         return m.Created(id=new, url=url(new))
 
     @r.get(

@@ -318,6 +318,9 @@ class Created(BaseModel):
 
 class Recover(Strict):
     max_parallel: int = Field(4, ge=1, le=10_000)
+    #: A registered version of the same workflow, edited since the execution ran: its
+    #: changed nodes (and what is downstream of them) run again too.
+    workflow_version: str | None = Field(None, min_length=1, max_length=64)
 
 
 class FieldError(BaseModel):

@@ -157,10 +157,21 @@ class Service:
         follow = _Follow(self)
         return self._launch(engine.workflow_run(request, follow), follow)
 
-    def recover(self, execution_id: str, max_parallel: int) -> str:
-        engine, _ = self.engine_for(execution_id)
+    def recover(
+        self, execution_id: str, max_parallel: int, workflow_version: str | None = None
+    ) -> str:
+        engine, state = self.engine_for(execution_id)
         follow = _Follow(self)
-        run = engine.recover_run(execution_id, follow, max_parallel=max_parallel, want_values=False)
+        workflow = None
+        if workflow_version:
+            if not self.store.in_scope("workflow", workflow_version, state.project, state.domain):
+                raise NotFound(
+                    f"no workflow version {workflow_version!r} in {state.project}/{state.domain}"
+                )
+            workflow = engine.workflow(workflow_version)
+        run = engine.recover_run(
+            execution_id, follow, max_parallel=max_parallel, want_values=False, workflow=workflow
+        )
         return self._launch(run, follow)
 
     def abort(self, execution_id: str) -> None:

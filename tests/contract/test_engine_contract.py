@@ -182,3 +182,37 @@ def test_recover_runs_only_what_failed(engine: Any, tmp_path: Path) -> None:
     assert result.nodes["b"].values == {"y": 2}
     with pytest.raises(UserError, match="nothing to recover"):
         engine.recover(result.execution.id)
+
+
+def test_recover_onto_the_edited_workflow_runs_what_changed(engine: Any, tmp_path: Path) -> None:
+    """A notebook's "fix the cell, then recover": the workflow as it is now, with the
+    failed execution's parameters; what succeeded and did not change is reused."""
+    log = tmp_path / "ran.log"
+    note = "with open({!r}, 'a') as f:\n    f.write('{}\\n')\n".format(str(log), "{}")
+    local = TaskConfig(executor="local")
+
+    def workflow(b_code: str, b_inputs: tuple[str, ...] = ("x",)):
+        cells = [
+            CellTask(task("a", note.format("a") + "x = n + 1", ("n",), ("x",)), local),
+            CellTask(task("b", note.format("b") + b_code, b_inputs), local),
+            CellTask(task("c", note.format("c") + "z = y * 2", ("y",), ("z",)), local),
+        ]
+        return assemble("contract-edited", cells)
+
+    n = engine.put_value(3, "parameter 'n'")
+    request = WorkflowRequest(spec=workflow("y = x // 0"), params={"n": n}, project=PROJECT)
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(request)
+    assert log.read_text().split() == ["a", "b"]
+    # What finished well comes with the failure, for a notebook to bind.
+    assert set(failed.value.result.nodes) == {"a"}
+    assert failed.value.result.nodes["a"].values == {"x": 4}
+    fixed = workflow("y = x // 2")
+    result = engine.recover(failed.value.execution_id, workflow=fixed)
+    assert log.read_text().split() == ["a", "b", "b", "c"]  # a reused, b's new code, then c
+    assert result.nodes["c"].values == {"z": 4}
+    assert result.nodes["a"].status is Status.RECOVERED
+    assert result.execution.workflow_version == fixed.version()
+    assert result.execution.recovered_from == failed.value.execution_id
+    with pytest.raises(UserError, match="parameter.*m.*%workflow run"):
+        engine.recover(failed.value.execution_id, workflow=workflow("y = x // 2 + m", ("x", "m")))

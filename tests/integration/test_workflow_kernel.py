@@ -111,6 +111,95 @@ def test_recover_reruns_only_the_failed_node(kernel: Kernel, home: Path, workdir
     assert f"no failed run to recover (its last run, {recovered}, succeeded)" in r.error["evalue"]
 
 
+def test_a_failed_run_binds_what_finished_and_recover_runs_the_fixed_cell(
+    kernel: Kernel, home: Path, workdir: Path
+) -> None:
+    """The advice a failed run gives ("fix the cell and run it, then recover") works: the
+    nodes that succeeded are bound at once and reused, the fixed cell runs as it is now
+    (not the code that failed), and so does what depends on it."""
+    log = workdir / "ran.log"
+    kernel.run(f"LOG = {str(log)!r}\nn = 4").ok()
+    write = "with open(LOG, 'a') as f:\n    f.write('{}\\n')\n"
+    kernel.run("%%task a --executor inline\n" + write.format("a") + "xa = n + 1").ok()
+    kernel.run("%%task c --executor inline\n" + write.format("c") + "xc = 1 / (xa - 6)").ok()
+    kernel.run("%%task d --executor inline\n" + write.format("d") + "xd = xc * 2").ok()
+    kernel.run("%%task e --executor inline\n" + write.format("e") + "xe = n * 3").ok()
+    log.unlink()
+    r = kernel.run("%workflow run -p n=5 --failure-policy continue")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "ZeroDivisionError" in tb and "fix the cell and run it, then: %workflow recover" in tb
+    failed = last_execution(home)
+    # a and e succeeded with n=5: bound now, as cells above the failing one would be
+    assert kernel.run("print(xa, xe)").ok().stdout.split() == ["6", "15"]
+    fixed = "%%task c --executor inline\n" + write.format("c") + "xc = 1 / (xa - 7)"
+    kernel.run(fixed).ok()  # the fixed cell, run on its own (n is 4 in the notebook)
+    log.unlink()
+    kernel.run("%workflow recover").ok()
+    # a and e are reused from the failed run; c runs its new code, and d after it
+    assert log.read_text().split() == ["c", "d"]
+    assert kernel.run("print(xa, xc, xd, xe)").ok().stdout.split() == ["6", "-1.0", "-2.0", "15"]
+    recovered = last_execution(home)
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
+        (source,) = db.execute(
+            "SELECT payload FROM events WHERE execution_id = ? AND kind = 'execution_created'",
+            (recovered,),
+        ).fetchone()
+    assert json.loads(source)["recovered_from"] == failed
+    # Nothing to recover: said before any widget is drawn.
+    r = kernel.run(f"%workflow recover {recovered}")
+    assert r.status == "error" and "nothing to recover" in r.error["evalue"]
+    assert not r.displays
+
+
+def test_recover_without_an_id_never_picks_another_notebooks_run(
+    kernel: Kernel, home: Path
+) -> None:
+    """Without the notebook's file (plain papermill, a console) every notebook's workflow
+    is called "notebook": a failed run of another one, in the same store, is not this
+    kernel's to recover."""
+    other = (
+        "from papercrane.backend.config import Config\n"
+        "from papercrane.backend.engine import LocalEngine, WorkflowRequest\n"
+        "from papercrane.backend.model import TaskConfig, TaskSpec\n"
+        "from papercrane.backend.workflow import CellTask, assemble\n"
+        "e = LocalEngine(Config(home=__import__('sys').argv[1]))\n"
+        "t = TaskSpec(name='boom', code='x = 1 / 0', inputs=(), outputs=('x',))\n"
+        "spec = assemble('notebook', [CellTask(t, TaskConfig(executor='inline'))])\n"
+        "try:\n    e.run_workflow(WorkflowRequest(spec=spec, params={}))\n"
+        "except Exception:\n    pass\n"
+        "e.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", other, str(home)], check=True)
+    r = kernel.run("%workflow recover")
+    assert r.status == "error"
+    assert "this kernel has not run the workflow yet" in r.error["evalue"]
+    assert "%workflow recover ID" in r.error["evalue"]
+
+
+def test_a_parameter_value_with_spaces(kernel: Kernel) -> None:
+    kernel.run("title = 'x'").ok()
+    kernel.run("%%task shout --executor inline\nloud = title.upper()").ok()
+    kernel.run('%workflow run -p "title=hello world"').ok()
+    assert kernel.run("print(loud)").ok().stdout.strip() == "HELLO WORLD"
+    r = kernel.run("%workflow run -p title='hello world'")
+    assert r.status == "error" and '-p "title=hello world"' in r.error["evalue"]
+
+
+def test_a_failed_flush_binds_the_deferred_tasks_that_succeeded(kernel: Kernel) -> None:
+    kernel.run("%workflow defer\nn = 4").ok()
+    kernel.run("%%task a --executor inline\nxa = n + 1").ok()
+    kernel.run("%%task c --executor inline\nxc = 1 / (xa - 5)").ok()
+    kernel.run("%%task d --executor inline\nxd = n * 3").ok()
+    r = kernel.run("print(xd)")
+    assert r.status == "error" and "ZeroDivisionError" in "\n".join(r.error["traceback"])
+    assert kernel.run("print(xa, xd)").ok().stdout.split() == ["5", "12"]
+    # ... so the failing cell, fixed and run again, finds its input.
+    kernel.run("%workflow defer off").ok()
+    kernel.run("%%task c --executor inline\nxc = 1 / (xa - 6)").ok()
+    assert kernel.run("print(xc)").ok().stdout.strip() == "-1.0"
+
+
 def test_a_name_two_cells_assign_is_shown_with_the_rule(kernel: Kernel) -> None:
     kernel.run("%%task first --executor inline\nimport json\nx = 1").ok()
     kernel.run("%%task second --executor inline\nimport json\nx = 2").ok()

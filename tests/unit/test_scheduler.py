@@ -22,7 +22,7 @@ from papercrane.backend.model import (
     TaskConfig,
     TaskSpec,
 )
-from papercrane.backend.workflow import CellTask, MapSpec, assemble
+from papercrane.backend.workflow import CellTask, MapSpec, assemble, changed_nodes
 
 
 @pytest.fixture
@@ -189,6 +189,27 @@ def test_recover_reruns_only_what_failed(engine: LocalEngine, tmp_path: Path) ->
     assert result.execution.recovered_from == failed.value.execution_id
     with pytest.raises(UserError, match="nothing to recover"):
         engine.recover(result.execution.id)
+
+
+def test_changed_nodes_are_the_edited_ones_and_all_downstream() -> None:
+    base = [
+        cell("a", "x = n", ("n",), ("x",)),
+        cell("b", "y = x + 1", ("x",), ("y",)),
+        cell("c", "z = y + 1", ("y",), ("z",)),
+        cell("d", "w = n * 2", ("n",), ("w",)),
+    ]
+    before = assemble("wf", base)
+    assert changed_nodes(before, before) == frozenset()
+    # A comment is not a change; a retry setting changes no result.
+    same = [base[0], cell("b", "y = x + 1  # note", ("x",), ("y",), retries=2), *base[2:]]
+    assert changed_nodes(before, assemble("wf", same)) == frozenset()
+    edited = [base[0], cell("b", "y = x + 2", ("x",), ("y",)), *base[2:]]
+    assert changed_nodes(before, assemble("wf", edited)) == {"b", "c"}
+    # c now reads y from a new cell between b and c: c and the new cell run.
+    inserted = [*base[:2], cell("b2", "y = 0", (), ("y",)), *base[2:]]
+    assert changed_nodes(before, assemble("wf", inserted)) == {"b2", "c"}
+    mapped = [base[0], cell("b", "y = x + 1", ("x",), ("y",), map=MapSpec("x", "v")), *base[2:]]
+    assert changed_nodes(before, assemble("wf", mapped)) == {"b", "c"}
 
 
 def test_lineage_of_a_three_step_chain(engine: LocalEngine) -> None:
