@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from papercrane.backend.errors import ExecutionAborted, UserError, WorkflowFailed
+from papercrane.backend.errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
 from papercrane.backend.workflow import CellTask, WorkflowSpec, assemble
 
-from .session import CellRecord, Session, TaskInterrupted, WorkflowError
+from .session import CellRecord, Session, TaskError, TaskInterrupted, WorkflowError
 
 
 def deferred_names(shell: Any) -> list[str]:
@@ -369,6 +369,9 @@ class NotebookWorkflow:
             self.last_run = failure.execution_id
             self._bind_partial(failure, records, widget.state)
             raise WorkflowError(failure) from None
+        except TaskFailed as failure:  # a single task's execution, failing again
+            widget.finish()
+            raise TaskError(failure, source.name) from None
         except ExecutionAborted as aborted:
             widget.finish()
             if widget.state is not None:

@@ -200,6 +200,17 @@ def test_a_failed_flush_binds_the_deferred_tasks_that_succeeded(kernel: Kernel) 
     assert kernel.run("print(xc)").ok().stdout.strip() == "-1.0"
 
 
+def test_recovering_a_failed_task_that_fails_again_shows_its_traceback(
+    kernel: Kernel, home: Path
+) -> None:
+    assert kernel.run("%%task bad1 --executor inline\nx = 1\ny = x / 0").status == "error"
+    failed = last_execution(home, kind="task")
+    r = kernel.run(f"%workflow recover {failed}")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "Task 'bad1' failed" in tb and "y = x / 0" in tb and "ZeroDivisionError" in tb
+
+
 def test_a_name_two_cells_assign_is_shown_with_the_rule(kernel: Kernel) -> None:
     kernel.run("%%task first --executor inline\nimport json\nx = 1").ok()
     kernel.run("%%task second --executor inline\nimport json\nx = 2").ok()
