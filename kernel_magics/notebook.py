@@ -39,6 +39,8 @@ class NotebookWorkflow:
         #: The latest workflow execution this kernel ran (``last_failed``'s choice when
         #: the notebook's name, and so its workflow's, is not known).
         self.last_run = ""
+        #: Task cells ``ordered`` left out last time: deleted from the saved notebook.
+        self.left_out: list[str] = []
 
     @property
     def deferring(self) -> bool:
@@ -66,20 +68,40 @@ class NotebookWorkflow:
         return workflow_name(path) if path else "notebook"
 
     def ordered(self, records: list[CellRecord]) -> list[CellRecord]:
-        """Document order when the notebook file is known, else the order cells ran."""
+        """Document order when the notebook file is known, else the order cells ran.
+
+        A task cell the saved notebook no longer has, though it was saved after the cell
+        ran, was deleted (or cut and pasted, which gives it a new id): it is left out,
+        and ``left_out`` names it. A cell that ran after the last save is kept (JupyterLab
+        saves every two minutes), after the saved ones."""
         position: dict[str, int] = {}
+        saved_at = 0.0
         path = self.notebook_path()
         if path is not None and path.exists():
             try:
+                saved_at = path.stat().st_mtime
                 cells = json.loads(path.read_text()).get("cells", [])
                 position = {c.get("id", ""): i for i, c in enumerate(cells) if c.get("id")}
             except (OSError, ValueError):
                 position = {}
+        gone = [
+            r
+            for r in records
+            if position and r.cell_id and r.cell_id not in position and r.recorded_at < saved_at
+        ]
+        self.left_out = [r.spec.name for r in gone]
         big = len(position) + 1
-        return sorted(records, key=lambda r: (position.get(r.cell_id, big), r.order))
+        kept = [r for r in records if r not in gone]
+        return sorted(kept, key=lambda r: (position.get(r.cell_id, big), r.order))
 
     def spec(self, records: list[CellRecord] | None = None) -> WorkflowSpec:
         chosen = self.ordered(list(self.session.records.values()) if records is None else records)
+        if self.left_out:
+            names = ", ".join(repr(n) for n in self.left_out)
+            print(
+                f"left out of the workflow: task {names}, whose cell the saved notebook no "
+                "longer has (deleted); run it again to bring it back"
+            )
         if not chosen:
             raise UserError(
                 "this notebook has no task cells yet: run a %%task cell first "
@@ -92,7 +114,7 @@ class NotebookWorkflow:
                 map=r.options.map,
                 cell_id=r.cell_id,
                 declared_outputs=r.declared_outputs,
-                position=f"cell {r.cell_id}" if r.cell_id else f"task {r.spec.name!r}",
+                position=_position(r),
             )
             for r in chosen
         ]
@@ -423,6 +445,17 @@ class NotebookWorkflow:
         deferred = frozenset(rec.spec.name for rec in self.pending)
         widget = WorkflowWidget(spec, live=False, records=self.session.records, deferred=deferred)
         widget.show()
+
+
+def _position(rec: CellRecord) -> str:
+    """How a message names a task cell: the ``In[n]`` it last ran as, which the user
+    sees (a cell id is a UUID nobody sees)."""
+    from papercrane.backend.runner import cell_filename
+
+    label = rec.spec.sources.get(cell_filename(rec.spec.name), ("", ""))[0]
+    if label:
+        return f"the cell that ran as {label}"
+    return f"cell {rec.cell_id}" if rec.cell_id else f"task {rec.spec.name!r}"
 
 
 def parse_param(text: str) -> tuple[str, Any]:

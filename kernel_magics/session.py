@@ -6,6 +6,7 @@ The engine is created on the first task, not when the extension loads.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,9 @@ class CellRecord:
     last_status: str = "none"
     last_cache: str = ""
     last_detail: str = ""
+    #: When the cell ran (``time.time()``): a saved notebook file newer than this and
+    #: without the cell's id means the cell was deleted (``NotebookWorkflow.ordered``).
+    recorded_at: float = field(default_factory=time.time)
 
 
 class Session:

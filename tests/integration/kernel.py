@@ -66,7 +66,9 @@ class Kernel:
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
 
-    def run(self, code: str, timeout: float = 120) -> CellResult:
+    def run(self, code: str, timeout: float = 120, cell_id: str = "") -> CellResult:
+        """Execute ``code`` as a cell; ``cell_id``: sent as JupyterLab sends a cell's id
+        (the request's ``metadata.cellId``), which nbclient and papermill never do."""
         result = CellResult(status="?")
 
         def hook(msg: dict[str, Any]) -> None:
@@ -88,7 +90,12 @@ class Kernel:
             elif kind == "error":
                 result.error = content
 
-        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+        if cell_id:
+            self.kc.execute = self._execute_with_cell_id(cell_id)  # type: ignore[method-assign]
+        try:
+            reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+        finally:
+            self.kc.__dict__.pop("execute", None)
         result.status = reply["content"]["status"]
         if result.status == "error" and result.error is None:
             # UsageError is reported on stderr and in the reply, not as an error message.
@@ -102,6 +109,31 @@ class Kernel:
 
     def send_interrupt(self) -> None:
         self.km.interrupt_kernel()
+
+    def _execute_with_cell_id(self, cell_id: str) -> Any:
+        kc = self.kc
+
+        def execute(
+            code: str,
+            silent: bool = False,
+            store_history: bool = True,
+            user_expressions: dict[str, Any] | None = None,
+            allow_stdin: bool | None = None,
+            stop_on_error: bool = True,
+        ) -> str:
+            content = {
+                "code": code,
+                "silent": silent,
+                "store_history": store_history,
+                "user_expressions": user_expressions or {},
+                "allow_stdin": kc.allow_stdin if allow_stdin is None else allow_stdin,
+                "stop_on_error": stop_on_error,
+            }
+            msg = kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+            kc.shell_channel.send(msg)
+            return str(msg["header"]["msg_id"])
+
+        return execute
 
     def shutdown(self, now: bool = True) -> None:
         """``now``: kill the kernel; otherwise ask it to exit and wait, as papermill and

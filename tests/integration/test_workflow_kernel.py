@@ -211,6 +211,38 @@ def test_recovering_a_failed_task_that_fails_again_shows_its_traceback(
     assert "Task 'bad1' failed" in tb and "y = x / 0" in tb and "ZeroDivisionError" in tb
 
 
+def test_a_deleted_task_cell_leaves_the_workflow_once_the_notebook_is_saved(
+    kernel: Kernel, workdir: Path
+) -> None:
+    """JupyterLab sends each cell's id; the saved notebook says which cells still exist."""
+    import nbformat
+
+    path = workdir / "nb.ipynb"
+    kernel.run(f"import os\nos.environ['PAPERCRANE_NOTEBOOK'] = {str(path)!r}").ok()
+    kernel.run("%%task a --executor inline\nx = 1", cell_id="cell-a").ok()
+    kernel.run("%%task b --executor inline\ny = x + 1", cell_id="cell-b").ok()
+    kernel.run("%%task c --executor inline\nz = x + 2", cell_id="cell-c").ok()
+    nb = nbformat.v4.new_notebook()
+    for cell_id, source in (("cell-c", "%%task c"), ("cell-a", "%%task a")):
+        nb.cells.append(nbformat.v4.new_code_cell(source, id=cell_id))
+    nbformat.write(nb, path)  # saved without b, and with c moved above a
+    kernel.run("%%task d --executor inline\nw = z + 1", cell_id="cell-d").ok()  # not saved yet
+    shown = kernel.run("%workflow show").ok()
+    text = shown.displays[-1]["text/plain"]
+    assert "] b" not in text and "] d  <- z from c" in text, text
+    assert "left out of the workflow: task 'b'" in shown.stdout
+    assert "deleted" in shown.stdout
+
+
+def test_two_cells_with_one_task_name_are_named_by_what_the_user_sees(kernel: Kernel) -> None:
+    kernel.run("a = 3").ok()
+    kernel.run("%%task dup --executor inline\nout1 = a + 1", cell_id="first").ok()
+    kernel.run("%%task dup --executor inline\nout2 = a * 100", cell_id="second").ok()
+    r = kernel.run("%workflow show")
+    assert r.status == "error"
+    assert "the cell that ran as In[3] and the cell that ran as In[4]" in r.error["evalue"]
+
+
 def test_a_name_two_cells_assign_is_shown_with_the_rule(kernel: Kernel) -> None:
     kernel.run("%%task first --executor inline\nimport json\nx = 1").ok()
     kernel.run("%%task second --executor inline\nimport json\nx = 2").ok()
