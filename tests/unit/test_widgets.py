@@ -407,3 +407,19 @@ def test_retries_after_system_errors_are_counted_apart(tmp_path: Any) -> None:
     view, status = _run_view(tmp_path, spec, TaskConfig(executor="local"), {})
     assert status == "failed"
     assert "  attempt: 1 of 1 (+2 retried after system errors)" in render_text(view).splitlines()
+
+
+def test_a_workflow_rows_long_error_is_cut_with_an_ellipsis() -> None:
+    """A node's detail in the workflow widget stays one line: a long error is cut, and
+    shows it was (not "… which did not a")."""
+    from papercrane.backend.model import ErrorInfo, ErrorKind, NodeState
+    from papercrane.workflow_widget import _detail
+
+    message = "node 'total' reads 'r' from 'sq', which did not assign it; assign it in 'sq'"
+    node = NodeState(node="total", status=Status.FAILED)
+    node.error = ErrorInfo(ErrorKind.USER, "UserError", message)
+    detail = _detail(node)
+    assert len(detail) <= 60 and detail.endswith("which did not…")
+    assert detail.startswith("UserError: node 'total' reads 'r' from 'sq',")
+    node.error = ErrorInfo(ErrorKind.USER, "ValueError", "short")
+    assert _detail(node) == "ValueError: short"
