@@ -19,6 +19,7 @@ import functools
 import json
 import linecache
 import os
+import re
 import signal
 import sys
 import time
@@ -96,6 +97,28 @@ def user_error(exc: BaseException, spec: TaskSpec) -> dict[str, Any]:
     }
 
 
+def exit_error(exc: SystemExit | KeyboardInterrupt, spec: TaskSpec) -> dict[str, Any]:
+    """A ``sys.exit()`` or ``KeyboardInterrupt`` the task's own code raised: the user's
+    error (retried only with ``--retries``), with the user's traceback, not a process
+    that ended "before reporting a result" (a system error, retried behind their back)."""
+    error = user_error(exc, spec)
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        error["message"] = (
+            f"the task called sys.exit({code}); a task ends where its cell ends: "
+            "raise an exception to make it fail"
+        )
+    else:
+        said = f" ({_safe_str(exc)})" if exc.args else ""
+        error["message"] = f"the task's code raised KeyboardInterrupt{said}"
+    # The traceback ends in the same words (not a bare "SystemExit: 0").
+    lines = error["traceback"].rstrip("\n").split("\n")
+    if lines and lines[-1].startswith(error["type"]):
+        lines[-1] = f"{error['type']}: {error['message']}"
+        error["traceback"] = "\n".join(lines) + "\n"
+    return error
+
+
 def system_error(message: str, type_: str = "SystemError") -> dict[str, Any]:
     return {"kind": ErrorKind.SYSTEM.value, "type": type_, "message": message, "traceback": ""}
 
@@ -130,6 +153,17 @@ def format_user_traceback(exc: BaseException, spec: TaskSpec) -> str:
     for filename, label in labels.items():
         if label:
             text = text.replace(f'File "{filename}"', f"Cell {label}")
+    # papercrane's own exceptions (an inline task's TaskTimeout) by their short name, as
+    # the error's type and a local task's message give them.
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        kind = type(cause)
+        if kind.__module__.startswith("papercrane."):
+            full = re.escape(f"{kind.__module__}.{kind.__qualname__}")
+            text = re.sub(rf"^{full}\b", kind.__qualname__, text, flags=re.MULTILINE)
+        cause = cause.__cause__ or cause.__context__
     return text
 
 
@@ -209,6 +243,24 @@ def display_bundle(value: Any, formatter: Any = None) -> dict[str, Any] | None:
     return {"data": data, "metadata": metadata}
 
 
+@functools.lru_cache(maxsize=256)
+def _import_bound(code: str) -> frozenset[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name != "*":
+                    names.add(alias.asname or alias.name.partition(".")[0])
+    return frozenset(names)
+
+
+def import_bound(spec: TaskSpec) -> frozenset[str]:
+    """Names the cell binds with an ``import`` statement. ``collect`` stores what such a
+    name holds as a reference (a module, an importable function), never as a value: a
+    map with no element to say so (an empty list) must not make it a list of values."""
+    return _import_bound(spec.code)
+
+
 def collect(
     spec: TaskSpec,
     ns: dict[str, Any],
@@ -245,8 +297,14 @@ def execute(
     declared_outputs: Collection[str],
     formatter: Any = None,
     checkpoint_key: str = "",
+    own_process: bool = False,
 ) -> AttemptResult:
-    """Run a task on in-memory inputs and store its outputs. Never raises for user code."""
+    """Run a task on in-memory inputs and store its outputs. Never raises for user code:
+    ``sys.exit()`` in the cell is its failure too. So is a ``KeyboardInterrupt`` when
+    the attempt has a process of its own (``own_process``: papercrane stops such an
+    attempt by killing it, so only the task raises one there); in the kernel's process
+    it is the user interrupting the kernel, and propagates to abort the run. A
+    ``Terminated`` (the runner's SIGTERM: a pod deleted) propagates too."""
     started = time.time()
     try:
         ns = build_namespace(spec, values)
@@ -258,6 +316,12 @@ def execute(
     except Exception as exc:
         return AttemptResult(
             "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
+        )
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and not own_process):
+            raise
+        return AttemptResult(
+            "failed", error=exit_error(exc, spec), started_at=started, ended_at=time.time()
         )
     try:
         outputs, references, out_values = collect(spec, ns, artifacts, declared_outputs)
@@ -308,6 +372,15 @@ class _Tee:
         return getattr(self._stream, name)
 
 
+class Terminated(SystemExit):
+    """The runner's process got SIGTERM (a pod being deleted or evicted): it ends at
+    once, reporting no result. Not the task's own ``sys.exit()``, which is its error."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -315,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # A pod being deleted or evicted gets SIGTERM: end the task at once (its ``finally``
     # blocks still run, so it can save a checkpoint), reporting no result.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _terminate)
     storage = Storage(argv[0])
     attempt = json.loads(storage.read_bytes(argv[1]))
     prefix = attempt["prefix"]
@@ -445,6 +518,7 @@ def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) ->
         artifacts,
         set(attempt.get("declared_outputs", [])),
         checkpoint_key=attempt.get("checkpoint_key", ""),
+        own_process=True,
     )
 
 

@@ -37,7 +37,7 @@ from .model import (
 )
 from .owner import this_process
 from .projection import fold
-from .runner import AttemptResult, system_error
+from .runner import AttemptResult, import_bound, system_error
 from .store.sqlite_rows import json_text
 from .workflow import NodeSpec, WorkflowSpec
 
@@ -1153,19 +1153,29 @@ class WorkflowRun:
             self._settle(run)
 
     def _map_done(self, run: NodeRun) -> None:
-        """Collect each output into a list in element order (None for failed elements)."""
+        """Collect each output into a list in element order (None for failed elements).
+
+        Every output of the task gets its list, whether or not an element produced it:
+        an empty map gives empty lists and a map whose elements all failed (allowed by
+        its ``min_success_ratio``) lists of None, which replace the notebook's old values
+        and bind downstream inputs. Names an element stored as a reference (a module),
+        and names the cell binds by ``import`` (the reference it would store), get none."""
         if run.status is Status.FAILED:
             return
-        names: list[str] = []
+        produced: set[str] = set()
         refs: dict[str, str] = {}
         for result in run.elements:
             if result is None:
                 continue
-            for n in result.outputs:
-                if n not in names:
-                    names.append(n)
+            produced.update(result.outputs)
             refs.update(result.references)
         run.references = refs
+        imported = import_bound(run.spec.task)
+        names = [
+            n
+            for n in run.spec.task.outputs
+            if n in produced or (n not in refs and n not in imported)
+        ]
         if not self.engine.unpickles:  # a runner builds the lists
             inputs = {
                 f"{n}[{i}]": result.outputs[n]

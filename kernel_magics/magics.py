@@ -117,7 +117,7 @@ class PapercraneMagics(Magics):
             self._session.close()
 
     # -- %%task ---------------------------------------------------------------------------
-    @magic_arguments()
+    @magic_arguments("%task")  # (the help's usage line adds one "%": a cell magic has two)
     @argument("name", nargs="?", default=None, help="task name (default: from its outputs)")
     @argument("--cache", action="store_true", help="reuse outputs when code and inputs match")
     @argument("--cache-version", default="", help="bump to invalidate the cache by hand")
@@ -194,13 +194,31 @@ class PapercraneMagics(Magics):
 
         found = self._parsed.get(line)
         if found is None:
-            found = parse_argstring(self.task, line)
+            found = self._parse_task_line(line)
             if len(self._parsed) >= 256:
                 self._parsed.clear()
             self._parsed[line] = found
         copy = argparse.Namespace()
         vars(copy).update(vars(found))  # (the keyword constructor sets them one by one)
         return copy
+
+    def _parse_task_line(self, line: str) -> Any:
+        """The flags; a name of several words (``%%task has space``) is refused as such,
+        not as argparse's "unrecognized arguments: space"."""
+        try:
+            return parse_argstring(self.task, line)
+        except UsageError as exc:
+            if not str(exc).startswith("unrecognized arguments:"):
+                raise
+            known, extra = parse_argstring(self.task, line, partial=True)
+            words = [w for w in extra if not w.startswith("-")]
+            if known.name is None or not words:
+                raise
+            name = " ".join([known.name, *words])
+            raise UsageError(
+                f"task names can't contain spaces: {name!r}; write it as "
+                f"{'_'.join(name.split())!r} (one word: letters, digits, _, - or .)"
+            ) from None
 
     def _transform(self, cell: str) -> str:
         """``shell.transform_cell(cell)``, with its static part memoized by the text.

@@ -56,9 +56,12 @@ class RunView:
         if self.state is not None:
             rows.append(("execution", self.state.id))
         if node is not None:
+            mapped = self.state is not None and bool(self.state.config.get("map"))
             if node.attempt:
-                rows.append(("attempt", f"{node.attempt} of {self.max_attempts}"))
-            rows.append(("cache", _cache_text(node)))
+                rows.append(("attempt", _attempt_text(node, self.max_attempts)))
+            rows.append(("cache", _cache_text(node, mapped)))
+            if mapped and node.elements_failed and node.status.ok:
+                rows.append(("elements", _failed_elements_text(self.state, node)))
             if node.where and not node.status.terminal:
                 rows.append(("state", node.where))  # e.g. a pod pending on the scheduler
         elapsed = (self.ended or time.time()) - self.started
@@ -66,8 +69,43 @@ class RunView:
         return rows
 
 
-def _cache_text(node: Any) -> str:
-    if node.elements and node.cache != "off":  # a map node: one cache entry per element
+def _attempt_text(node: Any, max_attempts: int) -> str:
+    """ "2 of 3": the attempt among those ``--retries`` allows. Retries after system
+    errors (a lost process) are on a budget of their own: counted apart, so the attempt
+    never reads as past its maximum ("3 of 1")."""
+    system = node.system_failures
+    ended_failing = node.user_failures + system == node.attempt  # (one failure per attempt)
+    if system and ended_failing and node.error is not None and node.error.kind.value == "system":
+        system -= 1  # this attempt's own failure: no retry of it started (yet)
+    text = f"{node.attempt - system} of {max_attempts}"
+    if system:
+        text += f" (+{system} retried after system errors)"
+    return text
+
+
+def _failed_elements_text(state: ExecutionState, node: Any) -> str:
+    """Which elements of a map that succeeded overall failed, and why (the first): their
+    outputs are None in the lists, which the widget must not pass off as a clean run."""
+    prefix = node.node + "["
+    failed = sorted(
+        (int(key[len(prefix) : -1]), element)
+        for key, element in state.nodes.items()
+        if key.startswith(prefix) and element.status is Status.FAILED
+    )
+    total = node.elements
+    text = f"{total - node.elements_failed} of {total} elements succeeded; "
+    if not failed:
+        return text + f"{node.elements_failed} failed (their outputs are None)"
+    first, element = failed[0]
+    why = f"{element.error.type}: {element.error.message}" if element.error else "no reason given"
+    if len(failed) == 1:
+        return text + f"element {first} failed: {why} (its outputs are None)"
+    shown = ", ".join(str(i) for i, _ in failed[:10]) + (", …" if len(failed) > 10 else "")
+    return text + f"elements {shown} failed (their outputs are None); element {first}: {why}"
+
+
+def _cache_text(node: Any, mapped: bool = False) -> str:
+    if mapped and node.cache != "off":  # a map node: one cache entry per element
         return f"{node.elements_cached} of {node.elements} elements cached"
     if node.cache == "hit":
         src = node.cache_source

@@ -178,6 +178,12 @@ class WorkflowWidget:
         target.flush()
 
 
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, ending in "…" when cut (a row's detail
+    stays one line; the node's widget and ``%workflow show`` have the rest)."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _detail(node: Any) -> str:
     parts = []
     if node.elements:
@@ -190,9 +196,9 @@ def _detail(node: Any) -> str:
     elif node.attempt > 1:
         parts.append(f"attempt {node.attempt}")
     if node.where and not node.status.terminal and node.where != "running":
-        parts.append(node.where[:60])
+        parts.append(_clip(node.where))
     if node.started_at and node.ended_at:
         parts.append(format_duration(node.ended_at - node.started_at))
     if node.error is not None and node.status.value == "failed":
-        parts.append(f"{node.error.type}: {node.error.message}"[:60])
+        parts.append(_clip(f"{node.error.type}: {node.error.message}"))
     return " · ".join(parts)

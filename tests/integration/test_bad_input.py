@@ -61,6 +61,7 @@ CASES = [
     ("%%task t\nexec('y = 1')", "exec() hides which variables", "--inputs and --outputs"),
     ("%%task t\nfrom os.path import *", "'import *' hides which names", "--outputs"),
     ("%%task 'bad name!'\ny = 1", "task name", "letters"),
+    ("%%task has space\ny = 1", "task names can't contain spaces: 'has space'", "'has_space'"),
     ("%%task t --map ok --as k\ny = k", "--map ok: 'ok' is an int, which is not iterable", "list"),
     ("%%task t --map range(3) --as k\ny = k", "--map range(3): name a notebook variable", "="),
     ("%workflow run --max-parallel 0", "--max-parallel 0 must be at least 1", ""),
@@ -146,3 +147,12 @@ def test_a_workflow_name_the_server_would_refuse(primed: Kernel, home: Path) -> 
     assert "%config Papercrane.workflow_name" in r.error["evalue"]
     primed.run("%config Papercrane.workflow_name = 'my-flow'").ok()
     assert primed.run("%workflow run").status == "ok"
+
+
+def test_the_task_help_shows_the_cell_magic(primed: Kernel) -> None:
+    """``%%task?`` pages the magic's docstring: its usage line names the cell magic (two
+    %), as it is written. (The pager's text comes in the reply's payload, which the test
+    kernel does not keep: the docstring is read directly.)"""
+    r = primed.run("print(get_ipython().find_cell_magic('task').__doc__)").ok()
+    usage = [line.strip() for line in r.stdout.splitlines() if "task [" in line]
+    assert usage and usage[0].startswith("%%task [--cache]"), r.stdout

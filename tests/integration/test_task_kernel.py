@@ -274,3 +274,40 @@ def test_resources_are_validated_and_recorded(kernel: Kernel, home: Path) -> Non
 
     resources = json.loads(payload)["config"]["resources"]
     assert resources == {"cpu": 0.5, "memory": 4 * 2**30, "gpu": 1}
+
+
+def test_a_map_rebinds_its_outputs_even_with_no_element_to_show(kernel: Kernel) -> None:
+    """Re-running a map over an empty list rebinds its output to [] (the old list must
+    not linger); a map whose every element failed (allowed) binds a list of None and
+    says why; a module the cell imports stays a module."""
+    kernel.run("items = [1, 2, 3]").ok()
+    cell = "%%task sq --map items --cache\nimport math\nr = item * 2"
+    assert "[2, 4, 6]" in kernel.run(cell).ok().widget["text/plain"]
+    kernel.run("items = []").ok()
+    widget = kernel.run(cell).ok().widget["text/plain"]
+    assert "-> r (list" in widget and "cache: 0 of 0 elements cached" in widget
+    check = kernel.run("print(r, type(math).__name__)").ok()
+    assert check.stdout.strip() == "[] module"
+    kernel.run("vals = [0, 0]").ok()
+    r = kernel.run("%%task allfail --map vals --as v --min-success-ratio 0\nz = 1 / v").ok()
+    assert "elements: 0 of 2 elements succeeded; elements 0, 1 failed" in r.widget["text/plain"]
+    assert "element 0: ZeroDivisionError: division by zero" in r.widget["text/html"]
+    assert kernel.run("print(z)").ok().stdout.strip() == "[None, None]"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_sys_exit_in_a_task_fails_it_once_as_the_users_error(
+    kernel: Kernel, home: Path, executor: str
+) -> None:
+    """``sys.exit()`` in the cell is a failure of the cell: recorded, one attempt (no
+    system retries), the user's traceback, the kernel still usable."""
+    r = kernel.run(f"%%task ex1 --executor {executor}\nimport sys\nsys.exit(1)")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "Task 'ex1' failed" in tb and "sys.exit(1)" in tb
+    assert "SystemExit: the task called sys.exit(1);" in tb
+    assert "runner.py" not in tb and "zygote" not in tb and "zygote" not in r.stderr
+    assert "attempt: 1 of 1" in r.widget["text/plain"] and "failed" in r.widget["text/plain"]
+    ks = kinds(home)
+    assert ks.count("attempt_started") == 1 and ks[-1] == "execution_failed"
+    assert kernel.run("print('still here')").ok().stdout.strip() == "still here"

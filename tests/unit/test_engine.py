@@ -12,7 +12,7 @@ import pytest
 from papercrane.backend.api import RunRequest
 from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine
-from papercrane.backend.errors import ConfigError, NotFound, TaskFailed
+from papercrane.backend.errors import ConfigError, ExecutionAborted, NotFound, TaskFailed
 from papercrane.backend.model import (
     Event,
     EventColumns,
@@ -438,3 +438,32 @@ def test_papercranes_own_failure_mid_run_records_the_execution_aborted(
         "can't create new thread at interpreter shutdown"
     )
     assert engine.execution(row["id"]).nodes["t"].status.value != "running"
+
+
+def test_sys_exit_inline_is_a_recorded_user_error(engine: LocalEngine) -> None:
+    """``sys.exit()`` in an inline task fails the task like any exception (recorded,
+    one attempt, the user's traceback), instead of escaping the engine unrecorded."""
+    with pytest.raises(TaskFailed) as info:
+        run(engine, "import sys\nsys.exit(1)", {})
+    err = info.value
+    assert str(err).startswith("task 't' failed after 1 attempt(s): SystemExit: the task called")
+    assert err.traceback_text.rstrip().endswith("SystemExit: " + err.error_message)
+    assert "runner.py" not in err.traceback_text
+    state = engine.execution(err.execution_id)
+    assert state.status is Status.FAILED and state.nodes["t"].user_failures == 1
+
+
+def test_keyboard_interrupt_inline_still_aborts_the_run(engine: LocalEngine) -> None:
+    """In the kernel's own process a KeyboardInterrupt is the user interrupting the
+    kernel: the execution is aborted (recorded so), not failed or retried."""
+    with pytest.raises(ExecutionAborted):
+        run(engine, "raise KeyboardInterrupt", {}, retries=2)
+    (row,) = engine.list_executions()
+    assert row["status"] == "aborted"
+
+
+def test_an_inline_timeout_names_its_error_as_a_local_one_does(engine: LocalEngine) -> None:
+    with pytest.raises(TaskFailed) as info:
+        run(engine, "import time\ntime.sleep(5)", {}, timeout=0.2)
+    last = info.value.traceback_text.rstrip().splitlines()[-1]
+    assert last == "TaskTimeout: task 't' ran longer than its timeout of 0.2 s and was stopped"

@@ -444,3 +444,34 @@ def test_listeners_hear_every_event_as_stored_in_order(
     assert heard.states[-1] is Status.SUCCEEDED
     if isinstance(heard, _Batches):
         assert 1 <= heard.batches < len(stored)
+
+
+@pytest.mark.parametrize("where", ["here", "runner"])
+def test_a_map_with_no_element_to_show_still_gives_every_output_its_list(
+    engine: LocalEngine, where: str
+) -> None:
+    """An empty list gives empty lists, a map whose every element failed (allowed)
+    lists of None: the outputs are bound and feed downstream nodes, whether the lists
+    are built here or (a server: ``unpickles`` off) by a runner. A name the cell binds
+    by ``import`` is a module, never a list."""
+    executor = "inline"
+    if where == "runner":
+        engine.unpickles = False
+        executor = "local"
+    code = "import math\nout = math.sqrt(10 / item)"
+    m = MapSpec("items", "item", 0.0)
+    cells = [
+        cell("sq", code, ("item",), ("math", "out"), executor=executor, map=m),
+        cell("total", "n = len(out)", ("out",), ("n",), executor=executor),
+    ]
+    for items, expected in (([], []), ([0, 0], [None, None])):
+        spec = assemble("wf", cells)
+        refs = {"items": engine.put_value(items, "items")}
+        result = engine.run_workflow(
+            WorkflowRequest(spec=spec, params=refs, want_values=False, max_parallel=2)
+        )
+        sq = result.nodes["sq"]
+        assert set(sq.outputs) == {"out"}
+        assert engine.load(sq.outputs["out"]) == expected
+        assert engine.load(result.nodes["total"].outputs["n"]) == len(items)
+        assert result.execution.nodes["sq"].outputs == {"out": sq.outputs["out"].id}

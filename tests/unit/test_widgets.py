@@ -330,3 +330,96 @@ def test_text_lists_outputs_with_type_and_size_and_imports_by_module() -> None:
     text = render_text(view)
     assert "  -> split (int, 3 B) 225" in text
     assert "  -> np (import) numpy" in text
+
+
+def _run_view(
+    tmp_path: Any, spec: Any, config: Any, values: dict[str, Any], map_over: Any = None
+) -> tuple[RunView, str]:
+    """Run a task on a real engine; the widget's view of its recorded state, and its
+    status."""
+    from papercrane.backend.config import Config
+    from papercrane.backend.engine import LocalEngine, RunRequest
+    from papercrane.backend.errors import TaskFailed
+
+    engine = LocalEngine(Config(home=tmp_path / "home"))
+    try:
+        inputs = {n: engine.put_value(v, n) for n, v in values.items()}
+        request = RunRequest(spec=spec, config=config, inputs=inputs, values=values, map=map_over)
+        try:
+            execution_id = engine.run_task(request).execution.id
+        except TaskFailed as failed:
+            execution_id = failed.execution_id
+        state = engine.execution(execution_id)
+    finally:
+        engine.close()
+    view = RunView(spec.name, "0" * 64, config.executor, config.retries + 1, state=state)
+    return view, state.status.value
+
+
+def _map_view(tmp_path: Any, code: str, items: list[Any], ratio: float, cache: bool = False):
+    from papercrane.backend.model import TaskConfig, TaskSpec
+    from papercrane.backend.workflow import MapSpec
+
+    spec = TaskSpec(name="inv", code=code, inputs=("v",), outputs=("r",))
+    config = TaskConfig(executor="inline", cache=cache)
+    return _run_view(tmp_path, spec, config, {"vals": items}, MapSpec("vals", "v", ratio))
+
+
+def test_a_map_with_failed_elements_says_which_and_why(tmp_path: Any) -> None:
+    """A map that succeeded although elements failed (``--min-success-ratio``) says so,
+    in the HTML and the text: how many succeeded, which failed and why, and that their
+    outputs are None."""
+    from papercrane.widgets import render
+
+    view, status = _map_view(tmp_path, "r = 10 / v", [1, 2, 0, 4], 0.5)
+    assert status == "succeeded"
+    html_text, text = render(view)
+    expected = (
+        "3 of 4 elements succeeded; element 2 failed: ZeroDivisionError: division by zero "
+        "(its outputs are None)"
+    )
+    assert f"  elements: {expected}" in text.splitlines()
+    assert expected in html_text
+    view, _ = _map_view(tmp_path, "r = 10 / v", [0, 1, 0], 0.0)
+    assert (
+        "  elements: 1 of 3 elements succeeded; elements 0, 2 failed (their outputs are None); "
+        "element 0: ZeroDivisionError: division by zero"
+    ) in render(view)[1].splitlines()
+
+
+def test_an_empty_cached_map_shows_its_cache_as_on(tmp_path: Any) -> None:
+    from papercrane.widgets import render_text
+
+    view, status = _map_view(tmp_path, "r = v", [], 1.0, cache=True)
+    assert status == "succeeded"
+    lines = render_text(view).splitlines()
+    assert "  cache: 0 of 0 elements cached" in lines
+    assert not any(line.startswith("  elements:") for line in lines)
+
+
+def test_retries_after_system_errors_are_counted_apart(tmp_path: Any) -> None:
+    """A task process lost three times (system errors: two retries on their own
+    budget) made one attempt of the one ``--retries 0`` allows, not "3 of 1"."""
+    from papercrane.backend.model import TaskConfig, TaskSpec
+    from papercrane.widgets import render_text
+
+    spec = TaskSpec(name="lost", code="import os\nos._exit(3)", inputs=(), outputs=())
+    view, status = _run_view(tmp_path, spec, TaskConfig(executor="local"), {})
+    assert status == "failed"
+    assert "  attempt: 1 of 1 (+2 retried after system errors)" in render_text(view).splitlines()
+
+
+def test_a_workflow_rows_long_error_is_cut_with_an_ellipsis() -> None:
+    """A node's detail in the workflow widget stays one line: a long error is cut, and
+    shows it was (not "… which did not a")."""
+    from papercrane.backend.model import ErrorInfo, ErrorKind, NodeState
+    from papercrane.workflow_widget import _detail
+
+    message = "node 'total' reads 'r' from 'sq', which did not assign it; assign it in 'sq'"
+    node = NodeState(node="total", status=Status.FAILED)
+    node.error = ErrorInfo(ErrorKind.USER, "UserError", message)
+    detail = _detail(node)
+    assert len(detail) <= 60 and detail.endswith("which did not…")
+    assert detail.startswith("UserError: node 'total' reads 'r' from 'sq',")
+    node.error = ErrorInfo(ErrorKind.USER, "ValueError", "short")
+    assert _detail(node) == "ValueError: short"

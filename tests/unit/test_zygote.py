@@ -551,10 +551,36 @@ def test_the_attempt_ends_as_a_python_process_does(engine: LocalEngine, tmp_path
     assert "from the pool" in sink.streams["stdout"]
 
 
-def test_sys_exit_in_a_task_is_its_exit_code(engine: LocalEngine) -> None:
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_sys_exit_or_keyboard_interrupt_in_a_task_is_the_users_error(
+    engine: LocalEngine, zygote: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's own ``sys.exit()`` or ``raise KeyboardInterrupt`` is its failure, with
+    its traceback: not a lost process (a system error, retried without being asked)."""
+    monkeypatch.setenv(SWITCH, zygote)
     result, _ = run(engine, "import sys\nsys.exit(5)")
+    assert result.status == "failed" and result.error["kind"] == "user"
+    assert result.error["type"] == "SystemExit"
+    assert result.error["message"].startswith("the task called sys.exit(5);")
+    assert result.error["traceback"].startswith("Traceback (most recent call last):")
+    assert "runner.py" not in result.error["traceback"]
+    result, _ = run(engine, "raise KeyboardInterrupt('stop')")
+    assert result.status == "failed" and result.error["kind"] == "user"
+    assert result.error["message"] == "the task's code raised KeyboardInterrupt (stop)"
+    assert "stderr" not in result.logs  # (no traceback of the runner's printed)
+
+
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_sigterm_still_ends_the_attempt_with_its_exit_code(
+    engine: LocalEngine, zygote: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (a pod being deleted) ends the attempt at once with no result, as a
+    Python process ends: the runner's own exit, not a ``sys.exit()`` of the task's."""
+    monkeypatch.setenv(SWITCH, zygote)
+    result, _ = run(engine, "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ny = 1")
+    assert result.error["kind"] == "system"
     assert (
-        result.error["message"] == "the task process exited with code 5 before reporting a result"
+        result.error["message"] == "the task process exited with code 143 before reporting a result"
     )
 
 
