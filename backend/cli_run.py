@@ -297,7 +297,7 @@ def run_notebook(
                 writer.end()
             try:
                 if km.has_kernel:  # (papermill leaves a kernel it was given running)
-                    km.shutdown_kernel(now=stop.is_set())
+                    _blocking(km.shutdown_kernel)(now=stop.is_set() or not _alive(km))
             finally:
                 done.set()
 
@@ -331,13 +331,13 @@ def run_notebook(
             stop.set()
             console.print("interrupting the notebook's kernel (Ctrl-C again to quit at once)")
             if km.has_kernel:
-                km.interrupt_kernel()
+                _blocking(km.interrupt_kernel)()
             follow()
         progress.poll()
     finally:
         if not done.is_set() and km.has_kernel:  # (a second Ctrl-C)
             with contextlib.suppress(Exception):
-                km.shutdown_kernel(now=True)
+                _blocking(km.shutdown_kernel)(now=True)
         os.environ.clear()
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
@@ -412,9 +412,12 @@ def _run_deferred(
     writers (``--log-output``). Returns the executions a ``--detach`` flush submitted."""
     import queue
 
-    if not km.has_kernel or not km.is_alive():
+    from jupyter_client.blocking import BlockingKernelClient
+
+    if not km.has_kernel or not _alive(km):
         return []
-    client = km.client()
+    # (a blocking client of its own: the manager's clients are asyncio ones)
+    client = BlockingKernelClient(**km.get_connection_info(session=True))
     client.start_channels()
     try:
 
@@ -427,7 +430,7 @@ def _run_deferred(
                 try:
                     msg = client.get_iopub_msg(timeout=0.5)
                 except queue.Empty:
-                    if not km.is_alive():
+                    if not _alive(km):
                         raise RuntimeError("the kernel died") from None
                     continue
                 if msg["parent_header"].get("msg_id") != msg_id:
@@ -488,29 +491,51 @@ def _check_kernel(kernel: str, notebook: str) -> list[str]:
 
 
 def _kernel_manager(kernel: str, argv: list[str], sockets: Path) -> Any:
-    """The notebook kernel's manager. An IPython kernel on a POSIX system talks over
-    Unix sockets in ``sockets`` (a private temporary folder): no TCP ports open on
-    localhost for other local users to reach, and none of ipykernel's warning about
-    unencrypted TCP on every run. Other kernels (not all take ``ipc``) and Windows keep
-    jupyter_client's TCP."""
-    from jupyter_client.manager import KernelManager
+    """The notebook kernel's manager: an asyncio one, as papermill makes its own. nbclient
+    waits for a cell's reply and, beside it, checks every second that the kernel is
+    alive; with a blocking manager (and so blocking clients) the wait blocks its event
+    loop, the check never runs, and a kernel killed mid-cell (``kill -9``, out of memory)
+    leaves the run waiting for ever instead of ending with ``DeadKernelError``.
+
+    An IPython kernel on a POSIX system talks over Unix sockets in ``sockets`` (a private
+    temporary folder): no TCP ports open on localhost for other local users to reach, and
+    none of ipykernel's warning about unencrypted TCP on every run. Other kernels (not all
+    take ``ipc``) and Windows keep jupyter_client's TCP."""
+    from jupyter_client.manager import AsyncKernelManager
 
     ipython = any("ipykernel" in part for part in argv)
     if os.name == "posix" and ipython:
-        return KernelManager(kernel_name=kernel, transport="ipc", ip=str(sockets / "kernel"))
-    return KernelManager(kernel_name=kernel)
+        return AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(sockets / "kernel"))
+    return AsyncKernelManager(kernel_name=kernel)
+
+
+def _blocking(method: Any) -> Any:
+    """An asyncio kernel manager's ``method`` as a plain call, on the calling thread's
+    own event loop (the one papermill ran its cells on, in the papermill thread)."""
+    from jupyter_core.utils import run_sync
+
+    return run_sync(method)
+
+
+def _alive(km: Any) -> bool:
+    """Whether the kernel's process still runs."""
+    return bool(_blocking(km.is_alive)())
+
+
+def _read_cells(out: Path) -> list[Any]:
+    """The written notebook's cells; none if it was not written."""
+    import nbformat
+
+    try:
+        return list(nbformat.read(str(out), as_version=4).cells)
+    except Exception:
+        return []
 
 
 def _cell_stderr(out: Path) -> str:
     """What the failed cell wrote to stderr: IPython reports a UsageError (papercrane's
     own one-line errors) there, not as an error output papermill can see."""
-    import nbformat
-
-    try:
-        nb = nbformat.read(str(out), as_version=4)
-    except Exception:
-        return ""
-    for cell in nb.cells:
+    for cell in _read_cells(out):
         if cell.get("metadata", {}).get("papermill", {}).get("exception"):
             return "".join(
                 o.get("text", "")
@@ -518,6 +543,18 @@ def _cell_stderr(out: Path) -> str:
                 if o.get("output_type") == "stream" and o.get("name") == "stderr"
             ).strip()
     return ""
+
+
+def _last_started_cell(out: Path) -> str:
+    """``In[N]: its first line`` for the last cell papermill started: where a kernel that
+    died was (papermill marks no cell failed then); '' if none."""
+    started = [
+        c for c in _read_cells(out) if c.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
+    if not started:
+        return ""
+    source = str(started[-1].get("source", "")).strip().splitlines()
+    return f"In[{started[-1].get('execution_count') or ' '}]" + (f": {source[0]}" if source else "")
 
 
 def _report(
@@ -537,8 +574,11 @@ def _report(
         message = f"{name}: {value}"
         if not value and out.exists():
             message = _cell_stderr(out) or message
-        console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         where = _failed_cell(exc)
+        if name == "DeadKernelError":  # (nbclient's: its process ended mid-cell)
+            message = "the notebook's kernel died (killed, or out of memory)"
+            where = where or _last_started_cell(out)
+        console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         if where:
             console.print(f"(in cell {where})", markup=False, highlight=False)
         if not late:

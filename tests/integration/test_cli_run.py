@@ -685,3 +685,42 @@ def test_an_ipython_kernel_gets_unix_sockets_others_tcp(tmp_path: Path) -> None:
         "ir", ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"], tmp_path
     )
     assert other.transport == "tcp"
+
+
+def test_a_kernel_killed_mid_task_ends_the_run(home: Path, tmp_path: Path) -> None:
+    """The notebook's kernel killed while a task runs (``kill -9``, the out-of-memory
+    killer): the run ends at once, as papermill does, says the kernel died and how to
+    recover the execution it left, and writes the notebook as far as it got."""
+    started, pid_file = tmp_path / "started", tmp_path / "kernel.pid"
+    src = write_notebook(
+        tmp_path / "killed.ipynb",
+        "%load_ext papercrane",
+        f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nprint('before')",
+        f"%%task slow --executor local\nimport time\nopen({str(started)!r}, 'w')\n"
+        "time.sleep(30)\nslow = 1",
+        "print(slow)",
+    )
+    out = tmp_path / "killed.out.ipynb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src), "-o", str(out)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (it hung here for ever before)
+    stderr = err.decode()
+    assert time.monotonic() - killed < 20, stderr  # (not the task's 30 s, nor for ever)
+    assert proc.returncode == 1, stderr
+    assert "the notebook failed: the notebook's kernel died" in stderr, stderr
+    assert "(in cell In[4]: print(slow))" in stderr, stderr
+    (execution,) = executions(home)
+    assert execution["status"] == "aborted"
+    assert f"recover with: papercrane recover {execution['id']}" in stderr
+    assert "before" in printed(nbformat.read(out, as_version=4))
