@@ -59,15 +59,17 @@ def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
             )
 
 
-def _prepared_copy(path: Path, detach: bool, load: bool) -> Path:
+def _prepared_copy(path: Path, detach: bool, load: bool, flush: bool) -> Path:
     """The notebook with the cells this run adds (and takes out of the executed copy):
-    a flush at the end, and ``load``: the extension loaded at the top."""
+    ``flush``: a flush at the end (a notebook with no task cell has nothing to flush, and
+    need not load papercrane), and ``load``: the extension loaded at the top."""
     import nbformat
 
     nb = read_notebook(path)
-    cell = nbformat.v4.new_code_cell("%workflow flush" + (" --detach" if detach else ""))
-    cell.metadata["tags"] = [_FLUSH_TAG]
-    nb.cells.append(cell)  # type: ignore[attr-defined]
+    if flush:
+        cell = nbformat.v4.new_code_cell("%workflow flush" + (" --detach" if detach else ""))
+        cell.metadata["tags"] = [_FLUSH_TAG]
+        nb.cells.append(cell)  # type: ignore[attr-defined]
     if load:
         first = nbformat.v4.new_code_cell("%load_ext papercrane")
         first.metadata["tags"] = [_LOAD_TAG]
@@ -242,7 +244,7 @@ def run_notebook(
             "cell; papercrane run loads it first. Add one at the top to run the notebook "
             "in JupyterLab or under papermill too."
         )
-    prepared = _prepared_copy(path, detach, load)
+    prepared = _prepared_copy(path, detach, load, flush=bool(flow.tasks))
     out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
     env_before = dict(os.environ)
     os.environ.update(

@@ -724,3 +724,13 @@ def test_a_kernel_killed_mid_task_ends_the_run(home: Path, tmp_path: Path) -> No
     assert execution["status"] == "aborted"
     assert f"recover with: papercrane recover {execution['id']}" in stderr
     assert "before" in printed(nbformat.read(out, as_version=4))
+
+
+def test_a_notebook_without_task_cells_runs_as_under_papermill(home: Path, tmp_path: Path) -> None:
+    """No task cell: nothing to flush at the end, and papercrane need not be loaded."""
+    src = write_notebook(tmp_path / "plain.ipynb", "x = 1", "print('x is', x)")
+    out = tmp_path / "plain.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    nb = nbformat.read(out, as_version=4)
+    assert [c.source for c in nb.cells] == ["x = 1", "print('x is', x)"]
+    assert "x is 1" in printed(nb)
