@@ -50,13 +50,29 @@ def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
                 f"-p {name}: the notebook has no parameter {name!r}; its parameters are: "
                 f"{', '.join(known) or '(none)'}"
             )
-        if name not in flow.parameters and name in flow.assigned_later:
-            # papermill would set it, then the cell would set it again, silently.
-            raise UserError(
-                f"-p {name}: cell {flow.assigned_later[name] + 1} assigns {name!r} after the "
-                "parameters are set, so the value given would be replaced; move that "
-                "assignment to a cell tagged 'parameters' (papermill's convention)"
-            )
+        if name in flow.assigned_later:  # papermill would set it, then that cell, silently
+            raise UserError(_replaced(flow, name))
+
+
+def _replaced(flow: FileWorkflow, name: str) -> str:
+    """Why ``-p NAME`` is refused: the cell that would set it again, and what to do."""
+    index = flow.assigned_later[name]
+    first = flow.parameters_cells[0] if flow.parameters_cells else -1
+    where = (
+        f"papermill sets them after cell {first + 1}, the first tagged 'parameters'"
+        if first >= 0
+        else "papermill sets them at the top: no cell is tagged 'parameters'"
+    )
+    if index in flow.parameters_cells:
+        fix = f"tag only one cell 'parameters' (move {name!r} into cell {first + 1})"
+    elif name in flow.parameters:
+        fix = f"remove that assignment, so that {name!r} is set in the parameters cell only"
+    else:
+        fix = "move that assignment to a cell tagged 'parameters' (papermill's convention)"
+    return (
+        f"-p {name}: cell {index + 1} assigns {name!r} after the parameters are set ({where}), "
+        f"so the value given would be replaced; {fix}"
+    )
 
 
 def _prepared_copy(path: Path, detach: bool, load: bool, flush: bool) -> Path:

@@ -734,3 +734,47 @@ def test_a_notebook_without_task_cells_runs_as_under_papermill(home: Path, tmp_p
     nb = nbformat.read(out, as_version=4)
     assert [c.source for c in nb.cells] == ["x = 1", "print('x is', x)"]
     assert "x is 1" in printed(nb)
+
+
+def test_a_parameter_a_later_cell_sets_again_is_refused(home: Path, tmp_path: Path) -> None:
+    """papermill puts the ``-p`` values after the first cell tagged 'parameters': a later
+    cell (plain, or tagged 'parameters' too) that sets the name again would replace the
+    value given, silently. Refused before any kernel starts, naming that cell. A cell that
+    uses the value (``n = int(n)``) is fine."""
+    later = write_notebook(
+        tmp_path / "laterassign.ipynb",
+        "%load_ext papercrane",
+        ("n = 3", ["parameters"]),
+        "n = 10",
+        "%%task used\nused = n * 2",
+    )
+    result = papercrane(home, "run", str(later), "-q", "-p", "n", "5")
+    assert result.returncode == 1
+    assert (
+        "-p n: cell 3 assigns 'n' after the parameters are set (papermill sets them after "
+        "cell 2, the first tagged 'parameters')" in result.stderr
+    ), result.stderr
+    assert "remove that assignment" in result.stderr
+    second = write_notebook(
+        tmp_path / "twoparams.ipynb",
+        "%load_ext papercrane",
+        ("m = 1", ["parameters"]),
+        ("n = 3", ["parameters"]),
+        "%%task used\nused = n * 2",
+    )
+    result = papercrane(home, "run", str(second), "-q", "-p", "n", "5")
+    assert result.returncode == 1
+    assert "-p n: cell 3 assigns 'n' after the parameters are set" in result.stderr
+    assert "tag only one cell 'parameters' (move 'n' into cell 2)" in result.stderr
+    assert executions(home) == []  # (no kernel ran)
+    uses = write_notebook(
+        tmp_path / "uses.ipynb",
+        "%load_ext papercrane",
+        ("n = '3'", ["parameters"]),
+        "n = int(n)",
+        "%%task used\nused = n * 2",
+        "print('used', used)",
+    )
+    out = tmp_path / "uses.out.ipynb"
+    ok(papercrane(home, "run", str(uses), "-q", "-p", "n", "'5'", "-o", str(out)))
+    assert "used 10" in printed(nbformat.read(out, as_version=4))
