@@ -17,11 +17,13 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 
+from . import owner
 from .config import Config, check_scope
 from .errors import UserError
 from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
@@ -119,29 +121,50 @@ def _strip_added_cells(out: Path) -> list[str]:
 
 
 class _Progress:
-    """Follows the executions this run creates, by polling the store's events."""
+    """Follows the executions this run's kernel creates, by polling the store's events.
 
-    def __init__(self, engine: Any, flow: FileWorkflow, since: float, project: str) -> None:
+    Other kernels, and other ``papercrane run``s of this notebook or another, may create
+    executions in the same project at the same time: an execution is this run's when its
+    runner (``owner.this_process``, recorded by the kernel) carries ``run_id``, the marker
+    this run gave its kernel. A server's executions record no runner: there, those of
+    this notebook's workflow and tasks in this domain are taken for this run's."""
+
+    def __init__(
+        self, engine: Any, flow: FileWorkflow, since: float, scope: tuple[str, str], run_id: str
+    ) -> None:
         from .projection import apply
 
         self.engine = engine
         self.flow = flow
         self.since = since
-        self.project = project
+        self.project, self.domain = scope
+        self.run_id = run_id
         self.states: dict[str, Any] = {}
+        self.others: set[str] = set()  # executions seen not to be this run's
         self.reused: dict[str, int] = {}  # tasks a later execution took from the cache
         self._apply = apply
 
     def poll(self) -> None:
         from .model import ExecutionState
 
-        rows = self.engine.list_executions(limit=200, project=self.project)
+        rows = self.engine.list_executions(limit=200, project=self.project, domain=self.domain)
         for row in rows:
-            if row["created_at"] < self.since:
+            if row["created_at"] < self.since or row["id"] in self.others:
                 continue
-            state = self.states.setdefault(row["id"], ExecutionState(id=row["id"]))
+            state = self.states.get(row["id"]) or ExecutionState(id=row["id"])
             for event in self.engine.events(row["id"], after=state.last_seq):
                 self._apply(state, event)
+            if row["id"] in self.states or not state.last_seq:
+                continue  # (known, or its creation not read yet)
+            if self._ours(state):
+                self.states[row["id"]] = state
+            else:
+                self.others.add(row["id"])
+
+    def _ours(self, state: Any) -> bool:
+        if state.runner:
+            return state.runner.get("run") == self.run_id
+        return state.name in (self.flow.name, *self.flow.task_names())
 
     def node_states(self) -> dict[str, Any]:
         """Each task's node in the latest execution that ran it; a cache hit later in the
@@ -263,6 +286,7 @@ def run_notebook(
     prepared = _prepared_copy(path, detach, load, flush=bool(flow.tasks))
     out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
     env_before = dict(os.environ)
+    run_id = uuid.uuid4().hex
     os.environ.update(
         {
             "PAPERCRANE_DEFER": "1",
@@ -270,6 +294,7 @@ def run_notebook(
             "PAPERCRANE_WORKFLOW": flow.name,
             "PAPERCRANE_PROJECT": project,
             "PAPERCRANE_DOMAIN": domain,
+            owner.RUN_VARIABLE: run_id,
             **({"PAPERCRANE_HOME": str(Path(home).resolve())} if home else {}),
             **({"PAPERCRANE_MAX_PARALLEL": str(max_parallel)} if max_parallel else {}),
         }
@@ -319,7 +344,7 @@ def run_notebook(
             finally:
                 done.set()
 
-    progress = _Progress(engine, flow, since, project)
+    progress = _Progress(engine, flow, since, (project, domain), run_id)
     worker = threading.Thread(target=execute, name="papermill", daemon=True)
     # Waited on instead of ``worker.join()``: a join that Ctrl-C interrupts can report
     # the thread finished while it still runs (CPython gh-90882, bpo-46726: 3.9 to 3.11).

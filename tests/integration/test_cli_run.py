@@ -778,3 +778,54 @@ def test_a_parameter_a_later_cell_sets_again_is_refused(home: Path, tmp_path: Pa
     out = tmp_path / "uses.out.ipynb"
     ok(papercrane(home, "run", str(uses), "-q", "-p", "n", "'5'", "-o", str(out)))
     assert "used 10" in printed(nbformat.read(out, as_version=4))
+
+
+def test_two_runs_at_once_each_show_their_own_executions(home: Path, tmp_path: Path) -> None:
+    """Two ``papercrane run``s in one project at the same time, of notebooks with the
+    same file name (so the same workflow name) and a task named alike: each follows only
+    the executions its own kernel created. A's task succeeds while B's fails in between:
+    A's table shows its own success, and B points ``recover`` at its own execution."""
+    started = tmp_path / "started"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_notebook(
+        tmp_path / "a" / "conc.ipynb",
+        "%load_ext papercrane",
+        f"%%task prep\nimport os, time\nopen({str(started)!r}, 'w')\n"
+        f"while not os.path.exists({str(tmp_path / 'b-done')!r}):\n    time.sleep(0.1)\n"
+        "prep = 1",
+        "print(prep)",
+    )
+    b = write_notebook(
+        tmp_path / "b" / "conc.ipynb",
+        "%load_ext papercrane",
+        "%%task prep\nprep = 1 / 0",
+        "print(prep)",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run"]
+    first = subprocess.Popen(
+        [*argv, str(a)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "A's task never started"
+            time.sleep(0.05)
+        second = papercrane(home, "run", str(b))
+        (tmp_path / "b-done").touch()
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err.decode()
+    rows = executions(home)
+    assert len(rows) == 2, rows
+    ran_a = next(r["id"] for r in rows if r["status"] == "succeeded")
+    ran_b = next(r["id"] for r in rows if r["status"] == "failed")
+    table_a = [line for line in err.decode().splitlines() if line.startswith("│ prep")]
+    assert table_a and "succeeded" in table_a[-1] and ran_a in table_a[-1], err.decode()
+    assert ran_b not in err.decode()
+    assert second.returncode == 1
+    assert f"recover with: papercrane recover {ran_b}" in second.stderr, second.stderr
+    assert ran_a not in second.stderr
