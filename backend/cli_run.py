@@ -241,10 +241,11 @@ def run_notebook(
     log_output: bool = False,
 ) -> int:
     import papermill
-    from rich.console import Console
     from rich.live import Live
 
-    console = Console(stderr=True)
+    from .terminal import console as terminal
+
+    console = terminal(stderr=True)
     path = Path(notebook).resolve()
     check_scope(project, domain, where="--project/--domain or PAPERCRANE_PROJECT/_DOMAIN")
     flow = notebook_workflow(path)

@@ -829,3 +829,24 @@ def test_two_runs_at_once_each_show_their_own_executions(home: Path, tmp_path: P
     assert second.returncode == 1
     assert f"recover with: papercrane recover {ran_b}" in second.stderr, second.stderr
     assert ran_a not in second.stderr
+
+
+def test_errors_are_not_wrapped_when_stderr_is_not_a_terminal(home: Path, tmp_path: Path) -> None:
+    """``2>err.txt``, a CI log: a traceback's long source line stays whole, with its
+    ``^^^`` markers on the next line (rich would wrap at 80 columns)."""
+    line = "value = {'a_rather_long_key_name': 1}['another_rather_long_key_name_that_is_not_there']"
+    src = write_notebook(
+        tmp_path / "wide.ipynb", "%load_ext papercrane", f"%%task wide\n{line}", "print(value)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.pop("COLUMNS", None)
+    env["PAPERCRANE_HOME"] = str(home)
+    err = tmp_path / "err.txt"
+    with err.open("w") as stderr:
+        argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src)]
+        code = subprocess.run(argv, env=env, stderr=stderr, timeout=240).returncode
+    assert code == 1
+    lines = err.read_text().splitlines()
+    assert f"    {line}" in lines, err.read_text()
+    markers = lines[lines.index(f"    {line}") + 1]
+    assert markers.strip() and set(markers.strip()) <= {"^", "~"}, markers
