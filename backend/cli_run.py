@@ -98,6 +98,24 @@ def _prepared_copy(path: Path, detach: bool, load: bool, flush: bool) -> Path:
     return Path(name)
 
 
+def default_output(path: Path) -> Path:
+    """Where the executed notebook goes without ``-o``: beside the notebook, as
+    ``jupyter nbconvert --execute`` puts its own (``report.ipynb``: ``report.out.ipynb``),
+    where the user finds it, the failing cell's error included, and the next run
+    replaces it."""
+    return path.with_name(f"{path.stem}.out.ipynb")
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The file's modification time and size, None if there is none: whether this run
+    wrote it, or it is an earlier run's."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def _strip_added_cells(out: Path) -> list[str]:
     """Remove the cells we added; return the executions the flush submitted detached
     (what it printed), which may have finished by now: the caller still wants their ids."""
@@ -285,7 +303,8 @@ def run_notebook(
             "in JupyterLab or under papermill too."
         )
     prepared = _prepared_copy(path, detach, load, flush=bool(flow.tasks))
-    out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
+    out = Path(output).resolve() if output else default_output(path)
+    before = _stamp(out)
     env_before = dict(os.environ)
     run_id = uuid.uuid4().hex
     os.environ.update(
@@ -386,7 +405,8 @@ def run_notebook(
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
         shutil.rmtree(sockets, ignore_errors=True)
-    submitted = (_strip_added_cells(out) if out.exists() else []) + late
+    written = _stamp(out) not in (None, before)  # (not an earlier run's)
+    submitted = (_strip_added_cells(out) if written else []) + late
     engine.close()
 
     def print_submitted() -> None:
@@ -395,14 +415,21 @@ def run_notebook(
             click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
 
     if not failure:
-        if output:
-            console.print(f"wrote {out}")
+        console.print(f"wrote {out}", highlight=False)
         if detach:
             print_submitted()
         return 0
-    _report(console, failure[0], progress, out, late_since[0] if late_since else time.time())
-    if output and out.exists():
-        console.print(f"wrote {out} (with the error)")
+    _report(
+        console,
+        failure[0],
+        progress,
+        out if written else None,
+        late_since[0] if late_since else time.time(),
+    )
+    if written:
+        console.print(f"wrote {out} (with the error)", highlight=False)
+    else:
+        console.print(f"no executed notebook was written ({out})", highlight=False)
     if detach:  # (the tasks deferred above the failed cell, which _run_deferred submitted)
         print_submitted()
     return 1
@@ -602,7 +629,7 @@ def _last_started_cell(out: Path) -> str:
 
 
 def _report(
-    console: Any, exc: BaseException, progress: _Progress, out: Path, late_since: float
+    console: Any, exc: BaseException, progress: _Progress, out: Path | None, late_since: float
 ) -> None:
     """Why the run failed: the tasks that failed (with their tracebacks), else the
     notebook's own error. Tasks that failed only in ``_run_deferred``, after the
@@ -616,12 +643,12 @@ def _report(
         name = getattr(exc, "ename", type(exc).__name__)
         value = getattr(exc, "evalue", str(exc))
         message = f"{name}: {value}"
-        if not value and out.exists():
+        if not value and out is not None:
             message = _cell_stderr(out) or message
         where = _failed_cell(exc)
         if name == "DeadKernelError":  # (nbclient's: its process ended mid-cell)
             message = "the notebook's kernel died (killed, or out of memory)"
-            where = where or _last_started_cell(out)
+            where = where or (_last_started_cell(out) if out is not None else "")
         console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         if where:
             console.print(f"(in cell {where})", markup=False, highlight=False)
@@ -672,7 +699,13 @@ def register(main: click.Group) -> None:
         metavar="NAME VALUE",
         help="set a notebook parameter (repeatable)",
     )
-    @click.option("-o", "--output", default=None, help="write the executed notebook here")
+    @click.option(
+        "-o",
+        "--output",
+        default=None,
+        metavar="OUT.ipynb",
+        help="write the executed notebook here (default: beside NOTEBOOK, as NAME.out.ipynb)",
+    )
     @click.option(
         "-k",
         "--kernel",
@@ -716,7 +749,8 @@ def register(main: click.Group) -> None:
         remote: bool,
         detach: bool,
     ) -> None:
-        """Run NOTEBOOK's workflow in batch and write the executed notebook.
+        """Run NOTEBOOK's workflow in batch and write the executed notebook (to -o, by
+        default NAME.out.ipynb beside NOTEBOOK), failed or not.
 
         Task cells run as one workflow, independent ones in parallel, with the same
         cache and history as interactive runs. Exits 1 if a task (or the notebook)

@@ -850,3 +850,21 @@ def test_errors_are_not_wrapped_when_stderr_is_not_a_terminal(home: Path, tmp_pa
     assert f"    {line}" in lines, err.read_text()
     markers = lines[lines.index(f"    {line}") + 1]
     assert markers.strip() and set(markers.strip()) <= {"^", "~"}, markers
+
+
+def test_without_o_the_notebook_is_written_beside_it_and_named(home: Path, tmp_path: Path) -> None:
+    """No ``-o``: NAME.out.ipynb beside the notebook, said on success and on failure
+    (where the user looks for the failing cell's error), and in ``--help``."""
+    src = write_notebook(tmp_path / "report.ipynb", "x = 2", "print('x is', x)")
+    result = ok(papercrane(home, "run", str(src), "-q"))
+    out = tmp_path / "report.out.ipynb"
+    assert f"wrote {out}" in result.stderr, result.stderr
+    assert "x is 2" in printed(nbformat.read(out, as_version=4))
+    failing = write_notebook(tmp_path / "broken.ipynb", "raise ValueError('boom')")
+    result = papercrane(home, "run", str(failing), "-q")
+    assert result.returncode == 1
+    out = tmp_path / "broken.out.ipynb"
+    assert f"wrote {out} (with the error)" in result.stderr, result.stderr
+    errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
+    assert [o["evalue"] for o in errors if o["output_type"] == "error"] == ["boom"]
+    assert "NAME.out.ipynb" in ok(papercrane(home, "run", "--help")).stdout
