@@ -28,7 +28,12 @@ from .config import Config, check_scope
 from .errors import UserError
 from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
 
+#: The ``%workflow flush`` cell added at the end; the written notebook keeps it when it
+#: printed something (the deferred tasks it ran, their output, a failure), marked so.
 _FLUSH_TAG = "papercrane-flush"
+_FLUSH_NOTE = (
+    "# Added by `papercrane run`: runs the task cells still deferred at the notebook's end."
+)
 #: The ``%load_ext papercrane`` cell added to a notebook that has none.
 _LOAD_TAG = "papercrane-load"
 #: What ``%workflow flush --detach`` prints for each execution it submits.
@@ -78,14 +83,15 @@ def _replaced(flow: FileWorkflow, name: str) -> str:
 
 
 def _prepared_copy(path: Path, detach: bool, load: bool, flush: bool) -> Path:
-    """The notebook with the cells this run adds (and takes out of the executed copy):
-    ``flush``: a flush at the end (a notebook with no task cell has nothing to flush, and
-    need not load papercrane), and ``load``: the extension loaded at the top."""
+    """The notebook with the cells this run adds: ``flush``: a flush at the end (a
+    notebook with no task cell has nothing to flush, and need not load papercrane), and
+    ``load``: the extension loaded at the top (taken out of the executed copy)."""
     import nbformat
 
     nb = read_notebook(path)
     if flush:
-        cell = nbformat.v4.new_code_cell("%workflow flush" + (" --detach" if detach else ""))
+        line = "%workflow flush" + (" --detach" if detach else "")
+        cell = nbformat.v4.new_code_cell(f"{_FLUSH_NOTE}\n{line}")
         cell.metadata["tags"] = [_FLUSH_TAG]
         nb.cells.append(cell)  # type: ignore[attr-defined]
     if load:
@@ -117,7 +123,10 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def _strip_added_cells(out: Path) -> list[str]:
-    """Remove the cells we added; return the executions the flush submitted detached
+    """Remove the load cell we added, and the flush cell if it showed nothing (nothing
+    was left to run, or the notebook stopped before it): one that did is what the tasks
+    it ran printed and how they ended, the failure papermill's banner points at included,
+    so it stays, marked as added. Return the executions the flush submitted detached
     (what it printed), which may have finished by now: the caller still wants their ids."""
     import nbformat
 
@@ -130,6 +139,8 @@ def _strip_added_cells(out: Path) -> list[str]:
             if _LOAD_TAG not in tags:
                 kept.append(cell)
             continue
+        if cell.get("outputs"):
+            kept.append(cell)
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 submitted += _SUBMITTED.findall("".join(output.get("text", "")))

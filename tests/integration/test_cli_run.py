@@ -868,3 +868,37 @@ def test_without_o_the_notebook_is_written_beside_it_and_named(home: Path, tmp_p
     errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
     assert [o["evalue"] for o in errors if o["output_type"] == "error"] == ["boom"]
     assert "NAME.out.ipynb" in ok(papercrane(home, "run", "--help")).stdout
+
+
+def test_the_written_notebook_shows_what_the_final_flush_ran(home: Path, tmp_path: Path) -> None:
+    """The tasks still deferred at the end run in the cell papercrane adds: the written
+    notebook keeps that cell, marked as added, with what they printed, or their failure
+    (where papermill's banner points)."""
+    src = write_notebook(
+        tmp_path / "prints.ipynb",
+        "%load_ext papercrane",
+        "%%task writer\nprint('the writer wrote this')\ndone = 1",
+        "print('last plain cell')",
+    )
+    out = tmp_path / "prints.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-q", "-o", str(out)))
+    nb = nbformat.read(out, as_version=4)
+    added = nb.cells[-1]
+    assert added.metadata["tags"] == ["papercrane-flush"]
+    assert added.source.startswith("# Added by `papercrane run`")
+    assert "the writer wrote this" in printed(nbformat.v4.new_notebook(cells=[added]))
+    src = write_notebook(
+        tmp_path / "fails.ipynb",
+        "%load_ext papercrane",
+        "%%task broken\nbroken = 1 / 0",
+        "print('last plain cell')",
+    )
+    out = tmp_path / "fails.out.ipynb"
+    assert papercrane(home, "run", str(src), "-q", "-o", str(out)).returncode == 1
+    nb = nbformat.read(out, as_version=4)
+    added = nb.cells[-1]
+    assert added.metadata["tags"] == ["papercrane-flush"]
+    (error,) = [o for o in added.outputs if o.output_type == "error"]
+    assert "ZeroDivisionError" in error.evalue
+    banner = nb.cells[0].source
+    assert f"In [{added.execution_count}]" in banner, banner
