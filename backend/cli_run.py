@@ -421,14 +421,19 @@ def run_notebook(
     engine.close()
 
     def print_submitted() -> None:
-        """``--detach``: what was submitted without waiting, one id per line on stdout."""
-        for execution_id in submitted:
-            click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
+        """The executions of this run, one per line on stdout, for scripts (the rest goes
+        to stderr), ``-q`` or not: with ``--detach`` those submitted without waiting, else
+        those the run created, oldest first. A server's come with their address."""
+        ran = [s.id for s in sorted(progress.states.values(), key=lambda s: s.created_at)]
+        for execution_id in submitted if detach else ran:
+            url = getattr(engine, "url", "")
+            click.echo(
+                f"{execution_id} {url}/api/v1/executions/{execution_id}" if url else execution_id
+            )
 
     if not failure:
         console.print(f"wrote {out}", highlight=False)
-        if detach:
-            print_submitted()
+        print_submitted()
         return 0
     _report(
         console,
@@ -441,8 +446,7 @@ def run_notebook(
         console.print(f"wrote {out} (with the error)", highlight=False)
     else:
         console.print(f"no executed notebook was written ({out})", highlight=False)
-    if detach:  # (the tasks deferred above the failed cell, which _run_deferred submitted)
-        print_submitted()
+    print_submitted()  # (with --detach: those deferred above the failed cell, submitted)
     return 1
 
 

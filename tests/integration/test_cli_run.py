@@ -127,13 +127,16 @@ def test_second_run_executes_no_task_code(home: Path, tmp_path: Path) -> None:
         "%%task total --cache\n" + _mark("total") + "total = sum(squares) + sum(cubes)",
         "print('total is', total)",
     )
+    printed_ids = []
     for i in (1, 2):
         out = tmp_path / f"twice.{i}.ipynb"
-        ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+        result = ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+        printed_ids += result.stdout.split()  # (-q: only the execution's id, for scripts)
         assert "total is 130" in printed(nbformat.read(out, as_version=4))
         assert counts(log) == {"numbers": 1, "squares": 1, "cubes": 1, "total": 1}
     rows = executions(home)
     assert [r["status"] for r in rows] == ["succeeded", "cached"]
+    assert printed_ids == [r["id"] for r in rows]
     second = as_json(home, "executions", "show", rows[-1]["id"])
     assert {n: s["status"] for n, s in second["nodes"].items()} == dict.fromkeys(
         ["numbers", "squares", "cubes", "total"], "cached"
