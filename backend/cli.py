@@ -53,15 +53,9 @@ def _emit(data: Any, as_json: bool, table: Any) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
-    from rich.console import Console
+    from .terminal import console
 
-    console = Console()
-    if not console.is_terminal:
-        # Piped into a file, grep or less: rich would lay the table out in 80 columns
-        # and cut what does not fit. Nobody reads it at that width; with room enough,
-        # tables, trees and text (none of which expand) print at their natural width.
-        console = Console(width=1 << 16)
-    console.print(table())
+    console().print(table())
 
 
 #: Columns whose values are copied or compared whole (ids, keys, times, states): never

@@ -17,16 +17,23 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 
+from . import owner
 from .config import Config, check_scope
 from .errors import UserError
 from .notebook_file import FileWorkflow, notebook_workflow, read_notebook
 
+#: The ``%workflow flush`` cell added at the end; the written notebook keeps it when it
+#: printed something (the deferred tasks it ran, their output, a failure), marked so.
 _FLUSH_TAG = "papercrane-flush"
+_FLUSH_NOTE = (
+    "# Added by `papercrane run`: runs the task cells still deferred at the notebook's end."
+)
 #: The ``%load_ext papercrane`` cell added to a notebook that has none.
 _LOAD_TAG = "papercrane-load"
 #: What ``%workflow flush --detach`` prints for each execution it submits.
@@ -50,24 +57,43 @@ def check_params(flow: FileWorkflow, params: dict[str, Any]) -> None:
                 f"-p {name}: the notebook has no parameter {name!r}; its parameters are: "
                 f"{', '.join(known) or '(none)'}"
             )
-        if name not in flow.parameters and name in flow.assigned_later:
-            # papermill would set it, then the cell would set it again, silently.
-            raise UserError(
-                f"-p {name}: cell {flow.assigned_later[name] + 1} assigns {name!r} after the "
-                "parameters are set, so the value given would be replaced; move that "
-                "assignment to a cell tagged 'parameters' (papermill's convention)"
-            )
+        if name in flow.assigned_later:  # papermill would set it, then that cell, silently
+            raise UserError(_replaced(flow, name))
 
 
-def _prepared_copy(path: Path, detach: bool, load: bool) -> Path:
-    """The notebook with the cells this run adds (and takes out of the executed copy):
-    a flush at the end, and ``load``: the extension loaded at the top."""
+def _replaced(flow: FileWorkflow, name: str) -> str:
+    """Why ``-p NAME`` is refused: the cell that would set it again, and what to do."""
+    index = flow.assigned_later[name]
+    first = flow.parameters_cells[0] if flow.parameters_cells else -1
+    where = (
+        f"papermill sets them after cell {first + 1}, the first tagged 'parameters'"
+        if first >= 0
+        else "papermill sets them at the top: no cell is tagged 'parameters'"
+    )
+    if index in flow.parameters_cells:
+        fix = f"tag only one cell 'parameters' (move {name!r} into cell {first + 1})"
+    elif name in flow.parameters:
+        fix = f"remove that assignment, so that {name!r} is set in the parameters cell only"
+    else:
+        fix = "move that assignment to a cell tagged 'parameters' (papermill's convention)"
+    return (
+        f"-p {name}: cell {index + 1} assigns {name!r} after the parameters are set ({where}), "
+        f"so the value given would be replaced; {fix}"
+    )
+
+
+def _prepared_copy(path: Path, detach: bool, load: bool, flush: bool) -> Path:
+    """The notebook with the cells this run adds: ``flush``: a flush at the end (a
+    notebook with no task cell has nothing to flush, and need not load papercrane), and
+    ``load``: the extension loaded at the top (taken out of the executed copy)."""
     import nbformat
 
     nb = read_notebook(path)
-    cell = nbformat.v4.new_code_cell("%workflow flush" + (" --detach" if detach else ""))
-    cell.metadata["tags"] = [_FLUSH_TAG]
-    nb.cells.append(cell)  # type: ignore[attr-defined]
+    if flush:
+        line = "%workflow flush" + (" --detach" if detach else "")
+        cell = nbformat.v4.new_code_cell(f"{_FLUSH_NOTE}\n{line}")
+        cell.metadata["tags"] = [_FLUSH_TAG]
+        nb.cells.append(cell)  # type: ignore[attr-defined]
     if load:
         first = nbformat.v4.new_code_cell("%load_ext papercrane")
         first.metadata["tags"] = [_LOAD_TAG]
@@ -78,8 +104,29 @@ def _prepared_copy(path: Path, detach: bool, load: bool) -> Path:
     return Path(name)
 
 
+def default_output(path: Path) -> Path:
+    """Where the executed notebook goes without ``-o``: beside the notebook, as
+    ``jupyter nbconvert --execute`` puts its own (``report.ipynb``: ``report.out.ipynb``),
+    where the user finds it, the failing cell's error included, and the next run
+    replaces it."""
+    return path.with_name(f"{path.stem}.out.ipynb")
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The file's modification time and size, None if there is none: whether this run
+    wrote it, or it is an earlier run's."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def _strip_added_cells(out: Path) -> list[str]:
-    """Remove the cells we added; return the executions the flush submitted detached
+    """Remove the load cell we added, and the flush cell if it showed nothing (nothing
+    was left to run, or the notebook stopped before it): one that did is what the tasks
+    it ran printed and how they ended, the failure papermill's banner points at included,
+    so it stays, marked as added. Return the executions the flush submitted detached
     (what it printed), which may have finished by now: the caller still wants their ids."""
     import nbformat
 
@@ -92,6 +139,8 @@ def _strip_added_cells(out: Path) -> list[str]:
             if _LOAD_TAG not in tags:
                 kept.append(cell)
             continue
+        if cell.get("outputs"):
+            kept.append(cell)
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 submitted += _SUBMITTED.findall("".join(output.get("text", "")))
@@ -101,29 +150,50 @@ def _strip_added_cells(out: Path) -> list[str]:
 
 
 class _Progress:
-    """Follows the executions this run creates, by polling the store's events."""
+    """Follows the executions this run's kernel creates, by polling the store's events.
 
-    def __init__(self, engine: Any, flow: FileWorkflow, since: float, project: str) -> None:
+    Other kernels, and other ``papercrane run``s of this notebook or another, may create
+    executions in the same project at the same time: an execution is this run's when its
+    runner (``owner.this_process``, recorded by the kernel) carries ``run_id``, the marker
+    this run gave its kernel. A server's executions record no runner: there, those of
+    this notebook's workflow and tasks in this domain are taken for this run's."""
+
+    def __init__(
+        self, engine: Any, flow: FileWorkflow, since: float, scope: tuple[str, str], run_id: str
+    ) -> None:
         from .projection import apply
 
         self.engine = engine
         self.flow = flow
         self.since = since
-        self.project = project
+        self.project, self.domain = scope
+        self.run_id = run_id
         self.states: dict[str, Any] = {}
+        self.others: set[str] = set()  # executions seen not to be this run's
         self.reused: dict[str, int] = {}  # tasks a later execution took from the cache
         self._apply = apply
 
     def poll(self) -> None:
         from .model import ExecutionState
 
-        rows = self.engine.list_executions(limit=200, project=self.project)
+        rows = self.engine.list_executions(limit=200, project=self.project, domain=self.domain)
         for row in rows:
-            if row["created_at"] < self.since:
+            if row["created_at"] < self.since or row["id"] in self.others:
                 continue
-            state = self.states.setdefault(row["id"], ExecutionState(id=row["id"]))
+            state = self.states.get(row["id"]) or ExecutionState(id=row["id"])
             for event in self.engine.events(row["id"], after=state.last_seq):
                 self._apply(state, event)
+            if row["id"] in self.states or not state.last_seq:
+                continue  # (known, or its creation not read yet)
+            if self._ours(state):
+                self.states[row["id"]] = state
+            else:
+                self.others.add(row["id"])
+
+    def _ours(self, state: Any) -> bool:
+        if state.runner:
+            return state.runner.get("run") == self.run_id
+        return state.name in (self.flow.name, *self.flow.task_names())
 
     def node_states(self) -> dict[str, Any]:
         """Each task's node in the latest execution that ran it; a cache hit later in the
@@ -200,10 +270,11 @@ def run_notebook(
     log_output: bool = False,
 ) -> int:
     import papermill
-    from rich.console import Console
     from rich.live import Live
 
-    console = Console(stderr=True)
+    from .terminal import console as terminal
+
+    console = terminal(stderr=True)
     path = Path(notebook).resolve()
     check_scope(project, domain, where="--project/--domain or PAPERCRANE_PROJECT/_DOMAIN")
     flow = notebook_workflow(path)
@@ -242,9 +313,11 @@ def run_notebook(
             "cell; papercrane run loads it first. Add one at the top to run the notebook "
             "in JupyterLab or under papermill too."
         )
-    prepared = _prepared_copy(path, detach, load)
-    out = Path(output).resolve() if output else Path(tempfile.mkdtemp()) / path.name
+    prepared = _prepared_copy(path, detach, load, flush=bool(flow.tasks))
+    out = Path(output).resolve() if output else default_output(path)
+    before = _stamp(out)
     env_before = dict(os.environ)
+    run_id = uuid.uuid4().hex
     os.environ.update(
         {
             "PAPERCRANE_DEFER": "1",
@@ -252,6 +325,7 @@ def run_notebook(
             "PAPERCRANE_WORKFLOW": flow.name,
             "PAPERCRANE_PROJECT": project,
             "PAPERCRANE_DOMAIN": domain,
+            owner.RUN_VARIABLE: run_id,
             **({"PAPERCRANE_HOME": str(Path(home).resolve())} if home else {}),
             **({"PAPERCRANE_MAX_PARALLEL": str(max_parallel)} if max_parallel else {}),
         }
@@ -297,11 +371,11 @@ def run_notebook(
                 writer.end()
             try:
                 if km.has_kernel:  # (papermill leaves a kernel it was given running)
-                    km.shutdown_kernel(now=stop.is_set())
+                    _blocking(km.shutdown_kernel)(now=stop.is_set() or not _alive(km))
             finally:
                 done.set()
 
-    progress = _Progress(engine, flow, since, project)
+    progress = _Progress(engine, flow, since, (project, domain), run_id)
     worker = threading.Thread(target=execute, name="papermill", daemon=True)
     # Waited on instead of ``worker.join()``: a join that Ctrl-C interrupts can report
     # the thread finished while it still runs (CPython gh-90882, bpo-46726: 3.9 to 3.11).
@@ -331,36 +405,48 @@ def run_notebook(
             stop.set()
             console.print("interrupting the notebook's kernel (Ctrl-C again to quit at once)")
             if km.has_kernel:
-                km.interrupt_kernel()
+                _blocking(km.interrupt_kernel)()
             follow()
         progress.poll()
     finally:
         if not done.is_set() and km.has_kernel:  # (a second Ctrl-C)
             with contextlib.suppress(Exception):
-                km.shutdown_kernel(now=True)
+                _blocking(km.shutdown_kernel)(now=True)
         os.environ.clear()
         os.environ.update(env_before)
         prepared.unlink(missing_ok=True)
         shutil.rmtree(sockets, ignore_errors=True)
-    submitted = (_strip_added_cells(out) if out.exists() else []) + late
+    written = _stamp(out) not in (None, before)  # (not an earlier run's)
+    submitted = (_strip_added_cells(out) if written else []) + late
     engine.close()
 
     def print_submitted() -> None:
-        """``--detach``: what was submitted without waiting, one id per line on stdout."""
-        for execution_id in submitted:
-            click.echo(f"{execution_id} {engine.url}/api/v1/executions/{execution_id}")
+        """The executions of this run, one per line on stdout, for scripts (the rest goes
+        to stderr), ``-q`` or not: with ``--detach`` those submitted without waiting, else
+        those the run created, oldest first. A server's come with their address."""
+        ran = [s.id for s in sorted(progress.states.values(), key=lambda s: s.created_at)]
+        for execution_id in submitted if detach else ran:
+            url = getattr(engine, "url", "")
+            click.echo(
+                f"{execution_id} {url}/api/v1/executions/{execution_id}" if url else execution_id
+            )
 
     if not failure:
-        if output:
-            console.print(f"wrote {out}")
-        if detach:
-            print_submitted()
-        return 0
-    _report(console, failure[0], progress, out, late_since[0] if late_since else time.time())
-    if output and out.exists():
-        console.print(f"wrote {out} (with the error)")
-    if detach:  # (the tasks deferred above the failed cell, which _run_deferred submitted)
+        console.print(f"wrote {out}", highlight=False)
         print_submitted()
+        return 0
+    _report(
+        console,
+        failure[0],
+        progress,
+        out if written else None,
+        late_since[0] if late_since else time.time(),
+    )
+    if written:
+        console.print(f"wrote {out} (with the error)", highlight=False)
+    else:
+        console.print(f"no executed notebook was written ({out})", highlight=False)
+    print_submitted()  # (with --detach: those deferred above the failed cell, submitted)
     return 1
 
 
@@ -412,9 +498,12 @@ def _run_deferred(
     writers (``--log-output``). Returns the executions a ``--detach`` flush submitted."""
     import queue
 
-    if not km.has_kernel or not km.is_alive():
+    from jupyter_client.blocking import BlockingKernelClient
+
+    if not km.has_kernel or not _alive(km):
         return []
-    client = km.client()
+    # (a blocking client of its own: the manager's clients are asyncio ones)
+    client = BlockingKernelClient(**km.get_connection_info(session=True))
     client.start_channels()
     try:
 
@@ -427,7 +516,7 @@ def _run_deferred(
                 try:
                     msg = client.get_iopub_msg(timeout=0.5)
                 except queue.Empty:
-                    if not km.is_alive():
+                    if not _alive(km):
                         raise RuntimeError("the kernel died") from None
                     continue
                 if msg["parent_header"].get("msg_id") != msg_id:
@@ -488,29 +577,51 @@ def _check_kernel(kernel: str, notebook: str) -> list[str]:
 
 
 def _kernel_manager(kernel: str, argv: list[str], sockets: Path) -> Any:
-    """The notebook kernel's manager. An IPython kernel on a POSIX system talks over
-    Unix sockets in ``sockets`` (a private temporary folder): no TCP ports open on
-    localhost for other local users to reach, and none of ipykernel's warning about
-    unencrypted TCP on every run. Other kernels (not all take ``ipc``) and Windows keep
-    jupyter_client's TCP."""
-    from jupyter_client.manager import KernelManager
+    """The notebook kernel's manager: an asyncio one, as papermill makes its own. nbclient
+    waits for a cell's reply and, beside it, checks every second that the kernel is
+    alive; with a blocking manager (and so blocking clients) the wait blocks its event
+    loop, the check never runs, and a kernel killed mid-cell (``kill -9``, out of memory)
+    leaves the run waiting for ever instead of ending with ``DeadKernelError``.
+
+    An IPython kernel on a POSIX system talks over Unix sockets in ``sockets`` (a private
+    temporary folder): no TCP ports open on localhost for other local users to reach, and
+    none of ipykernel's warning about unencrypted TCP on every run. Other kernels (not all
+    take ``ipc``) and Windows keep jupyter_client's TCP."""
+    from jupyter_client.manager import AsyncKernelManager
 
     ipython = any("ipykernel" in part for part in argv)
     if os.name == "posix" and ipython:
-        return KernelManager(kernel_name=kernel, transport="ipc", ip=str(sockets / "kernel"))
-    return KernelManager(kernel_name=kernel)
+        return AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(sockets / "kernel"))
+    return AsyncKernelManager(kernel_name=kernel)
+
+
+def _blocking(method: Any) -> Any:
+    """An asyncio kernel manager's ``method`` as a plain call, on the calling thread's
+    own event loop (the one papermill ran its cells on, in the papermill thread)."""
+    from jupyter_core.utils import run_sync
+
+    return run_sync(method)
+
+
+def _alive(km: Any) -> bool:
+    """Whether the kernel's process still runs."""
+    return bool(_blocking(km.is_alive)())
+
+
+def _read_cells(out: Path) -> list[Any]:
+    """The written notebook's cells; none if it was not written."""
+    import nbformat
+
+    try:
+        return list(nbformat.read(str(out), as_version=4).cells)
+    except Exception:
+        return []
 
 
 def _cell_stderr(out: Path) -> str:
     """What the failed cell wrote to stderr: IPython reports a UsageError (papercrane's
     own one-line errors) there, not as an error output papermill can see."""
-    import nbformat
-
-    try:
-        nb = nbformat.read(str(out), as_version=4)
-    except Exception:
-        return ""
-    for cell in nb.cells:
+    for cell in _read_cells(out):
         if cell.get("metadata", {}).get("papermill", {}).get("exception"):
             return "".join(
                 o.get("text", "")
@@ -520,8 +631,20 @@ def _cell_stderr(out: Path) -> str:
     return ""
 
 
+def _last_started_cell(out: Path) -> str:
+    """``In[N]: its first line`` for the last cell papermill started: where a kernel that
+    died was (papermill marks no cell failed then); '' if none."""
+    started = [
+        c for c in _read_cells(out) if c.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
+    if not started:
+        return ""
+    source = str(started[-1].get("source", "")).strip().splitlines()
+    return f"In[{started[-1].get('execution_count') or ' '}]" + (f": {source[0]}" if source else "")
+
+
 def _report(
-    console: Any, exc: BaseException, progress: _Progress, out: Path, late_since: float
+    console: Any, exc: BaseException, progress: _Progress, out: Path | None, late_since: float
 ) -> None:
     """Why the run failed: the tasks that failed (with their tracebacks), else the
     notebook's own error. Tasks that failed only in ``_run_deferred``, after the
@@ -535,10 +658,13 @@ def _report(
         name = getattr(exc, "ename", type(exc).__name__)
         value = getattr(exc, "evalue", str(exc))
         message = f"{name}: {value}"
-        if not value and out.exists():
+        if not value and out is not None:
             message = _cell_stderr(out) or message
-        console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         where = _failed_cell(exc)
+        if name == "DeadKernelError":  # (nbclient's: its process ended mid-cell)
+            message = "the notebook's kernel died (killed, or out of memory)"
+            where = where or (_last_started_cell(out) if out is not None else "")
+        console.print(f"[bold red]the notebook failed[/]: {escape(message)}", highlight=False)
         if where:
             console.print(f"(in cell {where})", markup=False, highlight=False)
         if not late:
@@ -588,7 +714,13 @@ def register(main: click.Group) -> None:
         metavar="NAME VALUE",
         help="set a notebook parameter (repeatable)",
     )
-    @click.option("-o", "--output", default=None, help="write the executed notebook here")
+    @click.option(
+        "-o",
+        "--output",
+        default=None,
+        metavar="OUT.ipynb",
+        help="write the executed notebook here (default: beside NOTEBOOK, as NAME.out.ipynb)",
+    )
     @click.option(
         "-k",
         "--kernel",
@@ -632,7 +764,8 @@ def register(main: click.Group) -> None:
         remote: bool,
         detach: bool,
     ) -> None:
-        """Run NOTEBOOK's workflow in batch and write the executed notebook.
+        """Run NOTEBOOK's workflow in batch and write the executed notebook (to -o, by
+        default NAME.out.ipynb beside NOTEBOOK), failed or not.
 
         Task cells run as one workflow, independent ones in parallel, with the same
         cache and history as interactive runs. Exits 1 if a task (or the notebook)

@@ -39,9 +39,14 @@ class FileWorkflow:
     parameters: list[str]
     #: The kernel the notebook names (``metadata.kernelspec.name``), "" if none.
     kernel: str = ""
-    #: Names a plain cell assigns after the parameters cell (where papermill puts the
-    #: ``-p`` values), with that cell's index: a ``-p`` value for one would be replaced.
+    #: Names a plain cell (or a second cell tagged "parameters") assigns after the first
+    #: parameters cell, where papermill puts the ``-p`` values, with that cell's index: a
+    #: ``-p`` value for one would be replaced. A cell that reads the name before it
+    #: assigns it (``n = int(n)``) uses the value given, and is not counted.
     assigned_later: dict[str, int] = field(default_factory=dict)
+    #: The indexes of the cells tagged "parameters"; papermill puts the values after the
+    #: first one (at the top if there is none).
+    parameters_cells: list[int] = field(default_factory=list)
     #: Whether a cell before the first task cell runs ``%load_ext papercrane``: without
     #: it the kernel does not know ``%%task``.
     loads_papercrane: bool = False
@@ -83,7 +88,7 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
     bound: set[str] = set()  # names the cells before this one assign
     modules: set[str] = set()  # ... and import (and do not assign again)
     later: dict[str, int] = {}
-    tagged = False
+    tagged: list[int] = []
     loads = False
     for index, cell in enumerate(nb.cells):  # type: ignore[attr-defined]
         if cell.cell_type != "code":
@@ -94,13 +99,14 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             names = _assigned(source)
             parameters += names
-            if not tagged:  # papermill puts the -p values after the first one
-                tagged, later = True, {}
+            tagged.append(index)
+            if len(tagged) == 1:  # papermill puts the -p values after the first one
+                later = {}
                 bound |= set(names)
                 continue
         if not source.startswith("%%task"):
-            assigned, imported = _bound(transformer, source)
-            for name in assigned:
+            assigned, imported, read = _bound(transformer, source)
+            for name in assigned - read:
                 later.setdefault(name, index)
             bound |= assigned
             modules = (modules | imported) - assigned
@@ -155,19 +161,28 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         for out in outputs:
             producers[out] = name
     kernel = nb.metadata.get("kernelspec", {}).get("name") or ""  # type: ignore[attr-defined]
-    return FileWorkflow(workflow_name(path), tasks, parameters, str(kernel), later, loads)
+    return FileWorkflow(
+        workflow_name(path),
+        tasks,
+        parameters,
+        kernel=str(kernel),
+        assigned_later=later,
+        loads_papercrane=loads,
+        parameters_cells=tagged,
+    )
 
 
-def _bound(transformer: Any, source: str) -> tuple[set[str], set[str]]:
-    """Names a plain cell assigns (or defines), and names it binds by import; none if it
-    is not Python the analysis can read (the kernel will say so when it runs)."""
+def _bound(transformer: Any, source: str) -> tuple[set[str], set[str], set[str]]:
+    """Names a plain cell assigns (or defines), names it binds by import, and names it
+    reads before binding them; none if it is not Python the analysis can read (the
+    kernel will say so when it runs)."""
     from papercrane.analysis import analyze
 
     try:
         found = analyze(transformer.transform_cell(source))
     except Exception:
-        return set(), set()
-    return set(found.bound) - found.import_bound, set(found.import_bound)
+        return set(), set(), set()
+    return set(found.bound) - found.import_bound, set(found.import_bound), set(found.reads)
 
 
 def _assigned(source: str) -> list[str]:

@@ -17,21 +17,30 @@ import socket
 from functools import cache
 from typing import Any
 
+#: Set by ``papercrane run`` for the kernel it starts, to a marker of its own: that
+#: kernel's executions record it (``run`` in the runner), so the run follows its own
+#: executions and not those of another run, of the same notebook or not, at the same time.
+RUN_VARIABLE = "PAPERCRANE_RUN_ID"
+
 
 @cache
 def this_process() -> dict[str, Any]:
     """This process, as an execution's ``runner``: host and pid and, on Linux, what
     makes the pid unambiguous: its start time (a pid given to another process since is
     not taken for it), the pid namespace (containers sharing a host name and a store
-    have pids of their own) and the boot (after a reboot, no process of before runs)."""
+    have pids of their own) and the boot (after a reboot, no process of before runs);
+    and the ``papercrane run`` that started it, if one did (``RUN_VARIABLE``)."""
     pid = os.getpid()
-    return {
+    found = {
         "host": socket.gethostname(),
         "pid": pid,
         "start": _start_time(pid),
         "pidns": _read_link("/proc/self/ns/pid"),
         "boot": _read_text("/proc/sys/kernel/random/boot_id"),
     }
+    if os.environ.get(RUN_VARIABLE):
+        found["run"] = os.environ[RUN_VARIABLE]
+    return found
 
 
 def gone(runner: dict[str, Any]) -> bool:

@@ -127,13 +127,16 @@ def test_second_run_executes_no_task_code(home: Path, tmp_path: Path) -> None:
         "%%task total --cache\n" + _mark("total") + "total = sum(squares) + sum(cubes)",
         "print('total is', total)",
     )
+    printed_ids = []
     for i in (1, 2):
         out = tmp_path / f"twice.{i}.ipynb"
-        ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+        result = ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+        printed_ids += result.stdout.split()  # (-q: only the execution's id, for scripts)
         assert "total is 130" in printed(nbformat.read(out, as_version=4))
         assert counts(log) == {"numbers": 1, "squares": 1, "cubes": 1, "total": 1}
     rows = executions(home)
     assert [r["status"] for r in rows] == ["succeeded", "cached"]
+    assert printed_ids == [r["id"] for r in rows]
     second = as_json(home, "executions", "show", rows[-1]["id"])
     assert {n: s["status"] for n, s in second["nodes"].items()} == dict.fromkeys(
         ["numbers", "squares", "cubes", "total"], "cached"
@@ -685,3 +688,220 @@ def test_an_ipython_kernel_gets_unix_sockets_others_tcp(tmp_path: Path) -> None:
         "ir", ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"], tmp_path
     )
     assert other.transport == "tcp"
+
+
+def test_a_kernel_killed_mid_task_ends_the_run(home: Path, tmp_path: Path) -> None:
+    """The notebook's kernel killed while a task runs (``kill -9``, the out-of-memory
+    killer): the run ends at once, as papermill does, says the kernel died and how to
+    recover the execution it left, and writes the notebook as far as it got."""
+    started, pid_file = tmp_path / "started", tmp_path / "kernel.pid"
+    src = write_notebook(
+        tmp_path / "killed.ipynb",
+        "%load_ext papercrane",
+        f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nprint('before')",
+        f"%%task slow --executor local\nimport time\nopen({str(started)!r}, 'w')\n"
+        "time.sleep(30)\nslow = 1",
+        "print(slow)",
+    )
+    out = tmp_path / "killed.out.ipynb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src), "-o", str(out)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (it hung here for ever before)
+    stderr = err.decode()
+    assert time.monotonic() - killed < 20, stderr  # (not the task's 30 s, nor for ever)
+    assert proc.returncode == 1, stderr
+    assert "the notebook failed: the notebook's kernel died" in stderr, stderr
+    assert "(in cell In[4]: print(slow))" in stderr, stderr
+    (execution,) = executions(home)
+    assert execution["status"] == "aborted"
+    assert f"recover with: papercrane recover {execution['id']}" in stderr
+    assert "before" in printed(nbformat.read(out, as_version=4))
+
+
+def test_a_notebook_without_task_cells_runs_as_under_papermill(home: Path, tmp_path: Path) -> None:
+    """No task cell: nothing to flush at the end, and papercrane need not be loaded."""
+    src = write_notebook(tmp_path / "plain.ipynb", "x = 1", "print('x is', x)")
+    out = tmp_path / "plain.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    nb = nbformat.read(out, as_version=4)
+    assert [c.source for c in nb.cells] == ["x = 1", "print('x is', x)"]
+    assert "x is 1" in printed(nb)
+
+
+def test_a_parameter_a_later_cell_sets_again_is_refused(home: Path, tmp_path: Path) -> None:
+    """papermill puts the ``-p`` values after the first cell tagged 'parameters': a later
+    cell (plain, or tagged 'parameters' too) that sets the name again would replace the
+    value given, silently. Refused before any kernel starts, naming that cell. A cell that
+    uses the value (``n = int(n)``) is fine."""
+    later = write_notebook(
+        tmp_path / "laterassign.ipynb",
+        "%load_ext papercrane",
+        ("n = 3", ["parameters"]),
+        "n = 10",
+        "%%task used\nused = n * 2",
+    )
+    result = papercrane(home, "run", str(later), "-q", "-p", "n", "5")
+    assert result.returncode == 1
+    assert (
+        "-p n: cell 3 assigns 'n' after the parameters are set (papermill sets them after "
+        "cell 2, the first tagged 'parameters')" in result.stderr
+    ), result.stderr
+    assert "remove that assignment" in result.stderr
+    second = write_notebook(
+        tmp_path / "twoparams.ipynb",
+        "%load_ext papercrane",
+        ("m = 1", ["parameters"]),
+        ("n = 3", ["parameters"]),
+        "%%task used\nused = n * 2",
+    )
+    result = papercrane(home, "run", str(second), "-q", "-p", "n", "5")
+    assert result.returncode == 1
+    assert "-p n: cell 3 assigns 'n' after the parameters are set" in result.stderr
+    assert "tag only one cell 'parameters' (move 'n' into cell 2)" in result.stderr
+    assert executions(home) == []  # (no kernel ran)
+    uses = write_notebook(
+        tmp_path / "uses.ipynb",
+        "%load_ext papercrane",
+        ("n = '3'", ["parameters"]),
+        "n = int(n)",
+        "%%task used\nused = n * 2",
+        "print('used', used)",
+    )
+    out = tmp_path / "uses.out.ipynb"
+    ok(papercrane(home, "run", str(uses), "-q", "-p", "n", "'5'", "-o", str(out)))
+    assert "used 10" in printed(nbformat.read(out, as_version=4))
+
+
+def test_two_runs_at_once_each_show_their_own_executions(home: Path, tmp_path: Path) -> None:
+    """Two ``papercrane run``s in one project at the same time, of notebooks with the
+    same file name (so the same workflow name) and a task named alike: each follows only
+    the executions its own kernel created. A's task succeeds while B's fails in between:
+    A's table shows its own success, and B points ``recover`` at its own execution."""
+    started = tmp_path / "started"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_notebook(
+        tmp_path / "a" / "conc.ipynb",
+        "%load_ext papercrane",
+        f"%%task prep\nimport os, time\nopen({str(started)!r}, 'w')\n"
+        f"while not os.path.exists({str(tmp_path / 'b-done')!r}):\n    time.sleep(0.1)\n"
+        "prep = 1",
+        "print(prep)",
+    )
+    b = write_notebook(
+        tmp_path / "b" / "conc.ipynb",
+        "%load_ext papercrane",
+        "%%task prep\nprep = 1 / 0",
+        "print(prep)",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.update(PAPERCRANE_HOME=str(home), COLUMNS="200")
+    argv = [sys.executable, "-m", "papercrane.backend.cli", "run"]
+    first = subprocess.Popen(
+        [*argv, str(a)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "A's task never started"
+            time.sleep(0.05)
+        second = papercrane(home, "run", str(b))
+        (tmp_path / "b-done").touch()
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err.decode()
+    rows = executions(home)
+    assert len(rows) == 2, rows
+    ran_a = next(r["id"] for r in rows if r["status"] == "succeeded")
+    ran_b = next(r["id"] for r in rows if r["status"] == "failed")
+    table_a = [line for line in err.decode().splitlines() if line.startswith("│ prep")]
+    assert table_a and "succeeded" in table_a[-1] and ran_a in table_a[-1], err.decode()
+    assert ran_b not in err.decode()
+    assert second.returncode == 1
+    assert f"recover with: papercrane recover {ran_b}" in second.stderr, second.stderr
+    assert ran_a not in second.stderr
+
+
+def test_errors_are_not_wrapped_when_stderr_is_not_a_terminal(home: Path, tmp_path: Path) -> None:
+    """``2>err.txt``, a CI log: a traceback's long source line stays whole, with its
+    ``^^^`` markers on the next line (rich would wrap at 80 columns)."""
+    line = "value = {'a_rather_long_key_name': 1}['another_rather_long_key_name_that_is_not_there']"
+    src = write_notebook(
+        tmp_path / "wide.ipynb", "%load_ext papercrane", f"%%task wide\n{line}", "print(value)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERCRANE_")}
+    env.pop("COLUMNS", None)
+    env["PAPERCRANE_HOME"] = str(home)
+    err = tmp_path / "err.txt"
+    with err.open("w") as stderr:
+        argv = [sys.executable, "-m", "papercrane.backend.cli", "run", str(src)]
+        code = subprocess.run(argv, env=env, stderr=stderr, timeout=240).returncode
+    assert code == 1
+    lines = err.read_text().splitlines()
+    assert f"    {line}" in lines, err.read_text()
+    markers = lines[lines.index(f"    {line}") + 1]
+    assert markers.strip() and set(markers.strip()) <= {"^", "~"}, markers
+
+
+def test_without_o_the_notebook_is_written_beside_it_and_named(home: Path, tmp_path: Path) -> None:
+    """No ``-o``: NAME.out.ipynb beside the notebook, said on success and on failure
+    (where the user looks for the failing cell's error), and in ``--help``."""
+    src = write_notebook(tmp_path / "report.ipynb", "x = 2", "print('x is', x)")
+    result = ok(papercrane(home, "run", str(src), "-q"))
+    out = tmp_path / "report.out.ipynb"
+    assert f"wrote {out}" in result.stderr, result.stderr
+    assert "x is 2" in printed(nbformat.read(out, as_version=4))
+    failing = write_notebook(tmp_path / "broken.ipynb", "raise ValueError('boom')")
+    result = papercrane(home, "run", str(failing), "-q")
+    assert result.returncode == 1
+    out = tmp_path / "broken.out.ipynb"
+    assert f"wrote {out} (with the error)" in result.stderr, result.stderr
+    errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
+    assert [o["evalue"] for o in errors if o["output_type"] == "error"] == ["boom"]
+    assert "NAME.out.ipynb" in ok(papercrane(home, "run", "--help")).stdout
+
+
+def test_the_written_notebook_shows_what_the_final_flush_ran(home: Path, tmp_path: Path) -> None:
+    """The tasks still deferred at the end run in the cell papercrane adds: the written
+    notebook keeps that cell, marked as added, with what they printed, or their failure
+    (where papermill's banner points)."""
+    src = write_notebook(
+        tmp_path / "prints.ipynb",
+        "%load_ext papercrane",
+        "%%task writer\nprint('the writer wrote this')\ndone = 1",
+        "print('last plain cell')",
+    )
+    out = tmp_path / "prints.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-q", "-o", str(out)))
+    nb = nbformat.read(out, as_version=4)
+    added = nb.cells[-1]
+    assert added.metadata["tags"] == ["papercrane-flush"]
+    assert added.source.startswith("# Added by `papercrane run`")
+    assert "the writer wrote this" in printed(nbformat.v4.new_notebook(cells=[added]))
+    src = write_notebook(
+        tmp_path / "fails.ipynb",
+        "%load_ext papercrane",
+        "%%task broken\nbroken = 1 / 0",
+        "print('last plain cell')",
+    )
+    out = tmp_path / "fails.out.ipynb"
+    assert papercrane(home, "run", str(src), "-q", "-o", str(out)).returncode == 1
+    nb = nbformat.read(out, as_version=4)
+    added = nb.cells[-1]
+    assert added.metadata["tags"] == ["papercrane-flush"]
+    (error,) = [o for o in added.outputs if o.output_type == "error"]
+    assert "ZeroDivisionError" in error.evalue
+    banner = nb.cells[0].source
+    assert f"In [{added.execution_count}]" in banner, banner
