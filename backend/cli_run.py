@@ -691,6 +691,12 @@ def _report(
                 highlight=False,
             )
     console.print(f"recover with: papercrane recover {(early + late)[0][2].id}")
+    # (recover replays the execution as it ran: a fix in the notebook's code needs a run)
+    console.print(
+        "(that reuses what succeeded and runs the rest as it was: for a failure outside the "
+        "code. After fixing a cell, run the notebook again: the --cache cells are reused)",
+        highlight=False,
+    )
 
 
 def _failed_cell(exc: BaseException) -> str:

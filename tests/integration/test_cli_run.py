@@ -427,6 +427,7 @@ def test_a_deferred_task_failing_after_the_notebook_failed_is_reported_too(
     assert "ZeroDivisionError: division by zero" in err
     assert err.index("ValueError: boom") < err.index("task 'broken' failed")  # the cause first
     assert f"recover with: papercrane recover {execution['id']}" in err
+    assert "After fixing a cell, run the notebook again" in " ".join(err.split())
 
 
 def ctrl_c_once_started(home: Path, started: Path, *args: str) -> str:
