@@ -9,6 +9,8 @@ import atexit
 import contextlib
 import json
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ class NotebookWorkflow:
         self.pending: list[CellRecord] = []
         self.defer_override: bool | None = None
         self._atexit = False
+        #: Deferred task cells whose last expression is shown, by task name: the display
+        #: id of their "deferred" note, which the value replaces once the task has run.
+        self._value_displays: dict[str, str] = {}
         #: ``--detach`` on the current %workflow line: submit to the server, don't wait.
         self.detach = False
 
@@ -119,16 +124,26 @@ class NotebookWorkflow:
             with contextlib.suppress(ImportError):
                 exec(line, self.session.shell.user_ns)
         if not self._atexit:
-            atexit.register(self._flush_at_exit)
+            _at_exit(self._flush_at_exit)
             self._atexit = True
         from IPython.display import display
 
         from .widgets import deferred_note
 
-        display(deferred_note(rec.spec.name, len(self.pending)))
+        display_id = None
+        if rec.spec.display_last:
+            display_id = f"papercrane-deferred-{uuid.uuid4().hex}"
+            self._value_displays[rec.spec.name] = display_id
+        display(deferred_note(rec.spec.name, len(self.pending)), display_id=display_id)
 
     def needs_flush(self, source: str) -> bool:
-        """Does this (plain) cell read an output that a deferred task will produce?"""
+        """Must the deferred tasks run before this (plain) cell, for the notebook to mean
+        what it means top to bottom? Yes when the cell touches a name a deferred task
+        outputs: reads it (it needs the value), or assigns, deletes or changes it (run
+        later, the task would bind its value over the cell's: ``y = 100`` then
+        ``print(y)`` would show the task's ``y``, and a later task would read it too).
+        Also when the cell reads or writes names in ways analysis can't see
+        (``eval``, ``exec``, ``globals()``, ``import *``): then any of them may be one."""
         if not self.pending:
             return False
         from .analysis import analyze
@@ -137,9 +152,16 @@ class NotebookWorkflow:
             found = analyze(source)
         except SyntaxError:
             return False
-        wanted = self.pending_outputs()
-        reads = set(found.reads) | set(found.deferred_reads)
-        return bool(reads & wanted)
+        if found.dynamic or found.star_imports:
+            return True
+        touched = (
+            set(found.reads)
+            | set(found.deferred_reads)
+            | found.ever_bound
+            | found.deleted
+            | set(found.mutated)
+        )
+        return not touched.isdisjoint(self.pending_outputs())
 
     def flush(self, live: bool = True) -> Any:
         """Run every deferred task cell now, as one workflow, and bind the outputs."""
@@ -154,16 +176,58 @@ class NotebookWorkflow:
                 params.setdefault(name, ref)
                 if name in rec.values:
                     values.setdefault(name, rec.values[name])
-        return self._execute(spec, params, values, records, live=live)
+        values = self._unchanged(params, values)
+        result = self._execute(spec, params, values, records, live=live)
+        shown = {rec.spec.name: self._value_displays.pop(rec.spec.name, "") for rec in records}
+        if result is not None and live:
+            self._show_values(result, shown)
+        return result
+
+    @staticmethod
+    def _show_values(result: Any, display_ids: dict[str, str]) -> None:
+        """Each deferred task's last expression, shown where it would have been, had the
+        cell run at once: in the task's own cell, in place of its "deferred" note (an
+        update of that display, which Jupyter front ends and papermill apply to the
+        earlier cell's output)."""
+        from IPython.display import publish_display_data
+
+        for name, run in result.nodes.items():
+            display_id = display_ids.get(name)
+            if run.display and display_id:
+                publish_display_data(
+                    run.display["data"],
+                    run.display.get("metadata") or {},
+                    transient={"display_id": display_id},
+                    update=True,
+                )
+
+    def _unchanged(self, params: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """The deferred inputs whose objects still hold what their cells captured. A
+        plain cell may have changed one in place since (``cfg["a"] = 2``): the task must
+        see the value its cell saw, the one its input artifact (and cache key) was made
+        of, so a changed object is left out and the run loads the stored value instead.
+        (Batch mode only: a task that runs at once gets the objects as they are.)"""
+        artifacts = self.session.engine.artifacts
+        fingerprinter = artifacts.fingerprinter()
+        kept = {}
+        for name, value in values.items():
+            try:
+                fp = artifacts.known_fingerprint(value) or fingerprinter.value(value)
+            except Exception:  # (it was fingerprinted when deferred: the stored one is safe)
+                continue
+            if fp == params[name].id:
+                kept[name] = value
+        return kept
 
     def _flush_at_exit(self) -> None:
         """The end of a notebook whose last deferred tasks no cell read: they run as the
-        interpreter exits. A kernel manager (papermill's, nbconvert's, JupyterLab's) gives
-        a shutting-down kernel a few seconds (``shutdown_wait_time``: SIGTERM after half
-        of its 5 s), so a SIGTERM meanwhile stops the run like an interrupt: recorded as
-        aborted, its subprocesses stopped, rather than killed mid-run and left "running"
-        in the store. What happened goes to the kernel's stderr (the terminal that ran
-        papermill): by then the notebook has no cell to show it."""
+        interpreter begins to exit (``_at_exit``). A kernel manager (papermill's,
+        nbconvert's, JupyterLab's) gives a shutting-down kernel a few seconds
+        (``shutdown_wait_time``: SIGTERM after half of its 5 s), so a SIGTERM meanwhile
+        stops the run like an interrupt: recorded as aborted, its subprocesses stopped,
+        rather than killed mid-run and left "running" in the store. What happened goes to
+        the kernel's stderr (the terminal that ran papermill): by then the notebook has
+        no cell to show it."""
         if not self.pending:
             return
         import platform
@@ -182,6 +246,16 @@ class NotebookWorkflow:
             )
             return
 
+        print(
+            f"papercrane: the deferred tasks ({names}) run now, as the kernel exits: no cell "
+            "read their outputs. A kernel manager (papermill's, nbconvert's) stops a kernel "
+            "2.5 s after asking it to exit, and a run still going then is recorded as "
+            "aborted. To run them as a cell, end the notebook with a `%workflow flush` "
+            "cell, or run it with `papercrane run`.",
+            file=sys.__stderr__,
+            flush=True,
+        )
+
         def stopped(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt("the kernel was stopped (SIGTERM)")
 
@@ -189,7 +263,14 @@ class NotebookWorkflow:
         with contextlib.suppress(ValueError):  # (only the main thread may; atexit runs there)
             previous = signal.signal(signal.SIGTERM, stopped)
         try:
-            self.flush(live=False)
+            result = self.flush(live=False)
+            if result is not None:
+                state = result.execution
+                print(
+                    f"papercrane: the deferred tasks ({names}) ran at exit: execution "
+                    f"{state.id} {state.status.value}",
+                    file=sys.__stderr__,
+                )
         except KeyboardInterrupt as exc:  # (TaskInterrupted: the run was recorded aborted)
             print(
                 f"papercrane: the kernel was stopped while its deferred tasks ({names}) ran at "
@@ -386,9 +467,31 @@ def parse_param(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def _at_exit(hook: Callable[[], None]) -> None:
+    """Call ``hook`` as the interpreter begins to exit, while thread pools still take
+    work. An ``atexit`` handler is too late for a workflow of two nodes or more:
+    ``concurrent.futures`` registers its own exit hook with ``threading._register_atexit``,
+    whose hooks run before atexit handlers, and after it a ThreadPoolExecutor refuses
+    work ("cannot schedule new futures after interpreter shutdown"). Those hooks run in
+    reverse order, so one registered once ``concurrent.futures.thread`` is imported runs
+    before its own. (A private function of ``threading``, there since Python 3.9:
+    without it, or once the interpreter exits, ``atexit`` is the fallback.)"""
+    import concurrent.futures.thread  # noqa: F401  (registers its hook: ours then runs first)
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(hook)
+            return
+    except RuntimeError:  # the interpreter is exiting already
+        pass
+    atexit.register(hook)
+
+
 def _threads_start() -> bool:
     """Whether this process can still start a thread. Python 3.12 refuses once the
-    interpreter has begun to exit, atexit handlers included (CPython issue 113964);
+    interpreter has begun to exit, its exit hooks included (CPython issue 113964);
     3.10, 3.11 and 3.13 allow it."""
     import threading
 
