@@ -126,6 +126,9 @@ class NotebookWorkflow:
         if not self._atexit:
             _at_exit(self._flush_at_exit)
             self._atexit = True
+            shell = self.session.shell
+            if not shell.custom_exceptions:  # (one handler per shell: never replace another's)
+                shell.set_custom_exc((NameError,), self._name_error)
         from IPython.display import display
 
         from .widgets import deferred_note
@@ -135,6 +138,24 @@ class NotebookWorkflow:
             display_id = f"papercrane-deferred-{uuid.uuid4().hex}"
             self._value_displays[rec.spec.name] = display_id
         display(deferred_note(rec.spec.name, len(self.pending)), display_id=display_id)
+
+    def _name_error(
+        self, shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None
+    ) -> list[str]:
+        """A NameError for an output of a deferred task says so. A cell that names it
+        runs the tasks first, but not one that reads it out of sight (in a function
+        defined before the task cell): plain "not defined" would be a puzzle there."""
+        name = getattr(value, "name", None)
+        producers = [rec.spec.name for rec in self.pending if name in rec.spec.outputs]
+        if producers and value.args and "deferred task" not in str(value.args[0]):
+            value.args = (
+                f"{value.args[0]}: it is an output of the deferred task {producers[-1]!r}, "
+                "which has not run yet (this cell reads it where papercrane can't see, "
+                "such as in a function defined earlier); run `%workflow flush` first",
+            )
+        return shell.InteractiveTB.structured_traceback(  # type: ignore[no-any-return]
+            etype, value, tb, tb_offset=tb_offset
+        )
 
     def needs_flush(self, source: str) -> bool:
         """Must the deferred tasks run before this (plain) cell, for the notebook to mean

@@ -94,3 +94,19 @@ def test_a_deferred_tasks_last_expression_is_shown_in_its_own_cell(kernel: Kerne
     assert flushing.stdout.strip() == "5"
     assert [u["text/plain"] for u in flushing.updates if "text/plain" in u][-1] == "10"
     assert not [d for d in flushing.displays if d.get("text/plain") == "10"]
+
+
+def test_a_deferred_output_read_out_of_sight_says_it_is_deferred(kernel: Kernel) -> None:
+    """A function defined before the task cell reads the output: the cell that calls it
+    names no output, so nothing runs first, and the NameError says why and what to do."""
+    kernel.run("def f():\n    return y").ok()
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task ta --executor inline\ny = 1").ok()
+    r = kernel.run("f()")
+    assert r.status == "error" and r.error["ename"] == "NameError"
+    assert "output of the deferred task 'ta', which has not run yet" in r.error["evalue"]
+    assert "run `%workflow flush` first" in r.error["evalue"]
+    kernel.run("%workflow flush").ok()
+    assert kernel.run("print(f())").ok().stdout.strip() == "1"
+    r = kernel.run("f2()")  # other NameErrors are as they were
+    assert r.status == "error" and r.error["evalue"] == "name 'f2' is not defined"
