@@ -39,6 +39,10 @@ class NotebookWorkflow:
         #: Deferred task cells whose last expression is shown, by task name: the display
         #: id of their "deferred" note, which the value replaces once the task has run.
         self._value_displays: dict[str, str] = {}
+        #: What each deferred output's name held when its task cell was deferred (where
+        #: the task runs, top to bottom): a later plain cell that binds it again out of
+        #: analysis's sight (a function's ``global``, ``%%time``) leaves another object.
+        self._held: dict[str, Any] = {}
         #: ``--detach`` on the current %workflow line: submit to the server, don't wait.
         self.detach = False
 
@@ -117,6 +121,10 @@ class NotebookWorkflow:
                     self.flush()
                     break
         self.pending = [p for p in self.pending if p.key != rec.key] + [rec]
+        ns = self.session.shell.user_ns
+        for name in rec.spec.outputs:
+            if name not in rec.import_names:
+                self._held.setdefault(name, ns.get(name, _UNBOUND))
         # Modules the cell imports at top level are bound now, as the flush would: later
         # cells then capture them as imports (as interactively), not as pending data.
         for line in rec.import_lines:
@@ -184,11 +192,20 @@ class NotebookWorkflow:
         )
         return not touched.isdisjoint(self.pending_outputs())
 
+    def rebound(self) -> frozenset[str]:
+        """Deferred outputs that a plain cell bound or deleted since, where analysis
+        could not see it (the cell would have run the tasks first otherwise)."""
+        ns = self.session.shell.user_ns
+        return frozenset(n for n, held in self._held.items() if ns.get(n, _UNBOUND) is not held)
+
     def flush(self, live: bool = True) -> Any:
-        """Run every deferred task cell now, as one workflow, and bind the outputs."""
+        """Run every deferred task cell now, as one workflow, and bind the outputs. A
+        name a later plain cell bound again keeps that cell's value, as top to bottom."""
         if not self.pending:
             return None
-        records, self.pending = self.pending, []
+        ns = self.session.shell.user_ns
+        later = {n: ns.get(n, _UNBOUND) for n in self.rebound()}
+        records, self.pending, self._held = self.pending, [], {}
         spec = self.spec(records)
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
@@ -199,6 +216,11 @@ class NotebookWorkflow:
                     values.setdefault(name, rec.values[name])
         values = self._unchanged(params, values)
         result = self._execute(spec, params, values, records, live=live)
+        for name, value in later.items():
+            if value is _UNBOUND:
+                ns.pop(name, None)
+            else:
+                ns[name] = value
         shown = {rec.spec.name: self._value_displays.pop(rec.spec.name, "") for rec in records}
         if result is not None and live:
             self._show_values(result, shown)
@@ -473,6 +495,9 @@ class NotebookWorkflow:
         deferred = frozenset(rec.spec.name for rec in self.pending)
         widget = WorkflowWidget(spec, live=False, records=self.session.records, deferred=deferred)
         widget.show()
+
+
+_UNBOUND = object()  # (a name with no value in the notebook)
 
 
 def parse_param(text: str) -> tuple[str, Any]:

@@ -73,6 +73,25 @@ def test_plain_cells_after_a_deferred_task_see_it_as_run_above_them(
     assert r.stdout.strip() == after
 
 
+# Plain cells that bind y where analysis can't see it, and what their cell runs.
+OUT_OF_SIGHT = {
+    "a function's global": "set_y(5)",
+    "the shell's namespace": "get_ipython().user_ns['y'] = 5",
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_SIGHT))
+def test_a_deferred_output_bound_again_out_of_sight_keeps_the_later_value(
+    kernel: Kernel, case: str
+) -> None:
+    kernel.run("def set_y(v):\n    global y\n    y = v").ok()
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task ta --executor inline\ny = 1").ok()
+    kernel.run(OUT_OF_SIGHT[case]).ok()
+    kernel.run("%%task tb --executor inline\nz = y * 2").ok()
+    assert kernel.run("print(z, y)").ok().stdout.strip() == "10 5"
+
+
 def test_a_plain_cell_that_touches_no_deferred_output_leaves_the_tasks_deferred(
     kernel: Kernel,
 ) -> None:
