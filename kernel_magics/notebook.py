@@ -215,13 +215,15 @@ class NotebookWorkflow:
                 if name in rec.values:
                     values.setdefault(name, rec.values[name])
         values = self._unchanged(params, values)
-        result = self._execute(spec, params, values, records, live=live)
-        for name, value in later.items():
-            if value is _UNBOUND:
-                ns.pop(name, None)
-            else:
-                ns[name] = value
         shown = {rec.spec.name: self._value_displays.pop(rec.spec.name, "") for rec in records}
+        try:
+            result = self._execute(spec, params, values, records, live=live)
+        finally:  # (whatever the run bound, a failed one included)
+            for name, value in later.items():
+                if value is _UNBOUND:
+                    ns.pop(name, None)
+                else:
+                    ns[name] = value
         if result is not None and live:
             self._show_values(result, shown)
         return result
@@ -252,10 +254,11 @@ class NotebookWorkflow:
         (Batch mode only: a task that runs at once gets the objects as they are.)"""
         artifacts = self.session.engine.artifacts
         fingerprinter = artifacts.fingerprinter()
+        known = getattr(artifacts, "known_fingerprint", None)  # (a server's has none)
         kept = {}
         for name, value in values.items():
             try:
-                fp = artifacts.known_fingerprint(value) or fingerprinter.value(value)
+                fp = (known and known(value)) or fingerprinter.value(value)
             except Exception:  # (it was fingerprinted when deferred: the stored one is safe)
                 continue
             if fp == params[name].id:
