@@ -300,7 +300,12 @@ class PapercraneMagics(Magics):
         d.check_scope(project, domain)
         session = self.session
         ns = self.shell.user_ns
-        pending = session.workflow.pending_outputs() if session.workflow.deferring else frozenset()
+        workflow = session.workflow
+        if workflow.deferring and workflow.rebound():
+            # A plain cell bound a deferred output again out of analysis's sight: the
+            # deferred tasks ran before it, so this cell reads what that cell left.
+            workflow.flush()
+        pending = workflow.pending_outputs() if workflow.deferring else frozenset()
         self._capturing = True
         try:
             transformed = self._transform(cell)

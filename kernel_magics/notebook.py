@@ -9,6 +9,8 @@ import atexit
 import contextlib
 import json
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,13 @@ class NotebookWorkflow:
         self.pending: list[CellRecord] = []
         self.defer_override: bool | None = None
         self._atexit = False
+        #: Deferred task cells whose last expression is shown, by task name: the display
+        #: id of their "deferred" note, which the value replaces once the task has run.
+        self._value_displays: dict[str, str] = {}
+        #: What each deferred output's name held when its task cell was deferred (where
+        #: the task runs, top to bottom): a later plain cell that binds it again out of
+        #: analysis's sight (a function's ``global``, ``%%time``) leaves another object.
+        self._held: dict[str, Any] = {}
         #: ``--detach`` on the current %workflow line: submit to the server, don't wait.
         self.detach = False
         #: The latest workflow execution this kernel ran (``last_failed``'s choice when
@@ -137,6 +146,10 @@ class NotebookWorkflow:
                     self.flush()
                     break
         self.pending = [p for p in self.pending if p.key != rec.key] + [rec]
+        ns = self.session.shell.user_ns
+        for name in rec.spec.outputs:
+            if name not in rec.import_names:
+                self._held.setdefault(name, ns.get(name, _UNBOUND))
         # Modules the cell imports at top level are bound now, as the flush would: later
         # cells then capture them as imports (as interactively), not as pending data.
         for line in rec.import_lines:
@@ -144,16 +157,47 @@ class NotebookWorkflow:
             with contextlib.suppress(ImportError):
                 exec(line, self.session.shell.user_ns)
         if not self._atexit:
-            atexit.register(self._flush_at_exit)
+            _at_exit(self._flush_at_exit)
             self._atexit = True
+            shell = self.session.shell
+            if not shell.custom_exceptions:  # (one handler per shell: never replace another's)
+                shell.set_custom_exc((NameError,), self._name_error)
         from IPython.display import display
 
         from .widgets import deferred_note
 
-        display(deferred_note(rec.spec.name, len(self.pending)))
+        display_id = None
+        if rec.spec.display_last:
+            display_id = f"papercrane-deferred-{uuid.uuid4().hex}"
+            self._value_displays[rec.spec.name] = display_id
+        display(deferred_note(rec.spec.name, len(self.pending)), display_id=display_id)
+
+    def _name_error(
+        self, shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None
+    ) -> list[str]:
+        """A NameError for an output of a deferred task says so. A cell that names it
+        runs the tasks first, but not one that reads it out of sight (in a function
+        defined before the task cell): plain "not defined" would be a puzzle there."""
+        name = getattr(value, "name", None)
+        producers = [rec.spec.name for rec in self.pending if name in rec.spec.outputs]
+        if producers and value.args and "deferred task" not in str(value.args[0]):
+            value.args = (
+                f"{value.args[0]}: it is an output of the deferred task {producers[-1]!r}, "
+                "which has not run yet (this cell reads it where papercrane can't see, "
+                "such as in a function defined earlier); run `%workflow flush` first",
+            )
+        return shell.InteractiveTB.structured_traceback(  # type: ignore[no-any-return]
+            etype, value, tb, tb_offset=tb_offset
+        )
 
     def needs_flush(self, source: str) -> bool:
-        """Does this (plain) cell read an output that a deferred task will produce?"""
+        """Must the deferred tasks run before this (plain) cell, for the notebook to mean
+        what it means top to bottom? Yes when the cell touches a name a deferred task
+        outputs: reads it (it needs the value), or assigns, deletes or changes it (run
+        later, the task would bind its value over the cell's: ``y = 100`` then
+        ``print(y)`` would show the task's ``y``, and a later task would read it too).
+        Also when the cell reads or writes names in ways analysis can't see
+        (``eval``, ``exec``, ``globals()``, ``import *``): then any of them may be one."""
         if not self.pending:
             return False
         from .analysis import analyze
@@ -162,15 +206,31 @@ class NotebookWorkflow:
             found = analyze(source)
         except SyntaxError:
             return False
-        wanted = self.pending_outputs()
-        reads = set(found.reads) | set(found.deferred_reads)
-        return bool(reads & wanted)
+        if found.dynamic or found.star_imports:
+            return True
+        touched = (
+            set(found.reads)
+            | set(found.deferred_reads)
+            | found.ever_bound
+            | found.deleted
+            | set(found.mutated)
+        )
+        return not touched.isdisjoint(self.pending_outputs())
+
+    def rebound(self) -> frozenset[str]:
+        """Deferred outputs that a plain cell bound or deleted since, where analysis
+        could not see it (the cell would have run the tasks first otherwise)."""
+        ns = self.session.shell.user_ns
+        return frozenset(n for n, held in self._held.items() if ns.get(n, _UNBOUND) is not held)
 
     def flush(self, live: bool = True) -> Any:
-        """Run every deferred task cell now, as one workflow, and bind the outputs."""
+        """Run every deferred task cell now, as one workflow, and bind the outputs. A
+        name a later plain cell bound again keeps that cell's value, as top to bottom."""
         if not self.pending:
             return None
-        records, self.pending = self.pending, []
+        ns = self.session.shell.user_ns
+        later = {n: ns.get(n, _UNBOUND) for n in self.rebound()}
+        records, self.pending, self._held = self.pending, [], {}
         spec = self.spec(records)
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
@@ -179,16 +239,71 @@ class NotebookWorkflow:
                 params.setdefault(name, ref)
                 if name in rec.values:
                     values.setdefault(name, rec.values[name])
-        return self._execute(spec, params, values, records, live=live)
+        values = self._unchanged(params, values)
+        shown = {rec.spec.name: self._value_displays.pop(rec.spec.name, "") for rec in records}
+        try:
+            result = self._execute(spec, params, values, records, live=live)
+        except WorkflowError as error:  # the tasks that finished still show their values
+            partial = error.failure.result
+            if partial is not None and live:
+                self._show_values(partial, shown)
+            raise
+        finally:  # (whatever the run bound, a failed one included)
+            for name, value in later.items():
+                if value is _UNBOUND:
+                    ns.pop(name, None)
+                else:
+                    ns[name] = value
+        if result is not None and live:
+            self._show_values(result, shown)
+        return result
+
+    @staticmethod
+    def _show_values(result: Any, display_ids: dict[str, str]) -> None:
+        """Each deferred task's last expression, shown where it would have been, had the
+        cell run at once: in the task's own cell, in place of its "deferred" note (an
+        update of that display, which Jupyter front ends and papermill apply to the
+        earlier cell's output)."""
+        from IPython.display import publish_display_data
+
+        for name, run in result.nodes.items():
+            display_id = display_ids.get(name)
+            if run.display and display_id:
+                publish_display_data(
+                    run.display["data"],
+                    run.display.get("metadata") or {},
+                    transient={"display_id": display_id},
+                    update=True,
+                )
+
+    def _unchanged(self, params: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """The deferred inputs whose objects still hold what their cells captured. A
+        plain cell may have changed one in place since (``cfg["a"] = 2``): the task must
+        see the value its cell saw, the one its input artifact (and cache key) was made
+        of, so a changed object is left out and the run loads the stored value instead.
+        (Batch mode only: a task that runs at once gets the objects as they are.)"""
+        artifacts = self.session.engine.artifacts
+        fingerprinter = artifacts.fingerprinter()
+        known = getattr(artifacts, "known_fingerprint", None)  # (a server's has none)
+        kept = {}
+        for name, value in values.items():
+            try:
+                fp = (known and known(value)) or fingerprinter.value(value)
+            except Exception:  # (it was fingerprinted when deferred: the stored one is safe)
+                continue
+            if fp == params[name].id:
+                kept[name] = value
+        return kept
 
     def _flush_at_exit(self) -> None:
         """The end of a notebook whose last deferred tasks no cell read: they run as the
-        interpreter exits. A kernel manager (papermill's, nbconvert's, JupyterLab's) gives
-        a shutting-down kernel a few seconds (``shutdown_wait_time``: SIGTERM after half
-        of its 5 s), so a SIGTERM meanwhile stops the run like an interrupt: recorded as
-        aborted, its subprocesses stopped, rather than killed mid-run and left "running"
-        in the store. What happened goes to the kernel's stderr (the terminal that ran
-        papermill): by then the notebook has no cell to show it."""
+        interpreter begins to exit (``_at_exit``). A kernel manager (papermill's,
+        nbconvert's, JupyterLab's) gives a shutting-down kernel a few seconds
+        (``shutdown_wait_time``: SIGTERM after half of its 5 s), so a SIGTERM meanwhile
+        stops the run like an interrupt: recorded as aborted, its subprocesses stopped,
+        rather than killed mid-run and left "running" in the store. What happened goes to
+        the kernel's stderr (the terminal that ran papermill): by then the notebook has
+        no cell to show it."""
         if not self.pending:
             return
         import platform
@@ -207,6 +322,16 @@ class NotebookWorkflow:
             )
             return
 
+        print(
+            f"papercrane: the deferred tasks ({names}) run now, as the kernel exits: no cell "
+            "read their outputs. A kernel manager (papermill's, nbconvert's) stops a kernel "
+            "2.5 s after asking it to exit, and a run still going then is recorded as "
+            "aborted. To run them as a cell, end the notebook with a `%workflow flush` "
+            "cell, or run it with `papercrane run`.",
+            file=sys.__stderr__,
+            flush=True,
+        )
+
         def stopped(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt("the kernel was stopped (SIGTERM)")
 
@@ -214,7 +339,14 @@ class NotebookWorkflow:
         with contextlib.suppress(ValueError):  # (only the main thread may; atexit runs there)
             previous = signal.signal(signal.SIGTERM, stopped)
         try:
-            self.flush(live=False)
+            result = self.flush(live=False)
+            if result is not None:
+                state = result.execution
+                print(
+                    f"papercrane: the deferred tasks ({names}) ran at exit: execution "
+                    f"{state.id} {state.status.value}",
+                    file=sys.__stderr__,
+                )
         except KeyboardInterrupt as exc:  # (TaskInterrupted: the run was recorded aborted)
             print(
                 f"papercrane: the kernel was stopped while its deferred tasks ({names}) ran at "
@@ -447,6 +579,9 @@ class NotebookWorkflow:
         widget.show()
 
 
+_UNBOUND = object()  # (a name with no value in the notebook)
+
+
 def _position(rec: CellRecord) -> str:
     """How a message names a task cell: the ``In[n]`` it last ran as, which the user
     sees (a cell id is a UUID nobody sees)."""
@@ -475,9 +610,31 @@ def parse_param(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def _at_exit(hook: Callable[[], None]) -> None:
+    """Call ``hook`` as the interpreter begins to exit, while thread pools still take
+    work. An ``atexit`` handler is too late for a workflow of two nodes or more:
+    ``concurrent.futures`` registers its own exit hook with ``threading._register_atexit``,
+    whose hooks run before atexit handlers, and after it a ThreadPoolExecutor refuses
+    work ("cannot schedule new futures after interpreter shutdown"). Those hooks run in
+    reverse order, so one registered once ``concurrent.futures.thread`` is imported runs
+    before its own. (A private function of ``threading``, there since Python 3.9:
+    without it, or once the interpreter exits, ``atexit`` is the fallback.)"""
+    import concurrent.futures.thread  # noqa: F401  (registers its hook: ours then runs first)
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(hook)
+            return
+    except RuntimeError:  # the interpreter is exiting already
+        pass
+    atexit.register(hook)
+
+
 def _threads_start() -> bool:
     """Whether this process can still start a thread. Python 3.12 refuses once the
-    interpreter has begun to exit, atexit handlers included (CPython issue 113964);
+    interpreter has begun to exit, its exit hooks included (CPython issue 113964);
     3.10, 3.11 and 3.13 allow it."""
     import threading
 

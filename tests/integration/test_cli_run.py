@@ -590,6 +590,24 @@ def test_deferred_task_uses_a_module_an_earlier_deferred_task_imported(
     assert "area 12.57" in printed(nbformat.read(out, as_version=4))
 
 
+def test_a_deferred_tasks_value_is_shown_in_its_own_cell(home: Path, tmp_path: Path) -> None:
+    """Its last expression shows in the task's cell, as when the cell runs at once: the
+    value replaces the "deferred" note once the task has run (here, at the flush
+    ``papercrane run`` adds at the end)."""
+    src = write_notebook(
+        tmp_path / "shown.ipynb",
+        "%load_ext papercrane",
+        "x5 = 5",
+        "%%task disp\nx5 * 2",
+        "print('end')",
+    )
+    out = tmp_path / "shown.out.ipynb"
+    ok(papercrane(home, "run", str(src), "-o", str(out), "-q"))
+    cell = nbformat.read(out, as_version=4).cells[2]
+    shown = [o.get("data", {}).get("text/plain") for o in cell.outputs]
+    assert shown == ["10"], cell.outputs
+
+
 # -- a failing task, then recover -----------------------------------------------------------
 def test_failing_task_then_recover_runs_only_what_failed(home: Path, tmp_path: Path) -> None:
     log = tmp_path / "ran.log"

@@ -190,6 +190,42 @@ def test_deferred_tasks_left_at_the_end_run_as_the_kernel_exits(home: Path, tmp_
         assert _executions(home) == []  # nothing recorded half-way
 
 
+def test_a_workflow_of_deferred_tasks_left_at_the_end_runs_as_the_kernel_exits(
+    home: Path, tmp_path: Path
+) -> None:
+    """Two nodes or more run on a thread pool, which ``concurrent.futures`` closes as the
+    interpreter begins to exit: the deferred tasks run before that, and the terminal
+    says that a kernel manager gives them little time and what to do instead."""
+    src = write_notebook(
+        tmp_path / "two.ipynb",
+        "%load_ext papercrane\n%workflow defer",
+        "%%task one\none = 1",
+        "%%task two\ntwo = 2",
+        "print('last cell')",
+    )
+    result = _papermill_cli(src, home)
+    assert result.returncode == 0, result.stderr
+    if not THREADS_AT_EXIT:  # Python 3.12: as for one task, above
+        assert "the deferred tasks (one, two) did not run: this Python" in result.stderr
+        assert _executions(home) == []
+        return
+    assert "the deferred tasks (one, two) run now, as the kernel exits" in result.stderr
+    assert "end the notebook with a `%workflow flush` cell" in result.stderr
+    (row,) = _executions(home)
+    assert row["status"] == "succeeded", result.stderr
+    assert f"ran at exit: execution {row['id']} succeeded" in result.stderr
+    store = Store(f"sqlite:///{home / 'papercrane.db'}")
+    try:
+        state = store.execution(row["id"])
+    finally:
+        store.close()
+    assert state is not None
+    assert {n: s.status.value for n, s in state.nodes.items()} == {
+        "one": "succeeded",
+        "two": "succeeded",
+    }
+
+
 def test_a_kernel_stopped_during_its_exit_flush_records_the_run_aborted(
     home: Path, tmp_path: Path
 ) -> None:
