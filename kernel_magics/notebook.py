@@ -145,6 +145,12 @@ class NotebookWorkflow:
                 if old is not None and old.id != ref.id and name not in self.pending_outputs():
                     self.flush()
                     break
+        earlier = next((p for p in self.pending if p.key == rec.key), None)
+        if earlier is not None and earlier.spec.version() != rec.spec.version():
+            # Another cell with this task name (papermill sends no cell ids, so both have
+            # the name as their key), or this cell edited and run again: what ran above
+            # runs first, as top to bottom, rather than being silently replaced.
+            self.flush()
         self.pending = [p for p in self.pending if p.key != rec.key] + [rec]
         ns = self.session.shell.user_ns
         for name in rec.spec.outputs:

@@ -129,3 +129,12 @@ def test_a_deferred_output_read_out_of_sight_says_it_is_deferred(kernel: Kernel)
     assert kernel.run("print(f())").ok().stdout.strip() == "1"
     r = kernel.run("f2()")  # other NameErrors are as they were
     assert r.status == "error" and r.error["evalue"] == "name 'f2' is not defined"
+
+
+def test_two_deferred_cells_with_one_task_name_both_run(kernel: Kernel) -> None:
+    """papermill sends no cell ids: the kernel tells the two cells apart only by name, so
+    the second used to replace the first, which never ran."""
+    kernel.run("%workflow defer\nx = 1").ok()
+    kernel.run("%%task dup --executor inline\na = x + 1").ok()
+    kernel.run("%%task dup --executor inline\nb = x + 2").ok()
+    assert kernel.run("print(a, b)").ok().stdout.split() == ["2", "3"]
