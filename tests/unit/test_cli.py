@@ -361,3 +361,30 @@ def test_executions_list_by_name(home: Path) -> None:
         0,
         "no executions with --status failed --name nope\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["db", "upgrade", "--url", "bogus://x"], {}, "URL 'bogus://x' from PAPERCRANE_DB"),
+        (["executions", "list"], {"PAPERCRANE_DB": "bogus://x"}, "database URL 'bogus://x'"),
+        (["executions", "list"], {"PAPERCRANE_DB": "no-url"}, "database URL 'no-url'"),
+        (["executions", "list"], {"PAPERCRANE_STORAGE": "bogus://x"}, "storage URL 'bogus://x'"),
+        (["cache", "list"], {"PAPERCRANE_DB": "sqlite:///{notes}"}, "database file {notes}"),
+        (["db", "upgrade", "--url", "sqlite:///{notes}"], {}, "database file {notes}"),
+    ],
+)
+def test_an_unusable_database_or_storage_setting_is_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], said: str
+) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n")
+    args = [a.format(notes=notes) for a in args]
+    env = {k: v.format(notes=notes) for k, v in env.items()}
+    result = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), *args], env=env)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert said.format(notes=notes) in lines[0]
+    setting = "PAPERCRANE_STORAGE" if "STORAGE" in str(env) else "PAPERCRANE_DB"
+    assert setting in lines[0] and "PAPERCRANE_HOME" in lines[0]
