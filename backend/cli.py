@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .config import SCOPE_LENGTH, Config, check_name
+from .config import ANY_SCOPE, SCOPE_LENGTH, Config, check_name
 from .errors import NotFound, PapercraneError
 from .model import Status
 from .units import format_duration
@@ -407,7 +407,24 @@ def cache() -> None:
     """List or clear cache entries."""
 
 
+def _scope_caption(rows: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """(caption, column): one project and domain (the usual case) is said once, under
+    the table, which leaves a narrow terminal the width for names; several get a
+    column."""
+    scopes = {f"{r['project']}/{r['domain']}" for r in rows}
+    if len(scopes) == 1:
+        return f"in {scopes.pop()}", False
+    return None, True
+
+
+def _asked(**options: Any) -> str:
+    """The filters a listing was given, for the line that says it found nothing."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v)
+
+
 @cache.command("list")
+@click.option("--project", default=None, help="only this project's (default: every project's)")
+@click.option("--domain", default=None, help="only this domain's (default: every domain's)")
 @click.option("--task", "task_name", default=None, help="only this task's entries")
 @click.option(
     "--limit",
@@ -418,19 +435,35 @@ def cache() -> None:
 )
 @_json
 @click.pass_obj
-def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> None:
-    """Cache entries, newest first: the task, its outputs and the execution that made them."""
+def cache_list(
+    obj: _Ctx,
+    project: str | None,
+    domain: str | None,
+    task_name: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Cache entries, newest first: the task, its outputs, the execution that made them,
+    and the project and domain they serve (a cache entry is reused only there)."""
     # (one more than shown: whether to say there are more)
-    rows = obj.engine.cache_list(task_name=task_name, limit=limit + 1 if limit else None)
+    rows = obj.engine.cache_list(
+        task_name=task_name,
+        limit=limit + 1 if limit else None,
+        project=project,
+        domain=domain,
+    )
     more = bool(limit) and len(rows) > limit
     rows = rows[:limit] if limit else rows
 
     def table() -> Any:
         if not rows:
-            return f"no cache entries{' for task ' + repr(task_name) if task_name else ''}"
+            asked = _asked(project=project, domain=domain, task=task_name)
+            return f"no cache entries{' with ' + asked if asked else ' yet'}"
         from rich.console import Group
 
-        t = _table("key", "task", "outputs", "execution", "created")
+        caption, column = _scope_caption(rows)
+        headers = ["key", "task", "outputs", "execution", "created"]
+        t = _table(*headers, *(["project/domain"] if column else []), caption=caption)
         for r in rows:
             t.add_row(
                 r["key"][:12],
@@ -438,6 +471,7 @@ def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> N
                 ", ".join(r["outputs"]),
                 r["execution_id"],
                 _when(r["created_at"]),
+                *([f"{r['project']}/{r['domain']}"] if column else []),
             )
         if not more:
             return t
@@ -447,14 +481,40 @@ def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> N
 
 
 @cache.command("clear")
+@click.option(
+    "--project",
+    envvar="PAPERCRANE_PROJECT",
+    default="default",
+    show_default=True,
+    help=f"the project whose entries to forget ({ANY_SCOPE!r}: every project; "
+    "default: $PAPERCRANE_PROJECT)",
+)
+@click.option(
+    "--domain",
+    envvar="PAPERCRANE_DOMAIN",
+    default="development",
+    show_default=True,
+    help=f"the domain whose entries to forget ({ANY_SCOPE!r}: every domain; "
+    "default: $PAPERCRANE_DOMAIN)",
+)
 @click.option("--task", "task_name", default=None, help="only this task's entries")
 @_json
 @click.pass_obj
-def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
-    """Forget cache entries, so their tasks run again. The values they named stay in
-    storage: earlier executions and lineage still read them."""
-    n = obj.engine.cache_clear(task_name=task_name)
-    _emit({"cleared": n}, as_json, lambda: f"cleared {n} cache entr{'y' if n == 1 else 'ies'}")
+def cache_clear(obj: _Ctx, project: str, domain: str, task_name: str | None, as_json: bool) -> None:
+    """Forget cache entries of one project and domain (those `run` and the notebook use
+    by default), so their tasks run again there. The values they named stay in storage:
+    earlier executions and lineage still read them."""
+    for kind, value in (("project", project), ("domain", domain)):
+        if value != ANY_SCOPE:
+            check_name(kind, value, limit=SCOPE_LENGTH, where=f"--{kind}")
+    n = obj.engine.cache_clear(task_name=task_name, project=project, domain=domain)
+    where = " ".join(
+        f"in every {kind}" if value == ANY_SCOPE else f"in {kind} {value}"
+        for kind, value in (("project", project), ("domain", domain))
+    )
+    of = f" of task {task_name!r}" if task_name else ""
+    said = f"cleared {n} cache entr{'y' if n == 1 else 'ies'}{of} {where}"
+    _emit({"cleared": n, "project": project, "domain": domain}, as_json, lambda: said)
 
 
 @executions.command("logs")

@@ -437,7 +437,8 @@ class RemoteEngine(EngineAPI):
                 if v is not None and k in ("status", "before", "name")
             },
         }
-        return self._req("GET", f"{self._scope}/executions", params=params)["items"]
+        scope = self._scope_of(filters.get("project"), filters.get("domain"))
+        return self._req("GET", f"{scope}/executions", params=params)["items"]
 
     def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
         response = self._http.get(
@@ -463,17 +464,39 @@ class RemoteEngine(EngineAPI):
             tasks[n["task"]] = TaskSpec.from_dict(row["spec"])
         return WorkflowSpec.from_dict(data, tasks)
 
+    def _scope_of(self, project: str | None, domain: str | None) -> str:
+        """The API path of ``project`` and ``domain`` (None: this client's own). A server
+        answers for one project and domain at a time: ``ANY_SCOPE`` is refused here."""
+        if config.ANY_SCOPE in (project, domain):
+            raise UserError(
+                f"a papercrane server ({self.url}) works on one project and domain at a time: "
+                f"give --project and --domain (not {config.ANY_SCOPE!r})"
+            )
+        project, domain = project or self.project, domain or self.domain
+        if (project, domain) == (self.project, self.domain):
+            return self._scope
+        for kind, value in (("project", project), ("domain", domain)):
+            config.check_name(kind, value, limit=config.SCOPE_LENGTH, where=f"--{kind}")
+        return f"/api/v1/projects/{project}/domains/{domain}"
+
     def cache_list(
-        self, task_name: str | None = None, limit: int | None = None
+        self,
+        task_name: str | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        domain: str | None = None,
     ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"task": task_name} if task_name else {}
         if limit is not None:
             params["limit"] = limit
-        return self._req("GET", f"{self._scope}/cache", params=params)
+        return self._req("GET", f"{self._scope_of(project, domain)}/cache", params=params)
 
-    def cache_clear(self, task_name: str | None = None) -> int:
+    def cache_clear(
+        self, task_name: str | None = None, project: str | None = None, domain: str | None = None
+    ) -> int:
         params = {"task": task_name} if task_name else {}
-        return self._req("DELETE", f"{self._scope}/cache", params=params)["cleared"]
+        path = f"{self._scope_of(project, domain)}/cache"
+        return self._req("DELETE", path, params=params)["cleared"]
 
 
 def _chunks(handle: Any) -> Iterator[bytes]:

@@ -20,7 +20,7 @@ from typing import Any
 from . import owner
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import ArtifactIO
-from .config import Config, check_scope
+from .config import ANY_SCOPE, Config, check_scope
 from .errors import ConfigError, Conflict, CorruptArtifact, NotFound, UserError
 from .executors.base import Executor, executor_registry
 from .hashing import canonical_json, sha256_json
@@ -90,6 +90,11 @@ class WorkflowRequest:
     want_values: bool = True
     #: Where parameter values came from, when the caller knows (see ``RunRequest``).
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _any(scope: str | None) -> str | None:
+    """A project or domain to filter by: None for every one (``ANY_SCOPE``)."""
+    return None if scope in (None, ANY_SCOPE) else scope
 
 
 #: Where a project or domain the engine refuses came from, for callers of its API (the
@@ -582,12 +587,26 @@ class LocalEngine(EngineAPI):
         return bool(self.store.producers(artifact_id, self.scope_project))
 
     def cache_list(
-        self, task_name: str | None = None, limit: int | None = None
+        self,
+        task_name: str | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        domain: str | None = None,
     ) -> list[dict[str, Any]]:
-        return self.store.cache_list(project=None, task_name=task_name, limit=limit)
+        """Cache entries, newest first: of ``project`` and ``domain`` when given (None or
+        ``ANY_SCOPE``: every one this store holds)."""
+        project, domain = _any(project), _any(domain)
+        return self.store.cache_list(
+            project=project, domain=domain, task_name=task_name, limit=limit
+        )
 
-    def cache_clear(self, task_name: str | None = None) -> int:
-        return self.store.cache_clear(project=None, task_name=task_name)
+    def cache_clear(
+        self, task_name: str | None = None, project: str | None = None, domain: str | None = None
+    ) -> int:
+        """Forget cache entries of ``project`` and ``domain`` (None or ``ANY_SCOPE``: in
+        every one); how many."""
+        project, domain = _any(project), _any(domain)
+        return self.store.cache_clear(project=project, domain=domain, task_name=task_name)
 
     # -- lineage --------------------------------------------------------------------------
     def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:

@@ -663,12 +663,18 @@ class Store:
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def cache_clear(self, project: str | None = None, task_name: str | None = None) -> int:
+    def cache_clear(
+        self, project: str | None = None, task_name: str | None = None, domain: str | None = None
+    ) -> int:
+        """Delete cache entries: those of ``project``, ``domain`` and ``task_name`` when
+        given (None: any). Returns how many."""
         from .schema import cache_entries
 
         stmt = cache_entries.delete()
         if project:
             stmt = stmt.where(cache_entries.c.project == project)
+        if domain:
+            stmt = stmt.where(cache_entries.c.domain == domain)
         if task_name:
             stmt = stmt.where(cache_entries.c.task_name == task_name)
         with self.write() as conn:

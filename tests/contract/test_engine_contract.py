@@ -116,6 +116,19 @@ def test_the_cache_lists_newest_first_up_to_a_limit(engine: Any) -> None:
     )
 
 
+def test_the_cache_is_listed_and_cleared_per_project_and_domain(engine: Any) -> None:
+    spec = task("scoped", "y = x + 1", ("x",))
+    run(engine, spec, {"x": 5}, cache=True)
+    here = {"project": PROJECT, "domain": "development"}
+    (entry,) = engine.cache_list(task_name="scoped", **here)
+    assert (entry["project"], entry["domain"]) == (PROJECT, "development")
+    assert engine.cache_list(task_name="scoped", project=PROJECT, domain="staging") == []
+    assert engine.cache_clear(task_name="scoped", project=PROJECT, domain="staging") == 0
+    assert len(engine.cache_list(task_name="scoped", **here)) == 1
+    assert engine.cache_clear(task_name="scoped", **here) == 1
+    assert engine.cache_list(task_name="scoped", **here) == []
+
+
 def test_failure_keeps_the_users_traceback(engine: Any) -> None:
     with pytest.raises(TaskFailed) as info:
         run(engine, task("broken", "a = 1\ny = a / x", ("x",)), {"x": 0}, retries=1)

@@ -71,7 +71,11 @@ def test_logs_and_cache(home: Path) -> None:
     assert code == 2 and "no node 'nope'" in out and "hello" in out
     entries = json.loads(cli(home, "cache", "list", "--json")[1])
     assert [e["task_name"] for e in entries] == ["hello"]
-    assert json.loads(cli(home, "cache", "clear", "--task", "hello", "--json")[1]) == {"cleared": 1}
+    assert json.loads(cli(home, "cache", "clear", "--task", "hello", "--json")[1]) == {
+        "cleared": 1,
+        "project": "default",
+        "domain": "development",
+    }
 
 
 def test_unknown_execution_is_a_clean_error(home: Path) -> None:
@@ -290,7 +294,10 @@ def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
         0,
         "no executions with --project nope\n",
     )
-    assert cli(home, "cache", "list", "--task", "nope") == (0, "no cache entries for task 'nope'\n")
+    assert cli(home, "cache", "list", "--task", "nope") == (
+        0,
+        "no cache entries with --task nope\n",
+    )
     empty = tmp_path / "empty-home"
     assert cli(empty, "executions", "list") == (0, "no executions yet\n")
 
@@ -388,3 +395,67 @@ def test_an_unusable_database_or_storage_setting_is_one_line(
     assert said.format(notes=notes) in lines[0]
     setting = "PAPERCRANE_STORAGE" if "STORAGE" in str(env) else "PAPERCRANE_DB"
     assert setting in lines[0] and "PAPERCRANE_HOME" in lines[0]
+
+
+def _cached_in(home: Path, project: str, domain: str = "development") -> None:
+    engine = LocalEngine(Config(home=home))
+    spec = TaskSpec(name="prepare", code="y = 1", inputs=(), outputs=("y",))
+    cfg = TaskConfig(executor="inline", cache=True)
+    engine.run_task(
+        RunRequest(spec=spec, config=cfg, inputs={}, values={}, project=project, domain=domain)
+    )
+    engine.close()
+
+
+def test_cache_list_and_clear_take_a_project_and_domain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for project, domain in (("pricing", "development"), ("ranking", "development")):
+        _cached_in(tmp_path, project, domain)
+    _cached_in(tmp_path, "pricing", "staging")
+    monkeypatch.delenv("PAPERCRANE_PROJECT", raising=False)
+    monkeypatch.delenv("PAPERCRANE_DOMAIN", raising=False)
+
+    def scopes(*args: str) -> list[tuple[str, str]]:
+        code, out = cli(tmp_path, "cache", "list", "--task", "prepare", *args, "--json")
+        assert code == 0, out
+        return sorted((r["project"], r["domain"]) for r in json.loads(out))
+
+    assert scopes() == [
+        ("pricing", "development"),
+        ("pricing", "staging"),
+        ("ranking", "development"),
+    ]
+    assert scopes("--project", "pricing") == [("pricing", "development"), ("pricing", "staging")]
+    assert scopes("--project", "pricing", "--domain", "staging") == [("pricing", "staging")]
+    # Rows of several projects say which is which; one project is said once, below.
+    out = cli(tmp_path, "cache", "list", "--task", "prepare")[1]
+    assert "project/domain" in out and "ranking/development" in out
+    out = cli(tmp_path, "cache", "list", "--project", "ranking")[1]
+    assert "project/domain" not in out and out.rstrip().endswith("in ranking/development")
+
+    # Clearing is scoped: to --project/--domain, else $PAPERCRANE_PROJECT/DOMAIN.
+    code, out = cli(tmp_path, "cache", "clear", "--task", "prepare", "--project", "pricing")
+    assert (code, out) == (
+        0,
+        "cleared 1 cache entry of task 'prepare' in project pricing in domain development\n",
+    )
+    assert scopes() == [("pricing", "staging"), ("ranking", "development")]
+    result = CliRunner().invoke(
+        main,
+        ["--home", str(tmp_path), "cache", "clear", "--json"],
+        env={"PAPERCRANE_PROJECT": "ranking"},
+    )
+    assert json.loads(result.output) == {
+        "cleared": 1,
+        "project": "ranking",
+        "domain": "development",
+    }
+    assert scopes() == [("pricing", "staging")]
+    # '*' (as for an operator's token) stands for every project or domain.
+    code, out = cli(tmp_path, "cache", "clear", "--project", "*", "--domain", "*")
+    assert (code, out) == (0, "cleared 1 cache entry in every project in every domain\n")
+    assert scopes() == []
+    code, out = cli(tmp_path, "cache", "clear", "--project", "no way")
+    assert code == 1
+    assert "project 'no way' is not usable" in out and "--project" in out
