@@ -215,7 +215,7 @@ def executions_show(
     """One execution: its nodes, attempts, cache status and errors. (``--json`` has every
     element of a map; the table, for people, summarizes them.)"""
     state = obj.engine.execution(execution_id)
-    evs = obj.engine.events(execution_id) if with_events else []
+    evs = obj.engine.events(state.id) if with_events else []
     data = {
         "id": state.id,
         "name": state.name,
@@ -328,6 +328,7 @@ def logs(
     """Print a node's stdout (or --stderr) for one attempt. A cache hit's or a recovered
     node's are those of the attempt that made its outputs, in another execution."""
     state = obj.engine.execution(execution_id)
+    execution_id = state.id  # (given by the start of its id, perhaps)
     if node not in state.nodes:
         parent, _, index = node.partition("[")
         size = state.nodes[parent].elements if parent in state.nodes else 0
@@ -552,28 +553,52 @@ def executions_logs(
 @_json
 @click.pass_obj
 def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> None:
-    """Re-run a failed execution: reuse every node that succeeded, run only the rest."""
-    from .errors import WorkflowFailed
+    """Re-run a failed execution: reuse every node that succeeded, run only the rest.
+    It exits 1 if the new execution fails too, after printing the failing task, its
+    attempt and traceback (with --json: the new execution, its status and errors)."""
+    from .cli_report import failed_nodes, node_failure
+    from .errors import TaskFailed, WorkflowFailed
 
+    source = obj.engine.execution(execution_id)  # (its id whole, from the start of it)
     try:
-        result = obj.engine.recover(execution_id, max_parallel=max_parallel, want_values=False)
-    except WorkflowFailed as exc:
-        raise click.ClickException(str(exc)) from None
-    state = result.execution
+        state = obj.engine.recover(source.id, max_parallel=max_parallel, want_values=False)
+        state = state.execution
+    except (WorkflowFailed, TaskFailed) as exc:
+        # The new execution failed: it was recorded, and a script needs its id.
+        state = obj.engine.execution(exc.execution_id)
+    failed = failed_nodes(state)
     data = {
         "id": state.id,
-        "recovered_from": execution_id,
+        "recovered_from": source.id,
         "status": state.status.value,
         "nodes": {n: s.status.value for n, s in state.nodes.items() if "[" not in n},
+        "error": state.error.to_dict() if state.error else None,
+        "failed": {
+            name: {"attempts": n.attempt, "error": n.error.to_dict() if n.error else None}
+            for name, n in failed
+        },
     }
-    _emit(
-        data,
-        as_json,
-        lambda: (
-            f"execution {state.id}: {state.status.value} "
-            f"({', '.join(f'{n} {s}' for n, s in data['nodes'].items())})"
-        ),
+    summary = (
+        f"execution {state.id}: {state.status.value} "
+        f"({', '.join(f'{n} {s}' for n, s in data['nodes'].items())})"
     )
+    if state.status.ok:
+        _emit(data, as_json, lambda: summary)
+        return
+    if as_json:
+        _emit(data, True, lambda: summary)
+    else:
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        err.print(summary, markup=False, highlight=False)
+        for name, node in failed:
+            for part in node_failure(name, node, state.id):
+                err.print(part, highlight=False)
+        if state.status is Status.ABORTED and state.error is not None:
+            err.print(f"aborted: {state.error.message}", markup=False, highlight=False)
+        err.print(f"recover with: papercrane recover {state.id}", highlight=False)
+    click.get_current_context().exit(1)
 
 
 @main.command()

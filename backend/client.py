@@ -312,11 +312,12 @@ class RemoteEngine(EngineAPI):
         max_parallel: int = 4,
         want_values: bool = True,
     ) -> RemoteResult:
-        new = self._req(
-            "POST",
-            f"{_execution(execution_id)}/recover",
-            json={"max_parallel": max_parallel},
-        )["id"]
+        body = {"max_parallel": max_parallel}
+        try:
+            new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
+        except NotFound:  # (the start of an id: the server takes whole ones)
+            execution_id = self.complete_execution_id(execution_id)
+            new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
         return self._result(self.follow(new, listener), want_values)
 
     def abort(self, execution_id: str) -> None:
@@ -406,8 +407,16 @@ class RemoteEngine(EngineAPI):
 
     # -- queries ---------------------------------------------------------------------------------
     def execution(self, execution_id: str) -> ExecutionState:
+        """An execution by its id, or by the start of it (``complete_execution_id``)."""
+        try:
+            events = self.events(execution_id)
+        except NotFound:
+            events = []
+        if not events:
+            execution_id = self.complete_execution_id(execution_id)
+            events = self.events(execution_id)
         state = ExecutionState(id=execution_id)
-        for event in self.events(execution_id):
+        for event in events:
             apply(state, event)
         if not state.created_at:
             raise NotFound(f"no execution {execution_id!r}")
@@ -434,7 +443,7 @@ class RemoteEngine(EngineAPI):
             **{
                 k: v
                 for k, v in filters.items()
-                if v is not None and k in ("status", "before", "name")
+                if v is not None and k in ("status", "before", "name", "id_prefix")
             },
         }
         scope = self._scope_of(filters.get("project"), filters.get("domain"))

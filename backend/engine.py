@@ -336,9 +336,12 @@ class LocalEngine(EngineAPI):
 
     # -- queries --------------------------------------------------------------------------
     def execution(self, execution_id: str) -> ExecutionState:
+        """An execution by its id, or by the start of it (``complete_execution_id``)."""
         state = self.store.execution(execution_id)
         if state is None:
-            raise NotFound(f"no execution {execution_id!r}")
+            state = self.store.execution(self.complete_execution_id(execution_id))
+            if state is None:  # (deleted in between)
+                raise NotFound(f"no execution {execution_id!r}")
         return self._settle_lost(state)
 
     def events(self, execution_id: str, after: int = 0) -> list[Event]:

@@ -378,6 +378,7 @@ class Store:
         limit: int = 50,
         before: float | None = None,
         name: str | None = None,
+        id_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
         from .schema import executions, sa
 
@@ -392,6 +393,9 @@ class Store:
             query = query.where(executions.c.name == name)
         if before is not None:
             query = query.where(executions.c.created_at < before)
+        if id_prefix:
+            # Ids are lowercase hex; SQLite's LIKE ignores case and PostgreSQL's does not.
+            query = query.where(executions.c.id.startswith(id_prefix.lower(), autoescape=True))
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 

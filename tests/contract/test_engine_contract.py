@@ -97,6 +97,15 @@ def test_run_a_task_and_read_its_record(engine: Any) -> None:
     assert state.id in [r["id"] for r in engine.list_executions(limit=100)]
 
 
+def test_an_execution_is_found_by_the_start_of_its_id(engine: Any) -> None:
+    state = run(engine, task("prefixed", "y = 1"), {}).execution
+    assert engine.execution(state.id[:8]).id == state.id
+    assert engine.execution(state.id[:8].upper()).id == state.id
+    for given in (state.id[:3], "zzzz", "0000ffff0000ffff"):
+        with pytest.raises(NotFound, match="give its id or at least 4 of its first"):
+            engine.execution(given)
+
+
 def test_cache_hits_the_second_time(engine: Any) -> None:
     spec = task("cached", "y = x + 1", ("x",))
     first = run(engine, spec, {"x": 1}, cache=True)

@@ -459,3 +459,95 @@ def test_cache_list_and_clear_take_a_project_and_domain(
     code, out = cli(tmp_path, "cache", "clear", "--project", "no way")
     assert code == 1
     assert "project 'no way' is not usable" in out and "--project" in out
+
+
+def test_an_execution_is_found_by_the_start_of_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    # Ids are random: these are chosen so that two share their first five characters.
+    ids = iter(["645a1000aaaa0001", "9ea5c000bbbb0002", "9ea5d000cccc0003"])
+    monkeypatch.setattr(LocalEngine, "new_execution_id", staticmethod(lambda: next(ids)))
+    flag = tmp_path / "fixed"
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="make", code="print('made x')\nx = 1", inputs=(), outputs=("x",))
+    b = TaskSpec(
+        name="check",
+        code=f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
+        inputs=("x",),
+        outputs=("y",),
+    )
+    spec = assemble("wf", [CellTask(task=a, config=cfg), CellTask(task=b, config=cfg)])
+    with pytest.raises(WorkflowFailed):
+        engine.run_workflow(WorkflowRequest(spec=spec, params={}, param_values={}))
+    hello = TaskSpec(name="hello", code="print('hi')", inputs=(), outputs=())
+    for _ in range(2):
+        engine.run_task(RunRequest(spec=hello, config=cfg, inputs={}, values={}))
+    engine.close()
+
+    code, out = cli(tmp_path, "executions", "show", "645a", "--json")
+    assert code == 0 and json.loads(out)["id"] == "645a1000aaaa0001"
+    assert cli(tmp_path, "logs", "645A", "make") == (0, "made x\n")
+    assert cli(tmp_path, "executions", "logs", "9ea5c", "hello")[1] == "hi\n"
+    # Too short to look for, or the start of no id: the error says what to give.
+    for given in ("645", "ffff"):
+        code, out = cli(tmp_path, "executions", "show", given)
+        assert code == 1
+        assert f"no execution '{given}'; give its id or at least 4 of its first" in out
+    # The start of several: they are listed.
+    code, out = cli(tmp_path, "logs", "9ea5", "hello")
+    assert code == 1
+    assert "'9ea5' is the start of several executions' ids" in out
+    assert "9ea5c000bbbb0002" in out and "9ea5d000cccc0003" in out
+    # recover takes one too, and reports the id it recovered whole.
+    flag.write_text("ok")
+    ids = iter(["77770000dddd0004"])
+    code, out = cli(tmp_path, "recover", "645a1", "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    assert (data["recovered_from"], data["status"]) == ("645a1000aaaa0001", "succeeded")
+
+
+def test_a_recovery_that_fails_prints_its_execution_and_traceback(tmp_path: Path) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="first", code="x = 1", inputs=(), outputs=("x",))
+    b = TaskSpec(
+        name="second", code="raise ValueError(f'boom at {x - 1}')", inputs=("x",), outputs=("y",)
+    )
+    c = TaskSpec(name="third", code="z = y", inputs=("y",), outputs=("z",))
+    tasks = [CellTask(task=t, config=cfg) for t in (a, b, c)]
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(WorkflowRequest(spec=assemble("wf", tasks), params={}, param_values={}))
+    engine.close()
+    origin = failed.value.execution_id
+
+    # For scripts: the new execution's id, status and failure on stdout, and exit 1.
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "recover", origin, "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["status"] == "failed" and data["recovered_from"] == origin
+    assert data["id"] != origin and len(data["id"]) == 16
+    assert data["nodes"] == {"first": "recovered", "second": "failed", "third": "skipped"}
+    error = data["failed"]["second"]["error"]
+    assert (error["type"], error["message"]) == ("ValueError", "boom at 0")
+    assert data["failed"]["second"]["attempts"] == 1
+    assert "raise ValueError" in error["traceback"]
+    # For people: the failing task, its attempt and the user's traceback, as `run` says.
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "recover", data["id"]])
+    assert result.exit_code == 1
+    again = json.loads(cli(tmp_path, "executions", "list", "--json")[1])[0]["id"]
+    assert f"execution {again}: failed" in result.stderr
+    assert f"task 'second' failed in execution {again}, attempt 1" in result.stderr
+    assert "raise ValueError(f'boom at {x - 1}')" in result.stderr
+    assert "ValueError: boom at 0" in result.stderr
+    assert f"recover with: papercrane recover {again}" in result.stderr
+    assert "papercrane/backend" not in result.stderr  # the user's frames only
