@@ -212,8 +212,9 @@ def executions_list(
 def executions_show(
     obj: _Ctx, execution_id: str, with_events: bool, all_elements: bool, as_json: bool
 ) -> None:
-    """One execution: its nodes, attempts, cache status and errors. (``--json`` has every
-    element of a map; the table, for people, summarizes them.)"""
+    """One execution: its nodes, attempts, cache status and errors, with the tracebacks
+    of the tasks that failed. (--json has every element of a map; the table, for
+    people, summarizes them.)"""
     state = obj.engine.execution(execution_id)
     evs = obj.engine.events(state.id) if with_events else []
     data = {
@@ -259,6 +260,8 @@ def executions_show(
         from rich.console import Group
         from rich.table import Table
 
+        from .cli_report import failed_nodes, node_failure
+
         head = Table.grid(padding=(0, 2))
         head.add_column()
         head.add_column(overflow="fold")  # (a 64-digit version is copied, not cut)
@@ -293,6 +296,9 @@ def executions_show(
         for parent, count in unlisted.items():
             total = data["nodes"][parent].get("elements", count)
             parts.append(f"{parent}: {count:,} of {total:,} elements not listed (--elements)")
+        # The failed tasks' tracebacks, as `run` printed them (the table has one line).
+        for name, node in failed_nodes(state):
+            parts += ["", *node_failure(name, node, state.id)]
         return Group(*parts)
 
     _emit(data, as_json, table)
@@ -370,6 +376,14 @@ def logs(
         click.echo(json.dumps({**record, "stream": stream, "text": text}, indent=2))
     else:
         click.echo(text, nl=False)
+        if not text and found.error is not None and found.attempt == attempt:
+            # (the traceback is recorded with the failure, not in the task's own output)
+            click.echo(
+                f"({node} wrote nothing to {stream} in attempt {attempt}; it failed with "
+                f"{found.error.type}: {found.error.message}. Its traceback: "
+                f"papercrane executions show {execution_id})",
+                err=True,
+            )
 
 
 def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str, str, int] | None:

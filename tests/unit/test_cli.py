@@ -551,3 +551,21 @@ def test_a_recovery_that_fails_prints_its_execution_and_traceback(tmp_path: Path
     assert "ValueError: boom at 0" in result.stderr
     assert f"recover with: papercrane recover {again}" in result.stderr
     assert "papercrane/backend" not in result.stderr  # the user's frames only
+
+
+def test_executions_show_prints_the_tracebacks_of_failed_tasks(home: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    failed, ok = rows[0]["id"], rows[-1]["id"]
+    code, out = cli(home, "executions", "show", failed)
+    assert code == 0
+    table, _, below = out.partition(f"task 'bad' failed in execution {failed}, attempt 1")
+    assert "ZeroDivisionError: division by zero" in table  # (its line in the table)
+    assert "Traceback (most recent call last)" in below
+    assert "y = 1 / 0" in below and below.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "Traceback" not in cli(home, "executions", "show", ok)[1]
+    # The help shows options as people type them, not reStructuredText.
+    assert "``" not in cli(home, "executions", "show", "--help")[1]
+    result = CliRunner().invoke(main, ["--home", str(home), "logs", failed, "bad", "--stderr"])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "it failed with ZeroDivisionError: division by zero" in result.stderr
+    assert f"Its traceback: papercrane executions show {failed}" in result.stderr
