@@ -64,22 +64,11 @@ def _emit(data: Any, as_json: bool, table: Any) -> None:
     console.print(table())
 
 
-#: Columns whose values are copied or compared whole (ids, keys, times, states): never
-#: wrapped or cut. The others fold a long value onto more lines rather than cut it.
-_WHOLE = frozenset(
-    {"id", "key", "execution", "created", "status", "duration", "attempts", "cache", "revoked"}
-)
-
-
 def _table(*headers: str, **options: Any) -> Any:
-    """A table for people in a terminal of any width: on a narrow one, ids stay whole
-    (a cut id can't be pasted into the next command) and names fold."""
-    from rich.table import Column, Table
+    """A table for people in a terminal of any width (``cli_report.FittedTable``)."""
+    from .cli_report import FittedTable
 
-    return Table(
-        *(Column(h, no_wrap=True) if h in _WHOLE else Column(h, overflow="fold") for h in headers),
-        **options,
-    )
+    return FittedTable(*headers, **options)
 
 
 def _when(ts: float | None) -> str:
@@ -181,17 +170,19 @@ def executions_list(
                 if v
             ]
             return f"no executions{' with ' + ' '.join(asked) if asked else ' yet'}"
-        scopes = {f"{r['project']}/{r['domain']}" for r in rows}
-        # One project and domain (the usual case) is said once, under the table, which
-        # leaves a narrow terminal the width for the names.
+        caption, column = _scope_caption(rows)
         columns = ["id", "name", "status", "created", "duration"]
-        if len(scopes) > 1:
-            columns.append("project/domain")
-        t = _table(*columns, caption=f"in {scopes.pop()}" if len(scopes) == 1 else None)
+        # (in a narrow terminal: the least needed go first)
+        t = _table(
+            *columns,
+            *(["project/domain"] if column else []),
+            caption=caption,
+            drop=("duration", "created", "project/domain"),
+        )
         for r in rows:
             dur = format_duration(r["ended_at"] - r["created_at"]) if r["ended_at"] else ""
             cells = [r["id"], r["name"], r["status"], _when(r["created_at"]), dur]
-            t.add_row(*cells, *([f"{r['project']}/{r['domain']}"] if len(columns) > 5 else []))
+            t.add_row(*cells, *([f"{r['project']}/{r['domain']}"] if column else []))
         return t
 
     _emit(rows, as_json, table)
@@ -275,7 +266,15 @@ def executions_show(
             head.add_row("duration", format_duration(state.duration))
         if state.status is Status.ABORTED and state.error is not None:
             head.add_row("aborted", state.error.message)
-        nodes = _table("node", "status", "attempts", "cache", "outputs", "error")
+        nodes = _table(
+            "node",
+            "status",
+            "attempts",
+            "cache",
+            "outputs",
+            "error",
+            drop=("cache", "outputs", "attempts"),
+        )
         listed: dict[str, int] = {}  # a map's element rows listed so far
         unlisted: dict[str, int] = {}  # ... and left out
         for name, n in data["nodes"].items():
@@ -478,7 +477,12 @@ def cache_list(
 
         caption, column = _scope_caption(rows)
         headers = ["key", "task", "outputs", "execution", "created"]
-        t = _table(*headers, *(["project/domain"] if column else []), caption=caption)
+        t = _table(
+            *headers,
+            *(["project/domain"] if column else []),
+            caption=caption,
+            drop=("key", "created", "project/domain"),
+        )
         for r in rows:
             t.add_row(
                 r["key"][:12],
@@ -815,7 +819,7 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
         store.close()
 
     def table() -> Any:
-        t = _table("id", "project", "role", "name", "created", "revoked")
+        t = _table("id", "project", "role", "name", "created", "revoked", drop=("created",))
         for r in rows:
             t.add_row(
                 str(r["id"]),

@@ -38,3 +38,70 @@ def failed_nodes(state: Any) -> list[tuple[str, Any]]:
         for name, n in state.nodes.items()
         if n.status.value == "failed" and "[" not in name and ":" not in name
     ]
+
+
+#: Columns whose values are copied or compared whole (ids, keys, times, states): never
+#: wrapped or cut. The others fold a long value onto more lines rather than cut it.
+WHOLE = frozenset({"id", "key", "execution", "created", "status", "duration", "cache", "revoked"})
+#: The narrowest a folding column (names, outputs, errors) is made: a name folded into
+#: pieces of three letters can't be read.
+FOLD_MIN = 14
+
+
+class FittedTable:
+    """A table for people that fits the width it is printed in. Ids and times stay whole
+    (a cut id can't be pasted into the next command) and names fold, but never below
+    ``FOLD_MIN``: when the columns do not fit so, those named in ``drop`` are left out,
+    first one first, and the caption says which (``--json`` has everything). Piped
+    output has all the width it needs and loses nothing."""
+
+    def __init__(
+        self, *headers: str, drop: tuple[str, ...] = (), caption: str | None = None
+    ) -> None:
+        self.headers = headers
+        self.drop = drop
+        self.caption = caption
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(tuple(str(c) for c in cells))
+
+    def _least(self, index: int) -> int:
+        """The narrowest the column can be: whole ones as wide as their widest value."""
+        header = self.headers[index]
+        widest = max(
+            [len(header), *(len(line) for r in self.rows for line in r[index].splitlines())]
+        )
+        return widest if header in WHOLE else min(widest, max(FOLD_MIN, len(header)))
+
+    def shown(self, width: int) -> list[int]:
+        """The columns that fit ``width`` (each costs 3 more: its border and padding)."""
+        shown = list(range(len(self.headers)))
+        # (a column with nothing in it goes before any other)
+        empty = tuple(h for i, h in enumerate(self.headers) if not any(r[i] for r in self.rows))
+        for name in (*empty, *self.drop):
+            if sum(self._least(i) + 3 for i in shown) + 1 <= width:
+                break
+            if name in self.headers and self.headers.index(name) in shown:
+                shown.remove(self.headers.index(name))
+        return shown
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.table import Column, Table
+
+        shown = self.shown(options.max_width)
+        left_out = [h for i, h in enumerate(self.headers) if i not in shown]
+        captions = [self.caption] if self.caption else []
+        if left_out:
+            captions.append(f"{', '.join(left_out)} left out for the width: see --json")
+        columns = []
+        for i in shown:
+            header = self.headers[i]
+            if header in WHOLE:
+                columns.append(Column(header, no_wrap=True))
+            else:
+                columns.append(Column(header, overflow="fold", min_width=self._least(i)))
+        table = Table(*columns, caption="\n".join(captions) or None)
+        for row in self.rows:
+            table.add_row(*(row[i] for i in shown))
+        yield table

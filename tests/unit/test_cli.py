@@ -261,10 +261,10 @@ def test_tables_piped_into_a_file_are_never_cut(home: Path) -> None:
     assert makers and all(m in cached.output for m in makers)
 
 
-def _in_terminal(home: Path, *args: str) -> str:
+def _in_terminal(home: Path, *args: str, columns: int = 80) -> str:
     """What a terminal 80 columns wide shows (rich's TTY_COMPATIBLE: a terminal without
     one), its bold headers' escapes removed."""
-    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": "80"}
+    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": str(columns)}
     out = CliRunner().invoke(main, ["--home", str(home), *args], env=terminal).output
     return re.sub(r"\x1b\[[0-9;]*m", "", out)
 
@@ -569,3 +569,33 @@ def test_executions_show_prints_the_tracebacks_of_failed_tasks(home: Path) -> No
     assert result.exit_code == 0 and result.stdout == ""
     assert "it failed with ZeroDivisionError: division by zero" in result.stderr
     assert f"Its traceback: papercrane executions show {failed}" in result.stderr
+
+
+def test_tables_in_a_60_column_terminal_stay_readable(home: Path) -> None:
+    """ids and times whole, names folded but no narrower than 14 characters: the least
+    needed columns are left out first, and the caption says so."""
+    _with_long_name(home)
+    ids = [r["id"] for r in json.loads(cli(home, "executions", "list", "--json")[1])]
+    out = _in_terminal(home, "executions", "list", columns=60)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 60
+    header = lines[1]
+    assert "name" in header and "status" in header and "…" not in out
+    assert all(i in out for i in ids)
+    assert LONG_NAME[:14] in out and "succeeded" in out
+    assert "duration left out for the width: see --json" in out
+
+    out = _in_terminal(home, "cache", "list", columns=60)
+    assert max(len(line) for line in out.splitlines()) <= 60
+    assert LONG_NAME[:14] in out and "hello" in out and "…" not in out
+    makers = {r["execution_id"] for r in json.loads(cli(home, "cache", "list", "--json")[1])}
+    assert all(m in out for m in makers)
+
+    made = next(
+        i
+        for i, r in zip(ids, json.loads(cli(home, "executions", "list", "--json")[1]))
+        if r["name"] == LONG_NAME
+    )
+    out = _in_terminal(home, "executions", "show", made, columns=60)
+    assert max(len(line) for line in out.splitlines()) <= 60
+    assert LONG_NAME[:14] in out and "succeeded" in out and "…" not in out
