@@ -112,9 +112,9 @@ class EngineAPI(ABC):
     def events(self, execution_id: str, after: int = 0) -> list[Event]: ...
 
     @abstractmethod
-    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
-        """Newest first. Filters: project, domain, status, name, before (created_at), and
-        id_prefix (executions whose id starts so)."""
+    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
+        """Newest first, at most ``limit`` (None: all). Filters: project, domain, status,
+        name, before (created_at), and id_prefix (executions whose id starts so)."""
 
     def complete_execution_id(self, given: str) -> str:
         """The id of the one execution whose id starts with ``given`` (at least

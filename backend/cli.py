@@ -138,8 +138,8 @@ def executions() -> None:
     "--limit",
     default=20,
     show_default=True,
-    type=click.IntRange(min=1),
-    help="how many, newest first",
+    type=click.IntRange(min=0),
+    help="how many, newest first; 0 for all",
 )
 @_json
 @click.pass_obj
@@ -154,7 +154,7 @@ def executions_list(
 ) -> None:
     """The most recent executions, newest first."""
     rows = obj.engine.list_executions(
-        limit=limit, project=project, domain=domain, status=status, name=name
+        limit=limit or None, project=project, domain=domain, status=status, name=name
     )
 
     def table() -> Any:
@@ -338,13 +338,14 @@ def logs(
         parent, _, index = node.partition("[")
         size = state.nodes[parent].elements if parent in state.nodes else 0
         if index[:-1].isdigit() and int(index[:-1]) < size:
-            raise click.UsageError(f"{node} never ran: the map stopped before it started")
-        raise click.UsageError(
+            raise NotFound(f"{node} never ran: the map stopped before it started")
+        # (a missing object, as an unknown execution is: exit 1, not a usage error)
+        raise NotFound(
             f"execution {execution_id} has no node {node!r}; nodes: {_node_names(state)}"
         )
     found = state.nodes[node]
     if found.elements and not found.attempt:  # (its elements ran, each with its own logs)
-        raise click.UsageError(
+        raise NotFound(
             f"{node!r} is a map: each element has its own logs, e.g. "
             f"papercrane logs {execution_id} '{node}[0]' (elements 0 to {found.elements - 1})"
         )
@@ -353,9 +354,14 @@ def logs(
     if not found.attempt and attempt is None:
         # A cache hit or a recovered node ran no attempt here: its logs are those of
         # the attempt that made its outputs, in another execution.
+        if found.status is Status.SKIPPED:
+            raise NotFound(
+                f"{node!r} was skipped in {execution_id}: it never ran, so it has no logs; "
+                f"{_skip_reason(obj.engine, execution_id, node)}"
+            )
         source = _ran_elsewhere(obj.engine, state, node, found)
         if source is None:
-            raise click.UsageError(
+            raise NotFound(
                 f"{node!r} ran no attempt in {execution_id} ({found.status.value}), "
                 "and the one that made its outputs is not recorded"
             )
@@ -404,6 +410,16 @@ def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str,
         if n.cache_key == found.cache_key and n.attempt and n.status is Status.SUCCEEDED:
             return source.id, name, n.attempt
     return None
+
+
+def _skip_reason(engine: Any, execution_id: str, node: str) -> str:
+    """Why a node was skipped, as its event recorded it."""
+    from .model import EventKind
+
+    for event in engine.events(execution_id):
+        if event.kind is EventKind.NODE_SKIPPED and event.node == node:
+            return str(event.payload.get("reason") or "no reason recorded")
+    return "no reason recorded"
 
 
 def _node_names(state: Any) -> str:
@@ -785,7 +801,12 @@ def token() -> None:
     "--role", type=click.Choice(["read", "write", "admin"]), default="write", show_default=True
 )
 @click.option("--name", default="", help="a note: who or what uses it")
-@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @click.pass_obj
 def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | None) -> None:
     """Create a token; it is printed once and stored only as a hash."""
@@ -804,7 +825,12 @@ def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | No
 
 
 @token.command("list")
-@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @_json
 @click.pass_obj
 def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
@@ -819,6 +845,8 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
         store.close()
 
     def table() -> Any:
+        if not rows:
+            return "no tokens yet (papercrane token create --project P)"
         t = _table("id", "project", "role", "name", "created", "revoked", drop=("created",))
         for r in rows:
             t.add_row(
@@ -836,7 +864,12 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
 
 @token.command("revoke")
 @click.argument("token_id")
-@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @click.pass_obj
 def token_revoke(obj: _Ctx, token_id: str, db_url: str | None) -> None:
     """Revoke a token by its id (from `papercrane token list`); it stops working at once."""
@@ -861,7 +894,13 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--url", default=None, help="SQLAlchemy URL (default: the home's SQLite file)")
+@click.option(
+    "--db",
+    "--url",
+    "url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @click.pass_obj
 def db_upgrade(obj: _Ctx, url: str | None) -> None:
     """Create or upgrade the schema with Alembic migrations."""

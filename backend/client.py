@@ -437,17 +437,25 @@ class RemoteEngine(EngineAPI):
             for r in rows
         ]
 
-    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    #: The most executions the server lists at once (its route's limit).
+    PAGE = 1000
+
+    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
+        """Newest first; ``limit`` None: all of them, a page at a time."""
         params = {
-            "limit": limit,
-            **{
-                k: v
-                for k, v in filters.items()
-                if v is not None and k in ("status", "before", "name", "id_prefix")
-            },
+            k: v
+            for k, v in filters.items()
+            if v is not None and k in ("status", "before", "name", "id_prefix")
         }
         scope = self._scope_of(filters.get("project"), filters.get("domain"))
-        return self._req("GET", f"{scope}/executions", params=params)["items"]
+        rows: list[dict[str, Any]] = []
+        while True:
+            page = self.PAGE if limit is None else min(limit - len(rows), self.PAGE)
+            answer = self._req("GET", f"{scope}/executions", params={**params, "limit": page})
+            rows += answer["items"]
+            if answer.get("next_before") is None or (limit is not None and len(rows) >= limit):
+                return rows
+            params["before"] = answer["next_before"]
 
     def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
         response = self._http.get(

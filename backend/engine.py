@@ -92,6 +92,15 @@ class WorkflowRequest:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+#: An artifact may be named by its first this many characters (or more).
+ARTIFACT_PREFIX = 6
+#: Where people find artifact ids, for a message about one that is not found.
+ARTIFACT_HINT = (
+    f"give its id or at least {ARTIFACT_PREFIX} of its first characters (the outputs of "
+    "papercrane executions show EXECUTION --json, or %lineage VARIABLE in a notebook)"
+)
+
+
 def _any(scope: str | None) -> str | None:
     """A project or domain to filter by: None for every one (``ANY_SCOPE``)."""
     return None if scope in (None, ANY_SCOPE) else scope
@@ -286,13 +295,22 @@ class LocalEngine(EngineAPI):
         return None
 
     def artifact(self, artifact_id: str) -> ArtifactRef:
+        """An artifact by its id, or by its first ``ARTIFACT_PREFIX`` characters or more
+        where they are one artifact's alone."""
         ref = self.store.artifact(artifact_id)
-        if ref is None:
-            matches = self.store.artifacts_by_prefix(artifact_id) if len(artifact_id) >= 6 else []
-            if len(matches) == 1:
-                return matches[0]
-            raise NotFound(f"no artifact {artifact_id!r}")
-        return ref
+        if ref is not None:
+            return ref
+        if len(artifact_id) < ARTIFACT_PREFIX:
+            raise NotFound(f"no artifact {artifact_id!r}; {ARTIFACT_HINT}")
+        matches = self.store.artifacts_by_prefix(artifact_id)
+        if len(matches) > 1:
+            raise UserError(
+                f"{artifact_id!r} is the start of several artifacts' ids: "
+                f"{', '.join(m.id[:16] for m in matches)}...; give more characters"
+            )
+        if not matches:
+            raise NotFound(f"no artifact {artifact_id!r}; {ARTIFACT_HINT}")
+        return matches[0]
 
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
@@ -347,7 +365,7 @@ class LocalEngine(EngineAPI):
     def events(self, execution_id: str, after: int = 0) -> list[Event]:
         return self.store.events(execution_id, after)
 
-    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
         rows = self.store.list_executions(limit=limit, **filters)
         if not self.runs_in_process:  # (a server's store holds only its own executions)
             return rows

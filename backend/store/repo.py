@@ -375,7 +375,7 @@ class Store:
         project: str | None = None,
         domain: str | None = None,
         status: str | None = None,
-        limit: int = 50,
+        limit: int | None = 50,
         before: float | None = None,
         name: str | None = None,
         id_prefix: str | None = None,

@@ -67,8 +67,11 @@ def test_logs_and_cache(home: Path) -> None:
         0,
         {"execution_id": first, "node": "hello", "attempt": 1, "stream": "stdout", "text": "hi\n"},
     )
+    # A missing node is a missing object, as a missing execution is: exit 1 both.
     code, out = cli(home, "logs", first, "nope")
-    assert code == 2 and "no node 'nope'" in out and "hello" in out
+    assert code == 1 and "no node 'nope'" in out and "hello" in out and "Usage" not in out
+    code, out = cli(home, "logs", "ffffffff", "hello")
+    assert code == 1 and "no execution 'ffffffff'" in out
     entries = json.loads(cli(home, "cache", "list", "--json")[1])
     assert [e["task_name"] for e in entries] == ["hello"]
     assert json.loads(cli(home, "cache", "clear", "--task", "hello", "--json")[1]) == {
@@ -142,7 +145,7 @@ def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path:
     shown = json.loads(cli(tmp_path, "executions", "show", execution_id, "--json")[1])
     assert len([n for n in shown["nodes"] if n.startswith("inv[")]) == 90
     code, out = cli(tmp_path, "logs", execution_id, "inv[200]")
-    assert code == 2 and "nodes: inv, inv[0..89]" in out  # not 91 names
+    assert code == 1 and "nodes: inv, inv[0..89]" in out  # not 91 names
     # The map's list is collected from its elements: it names no attempt (not "attempt 0").
     code, tree = cli(tmp_path, "lineage", shown["nodes"]["inv"]["outputs"]["out"])
     assert f"<- inv @ {spec.version()[:12]}  (execution {execution_id})" in tree
@@ -189,13 +192,13 @@ def test_cache_list_shows_the_newest_up_to_a_limit(tmp_path: Path) -> None:
 def test_max_parallel_below_one_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = cli(home, "recover", "whatever", "--max-parallel", "0")
     assert code == 2 and "'--max-parallel': 0 is not in the range x>=1" in out
-    for args in (
-        ("executions", "list", "--limit", "-2"),  # (SQLite took it as no limit at all)
-        ("logs", "x", "y", "--attempt", "0"),  # (it read the last attempt instead)
-        ("server", "--max-running", "0"),  # (it was ignored)
+    for args, least in (
+        (("executions", "list", "--limit", "-2"), 0),  # (SQLite took it as no limit at all)
+        (("logs", "x", "y", "--attempt", "0"), 1),  # (it read the last attempt instead)
+        (("server", "--max-running", "0"), 1),  # (it was ignored)
     ):
         code, out = cli(home, *args)
-        assert code == 2 and "is not in the range x>=1" in out, args
+        assert code == 2 and f"is not in the range x>={least}" in out, args
     from papercrane.backend.errors import ConfigError
     from papercrane.config import Papercrane
 
@@ -599,3 +602,53 @@ def test_tables_in_a_60_column_terminal_stay_readable(home: Path) -> None:
     out = _in_terminal(home, "executions", "show", made, columns=60)
     assert max(len(line) for line in out.splitlines()) <= 60
     assert LONG_NAME[:14] in out and "succeeded" in out and "…" not in out
+
+
+def test_logs_of_a_skipped_node_say_it_was_skipped_and_why(tmp_path: Path) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="second", code="raise ValueError('boom')\ny = 1", inputs=(), outputs=("y",))
+    b = TaskSpec(name="third", code="z = y", inputs=("y",), outputs=("z",))
+    tasks = [CellTask(task=t, config=cfg) for t in (a, b)]
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(WorkflowRequest(spec=assemble("wf", tasks), params={}, param_values={}))
+    engine.close()
+    code, out = cli(tmp_path, "logs", failed.value.execution_id, "third")
+    assert code == 1
+    assert f"'third' was skipped in {failed.value.execution_id}: it never ran" in out
+    assert "no logs; the execution stopped at an earlier failure" in out  # (its event's reason)
+    assert "made its outputs" not in out
+
+
+def test_polish_of_limits_options_and_empty_listings(home: Path, tmp_path: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--limit", "0", "--json")[1])
+    assert len(rows) == 3  # 0 is all, as for cache list
+    assert len(json.loads(cli(home, "executions", "list", "--limit", "1", "--json")[1])) == 1
+    # db upgrade takes --db, as token and server do, and still --url.
+    for option in ("--db", "--url"):
+        url = f"sqlite:///{tmp_path / option[2:]}.db"
+        code, out = cli(home, "db", "upgrade", option, url)
+        assert code == 0 and out.startswith("schema at revision"), out
+    help_text = cli(home, "db", "upgrade", "--help")[1]
+    assert "$PAPERCRANE_DB" in help_text
+    assert cli(tmp_path / "fresh", "token", "list") == (
+        0,
+        "no tokens yet (papercrane token create --project P)\n",
+    )
+
+
+def test_an_artifact_too_short_to_look_for_says_how_long(home: Path) -> None:
+    show = json.loads(cli(home, "executions", "list", "--json")[1])[-1]["id"]
+    (artifact,) = json.loads(cli(home, "executions", "show", show, "--json")[1])["nodes"]["hello"][
+        "outputs"
+    ].values()
+    assert cli(home, "lineage", artifact[:6])[0] == 0
+    code, out = cli(home, "lineage", artifact[:5])
+    assert code == 1
+    assert f"no artifact '{artifact[:5]}'; give its id or at least 6 of its first" in out
+    code, out = cli(home, "lineage", "best")
+    assert code == 1 and "papercrane executions show EXECUTION --json" in out
