@@ -4,6 +4,7 @@ the same methods against ``papercrane server``, checked by one contract test sui
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -111,7 +112,35 @@ class EngineAPI(ABC):
     def events(self, execution_id: str, after: int = 0) -> list[Event]: ...
 
     @abstractmethod
-    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]: ...
+    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
+        """Newest first, at most ``limit`` (None: all). Filters: project, domain, status,
+        name, before (created_at), and id_prefix (executions whose id starts so)."""
+
+    def complete_execution_id(self, given: str) -> str:
+        """The id of the one execution whose id starts with ``given`` (at least
+        ``EXECUTION_PREFIX`` characters): people type ``645a``, not 16 hex digits. Not
+        found raises ``NotFound``; a start that several ids share raises ``UserError``
+        listing them. Called when ``given`` is not an id as it stands."""
+        from .config import EXECUTION_PREFIX, ID_PATTERN
+        from .errors import NotFound, UserError
+
+        hint = (
+            f"give its id or at least {EXECUTION_PREFIX} of its first characters "
+            "(papercrane executions list shows them)"
+        )
+        prefix = given.lower()
+        if len(prefix) < EXECUTION_PREFIX or not re.fullmatch(ID_PATTERN, prefix):
+            raise NotFound(f"no execution {given!r}; {hint}")
+        found = [r["id"] for r in self.list_executions(limit=10, id_prefix=prefix)]
+        if not found:
+            raise NotFound(f"no execution {given!r}; {hint}")
+        if len(found) > 1:
+            more = " and more" if len(found) == 10 else ""
+            raise UserError(
+                f"{given!r} is the start of several executions' ids: {', '.join(found)}"
+                f"{more}; give more characters"
+            )
+        return found[0]
 
     @abstractmethod
     def load(self, ref: ArtifactRef) -> Any: ...

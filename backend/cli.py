@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .config import SCOPE_LENGTH, Config, check_name
+from .config import ANY_SCOPE, SCOPE_LENGTH, Config, check_name
 from .errors import NotFound, PapercraneError
 from .model import Status
 from .units import format_duration
@@ -58,22 +58,11 @@ def _emit(data: Any, as_json: bool, table: Any) -> None:
     console().print(table())
 
 
-#: Columns whose values are copied or compared whole (ids, keys, times, states): never
-#: wrapped or cut. The others fold a long value onto more lines rather than cut it.
-_WHOLE = frozenset(
-    {"id", "key", "execution", "created", "status", "duration", "attempts", "cache", "revoked"}
-)
-
-
 def _table(*headers: str, **options: Any) -> Any:
-    """A table for people in a terminal of any width: on a narrow one, ids stay whole
-    (a cut id can't be pasted into the next command) and names fold."""
-    from rich.table import Column, Table
+    """A table for people in a terminal of any width (``cli_report.FittedTable``)."""
+    from .cli_report import FittedTable
 
-    return Table(
-        *(Column(h, no_wrap=True) if h in _WHOLE else Column(h, overflow="fold") for h in headers),
-        **options,
-    )
+    return FittedTable(*headers, **options)
 
 
 def _when(ts: float | None) -> str:
@@ -143,8 +132,8 @@ def executions() -> None:
     "--limit",
     default=20,
     show_default=True,
-    type=click.IntRange(min=1),
-    help="how many, newest first",
+    type=click.IntRange(min=0),
+    help="how many, newest first; 0 for all",
 )
 @_json
 @click.pass_obj
@@ -159,7 +148,7 @@ def executions_list(
 ) -> None:
     """The most recent executions, newest first."""
     rows = obj.engine.list_executions(
-        limit=limit, project=project, domain=domain, status=status, name=name
+        limit=limit or None, project=project, domain=domain, status=status, name=name
     )
 
     def table() -> Any:
@@ -175,17 +164,19 @@ def executions_list(
                 if v
             ]
             return f"no executions{' with ' + ' '.join(asked) if asked else ' yet'}"
-        scopes = {f"{r['project']}/{r['domain']}" for r in rows}
-        # One project and domain (the usual case) is said once, under the table, which
-        # leaves a narrow terminal the width for the names.
+        caption, column = _scope_caption(rows)
         columns = ["id", "name", "status", "created", "duration"]
-        if len(scopes) > 1:
-            columns.append("project/domain")
-        t = _table(*columns, caption=f"in {scopes.pop()}" if len(scopes) == 1 else None)
+        # (in a narrow terminal: the least needed go first)
+        t = _table(
+            *columns,
+            *(["project/domain"] if column else []),
+            caption=caption,
+            drop=("duration", "created", "project/domain"),
+        )
         for r in rows:
             dur = format_duration(r["ended_at"] - r["created_at"]) if r["ended_at"] else ""
             cells = [r["id"], r["name"], r["status"], _when(r["created_at"]), dur]
-            t.add_row(*cells, *([f"{r['project']}/{r['domain']}"] if len(columns) > 5 else []))
+            t.add_row(*cells, *([f"{r['project']}/{r['domain']}"] if column else []))
         return t
 
     _emit(rows, as_json, table)
@@ -206,10 +197,11 @@ def executions_list(
 def executions_show(
     obj: _Ctx, execution_id: str, with_events: bool, all_elements: bool, as_json: bool
 ) -> None:
-    """One execution: its nodes, attempts, cache status and errors. (``--json`` has every
-    element of a map; the table, for people, summarizes them.)"""
+    """One execution: its nodes, attempts, cache status and errors, with the tracebacks
+    of the tasks that failed. (--json has every element of a map; the table, for
+    people, summarizes them.)"""
     state = obj.engine.execution(execution_id)
-    evs = obj.engine.events(execution_id) if with_events else []
+    evs = obj.engine.events(state.id) if with_events else []
     data = {
         "id": state.id,
         "name": state.name,
@@ -253,6 +245,8 @@ def executions_show(
         from rich.console import Group
         from rich.table import Table
 
+        from .cli_report import failed_nodes, node_failure
+
         head = Table.grid(padding=(0, 2))
         head.add_column()
         head.add_column(overflow="fold")  # (a 64-digit version is copied, not cut)
@@ -266,7 +260,15 @@ def executions_show(
             head.add_row("duration", format_duration(state.duration))
         if state.status is Status.ABORTED and state.error is not None:
             head.add_row("aborted", state.error.message)
-        nodes = _table("node", "status", "attempts", "cache", "outputs", "error")
+        nodes = _table(
+            "node",
+            "status",
+            "attempts",
+            "cache",
+            "outputs",
+            "error",
+            drop=("cache", "outputs", "attempts"),
+        )
         listed: dict[str, int] = {}  # a map's element rows listed so far
         unlisted: dict[str, int] = {}  # ... and left out
         for name, n in data["nodes"].items():
@@ -287,6 +289,9 @@ def executions_show(
         for parent, count in unlisted.items():
             total = data["nodes"][parent].get("elements", count)
             parts.append(f"{parent}: {count:,} of {total:,} elements not listed (--elements)")
+        # The failed tasks' tracebacks, as `run` printed them (the table has one line).
+        for name, node in failed_nodes(state):
+            parts += ["", *node_failure(name, node, state.id)]
         return Group(*parts)
 
     _emit(data, as_json, table)
@@ -322,17 +327,19 @@ def logs(
     """Print a node's stdout (or --stderr) for one attempt. A cache hit's or a recovered
     node's are those of the attempt that made its outputs, in another execution."""
     state = obj.engine.execution(execution_id)
+    execution_id = state.id  # (given by the start of its id, perhaps)
     if node not in state.nodes:
         parent, _, index = node.partition("[")
         size = state.nodes[parent].elements if parent in state.nodes else 0
         if index[:-1].isdigit() and int(index[:-1]) < size:
-            raise click.UsageError(f"{node} never ran: the map stopped before it started")
-        raise click.UsageError(
+            raise NotFound(f"{node} never ran: the map stopped before it started")
+        # (a missing object, as an unknown execution is: exit 1, not a usage error)
+        raise NotFound(
             f"execution {execution_id} has no node {node!r}; nodes: {_node_names(state)}"
         )
     found = state.nodes[node]
     if found.elements and not found.attempt:  # (its elements ran, each with its own logs)
-        raise click.UsageError(
+        raise NotFound(
             f"{node!r} is a map: each element has its own logs, e.g. "
             f"papercrane logs {execution_id} '{node}[0]' (elements 0 to {found.elements - 1})"
         )
@@ -341,9 +348,14 @@ def logs(
     if not found.attempt and attempt is None:
         # A cache hit or a recovered node ran no attempt here: its logs are those of
         # the attempt that made its outputs, in another execution.
+        if found.status is Status.SKIPPED:
+            raise NotFound(
+                f"{node!r} was skipped in {execution_id}: it never ran, so it has no logs; "
+                f"{_skip_reason(obj.engine, execution_id, node)}"
+            )
         source = _ran_elsewhere(obj.engine, state, node, found)
         if source is None:
-            raise click.UsageError(
+            raise NotFound(
                 f"{node!r} ran no attempt in {execution_id} ({found.status.value}), "
                 "and the one that made its outputs is not recorded"
             )
@@ -363,6 +375,14 @@ def logs(
         click.echo(json.dumps({**record, "stream": stream, "text": text}, indent=2))
     else:
         click.echo(text, nl=False)
+        if not text and found.error is not None and found.attempt == attempt:
+            # (the traceback is recorded with the failure, not in the task's own output)
+            click.echo(
+                f"({node} wrote nothing to {stream} in attempt {attempt}; it failed with "
+                f"{found.error.type}: {found.error.message}. Its traceback: "
+                f"papercrane executions show {execution_id})",
+                err=True,
+            )
 
 
 def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str, str, int] | None:
@@ -386,6 +406,16 @@ def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str,
     return None
 
 
+def _skip_reason(engine: Any, execution_id: str, node: str) -> str:
+    """Why a node was skipped, as its event recorded it."""
+    from .model import EventKind
+
+    for event in engine.events(execution_id):
+        if event.kind is EventKind.NODE_SKIPPED and event.node == node:
+            return str(event.payload.get("reason") or "no reason recorded")
+    return "no reason recorded"
+
+
 def _node_names(state: Any) -> str:
     """An execution's nodes for a message: a map's elements as one range, not thousands."""
     names = []
@@ -401,7 +431,24 @@ def cache() -> None:
     """List or clear cache entries."""
 
 
+def _scope_caption(rows: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """(caption, column): one project and domain (the usual case) is said once, under
+    the table, which leaves a narrow terminal the width for names; several get a
+    column."""
+    scopes = {f"{r['project']}/{r['domain']}" for r in rows}
+    if len(scopes) == 1:
+        return f"in {scopes.pop()}", False
+    return None, True
+
+
+def _asked(**options: Any) -> str:
+    """The filters a listing was given, for the line that says it found nothing."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v)
+
+
 @cache.command("list")
+@click.option("--project", default=None, help="only this project's (default: every project's)")
+@click.option("--domain", default=None, help="only this domain's (default: every domain's)")
 @click.option("--task", "task_name", default=None, help="only this task's entries")
 @click.option(
     "--limit",
@@ -412,19 +459,40 @@ def cache() -> None:
 )
 @_json
 @click.pass_obj
-def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> None:
-    """Cache entries, newest first: the task, its outputs and the execution that made them."""
+def cache_list(
+    obj: _Ctx,
+    project: str | None,
+    domain: str | None,
+    task_name: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Cache entries, newest first: the task, its outputs, the execution that made them,
+    and the project and domain they serve (a cache entry is reused only there)."""
     # (one more than shown: whether to say there are more)
-    rows = obj.engine.cache_list(task_name=task_name, limit=limit + 1 if limit else None)
+    rows = obj.engine.cache_list(
+        task_name=task_name,
+        limit=limit + 1 if limit else None,
+        project=project,
+        domain=domain,
+    )
     more = bool(limit) and len(rows) > limit
     rows = rows[:limit] if limit else rows
 
     def table() -> Any:
         if not rows:
-            return f"no cache entries{' for task ' + repr(task_name) if task_name else ''}"
+            asked = _asked(project=project, domain=domain, task=task_name)
+            return f"no cache entries{' with ' + asked if asked else ' yet'}"
         from rich.console import Group
 
-        t = _table("key", "task", "outputs", "execution", "created")
+        caption, column = _scope_caption(rows)
+        headers = ["key", "task", "outputs", "execution", "created"]
+        t = _table(
+            *headers,
+            *(["project/domain"] if column else []),
+            caption=caption,
+            drop=("key", "created", "project/domain"),
+        )
         for r in rows:
             t.add_row(
                 r["key"][:12],
@@ -432,6 +500,7 @@ def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> N
                 ", ".join(r["outputs"]),
                 r["execution_id"],
                 _when(r["created_at"]),
+                *([f"{r['project']}/{r['domain']}"] if column else []),
             )
         if not more:
             return t
@@ -441,14 +510,40 @@ def cache_list(obj: _Ctx, task_name: str | None, limit: int, as_json: bool) -> N
 
 
 @cache.command("clear")
+@click.option(
+    "--project",
+    envvar="PAPERCRANE_PROJECT",
+    default="default",
+    show_default=True,
+    help=f"the project whose entries to forget ({ANY_SCOPE!r}: every project; "
+    "default: $PAPERCRANE_PROJECT)",
+)
+@click.option(
+    "--domain",
+    envvar="PAPERCRANE_DOMAIN",
+    default="development",
+    show_default=True,
+    help=f"the domain whose entries to forget ({ANY_SCOPE!r}: every domain; "
+    "default: $PAPERCRANE_DOMAIN)",
+)
 @click.option("--task", "task_name", default=None, help="only this task's entries")
 @_json
 @click.pass_obj
-def cache_clear(obj: _Ctx, task_name: str | None, as_json: bool) -> None:
-    """Forget cache entries, so their tasks run again. The values they named stay in
-    storage: earlier executions and lineage still read them."""
-    n = obj.engine.cache_clear(task_name=task_name)
-    _emit({"cleared": n}, as_json, lambda: f"cleared {n} cache entr{'y' if n == 1 else 'ies'}")
+def cache_clear(obj: _Ctx, project: str, domain: str, task_name: str | None, as_json: bool) -> None:
+    """Forget cache entries of one project and domain (those `run` and the notebook use
+    by default), so their tasks run again there. The values they named stay in storage:
+    earlier executions and lineage still read them."""
+    for kind, value in (("project", project), ("domain", domain)):
+        if value != ANY_SCOPE:
+            check_name(kind, value, limit=SCOPE_LENGTH, where=f"--{kind}")
+    n = obj.engine.cache_clear(task_name=task_name, project=project, domain=domain)
+    where = " ".join(
+        f"in every {kind}" if value == ANY_SCOPE else f"in {kind} {value}"
+        for kind, value in (("project", project), ("domain", domain))
+    )
+    of = f" of task {task_name!r}" if task_name else ""
+    said = f"cleared {n} cache entr{'y' if n == 1 else 'ies'}{of} {where}"
+    _emit({"cleared": n, "project": project, "domain": domain}, as_json, lambda: said)
 
 
 @executions.command("logs")
@@ -486,28 +581,52 @@ def executions_logs(
 @_json
 @click.pass_obj
 def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> None:
-    """Re-run a failed execution: reuse every node that succeeded, run only the rest."""
-    from .errors import WorkflowFailed
+    """Re-run a failed execution: reuse every node that succeeded, run only the rest.
+    It exits 1 if the new execution fails too, after printing the failing task, its
+    attempt and traceback (with --json: the new execution, its status and errors)."""
+    from .cli_report import failed_nodes, node_failure
+    from .errors import TaskFailed, WorkflowFailed
 
+    source = obj.engine.execution(execution_id)  # (its id whole, from the start of it)
     try:
-        result = obj.engine.recover(execution_id, max_parallel=max_parallel, want_values=False)
-    except WorkflowFailed as exc:
-        raise click.ClickException(str(exc)) from None
-    state = result.execution
+        state = obj.engine.recover(source.id, max_parallel=max_parallel, want_values=False)
+        state = state.execution
+    except (WorkflowFailed, TaskFailed) as exc:
+        # The new execution failed: it was recorded, and a script needs its id.
+        state = obj.engine.execution(exc.execution_id)
+    failed = failed_nodes(state)
     data = {
         "id": state.id,
-        "recovered_from": execution_id,
+        "recovered_from": source.id,
         "status": state.status.value,
         "nodes": {n: s.status.value for n, s in state.nodes.items() if "[" not in n},
+        "error": state.error.to_dict() if state.error else None,
+        "failed": {
+            name: {"attempts": n.attempt, "error": n.error.to_dict() if n.error else None}
+            for name, n in failed
+        },
     }
-    _emit(
-        data,
-        as_json,
-        lambda: (
-            f"execution {state.id}: {state.status.value} "
-            f"({', '.join(f'{n} {s}' for n, s in data['nodes'].items())})"
-        ),
+    summary = (
+        f"execution {state.id}: {state.status.value} "
+        f"({', '.join(f'{n} {s}' for n, s in data['nodes'].items())})"
     )
+    if state.status.ok:
+        _emit(data, as_json, lambda: summary)
+        return
+    if as_json:
+        _emit(data, True, lambda: summary)
+    else:
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        err.print(summary, markup=False, highlight=False)
+        for name, node in failed:
+            for part in node_failure(name, node, state.id):
+                err.print(part, highlight=False)
+        if state.status is Status.ABORTED and state.error is not None:
+            err.print(f"aborted: {state.error.message}", markup=False, highlight=False)
+        err.print(f"recover with: papercrane recover {state.id}", highlight=False)
+    click.get_current_context().exit(1)
 
 
 @main.command()
@@ -676,7 +795,12 @@ def token() -> None:
     "--role", type=click.Choice(["read", "write", "admin"]), default="write", show_default=True
 )
 @click.option("--name", default="", help="a note: who or what uses it")
-@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @click.pass_obj
 def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | None) -> None:
     """Create a token; it is printed once and stored only as a hash."""
@@ -695,7 +819,12 @@ def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | No
 
 
 @token.command("list")
-@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @_json
 @click.pass_obj
 def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
@@ -710,7 +839,9 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
         store.close()
 
     def table() -> Any:
-        t = _table("id", "project", "role", "name", "created", "revoked")
+        if not rows:
+            return "no tokens yet (papercrane token create --project P)"
+        t = _table("id", "project", "role", "name", "created", "revoked", drop=("created",))
         for r in rows:
             t.add_row(
                 str(r["id"]),
@@ -727,7 +858,12 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
 
 @token.command("revoke")
 @click.argument("token_id")
-@click.option("--db", "db_url", default=None, help="SQLAlchemy URL (default: the home's)")
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @click.pass_obj
 def token_revoke(obj: _Ctx, token_id: str, db_url: str | None) -> None:
     """Revoke a token by its id (from `papercrane token list`); it stops working at once."""
@@ -752,7 +888,13 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--url", default=None, help="SQLAlchemy URL (default: the home's SQLite file)")
+@click.option(
+    "--db",
+    "--url",
+    "url",
+    default=None,
+    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
+)
 @click.pass_obj
 def db_upgrade(obj: _Ctx, url: str | None) -> None:
     """Create or upgrade the schema with Alembic migrations."""

@@ -651,6 +651,8 @@ def _report(
     notebook's error, are reported after that error, which remains the cause."""
     from rich.markup import escape
 
+    from .cli_report import node_failure
+
     failed = progress.failures()
     late = [f for f in failed if f[2].created_at >= late_since]
     early = [f for f in failed if f[2].created_at < late_since]
@@ -673,23 +675,8 @@ def _report(
                     console.print(f"recover with: papercrane recover {state.id}")
             return
     for node_id, node, state in early + late:
-        error = node.error
-        if node.elements and error is not None:  # a map: its elements made the attempts
-            where = f": {error.message}"
-        elif node.attempt:
-            where = f", attempt {node.attempt}"
-        else:
-            where = ", before its first attempt"
-        console.print(
-            f"[bold red]task {node_id!r} failed[/] in execution {state.id}{escape(where)}",
-            highlight=False,
-        )
-        if error is not None:
-            console.print(
-                error.traceback.rstrip() or f"{error.type}: {error.message}",
-                markup=False,
-                highlight=False,
-            )
+        for part in node_failure(node_id, node, state.id):
+            console.print(part, highlight=False)
     console.print(f"recover with: papercrane recover {(early + late)[0][2].id}")
     # (recover replays the execution as it ran: a fix in the notebook's code needs a run)
     console.print(

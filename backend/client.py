@@ -316,7 +316,11 @@ class RemoteEngine(EngineAPI):
         body: dict[str, Any] = {"max_parallel": max_parallel}
         if workflow is not None:  # the edited workflow: the server must know it first
             body["workflow_version"] = self.register_workflow(workflow)
-        new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
+        try:
+            new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
+        except NotFound:  # (the start of an id: the server takes whole ones)
+            execution_id = self.complete_execution_id(execution_id)
+            new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
         return self._result(self.follow(new, listener), want_values)
 
     def abort(self, execution_id: str) -> None:
@@ -414,8 +418,16 @@ class RemoteEngine(EngineAPI):
 
     # -- queries ---------------------------------------------------------------------------------
     def execution(self, execution_id: str) -> ExecutionState:
+        """An execution by its id, or by the start of it (``complete_execution_id``)."""
+        try:
+            events = self.events(execution_id)
+        except NotFound:
+            events = []
+        if not events:
+            execution_id = self.complete_execution_id(execution_id)
+            events = self.events(execution_id)
         state = ExecutionState(id=execution_id)
-        for event in self.events(execution_id):
+        for event in events:
             apply(state, event)
         if not state.created_at:
             raise NotFound(f"no execution {execution_id!r}")
@@ -436,16 +448,25 @@ class RemoteEngine(EngineAPI):
             for r in rows
         ]
 
-    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    #: The most executions the server lists at once (its route's limit).
+    PAGE = 1000
+
+    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
+        """Newest first; ``limit`` None: all of them, a page at a time."""
         params = {
-            "limit": limit,
-            **{
-                k: v
-                for k, v in filters.items()
-                if v is not None and k in ("status", "before", "name")
-            },
+            k: v
+            for k, v in filters.items()
+            if v is not None and k in ("status", "before", "name", "id_prefix")
         }
-        return self._req("GET", f"{self._scope}/executions", params=params)["items"]
+        scope = self._scope_of(filters.get("project"), filters.get("domain"))
+        rows: list[dict[str, Any]] = []
+        while True:
+            page = self.PAGE if limit is None else min(limit - len(rows), self.PAGE)
+            answer = self._req("GET", f"{scope}/executions", params={**params, "limit": page})
+            rows += answer["items"]
+            if answer.get("next_before") is None or (limit is not None and len(rows) >= limit):
+                return rows
+            params["before"] = answer["next_before"]
 
     def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
         response = self._http.get(
@@ -471,17 +492,39 @@ class RemoteEngine(EngineAPI):
             tasks[n["task"]] = TaskSpec.from_dict(row["spec"])
         return WorkflowSpec.from_dict(data, tasks)
 
+    def _scope_of(self, project: str | None, domain: str | None) -> str:
+        """The API path of ``project`` and ``domain`` (None: this client's own). A server
+        answers for one project and domain at a time: ``ANY_SCOPE`` is refused here."""
+        if config.ANY_SCOPE in (project, domain):
+            raise UserError(
+                f"a papercrane server ({self.url}) works on one project and domain at a time: "
+                f"give --project and --domain (not {config.ANY_SCOPE!r})"
+            )
+        project, domain = project or self.project, domain or self.domain
+        if (project, domain) == (self.project, self.domain):
+            return self._scope
+        for kind, value in (("project", project), ("domain", domain)):
+            config.check_name(kind, value, limit=config.SCOPE_LENGTH, where=f"--{kind}")
+        return f"/api/v1/projects/{project}/domains/{domain}"
+
     def cache_list(
-        self, task_name: str | None = None, limit: int | None = None
+        self,
+        task_name: str | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        domain: str | None = None,
     ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"task": task_name} if task_name else {}
         if limit is not None:
             params["limit"] = limit
-        return self._req("GET", f"{self._scope}/cache", params=params)
+        return self._req("GET", f"{self._scope_of(project, domain)}/cache", params=params)
 
-    def cache_clear(self, task_name: str | None = None) -> int:
+    def cache_clear(
+        self, task_name: str | None = None, project: str | None = None, domain: str | None = None
+    ) -> int:
         params = {"task": task_name} if task_name else {}
-        return self._req("DELETE", f"{self._scope}/cache", params=params)["cleared"]
+        path = f"{self._scope_of(project, domain)}/cache"
+        return self._req("DELETE", path, params=params)["cleared"]
 
 
 def _chunks(handle: Any) -> Iterator[bytes]:

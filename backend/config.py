@@ -18,6 +18,12 @@ _NAME = re.compile(NAME_PATTERN)
 NAME_LENGTH = 150
 #: The longest project or domain (the store's columns hold 100 characters).
 SCOPE_LENGTH = 100
+#: A project or domain that stands for every one (as a token's project for operators):
+#: ``cache clear --project '*'``.
+ANY_SCOPE = "*"
+#: An execution id may be given by its first this many characters or more (artifacts by
+#: six: theirs are longer), where that start is one execution's alone.
+EXECUTION_PREFIX = 4
 #: Execution and object ids as the server's API takes them (its paths and models use
 #: this); the remote client reads anything else as an unknown execution without asking.
 ID_PATTERN = r"^[0-9a-f]{1,64}$"

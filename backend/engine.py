@@ -20,7 +20,7 @@ from typing import Any
 from . import owner
 from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
 from .artifacts import ArtifactIO
-from .config import Config, check_scope
+from .config import ANY_SCOPE, Config, check_scope
 from .errors import ConfigError, Conflict, CorruptArtifact, NotFound, UserError
 from .executors.base import Executor, executor_registry
 from .hashing import canonical_json, sha256_json
@@ -90,6 +90,20 @@ class WorkflowRequest:
     want_values: bool = True
     #: Where parameter values came from, when the caller knows (see ``RunRequest``).
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+#: An artifact may be named by its first this many characters (or more).
+ARTIFACT_PREFIX = 6
+#: Where people find artifact ids, for a message about one that is not found.
+ARTIFACT_HINT = (
+    f"give its id or at least {ARTIFACT_PREFIX} of its first characters (the outputs of "
+    "papercrane executions show EXECUTION --json, or %lineage VARIABLE in a notebook)"
+)
+
+
+def _any(scope: str | None) -> str | None:
+    """A project or domain to filter by: None for every one (``ANY_SCOPE``)."""
+    return None if scope in (None, ANY_SCOPE) else scope
 
 
 #: Where a project or domain the engine refuses came from, for callers of its API (the
@@ -294,13 +308,22 @@ class LocalEngine(EngineAPI):
         return None
 
     def artifact(self, artifact_id: str) -> ArtifactRef:
+        """An artifact by its id, or by its first ``ARTIFACT_PREFIX`` characters or more
+        where they are one artifact's alone."""
         ref = self.store.artifact(artifact_id)
-        if ref is None:
-            matches = self.store.artifacts_by_prefix(artifact_id) if len(artifact_id) >= 6 else []
-            if len(matches) == 1:
-                return matches[0]
-            raise NotFound(f"no artifact {artifact_id!r}")
-        return ref
+        if ref is not None:
+            return ref
+        if len(artifact_id) < ARTIFACT_PREFIX:
+            raise NotFound(f"no artifact {artifact_id!r}; {ARTIFACT_HINT}")
+        matches = self.store.artifacts_by_prefix(artifact_id)
+        if len(matches) > 1:
+            raise UserError(
+                f"{artifact_id!r} is the start of several artifacts' ids: "
+                f"{', '.join(m.id[:16] for m in matches)}...; give more characters"
+            )
+        if not matches:
+            raise NotFound(f"no artifact {artifact_id!r}; {ARTIFACT_HINT}")
+        return matches[0]
 
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
@@ -344,15 +367,18 @@ class LocalEngine(EngineAPI):
 
     # -- queries --------------------------------------------------------------------------
     def execution(self, execution_id: str) -> ExecutionState:
+        """An execution by its id, or by the start of it (``complete_execution_id``)."""
         state = self.store.execution(execution_id)
         if state is None:
-            raise NotFound(f"no execution {execution_id!r}")
+            state = self.store.execution(self.complete_execution_id(execution_id))
+            if state is None:  # (deleted in between)
+                raise NotFound(f"no execution {execution_id!r}")
         return self._settle_lost(state)
 
     def events(self, execution_id: str, after: int = 0) -> list[Event]:
         return self.store.events(execution_id, after)
 
-    def list_executions(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
         rows = self.store.list_executions(limit=limit, **filters)
         if not self.runs_in_process:  # (a server's store holds only its own executions)
             return rows
@@ -619,12 +645,26 @@ class LocalEngine(EngineAPI):
         return bool(self.store.producers(artifact_id, self.scope_project))
 
     def cache_list(
-        self, task_name: str | None = None, limit: int | None = None
+        self,
+        task_name: str | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+        domain: str | None = None,
     ) -> list[dict[str, Any]]:
-        return self.store.cache_list(project=None, task_name=task_name, limit=limit)
+        """Cache entries, newest first: of ``project`` and ``domain`` when given (None or
+        ``ANY_SCOPE``: every one this store holds)."""
+        project, domain = _any(project), _any(domain)
+        return self.store.cache_list(
+            project=project, domain=domain, task_name=task_name, limit=limit
+        )
 
-    def cache_clear(self, task_name: str | None = None) -> int:
-        return self.store.cache_clear(project=None, task_name=task_name)
+    def cache_clear(
+        self, task_name: str | None = None, project: str | None = None, domain: str | None = None
+    ) -> int:
+        """Forget cache entries of ``project`` and ``domain`` (None or ``ANY_SCOPE``: in
+        every one); how many."""
+        project, domain = _any(project), _any(domain)
+        return self.store.cache_clear(project=project, domain=domain, task_name=task_name)
 
     # -- lineage --------------------------------------------------------------------------
     def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:

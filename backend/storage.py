@@ -121,7 +121,15 @@ class Storage:
         else:
             import fsspec
 
-            self._fs, self.root_path = fsspec.core.url_to_fs(url)
+            try:
+                self._fs, self.root_path = fsspec.core.url_to_fs(url)
+            except (ValueError, ImportError) as exc:  # an unknown protocol, a missing package
+                raise ConfigError(
+                    f"the storage URL {url!r} from PAPERCRANE_STORAGE (or --storage) is not "
+                    f"usable ({exc}); give a folder, file://, memory:// or another fsspec "
+                    "URL whose package is installed, or unset PAPERCRANE_STORAGE to use "
+                    "store/ in PAPERCRANE_HOME"
+                ) from None
             self.root = None
 
     @property

@@ -511,6 +511,7 @@ class NotebookWorkflow:
 
         engine = self.session.engine
         source = engine.execution(execution_id)
+        execution_id = source.id  # (given by the start of its id, perhaps)
         check_recoverable(source)  # (before a widget is shown)
         spec = edited = None
         if source.kind == "workflow":

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from ..api import RunRequest
 from ..artifacts import typed_fingerprint
+from ..config import EXECUTION_PREFIX
 from ..engine import WorkflowRequest
 from ..errors import Conflict, CorruptArtifact, NotFound
 from ..model import ArtifactRef, EventKind
@@ -291,9 +292,22 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
                 description="only executions of this task or workflow",
             ),
         ] = None,
+        id_prefix: Annotated[
+            str | None,
+            Query(
+                pattern=f"^[0-9a-f]{{{EXECUTION_PREFIX},64}}$",
+                description="only executions whose id starts so (a short id people type)",
+            ),
+        ] = None,
     ) -> m.ExecutionPage:
         rows = service.store.list_executions(
-            project=project, domain=domain, status=status, limit=limit, before=before, name=name
+            project=project,
+            domain=domain,
+            status=status,
+            limit=limit,
+            before=before,
+            name=name,
+            id_prefix=id_prefix,
         )
         items = [m.ExecutionRow(**{k: r[k] for k in m.ExecutionRow.model_fields}) for r in rows]
         return m.ExecutionPage(

@@ -23,6 +23,7 @@ So this module imports SQLAlchemy and Alembic inside the functions that use them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -50,14 +51,47 @@ PINNED_THREADS = 8
 POOL = {"pool_size": 2 * PINNED_THREADS + 4, "max_overflow": 16}
 
 
+#: Where a database URL is set, for messages about one that can't be used.
+DB_SETTING = "PAPERCRANE_DB (or --db / --url on the command line)"
+
+
+def unusable_url(url: str, reason: str) -> ConfigError:
+    """The error for a database URL SQLAlchemy can't read or has no driver for: one line
+    with the setting and the value, not SQLAlchemy's traceback."""
+    shown = url
+    with contextlib.suppress(Exception):
+        import sqlalchemy as sa
+
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+    return ConfigError(
+        f"the database URL {shown!r} from {DB_SETTING} is not usable ({reason}); give "
+        "sqlite:///PATH or postgresql://USER@HOST/DB, or unset PAPERCRANE_DB to use the "
+        "SQLite file in PAPERCRANE_HOME"
+    )
+
+
+def not_a_database(path: str, exc: BaseException) -> ConfigError:
+    """The error for a SQLite file that can't be opened as one (not a database, a
+    folder, no permission): it names the file and the settings that choose it."""
+    return ConfigError(
+        f"cannot open the database file {path} ({exc}); set {DB_SETTING} to another "
+        "file, or PAPERCRANE_HOME to another folder"
+    )
+
+
 def create_engine(url: str) -> sa.Engine:
     import sqlalchemy as sa
 
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url)
-    if url.startswith(("postgresql", "postgres:")):
-        return _postgres_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True)
+    try:
+        if url.startswith("sqlite"):
+            return _sqlite_engine(url)
+        if url.startswith(("postgresql", "postgres:")):
+            return _postgres_engine(url)
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise unusable_url(url, str(exc).split("\n")[0]) from None
+    except ImportError as exc:  # a dialect whose driver is not installed
+        raise unusable_url(url, f"its driver is not installed: {exc}") from None
 
 
 def postgres_url(url: str) -> sa.URL:
@@ -164,8 +198,16 @@ def connect_sqlite(path: str) -> sqlite3.Connection:
     """A connection to a SQLite file set up as the SQLAlchemy engine's are (same
     timeout, same PRAGMAs, transactions begun explicitly), without SQLAlchemy."""
     _make_folder(path)
-    conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
-    _configure(conn)
+    conn = None
+    try:
+        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        _configure(conn)
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        if "locked" in str(exc):  # (busy for a minute: not a setting's fault)
+            raise
+        raise not_a_database(path, exc) from None
     return conn
 
 
@@ -211,6 +253,13 @@ def _connect(engine: sa.Engine) -> sa.Connection:
     """A connection; a PostgreSQL server that can't be reached is a ``ConfigError``."""
     import sqlalchemy as sa
 
+    if engine.dialect.name == "sqlite":
+        try:
+            return engine.connect()
+        except sa.exc.DatabaseError as exc:
+            if "locked" in str(exc.orig):
+                raise
+            raise not_a_database(str(engine.url.database), exc.orig or exc) from None
     if engine.dialect.name != "postgresql":
         return engine.connect()
     try:
@@ -220,7 +269,7 @@ def _connect(engine: sa.Engine) -> sa.Connection:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise ConfigError(
             f"cannot connect to the PostgreSQL database {where}: {reason}; check the URL "
-            "(--db or PAPERCRANE_DB), that the server is running and that the database exists"
+            f"({DB_SETTING}), that the server is running and that the database exists"
         ) from None
 
 

@@ -8,7 +8,6 @@ import sqlalchemy as sa
 
 from . import Store
 from .schema import (
-    cache_entries,
     executions,
     task_scopes,
     tasks,
@@ -58,13 +57,7 @@ def list_cache(
 
 
 def clear_cache(store: Store, project: str, domain: str, task_name: str | None = None) -> int:
-    q = cache_entries.delete().where(
-        cache_entries.c.project == project, cache_entries.c.domain == domain
-    )
-    if task_name:
-        q = q.where(cache_entries.c.task_name == task_name)
-    with store.write() as conn:
-        return conn.execute(q).rowcount
+    return store.cache_clear(project=project, domain=domain, task_name=task_name)
 
 
 def projects(store: Store) -> list[str]:

@@ -375,9 +375,10 @@ class Store:
         project: str | None = None,
         domain: str | None = None,
         status: str | None = None,
-        limit: int = 50,
+        limit: int | None = 50,
         before: float | None = None,
         name: str | None = None,
+        id_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
         from .schema import executions, sa
 
@@ -392,6 +393,9 @@ class Store:
             query = query.where(executions.c.name == name)
         if before is not None:
             query = query.where(executions.c.created_at < before)
+        if id_prefix:
+            # Ids are lowercase hex; SQLite's LIKE ignores case and PostgreSQL's does not.
+            query = query.where(executions.c.id.startswith(id_prefix.lower(), autoescape=True))
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -663,12 +667,18 @@ class Store:
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def cache_clear(self, project: str | None = None, task_name: str | None = None) -> int:
+    def cache_clear(
+        self, project: str | None = None, task_name: str | None = None, domain: str | None = None
+    ) -> int:
+        """Delete cache entries: those of ``project``, ``domain`` and ``task_name`` when
+        given (None: any). Returns how many."""
         from .schema import cache_entries
 
         stmt = cache_entries.delete()
         if project:
             stmt = stmt.where(cache_entries.c.project == project)
+        if domain:
+            stmt = stmt.where(cache_entries.c.domain == domain)
         if task_name:
             stmt = stmt.where(cache_entries.c.task_name == task_name)
         with self.write() as conn:

@@ -97,6 +97,15 @@ def test_run_a_task_and_read_its_record(engine: Any) -> None:
     assert state.id in [r["id"] for r in engine.list_executions(limit=100)]
 
 
+def test_an_execution_is_found_by_the_start_of_its_id(engine: Any) -> None:
+    state = run(engine, task("prefixed", "y = 1"), {}).execution
+    assert engine.execution(state.id[:8]).id == state.id
+    assert engine.execution(state.id[:8].upper()).id == state.id
+    for given in (state.id[:3], "zzzz", "0000ffff0000ffff"):
+        with pytest.raises(NotFound, match="give its id or at least 4 of its first"):
+            engine.execution(given)
+
+
 def test_cache_hits_the_second_time(engine: Any) -> None:
     spec = task("cached", "y = x + 1", ("x",))
     first = run(engine, spec, {"x": 1}, cache=True)
@@ -114,6 +123,19 @@ def test_the_cache_lists_newest_first_up_to_a_limit(engine: Any) -> None:
     assert [e["execution_id"] for e in engine.cache_list(task_name="listed", limit=2)] == (
         made[:0:-1]
     )
+
+
+def test_the_cache_is_listed_and_cleared_per_project_and_domain(engine: Any) -> None:
+    spec = task("scoped", "y = x + 1", ("x",))
+    run(engine, spec, {"x": 5}, cache=True)
+    here = {"project": PROJECT, "domain": "development"}
+    (entry,) = engine.cache_list(task_name="scoped", **here)
+    assert (entry["project"], entry["domain"]) == (PROJECT, "development")
+    assert engine.cache_list(task_name="scoped", project=PROJECT, domain="staging") == []
+    assert engine.cache_clear(task_name="scoped", project=PROJECT, domain="staging") == 0
+    assert len(engine.cache_list(task_name="scoped", **here)) == 1
+    assert engine.cache_clear(task_name="scoped", **here) == 1
+    assert engine.cache_list(task_name="scoped", **here) == []
 
 
 def test_failure_keeps_the_users_traceback(engine: Any) -> None:

@@ -338,7 +338,7 @@ def test_a_failed_map_is_reported_with_its_element(home: Path, tmp_path: Path) -
     assert shown["workflow_version"] in table.replace("\n", "")
     # The map's own logs are its elements'; the element fail-fast dropped has none.
     whole = papercrane(home, "logs", execution["id"], "inv")
-    assert whole.returncode == 2 and "'inv' is a map: each element has its own logs" in whole.stderr
+    assert whole.returncode == 1 and "'inv' is a map: each element has its own logs" in whole.stderr
     dropped = papercrane(home, "logs", execution["id"], "inv[2]")
     assert "inv[2] never ran: the map stopped before it started" in dropped.stderr
     unknown = papercrane(home, "logs", execution["id"], "inv[7]")

@@ -316,4 +316,5 @@ def test_an_id_that_is_no_id_is_an_unknown_execution(server: ServerProcess, tmp_
     for args in (["executions", "show", "nope"], ["logs", "nope", "x"], ["recover", "nope"]):
         r = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True)
         assert r.returncode != 0
-        assert r.stderr.strip().splitlines()[-1] == "Error: no execution 'nope'", r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: no execution 'nope'; give its id or at least 4"), r.stderr

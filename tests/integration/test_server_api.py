@@ -664,7 +664,7 @@ BAD_REQUESTS = {
         {},
         422,
         "query parameter 'stauts': not a parameter of this route "
-        "(it takes: before, limit, name, status)",
+        "(it takes: before, id_prefix, limit, name, status)",
     ),
     "a cursor that is not a time": (
         "GET",

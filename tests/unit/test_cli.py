@@ -67,11 +67,18 @@ def test_logs_and_cache(home: Path) -> None:
         0,
         {"execution_id": first, "node": "hello", "attempt": 1, "stream": "stdout", "text": "hi\n"},
     )
+    # A missing node is a missing object, as a missing execution is: exit 1 both.
     code, out = cli(home, "logs", first, "nope")
-    assert code == 2 and "no node 'nope'" in out and "hello" in out
+    assert code == 1 and "no node 'nope'" in out and "hello" in out and "Usage" not in out
+    code, out = cli(home, "logs", "ffffffff", "hello")
+    assert code == 1 and "no execution 'ffffffff'" in out
     entries = json.loads(cli(home, "cache", "list", "--json")[1])
     assert [e["task_name"] for e in entries] == ["hello"]
-    assert json.loads(cli(home, "cache", "clear", "--task", "hello", "--json")[1]) == {"cleared": 1}
+    assert json.loads(cli(home, "cache", "clear", "--task", "hello", "--json")[1]) == {
+        "cleared": 1,
+        "project": "default",
+        "domain": "development",
+    }
 
 
 def test_unknown_execution_is_a_clean_error(home: Path) -> None:
@@ -138,7 +145,7 @@ def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path:
     shown = json.loads(cli(tmp_path, "executions", "show", execution_id, "--json")[1])
     assert len([n for n in shown["nodes"] if n.startswith("inv[")]) == 90
     code, out = cli(tmp_path, "logs", execution_id, "inv[200]")
-    assert code == 2 and "nodes: inv, inv[0..89]" in out  # not 91 names
+    assert code == 1 and "nodes: inv, inv[0..89]" in out  # not 91 names
     # The map's list is collected from its elements: it names no attempt (not "attempt 0").
     code, tree = cli(tmp_path, "lineage", shown["nodes"]["inv"]["outputs"]["out"])
     assert f"<- inv @ {spec.version()[:12]}  (execution {execution_id})" in tree
@@ -185,13 +192,13 @@ def test_cache_list_shows_the_newest_up_to_a_limit(tmp_path: Path) -> None:
 def test_max_parallel_below_one_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = cli(home, "recover", "whatever", "--max-parallel", "0")
     assert code == 2 and "'--max-parallel': 0 is not in the range x>=1" in out
-    for args in (
-        ("executions", "list", "--limit", "-2"),  # (SQLite took it as no limit at all)
-        ("logs", "x", "y", "--attempt", "0"),  # (it read the last attempt instead)
-        ("server", "--max-running", "0"),  # (it was ignored)
+    for args, least in (
+        (("executions", "list", "--limit", "-2"), 0),  # (SQLite took it as no limit at all)
+        (("logs", "x", "y", "--attempt", "0"), 1),  # (it read the last attempt instead)
+        (("server", "--max-running", "0"), 1),  # (it was ignored)
     ):
         code, out = cli(home, *args)
-        assert code == 2 and "is not in the range x>=1" in out, args
+        assert code == 2 and f"is not in the range x>={least}" in out, args
     from papercrane.backend.errors import ConfigError
     from papercrane.config import Papercrane
 
@@ -257,10 +264,10 @@ def test_tables_piped_into_a_file_are_never_cut(home: Path) -> None:
     assert makers and all(m in cached.output for m in makers)
 
 
-def _in_terminal(home: Path, *args: str) -> str:
+def _in_terminal(home: Path, *args: str, columns: int = 80) -> str:
     """What a terminal 80 columns wide shows (rich's TTY_COMPATIBLE: a terminal without
     one), its bold headers' escapes removed."""
-    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": "80"}
+    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": str(columns)}
     out = CliRunner().invoke(main, ["--home", str(home), *args], env=terminal).output
     return re.sub(r"\x1b\[[0-9;]*m", "", out)
 
@@ -290,7 +297,10 @@ def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
         0,
         "no executions with --project nope\n",
     )
-    assert cli(home, "cache", "list", "--task", "nope") == (0, "no cache entries for task 'nope'\n")
+    assert cli(home, "cache", "list", "--task", "nope") == (
+        0,
+        "no cache entries with --task nope\n",
+    )
     empty = tmp_path / "empty-home"
     assert cli(empty, "executions", "list") == (0, "no executions yet\n")
 
@@ -361,3 +371,285 @@ def test_executions_list_by_name(home: Path) -> None:
         0,
         "no executions with --status failed --name nope\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["db", "upgrade", "--url", "bogus://x"], {}, "URL 'bogus://x' from PAPERCRANE_DB"),
+        (["executions", "list"], {"PAPERCRANE_DB": "bogus://x"}, "database URL 'bogus://x'"),
+        (["executions", "list"], {"PAPERCRANE_DB": "no-url"}, "database URL 'no-url'"),
+        (["executions", "list"], {"PAPERCRANE_STORAGE": "bogus://x"}, "storage URL 'bogus://x'"),
+        (["cache", "list"], {"PAPERCRANE_DB": "sqlite:///{notes}"}, "database file {notes}"),
+        (["db", "upgrade", "--url", "sqlite:///{notes}"], {}, "database file {notes}"),
+    ],
+)
+def test_an_unusable_database_or_storage_setting_is_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], said: str
+) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n")
+    args = [a.format(notes=notes) for a in args]
+    env = {k: v.format(notes=notes) for k, v in env.items()}
+    result = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), *args], env=env)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert said.format(notes=notes) in lines[0]
+    setting = "PAPERCRANE_STORAGE" if "STORAGE" in str(env) else "PAPERCRANE_DB"
+    assert setting in lines[0] and "PAPERCRANE_HOME" in lines[0]
+
+
+def _cached_in(home: Path, project: str, domain: str = "development") -> None:
+    engine = LocalEngine(Config(home=home))
+    spec = TaskSpec(name="prepare", code="y = 1", inputs=(), outputs=("y",))
+    cfg = TaskConfig(executor="inline", cache=True)
+    engine.run_task(
+        RunRequest(spec=spec, config=cfg, inputs={}, values={}, project=project, domain=domain)
+    )
+    engine.close()
+
+
+def test_cache_list_and_clear_take_a_project_and_domain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for project, domain in (("pricing", "development"), ("ranking", "development")):
+        _cached_in(tmp_path, project, domain)
+    _cached_in(tmp_path, "pricing", "staging")
+    monkeypatch.delenv("PAPERCRANE_PROJECT", raising=False)
+    monkeypatch.delenv("PAPERCRANE_DOMAIN", raising=False)
+
+    def scopes(*args: str) -> list[tuple[str, str]]:
+        code, out = cli(tmp_path, "cache", "list", "--task", "prepare", *args, "--json")
+        assert code == 0, out
+        return sorted((r["project"], r["domain"]) for r in json.loads(out))
+
+    assert scopes() == [
+        ("pricing", "development"),
+        ("pricing", "staging"),
+        ("ranking", "development"),
+    ]
+    assert scopes("--project", "pricing") == [("pricing", "development"), ("pricing", "staging")]
+    assert scopes("--project", "pricing", "--domain", "staging") == [("pricing", "staging")]
+    # Rows of several projects say which is which; one project is said once, below.
+    out = cli(tmp_path, "cache", "list", "--task", "prepare")[1]
+    assert "project/domain" in out and "ranking/development" in out
+    out = cli(tmp_path, "cache", "list", "--project", "ranking")[1]
+    assert "project/domain" not in out and out.rstrip().endswith("in ranking/development")
+
+    # Clearing is scoped: to --project/--domain, else $PAPERCRANE_PROJECT/DOMAIN.
+    code, out = cli(tmp_path, "cache", "clear", "--task", "prepare", "--project", "pricing")
+    assert (code, out) == (
+        0,
+        "cleared 1 cache entry of task 'prepare' in project pricing in domain development\n",
+    )
+    assert scopes() == [("pricing", "staging"), ("ranking", "development")]
+    result = CliRunner().invoke(
+        main,
+        ["--home", str(tmp_path), "cache", "clear", "--json"],
+        env={"PAPERCRANE_PROJECT": "ranking"},
+    )
+    assert json.loads(result.output) == {
+        "cleared": 1,
+        "project": "ranking",
+        "domain": "development",
+    }
+    assert scopes() == [("pricing", "staging")]
+    # '*' (as for an operator's token) stands for every project or domain.
+    code, out = cli(tmp_path, "cache", "clear", "--project", "*", "--domain", "*")
+    assert (code, out) == (0, "cleared 1 cache entry in every project in every domain\n")
+    assert scopes() == []
+    code, out = cli(tmp_path, "cache", "clear", "--project", "no way")
+    assert code == 1
+    assert "project 'no way' is not usable" in out and "--project" in out
+
+
+def test_an_execution_is_found_by_the_start_of_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    # Ids are random: these are chosen so that two share their first five characters.
+    ids = iter(["645a1000aaaa0001", "9ea5c000bbbb0002", "9ea5d000cccc0003"])
+    monkeypatch.setattr(LocalEngine, "new_execution_id", staticmethod(lambda: next(ids)))
+    flag = tmp_path / "fixed"
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="make", code="print('made x')\nx = 1", inputs=(), outputs=("x",))
+    b = TaskSpec(
+        name="check",
+        code=f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
+        inputs=("x",),
+        outputs=("y",),
+    )
+    spec = assemble("wf", [CellTask(task=a, config=cfg), CellTask(task=b, config=cfg)])
+    with pytest.raises(WorkflowFailed):
+        engine.run_workflow(WorkflowRequest(spec=spec, params={}, param_values={}))
+    hello = TaskSpec(name="hello", code="print('hi')", inputs=(), outputs=())
+    for _ in range(2):
+        engine.run_task(RunRequest(spec=hello, config=cfg, inputs={}, values={}))
+    engine.close()
+
+    code, out = cli(tmp_path, "executions", "show", "645a", "--json")
+    assert code == 0 and json.loads(out)["id"] == "645a1000aaaa0001"
+    assert cli(tmp_path, "logs", "645A", "make") == (0, "made x\n")
+    assert cli(tmp_path, "executions", "logs", "9ea5c", "hello")[1] == "hi\n"
+    # Too short to look for, or the start of no id: the error says what to give.
+    for given in ("645", "ffff"):
+        code, out = cli(tmp_path, "executions", "show", given)
+        assert code == 1
+        assert f"no execution '{given}'; give its id or at least 4 of its first" in out
+    # The start of several: they are listed.
+    code, out = cli(tmp_path, "logs", "9ea5", "hello")
+    assert code == 1
+    assert "'9ea5' is the start of several executions' ids" in out
+    assert "9ea5c000bbbb0002" in out and "9ea5d000cccc0003" in out
+    # recover takes one too, and reports the id it recovered whole.
+    flag.write_text("ok")
+    ids = iter(["77770000dddd0004"])
+    code, out = cli(tmp_path, "recover", "645a1", "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    assert (data["recovered_from"], data["status"]) == ("645a1000aaaa0001", "succeeded")
+
+
+def test_a_recovery_that_fails_prints_its_execution_and_traceback(tmp_path: Path) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="first", code="x = 1", inputs=(), outputs=("x",))
+    b = TaskSpec(
+        name="second", code="raise ValueError(f'boom at {x - 1}')", inputs=("x",), outputs=("y",)
+    )
+    c = TaskSpec(name="third", code="z = y", inputs=("y",), outputs=("z",))
+    tasks = [CellTask(task=t, config=cfg) for t in (a, b, c)]
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(WorkflowRequest(spec=assemble("wf", tasks), params={}, param_values={}))
+    engine.close()
+    origin = failed.value.execution_id
+
+    # For scripts: the new execution's id, status and failure on stdout, and exit 1.
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "recover", origin, "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["status"] == "failed" and data["recovered_from"] == origin
+    assert data["id"] != origin and len(data["id"]) == 16
+    assert data["nodes"] == {"first": "recovered", "second": "failed", "third": "skipped"}
+    error = data["failed"]["second"]["error"]
+    assert (error["type"], error["message"]) == ("ValueError", "boom at 0")
+    assert data["failed"]["second"]["attempts"] == 1
+    assert "raise ValueError" in error["traceback"]
+    # For people: the failing task, its attempt and the user's traceback, as `run` says.
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "recover", data["id"]])
+    assert result.exit_code == 1
+    again = json.loads(cli(tmp_path, "executions", "list", "--json")[1])[0]["id"]
+    assert f"execution {again}: failed" in result.stderr
+    assert f"task 'second' failed in execution {again}, attempt 1" in result.stderr
+    assert "raise ValueError(f'boom at {x - 1}')" in result.stderr
+    assert "ValueError: boom at 0" in result.stderr
+    assert f"recover with: papercrane recover {again}" in result.stderr
+    assert "papercrane/backend" not in result.stderr  # the user's frames only
+
+
+def test_executions_show_prints_the_tracebacks_of_failed_tasks(home: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    failed, ok = rows[0]["id"], rows[-1]["id"]
+    code, out = cli(home, "executions", "show", failed)
+    assert code == 0
+    table, _, below = out.partition(f"task 'bad' failed in execution {failed}, attempt 1")
+    assert "ZeroDivisionError: division by zero" in table  # (its line in the table)
+    assert "Traceback (most recent call last)" in below
+    assert 'File "<task bad>"' in below
+    assert below.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "Traceback" not in cli(home, "executions", "show", ok)[1]
+    # The help shows options as people type them, not reStructuredText.
+    assert "``" not in cli(home, "executions", "show", "--help")[1]
+    result = CliRunner().invoke(main, ["--home", str(home), "logs", failed, "bad", "--stderr"])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "it failed with ZeroDivisionError: division by zero" in result.stderr
+    assert f"Its traceback: papercrane executions show {failed}" in result.stderr
+
+
+def test_tables_in_a_60_column_terminal_stay_readable(home: Path) -> None:
+    """ids and times whole, names folded but no narrower than 14 characters: the least
+    needed columns are left out first, and the caption says so."""
+    _with_long_name(home)
+    ids = [r["id"] for r in json.loads(cli(home, "executions", "list", "--json")[1])]
+    out = _in_terminal(home, "executions", "list", columns=60)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 60
+    header = lines[1]
+    assert "name" in header and "status" in header and "…" not in out
+    assert all(i in out for i in ids)
+    assert LONG_NAME[:14] in out and "succeeded" in out
+    assert "duration left out for the width: see --json" in out
+
+    out = _in_terminal(home, "cache", "list", columns=60)
+    assert max(len(line) for line in out.splitlines()) <= 60
+    assert LONG_NAME[:14] in out and "hello" in out and "…" not in out
+    makers = {r["execution_id"] for r in json.loads(cli(home, "cache", "list", "--json")[1])}
+    assert all(m in out for m in makers)
+
+    made = next(
+        i
+        for i, r in zip(ids, json.loads(cli(home, "executions", "list", "--json")[1]))
+        if r["name"] == LONG_NAME
+    )
+    out = _in_terminal(home, "executions", "show", made, columns=60)
+    assert max(len(line) for line in out.splitlines()) <= 60
+    assert LONG_NAME[:14] in out and "succeeded" in out and "…" not in out
+
+
+def test_logs_of_a_skipped_node_say_it_was_skipped_and_why(tmp_path: Path) -> None:
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name="second", code="raise ValueError('boom')\ny = 1", inputs=(), outputs=("y",))
+    b = TaskSpec(name="third", code="z = y", inputs=("y",), outputs=("z",))
+    tasks = [CellTask(task=t, config=cfg) for t in (a, b)]
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(WorkflowRequest(spec=assemble("wf", tasks), params={}, param_values={}))
+    engine.close()
+    code, out = cli(tmp_path, "logs", failed.value.execution_id, "third")
+    assert code == 1
+    assert f"'third' was skipped in {failed.value.execution_id}: it never ran" in out
+    assert "no logs; the execution stopped at an earlier failure" in out  # (its event's reason)
+    assert "made its outputs" not in out
+
+
+def test_polish_of_limits_options_and_empty_listings(home: Path, tmp_path: Path) -> None:
+    rows = json.loads(cli(home, "executions", "list", "--limit", "0", "--json")[1])
+    assert len(rows) == 3  # 0 is all, as for cache list
+    assert len(json.loads(cli(home, "executions", "list", "--limit", "1", "--json")[1])) == 1
+    # db upgrade takes --db, as token and server do, and still --url.
+    for option in ("--db", "--url"):
+        url = f"sqlite:///{tmp_path / option[2:]}.db"
+        code, out = cli(home, "db", "upgrade", option, url)
+        assert code == 0 and out.startswith("schema at revision"), out
+    help_text = cli(home, "db", "upgrade", "--help")[1]
+    assert "$PAPERCRANE_DB" in help_text
+    assert cli(tmp_path / "fresh", "token", "list") == (
+        0,
+        "no tokens yet (papercrane token create --project P)\n",
+    )
+
+
+def test_an_artifact_too_short_to_look_for_says_how_long(home: Path) -> None:
+    show = json.loads(cli(home, "executions", "list", "--json")[1])[-1]["id"]
+    (artifact,) = json.loads(cli(home, "executions", "show", show, "--json")[1])["nodes"]["hello"][
+        "outputs"
+    ].values()
+    assert cli(home, "lineage", artifact[:6])[0] == 0
+    code, out = cli(home, "lineage", artifact[:5])
+    assert code == 1
+    assert f"no artifact '{artifact[:5]}'; give its id or at least 6 of its first" in out
+    code, out = cli(home, "lineage", "best")
+    assert code == 1 and "papercrane executions show EXECUTION --json" in out
