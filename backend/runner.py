@@ -197,13 +197,20 @@ def _compiled(name: str, code: str, first_line: int, display_last: bool) -> tupl
     return compile(tree, filename, "exec"), last
 
 
+#: The code each task's ``<task NAME>`` lines in ``linecache`` were made from.
+_SHOWN: dict[str, str] = {}
+
+
 def run_code(spec: TaskSpec, ns: dict[str, Any]) -> Any:
     """Execute the cell in ``ns``; return the value of a final expression, if any."""
     filename = cell_filename(spec.name)
-    if filename not in linecache.cache:
+    if filename not in linecache.cache or _SHOWN.get(filename) is not spec.code:
+        # (the same name with other code, in a kernel that ran the cell before it was
+        # edited: its traceback must show the lines that ran, not the old cell's)
         header = ["\n"] * (spec.first_line - 1)
         lines = header + spec.code.splitlines(True)
         linecache.cache[filename] = (len(spec.code), None, lines, filename)
+        _SHOWN[filename] = spec.code
     for other, (_, text) in spec.sources.items():
         if other != filename and text and other not in linecache.cache:
             linecache.cache[other] = (len(text), None, text.splitlines(True), other)

@@ -467,3 +467,21 @@ def test_an_inline_timeout_names_its_error_as_a_local_one_does(engine: LocalEngi
         run(engine, "import time\ntime.sleep(5)", {}, timeout=0.2)
     last = info.value.traceback_text.rstrip().splitlines()[-1]
     assert last == "TaskTimeout: task 't' ran longer than its timeout of 0.2 s and was stopped"
+
+
+def test_a_task_run_again_with_other_code_shows_its_own_lines_in_tracebacks() -> None:
+    """The kernel runs an edited cell under the same task name: its traceback must show
+    the lines that ran, not the lines of the cell as it was before."""
+    import traceback
+
+    from papercrane.backend.runner import run_code
+
+    first = TaskSpec(name="edited", code="x = 1\nraise ValueError('a')", inputs=(), outputs=())
+    with pytest.raises(ValueError):
+        run_code(first, {})
+    code = "z = 5\nw = 6\nraise ValueError('b')"
+    second = TaskSpec(name="edited", code=code, inputs=(), outputs=())
+    with pytest.raises(ValueError) as raised:
+        run_code(second, {})
+    text = "".join(traceback.format_exception(raised.value))
+    assert "line 4" in text and "raise ValueError('b')" in text
