@@ -7,6 +7,7 @@ store under ``PAPERCRANE_HOME`` unless ``--home`` says otherwise.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -569,6 +570,20 @@ def executions_logs(
     )
 
 
+def _run_where_it_ran(source: Any) -> None:
+    """Recover in the folder the execution ran in: its tasks read and write files
+    relative to it (a notebook's ``open('data.csv')``), and a recovery from another
+    shell must find them. Only for an execution whose runner was on this machine."""
+    import socket
+
+    where = (source.runner or {}).get("cwd")
+    if not where or (source.runner or {}).get("host") != socket.gethostname():
+        return
+    if os.path.isdir(where) and os.path.realpath(where) != os.path.realpath(os.getcwd()):
+        os.chdir(where)
+        click.echo(f"running in {where}, where execution {source.id} ran", err=True)
+
+
 @main.command()
 @click.argument("execution_id")
 @click.option(
@@ -588,6 +603,7 @@ def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> N
     from .errors import TaskFailed, WorkflowFailed
 
     source = obj.engine.execution(execution_id)  # (its id whole, from the start of it)
+    _run_where_it_ran(source)
     try:
         state = obj.engine.recover(source.id, max_parallel=max_parallel, want_values=False)
         state = state.execution
@@ -616,9 +632,9 @@ def recover(obj: _Ctx, execution_id: str, max_parallel: int, as_json: bool) -> N
     if as_json:
         _emit(data, True, lambda: summary)
     else:
-        from rich.console import Console
+        from .terminal import console
 
-        err = Console(stderr=True)
+        err = console(stderr=True)
         err.print(summary, markup=False, highlight=False)
         for name, node in failed:
             for part in node_failure(name, node, state.id):

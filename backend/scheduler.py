@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -501,6 +502,8 @@ class WorkflowRun:
             payload["recovered_from"] = self.recover_from.id
         if engine.runs_in_process:
             payload["runner"] = this_process()
+            with suppress(OSError):  # where its local attempts run, for a recover to run there
+                payload["runner"] = {**payload["runner"], "cwd": os.getcwd()}
         self.emit(K.EXECUTION_CREATED, **payload)
         for n in spec.nodes:
             self.emit(K.NODE_QUEUED, n.id, cache=n.config.cache, map=bool(n.map))

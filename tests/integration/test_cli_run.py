@@ -924,3 +924,25 @@ def test_the_written_notebook_shows_what_the_final_flush_ran(home: Path, tmp_pat
     assert "ZeroDivisionError" in error.evalue
     banner = nb.cells[0].source
     assert f"In [{added.execution_count}]" in banner, banner
+
+
+def test_recover_runs_in_the_folder_the_execution_ran_in(home: Path, tmp_path: Path) -> None:
+    """A task that reads a file beside its notebook, recovered from another shell's
+    folder, finds it: recover runs where the execution ran."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    src = write_notebook(
+        folder / "relfile.ipynb",
+        "%load_ext papercrane",
+        "%%task load\ntext = open('data.txt').read()",
+        "print(text)",
+    )
+    result = papercrane(home, "run", str(src), "-q", cwd=folder)
+    assert result.returncode == 1 and "FileNotFoundError" in result.stderr
+    (failed,) = executions(home)
+    (folder / "data.txt").write_text("found")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    recovered = papercrane(home, "recover", failed["id"], cwd=elsewhere)
+    assert recovered.returncode == 0, recovered.stderr
+    assert f"running in {folder}, where execution {failed['id']} ran" in recovered.stderr
