@@ -797,7 +797,21 @@ def server(
         **({"max_running": max_running} if max_running else {}),
         **({"max_upload": max_upload} if max_upload else {}),
     )
+    _check_server_settings(settings)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _check_server_settings(settings: Any) -> None:
+    """Open the database and the storage once before serving: a bad --db or --storage
+    is then one line here, not a traceback from inside the server's start-up."""
+    from .storage import Storage
+    from .store import Store
+
+    try:
+        Store(settings.db_url).close()
+        Storage(settings.storage_for("default", "development"))
+    except PapercraneError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

@@ -400,6 +400,21 @@ def test_an_unusable_database_or_storage_setting_is_one_line(
     assert setting in lines[0] and "PAPERCRANE_HOME" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [("--db", "database URL 'bogus://x'"), ("--storage", "storage URL 'bogus://x")],
+)
+def test_a_server_with_an_unusable_setting_says_so_before_it_serves(
+    tmp_path: Path, option: str, said: str
+) -> None:
+    pytest.importorskip("uvicorn")
+    args = ["--home", str(tmp_path / "home"), "server", "--port", "1", option, "bogus://x"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and said in lines[0]
+
+
 def _cached_in(home: Path, project: str, domain: str = "development") -> None:
     engine = LocalEngine(Config(home=home))
     spec = TaskSpec(name="prepare", code="y = 1", inputs=(), outputs=("y",))
