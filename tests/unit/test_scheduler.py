@@ -4,6 +4,7 @@ failure policies, recovery, lineage."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -336,7 +337,8 @@ def test_the_records_of_a_cached_map_are_exactly_these(engine: LocalEngine) -> N
             "kind": "workflow", "project": "default", "domain": "development", "name": "wf",
             "inputs": {"xs": params["xs"].id, "w": params["w"].id},
             "workflow_version": spec.version(), "config": config,
-            "runner": owner.this_process(),  # (the process that runs it: this one)
+            # (the process that runs it, this one, and the folder its attempts run in)
+            "runner": {**owner.this_process(), "cwd": os.getcwd()},
         }),
         ("node_queued", "m", 0, {"cache": True, "map": True}),
         ("map_expanded", "m", 0, {"elements": 3}),
