@@ -431,6 +431,7 @@ class PapercraneMagics(Magics):
             if target not in ("on", "off"):
                 raise UserError(f"%workflow defer {target}: use on or off")
             if target == "off":
+                wf.defer_override = False  # (off even if the tasks it runs now fail)
                 wf.flush()
             wf.defer_override = target == "on"
         else:

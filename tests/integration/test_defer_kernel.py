@@ -138,3 +138,12 @@ def test_two_deferred_cells_with_one_task_name_both_run(kernel: Kernel) -> None:
     kernel.run("%%task dup --executor inline\na = x + 1").ok()
     kernel.run("%%task dup --executor inline\nb = x + 2").ok()
     assert kernel.run("print(a, b)").ok().stdout.split() == ["2", "3"]
+
+
+def test_defer_off_is_off_even_when_the_tasks_it_runs_fail(kernel: Kernel) -> None:
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task bad --executor inline\nx = 1 / 0").ok()  # deferred
+    assert kernel.run("%workflow defer off").status == "error"  # runs it: it fails
+    r = kernel.run("%%task good --executor inline\ny = 2").ok()
+    assert "deferred" not in r.widget.get("text/plain", ""), r.widget
+    assert kernel.run("print(y)").ok().stdout.strip() == "2"
