@@ -475,8 +475,11 @@ class RemoteEngine(EngineAPI):
         self._check(response)
         return response.text
 
-    def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:
-        return self._req("GET", f"{self._scope}/artifacts/{artifact_id}/lineage")
+    def lineage(
+        self, artifact_id: str, depth: int = 30, via: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        params = {"execution": via["execution"], "node": via["node"]} if via else None
+        return self._req("GET", f"{self._scope}/artifacts/{artifact_id}/lineage", params=params)
 
     def has_lineage(self, artifact_id: str) -> bool:
         try:

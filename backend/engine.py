@@ -667,14 +667,23 @@ class LocalEngine(EngineAPI):
         return self.store.cache_clear(project=project, domain=domain, task_name=task_name)
 
     # -- lineage --------------------------------------------------------------------------
-    def lineage(self, artifact_id: str, depth: int = 30) -> dict[str, Any]:
+    def lineage(
+        self, artifact_id: str, depth: int = 30, via: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """The chain that produced an artifact: the attempt that made it, that attempt's
         inputs, their producers, and so on. An input is followed only to the attempt it
         really came from (an upstream node, or the execution that produced a notebook
-        variable); a value typed into the notebook ends the chain."""
+        variable); a value typed into the notebook ends the chain.
+
+        ``via``: the execution and node a notebook variable was bound from. Equal values
+        are one artifact, which several tasks may have produced (``p = n + 7`` and ``q =
+        m + 5``, both 12): the variable's lineage is the one it came from, not the last."""
         ref = self.artifact(artifact_id)
         producers = self.store.producers(ref.id, self.scope_project)
-        return self._lineage(ref, "", producers[-1] if producers else None, depth, set())
+        producer = producers[-1] if producers else None
+        if via and via.get("execution") and via.get("node"):
+            producer = _producer_in(producers, via["execution"], via["node"]) or producer
+        return self._lineage(ref, "", producer, depth, set())
 
     def _lineage(
         self,
@@ -707,17 +716,27 @@ class LocalEngine(EngineAPI):
                 continue
             upstream = None
             if source.get("execution") and source.get("node"):
-                upstream = next(
-                    (
-                        p
-                        for p in self.store.producers(input_ref.id, self.scope_project)
-                        if p["execution_id"] == source["execution"]
-                        and p["node"].partition("[")[0] == source["node"]
-                    ),
-                    None,
+                upstream = _producer_in(
+                    self.store.producers(input_ref.id, self.scope_project),
+                    source["execution"],
+                    source["node"],
                 )
             node["inputs"].append(self._lineage(input_ref, input_name, upstream, depth - 1, seen))
         return node
+
+
+def _producer_in(
+    producers: list[dict[str, Any]], execution: str, node: str
+) -> dict[str, Any] | None:
+    """The producer row of ``execution``'s ``node`` (or one of its map elements)."""
+    return next(
+        (
+            p
+            for p in producers
+            if p["execution_id"] == execution and p["node"].partition("[")[0] == node
+        ),
+        None,
+    )
 
 
 __all__ = ["LocalEngine", "WorkflowRequest", "cache_key", "element_cache_keys", "Status"]

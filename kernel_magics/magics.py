@@ -456,8 +456,8 @@ class PapercraneMagics(Magics):
         session = self.session
         if variable in session.workflow.pending_outputs():
             session.workflow.flush()  # batch mode: the value comes from a deferred task
-        artifact_id = session.artifact_of(variable)
-        tree = session.engine.lineage(artifact_id)
+        artifact_id, origin = session.artifact_of(variable)
+        tree = session.engine.lineage(artifact_id, via=origin)
         display(lineage_display(tree, variable))
 
 

@@ -114,9 +114,11 @@ class Session:
         self.records: dict[str, CellRecord] = {}
         #: Variables bound from task outputs: name -> (id of the object, artifact id).
         self.bound: dict[str, tuple[int, str]] = {}
-        #: Which execution and node produced an artifact this session bound: a later task
-        #: reading that variable records it as its input's source (for lineage).
-        self.provenance: dict[str, dict[str, str]] = {}
+        #: Which execution and node produced the value each variable was bound from: a
+        #: later task reading it records that as its input's source, and %lineage starts
+        #: there. Per name, not per artifact: equal values are one artifact, which
+        #: several tasks may have produced.
+        self.origins: dict[str, dict[str, str]] = {}
         from .notebook import NotebookWorkflow
 
         self.workflow = NotebookWorkflow(self)
@@ -337,11 +339,13 @@ class Session:
         ns = self.shell.user_ns
         for name, ref in outputs.items():
             self._known[ref.id] = ref
-            if origin:
-                self.provenance[ref.id] = origin
             if name in values:
                 ns[name] = values[name]
                 self.bound[name] = (id(values[name]), ref.id)
+                if origin:
+                    self.origins[name] = origin
+                else:
+                    self.origins.pop(name, None)
         for name, ref in references.items():
             ns[name] = resolve_reference(ref)
         for name in deleted:
@@ -362,32 +366,34 @@ class Session:
                 and bound[1] == ref.id
                 and name in values
                 and id(values[name]) == bound[0]
-                and ref.id in self.provenance
+                and name in self.origins
             ):
-                found[name] = self.provenance[ref.id]
+                found[name] = self.origins[name]
         return found
 
     # -- lineage --------------------------------------------------------------------------
-    def artifact_of(self, name: str) -> str:
-        """The artifact id of a notebook variable's current value."""
+    def artifact_of(self, name: str) -> tuple[str, dict[str, str] | None]:
+        """The artifact of a notebook variable's value, and the execution and node it
+        was bound from. Only a value a task produced has lineage: one typed in by hand
+        has none, even if it equals some task's output (``12`` is one artifact)."""
         from papercrane.backend.errors import UserError
 
         ns = self.shell.user_ns
         if name not in ns:
             raise UserError(f"there is no variable {name!r} in the notebook")
         value = ns[name]
+        known = self.bound.get(name)
+        not_made = UserError(
+            f"{name!r} was not produced by a task (or was changed since): it has no lineage"
+        )
+        if known is None or known[0] != id(value):
+            raise not_made
         # Always hash what the variable holds now: the bound object itself may have been
         # changed in place since the task produced it (``a[0] += 1`` in a plain cell).
         try:
             fp = self.engine.artifacts.fingerprinter().value(value)
         except Exception:
             fp = ""
-        known = self.bound.get(name)
-        if fp and known is not None and known == (id(value), fp):
-            return fp
-        ref = self.engine.find_artifact(fp) if fp else None
-        if ref is None or not self.engine.has_lineage(ref.id):
-            raise UserError(
-                f"{name!r} was not produced by a task (or was changed since): it has no lineage"
-            )
-        return ref.id
+        if not fp or fp != known[1]:
+            raise not_made
+        return fp, self.origins.get(name)

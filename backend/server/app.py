@@ -554,10 +554,19 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         responses=_errors(404),
     )
     def lineage(
-        project: Project, domain: Domain, artifact_id: ObjectId, service: Svc, who: Reader
+        project: Project,
+        domain: Domain,
+        artifact_id: ObjectId,
+        service: Svc,
+        who: Reader,
+        execution: str | None = None,
+        node: str | None = None,
     ) -> dict[str, Any]:
+        """``execution`` and ``node``: where the caller's value came from, when several
+        attempts produced equal values (the same artifact)."""
         engine, ref = artifact_in(service, project, domain, artifact_id)
-        return _own(service, project, domain, engine.lineage(ref.id))
+        via = {"execution": execution, "node": node} if execution and node else None
+        return _own(service, project, domain, engine.lineage(ref.id, via=via))
 
     # -- cache ----------------------------------------------------------------------------
     @r.get(f"{base}/cache", response_model=list[m.CacheEntryOut], tags=["cache"])

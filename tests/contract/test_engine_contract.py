@@ -238,3 +238,14 @@ def test_recover_onto_the_edited_workflow_runs_what_changed(engine: Any, tmp_pat
     assert result.execution.recovered_from == failed.value.execution_id
     with pytest.raises(UserError, match="parameter.*m.*%workflow run"):
         engine.recover(failed.value.execution_id, workflow=workflow("y = x // 2 + m", ("x", "m")))
+
+
+def test_lineage_of_an_artifact_two_tasks_made_follows_the_one_asked_for(engine: Any) -> None:
+    first = run(engine, task("twelve_a", "y = n + 7", ("n",)), {"n": 5})
+    second = run(engine, task("twelve_b", "y = m + 5", ("m",)), {"m": 7})
+    artifact = first.outputs["y"].id
+    assert second.outputs["y"].id == artifact  # equal values: one artifact
+    latest = engine.lineage(artifact)["producer"]
+    assert latest["task_name"] == "twelve_b"
+    via = {"execution": first.execution.id, "node": "twelve_a"}
+    assert engine.lineage(artifact, via=via)["producer"]["task_name"] == "twelve_a"

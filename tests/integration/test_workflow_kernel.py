@@ -321,6 +321,24 @@ def test_lineage_of_a_three_step_workflow(kernel: Kernel) -> None:
     assert r.status == "error" and "not produced by a task" in r.error["evalue"]
 
 
+def test_lineage_of_equal_values_is_the_one_each_variable_came_from(kernel: Kernel) -> None:
+    """12 made by two tasks is one artifact: each variable's lineage is its own task's,
+    and a 12 typed by hand has none."""
+    kernel.run("n = 5\nm = 7").ok()
+    kernel.run("%%task first --executor inline\np = n + 7").ok()
+    kernel.run("%%task second --executor inline\nq = m + 5").ok()
+    kernel.run("%%task third --executor inline\nr = p * 2").ok()
+    shown = kernel.run("%lineage p").ok().displays[-1]["text/plain"]
+    assert "<- first @" in shown and "second" not in shown, shown
+    shown = kernel.run("%lineage q").ok().displays[-1]["text/plain"]
+    assert "<- second @" in shown and "first" not in shown, shown
+    shown = kernel.run("%lineage r").ok().displays[-1]["text/plain"]  # r's input p: first's
+    assert "<- third @" in shown and "<- first @" in shown and "second" not in shown, shown
+    kernel.run("typed = 12").ok()
+    r = kernel.run("%lineage typed")
+    assert r.status == "error" and "not produced by a task" in r.error["evalue"]
+
+
 def test_config_sets_project(kernel: Kernel, home: Path) -> None:
     kernel.run('%config Papercrane.project = "pricing"').ok()
     kernel.run("%%task p --executor inline\nv = 1").ok()
