@@ -154,17 +154,8 @@ def executions_list(
 
     def table() -> Any:
         if not rows:
-            asked = [
-                f"--{k} {v}"
-                for k, v in (
-                    ("project", project),
-                    ("domain", domain),
-                    ("status", status),
-                    ("name", name),
-                )
-                if v
-            ]
-            return f"no executions{' with ' + ' '.join(asked) if asked else ' yet'}"
+            asked = _asked(project=project, domain=domain, status=status, name=name)
+            return f"no executions{' with ' + asked if asked else ' yet'}"
         caption, column = _scope_caption(rows)
         columns = ["id", "name", "status", "created", "duration"]
         # (in a narrow terminal: the least needed go first)

@@ -15,6 +15,7 @@ from papercrane.backend.config import Config
 from papercrane.backend.engine import LocalEngine
 from papercrane.backend.errors import TaskFailed
 from papercrane.backend.model import TaskConfig, TaskSpec
+from papercrane.backend.workflow import WorkflowSpec
 
 
 @pytest.fixture
@@ -323,24 +324,30 @@ def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home
     assert data["via"] == {"execution_id": hit, "node": "hello", "status": "cached"}
 
 
+def _waiting_for(flag: Path, first: str, second: str) -> WorkflowSpec:
+    """A two-node workflow whose second node fails until ``flag`` exists."""
+    from papercrane.backend.workflow import CellTask, assemble
+
+    cfg = TaskConfig(executor="inline")
+    a = TaskSpec(name=first, code="print('made x')\nx = 1", inputs=(), outputs=("x",))
+    b = TaskSpec(
+        name=second,
+        code=f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
+        inputs=("x",),
+        outputs=("y",),
+    )
+    return assemble("wf", [CellTask(task=a, config=cfg), CellTask(task=b, config=cfg)])
+
+
 def test_logs_of_a_recovered_node_are_those_of_the_execution_it_came_from(
     tmp_path: Path,
 ) -> None:
     from papercrane.backend.engine import WorkflowRequest
     from papercrane.backend.errors import WorkflowFailed
-    from papercrane.backend.workflow import CellTask, assemble
 
     flag = tmp_path / "fixed"
     engine = LocalEngine(Config(home=tmp_path))
-    cfg = TaskConfig(executor="inline")
-    a = TaskSpec(name="a", code="print('made x')\nx = 1", inputs=(), outputs=("x",))
-    b = TaskSpec(
-        name="b",
-        code=f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
-        inputs=("x",),
-        outputs=("y",),
-    )
-    spec = assemble("wf", [CellTask(task=a, config=cfg), CellTask(task=b, config=cfg)])
+    spec = _waiting_for(flag, "a", "b")
     with pytest.raises(WorkflowFailed) as failed:
         engine.run_workflow(WorkflowRequest(spec=spec, params={}, param_values={}))
     flag.write_text("ok")
@@ -484,27 +491,20 @@ def test_an_execution_is_found_by_the_start_of_its_id(
 ) -> None:
     from papercrane.backend.engine import WorkflowRequest
     from papercrane.backend.errors import WorkflowFailed
-    from papercrane.backend.workflow import CellTask, assemble
 
     # Ids are random: these are chosen so that two share their first five characters.
     ids = iter(["645a1000aaaa0001", "9ea5c000bbbb0002", "9ea5d000cccc0003"])
     monkeypatch.setattr(LocalEngine, "new_execution_id", staticmethod(lambda: next(ids)))
     flag = tmp_path / "fixed"
     engine = LocalEngine(Config(home=tmp_path))
-    cfg = TaskConfig(executor="inline")
-    a = TaskSpec(name="make", code="print('made x')\nx = 1", inputs=(), outputs=("x",))
-    b = TaskSpec(
-        name="check",
-        code=f"import os\nassert os.path.exists({str(flag)!r}), 'not yet'\ny = x + 1",
-        inputs=("x",),
-        outputs=("y",),
-    )
-    spec = assemble("wf", [CellTask(task=a, config=cfg), CellTask(task=b, config=cfg)])
+    spec = _waiting_for(flag, "make", "check")
     with pytest.raises(WorkflowFailed):
         engine.run_workflow(WorkflowRequest(spec=spec, params={}, param_values={}))
     hello = TaskSpec(name="hello", code="print('hi')", inputs=(), outputs=())
     for _ in range(2):
-        engine.run_task(RunRequest(spec=hello, config=cfg, inputs={}, values={}))
+        engine.run_task(
+            RunRequest(spec=hello, config=TaskConfig(executor="inline"), inputs={}, values={})
+        )
     engine.close()
 
     code, out = cli(tmp_path, "executions", "show", "645a", "--json")
