@@ -250,3 +250,18 @@ def test_editing_a_submodule_of_a_local_package_misses(
     text = counter.task("from pkg.mod import g\nr2 = g(1)")
     assert counter.runs == 2 and "cache: miss" in text
     assert kernel.run("print(r2)").ok().stdout.strip() == "6"
+
+
+def test_a_task_made_frame_keeps_its_index_and_its_lineage(
+    counter: Counter, kernel: Kernel
+) -> None:
+    kernel.run("import pandas as pd").ok()
+    kernel.run('%%task mk\ndf = pd.DataFrame({"a": [1, 2]})').ok()
+    r = kernel.run("print(type(df.index).__name__, df.equals(pd.DataFrame({'a': [1, 2]})))")
+    assert r.ok().stdout.strip() == "RangeIndex True"
+    lineage = kernel.run("%lineage df").ok().text
+    assert "mk" in lineage and "not produced by a task" not in lineage
+    # A downstream task run in the notebook, then in the workflow: the same input.
+    counter.task("total = int(df['a'].sum())")
+    kernel.run("%workflow run").ok()
+    assert counter.runs == 1
