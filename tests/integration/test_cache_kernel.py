@@ -265,3 +265,21 @@ def test_a_task_made_frame_keeps_its_index_and_its_lineage(
     counter.task("total = int(df['a'].sum())")
     kernel.run("%workflow run").ok()
     assert counter.runs == 1
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        "class P:\n    def __init__(self, x):\n        self.x = x",
+        "import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int",
+    ],
+    ids=["class", "dataclass"],
+)
+def test_a_task_that_pickles_a_notebook_class_hits_on_its_second_run(
+    counter: Counter, kernel: Kernel, cls: str
+) -> None:
+    kernel.run(cls).ok()
+    counter.task("p = P(3)")
+    text = counter.task("p = P(3)")
+    assert counter.runs == 1 and "cache: hit" in text
+    assert kernel.run("print(p.x)").ok().stdout.strip() == "3"
