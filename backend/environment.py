@@ -8,6 +8,7 @@ by name from an installed module) is recorded as a reference like ``numpy`` or
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -17,6 +18,7 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 from .model import Environment
@@ -140,15 +142,7 @@ class EnvironmentProbe:
         packages: dict[str, str] = {}
         local: dict[str, str] = {}
         watch: list[tuple[str, int]] = []
-        if (
-            top in sys.stdlib_module_names
-            or top in sys.builtin_module_names
-            or top
-            in (
-                "__main__",
-                "builtins",
-            )
-        ):
+        if _is_stdlib(top):
             pass
         elif top == "papercrane":
             packages["papercrane"] = _own_version()
@@ -163,13 +157,20 @@ class EnvironmentProbe:
                     if path is not None:
                         watch.append((path, _stamp(path)))
             else:
-                found_source = _module_source(top)
+                found_source = _local_source(top, self._is_local)
                 if found_source:
-                    path, digest = found_source
+                    digest, paths = found_source
                     local[top] = digest
-                    watch.append((path, _stamp(path)))
+                    watch.extend((path, _stamp(path)) for path in paths)
         self._cache[top] = (packages, local, watch)
         return packages, local
+
+    def _is_local(self, top: str) -> bool:
+        """Whether a top-level name another local module imports is local too: not the
+        standard library, not papercrane, not an installed distribution's."""
+        if _is_stdlib(top) or top == "papercrane":
+            return False
+        return not self._module_dists().get(top)
 
     def environment(self, modules: set[str]) -> Environment:
         packages: dict[str, str] = {}
@@ -252,23 +253,103 @@ def _own_version() -> str:
         return "dev"
 
 
-def _module_source(top: str) -> tuple[str, str] | None:
-    """(path, hash) of a local (non-installed) module's source, so editing it invalidates."""
+def _is_stdlib(top: str) -> bool:
+    return (
+        top in sys.stdlib_module_names
+        or top in sys.builtin_module_names
+        or top in ("__main__", "builtins")
+    )
+
+
+#: Folders never hashed as local source: installed code, caches, version control.
+_INSTALLED = ("site-packages", "dist-packages")
+_SKIPPED_DIRS = ("__pycache__", ".git", ".ipynb_checkpoints", ".venv", "node_modules")
+
+
+def _module_files(top: str) -> tuple[str, list[str], list[str]] | None:
+    """(the folder it is in, source files, package folders) of a local top-level module:
+    its one file, or for a package every ``.py`` file under its folder(s) (a submodule the
+    task imports is as much the package's code as its ``__init__.py``). None when it has
+    no source here or its source is installed code (under site-packages)."""
     mod = sys.modules.get(top)
     path = getattr(mod, "__file__", None) if mod else None
-    if not path:
+    locations = list(getattr(mod, "__path__", None) or []) if mod else []
+    if not path and not locations:
         try:
             spec = importlib.util.find_spec(top)
         except (ImportError, ValueError):
             return None
-        path = spec.origin if spec is not None else None
-    if not path or not os.path.isfile(path):
+        if spec is None:
+            return None
+        path = spec.origin if spec.has_location else None
+        locations = list(spec.submodule_search_locations or [])
+    found = [path] if path and os.path.isfile(path) else []
+    folders: list[str] = []
+    for location in locations:
+        for folder, dirs, files in os.walk(location):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.startswith("."))
+            folders.append(folder)
+            found.extend(os.path.join(folder, f) for f in sorted(files) if f.endswith(".py"))
+    if not found:
         return None
+    parts = {part for f in [*found, *folders] for part in f.split(os.sep)}
+    if any(name in parts for name in _INSTALLED):
+        return None
+    root = os.path.dirname(locations[0] if locations else found[0])
+    return root, sorted(set(found)), folders
+
+
+def _imported_tops(source: bytes) -> set[str]:
+    """Top-level names of a module's absolute imports (anywhere in it, not only at the
+    top: an import inside a function runs too). Relative imports stay in the package,
+    whose files are hashed already. Unparsable source imports nothing we can see."""
     try:
-        with open(path, "rb") as f:
-            return path, hashlib.sha256(f.read()).hexdigest()[:16]
-    except OSError:
-        return None
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    tops: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            tops.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            tops.add(node.module.partition(".")[0])
+    return tops
+
+
+def _local_source(top: str, is_local: Callable[[str], bool]) -> tuple[str, list[str]] | None:
+    """(hash, files and folders to watch) of a local module's source closure: its own
+    files and, transitively, those of the local modules they import, so that editing
+    ``sub.py``, which the task's ``helpers.py`` imports, or ``pkg/mod.py`` under the
+    task's ``pkg``, invalidates the cache. ``is_local`` tells which imported names are
+    local (not stdlib, not installed). A package's folders are watched too, for files
+    added or removed. None when ``top`` itself has no local source."""
+    hashed: list[tuple[str, str]] = []
+    watch: list[str] = []
+    pending, seen = [top], {top}
+    while pending:
+        name = pending.pop()
+        files = _module_files(name)
+        if files is None:
+            if name == top:
+                return None
+            continue
+        root, sources, folders = files
+        watch.extend(folders)
+        for path in sources:
+            try:
+                with open(path, "rb") as f:
+                    source = f.read()
+            except OSError:
+                continue
+            watch.append(path)
+            hashed.append((os.path.relpath(path, root), hashlib.sha256(source).hexdigest()))
+            for imported in sorted(_imported_tops(source) - seen):
+                seen.add(imported)
+                if is_local(imported):
+                    pending.append(imported)
+    if len(hashed) == 1:  # one plain module: its file's hash, as before closures
+        return hashed[0][1][:16], watch
+    return hashlib.sha256(repr(sorted(hashed)).encode()).hexdigest()[:16], watch
 
 
 def check_environment(expected: Environment, probe: EnvironmentProbe | None = None) -> list[str]:

@@ -163,8 +163,18 @@ class Fingerprinter:
 #: of isinstance answers (it changes as the class is used, and can't be pickled);
 #: ``__firstlineno__`` (Python 3.13+) is where the cell put the class, which moves when
 #: a cell above it grows, as a function's ``co_firstlineno`` does.
+#: ``__slotnames__`` is copyreg's cache, added to a class the first time an instance of
+#: it is pickled (a task output is): hashing it made a task's second run miss.
 _CLASS_BOOKKEEPING = frozenset(
-    {"__dict__", "__weakref__", "__module__", "__qualname__", "__firstlineno__", "_abc_impl"}
+    {
+        "__dict__",
+        "__weakref__",
+        "__module__",
+        "__qualname__",
+        "__firstlineno__",
+        "_abc_impl",
+        "__slotnames__",
+    }
 )
 
 

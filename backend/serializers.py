@@ -11,6 +11,7 @@ cloudpickle fallback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -261,7 +262,12 @@ class ParquetSerializer(Serializer):
         # else (object columns of mixed Python objects) goes to cloudpickle. Object
         # columns of strings come back as object only where pandas does not infer its
         # own string dtype (pandas < 3); elsewhere they would change type, so pickle.
-        if not value.columns.is_unique or not all(isinstance(c, str) for c in value.columns):
+        # A frame without columns reads back with other (empty) column labels: pickle it.
+        if (
+            value.columns.empty
+            or not value.columns.is_unique
+            or not all(isinstance(c, str) for c in value.columns)
+        ):
             return False
         object_columns = [c for c, dt in value.dtypes.items() if dt == object]  # noqa: E721
         return not object_columns or (
@@ -270,13 +276,42 @@ class ParquetSerializer(Serializer):
         )
 
     def dump(self, value: Any, stream: BinaryIO) -> None:
-        value.to_parquet(stream, engine="pyarrow", index=True)
+        """A frame must come back as it went, index type included: a task's output that
+        reads back with another index has another fingerprint (``%lineage`` no longer
+        finds it, a downstream task misses the cache). ``preserve_index=None`` keeps a
+        ``RangeIndex`` as metadata (``index=True`` wrote it as an int64 column); a
+        DatetimeIndex's or TimedeltaIndex's ``freq``, which Parquet has no place for, is
+        kept in our own schema metadata. ``df.attrs`` is kept as pandas keeps it."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(value, preserve_index=None)
+        extra: dict[bytes, bytes] = {}
+        if value.attrs:
+            extra[b"PANDAS_ATTRS"] = json.dumps(value.attrs).encode()
+        index = value.index
+        if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)) and index.freq is not None:
+            extra[_FREQ_KEY] = index.freqstr.encode()  # (a PeriodIndex keeps its own)
+        if extra:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+        pq.write_table(table, stream, compression="snappy")
 
     def load(self, stream: BinaryIO) -> Any:
         import pandas as pd
+        import pyarrow.parquet as pq
 
         data = stream.read()
-        return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+        frame = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+        freq = (pq.read_schema(io.BytesIO(data)).metadata or {}).get(_FREQ_KEY)
+        if freq is not None:
+            with contextlib.suppress(ValueError, TypeError):  # it was valid when written
+                frame.index = type(frame.index)(frame.index, freq=freq.decode())
+        return frame
+
+
+#: Schema metadata key of a frame's index ``freq`` (see ``ParquetSerializer.dump``).
+_FREQ_KEY = b"papercrane.index_freq"
 
 
 def _strings_read_back_as_object() -> bool:

@@ -3,6 +3,7 @@ runs, so each test can prove whether a run was a hit (no append) or a miss (appe
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -211,3 +212,74 @@ def test_corrupted_big_array_is_never_served(
     assert r.stdout.strip() == "True"
     counter.task("big = np.arange(n, dtype=np.float64)")  # a good entry replaced it
     assert counter.runs == 2
+
+
+def _edit(path: Path, text: str) -> None:
+    """Write ``path`` a moment after its last change, as a person editing it would (two
+    writes within the file system's clock tick would keep its mtime)."""
+    old = path.stat().st_mtime_ns if path.exists() else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    stamp = max(path.stat().st_mtime_ns, old + 1_000_000_000)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_editing_a_module_a_local_helper_imports_misses(
+    counter: Counter, kernel: Kernel, workdir: Path
+) -> None:
+    _edit(workdir / "helpers.py", "from sub import OFFSET\ndef f(x):\n    return x + OFFSET\n")
+    _edit(workdir / "sub.py", "OFFSET = 100\n")
+    counter.task("import helpers\nr1 = helpers.f(1)")
+    counter.task("import helpers\nr1 = helpers.f(1)")
+    assert counter.runs == 1
+    _edit(workdir / "sub.py", "OFFSET = 200\n")
+    text = counter.task("import helpers\nr1 = helpers.f(1)")
+    assert counter.runs == 2 and "cache: miss" in text
+    assert kernel.run("print(r1)").ok().stdout.strip() == "201"
+
+
+def test_editing_a_submodule_of_a_local_package_misses(
+    counter: Counter, kernel: Kernel, workdir: Path
+) -> None:
+    _edit(workdir / "pkg" / "__init__.py", "")
+    _edit(workdir / "pkg" / "mod.py", "K = 1\ndef g(x):\n    return x + K\n")
+    counter.task("from pkg.mod import g\nr2 = g(1)")
+    counter.task("from pkg.mod import g\nr2 = g(1)")
+    assert counter.runs == 1
+    _edit(workdir / "pkg" / "mod.py", "K = 5\ndef g(x):\n    return x + K\n")
+    text = counter.task("from pkg.mod import g\nr2 = g(1)")
+    assert counter.runs == 2 and "cache: miss" in text
+    assert kernel.run("print(r2)").ok().stdout.strip() == "6"
+
+
+def test_a_task_made_frame_keeps_its_index_and_its_lineage(
+    counter: Counter, kernel: Kernel
+) -> None:
+    kernel.run("import pandas as pd").ok()
+    kernel.run('%%task mk\ndf = pd.DataFrame({"a": [1, 2]})').ok()
+    r = kernel.run("print(type(df.index).__name__, df.equals(pd.DataFrame({'a': [1, 2]})))")
+    assert r.ok().stdout.strip() == "RangeIndex True"
+    lineage = kernel.run("%lineage df").ok().text
+    assert "mk" in lineage and "not produced by a task" not in lineage
+    # A downstream task run in the notebook, then in the workflow: the same input.
+    counter.task("total = int(df['a'].sum())")
+    kernel.run("%workflow run").ok()
+    assert counter.runs == 1
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        "class P:\n    def __init__(self, x):\n        self.x = x",
+        "import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int",
+    ],
+    ids=["class", "dataclass"],
+)
+def test_a_task_that_pickles_a_notebook_class_hits_on_its_second_run(
+    counter: Counter, kernel: Kernel, cls: str
+) -> None:
+    kernel.run(cls).ok()
+    counter.task("p = P(3)")
+    text = counter.task("p = P(3)")
+    assert counter.runs == 1 and "cache: hit" in text
+    assert kernel.run("print(p.x)").ok().stdout.strip() == "3"

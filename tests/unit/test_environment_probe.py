@@ -1,11 +1,15 @@
 """The environment probe keeps its module -> distributions map in a file between
-sessions, and scans again when anything on ``sys.path`` changes."""
+sessions, and scans again when anything on ``sys.path`` changes; a local module's hash
+covers the local modules it imports and, for a package, all its files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -141,3 +145,75 @@ def test_versions_found_after_sys_path_changed_are_not_saved(
     probe.environment({"numpy"})
     assert "numpy" not in json.loads(saved.read_text())["versions"]
     assert "SQLAlchemy" in json.loads(saved.read_text())["versions"]
+
+
+@pytest.fixture
+def beside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder of local modules on ``sys.path``, as the notebook's own folder is; the
+    modules written there are forgotten again afterwards."""
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    before = set(sys.modules)
+    yield folder
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def _edit(path: Path, text: str) -> None:
+    """Write ``path`` as an editor would, a moment after its last change (a file written
+    twice within the file system's clock tick keeps its mtime)."""
+    old = path.stat().st_mtime_ns if path.exists() else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    stamp = max(path.stat().st_mtime_ns, old + 1_000_000_000)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def _local(probe: EnvironmentProbe, module: str) -> dict[str, str]:
+    return probe.environment({module}).local_modules
+
+
+def test_editing_a_module_a_local_module_imports_changes_its_hash(beside: Path) -> None:
+    _edit(beside / "pc_helpers.py", "from pc_sub import OFFSET\ndef f(x):\n    return x + OFFSET\n")
+    _edit(beside / "pc_sub.py", "OFFSET = 100\n")
+    probe = EnvironmentProbe()
+    first = _local(probe, "pc_helpers")
+    assert list(first) == ["pc_helpers"]
+    assert _local(probe, "pc_helpers") == first
+    _edit(beside / "pc_sub.py", "OFFSET = 200\n")
+    assert _local(probe, "pc_helpers") != first
+    assert _local(EnvironmentProbe(), "pc_helpers") == _local(probe, "pc_helpers")
+
+
+def test_editing_a_submodule_of_a_local_package_changes_its_hash(beside: Path) -> None:
+    _edit(beside / "pc_pkg" / "__init__.py", "")
+    _edit(beside / "pc_pkg" / "mod.py", "K = 1\ndef g(x):\n    return x + K\n")
+    probe = EnvironmentProbe()
+    first = _local(probe, "pc_pkg.mod")
+    assert list(first) == ["pc_pkg"]
+    _edit(beside / "pc_pkg" / "mod.py", "K = 5\ndef g(x):\n    return x + K\n")
+    second = _local(probe, "pc_pkg.mod")
+    assert second != first
+    # A file added to the package (or a subpackage) is part of it too.
+    (beside / "pc_pkg" / "deep").mkdir()
+    _edit(beside / "pc_pkg" / "deep" / "more.py", "X = 1\n")
+    third = _local(probe, "pc_pkg")
+    assert third not in (first, second)
+
+
+def test_installed_and_standard_modules_are_not_hashed_as_local(beside: Path) -> None:
+    source = "import json\nimport numpy as np\nfrom sqlalchemy import text\nimport pc_missing\n"
+    _edit(beside / "pc_plain.py", source)
+    local = _local(EnvironmentProbe(), "pc_plain")
+    # One plain module keeps the hash it had before closures: its own source's.
+    assert local == {"pc_plain": hashlib.sha256(source.encode()).hexdigest()[:16]}
+
+
+def test_modules_that_import_each_other_are_hashed_once(beside: Path) -> None:
+    _edit(beside / "pc_a.py", "import pc_b\n")
+    _edit(beside / "pc_b.py", "from pc_a import *\n")
+    probe = EnvironmentProbe()
+    first = _local(probe, "pc_a")
+    _edit(beside / "pc_b.py", "from pc_a import *\nY = 2\n")
+    assert _local(probe, "pc_a") != first

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dis
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -528,3 +529,21 @@ def test_a_value_whose_types_module_is_not_a_string_is_fingerprinted() -> None:
     assert fp([odd_module_instance(1)]) != fp([odd_module_instance(2)])
     assert fp(np.random.default_rng(7)) == fp(np.random.default_rng(7))
     assert fp(np.random.default_rng(7)) != fp(np.random.default_rng(8))
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "class P:\n    def __init__(self, x):\n        self.x = x\n",
+        "import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\n",
+    ],
+    ids=["class", "dataclass"],
+)
+def test_pickling_an_instance_keeps_its_class_fingerprint(main_module, src: str) -> None:
+    # copyreg caches ``__slotnames__`` on a class the first time one of its instances is
+    # pickled (a task's output is): the second run of the task must still hit.
+    cls = main_module(src).P
+    before = fp(cls), fp(cls(3))
+    pickle.dumps(cls(3))
+    assert "__slotnames__" in cls.__dict__
+    assert (fp(cls), fp(cls(3))) == before

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from papercrane.backend.errors import ConfigError, CorruptArtifact
+from papercrane.backend.fingerprint import Fingerprinter
 from papercrane.backend.serializers import (
     Serializer,
     SerializerRegistry,
@@ -115,7 +116,13 @@ def test_unknown_serializer_name_lists_known_ones(registry: SerializerRegistry) 
 def assert_same(original: Any, back: Any) -> None:
     assert type(back) is type(original)
     if isinstance(original, pd.DataFrame):
-        pd.testing.assert_frame_equal(back, original, check_exact=True)
+        # "equiv" (the default) would take an int64 Index for the RangeIndex it was.
+        pd.testing.assert_frame_equal(
+            back, original, check_exact=True, check_index_type=True, check_column_type=True
+        )
+        assert type(back.index) is type(original.index)
+        assert getattr(back.index, "freq", None) == getattr(original.index, "freq", None)
+        assert back.attrs == original.attrs
     elif isinstance(original, np.ndarray):
         assert back.dtype == original.dtype
         assert back.shape == original.shape
@@ -127,6 +134,35 @@ def assert_same(original: Any, back: Any) -> None:
     else:
         assert back == original
 
+
+#: Frames whose index kind must survive the round trip (a task's ``pd.DataFrame(...)``
+#: has a RangeIndex; a time series a DatetimeIndex with a freq).
+INDEX_KINDS = {
+    "default": pd.DataFrame({"a": [1, 2]}),
+    "range-step": pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(5, 9, 2)),
+    "named-range": pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(2, name="r")),
+    "no-rows": pd.DataFrame({"a": pd.Series([], dtype="int64")}),
+    "no-rows-step": pd.DataFrame({"a": pd.Series([], dtype="float64")}, index=pd.RangeIndex(3, 3)),
+    "named": pd.DataFrame({"a": [1, 2]}, index=pd.Index([10, 20], name="i")),
+    "unnamed-int": pd.DataFrame({"a": [1, 2]}, index=[3, 1]),
+    "string": pd.DataFrame({"a": [1, 2]}, index=["x", "y"]),
+    "multi": pd.DataFrame(
+        {"v": [1, 2]}, index=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)], names=["k", "n"])
+    ),
+    "datetime-freq": pd.DataFrame({"a": [1, 2, 3]}, index=pd.date_range("2020-01-01", periods=3)),
+    "datetime-tz-freq": pd.DataFrame(
+        {"a": [1, 2, 3]}, index=pd.date_range("2020-03-29", periods=3, freq="h", tz="Europe/Paris")
+    ),
+    "datetime-no-freq": pd.DataFrame(
+        {"a": [1, 2]}, index=pd.DatetimeIndex(["2020-01-01", "2020-01-02"])
+    ),
+    "timedelta-freq": pd.DataFrame(
+        {"a": [1, 2]}, index=pd.timedelta_range("1s", periods=2, freq="s")
+    ),
+    "period": pd.DataFrame({"a": [1, 2]}, index=pd.period_range("2020-01", periods=2, freq="M")),
+    "attrs": pd.DataFrame({"a": [1]}),
+}
+INDEX_KINDS["attrs"].attrs["source"] = "sensor 4"
 
 ROUND_TRIPS = [
     ("text", "héllo wörld ✓"),
@@ -155,6 +191,8 @@ ROUND_TRIPS = [
             {"v": [1, 2]}, index=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)], names=["k", "n"])
         ),
     ),
+    *[("parquet", frame) for frame in INDEX_KINDS.values()],
+    ("cloudpickle", pd.DataFrame()),  # no columns: parquet would name them otherwise
     ("cloudpickle", (1, "a", (2.5, None))),
     ("cloudpickle", {1: "a", (2, 3): {4}}),
     ("cloudpickle", float("nan")),
@@ -549,3 +587,22 @@ def test_shipped_functions_keep_their_file_name_for_tracebacks(
         outer(1)(0)
     last = traceback.extract_tb(raised.value.__traceback__)[-1]
     assert (last.filename, last.lineno) == ("/tmp/ipykernel_1/cell-7.py", 3)
+
+
+#: A DatetimeIndex's or TimedeltaIndex's array pickles pandas' cache of its ``unit``,
+#: which reading Parquet fills: those frames still fingerprint otherwise once read back
+#: (as they do once the notebook reads ``df.index.unit``), a fingerprint matter.
+_CACHE_IN_PICKLE = {"datetime-freq", "datetime-tz-freq", "datetime-no-freq", "timedelta-freq"}
+
+
+@pytest.mark.parametrize("kind", sorted(set(INDEX_KINDS) - _CACHE_IN_PICKLE))
+def test_a_frame_read_back_has_the_fingerprint_it_was_written_with(
+    registry: SerializerRegistry, storage: Storage, kind: str
+) -> None:
+    # What %lineage and a downstream task's cache key rely on: the kernel fingerprints a
+    # task's output as it reads it back, the runner as the task made it.
+    frame = INDEX_KINDS[kind]
+    serializer = registry.get("parquet")
+    digest, key, _ = storage.put_value(frame, serializer)
+    back = storage.load_value(key, digest, serializer)
+    assert Fingerprinter(registry).value(back) == Fingerprinter(registry).value(frame)
