@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -350,6 +351,77 @@ def _local_source(top: str, is_local: Callable[[str], bool]) -> tuple[str, list[
     if len(hashed) == 1:  # one plain module: its file's hash, as before closures
         return hashed[0][1][:16], watch
     return hashlib.sha256(repr(sorted(hashed)).encode()).hexdigest()[:16], watch
+
+
+_LITERALS = (int, float, complex, str, bytes, bool, type(None), tuple)
+
+
+def live_module_differs(top: str) -> str | None:
+    """Why this process's module ``top`` is not what its source file says, or None.
+
+    A task's cache key reads a local module from its file; an inline task runs the
+    module this kernel imported, which is the file as it was then (edited since?) and
+    as cells have changed it (``helpers.K = 99``). Where the two differ, the inline
+    result must not be cached under the file's content. Checked: the module's own
+    functions against the file's compiled code, and its names assigned once, at top
+    level, to a literal. Where neither tells, the module is taken to match."""
+    mod = sys.modules.get(top)
+    path = getattr(mod, "__file__", None) if mod is not None else None
+    if not path or not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    try:
+        tree, code = _compiled(path, _stamp(path))
+    except (OSError, SyntaxError, ValueError):
+        return f"its file {path} cannot be read or compiled"
+    disk: dict[str, types.CodeType] = {}
+    todo = [code]
+    while todo:
+        c = todo.pop()
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                disk.setdefault(getattr(const, "co_qualname", const.co_name), const)
+                todo.append(const)
+    live = vars(mod)
+    for name, obj in live.items():
+        f = getattr(obj, "__code__", None)
+        if not isinstance(f, types.CodeType) or getattr(obj, "__module__", None) != top:
+            continue
+        there = disk.get(getattr(f, "co_qualname", f.co_name))
+        if there is not None and _body(there) != _body(f):
+            return f"its function {name}() is not the file's"
+    once: dict[str, int] = {}
+    for node in tree.body:
+        for target in getattr(node, "targets", None) or [getattr(node, "target", None)]:
+            if isinstance(target, ast.Name):
+                once[target.id] = once.get(target.id, 0) + 1
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if not isinstance(target, ast.Name) or once.get(target.id) != 1:
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        here = live.get(target.id, value)
+        if isinstance(here, _LITERALS) and (type(here) is not type(value) or here != value):
+            return f"{target.id} is {here!r} here and {value!r} in the file"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(path: str, stamp: int) -> tuple[ast.Module, types.CodeType]:
+    with open(path, "rb") as f:
+        source = f.read()
+    tree = ast.parse(source, path)
+    return tree, compile(tree, path, "exec")
+
+
+def _body(code: types.CodeType) -> tuple[Any, ...]:
+    """A code object's instructions and constants, without its line numbers."""
+    consts = tuple(_body(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.co_code, consts, code.co_names
 
 
 def check_environment(expected: Environment, probe: EnvironmentProbe | None = None) -> list[str]:

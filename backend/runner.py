@@ -59,6 +59,9 @@ class AttemptResult:
     #: Big outputs this attempt wrote, with their files' signatures (``Vouched``): the
     #: engine need not hash them again while the files are unchanged.
     vouched: dict[str, list[Any]] = field(default_factory=dict, repr=False)
+    #: Why this in-process result must not be cached (it ran code the key does not
+    #: describe: a local module changed since the kernel imported it), or "".
+    uncacheable: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

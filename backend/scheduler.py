@@ -1076,7 +1076,7 @@ class WorkflowRun:
                     "inputs": inputs,
                 }
             )
-        if key:
+        if key and not result.uncacheable:
             self.new_cache.append(
                 {
                     "key": key,

@@ -105,10 +105,32 @@ class InlineExecutor(Executor):
         result.logs[stream] = key
 
     def _execute(self, attempt: AttemptSpec) -> AttemptResult:
-        return runner.execute(
+        stale = _stale_modules(attempt) if attempt.config.cache else ""
+        if stale:  # (printed into the task's captured stderr, so the user sees it)
+            print(
+                f"papercrane: not caching this result: {stale}. An inline task runs the "
+                "modules this kernel imported; reload it (importlib.reload) to run the "
+                "file, or use --executor local",
+                file=sys.stderr,
+            )
+        result = runner.execute(
             attempt.task,
             attempt.values,  # type: ignore[arg-type]
             self.artifacts,
             attempt.declared_outputs,
             checkpoint_key=attempt.checkpoint_key,
         )
+        result.uncacheable = stale
+        return result
+
+
+def _stale_modules(attempt: AttemptSpec) -> str:
+    """Which local module of the task this process holds in another state than its file
+    (the cache key's), said for people; "" if none."""
+    from ..environment import live_module_differs
+
+    for top in sorted(attempt.task.environment.local_modules):
+        why = live_module_differs(top)
+        if why:
+            return f"module {top!r} in this kernel is not {top}'s file: {why}"
+    return ""

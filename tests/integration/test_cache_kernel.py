@@ -283,3 +283,27 @@ def test_a_task_that_pickles_a_notebook_class_hits_on_its_second_run(
     text = counter.task("p = P(3)")
     assert counter.runs == 1 and "cache: hit" in text
     assert kernel.run("print(p.x)").ok().stdout.strip() == "3"
+
+
+def test_an_inline_task_on_a_module_edited_since_the_kernel_imported_it_is_not_cached(
+    kernel: Kernel, workdir: Path
+) -> None:
+    """The key reads helpers2.py from disk; an inline task runs the module the kernel
+    imported before the edit. Its result must not be cached under the edited file, or a
+    local run (which imports the file) would be served the old module's result."""
+    _edit(workdir / "helpers2.py", "K = 1\n")
+    cell = "%%task g --cache --executor {}\nimport helpers2\nw = helpers2.K"
+    kernel.run(cell.format("inline")).ok()
+    assert kernel.run("print(w)").ok().stdout.strip() == "1"
+    _edit(workdir / "helpers2.py", "K = 2\n")
+    stale = kernel.run(cell.format("inline")).ok()
+    assert "not caching this result" in stale.stderr and "K is 1 here and 2 in the file" in (
+        stale.stderr
+    )
+    assert kernel.run("print(w)").ok().stdout.strip() == "1"  # (the kernel's module ran)
+    fresh = kernel.run(cell.format("local")).ok()
+    assert "cache: miss" in fresh.widget["text/plain"]
+    assert kernel.run("print(w)").ok().stdout.strip() == "2"
+    kernel.run("import importlib\nimportlib.reload(helpers2)").ok()
+    reloaded = kernel.run(cell.format("inline")).ok()
+    assert "not caching" not in reloaded.stderr

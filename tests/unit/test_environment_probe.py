@@ -217,3 +217,30 @@ def test_modules_that_import_each_other_are_hashed_once(beside: Path) -> None:
     first = _local(probe, "pc_a")
     _edit(beside / "pc_b.py", "from pc_a import *\nY = 2\n")
     assert _local(probe, "pc_a") != first
+
+
+def test_a_module_differs_from_its_file_when_edited_since_it_was_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import sys
+    import time
+
+    from papercrane.backend.environment import live_module_differs
+
+    path = tmp_path / "livemod.py"
+    path.write_text("K = 1\nN = 1\nN = N + 1\ndef f(x):\n    return x + K\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("livemod")
+    try:
+        assert live_module_differs("livemod") is None  # (N, set twice, is not compared)
+        path.write_text("K = 1\nN = 1\nN = N + 1\ndef f(x):\n    return x * K\n")
+        stamp = time.time() + 2
+        os.utime(path, (stamp, stamp))
+        assert live_module_differs("livemod") == "its function f() is not the file's"
+        importlib.reload(mod)
+        assert live_module_differs("livemod") is None
+        mod.K = 99  # a cell changed it: the inline task would not run the file
+        assert live_module_differs("livemod") == "K is 99 here and 1 in the file"
+    finally:
+        sys.modules.pop("livemod", None)
