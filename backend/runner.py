@@ -508,6 +508,21 @@ def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) ->
         try:
             values[name] = artifacts.load(ref)
         except PapercraneError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, (AttributeError, ImportError)):
+                # The bytes are whole (their digest matched) but name something this
+                # process can't import: the value's fault, not storage's; no retry.
+                return AttemptResult(
+                    "failed",
+                    error={
+                        "kind": "user",
+                        "type": type(cause).__name__,
+                        "message": _unloadable(name, cause),
+                        "traceback": "",
+                    },
+                    started_at=started,
+                    ended_at=time.time(),
+                )
             return AttemptResult(
                 "failed",
                 error=system_error(f"input {name!r}: {exc}", type(exc).__name__),
@@ -515,7 +530,7 @@ def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) ->
                 ended_at=time.time(),
             )
         except Exception as exc:  # unpickling needs a module this process lacks
-            msg = f"input {name!r} could not be loaded here: {type(exc).__name__}: {exc}"
+            msg = _unloadable(name, exc)
             return AttemptResult(
                 "failed",
                 error={"kind": "user", "type": type(exc).__name__, "message": msg, "traceback": ""},
@@ -530,6 +545,19 @@ def _run_task(spec: TaskSpec, attempt: dict[str, Any], artifacts: ArtifactIO) ->
         checkpoint_key=attempt.get("checkpoint_key", ""),
         own_process=True,
     )
+
+
+def _unloadable(name: str, exc: BaseException) -> str:
+    """What a user reads when an input can't be rebuilt in the task's process."""
+    msg = f"input {name!r} could not be loaded here: {type(exc).__name__}: {exc}"
+    if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc):
+        msg += (
+            ". It names a notebook object by reference, which a separate process does "
+            "not have: a notebook function wrapped by a C decorator (functools.lru_cache, "
+            "functools.cache) can't travel by value. Use the undecorated function in the "
+            "task, define it inside the task's cell, or run it with --executor inline"
+        )
+    return msg
 
 
 if __name__ == "__main__":

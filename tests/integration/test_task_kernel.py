@@ -311,3 +311,18 @@ def test_sys_exit_in_a_task_fails_it_once_as_the_users_error(
     ks = kinds(home)
     assert ks.count("attempt_started") == 1 and ks[-1] == "execution_failed"
     assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
+
+
+def test_a_notebook_function_under_lru_cache_is_refused_once_with_what_to_do(
+    kernel: Kernel,
+) -> None:
+    """cloudpickle ships a notebook function by value, but not one wrapped by a C
+    decorator: the task's process can't rebuild it. One attempt, a user error, and
+    what to do; not three "storage" attempts."""
+    kernel.run("import functools\n@functools.lru_cache\ndef base(x):\n    return x * 10").ok()
+    r = kernel.run("%%task lc\nr = base(2)")
+    assert r.status == "error"
+    text = "\n".join(r.error["traceback"])
+    assert "input 'base' could not be loaded here" in text, text
+    assert "functools.lru_cache" in text and "--executor inline" in text
+    assert "after 3 attempt" not in text and "StorageError" not in text
