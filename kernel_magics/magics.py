@@ -275,9 +275,13 @@ class PapercraneMagics(Magics):
                 f"executor {executor!r} (from PAPERCRANE_EXECUTOR or %config) is not an "
                 "executor; use inline, local or kubernetes"
             )
+        if args.cache_version and not args.cache:
+            raise d.CaptureError(
+                f"--cache-version {args.cache_version} keys the cache, which is off: add --cache"
+            )
         config = d.TaskConfig(
             cache=args.cache,
-            cache_version=args.cache_version,
+            cache_version=_unquoted(args.cache_version),
             retries=args.retries,
             timeout=d.parse_duration(args.timeout) if args.timeout else None,
             executor=executor,
@@ -459,6 +463,15 @@ class PapercraneMagics(Magics):
         artifact_id, origin = session.artifact_of(variable)
         tree = session.engine.lineage(artifact_id, via=origin)
         display(lineage_display(tree, variable))
+
+
+def _unquoted(text: str) -> str:
+    """An option's value without the quotes around it: IPython keeps them in a magic's
+    line (``--cache-version "2"`` arrives as ``"2"``), but they are the user's shell habit,
+    not part of the value."""
+    if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:
+        return text[1:-1]
+    return text
 
 
 @functools.cache

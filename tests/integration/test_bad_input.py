@@ -62,6 +62,7 @@ CASES = [
     ("%%task t\nfrom os.path import *", "'import *' hides which names", "--outputs"),
     ("%%task 'bad name!'\ny = 1", "task name", "letters"),
     ("%%task has space\ny = 1", "task names can't contain spaces: 'has space'", "'has_space'"),
+    ("%%task t --cache-version 2\ny = 1", "--cache-version 2 keys the cache", "add --cache"),
     ("%%task t --map ok --as k\ny = k", "--map ok: 'ok' is an int, which is not iterable", "list"),
     ("%%task t --map range(3) --as k\ny = k", "--map range(3): name a notebook variable", "="),
     ("%workflow run --max-parallel 0", "--max-parallel 0 must be at least 1", ""),

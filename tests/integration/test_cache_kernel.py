@@ -107,6 +107,8 @@ def test_cache_version_bump_misses(counter: Counter) -> None:
     counter.task("out = 1")
     counter.task("out = 1", "--cache-version 2")
     assert counter.runs == 2
+    counter.task("out = 1", '--cache-version "2"')  # (quoted as in a shell: the same)
+    assert counter.runs == 2
     counter.task("out = 1", "--cache-version 2")
     assert counter.runs == 2
 
