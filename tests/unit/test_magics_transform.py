@@ -109,8 +109,8 @@ def test_the_task_line_is_expanded_as_ipython_expands_magic_lines(
 
     lines = ["{v}", "$v", "{v.upper()}-{1+1}", "a}b", "$$v", "plain", "{undefined}"]
     for line in lines:
-        outer(f"--executor inline --cache-version {line}")
-        caller(f"--executor inline --cache-version {line}")
+        outer(f"--executor inline --cache --cache-version {line}")
+        caller(f"--executor inline --cache --cache-version {line}")
     expected = [parse_argstring(magics.task, line).cache_version for line in probed]
     assert versions == expected
     assert "callers-caller" in expected and "notebook" in expected
