@@ -105,7 +105,8 @@ class InlineExecutor(Executor):
         result.logs[stream] = key
 
     def _execute(self, attempt: AttemptSpec) -> AttemptResult:
-        stale = _stale_modules(attempt) if attempt.config.cache else ""
+        local = attempt.task.environment.local_modules
+        stale = _stale_modules(local) if local and attempt.config.cache else ""
         if stale:  # (printed into the task's captured stderr, so the user sees it)
             print(
                 f"papercrane: not caching this result: {stale}. An inline task runs the "
@@ -124,12 +125,12 @@ class InlineExecutor(Executor):
         return result
 
 
-def _stale_modules(attempt: AttemptSpec) -> str:
+def _stale_modules(local: dict[str, str]) -> str:
     """Which local module of the task this process holds in another state than its file
     (the cache key's), said for people; "" if none."""
     from ..environment import live_module_differs
 
-    for top in sorted(attempt.task.environment.local_modules):
+    for top in sorted(local):
         why = live_module_differs(top)
         if why:
             return f"module {top!r} in this kernel is not {top}'s file: {why}"
