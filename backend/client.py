@@ -165,13 +165,22 @@ class RemoteEngine(EngineAPI):
         if response.is_stream_consumed is False:
             response.read()
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
+            detail = body.get("detail", response.text) if isinstance(body, dict) else body
         except ValueError:
-            detail = response.text
+            detail = _excerpt(response)
         if not isinstance(detail, str):
             detail = json.dumps(detail)
         status = response.status_code
         where = f"papercrane server {self.url}"
+        if status == 404 and "papercrane-error" not in response.headers:
+            # Not papercrane's "no such object": its routes are not at this address.
+            asked = f"{response.request.method} {response.request.url.path}"
+            raise ConfigError(
+                f"no papercrane API at {self.url} ({asked} answered 404: {_clip(detail)}); "
+                "check PAPERCRANE_URL: the server's address, as `papercrane server` prints "
+                "it, with no path after it"
+            )
         if status in (401, 403):
             raise ConfigError(f"{where} refused the token: {detail}")
         if status == 404:
@@ -577,6 +586,24 @@ class RemoteEngine(EngineAPI):
         params = {"task": task_name} if task_name else {}
         path = f"{self._scope_of(project, domain)}/cache"
         return self._req("DELETE", path, params=params)["cleared"]
+
+
+def _clip(text: str, most: int = 160) -> str:
+    """``text`` on one line, cut to ``most`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """A short excerpt of an answer that is not JSON (a proxy's or another server's
+    page): its HTML title if it has one, else its text without tags, clipped."""
+    text = response.text
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    if title and title.group(1).strip():
+        text = title.group(1)
+    else:
+        text = re.sub(r"<(script|style)\b.*?</\1>|<[^>]+>", " ", text, flags=re.I | re.S)
+    return _clip(text) or f"(an empty {response.headers.get('content-type', 'answer')})"
 
 
 def _chunks(handle: Any) -> Iterator[bytes]:
