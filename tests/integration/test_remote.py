@@ -159,6 +159,18 @@ def test_detach_prints_an_execution_that_already_finished(
     assert final_status(run_detached(src, env), env) == "succeeded"
 
 
+def test_detach_prints_the_tasks_a_later_cell_waited_for(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The last cell reads the task's output: the task runs before that cell, waited for,
+    and nothing is left to submit detached; its id is still printed (stdout was empty)."""
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    src = write_notebook(
+        tmp_path / "reads.ipynb", "%load_ext papercrane", "%%task early\nq = 5", "print(q)"
+    )
+    assert final_status(run_detached(src, env), env) == "succeeded"
+
+
 def test_detach_after_a_failed_cell_submits_the_tasks_above_it(
     server: ServerProcess, tmp_path: Path
 ) -> None:
