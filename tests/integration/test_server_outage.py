@@ -134,3 +134,35 @@ def test_an_interrupt_while_the_server_is_down_does_not_claim_an_abort(tmp_path:
             proc.kill()
             proc.wait()
         server.stop()
+
+
+def test_a_stopped_server_does_not_wait_for_its_followed_executions(tmp_path: Path) -> None:
+    """SIGTERM: the server ends its live streams after its grace (it once waited for every
+    followed execution to end); the follower waits for the next server, which resumes
+    the execution, and gets its end."""
+    gate = tmp_path / "release"
+    server = ServerProcess(tmp_path / "srv").start()
+    client, token, execution_id = gated_execution(server, gate)
+    client.close()
+    proc = follower(server, token, execution_id)
+    try:
+        assert server.proc is not None
+        stopping = time.monotonic()
+        server.proc.terminate()
+        server.proc.wait(timeout=60)
+        assert time.monotonic() - stopping < 10  # its grace is 5 s
+        server.proc = None
+        server._log_file.close()
+        assert "Shutting down" in server.log.read_text()
+        time.sleep(1)
+        assert proc.poll() is None  # still following, not failed
+        server.start()
+        gate.write_text("go")
+        out, err = proc.communicate(timeout=120)
+        assert out.strip() == "ended succeeded", (out, err)
+        assert "unreachable, retrying" in err and "is back" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop()
