@@ -789,7 +789,20 @@ def server(
         **({"max_upload": max_upload} if max_upload else {}),
     )
     _check_server_settings(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # A stop (SIGTERM, Ctrl-C) waits at most SHUTDOWN_GRACE for requests in flight, then
+    # ends what is still open: live event streams last as long as their executions, and
+    # their followers reconnect to the next server, which resumes the executions.
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+
+
+#: Seconds a stopping server waits for its requests in flight (``papercrane server``).
+SHUTDOWN_GRACE = 5
 
 
 def _check_server_settings(settings: Any) -> None:

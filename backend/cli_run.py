@@ -422,10 +422,12 @@ def run_notebook(
 
     def print_submitted() -> None:
         """The executions of this run, one per line on stdout, for scripts (the rest goes
-        to stderr), ``-q`` or not: with ``--detach`` those submitted without waiting, else
-        those the run created, oldest first. A server's come with their address."""
+        to stderr), ``-q`` or not: those the run created, oldest first, then (``--detach``)
+        those submitted without waiting not among them. With ``--detach`` the tasks a later
+        cell reads ran before it, waited for: theirs are this run's executions too. A
+        server's come with their address."""
         ran = [s.id for s in sorted(progress.states.values(), key=lambda s: s.created_at)]
-        for execution_id in submitted if detach else ran:
+        for execution_id in dict.fromkeys(ran + submitted) if detach else ran:
             url = getattr(engine, "url", "")
             click.echo(
                 f"{execution_id} {url}/api/v1/executions/{execution_id}" if url else execution_id

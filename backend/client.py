@@ -8,12 +8,13 @@ followed over server-sent events; an interrupt asks the server to abort.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,15 @@ def _execution(execution_id: str) -> str:
     if not _ID.fullmatch(execution_id):
         raise NotFound(f"no execution {execution_id!r}")
     return f"/api/v1/executions/{execution_id}"
+
+
+@dataclass
+class _Stream:
+    """One connection to an execution's event stream: whether it was answered, and what
+    to call when it is."""
+
+    on_open: Callable[[], None]
+    opened: bool = False
 
 
 @dataclass
@@ -155,13 +165,22 @@ class RemoteEngine(EngineAPI):
         if response.is_stream_consumed is False:
             response.read()
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
+            detail = body.get("detail", response.text) if isinstance(body, dict) else body
         except ValueError:
-            detail = response.text
+            detail = _excerpt(response)
         if not isinstance(detail, str):
             detail = json.dumps(detail)
         status = response.status_code
         where = f"papercrane server {self.url}"
+        if status == 404 and "papercrane-error" not in response.headers:
+            # Not papercrane's "no such object": its routes are not at this address.
+            asked = f"{response.request.method} {response.request.url.path}"
+            raise ConfigError(
+                f"no papercrane API at {self.url} ({asked} answered 404: {_clip(detail)}); "
+                "check PAPERCRANE_URL: the server's address, as `papercrane server` prints "
+                "it, with no path after it"
+            )
         if status in (401, 403):
             raise ConfigError(f"{where} refused the token: {detail}")
         if status == 404:
@@ -326,56 +345,98 @@ class RemoteEngine(EngineAPI):
     def abort(self, execution_id: str) -> None:
         self._req("POST", f"{_execution(execution_id)}/abort")
 
+    #: Waits between reconnection attempts while the server cannot be reached: the first,
+    #: then doubled each time up to the last (a follower must not spin a core meanwhile).
+    RETRY_FIRST, RETRY_MOST = 0.5, 5.0
+
     def follow(self, execution_id: str, listener: RunListener | None = None) -> ExecutionState:
-        """Stream the execution's events until it ends (reconnecting if the stream
-        drops). An interrupt here aborts the execution on the server."""
+        """Stream the execution's events until it ends, reconnecting if the stream drops
+        (with a growing wait, and one line on stderr while the server is unreachable: the
+        execution goes on there). An interrupt here aborts the execution on the server."""
         listener = listener or NullListener()
         state = ExecutionState(id=execution_id)
+        wait, lost = self.RETRY_FIRST, False
+
+        def connected() -> None:
+            nonlocal wait, lost
+            wait = self.RETRY_FIRST
+            if lost:
+                self._say(f"the server at {self.url} is back; following {execution_id}")
+                lost = False
+
         try:
             while True:
-                for kind, data in self._sse(execution_id, state.last_seq):
-                    if kind == "log":
-                        listener.on_log(data["stream"], data["text"])
-                    elif kind == "event":
-                        event = Event(
-                            data["execution_id"],
-                            EventKind(data["kind"]),
-                            data["node"],
-                            data["attempt"],
-                            data["payload"],
-                            data["ts"],
-                            data["seq"],
+                stream = _Stream(connected)
+                try:
+                    for kind, data in self._sse(execution_id, state.last_seq, stream):
+                        if kind == "log":
+                            listener.on_log(data["stream"], data["text"])
+                        elif kind == "event":
+                            event = Event(
+                                data["execution_id"],
+                                EventKind(data["kind"]),
+                                data["node"],
+                                data["attempt"],
+                                data["payload"],
+                                data["ts"],
+                                data["seq"],
+                            )
+                            apply(state, event)
+                            listener.on_event(event, state)
+                        elif kind == "end":
+                            return state
+                except httpx.TransportError:
+                    if not stream.opened and not lost:
+                        self._say(
+                            f"the server at {self.url} is unreachable, retrying... (interrupt "
+                            f"to stop waiting; execution {execution_id} goes on on the server)"
                         )
-                        apply(state, event)
-                        listener.on_event(event, state)
-                    elif kind == "end":
-                        return state
+                        lost = True
                 if state.status.terminal and state.ended_at is not None:
                     return state
+                time.sleep(wait)
+                wait = min(wait * 2, self.RETRY_MOST)
         except KeyboardInterrupt:
-            with contextlib.suppress(PapercraneError):
+            try:
                 self.abort(execution_id)
+            except PapercraneError as exc:
+                raise ExecutionAborted(
+                    f"execution {execution_id} was interrupted here, but the server could not "
+                    f"be asked to abort it ({exc}); it may still run there: see "
+                    f"`papercrane executions show {execution_id}`, and abort it when the server "
+                    f"is back with POST {self.url}{_execution(execution_id)}/abort (e.g. curl -X "
+                    'POST -H "Authorization: Bearer $PAPERCRANE_TOKEN" <that URL>)'
+                ) from None
             raise ExecutionAborted(
                 f"execution {execution_id} was interrupted; the server was asked to abort it"
             ) from None
 
-    def _sse(self, execution_id: str, after: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    @staticmethod
+    def _say(text: str) -> None:
+        """A line for the person waiting (stderr: a cell's error stream in a notebook)."""
+        print(f"papercrane: {text}", file=sys.stderr, flush=True)
+
+    def _sse(
+        self, execution_id: str, after: int, stream: _Stream | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The stream's messages as (kind, data). Raises ``httpx.TransportError`` if it
+        cannot connect or drops; ``stream.opened`` then says whether it had connected."""
         path = f"{_execution(execution_id)}/stream"
-        try:
-            with self._http.stream("GET", path, params={"after": after}) as response:
-                self._check(response)
-                kind, data = "message", []
-                for line in response.iter_lines():
-                    if not line:
-                        if data:
-                            yield kind, json.loads("\n".join(data))
-                        kind, data = "message", []
-                    elif line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[5:].strip())
-        except httpx.TransportError:
-            return  # reconnect from the last event seen
+        with self._http.stream("GET", path, params={"after": after}) as response:
+            self._check(response)
+            if stream is not None:
+                stream.opened = True
+                stream.on_open()
+            kind, data = "message", []
+            for line in response.iter_lines():
+                if not line:
+                    if data:
+                        yield kind, json.loads("\n".join(data))
+                    kind, data = "message", []
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
 
     def _result(self, state: ExecutionState, want_values: bool) -> RemoteResult:
         if state.status is Status.ABORTED:
@@ -528,6 +589,24 @@ class RemoteEngine(EngineAPI):
         params = {"task": task_name} if task_name else {}
         path = f"{self._scope_of(project, domain)}/cache"
         return self._req("DELETE", path, params=params)["cleared"]
+
+
+def _clip(text: str, most: int = 160) -> str:
+    """``text`` on one line, cut to ``most`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """A short excerpt of an answer that is not JSON (a proxy's or another server's
+    page): its HTML title if it has one, else its text without tags, clipped."""
+    text = response.text
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    if title and title.group(1).strip():
+        text = title.group(1)
+    else:
+        text = re.sub(r"<(script|style)\b.*?</\1>|<[^>]+>", " ", text, flags=re.I | re.S)
+    return _clip(text) or f"(an empty {response.headers.get('content-type', 'answer')})"
 
 
 def _chunks(handle: Any) -> Iterator[bytes]:

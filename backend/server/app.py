@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -383,7 +384,11 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
                     return
                 if await request.is_disconnected():
                     return
-                changed = await run_in_threadpool(service.wait, execution_id, seen, 10.0)
+                # (abandoned if the stream is cancelled, as a stopping server does to the
+                # streams still open after its grace: the wait then ends on its own)
+                changed = await anyio.to_thread.run_sync(
+                    service.wait, execution_id, seen, 10.0, abandon_on_cancel=True
+                )
                 if changed == seen:
                     yield ": keep-alive\n\n"
                 seen = changed

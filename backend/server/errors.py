@@ -23,6 +23,11 @@ class PayloadTooLarge(UserError):
     pass
 
 
+#: The header on papercrane's own error answers (an unknown object, not an unknown path):
+#: a client tells by it a missing object from an address where no papercrane API is.
+OWN_ERROR = "Papercrane-Error"
+
+
 def status_for(exc: PapercraneError) -> int:
     if isinstance(exc, AuthError):
         return 403 if exc.forbidden else 401
@@ -128,7 +133,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PapercraneError)
     async def _error(request: Request, exc: PapercraneError) -> JSONResponse:
         status = status_for(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = {OWN_ERROR: type(exc).__name__}
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse({"detail": printable(str(exc))}, status_code=status, headers=headers)
 
     @app.exception_handler(HTTPException)

@@ -214,7 +214,9 @@ class Service:
     def close(self) -> None:
         """Stop this process's runs without recording an end: the next server resumes
         them (their attempts are settled as lost then)."""
-        self._closing = True
+        with self._cond:  # (and wakes the streams still waiting, to end)
+            self._closing = True
+            self._cond.notify_all()
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
@@ -252,7 +254,7 @@ class Service:
         """Block until the execution changes after ``seen`` (or the timeout)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._changes[execution_id] == seen:
+            while self._changes[execution_id] == seen and not self._closing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

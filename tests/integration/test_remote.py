@@ -7,12 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import papermill
 import pytest
+
+from papercrane.backend.client import RemoteEngine
 
 from ..server_fixture import ServerProcess
 from .kernel import Kernel
@@ -62,6 +65,46 @@ def test_magics_run_tasks_on_the_server(server: ServerProcess, tmp_path: Path) -
         bad = k.run("%%task t --executor inline\ny = 1")
         assert bad.status == "error" and "inline executor" in bad.error["evalue"]
         assert not (tmp_path / "client-home").exists()  # nothing stored on the client
+    finally:
+        k.shutdown()
+
+
+def test_a_cell_waits_out_a_server_restart_and_binds_its_outputs(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The server is stopped (SIGTERM) and started again while a cell follows its task:
+    the cell says the server is unreachable, then back, and binds the task's outputs (the
+    server once waited for the task to stop, and the cell then failed to reach it)."""
+    env = remote_env(server, tmp_path)
+    gate = tmp_path / "release"
+    k = Kernel(env, tmp_path)
+
+    def restart() -> None:
+        client = RemoteEngine(server.url, env["PAPERCRANE_TOKEN"], "team")
+        try:
+            while not client.list_executions(status="running"):
+                time.sleep(0.1)
+        finally:
+            client.close()
+        time.sleep(1)  # (the cell is following)
+        server.stop()
+        time.sleep(2)
+        server.start()
+        gate.write_text("go")
+
+    try:
+        k.run("%load_ext papercrane").ok()
+        mover = threading.Thread(target=restart)
+        mover.start()
+        r = k.run(
+            f"%%task gated\nimport os, time\nwhile not os.path.exists({str(gate)!r}):\n"
+            "    time.sleep(0.05)\nv = 7"
+        )
+        mover.join()
+        r.ok()
+        assert f"the server at {server.url} is unreachable, retrying" in r.stderr
+        assert f"the server at {server.url} is back" in r.stderr
+        assert k.run("print(v)").ok().stdout.strip() == "7"
     finally:
         k.shutdown()
 
@@ -156,6 +199,18 @@ def test_detach_prints_an_execution_that_already_finished(
     what ``--detach`` prints (it once printed only what was still running)."""
     env = {**os.environ, **remote_env(server, tmp_path)}
     src = task_notebook(tmp_path / "instant.ipynb", "%%task instant\nw = 2")
+    assert final_status(run_detached(src, env), env) == "succeeded"
+
+
+def test_detach_prints_the_tasks_a_later_cell_waited_for(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The last cell reads the task's output: the task runs before that cell, waited for,
+    and nothing is left to submit detached; its id is still printed (stdout was empty)."""
+    env = {**os.environ, **remote_env(server, tmp_path)}
+    src = write_notebook(
+        tmp_path / "reads.ipynb", "%load_ext papercrane", "%%task early\nq = 5", "print(q)"
+    )
     assert final_status(run_detached(src, env), env) == "succeeded"
 
 
