@@ -210,7 +210,10 @@ class PapercraneMagics(Magics):
         except UsageError as exc:
             if not str(exc).startswith("unrecognized arguments:"):
                 raise
-            known, extra = parse_argstring(self.task, line, partial=True)
+            from IPython.utils.process import arg_split
+
+            # (the line split as parse_argstring splits it; its partial= is IPython 9's)
+            known, extra = self.task.parser.parse_known_args(arg_split(line))
             words = [w for w in extra if not w.startswith("-")]
             if known.name is None or not words:
                 raise

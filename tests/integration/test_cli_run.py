@@ -870,8 +870,9 @@ def test_errors_are_not_wrapped_when_stderr_is_not_a_terminal(home: Path, tmp_pa
     assert code == 1
     lines = err.read_text().splitlines()
     assert f"    {line}" in lines, err.read_text()
-    markers = lines[lines.index(f"    {line}") + 1]
-    assert markers.strip() and set(markers.strip()) <= {"^", "~"}, markers
+    if sys.version_info >= (3, 11):  # (3.10 draws no ^^^ markers under a line)
+        markers = lines[lines.index(f"    {line}") + 1]
+        assert markers.strip() and set(markers.strip()) <= {"^", "~"}, markers
 
 
 def test_without_o_the_notebook_is_written_beside_it_and_named(home: Path, tmp_path: Path) -> None:
