@@ -284,7 +284,7 @@ class PapercraneMagics(Magics):
             )
         config = d.TaskConfig(
             cache=args.cache,
-            cache_version=_unquoted(args.cache_version),
+            cache_version=unquoted(args.cache_version),
             retries=args.retries,
             timeout=d.parse_duration(args.timeout) if args.timeout else None,
             executor=executor,
@@ -468,9 +468,10 @@ class PapercraneMagics(Magics):
         display(lineage_display(tree, variable))
 
 
-def _unquoted(text: str) -> str:
-    """An option's value without the quotes around it: IPython keeps them in a magic's
-    line (``--cache-version "2"`` arrives as ``"2"``), but they are the user's shell habit,
+def unquoted(text: str) -> str:
+    """An option's value without the quotes around it: IPython splits a magic's line at
+    spaces outside quotes that open a word and keeps those quotes (``--cache-version "2"``
+    arrives as ``"2"``, ``-p "s=a b"`` as ``"s=a b"``); they are the user's shell habit,
     not part of the value."""
     if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:
         return text[1:-1]

@@ -602,11 +602,10 @@ def _position(rec: CellRecord) -> str:
 
 def parse_param(text: str) -> tuple[str, Any]:
     """``name=value``: the value is a Python literal if it parses as one, else a string.
-    IPython splits a magic's line at spaces outside quotes that open a word and keeps
-    those quotes, so a value with a space comes as one quoted word: ``-p "s=a b"``."""
-    if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:
-        text = text[1:-1]
-    name, sep, raw = text.partition("=")
+    A value with a space comes as one quoted word (``-p "s=a b"``, see ``unquoted``)."""
+    from .magics import unquoted
+
+    name, sep, raw = unquoted(text).partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
         raise UserError(f"-p {text!r}: write parameters as NAME=VALUE, for example -p n=10")

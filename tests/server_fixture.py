@@ -90,3 +90,12 @@ class ServerProcess:
                 self.proc.wait()
             self._log_file.close()
             self.proc = None
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    """Poll ``predicate`` every 0.1 s until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.1)

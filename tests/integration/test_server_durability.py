@@ -14,7 +14,7 @@ from papercrane.backend.engine import WorkflowRequest
 from papercrane.backend.model import EventKind, Status, TaskConfig, TaskSpec
 from papercrane.backend.workflow import CellTask, MapSpec, assemble
 
-from ..server_fixture import ServerProcess
+from ..server_fixture import ServerProcess, wait_for
 
 
 def cell(name: str, code: str, inputs: tuple[str, ...], outputs: tuple[str, ...], **kw):
@@ -24,14 +24,6 @@ def cell(name: str, code: str, inputs: tuple[str, ...], outputs: tuple[str, ...]
         TaskConfig(executor="local", **kw),
         map=m,
     )
-
-
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.1)
 
 
 def test_sigkill_mid_workflow_then_restart_finishes_it(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from papercrane.backend.api import RunRequest
 from papercrane.backend.client import RemoteEngine
 from papercrane.backend.model import EventKind, TaskConfig, TaskSpec
 
-from ..server_fixture import ServerProcess
+from ..server_fixture import ServerProcess, wait_for
 
 #: A follower in a process of its own (as a kernel is): it prints how the execution ended.
 FOLLOWER = """
@@ -29,14 +29,6 @@ try:
 except ExecutionAborted as exc:
     print("interrupted:", exc, flush=True)
 """
-
-
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.1)
 
 
 def cpu_seconds(pid: int) -> float:
