@@ -179,6 +179,11 @@ class LocalEngine(EngineAPI):
     default_executor: str = "local"
     #: A server's engine serves one project: its lineage stays inside it.
     scope_project: str | None = None
+    #: The storage this engine's artifact rows belong to: '' where a store's projects
+    #: share one storage, "project/domain" on a server (schema revision 0008). An id
+    #: names a value, not its bytes (a function's pickle differs per kernel), so each
+    #: storage keeps its own row for it.
+    artifact_scope: str = ""
 
     def executor(self, name: str) -> Executor:
         name = name or self.default_executor
@@ -236,7 +241,7 @@ class LocalEngine(EngineAPI):
         only once the transaction commits (``_committed``)."""
         new = [r for r in refs if r.id not in self._recorded]
         if new:
-            self.store.put_artifacts(conn, new)
+            self.store.put_artifacts(conn, new, self.artifact_scope)
             self._pending_recorded.extend(r.id for r in new)
 
     @contextlib.contextmanager
@@ -301,8 +306,16 @@ class LocalEngine(EngineAPI):
         with self.recording() as conn:
             self._record_artifacts(conn, refs)
 
+    def register_upload(self, ref: ArtifactRef) -> None:
+        """Record an uploaded value, in place of this storage's row for its id if that
+        row's bytes are lost (an insert would keep the row that names them)."""
+        with self.recording() as conn:
+            self.store.replace_artifact(conn, ref, self.artifact_scope)
+            self._pending_recorded.append(ref.id)
+
     def find_artifact(self, artifact_id: str) -> ArtifactRef | None:
-        ref = self.store.artifact(artifact_id)
+        """The value's row, if its bytes are in this engine's storage."""
+        ref = self.store.artifact(artifact_id, self.artifact_scope)
         if ref is not None and self.artifacts.intact(ref):
             return ref
         return None
@@ -310,12 +323,12 @@ class LocalEngine(EngineAPI):
     def artifact(self, artifact_id: str) -> ArtifactRef:
         """An artifact by its id, or by its first ``ARTIFACT_PREFIX`` characters or more
         where they are one artifact's alone."""
-        ref = self.store.artifact(artifact_id)
+        ref = self.store.artifact(artifact_id, self.artifact_scope)
         if ref is not None:
             return ref
         if len(artifact_id) < ARTIFACT_PREFIX:
             raise NotFound(f"no artifact {artifact_id!r}; {ARTIFACT_HINT}")
-        matches = self.store.artifacts_by_prefix(artifact_id)
+        matches = self.store.artifacts_by_prefix(artifact_id, self.artifact_scope)
         if len(matches) > 1:
             raise UserError(
                 f"{artifact_id!r} is the start of several artifacts' ids: "

@@ -453,7 +453,7 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         f"{base}/artifacts/{{artifact_id}}",
         response_model=m.ArtifactOut,
         tags=["artifacts"],
-        responses=_errors(409, 413),
+        responses=_errors(413, 422),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -491,17 +491,13 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
                 f"{hash} (a {serializer} value's id is sha256('{serializer}:' + hash))"
             )
         engine = service.engine(project, domain)
-        known = await run_in_threadpool(service.store.artifact, artifact_id)
-        if known is not None and known.hash != hash:
-            if await run_in_threadpool(engine.find_artifact, artifact_id) is not None:
-                # The same value in other bytes (a function pickled again): keep the first.
-                return m.ArtifactOut.of(known)
-            # Recorded for another project (artifact rows are not per project yet):
-            # refused before a byte is stored, and without saying whose or what.
-            raise Conflict(
-                f"artifact id {artifact_id} is already recorded with other bytes; "
-                "an id names one value"
-            )
+        # Only this project and domain's rows are consulted (``artifact_scope``): what
+        # other projects hold neither blocks an upload nor shows in its answer.
+        known = await run_in_threadpool(engine.find_artifact, artifact_id)
+        if known is not None:
+            # Stored already; in other bytes, the same value (a function pickled again in
+            # another kernel): the first is kept.
+            return m.ArtifactOut.of(known)
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
             size = 0
             async for chunk in request.stream():
@@ -515,7 +511,8 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
             spool.seek(0)
             digest, key, size = await run_in_threadpool(engine.storage.put_stream, spool, hash)
         ref = ArtifactRef(artifact_id, digest, key, size, serializer, python_type, preview[:200])
-        await run_in_threadpool(engine.register_artifacts, [ref])
+        # (A row of this scope whose bytes are lost is replaced.)
+        await run_in_threadpool(engine.register_upload, ref)
         return m.ArtifactOut.of(ref)
 
     @r.get(

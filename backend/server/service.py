@@ -82,6 +82,7 @@ class Service:
                 engine = LocalEngine(config, store=self.store)
                 engine.unpickles = False  # the server never decodes user values
                 engine.scope_project = project
+                engine.artifact_scope = f"{project}/{domain}"  # (storage_for's partition)
                 engine.gate = self.gate
                 engine.runs_in_process = False  # (a restarted server resumes its own)
                 engine.default_executor = self.settings.project_executors.get(

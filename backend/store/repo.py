@@ -458,12 +458,15 @@ class Store:
         return dict(row._mapping) if row else None
 
     # -- artifacts ----------------------------------------------------------------------------
-    def put_artifacts(self, conn: Any, refs: Iterable[ArtifactRef]) -> None:
+    # An artifact row belongs to a storage (``scope``: '' where a store's projects share
+    # one, "project/domain" for a server's engines; revision 0008). A scoped read falls
+    # back to the rows recorded before scopes ('').
+    def put_artifacts(self, conn: Any, refs: Iterable[ArtifactRef], scope: str = "") -> None:
         now = time.time()
         if sqlite_rows.applies(conn):
-            sqlite_rows.put_artifacts(conn, refs, now, SHOWN_WIDTHS)
+            sqlite_rows.put_artifacts(conn, refs, now, SHOWN_WIDTHS, scope)
             return
-        rows = {r.id: {**r.to_dict(), "created_at": now} for r in refs}
+        rows = {r.id: {**r.to_dict(), "created_at": now, "scope": scope} for r in refs}
         if not rows:
             return
         for row in rows.values():
@@ -472,33 +475,52 @@ class Store:
                     row[column] = sqlite_rows.cut(row[column], width)
         _insert_ignore(conn, "artifacts", list(rows.values()))
 
-    def artifact(self, artifact_id: str) -> ArtifactRef | None:
+    def replace_artifact(self, conn: Any, ref: ArtifactRef, scope: str) -> None:
+        """Record ``ref`` in ``scope`` in place of the row there (whose bytes are lost)."""
+        raw = sqlite_rows.dbapi(conn)
+        if raw is not None:
+            raw.execute("DELETE FROM artifacts WHERE id = ? AND scope = ?", (ref.id, scope))
+        else:
+            from .schema import artifacts, sa
+
+            conn.execute(
+                sa.delete(artifacts).where(artifacts.c.id == ref.id, artifacts.c.scope == scope)
+            )
+        self.put_artifacts(conn, [ref], scope)
+
+    def artifact(self, artifact_id: str, scope: str = "") -> ArtifactRef | None:
         if self._file is not None:
-            data = self._read_one(lambda conn: sqlite_rows.artifact(conn, artifact_id))
+            data = self._read_one(lambda conn: sqlite_rows.artifact(conn, artifact_id, scope))
             return ArtifactRef(**data) if data is not None else None
-        from .schema import artifacts, sa
+        found = self._artifacts(scope, lambda c: c.id == artifact_id, limit=2)
+        return found[0] if found else None
 
-        with self.read() as conn:
-            row = conn.execute(sa.select(artifacts).where(artifacts.c.id == artifact_id)).first()
-        if row is None:
-            return None
-        data = dict(row._mapping)
-        data.pop("created_at")
-        return ArtifactRef(**data)
-
-    def artifacts_by_prefix(self, prefix: str, limit: int = 5) -> list[ArtifactRef]:
-        from .schema import artifacts, sa
-
+    def artifacts_by_prefix(
+        self, prefix: str, scope: str = "", limit: int = 5
+    ) -> list[ArtifactRef]:
         # Ids are lowercase hex; SQLite's LIKE ignores case and PostgreSQL's does not.
-        match = artifacts.c.id.startswith(prefix.lower(), autoescape=True)
+        return self._artifacts(
+            scope, lambda c: c.id.startswith(prefix.lower(), autoescape=True), limit
+        )
+
+    def _artifacts(self, scope: str, where: Any, limit: int) -> list[ArtifactRef]:
+        """Rows matching ``where(columns)`` in ``scope`` or (failing that) in '', one per
+        id, the scope's own first."""
+        from .schema import artifacts, sa
+
+        scopes = artifacts.c.scope.in_([scope, ""]) if scope else artifacts.c.scope == ""
+        query = (
+            sa.select(*(artifacts.c[f] for f in sqlite_rows.ARTIFACT_FIELDS))
+            .where(where(artifacts.c), scopes)
+            .order_by(artifacts.c.id, artifacts.c.scope.desc())
+            .limit(2 * limit)
+        )
         with self.read() as conn:
-            rows = conn.execute(sa.select(artifacts).where(match).limit(limit)).all()
-        out = []
+            rows = conn.execute(query).all()
+        found: dict[str, ArtifactRef] = {}
         for row in rows:
-            data = dict(row._mapping)
-            data.pop("created_at")
-            out.append(ArtifactRef(**data))
-        return out
+            found.setdefault(row.id, ArtifactRef(*row))
+        return list(found.values())[:limit]
 
     # -- workflows ---------------------------------------------------------------------------
     def put_workflow(self, conn: sa.Connection, row: dict[str, Any]) -> None:

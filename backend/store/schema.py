@@ -33,6 +33,9 @@ artifacts = sa.Table(
     sa.Column("python_type", sa.String(200), nullable=False),
     sa.Column("preview", sa.String(200), nullable=False, default=""),
     sa.Column("created_at", sa.Float, nullable=False),
+    # The storage that holds the bytes: '' where a store's projects share one (the local
+    # default), "project/domain" for a server's engines (revision 0008).
+    sa.Column("scope", sa.String(201), primary_key=True, server_default=""),
 )
 
 executions = sa.Table(

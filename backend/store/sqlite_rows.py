@@ -322,10 +322,12 @@ def cut(text: str, width: int) -> str:
     return text[: width - 1] + "…"
 
 
-def put_artifacts(conn: Any, refs: Iterable[Any], now: float, widths: dict[str, int]) -> None:
+def put_artifacts(
+    conn: Any, refs: Iterable[Any], now: float, widths: dict[str, int], scope: str = ""
+) -> None:
     """Insert-or-ignore artifact rows straight from ``ArtifactRef``s (``ARTIFACT_FIELDS``,
-    then ``created_at``), ``python_type`` and ``preview`` cut to ``widths`` (no dict per
-    row: a map records two artifacts per element)."""
+    then ``created_at`` and ``scope``), ``python_type`` and ``preview`` cut to ``widths``
+    (no dict per row: a map records two artifacts per element)."""
     get = attrgetter(*ARTIFACT_FIELDS)
     seen: set[str] = set()
     params = []
@@ -334,7 +336,7 @@ def put_artifacts(conn: Any, refs: Iterable[Any], now: float, widths: dict[str, 
         if ref.id in seen:
             continue
         seen.add(ref.id)
-        row = [*get(ref), now]
+        row = [*get(ref), now, scope]
         if len(row[5]) > type_width:
             row[5] = cut(row[5], type_width)
         if len(row[6]) > preview_width:
@@ -345,7 +347,7 @@ def put_artifacts(conn: Any, refs: Iterable[Any], now: float, widths: dict[str, 
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "artifacts")
-        sql = t.insert((*ARTIFACT_FIELDS, "created_at"), " ON CONFLICT DO NOTHING")
+        sql = t.insert((*ARTIFACT_FIELDS, "created_at", "scope"), " ON CONFLICT DO NOTHING")
         cur.executemany(sql, params)
     finally:
         cur.close()
@@ -389,16 +391,21 @@ def cache_get(conn: Any, key: str, project: str, domain: str) -> dict[str, Any] 
     return t.decode(t.columns, row) if row is not None else None
 
 
-def artifact(conn: Any, artifact_id: str) -> dict[str, Any] | None:
-    """An artifact row, less ``created_at``: what ``ArtifactRef`` takes."""
+def artifact(conn: Any, artifact_id: str, scope: str = "") -> dict[str, Any] | None:
+    """An artifact row of ``scope`` (or, failing that, one recorded before scopes:
+    ``''``), as ``ArtifactRef`` takes it."""
     cur = _cursor(conn)
     try:
         t = table(cur.connection, "artifacts")
-        columns = t.but_created
-        row = cur.execute(t.select(columns, "id = ?"), (artifact_id,)).fetchone()
+        if scope:
+            where = "id = ? AND scope IN (?, '') ORDER BY scope DESC LIMIT 1"
+            row = cur.execute(t.select(ARTIFACT_FIELDS, where), (artifact_id, scope)).fetchone()
+        else:
+            where = "id = ? AND scope = ''"
+            row = cur.execute(t.select(ARTIFACT_FIELDS, where), (artifact_id,)).fetchone()
     finally:
         cur.close()
-    return t.decode(columns, row) if row is not None else None
+    return t.decode(ARTIFACT_FIELDS, row) if row is not None else None
 
 
 def cache_get_many(

@@ -101,6 +101,54 @@ def test_migrations_run_from_scratch_with_the_cli(pg_url: str) -> None:
         engine.dispose()
 
 
+def test_revision_0008_keys_artifacts_by_id_and_scope(pg_url: str) -> None:
+    """A row from before 0008 keeps scope ''; afterwards one id takes a row per scope,
+    and the store can go back to 0007 only while no id has two."""
+    from papercrane.backend.model import ArtifactRef
+
+    engine = store_db.create_engine(pg_url)
+    try:
+        store_db.upgrade(engine, "0007")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO artifacts VALUES ('aa', 'h1', 'u1', 1, 'text', 'str', '', 1.0)"
+            )
+        store_db.upgrade(engine)
+        assert store_db.current_revision(engine) == store_db.SCHEMA_HEAD
+        key = sa.inspect(engine).get_pk_constraint("artifacts")["constrained_columns"]
+        assert key == ["id", "scope"]
+        store = Store(pg_url)
+        try:
+            old = ArtifactRef("aa", "h1", "u1", 1, "text", "str", "")
+            assert store.artifact("aa") == old == store.artifact("aa", "p/d")
+            mine = ArtifactRef("aa", "h2", "u2", 2, "text", "str", "")
+            with store.transaction() as conn:
+                store.put_artifacts(conn, [mine], "p/d")
+            assert store.artifact("aa", "p/d") == mine and store.artifact("aa") == old
+            assert store.artifacts_by_prefix("a", "p/d") == [mine]
+        finally:
+            store.close()
+        from alembic import command
+
+        cfg = store_db.alembic_config()
+        for refused in (True, False):
+            with engine.connect() as conn:
+                cfg.attributes["connection"] = conn
+                if refused:
+                    with pytest.raises(RuntimeError, match="recorded for more than one project"):
+                        command.downgrade(cfg, "0007")
+                    conn.rollback()
+                    conn.exec_driver_sql("DELETE FROM artifacts WHERE scope = ''")
+                else:
+                    command.downgrade(cfg, "0007")
+                conn.commit()
+        assert store_db.current_revision(engine) == "0007"
+        key = sa.inspect(engine).get_pk_constraint("artifacts")["constrained_columns"]
+        assert key == ["id"]
+    finally:
+        engine.dispose()
+
+
 def test_processes_migrating_at_once_queue_on_the_lock(pg_url: str) -> None:
     """Four fresh stores on one empty database: one migrates, the others wait for it and
     find the schema at head (without the advisory lock they trip over each other)."""

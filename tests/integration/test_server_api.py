@@ -886,20 +886,35 @@ def test_an_id_keeps_its_first_bytes(world: World) -> None:
 
 
 def test_an_id_taken_in_another_project(world: World) -> None:
-    """Artifact rows are shared by all projects (for now): an id beta recorded can't be
-    recorded by alpha with other bytes. Refused before anything is stored, and without
-    a word about beta's value."""
+    """Each project keeps its own row for an id (revision 0008): beta having recorded an
+    id neither blocks alpha's upload under it, nor shows in alpha's answer, nor changes
+    what either reads back. (Artifact rows were shared: alpha got a 409, which also
+    told it that some project held the id.)"""
     artifact_id = "ef" * 32
     theirs = world.api("beta").upload("beta", SECRET, "cloudpickle", artifact_id=artifact_id)
     assert theirs.status_code == 200, theirs.text
-    before = stored_files(world.server)
-    r = world.api("alpha-write").upload("alpha", b"mine", "cloudpickle", artifact_id=artifact_id)
-    assert r.status_code == 409, r.text
-    assert r.json() == {
-        "detail": f"artifact id {artifact_id} is already recorded with other bytes; "
-        "an id names one value"
-    }
-    assert stored_files(world.server) == before
+    alpha = world.api("alpha-write")
+    mine = alpha.upload("alpha", b"mine", "cloudpickle", artifact_id=artifact_id)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["hash"] == hashlib.sha256(b"mine").hexdigest()
+    assert mine.json()["size"] == len(b"mine")
+    assert alpha.ok("GET", f"{scope('alpha')}/artifacts/{artifact_id}/bytes").content == b"mine"
+    beta = world.api("beta")
+    assert beta.ok("GET", f"{scope('beta')}/artifacts/{artifact_id}/bytes").content == SECRET
+    assert artifact_rows(world.server, artifact_id) == 2
+
+
+def test_an_upload_squatting_another_projects_id_does_not_block_it(world: World) -> None:
+    """beta uploads junk under the id of a value alpha will store: alpha stores and reads
+    its own value all the same."""
+    value = b"alpha's helper, pickled"
+    artifact_id = "ab" * 31 + "cd"
+    junk = world.api("beta").upload("beta", b"junk", "cloudpickle", artifact_id=artifact_id)
+    assert junk.status_code == 200, junk.text
+    alpha = world.api("alpha-write")
+    r = alpha.upload("alpha", value, "cloudpickle", artifact_id=artifact_id)
+    assert r.status_code == 200, r.text
+    assert alpha.ok("GET", f"{scope('alpha')}/artifacts/{artifact_id}/bytes").content == value
 
 
 def test_a_revoked_token_stops_working_at_once(world: World) -> None:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ def test_the_driver_statements_follow_the_schema(tmp_path: Path) -> None:
     artifacts = metadata.tables["artifacts"]
     assert {c: artifacts.c[c].type.length for c in SHOWN_WIDTHS} == SHOWN_WIDTHS
     # Artifact rows are written from the refs' fields (``put_artifacts``), not the table's.
-    assert {*sqlite_rows.ARTIFACT_FIELDS, "created_at"} == {c.name for c in artifacts.columns}
+    written = {*sqlite_rows.ARTIFACT_FIELDS, "created_at", "scope"}
+    assert written == {c.name for c in artifacts.columns}
 
 
 def test_rows_written_by_the_driver_read_back_through_sqlalchemy(tmp_path: Path) -> None:
@@ -391,7 +393,7 @@ def test_revision_0007_drops_two_unused_indexes_and_keeps_new_elements_from_goin
     config = TaskConfig(executor="inline", cache=True)
     xs = papercrane.put_value([1, 2], "xs")
     papercrane.close()
-    assert not unused & _indexes(path) and _revision(path) == "0007"
+    assert not unused & _indexes(path) and _revision(path) == db.SCHEMA_HEAD
     _downgrade(path, "0006")  # nothing recorded the new way yet
     assert unused <= _indexes(path)
 
@@ -428,3 +430,41 @@ def test_multi_row_inserts_write_what_executemany_writes(
     assert stored == [(i + 2, *row) for i, row in enumerate(rows)]
     last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     assert last == n + 1
+
+
+def test_revision_0008_gives_each_storage_its_own_artifact_rows(tmp_path: Path) -> None:
+    """Rows from before 0008 keep scope '' and stay readable: by the local engine, and
+    by a server's engine (which reads its own scope first) as long as the bytes are in
+    its storage. Once an id has rows in two scopes the store cannot go back to 0007."""
+    path = tmp_path / "papercrane.db"
+    engine = db.create_engine(f"sqlite:///{path}")
+    db.upgrade(engine, "0007")
+    engine.dispose()
+    old = ArtifactRef("ab" * 32, "cd" * 32, "objects/cd/x", 3, "text", "str", "'old'")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*astuple(old), 1.0))
+        conn.commit()
+    store = Store(f"sqlite:///{path}")  # opening migrates to the head
+    try:
+        assert _revision(path) == db.SCHEMA_HEAD
+        assert store.artifact(old.id) == old
+        assert store.artifact(old.id, "alpha/development") == old  # (the fallback)
+        assert store.artifacts_by_prefix("abab", "alpha/development") == [old]
+        mine = replace(old, hash="ef" * 32, uri="objects/ef/y")
+        with store.transaction() as conn:
+            store.put_artifacts(conn, [mine], "alpha/development")
+        assert store.artifact(old.id, "alpha/development") == mine
+        assert store.artifacts_by_prefix("abab", "alpha/development") == [mine]
+        assert store.artifact(old.id) == old
+        assert store.artifact(old.id, "beta/development") == old
+    finally:
+        store.close()
+    with pytest.raises(RuntimeError, match="recorded for more than one project"):
+        _downgrade(path, "0007")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DELETE FROM artifacts WHERE scope = ''")
+        conn.commit()
+    _downgrade(path, "0007")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT id, hash FROM artifacts").fetchall() == [(mine.id, mine.hash)]
+    assert _revision(path) == "0007"
