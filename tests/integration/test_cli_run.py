@@ -695,15 +695,15 @@ def test_lineage_of_a_three_step_chain(home: Path, tmp_path: Path) -> None:
 
 
 def test_an_ipython_kernel_gets_unix_sockets_others_tcp(tmp_path: Path) -> None:
-    from papercrane.backend.cli_run import _kernel_manager
+    from papercrane.backend.run_kernel import kernel_manager
 
     ipython = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    km = _kernel_manager("python3", ipython, tmp_path)
+    km = kernel_manager("python3", ipython, tmp_path)
     if os.name == "posix":
         assert (km.transport, km.ip) == ("ipc", str(tmp_path / "kernel"))
     else:
         assert km.transport == "tcp"
-    other = _kernel_manager(
+    other = kernel_manager(
         "ir", ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"], tmp_path
     )
     assert other.transport == "tcp"
