@@ -38,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kubernetes: needs a Kubernetes cluster (KUBECONFIG; scripts/k8s/cluster.sh)"
     )
+    config.addinivalue_line(
+        "markers", "browser: JupyterLab in headless Chromium (tests/integration/test_jupyterlab.py)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
