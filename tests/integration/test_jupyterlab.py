@@ -50,7 +50,12 @@ PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 #: The notebook's kernel is idle (its toolbar's indicator; read by screen readers).
 IDLE = f"{PANEL} >> text=Kernel status: Idle"
 #: What JupyterLab shows in place of a widget it cannot draw.
-BROKEN = ("Error displaying widget", "Model not found", "Failed to load model class", "Loading widget")
+BROKEN = (
+    "Error displaying widget",
+    "Model not found",
+    "Failed to load model class",
+    "Loading widget",
+)
 
 
 def _unavailable(reason: str) -> None:
