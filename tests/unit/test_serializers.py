@@ -160,6 +160,7 @@ INDEX_KINDS = {
         {"a": [1, 2]}, index=pd.timedelta_range("1s", periods=2, freq="s")
     ),
     "period": pd.DataFrame({"a": [1, 2]}, index=pd.period_range("2020-01", periods=2, freq="M")),
+    "categorical": pd.DataFrame({"a": [1, 2, 3]}, index=pd.CategoricalIndex(["x", "y", "x"])),
     "attrs": pd.DataFrame({"a": [1]}),
 }
 INDEX_KINDS["attrs"].attrs["source"] = "sensor 4"
@@ -589,20 +590,35 @@ def test_shipped_functions_keep_their_file_name_for_tracebacks(
     assert (last.filename, last.lineno) == ("/tmp/ipykernel_1/cell-7.py", 3)
 
 
-#: A DatetimeIndex's or TimedeltaIndex's array pickles pandas' cache of its ``unit``,
-#: which reading Parquet fills: those frames still fingerprint otherwise once read back
-#: (as they do once the notebook reads ``df.index.unit``), a fingerprint matter.
-_CACHE_IN_PICKLE = {"datetime-freq", "datetime-tz-freq", "datetime-no-freq", "timedelta-freq"}
+def _built_column_by_column() -> pd.DataFrame:
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    frame["b"] = [3.0, 4.0]  # a block per column; read back, one block for both
+    return frame
 
 
-@pytest.mark.parametrize("kind", sorted(set(INDEX_KINDS) - _CACHE_IN_PICKLE))
+#: Frames whose pandas bookkeeping (not their values) differs once read back: blocks,
+#: Arrow chunks, the bytes under a nullable column's nulls.
+COLUMN_KINDS = {
+    "built-column-by-column": _built_column_by_column(),
+    "concatenated-strings": pd.concat(
+        [pd.DataFrame({"s": ["x", None]}), pd.DataFrame({"s": ["z"]})], ignore_index=True
+    ),
+    "nullable-int": pd.DataFrame({"i": pd.array([1, None, 3], dtype="Int64")}),
+    "datetime-column": pd.DataFrame({"t": pd.date_range("2020-01-01", periods=2, tz="UTC")}),
+    "categorical-column": pd.DataFrame({"c": pd.Categorical(["x", "y", "x"])}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INDEX_KINDS) + sorted(COLUMN_KINDS))
 def test_a_frame_read_back_has_the_fingerprint_it_was_written_with(
     registry: SerializerRegistry, storage: Storage, kind: str
 ) -> None:
     # What %lineage and a downstream task's cache key rely on: the kernel fingerprints a
-    # task's output as it reads it back, the runner as the task made it.
-    frame = INDEX_KINDS[kind]
+    # task's output as it reads it back, the runner as the task made it. A DatetimeIndex
+    # read back has pandas' cache of its unit filled, in its pickle: not its value.
+    frame = INDEX_KINDS.get(kind, COLUMN_KINDS.get(kind))
     serializer = registry.get("parquet")
     digest, key, _ = storage.put_value(frame, serializer)
     back = storage.load_value(key, digest, serializer)
+    assert back.equals(frame) and type(back.index) is type(frame.index)
     assert Fingerprinter(registry).value(back) == Fingerprinter(registry).value(frame)
