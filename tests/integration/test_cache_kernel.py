@@ -103,6 +103,15 @@ def test_helper_functions(counter: Counter, kernel: Kernel) -> None:
     assert kernel.run("print(out)").ok().stdout.strip() == "16"
 
 
+def test_listing_outputs_in_another_order_hits(counter: Counter, kernel: Kernel) -> None:
+    kernel.run("n = 3").ok()
+    counter.task("c = n + 1\nd = n * 2", "--outputs c,d")
+    text = counter.task("c = n + 1\nd = n * 2", "--outputs d,c")
+    assert counter.runs == 1 and "cache: hit" in text
+    assert text.index("-> d") < text.index("-> c")  # as this cell lists them
+    assert kernel.run("print(c, d)").ok().stdout.strip() == "4 6"
+
+
 def test_cache_version_bump_misses(counter: Counter) -> None:
     counter.task("out = 1")
     counter.task("out = 1", "--cache-version 2")
