@@ -85,7 +85,9 @@ class Fingerprinter:
             if ref is not None:
                 self.modules.add(ref.partition(":")[0])
                 return f"ref:{ref}"
-            return f"lru_cache:{self._inner(value.__wrapped__)}"
+            params = value.cache_parameters()  # (typed=True can change what it returns)
+            wrapped = self._inner(value.__wrapped__)
+            return f"lru_cache:{params['maxsize']}:{params['typed']}:{wrapped}"
         if isinstance(value, (set, frozenset)):
             items = sorted(self.value(v) for v in value)
             return f"{type(value).__name__}:{_h(','.join(items))}"

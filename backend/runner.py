@@ -553,9 +553,11 @@ def _unloadable(name: str, exc: BaseException) -> str:
     if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc):
         msg += (
             ". It names a notebook object by reference, which a separate process does "
-            "not have: a notebook function wrapped by a C decorator (functools.lru_cache, "
-            "functools.cache) can't travel by value. Use the undecorated function in the "
-            "task, define it inside the task's cell, or run it with --executor inline"
+            "not have: an object that pickles by name (one whose __reduce__ returns a "
+            "name, a notebook function wrapped by a decorator written in C other than "
+            "functools.lru_cache and functools.cache) can't travel by value. Define it in "
+            "a module file next to the notebook and import it, define it inside the task's "
+            "cell, or run the task with --executor inline"
         )
     return msg
 

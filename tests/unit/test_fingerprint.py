@@ -268,6 +268,8 @@ def test_lru_cached_notebook_function_is_hashed_by_its_code(main_module) -> None
     changed = main_module(src.replace("x + 1", "x + 2"))
     assert fp(changed.cached) != a
     assert fp(changed.user) != a_user
+    typed = main_module(src.replace("maxsize=None", "maxsize=None, typed=True"))
+    assert fp(typed.cached) != a  # (typed: f(1) and f(1.0) are cached apart)
 
 
 def test_lru_cached_library_function_is_a_reference() -> None:

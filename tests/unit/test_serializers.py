@@ -6,7 +6,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
+import subprocess
 import sys
+import textwrap
 import threading
 import traceback
 import types
@@ -588,6 +590,63 @@ def test_shipped_functions_keep_their_file_name_for_tracebacks(
         outer(1)(0)
     last = traceback.extract_tb(raised.value.__traceback__)[-1]
     assert (last.filename, last.lineno) == ("/tmp/ipykernel_1/cell-7.py", 3)
+
+
+LRU_CELL = """
+import functools
+
+@functools.lru_cache(maxsize=16, typed=True)
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+@functools.cache
+def scaled(x):
+    return x * 10
+"""
+
+LOAD_ELSEWHERE = """
+import pickle, sys
+fib, scaled = pickle.load(sys.stdin.buffer)
+fib(30)  # recursion through the one wrapper: fast, and counted as hits
+assert fib.__wrapped__.__globals__["fib"] is fib
+print(fib(30), scaled(2), fib.cache_parameters(), scaled.cache_parameters(), fib.__name__)
+print(fib.cache_info().hits > 0)
+"""
+
+
+def test_a_notebook_function_under_lru_cache_travels_by_value(
+    registry: SerializerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It pickles by name otherwise: a task's process has no notebook to find it in.
+    main = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    exec(compile(LRU_CELL, "<cell-3>", "exec"), main.__dict__)
+    main.fib(10)  # a filled cache stays behind
+    stream = io.BytesIO()
+    registry.get("cloudpickle").dump((main.fib, main.scaled), stream)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LOAD_ELSEWHERE)],
+        input=stream.getvalue(),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines() == [
+        "832040 20 {'maxsize': 16, 'typed': True} {'maxsize': None, 'typed': False} fib",
+        "True",
+    ]
+
+
+def test_an_installed_lru_cache_function_still_pickles_by_name(
+    registry: SerializerRegistry,
+) -> None:
+    import re
+
+    stream = io.BytesIO()
+    registry.get("cloudpickle").dump(re._compile, stream)
+    assert len(stream.getvalue()) < 100
+    stream.seek(0)
+    assert registry.get("cloudpickle").load(stream) is re._compile
 
 
 def _built_column_by_column() -> pd.DataFrame:
