@@ -32,6 +32,7 @@ from .artifacts import ArtifactIO
 from .environment import import_reference, resolve_reference
 from .errors import PapercraneError, UserError, not_iterable
 from .model import ArtifactRef, ErrorKind, TaskSpec
+from .search_path import adopt_path
 from .storage import Storage
 
 _MAX_DISPLAY_BYTES = 4 << 20
@@ -411,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
     storage.vouched.adopt(attempt.get("vouched", {}))  # from the engine that started us
+    adopt_path(attempt.get("sys_path", []))  # the kernel's own folders (a local attempt)
     artifacts = ArtifactIO(storage)
     with (
         storage.open_write(f"{prefix}/stdout.log") as out_log,

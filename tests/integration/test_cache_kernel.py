@@ -235,6 +235,26 @@ def _edit(path: Path, text: str) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_a_folder_a_cell_puts_on_sys_path_reaches_local_tasks_and_their_key(
+    counter: Counter, kernel: Kernel, workdir: Path, zygote: str
+) -> None:
+    kernel.run(f"import os\nos.environ['PAPERCRANE_LOCAL_ZYGOTE'] = {zygote!r}").ok()
+    _edit(workdir / "lib" / "extmod.py", "K = 5\ndef g(x):\n    return x + K\n")
+    body = "import extmod\nr = extmod.g(1)"
+    # Asked before the folder is on sys.path: no such module, here or in the task.
+    r = kernel.run(f"%%task work --cache --executor local\n{body}")
+    assert r.status == "error" and "No module named 'extmod'" in r.text
+    kernel.run("import sys\nsys.path.insert(0, 'lib')").ok()
+    counter.task(body, "--executor local")
+    assert kernel.run("print(r)").ok().stdout.strip() == "6"
+    assert counter.runs == 1  # (the failed run above did not get as far as the log)
+    _edit(workdir / "lib" / "extmod.py", "K = 6\ndef g(x):\n    return x + K\n")
+    text = counter.task(body, "--executor local")
+    assert counter.runs == 2 and "cache: miss" in text
+    assert kernel.run("print(r)").ok().stdout.strip() == "7"
+
+
 def test_editing_a_module_a_local_helper_imports_misses(
     counter: Counter, kernel: Kernel, workdir: Path
 ) -> None:
