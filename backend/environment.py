@@ -55,6 +55,9 @@ def resolve_reference(ref: str) -> Any:
     return obj
 
 
+_Described = tuple[dict[str, str], dict[str, str], list[tuple[str, int]], list[str] | None]
+
+
 class EnvironmentProbe:
     """Maps top-level module names to distribution versions, cached per probe.
 
@@ -66,7 +69,9 @@ class EnvironmentProbe:
 
     def __init__(self, saved: str | os.PathLike[str] | None = None) -> None:
         self._dists: dict[str, list[str]] | None = None
-        self._cache: dict[str, tuple[dict[str, str], dict[str, str], list[tuple[str, int]]]] = {}
+        #: top -> (packages, local modules, watched files, the ``sys.path`` a local
+        #: module's answer was found on, or None for other answers).
+        self._cache: dict[str, _Described] = {}
         #: A file keeping the module -> distributions map between sessions (below).
         self._saved = os.fspath(saved) if saved is not None else None
         #: The stamp the map belongs to, and ``sys.path`` when it was taken.
@@ -138,8 +143,13 @@ class EnvironmentProbe:
         """(packages, local_modules) contributed by one top-level module name."""
         top = top_module.partition(".")[0]
         cached = self._cache.get(top)
-        if cached is not None and all(_stamp(path) == stamp for path, stamp in cached[2]):
+        if (
+            cached is not None
+            and (cached[3] is None or cached[3] == sys.path)
+            and all(_stamp(path) == stamp for path, stamp in cached[2])
+        ):
             return cached[0], cached[1]
+        searched: list[str] | None = None
         packages: dict[str, str] = {}
         local: dict[str, str] = {}
         watch: list[tuple[str, int]] = []
@@ -158,12 +168,15 @@ class EnvironmentProbe:
                     if path is not None:
                         watch.append((path, _stamp(path)))
             else:
+                # Where a local module is (or that there is none) depends on sys.path,
+                # which a cell may change (``sys.path.insert(0, "lib")``): asked again then.
+                searched = list(sys.path)
                 found_source = _local_source(top, self._is_local)
                 if found_source:
                     digest, paths = found_source
                     local[top] = digest
                     watch.extend((path, _stamp(path)) for path in paths)
-        self._cache[top] = (packages, local, watch)
+        self._cache[top] = (packages, local, watch, searched)
         return packages, local
 
     def _is_local(self, top: str) -> bool:

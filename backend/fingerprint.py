@@ -5,8 +5,8 @@ embeds fresh ids and line numbers), so hashing them would make every re-run a ca
 miss. A fingerprint instead hashes what the function *is*: its bytecode, constants,
 defaults, closure values and the globals it reads, recursively, without line numbers
 or file names. Data values are hashed through their serializer's bytes, or through a
-pickle stream in which functions, classes, modules and arrays are replaced by their
-own fingerprints.
+pickle stream in which functions, classes, modules, arrays and pandas values are replaced
+by their own fingerprints (``pandas_fingerprint.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from .environment import import_reference
 from .hashing import HashingWriter
+from .pandas_fingerprint import is_pandas_module, pandas_fingerprint
 from .scalars import FINGERPRINT, Scalars
 from .serializers import SerializerRegistry, type_module
 
@@ -84,13 +85,17 @@ class Fingerprinter:
             if ref is not None:
                 self.modules.add(ref.partition(":")[0])
                 return f"ref:{ref}"
-            return f"lru_cache:{self._inner(value.__wrapped__)}"
+            params = value.cache_parameters()  # (typed=True can change what it returns)
+            wrapped = self._inner(value.__wrapped__)
+            return f"lru_cache:{params['maxsize']}:{params['typed']}:{wrapped}"
         if isinstance(value, (set, frozenset)):
             items = sorted(self.value(v) for v in value)
             return f"{type(value).__name__}:{_h(','.join(items))}"
         if isinstance(value, types.MappingProxyType):  # dataclass field metadata, ...
             return f"mappingproxy:{self.value(dict(value))}"
         module = type_module(value)
+        if is_pandas_module(module):
+            return pandas_fingerprint(value, self._inner)
         if (
             module.startswith("numpy")
             and type(value).__name__ == "ndarray"

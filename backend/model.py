@@ -186,8 +186,10 @@ class TaskSpec:
             # Input types are recorded but not hashed: the inputs' fingerprints already
             # say what they are, and a deferred (batch) capture cannot know the type of a
             # value an upstream task has yet to produce.
+            # Outputs are bound back by name, so ``--outputs c,d`` and ``--outputs d,c``
+            # are one task and share a cache entry.
             "inputs": sorted(self.inputs),
-            "outputs": list(self.outputs),
+            "outputs": sorted(set(self.outputs)),
             "display_last": self.display_last,
         }
 

@@ -32,6 +32,7 @@ from .artifacts import ArtifactIO
 from .environment import import_reference, resolve_reference
 from .errors import PapercraneError, UserError, not_iterable
 from .model import ArtifactRef, ErrorKind, TaskSpec
+from .search_path import adopt_path
 from .storage import Storage
 
 _MAX_DISPLAY_BYTES = 4 << 20
@@ -411,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
     storage.vouched.adopt(attempt.get("vouched", {}))  # from the engine that started us
+    adopt_path(attempt.get("sys_path", []))  # the kernel's own folders (a local attempt)
     artifacts = ArtifactIO(storage)
     with (
         storage.open_write(f"{prefix}/stdout.log") as out_log,
@@ -553,9 +555,11 @@ def _unloadable(name: str, exc: BaseException) -> str:
     if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc):
         msg += (
             ". It names a notebook object by reference, which a separate process does "
-            "not have: a notebook function wrapped by a C decorator (functools.lru_cache, "
-            "functools.cache) can't travel by value. Use the undecorated function in the "
-            "task, define it inside the task's cell, or run it with --executor inline"
+            "not have: an object that pickles by name (one whose __reduce__ returns a "
+            "name, a notebook function wrapped by a decorator written in C other than "
+            "functools.lru_cache and functools.cache) can't travel by value. Define it in "
+            "a module file next to the notebook and import it, define it inside the task's "
+            "cell, or run the task with --executor inline"
         )
     return msg
 

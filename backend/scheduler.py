@@ -778,6 +778,7 @@ class WorkflowRun:
             )
             if hit is not None:
                 entry, outputs, values = hit
+                outputs = _in_order(outputs, unit.node.spec.task.outputs)
                 self.emit(
                     K.CACHE_HIT,
                     unit.key,
@@ -1377,3 +1378,11 @@ class WorkflowRun:
                             ref, verify=run.status is Status.RECOVERED
                         )
         return WorkflowResult(self.state, nodes)
+
+
+def _in_order(outputs: dict[str, ArtifactRef], names: tuple[str, ...]) -> dict[str, ArtifactRef]:
+    """A cache entry's outputs in the order this cell lists them: the entry may come from
+    the same cell with ``--outputs`` in another order (one cache key), and the widget
+    should show them as the cell asks."""
+    ordered = {n: outputs[n] for n in names if n in outputs}
+    return ordered if len(ordered) == len(outputs) else {**ordered, **outputs}

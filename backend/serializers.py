@@ -463,8 +463,39 @@ def _pickler() -> type:
             args = tuple(code.co_filename if a == _DYNAMIC else a for a in args)
         return rebuild, args
 
-    table = ChainMap({types.CodeType: keep_file_name}, base.dispatch_table)
+    own = {types.CodeType: keep_file_name, functools._lru_cache_wrapper: _reduce_lru_cache}
+    table = ChainMap(own, base.dispatch_table)
     return type("Pickler", (base,), {"dispatch_table": table, "__module__": __name__})
+
+
+def _reduce_lru_cache(wrapper: Any) -> Any:
+    """A notebook function under ``functools.lru_cache`` (or ``functools.cache``) travels
+    as its function, by value, re-wrapped on load with the same ``maxsize`` and ``typed``
+    (and an empty cache). The C wrapper itself pickles by name, which the task's process
+    can't resolve: it has no notebook. A recursive one (``fib`` calling ``fib``) comes back
+    as one wrapper, which its function's globals name: pickle's memo sees to that. One an
+    installed module defines still pickles by name, as pickle would."""
+    wrapped = getattr(wrapper, "__wrapped__", None)
+    if wrapped is None or _importable(wrapper):
+        return wrapper.__reduce__()
+    params = wrapper.cache_parameters()
+    return _rebuild_lru_cache, (wrapped, params["maxsize"], params["typed"])
+
+
+def _importable(obj: Any) -> bool:
+    """Whether pickling ``obj`` by its module and qualified name finds it again elsewhere:
+    an importable module's attribute (not the notebook's ``__main__``, not a local)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    found: Any = sys.modules.get(module) if isinstance(module, str) else None
+    if found is None or module == "__main__" or getattr(found, "__spec__", None) is None:
+        return False
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+def _rebuild_lru_cache(function: Any, maxsize: int | None, typed: bool) -> Any:
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
 
 
 _BUILTIN = {

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..runner import AttemptResult, system_error
+from ..search_path import kernel_path
 from .base import AttemptSpec, Executor, LogSink
 
 if TYPE_CHECKING:  # imported where used: a kernel's cache hits load this executor only
@@ -130,6 +131,8 @@ class LocalExecutor(Executor):
         data = attempt.to_dict()
         # Inputs this engine vouches for are not hashed again by the attempt (``Vouched``).
         data["vouched"] = self.storage.vouched.export(r.uri for r in attempt.inputs.values())
+        # A folder a cell put on sys.path is on the attempt's too (``search_path``).
+        data["sys_path"] = kernel_path()
         self.storage.write_bytes(key, json.dumps(data).encode())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started = time.time()

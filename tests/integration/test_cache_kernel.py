@@ -103,6 +103,15 @@ def test_helper_functions(counter: Counter, kernel: Kernel) -> None:
     assert kernel.run("print(out)").ok().stdout.strip() == "16"
 
 
+def test_listing_outputs_in_another_order_hits(counter: Counter, kernel: Kernel) -> None:
+    kernel.run("n = 3").ok()
+    counter.task("c = n + 1\nd = n * 2", "--outputs c,d")
+    text = counter.task("c = n + 1\nd = n * 2", "--outputs d,c")
+    assert counter.runs == 1 and "cache: hit" in text
+    assert text.index("-> d") < text.index("-> c")  # as this cell lists them
+    assert kernel.run("print(c, d)").ok().stdout.strip() == "4 6"
+
+
 def test_cache_version_bump_misses(counter: Counter) -> None:
     counter.task("out = 1")
     counter.task("out = 1", "--cache-version 2")
@@ -226,6 +235,26 @@ def _edit(path: Path, text: str) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_a_folder_a_cell_puts_on_sys_path_reaches_local_tasks_and_their_key(
+    counter: Counter, kernel: Kernel, workdir: Path, zygote: str
+) -> None:
+    kernel.run(f"import os\nos.environ['PAPERCRANE_LOCAL_ZYGOTE'] = {zygote!r}").ok()
+    _edit(workdir / "lib" / "extmod.py", "K = 5\ndef g(x):\n    return x + K\n")
+    body = "import extmod\nr = extmod.g(1)"
+    # Asked before the folder is on sys.path: no such module, here or in the task.
+    r = kernel.run(f"%%task work --cache --executor local\n{body}")
+    assert r.status == "error" and "No module named 'extmod'" in r.text
+    kernel.run("import sys\nsys.path.insert(0, 'lib')").ok()
+    counter.task(body, "--executor local")
+    assert kernel.run("print(r)").ok().stdout.strip() == "6"
+    assert counter.runs == 1  # (the failed run above did not get as far as the log)
+    _edit(workdir / "lib" / "extmod.py", "K = 6\ndef g(x):\n    return x + K\n")
+    text = counter.task(body, "--executor local")
+    assert counter.runs == 2 and "cache: miss" in text
+    assert kernel.run("print(r)").ok().stdout.strip() == "7"
+
+
 def test_editing_a_module_a_local_helper_imports_misses(
     counter: Counter, kernel: Kernel, workdir: Path
 ) -> None:
@@ -254,13 +283,19 @@ def test_editing_a_submodule_of_a_local_package_misses(
     assert kernel.run("print(r2)").ok().stdout.strip() == "6"
 
 
+@pytest.mark.parametrize(
+    ("index", "kind"),
+    [("None", "RangeIndex"), ('pd.date_range("2024-01-01", periods=2)', "DatetimeIndex")],
+)
 def test_a_task_made_frame_keeps_its_index_and_its_lineage(
-    counter: Counter, kernel: Kernel
+    counter: Counter, kernel: Kernel, index: str, kind: str
 ) -> None:
+    # (a DatetimeIndex read back has pandas' cache of its unit filled: not its value)
     kernel.run("import pandas as pd").ok()
-    kernel.run('%%task mk\ndf = pd.DataFrame({"a": [1, 2]})').ok()
-    r = kernel.run("print(type(df.index).__name__, df.equals(pd.DataFrame({'a': [1, 2]})))")
-    assert r.ok().stdout.strip() == "RangeIndex True"
+    make = f'pd.DataFrame({{"a": [1, 2]}}, index={index})'
+    kernel.run(f"%%task mk\ndf = {make}").ok()
+    r = kernel.run(f"print(type(df.index).__name__, df.equals({make}))")
+    assert r.ok().stdout.strip() == f"{kind} True"
     lineage = kernel.run("%lineage df").ok().text
     assert "mk" in lineage and "not produced by a task" not in lineage
     # A downstream task run in the notebook, then in the workflow: the same input.

@@ -321,16 +321,30 @@ def test_sys_exit_in_a_task_fails_it_once_as_the_users_error(
     assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
 
 
-def test_a_notebook_function_under_lru_cache_is_refused_once_with_what_to_do(
+def test_a_notebook_function_under_lru_cache_reaches_a_local_task(kernel: Kernel) -> None:
+    """The C wrapper pickles by name, which the task's process can't resolve; its
+    function travels by value instead and is wrapped again there (its cache empty)."""
+    cell = (
+        "import functools\n@functools.lru_cache(maxsize=8)\ndef fib(n):\n"
+        "    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib(5)"
+    )
+    kernel.run(cell).ok()
+    kernel.run("%%task lc --executor local\nr = fib(25), fib.cache_parameters()").ok()
+    r = kernel.run("print(r)").ok()
+    assert r.stdout.strip() == "(75025, {'maxsize': 8, 'typed': False})"
+
+
+def test_a_notebook_object_that_pickles_by_name_is_refused_once_with_what_to_do(
     kernel: Kernel,
 ) -> None:
-    """cloudpickle ships a notebook function by value, but not one wrapped by a C
-    decorator: the task's process can't rebuild it. One attempt, a user error, and
-    what to do; not three "storage" attempts."""
-    kernel.run("import functools\n@functools.lru_cache\ndef base(x):\n    return x * 10").ok()
-    r = kernel.run("%%task lc\nr = base(2)")
+    """cloudpickle ships notebook functions and classes by value, but an object whose
+    pickle is a name can't be rebuilt in the task's process. One attempt, a user
+    error, and what to do; not three "storage" attempts."""
+    cell = "class Named:\n    def __reduce__(self):\n        return 'base'\nbase = Named()"
+    kernel.run(cell).ok()
+    r = kernel.run("%%task lc --executor local\nr = base")
     assert r.status == "error"
     text = "\n".join(r.error["traceback"])
     assert "input 'base' could not be loaded here" in text, text
-    assert "functools.lru_cache" in text and "--executor inline" in text
+    assert "pickles by name" in text and "--executor inline" in text
     assert "after 3 attempt" not in text and "StorageError" not in text

@@ -244,3 +244,16 @@ def test_a_module_differs_from_its_file_when_edited_since_it_was_imported(
         assert live_module_differs("livemod") == "K is 99 here and 1 in the file"
     finally:
         sys.modules.pop("livemod", None)
+
+
+def test_a_module_asked_for_before_its_folder_is_on_sys_path_is_found_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task run before the cell that does sys.path.insert(0, "lib"): the answer "no
+    # such module" must not stay, or the module's source never joins the task's key.
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "pc_late_mod.py").write_text("K = 1\n")
+    probe = EnvironmentProbe()
+    assert probe.environment({"pc_late_mod"}).local_modules == {}
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "lib"), *sys.path])
+    assert set(probe.environment({"pc_late_mod"}).local_modules) == {"pc_late_mod"}

@@ -268,6 +268,8 @@ def test_lru_cached_notebook_function_is_hashed_by_its_code(main_module) -> None
     changed = main_module(src.replace("x + 1", "x + 2"))
     assert fp(changed.cached) != a
     assert fp(changed.user) != a_user
+    typed = main_module(src.replace("maxsize=None", "maxsize=None, typed=True"))
+    assert fp(typed.cached) != a  # (typed: f(1) and f(1.0) are cached apart)
 
 
 def test_lru_cached_library_function_is_a_reference() -> None:
@@ -445,6 +447,51 @@ def test_object_arrays_go_through_pickle() -> None:
     a = np.array([1, "a", None], dtype=object)
     assert fp(a) == fp(np.array([1, "a", None], dtype=object))
     assert fp(a) != fp(np.array([1, "b", None], dtype=object))
+
+
+def test_pandas_values_are_hashed_by_what_they_hold_not_by_pandas_caches() -> None:
+    import pandas as pd
+
+    index = pd.date_range("2024-01-01", periods=3, tz="Europe/Paris")
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=index)
+    before = fp(frame)
+    _ = frame.index.unit, frame.index.is_monotonic_increasing  # fills pandas' caches
+    assert fp(frame) == before
+    built = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=index.copy())
+    built["b"] = 0.0  # another block than the same frame made at once
+    assert fp(built) == fp(pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": 0.0}, index=index))
+    nulls = pd.array([1, 2], dtype="Int64")
+    nulls[1] = None  # (the 2 stays under the null)
+    assert fp(nulls) == fp(pd.array([1, None], dtype="Int64"))
+    assert fp(pd.Series(["x", "y"], name="s")) == fp(pd.Series(["x", "y"], name="s"))
+
+
+def test_pandas_values_that_differ_have_different_fingerprints() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [1, 2, 3]}, index=pd.date_range("2024-01-01", periods=3))
+    others = [
+        frame,
+        frame.set_axis(pd.date_range("2024-01-02", periods=3)),
+        frame.set_axis(pd.date_range("2024-01-01", periods=3, tz="UTC")),
+        frame.set_axis(pd.date_range("2024-01-01", periods=3).as_unit("ns")),
+        frame.set_axis(pd.DatetimeIndex(frame.index, freq=None)),  # freq: shift() differs
+        frame.set_axis(pd.period_range("2024-01-01", periods=3, freq="D")),
+        frame.set_axis(pd.RangeIndex(3)),
+        frame.set_axis(pd.Index([0, 1, 2])),
+        frame.set_axis(pd.CategoricalIndex(["x", "y", "x"])),
+        frame.set_axis(pd.Index(["x", "y", "x"])),
+        frame.set_axis(pd.MultiIndex.from_tuples([("x", 1), ("y", 1), ("x", 2)])),
+        frame.set_axis(pd.MultiIndex.from_tuples([("x", 1), ("y", 1), ("x", 3)])),
+        frame.rename(columns={"a": "b"}),
+        frame.astype("int32"),
+        frame.astype("Int64"),
+        frame.astype("category"),
+        frame.rename_axis("when"),
+        frame["a"],
+        frame.index,
+    ]
+    assert len({fp(other) for other in others}) == len(others)
 
 
 def test_sets_do_not_depend_on_insertion_order() -> None:

@@ -107,7 +107,7 @@ def test_renaming_the_task_changes_version_but_keeps_cache_identity() -> None:
     "changes",
     [
         {"outputs": ("total",)},
-        {"outputs": ("total", "area")},  # output order is part of the interface
+        {"outputs": ("area", "total", "mean")},
         {"inputs": ("radii", "scale")},
         {"display_last": False},
         {"imports": ("np=numpy", "pd=pandas")},
@@ -144,6 +144,15 @@ def test_interface_imports_and_environment_change_version_and_cache(
 )
 def test_presentation_details_keep_the_version(changes: dict[str, Any]) -> None:
     assert spec(**changes).version() == spec().version()
+
+
+def test_output_order_does_not_matter() -> None:
+    # Outputs are bound back by name: ``--outputs area,total`` and ``--outputs total,area``
+    # run the same cell the same way, so they share one cache entry.
+    reordered = spec(outputs=("total", "area"))
+    assert reordered.version() == spec().version()
+    assert reordered.cache_identity("") == spec().cache_identity("")
+    assert spec(outputs=("area", "total", "area")).cache_identity("") == spec().cache_identity("")
 
 
 def test_input_and_import_order_do_not_matter() -> None:

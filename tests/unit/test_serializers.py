@@ -6,7 +6,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
+import subprocess
 import sys
+import textwrap
 import threading
 import traceback
 import types
@@ -160,6 +162,7 @@ INDEX_KINDS = {
         {"a": [1, 2]}, index=pd.timedelta_range("1s", periods=2, freq="s")
     ),
     "period": pd.DataFrame({"a": [1, 2]}, index=pd.period_range("2020-01", periods=2, freq="M")),
+    "categorical": pd.DataFrame({"a": [1, 2, 3]}, index=pd.CategoricalIndex(["x", "y", "x"])),
     "attrs": pd.DataFrame({"a": [1]}),
 }
 INDEX_KINDS["attrs"].attrs["source"] = "sensor 4"
@@ -589,20 +592,92 @@ def test_shipped_functions_keep_their_file_name_for_tracebacks(
     assert (last.filename, last.lineno) == ("/tmp/ipykernel_1/cell-7.py", 3)
 
 
-#: A DatetimeIndex's or TimedeltaIndex's array pickles pandas' cache of its ``unit``,
-#: which reading Parquet fills: those frames still fingerprint otherwise once read back
-#: (as they do once the notebook reads ``df.index.unit``), a fingerprint matter.
-_CACHE_IN_PICKLE = {"datetime-freq", "datetime-tz-freq", "datetime-no-freq", "timedelta-freq"}
+LRU_CELL = """
+import functools
+
+@functools.lru_cache(maxsize=16, typed=True)
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+@functools.cache
+def scaled(x):
+    return x * 10
+"""
+
+LOAD_ELSEWHERE = """
+import pickle, sys
+fib, scaled = pickle.load(sys.stdin.buffer)
+fib(30)  # recursion through the one wrapper: fast, and counted as hits
+assert fib.__wrapped__.__globals__["fib"] is fib
+print(fib(30), scaled(2), fib.cache_parameters(), scaled.cache_parameters(), fib.__name__)
+print(fib.cache_info().hits > 0)
+"""
 
 
-@pytest.mark.parametrize("kind", sorted(set(INDEX_KINDS) - _CACHE_IN_PICKLE))
+def test_a_notebook_function_under_lru_cache_travels_by_value(
+    registry: SerializerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It pickles by name otherwise: a task's process has no notebook to find it in.
+    main = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    exec(compile(LRU_CELL, "<cell-3>", "exec"), main.__dict__)
+    main.fib(10)  # a filled cache stays behind
+    stream = io.BytesIO()
+    registry.get("cloudpickle").dump((main.fib, main.scaled), stream)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LOAD_ELSEWHERE)],
+        input=stream.getvalue(),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines() == [
+        "832040 20 {'maxsize': 16, 'typed': True} {'maxsize': None, 'typed': False} fib",
+        "True",
+    ]
+
+
+def test_an_installed_lru_cache_function_still_pickles_by_name(
+    registry: SerializerRegistry,
+) -> None:
+    import re
+
+    stream = io.BytesIO()
+    registry.get("cloudpickle").dump(re._compile, stream)
+    assert len(stream.getvalue()) < 100
+    stream.seek(0)
+    assert registry.get("cloudpickle").load(stream) is re._compile
+
+
+def _built_column_by_column() -> pd.DataFrame:
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    frame["b"] = [3.0, 4.0]  # a block per column; read back, one block for both
+    return frame
+
+
+#: Frames whose pandas bookkeeping (not their values) differs once read back: blocks,
+#: Arrow chunks, the bytes under a nullable column's nulls.
+COLUMN_KINDS = {
+    "built-column-by-column": _built_column_by_column(),
+    "concatenated-strings": pd.concat(
+        [pd.DataFrame({"s": ["x", None]}), pd.DataFrame({"s": ["z"]})], ignore_index=True
+    ),
+    "nullable-int": pd.DataFrame({"i": pd.array([1, None, 3], dtype="Int64")}),
+    "datetime-column": pd.DataFrame({"t": pd.date_range("2020-01-01", periods=2, tz="UTC")}),
+    "categorical-column": pd.DataFrame({"c": pd.Categorical(["x", "y", "x"])}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INDEX_KINDS) + sorted(COLUMN_KINDS))
 def test_a_frame_read_back_has_the_fingerprint_it_was_written_with(
     registry: SerializerRegistry, storage: Storage, kind: str
 ) -> None:
     # What %lineage and a downstream task's cache key rely on: the kernel fingerprints a
-    # task's output as it reads it back, the runner as the task made it.
-    frame = INDEX_KINDS[kind]
+    # task's output as it reads it back, the runner as the task made it. A DatetimeIndex
+    # read back has pandas' cache of its unit filled, in its pickle: not its value.
+    frame = INDEX_KINDS.get(kind, COLUMN_KINDS.get(kind))
     serializer = registry.get("parquet")
     digest, key, _ = storage.put_value(frame, serializer)
     back = storage.load_value(key, digest, serializer)
+    assert back.equals(frame) and type(back.index) is type(frame.index)
     assert Fingerprinter(registry).value(back) == Fingerprinter(registry).value(frame)

@@ -108,6 +108,7 @@ y = {
     "argv": sys.argv[:2],
     "executable": [sys.executable, sys.prefix, tuple(sys.flags)],
     "path0": sys.path[0],
+    "path": sys.path,
     "cwd": os.getcwd(),
     "fds": sorted(os.listdir("/proc/self/fd")),
     "umask": open("/proc/self/status").read().split("Umask:")[1].split()[0],
@@ -122,6 +123,9 @@ def test_a_forked_attempt_looks_like_a_spawned_one(
     engine: LocalEngine, executor: LocalExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PAPERCRANE_TEST_VALUE", "from the caller")
+    # A kernel's path starts with its working folder; the folders after it that an
+    # attempt lacks (pytest's here) are added after it, to both kinds of attempt.
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
     old = os.umask(0o027)
     try:
         forked_result, forked = run(engine, SNAPSHOT)
