@@ -32,6 +32,7 @@ from .errors import (
     PapercraneError,
     SystemError_,
     TaskFailed,
+    TooLarge,
     UserError,
     WorkflowFailed,
 )
@@ -39,6 +40,7 @@ from .hashing import HashingReader, HashingWriter, algorithm_of
 from .model import ArtifactRef, Event, EventKind, ExecutionState, Status, TaskSpec
 from .projection import apply
 from .serializers import CloudpickleSerializer, SerializerRegistry, preview, python_type_name
+from .units import format_size
 from .workflow import WorkflowSpec
 
 _TERMINAL = (EventKind.EXECUTION_SUCCEEDED, EventKind.EXECUTION_FAILED, EventKind.EXECUTION_ABORTED)
@@ -187,6 +189,8 @@ class RemoteEngine(EngineAPI):
             raise NotFound(detail)
         if status == 409:
             raise Conflict(detail)
+        if status == 413:
+            raise TooLarge(detail)
         if status < 500:
             raise UserError(detail)
         raise SystemError_(f"{where} failed ({status}): {detail}")
@@ -262,17 +266,32 @@ class RemoteEngine(EngineAPI):
                 "python_type": python_type_name(value)[:200],
                 "preview": preview(value)[:200],
             }
-            data = self._req(
-                "PUT",
-                f"{self._scope}/artifacts/{fingerprint}",
-                params=params,
-                content=_chunks(spool),
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(writer.size),
-                },
-            )
+            try:
+                data = self._req(
+                    "PUT",
+                    f"{self._scope}/artifacts/{fingerprint}",
+                    params=params,
+                    content=_chunks(spool),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(writer.size),
+                    },
+                )
+            except TooLarge as exc:
+                raise self._too_large(what, writer.size, exc) from None
         return ArtifactRef.from_dict(data)
+
+    def _too_large(self, what: str, size: int, refusal: TooLarge) -> TooLarge:
+        """The server's size refusal (413) knows bytes, not names: it is said again
+        here, where the variable (``what``) is known, with the ways around it."""
+        limit = re.search(r"limit of (\d+) bytes", str(refusal))
+        said = format_size(int(limit.group(1))) if limit else str(refusal)
+        return TooLarge(
+            f"{what} is {format_size(size)} serialized, over the upload limit of the "
+            f"papercrane server at {self.url} ({said}); ask the server's administrator for "
+            "a larger `papercrane server --max-upload`, pass a smaller value, or pass where "
+            "the data is (a path or URL the server can read) and load it inside the task"
+        )
 
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
