@@ -21,7 +21,14 @@ from typing import Any
 import httpx
 
 from . import config
-from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
+from .api import (
+    EngineAPI,
+    NullListener,
+    RunListener,
+    RunRequest,
+    RunResult,
+    tell_connection,
+)
 from .artifacts import typed_fingerprint, unserializable_error
 from .errors import (
     ConfigError,
@@ -370,18 +377,22 @@ class RemoteEngine(EngineAPI):
 
     def follow(self, execution_id: str, listener: RunListener | None = None) -> ExecutionState:
         """Stream the execution's events until it ends, reconnecting if the stream drops
-        (with a growing wait, and one line on stderr while the server is unreachable: the
-        execution goes on there). An interrupt here aborts the execution on the server."""
+        (with a growing wait). While the server is unreachable the execution goes on
+        there: one line on stderr says so, and the listener hears of each failed try
+        (``on_connection``: the widget shows it) until the server is back."""
         listener = listener or NullListener()
         state = ExecutionState(id=execution_id)
-        wait, lost = self.RETRY_FIRST, False
+        wait, lost, tries = self.RETRY_FIRST, False, 0
 
         def connected() -> None:
-            nonlocal wait, lost
+            nonlocal wait, lost, tries
             wait = self.RETRY_FIRST
             if lost:
                 self._say(f"the server at {self.url} is back; following {execution_id}")
                 lost = False
+            if tries:
+                tries = 0
+                tell_connection(listener, None)
 
         try:
             while True:
@@ -405,12 +416,19 @@ class RemoteEngine(EngineAPI):
                         elif kind == "end":
                             return state
                 except httpx.TransportError:
-                    if not stream.opened and not lost:
-                        self._say(
-                            f"the server at {self.url} is unreachable, retrying... (interrupt "
-                            f"to stop waiting; execution {execution_id} goes on on the server)"
+                    if not stream.opened:
+                        if not lost:
+                            self._say(
+                                f"the server at {self.url} is unreachable, retrying... "
+                                f"(interrupt to stop waiting; execution {execution_id} goes on "
+                                "on the server)"
+                            )
+                            lost = True
+                        tries += 1
+                        tell_connection(
+                            listener,
+                            f"unreachable, reconnecting (try {tries})… the task goes on there",
                         )
-                        lost = True
                 if state.status.terminal and state.ended_at is not None:
                     return state
                 time.sleep(wait)
