@@ -628,6 +628,26 @@ class RemoteEngine(EngineAPI):
         return self._req("DELETE", path, params=params)["cleared"]
 
 
+class TokenAdmin:
+    """The server's tokens, managed over its API (``papercrane token ...`` with
+    ``PAPERCRANE_URL`` set) with an admin token: the operator's for every project, a
+    project's admin token for that project's. A token made on the client's own machine
+    would land in a database the server never reads."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+
+    def create(self, project: str, role: str, name: str = "") -> str:
+        body = {"project": project, "role": role, "name": name}
+        return str(self.engine._req("POST", "/api/v1/tokens", json=body)["token"])
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self.engine._req("GET", "/api/v1/tokens"))
+
+    def revoke(self, token_id: str) -> int:
+        return int(self.engine._req("DELETE", f"/api/v1/tokens/{token_id}")["revoked"])
+
+
 def _clip(text: str, most: int = 160) -> str:
     """``text`` on one line, cut to ``most`` characters."""
     text = " ".join(text.split())
