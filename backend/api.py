@@ -46,6 +46,22 @@ def deliver(listener: RunListener, events: Iterable[Event], state: ExecutionStat
         on_event(event, state)
 
 
+class ConnectionListener(RunListener, Protocol):
+    """A listener told when the server it follows a run on cannot be reached (the run
+    goes on there; the client retries): the widget says so until it is back."""
+
+    def on_connection(self, problem: str | None) -> None:
+        """``problem``: what is wrong and how often it was retried; None: it is back."""
+
+
+def tell_connection(listener: RunListener, problem: str | None) -> None:
+    """Hand a connection change to ``listener``, if it listens for them
+    (``ConnectionListener``); others hear only of events and logs."""
+    on_connection = getattr(listener, "on_connection", None)
+    if on_connection is not None:
+        on_connection(problem)
+
+
 class NullListener:
     def on_event(self, event: Event, state: ExecutionState) -> None:
         pass

@@ -820,7 +820,63 @@ def _check_server_settings(settings: Any) -> None:
 
 @main.group()
 def token() -> None:
-    """API tokens for the server."""
+    """API tokens for the server.
+
+    With PAPERCRANE_URL set (and no --db or PAPERCRANE_DB), they are managed on that
+    server through its API, with the admin token in PAPERCRANE_TOKEN; otherwise in the
+    database directly (run them where the server's database is, or pass --db).
+    """
+
+
+_TOKEN_DB = click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="SQLAlchemy URL of the server's database (default: $PAPERCRANE_DB; else, with "
+    "$PAPERCRANE_URL set, that server's tokens over its API; else the home's SQLite file)",
+)
+
+
+def _token_server(db_url: str | None) -> Any:
+    """The server whose tokens to manage (``TokenAdmin``), or None for a database.
+
+    A database named (--db, PAPERCRANE_DB) is used as it is. Otherwise, with
+    PAPERCRANE_URL set, the tokens are the server's: one created in this machine's home
+    instead would be silently unknown to the server."""
+    url = os.environ.get("PAPERCRANE_URL", "")
+    if db_url or os.environ.get("PAPERCRANE_DB") or not url:
+        return None
+    if not os.environ.get("PAPERCRANE_TOKEN"):
+        raise click.ClickException(
+            f"PAPERCRANE_URL is set ({url}), so tokens are managed on that server, with an "
+            "admin token in PAPERCRANE_TOKEN (none is set); or run this where the server's "
+            "database is, or pass --db with its URL"
+        )
+    from .client import RemoteEngine, TokenAdmin
+
+    return TokenAdmin(RemoteEngine.from_env())
+
+
+def _on_server(admin: Any, action: Any) -> Any:
+    """Run ``action`` against the server, a refused token saying what is needed."""
+    from .errors import ConfigError
+
+    try:
+        return action(admin)
+    except ConfigError as exc:
+        raise click.ClickException(
+            f"{exc} (with PAPERCRANE_URL set, `papercrane token` works on that server and "
+            "needs an admin token in PAPERCRANE_TOKEN: the operator's, or the project's; "
+            "or pass --db with the server's database URL)"
+        ) from None
+    finally:
+        admin.engine.close()
+
+
+def _token_store(obj: _Ctx, db_url: str | None) -> Any:
+    from .store import Store
+
+    return Store(db_url or Config.from_env(**_home(obj)).db_url)
 
 
 @token.command("create")
@@ -829,23 +885,21 @@ def token() -> None:
     "--role", type=click.Choice(["read", "write", "admin"]), default="write", show_default=True
 )
 @click.option("--name", default="", help="a note: who or what uses it")
-@click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
-)
+@_TOKEN_DB
 @click.pass_obj
 def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | None) -> None:
     """Create a token; it is printed once and stored only as a hash."""
     from .server.auth import create_token
-    from .store import Store
 
     if project == "*" and role != "admin":
         raise click.UsageError("a token for every project ('*') must have --role admin")
     if project != "*":
         check_name("project", project, limit=SCOPE_LENGTH, where="--project")
-    store = Store(db_url or Config.from_env(**_home(obj)).db_url)
+    admin = _token_server(db_url)
+    if admin is not None:
+        click.echo(_on_server(admin, lambda a: a.create(project, role, name)))
+        return
+    store = _token_store(obj, db_url)
     try:
         click.echo(create_token(store, project, role, name))
     finally:
@@ -853,24 +907,22 @@ def token_create(obj: _Ctx, project: str, role: str, name: str, db_url: str | No
 
 
 @token.command("list")
-@click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
-)
+@_TOKEN_DB
 @_json
 @click.pass_obj
 def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
     """Tokens (never their secret), with the id to revoke them by."""
     from .server.auth import list_tokens
-    from .store import Store
 
-    store = Store(db_url or Config.from_env(**_home(obj)).db_url)
-    try:
-        rows = list_tokens(store)
-    finally:
-        store.close()
+    admin = _token_server(db_url)
+    if admin is not None:
+        rows = _on_server(admin, lambda a: a.list())
+    else:
+        store = _token_store(obj, db_url)
+        try:
+            rows = list_tokens(store)
+        finally:
+            store.close()
 
     def table() -> Any:
         if not rows:
@@ -892,25 +944,30 @@ def token_list(obj: _Ctx, db_url: str | None, as_json: bool) -> None:
 
 @token.command("revoke")
 @click.argument("token_id")
-@click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="SQLAlchemy URL (default: $PAPERCRANE_DB, else the home's SQLite file)",
-)
+@_TOKEN_DB
 @click.pass_obj
 def token_revoke(obj: _Ctx, token_id: str, db_url: str | None) -> None:
     """Revoke a token by its id (from `papercrane token list`); it stops working at once."""
     from .server.auth import revoke_token
-    from .store import Store
 
-    store = Store(db_url or Config.from_env(**_home(obj)).db_url)
-    try:
-        count = revoke_token(store, token_id)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        store.close()
+    token_id = token_id.lower()
+    if len(token_id) < 8 or not all(c in "0123456789abcdef" for c in token_id):
+        raise click.UsageError(
+            f"{token_id!r} is no token id: give at least 8 of the hex digits "
+            "`papercrane token list` shows"
+        )
+    admin = _token_server(db_url)
+    if admin is not None:
+        try:
+            count = _on_server(admin, lambda a: a.revoke(token_id))
+        except NotFound:
+            count = 0
+    else:
+        store = _token_store(obj, db_url)
+        try:
+            count = revoke_token(store, token_id)
+        finally:
+            store.close()
     if not count:
         raise click.ClickException(f"no active token with id {token_id!r}")
     click.echo(f"revoked {count} token{'s' if count > 1 else ''}")

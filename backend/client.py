@@ -21,7 +21,14 @@ from typing import Any
 import httpx
 
 from . import config
-from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
+from .api import (
+    EngineAPI,
+    NullListener,
+    RunListener,
+    RunRequest,
+    RunResult,
+    tell_connection,
+)
 from .artifacts import typed_fingerprint, unserializable_error
 from .errors import (
     ConfigError,
@@ -32,6 +39,7 @@ from .errors import (
     PapercraneError,
     SystemError_,
     TaskFailed,
+    TooLarge,
     UserError,
     WorkflowFailed,
 )
@@ -39,6 +47,7 @@ from .hashing import HashingReader, HashingWriter, algorithm_of
 from .model import ArtifactRef, Event, EventKind, ExecutionState, Status, TaskSpec
 from .projection import apply
 from .serializers import CloudpickleSerializer, SerializerRegistry, preview, python_type_name
+from .units import format_size
 from .workflow import WorkflowSpec
 
 _TERMINAL = (EventKind.EXECUTION_SUCCEEDED, EventKind.EXECUTION_FAILED, EventKind.EXECUTION_ABORTED)
@@ -187,6 +196,8 @@ class RemoteEngine(EngineAPI):
             raise NotFound(detail)
         if status == 409:
             raise Conflict(detail)
+        if status == 413:
+            raise TooLarge(detail)
         if status < 500:
             raise UserError(detail)
         raise SystemError_(f"{where} failed ({status}): {detail}")
@@ -262,17 +273,32 @@ class RemoteEngine(EngineAPI):
                 "python_type": python_type_name(value)[:200],
                 "preview": preview(value)[:200],
             }
-            data = self._req(
-                "PUT",
-                f"{self._scope}/artifacts/{fingerprint}",
-                params=params,
-                content=_chunks(spool),
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(writer.size),
-                },
-            )
+            try:
+                data = self._req(
+                    "PUT",
+                    f"{self._scope}/artifacts/{fingerprint}",
+                    params=params,
+                    content=_chunks(spool),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(writer.size),
+                    },
+                )
+            except TooLarge as exc:
+                raise self._too_large(what, writer.size, exc) from None
         return ArtifactRef.from_dict(data)
+
+    def _too_large(self, what: str, size: int, refusal: TooLarge) -> TooLarge:
+        """The server's size refusal (413) knows bytes, not names: it is said again
+        here, where the variable (``what``) is known, with the ways around it."""
+        limit = re.search(r"limit of (\d+) bytes", str(refusal))
+        said = format_size(int(limit.group(1))) if limit else str(refusal)
+        return TooLarge(
+            f"{what} is {format_size(size)} serialized, over the upload limit of the "
+            f"papercrane server at {self.url} ({said}); ask the server's administrator for "
+            "a larger `papercrane server --max-upload`, pass a smaller value, or pass where "
+            "the data is (a path or URL the server can read) and load it inside the task"
+        )
 
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
@@ -351,18 +377,22 @@ class RemoteEngine(EngineAPI):
 
     def follow(self, execution_id: str, listener: RunListener | None = None) -> ExecutionState:
         """Stream the execution's events until it ends, reconnecting if the stream drops
-        (with a growing wait, and one line on stderr while the server is unreachable: the
-        execution goes on there). An interrupt here aborts the execution on the server."""
+        (with a growing wait). While the server is unreachable the execution goes on
+        there: one line on stderr says so, and the listener hears of each failed try
+        (``on_connection``: the widget shows it) until the server is back."""
         listener = listener or NullListener()
         state = ExecutionState(id=execution_id)
-        wait, lost = self.RETRY_FIRST, False
+        wait, lost, tries = self.RETRY_FIRST, False, 0
 
         def connected() -> None:
-            nonlocal wait, lost
+            nonlocal wait, lost, tries
             wait = self.RETRY_FIRST
             if lost:
                 self._say(f"the server at {self.url} is back; following {execution_id}")
                 lost = False
+            if tries:
+                tries = 0
+                tell_connection(listener, None)
 
         try:
             while True:
@@ -386,12 +416,19 @@ class RemoteEngine(EngineAPI):
                         elif kind == "end":
                             return state
                 except httpx.TransportError:
-                    if not stream.opened and not lost:
-                        self._say(
-                            f"the server at {self.url} is unreachable, retrying... (interrupt "
-                            f"to stop waiting; execution {execution_id} goes on on the server)"
+                    if not stream.opened:
+                        if not lost:
+                            self._say(
+                                f"the server at {self.url} is unreachable, retrying... "
+                                f"(interrupt to stop waiting; execution {execution_id} goes on "
+                                "on the server)"
+                            )
+                            lost = True
+                        tries += 1
+                        tell_connection(
+                            listener,
+                            f"unreachable, reconnecting (try {tries})… the task goes on there",
                         )
-                        lost = True
                 if state.status.terminal and state.ended_at is not None:
                     return state
                 time.sleep(wait)
@@ -589,6 +626,26 @@ class RemoteEngine(EngineAPI):
         params = {"task": task_name} if task_name else {}
         path = f"{self._scope_of(project, domain)}/cache"
         return self._req("DELETE", path, params=params)["cleared"]
+
+
+class TokenAdmin:
+    """The server's tokens, managed over its API (``papercrane token ...`` with
+    ``PAPERCRANE_URL`` set) with an admin token: the operator's for every project, a
+    project's admin token for that project's. A token made on the client's own machine
+    would land in a database the server never reads."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+
+    def create(self, project: str, role: str, name: str = "") -> str:
+        body = {"project": project, "role": role, "name": name}
+        return str(self.engine._req("POST", "/api/v1/tokens", json=body)["token"])
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self.engine._req("GET", "/api/v1/tokens"))
+
+    def revoke(self, token_id: str) -> int:
+        return int(self.engine._req("DELETE", f"/api/v1/tokens/{token_id}")["revoked"])
 
 
 def _clip(text: str, most: int = 160) -> str:

@@ -41,6 +41,10 @@ class MissingName(InputError):
         self.reader = reader  # "task 'fit'": who reads it
 
 
+class TooLarge(UserError):
+    """Over a limit of the server's (``--max-upload``, the API's body limit)."""
+
+
 class ConfigError(UserError):
     """A setting (storage URL, home directory, option value) is unusable."""
 

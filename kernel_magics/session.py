@@ -232,8 +232,14 @@ class Session:
         return (cell_id or f"task:{name}"), cell_id
 
     def record(self, cap: Captured, options: RunOptions) -> CellRecord:
+        """Build the cell's task, store its inputs and keep the record."""
+        rec, fps = self.prepare(cap, options)
+        return self.keep(rec, cap, fps)
+
+    def prepare(self, cap: Captured, options: RunOptions) -> tuple[CellRecord, dict[str, str]]:
+        """The cell's record, with its inputs' fingerprints but not their artifacts: a
+        run shows its widget from here on, so that a refused upload shows there too."""
         spec, fps = self.build(cap)
-        inputs = self._input_refs(cap, fps)
         key, cell_id = self.cell_key(spec.name)
         old = self.records.get(key)
         spec = spec.reusing(old.spec if old else None)  # a re-run: no second hash of the code
@@ -244,36 +250,59 @@ class Session:
             spec=spec,
             options=options,
             declared_outputs=cap.declared_outputs,
-            inputs=inputs,
+            inputs={},
             values=dict(cap.values),
             deleted=frozenset(cap.deleted),
             import_lines=cap.import_lines,
             import_names=cap.import_names,
         )
-        self.records[key] = rec
+        return rec, fps
+
+    def keep(self, rec: CellRecord, cap: Captured, fps: dict[str, str]) -> CellRecord:
+        """Store the inputs the store lacks (uploads, with a server), then keep the
+        record: a cell whose inputs could not be stored leaves its last record as it was."""
+        rec.inputs = self._input_refs(cap, fps)
+        self.records[rec.key] = rec
         return rec
 
     # -- running one task cell ------------------------------------------------------------
     def task_cell(self, cap: Captured, options: RunOptions) -> Any:
-        rec = self.record(cap, options)
         if self.workflow.deferring:
+            rec = self.record(cap, options)
             self.workflow.defer(rec)
             return None
-        return self.run(rec)
+        rec, fps = self.prepare(cap, options)
+        widget = self._run_widget(rec)
+        try:
+            self.keep(rec, cap, fps)
+        except BaseException as exc:
+            widget.refuse(exc)
+            raise
+        return self.run(rec, widget=widget)
 
-    def run(self, rec: CellRecord, *, live_widget: bool = True) -> Any:
-        spec, config = rec.spec, rec.options.config
+    def _run_widget(self, rec: CellRecord, live: bool = True) -> RunWidget:
+        """The run's widget, shown now unless the run may be a cache hit (then at its
+        first event, or at its end: see ``RunWidget``)."""
+        config = rec.options.config
         view = RunView(
-            name=spec.name,
-            version=spec.version(),
+            name=rec.spec.name,
+            version=rec.spec.version(),
             executor=config.executor or "default",
             max_attempts=config.retries + 1,
         )
-        widget = RunWidget(
-            view, live=live_widget, parts=self._widget_parts() if live_widget else None
-        )
+        widget = RunWidget(view, live=live, parts=self._widget_parts() if live else None)
         if not config.cache:
             widget.show()  # its code runs: the widget goes above what the code prints
+        return widget
+
+    def run(
+        self, rec: CellRecord, *, live_widget: bool = True, widget: RunWidget | None = None
+    ) -> Any:
+        """Run a recorded cell's task, its widget (``widget``, or a new one) following."""
+        spec, config = rec.spec, rec.options.config
+        if widget is None:
+            widget = self._run_widget(rec, live_widget)
+        view = widget.view
         request = RunRequest(
             spec=spec,
             config=config,
@@ -293,11 +322,17 @@ class Session:
             self._remember(rec, widget.view.state)
             raise TaskError(failure, spec.name) from None
         except ExecutionAborted as aborted:
-            widget.finish()
+            if widget.view.state is None:
+                widget.refuse(aborted)
+            else:
+                widget.finish()
             self._remember(rec, widget.view.state)
             raise TaskInterrupted(str(aborted)) from None
-        except BaseException:
-            widget.finish()  # whatever the store last said, with the time it took
+        except BaseException as exc:
+            if widget.view.state is None:
+                widget.refuse(exc)  # refused before the execution existed
+            else:
+                widget.finish()  # whatever the store last said, with the time it took
             raise
         view.outputs = result.outputs
         view.references = result.references

@@ -39,6 +39,13 @@ class RunView:
     references: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    #: Why the run ended before its execution existed (an upload or the submission
+    #: refused, an interrupt): the widget shows that, not "queued" for ever.
+    refused: str = ""
+    refused_status: Status = Status.FAILED
+    #: A passing condition while the run goes on (the server unreachable, retried):
+    #: shown until it clears, so a person knows why nothing moves.
+    notice: str = ""
 
     @property
     def node(self):  # type: ignore[no-untyped-def]
@@ -48,7 +55,9 @@ class RunView:
 
     @property
     def status(self) -> Status:
-        return self.state.status if self.state else Status.QUEUED
+        if self.state is not None:
+            return self.state.status
+        return self.refused_status if self.refused else Status.QUEUED
 
     def summary(self) -> list[tuple[str, str]]:
         node = self.node
@@ -64,6 +73,8 @@ class RunView:
                 rows.append(("elements", _failed_elements_text(self.state, node)))
             if node.where and not node.status.terminal:
                 rows.append(("state", node.where))  # e.g. a pod pending on the scheduler
+        if self.notice and self.ended is None:
+            rows.append(("server", self.notice))
         elapsed = (self.ended or time.time()) - self.started
         rows.append(("duration", format_duration(elapsed)))
         return rows
@@ -167,7 +178,7 @@ def render(view: RunView) -> tuple[str, str]:
     same task."""
     summary = view.summary()
     outs = _output_rows(view)
-    if view.state is not None or outs:
+    if view.state is not None or outs or view.refused or view.notice:
         return _html(view, summary, outs), _text(view, summary, outs)
     key = (view.name, *summary)
     found = _unstarted.get(key)
@@ -218,6 +229,8 @@ def _html(
             f"<div style='color:#b91c1c;margin-top:3px'>{esc(node.error.type)}: "
             f"{esc(node.error.message)}</div>"
         )
+    if view.refused:
+        parts.append(f"<div style='color:{color};margin-top:3px'>{esc(view.refused)}</div>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -242,6 +255,8 @@ def _text(
     node = view.node
     if node is not None and node.error is not None and view.status is Status.FAILED:
         lines.append(f"  error: {node.error.type}: {node.error.message}")
+    if view.refused:
+        lines.append(f"  error: {view.refused}")
     return "\n".join(lines)
 
 
@@ -504,7 +519,34 @@ class RunWidget:
         if self._display_id is not None:
             _publish(_bundle(self.widget, self._html, text), self._display_id)
 
+    def refuse(self, exc: BaseException) -> None:
+        """End a run that failed before its execution existed (an upload or the
+        submission refused, the server unreachable, an interrupt): the widget shows
+        that and the reason, in the colours of a failed (or aborted) run."""
+        from papercrane.backend.errors import ExecutionAborted, PapercraneError
+
+        if isinstance(exc, (KeyboardInterrupt, ExecutionAborted)):
+            self.view.refused_status = Status.ABORTED
+            self.view.refused = str(exc) or "interrupted before the task started"
+        elif isinstance(exc, PapercraneError):
+            self.view.refused = str(exc)
+        else:
+            self.view.refused = f"{type(exc).__name__}: {exc}"
+        self.view.notice = ""
+        self.finish()
+
     # RunListener
+    def on_connection(self, problem: str | None) -> None:
+        """The server could not be reached and is being retried (``problem`` says so),
+        or is reachable again (None): shown at once, cleared when it is back."""
+        if (problem or "") == self.view.notice:
+            return
+        self.view.notice = problem or ""
+        if not self.shown:
+            self.show()
+        else:
+            self.refresh(force=True)
+
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.view.state = state
         if state.status.terminal:

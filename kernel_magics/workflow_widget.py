@@ -74,6 +74,8 @@ class WorkflowWidget:
             )
         self._handle: Any = None
         self._last = 0.0
+        #: The server unreachable while the run goes on (``on_connection``), or "".
+        self.notice = ""
 
     # -- what to draw ---------------------------------------------------------------------
     def title(self) -> str:
@@ -107,6 +109,8 @@ class WorkflowWidget:
             parts.append(f"showing the first {_SHOWN} of {self.total} nodes")
         if self.state is not None:
             parts.append(f"elapsed {format_duration((self.ended or time.time()) - self.started)}")
+        if self.notice and self.ended is None:
+            parts.append(f"server {self.notice}")
         return " · ".join(parts)
 
     def graph(self) -> tuple[list[DagNode], list[DagEdge]]:
@@ -168,6 +172,12 @@ class WorkflowWidget:
             self._handle.update(_Bundle(self))
 
     # -- RunListener ----------------------------------------------------------------------
+    def on_connection(self, problem: str | None) -> None:
+        """The server unreachable and retried (``problem``), or back (None)."""
+        if (problem or "") != self.notice:
+            self.notice = problem or ""
+            self.refresh(force=True)
+
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.state = state
         self.refresh(force=state.status.terminal)

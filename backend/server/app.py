@@ -24,6 +24,7 @@ from ..errors import Conflict, CorruptArtifact, NotFound
 from ..model import ArtifactRef, EventKind
 from ..store import listing
 from . import models as m
+from . import tokens
 from .deps import (
     Domain,
     ExecutionId,
@@ -95,6 +96,12 @@ def create_app(settings: ServerSettings | None = None, *, resume: bool = True) -
     # parameters or a body may find them malformed (422), unknown query parameters too.
     app.include_router(
         _router(settings),
+        prefix="/api/v1",
+        responses=_errors(401, 403, 422),
+        dependencies=[Depends(known_query)],
+    )
+    app.include_router(
+        tokens.router(),
         prefix="/api/v1",
         responses=_errors(401, 403, 422),
         dependencies=[Depends(known_query)],

@@ -71,10 +71,14 @@ def create_token(store: Store, project: str, role: str, name: str = "") -> str:
     return token
 
 
-def list_tokens(store: Store) -> list[dict[str, object]]:
-    """Tokens without their secret: an id (the digest's first 12 characters) to revoke."""
+def list_tokens(store: Store, project: str | None = None) -> list[dict[str, object]]:
+    """Tokens without their secret: an id (the digest's first 12 characters) to revoke;
+    all of them, or ``project``'s."""
+    query = sa.select(tokens).order_by(tokens.c.created_at)
+    if project is not None:
+        query = query.where(tokens.c.project == project)
     with store.read() as conn:
-        rows = conn.execute(sa.select(tokens).order_by(tokens.c.created_at)).all()
+        rows = conn.execute(query).all()
     return [
         {
             "id": r.digest[:12],
@@ -88,16 +92,16 @@ def list_tokens(store: Store) -> list[dict[str, object]]:
     ]
 
 
-def revoke_token(store: Store, token_id: str) -> int:
-    """Revoke the token(s) whose id (digest prefix, at least 8 characters) matches."""
+def revoke_token(store: Store, token_id: str, project: str | None = None) -> int:
+    """Revoke the token(s) whose id (digest prefix, at least 8 characters) matches, of
+    any project or of ``project`` only (a project's admin revokes its own project's)."""
     if len(token_id) < 8:
         raise ValueError("give at least 8 characters of the token id (see `papercrane token list`)")
+    which = [tokens.c.digest.startswith(token_id.lower()), tokens.c.revoked_at.is_(None)]
+    if project is not None:
+        which.append(tokens.c.project == project)
     with store.write() as conn:
-        return conn.execute(
-            tokens.update()
-            .where(tokens.c.digest.startswith(token_id.lower()), tokens.c.revoked_at.is_(None))
-            .values(revoked_at=time.time())
-        ).rowcount
+        return conn.execute(tokens.update().where(*which).values(revoked_at=time.time())).rowcount
 
 
 def authenticate(store: Store, header: str | None) -> Principal:

@@ -238,12 +238,16 @@ def fill(path: str, w: World, project: str, execution: str = "") -> str:
         "execution_id": execution or w.succeeded,
         "node": "shout",
         "attempt": "1",
+        "token_id": "0123456789ab",  # (no token's: the walks below revoke nothing)
     }
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 
-def valid_request(method: str, path: str) -> dict[str, Any]:
-    """A body and parameters the route would accept from a token allowed to use it."""
+def valid_request(method: str, path: str, project: str = "beta") -> dict[str, Any]:
+    """A body and parameters the route would accept from a token allowed to use it
+    (``project``: the project a route without one in its path is about)."""
+    if method == "POST" and path.endswith("/tokens"):
+        return {"json": {"project": project, "role": "read", "name": "intruder"}}
     if method == "PUT" and "/artifacts/" in path:
         digest = hashlib.sha256(SECRET).hexdigest()
         return {
@@ -305,8 +309,8 @@ def test_beta_reads_its_own_objects(world: World) -> None:
     """The control for the walk below: the paths it fills in name real objects."""
     beta = world.api("beta")
     for method, path in operations(world.server):
-        if method == "GET" and path != "/api/v1/server":
-            beta.ok(method, fill(path, world, "beta"))
+        if method == "GET" and path not in ("/api/v1/server", "/api/v1/tokens"):
+            beta.ok(method, fill(path, world, "beta"))  # (tokens: an admin's, below)
     logs = beta.ok("GET", f"/api/v1/executions/{world.succeeded}/logs/shout/1").text
     assert logs == "beta log line\n"
     # The server's executions name no process of their own (a kernel's do, to be found
@@ -359,6 +363,13 @@ def test_alpha_cannot_read_or_write_beta(world: World) -> None:
                     )
                 elif path == "/api/v1/server":
                     assert r.status_code == 403, r.text
+                elif path.startswith("/api/v1/tokens"):
+                    # Its own project's tokens at most (an admin's): never beta's.
+                    expected = {
+                        ("GET", "alpha-admin"): 200,
+                        ("DELETE", "alpha-admin"): 404,
+                    }.get((method, who), 403)
+                    assert r.status_code == expected, f"{who} {method} {url}: {r.text}"
                 else:
                     assert path in ("/api/v1/whoami", "/api/v1/projects"), path
                     assert r.status_code == 200 and "beta" not in r.text, r.text
@@ -433,9 +444,10 @@ def test_a_read_token_cannot_write(world: World) -> None:
     assert len(writes) >= 7, writes
     for method, path in writes:
         url = fill(path, world, "alpha", world.alpha_execution)
-        r = reader.request(method, url, **valid_request(method, path))
+        r = reader.request(method, url, **valid_request(method, path, "alpha"))
         assert r.status_code == 403, f"{method} {url}: {r.status_code} {r.text}"
-        assert r.json()["detail"] == "this token's role is 'read'; this needs 'write'"
+        needs = "admin" if "/tokens" in path else "write"  # (its project's tokens: an admin's)
+        assert r.json()["detail"] == f"this token's role is 'read'; this needs {needs!r}"
     # ... and reads what it may: its project's listings and its execution.
     for path in (f"{scope('alpha')}/executions", f"/api/v1/executions/{world.alpha_execution}"):
         reader.ok("GET", path)
