@@ -24,13 +24,13 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConfigError
 from ..runner import GIVEN_UP, AttemptResult, system_error
 from .base import AttemptSpec, Executor, LogSink
+from .k8s_settings import KubernetesSettings, dns_label
 
 _LABEL = "papercrane.io"
 _JOB = f"{_LABEL}/job"  # on pods: the name of their attempt's Job
@@ -39,14 +39,7 @@ _IMAGE_ERRORS = {"ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "Inval
 _CONFIG_ERRORS = {"CreateContainerConfigError"}
 
 
-def _dns(text: str, limit: int = 63) -> str:
-    """A DNS-1123 label: lowercase alphanumerics and '-', starting and ending with one."""
-    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
-    if len(clean) <= limit:
-        return clean
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{clean[: limit - 9].rstrip('-')}-{digest}"
-
+_dns = dns_label
 
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 
@@ -59,69 +52,6 @@ def _label_value(text: str) -> str:
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")[:54]
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{clean}_{digest}" if clean else digest
-
-
-@dataclass
-class KubernetesSettings:
-    """Where and how task pods run. From the environment (``PAPERCRANE_K8S_*``) or the
-    server's flags."""
-
-    image: str = "local/papercrane-task:dev"
-    project_images: dict[str, str] = field(default_factory=dict)
-    image_pull_policy: str = "IfNotPresent"
-    python: str = "/opt/venv/bin/python"
-    namespace: str = ""  # fixed namespace; default: one per project and domain
-    create_namespaces: bool = True
-    kubeconfig: str | None = None
-    context: str | None = None
-    service_account: str | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list)
-    #: How the pod reaches file storage: "hostPath" (same path on the node) or
-    #: "pvc:CLAIM" (a PersistentVolumeClaim mounted at the storage path).
-    storage_volume: str = "hostPath"
-    #: A pod that can't be scheduled fails its attempt after this long (the scheduler's
-    #: reason is in the error).
-    pending_timeout: float = 300.0
-    #: Running pods allowed per namespace (a ResourceQuota), on top of the server's share.
-    pod_quota: int | None = None
-
-    @classmethod
-    def from_env(cls) -> KubernetesSettings:
-        env = os.environ
-        values: dict[str, Any] = {}
-        for key, attr in (
-            ("PAPERCRANE_K8S_IMAGE", "image"),
-            ("PAPERCRANE_K8S_PULL_POLICY", "image_pull_policy"),
-            ("PAPERCRANE_K8S_PYTHON", "python"),
-            ("PAPERCRANE_K8S_NAMESPACE", "namespace"),
-            ("PAPERCRANE_K8S_CONTEXT", "context"),
-            ("PAPERCRANE_K8S_SERVICE_ACCOUNT", "service_account"),
-            ("PAPERCRANE_K8S_STORAGE_VOLUME", "storage_volume"),
-            ("KUBECONFIG", "kubeconfig"),
-        ):
-            if env.get(key):
-                values[attr] = env[key]
-        if env.get("PAPERCRANE_K8S_SECRETS"):
-            values["secrets"] = [s for s in env["PAPERCRANE_K8S_SECRETS"].split(",") if s]
-        if env.get("PAPERCRANE_K8S_PENDING_TIMEOUT"):
-            values["pending_timeout"] = float(env["PAPERCRANE_K8S_PENDING_TIMEOUT"])
-        if env.get("PAPERCRANE_K8S_NODE_SELECTOR"):
-            values["node_selector"] = dict(
-                kv.split("=", 1) for kv in env["PAPERCRANE_K8S_NODE_SELECTOR"].split(",")
-            )
-        if env.get("PAPERCRANE_K8S_TOLERATIONS"):
-            values["tolerations"] = json.loads(env["PAPERCRANE_K8S_TOLERATIONS"])
-        if env.get("PAPERCRANE_K8S_POD_QUOTA"):
-            values["pod_quota"] = int(env["PAPERCRANE_K8S_POD_QUOTA"])
-        return cls(**values)
-
-    def namespace_for(self, project: str, domain: str) -> str:
-        return self.namespace or _dns(f"papercrane-{project}-{domain}")
-
-    def image_for(self, project: str, task_image: str | None) -> str:
-        return task_image or self.project_images.get(project) or self.image
 
 
 def _quantity_cpu(cores: float) -> str:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from papercrane.backend.errors import ConfigError
 from papercrane.backend.executors.base import AttemptSpec
 from papercrane.backend.executors.kubernetes import (
     KubernetesSettings,
@@ -299,3 +300,29 @@ def test_the_runner_does_not_run_an_attempt_that_was_given_up(tmp_path) -> None:
     assert "was given up" in done.stderr
     assert (folder / "stdout.log").read_text() == "starting at step 0\n"
     assert not (folder / "result.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PAPERCRANE_K8S_PULL_POLICY", "Nevr", "use Always, IfNotPresent, Never"),
+        ("PAPERCRANE_K8S_PENDING_TIMEOUT", "soon", "write it like 90, 45s, 30m"),
+        ("PAPERCRANE_K8S_PENDING_TIMEOUT", "-5", "must be positive"),
+        ("PAPERCRANE_K8S_NODE_SELECTOR", "gpu", "KEY=VALUE pairs"),
+        ("PAPERCRANE_K8S_TOLERATIONS", "[{bad", "not JSON"),
+        ("PAPERCRANE_K8S_TOLERATIONS", '{"key": "gpu"}', "JSON list of objects"),
+        ("PAPERCRANE_K8S_POD_QUOTA", "ten", "whole number of pods"),
+        ("PAPERCRANE_K8S_POD_QUOTA", "0", "whole number of pods"),
+        ("PAPERCRANE_K8S_STORAGE_VOLUME", "pvc:", "hostPath or pvc:CLAIM"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_the_variable(variable: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        KubernetesSettings.from_env({variable: value})
+    message = str(info.value)
+    assert variable in message and says in message and "\n" not in message
+
+
+def test_the_pending_timeout_takes_a_duration() -> None:
+    settings = KubernetesSettings.from_env({"PAPERCRANE_K8S_PENDING_TIMEOUT": "5m"})
+    assert settings.pending_timeout == 300.0
