@@ -390,12 +390,7 @@ class KubernetesExecutor(Executor):
         except ConfigError as exc:
             return AttemptResult(
                 "failed",
-                error={
-                    "kind": "user",
-                    "type": "KubernetesError",
-                    "message": str(exc),
-                    "traceback": "",
-                },
+                error=_user("KubernetesError", str(exc))["error"],
                 started_at=started,
                 ended_at=time.time(),
             )
@@ -827,11 +822,16 @@ def _status(sink: LogSink, message: str) -> None:
         report(message)
 
 
+#: Failures another attempt would meet again (the same image, request or setting): the
+#: scheduler does not spend the task's --retries on them (``retryable: False``).
+_FINAL = {"ImageUnavailable", "InvalidResources", "KubernetesError", "PodUnschedulable"}
+
+
 def _user(type_: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "error",
-        "error": {"kind": "user", "type": type_, "message": message, "traceback": ""},
-    }
+    error: dict[str, Any] = {"kind": "user", "type": type_, "message": message, "traceback": ""}
+    if type_ in _FINAL:
+        error["retryable"] = False
+    return {"kind": "error", "error": error}
 
 
 def _system(type_: str, message: str) -> dict[str, Any]:
