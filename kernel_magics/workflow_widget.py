@@ -74,6 +74,7 @@ class WorkflowWidget:
             )
         self._handle: Any = None
         self._last = 0.0
+        self._where: tuple[str, ...] = ()  # the nodes' state lines, as last rendered
 
     # -- what to draw ---------------------------------------------------------------------
     def title(self) -> str:
@@ -156,6 +157,8 @@ class WorkflowWidget:
         if self.widget is None or (not force and now - self._last < 0.1):
             return
         self._last = now
+        if self.state is not None:
+            self._where = tuple(n.where for n in self.state.nodes.values())
         nodes, edges = self.graph()
         self.widget.value = render_dag_html(
             nodes, edges, self.title(), self.footer(), extra_notes=self.notes
@@ -170,7 +173,10 @@ class WorkflowWidget:
     # -- RunListener ----------------------------------------------------------------------
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.state = state
-        self.refresh(force=state.status.terminal)
+        # (a node's new state line, a pod's scheduling reason, may be the last change
+        # for minutes: it is rendered even within the 0.1 s between renders)
+        where = tuple(n.where for n in state.nodes.values())
+        self.refresh(force=state.status.terminal or where != self._where)
 
     def on_log(self, stream: str, text: str) -> None:
         target = sys.stderr if stream == "stderr" else sys.stdout
