@@ -701,7 +701,12 @@ def lineage(obj: _Ctx, artifact: str, as_json: bool) -> None:
 @click.option(
     "--k8s-storage-volume", default=None, help="hostPath (default) or pvc:CLAIM, for file storage"
 )
-@click.option("--k8s-pending-timeout", type=float, default=None, help="seconds a pod may pend")
+@click.option(
+    "--k8s-pending-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="seconds a pod may pend",
+)
 @click.option(
     "--k8s-pod-quota", type=click.IntRange(min=1), default=None, help="running pods per namespace"
 )
@@ -768,6 +773,15 @@ def server(
         if not sep or chosen not in ("local", "kubernetes"):
             raise click.UsageError(f"--project-executor {item!r}: write PROJECT=local|kubernetes")
         per_project[name] = chosen
+    if "kubernetes" in (executor, *per_project.values()):
+        # A bad PAPERCRANE_K8S_* value stops the server now, not every task later.
+        from .errors import ConfigError
+        from .executors.k8s_settings import KubernetesSettings
+
+        try:
+            KubernetesSettings.from_env()
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         import uvicorn
 

@@ -1034,6 +1034,8 @@ class WorkflowRun:
         else:
             unit.user_failures += 1
             retry, budget = unit.user_failures <= config.retries, "user"
+            # (an executor marks a failure every attempt would repeat: a missing image)
+            retry = retry and error.get("retryable", True) is not False
         if retry and not self.stopping:
             self.emit(K.RETRY_SCHEDULED, unit.key, unit.attempt, budget=budget)
             self._enqueue(unit)

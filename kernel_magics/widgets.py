@@ -469,6 +469,8 @@ class RunWidget:
         self._html = ""
         self._display_id: str | None = None
         self._last_render = 0.0
+        #: The node's state line as last rendered (a pod's scheduling reason).
+        self._where = ""
         self.shown = False
 
     def show(self) -> None:
@@ -478,6 +480,8 @@ class RunWidget:
         self.shown = True
         self._html, text = render(self.view)
         self._last_render = time.monotonic()
+        node = self.view.node
+        self._where = node.where if node is not None else ""
         if self._live:
             if self._parts:
                 self.widget = _run_html_class()(value=self._html, **self._parts)
@@ -494,6 +498,8 @@ class RunWidget:
         if not force and now - self._last_render < 0.05:
             return
         self._last_render = now
+        node = self.view.node
+        self._where = node.where if node is not None else ""
         self._update(render_html(self.view))
 
     def _update(self, html_text: str) -> None:
@@ -554,7 +560,12 @@ class RunWidget:
         if not self.shown:
             self.show()
         else:
-            self.refresh()
+            # A new state line is rendered even within 50 ms of the last render: it is
+            # often the last change for minutes ("pending" then, at once, the pod's
+            # scheduling reason, the only one that says why it waits).
+            node = self.view.node
+            where = node.where if node is not None else ""
+            self.refresh(force=where != self._where)
 
     def on_events(self, events: Iterable[Event], state: ExecutionState) -> None:
         """A committed batch at once (``BatchListener``): the view shows the run's

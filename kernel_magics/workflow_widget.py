@@ -76,6 +76,8 @@ class WorkflowWidget:
         self._last = 0.0
         #: The server unreachable while the run goes on (``on_connection``), or "".
         self.notice = ""
+        #: Each node's state line as last seen (a map's elements are not drawn: left out).
+        self._where: dict[str, str] = {}
 
     # -- what to draw ---------------------------------------------------------------------
     def title(self) -> str:
@@ -180,7 +182,16 @@ class WorkflowWidget:
 
     def on_event(self, event: Event, state: ExecutionState) -> None:
         self.state = state
-        self.refresh(force=state.status.terminal)
+        # (a node's new state line, a pod's scheduling reason, may be the last change
+        # for minutes: it is rendered even within the 0.1 s between renders. Only the
+        # event's node is looked at: a map's 10,000 elements are 10,000 events.)
+        changed = False
+        if event.node and "[" not in event.node:
+            node = state.nodes.get(event.node)
+            where = node.where if node is not None else ""
+            changed = self._where.get(event.node, "") != where
+            self._where[event.node] = where
+        self.refresh(force=state.status.terminal or changed)
 
     def on_log(self, stream: str, text: str) -> None:
         target = sys.stderr if stream == "stderr" else sys.stdout

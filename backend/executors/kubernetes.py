@@ -24,13 +24,13 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConfigError
 from ..runner import GIVEN_UP, AttemptResult, system_error
 from .base import AttemptSpec, Executor, LogSink
+from .k8s_settings import KubernetesSettings, dns_label
 
 _LABEL = "papercrane.io"
 _JOB = f"{_LABEL}/job"  # on pods: the name of their attempt's Job
@@ -39,14 +39,7 @@ _IMAGE_ERRORS = {"ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "Inval
 _CONFIG_ERRORS = {"CreateContainerConfigError"}
 
 
-def _dns(text: str, limit: int = 63) -> str:
-    """A DNS-1123 label: lowercase alphanumerics and '-', starting and ending with one."""
-    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
-    if len(clean) <= limit:
-        return clean
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{clean[: limit - 9].rstrip('-')}-{digest}"
-
+_dns = dns_label
 
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 
@@ -61,72 +54,49 @@ def _label_value(text: str) -> str:
     return f"{clean}_{digest}" if clean else digest
 
 
-@dataclass
-class KubernetesSettings:
-    """Where and how task pods run. From the environment (``PAPERCRANE_K8S_*``) or the
-    server's flags."""
-
-    image: str = "local/papercrane-task:dev"
-    project_images: dict[str, str] = field(default_factory=dict)
-    image_pull_policy: str = "IfNotPresent"
-    python: str = "/opt/venv/bin/python"
-    namespace: str = ""  # fixed namespace; default: one per project and domain
-    create_namespaces: bool = True
-    kubeconfig: str | None = None
-    context: str | None = None
-    service_account: str | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list)
-    #: How the pod reaches file storage: "hostPath" (same path on the node) or
-    #: "pvc:CLAIM" (a PersistentVolumeClaim mounted at the storage path).
-    storage_volume: str = "hostPath"
-    #: A pod that can't be scheduled fails its attempt after this long (the scheduler's
-    #: reason is in the error).
-    pending_timeout: float = 300.0
-    #: Running pods allowed per namespace (a ResourceQuota), on top of the server's share.
-    pod_quota: int | None = None
-
-    @classmethod
-    def from_env(cls) -> KubernetesSettings:
-        env = os.environ
-        values: dict[str, Any] = {}
-        for key, attr in (
-            ("PAPERCRANE_K8S_IMAGE", "image"),
-            ("PAPERCRANE_K8S_PULL_POLICY", "image_pull_policy"),
-            ("PAPERCRANE_K8S_PYTHON", "python"),
-            ("PAPERCRANE_K8S_NAMESPACE", "namespace"),
-            ("PAPERCRANE_K8S_CONTEXT", "context"),
-            ("PAPERCRANE_K8S_SERVICE_ACCOUNT", "service_account"),
-            ("PAPERCRANE_K8S_STORAGE_VOLUME", "storage_volume"),
-            ("KUBECONFIG", "kubeconfig"),
-        ):
-            if env.get(key):
-                values[attr] = env[key]
-        if env.get("PAPERCRANE_K8S_SECRETS"):
-            values["secrets"] = [s for s in env["PAPERCRANE_K8S_SECRETS"].split(",") if s]
-        if env.get("PAPERCRANE_K8S_PENDING_TIMEOUT"):
-            values["pending_timeout"] = float(env["PAPERCRANE_K8S_PENDING_TIMEOUT"])
-        if env.get("PAPERCRANE_K8S_NODE_SELECTOR"):
-            values["node_selector"] = dict(
-                kv.split("=", 1) for kv in env["PAPERCRANE_K8S_NODE_SELECTOR"].split(",")
-            )
-        if env.get("PAPERCRANE_K8S_TOLERATIONS"):
-            values["tolerations"] = json.loads(env["PAPERCRANE_K8S_TOLERATIONS"])
-        if env.get("PAPERCRANE_K8S_POD_QUOTA"):
-            values["pod_quota"] = int(env["PAPERCRANE_K8S_POD_QUOTA"])
-        return cls(**values)
-
-    def namespace_for(self, project: str, domain: str) -> str:
-        return self.namespace or _dns(f"papercrane-{project}-{domain}")
-
-    def image_for(self, project: str, task_image: str | None) -> str:
-        return task_image or self.project_images.get(project) or self.image
-
-
 def _quantity_cpu(cores: float) -> str:
     millis = int(round(cores * 1000))
     return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
+
+
+#: Less memory than this and the kubelet can't even create the container (the kernel
+#: refuses the cgroup): the pod would wait in ContainerCreating until the pending timeout.
+MIN_MEMORY = 16 << 20
+
+
+def resource_problem(attempt: AttemptSpec) -> str | None:
+    """Why the task's resources can't make a pod that starts, or None.
+
+    A number without a unit is bytes (``--memory 4``: four bytes, not 4Gi), as in
+    Kubernetes. Such a pod is scheduled and then never starts, and the kubelet says so
+    only in an event; refusing it before the Job is made says what to write instead."""
+    res = attempt.config.resources
+    name = attempt.task.name
+    if res.memory is not None and res.memory < MIN_MEMORY:
+        return (
+            f"task {name!r} asks for --memory {_memory(res.memory)}, less than the "
+            f"{_memory(MIN_MEMORY)} a container needs to start Python (a number without a "
+            "unit is bytes); write it with a unit, like 512Mi or 4Gi"
+        )
+    if res.cpu is not None and _quantity_cpu(res.cpu) == "0":
+        return (
+            f"task {name!r} asks for --cpu {res.cpu:g}, less than Kubernetes' smallest "
+            "amount, 1m (a thousandth of a core); write at least 1m, like 100m or 0.5"
+        )
+    return None
+
+
+def asked_for(attempt: AttemptSpec) -> str:
+    """The task's resource flags, as the user wrote them: ``--cpu 64 --memory 4Gi``."""
+    res = attempt.config.resources
+    parts = []
+    if res.cpu is not None:
+        parts.append(f"--cpu {_quantity_cpu(res.cpu)}")
+    if res.memory is not None:
+        parts.append(f"--memory {_memory(res.memory)}")
+    if res.gpu:
+        parts.append(f"--gpu {res.gpu}")
+    return " ".join(parts)
 
 
 def job_name(attempt: AttemptSpec) -> str:
@@ -397,6 +367,14 @@ class KubernetesExecutor(Executor):
         storage_url, mount = self._storage()
         key = f"{attempt.prefix}/attempt.json"
         name = job_name(attempt)
+        problem = None if adopt else resource_problem(attempt)
+        if problem:
+            return AttemptResult(
+                "failed",
+                error=_user("InvalidResources", problem)["error"],
+                started_at=started,
+                ended_at=time.time(),
+            )
         try:
             self.ensure_namespace(namespace)
             if not adopt:
@@ -412,12 +390,7 @@ class KubernetesExecutor(Executor):
         except ConfigError as exc:
             return AttemptResult(
                 "failed",
-                error={
-                    "kind": "user",
-                    "type": "KubernetesError",
-                    "message": str(exc),
-                    "traceback": "",
-                },
+                error=_user("KubernetesError", str(exc))["error"],
                 started_at=started,
                 ended_at=time.time(),
             )
@@ -536,6 +509,8 @@ class _PodWatch:
         self.seen_pod = False
         self.pending_since = time.monotonic()
         self.last_reason = ""
+        #: The node the pod was placed on ("" while it is not scheduled).
+        self.node_name = ""
 
     @property
     def streamed(self) -> bool:
@@ -607,12 +582,61 @@ class _PodWatch:
             and self.last_reason.startswith("pending")
             and (time.monotonic() - self.pending_since > self.executor.settings.pending_timeout)
         ):
+            return self._pending_too_long()
+        return None
+
+    def _pending_too_long(self) -> dict[str, Any]:
+        """The pending timeout: a pod no node took (what it asks for, and how to wait
+        longer), or one placed on a node whose container never started (the kubelet's
+        last warning about it, which is only in the pod's events)."""
+        waited = f"{self.executor.settings.pending_timeout:g} s"
+        task = self.attempt.task.name
+        wait_longer = (
+            "--k8s-pending-timeout on the server, PAPERCRANE_K8S_PENDING_TIMEOUT in the "
+            "notebook's environment"
+        )
+        reason = self.last_reason[len("pending: ") :].rstrip(". ") or "pending"
+        if not self.node_name:
+            asks = asked_for(self.attempt)
+            fix = (
+                f"it asks for {asks}: ask for less, or"
+                if asks
+                else "check the node selector and tolerations, or"
+            )
             return _user(
                 "PodUnschedulable",
-                f"the pod could not be scheduled for "
-                f"{self.executor.settings.pending_timeout:g} s: {self.last_reason[9:]}",
+                f"task {task!r} waited {waited} for a node to run it: {reason}; {fix} "
+                f"let it wait longer ({wait_longer})",
             )
-        return None
+        warning = self._last_warning()
+        return _user(
+            "PodNotStarted",
+            f"task {task!r}: pod {self.pod_name} was placed on node {self.node_name} but its "
+            f"container did not start within {waited} ({reason}"
+            + (f"; {warning}" if warning else "")
+            + f"); the node could not start it: check the task's --memory/--cpu and the "
+            f"node's kubelet, or let it wait longer ({wait_longer})",
+        )
+
+    def _last_warning(self) -> str:
+        """The newest Warning event about the pod, shortened: "Reason: message"."""
+        try:
+            events = self.executor._core().list_namespaced_event(
+                self.namespace,
+                field_selector=f"involvedObject.name={self.pod_name}",
+                _request_timeout=10,
+            )
+        except Exception:
+            return ""
+        warnings = [e for e in events.items or [] if e.type == "Warning"]
+        if not warnings:
+            return ""
+        newest = max(
+            warnings,
+            key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp,
+        )
+        text = f"{newest.reason}: {newest.message or ''}".strip()
+        return text if len(text) <= 300 else text[:297] + "..."
 
     def _check_missing(self, pods: list[Any]) -> dict[str, Any] | None:
         from kubernetes.client.rest import ApiException
@@ -629,6 +653,7 @@ class _PodWatch:
     def _observe(self, kind: str, pod: Any) -> dict[str, Any] | None:
         self.seen_pod = True
         self.pod_name = pod.metadata.name
+        self.node_name = (pod.spec.node_name if pod.spec else None) or ""
         status = pod.status
         phase = status.phase or "Pending"
         reason = status.reason or ""
@@ -638,7 +663,7 @@ class _PodWatch:
             terminated = cs.state.terminated if cs.state else None
             if terminated is not None and terminated.reason == "OOMKilled":
                 limit = self.attempt.config.resources.memory
-                within = f" of its --memory {_memory(limit)}" if limit else ""
+                within = f" (its --memory {_memory(limit)})" if limit else ""
                 return _user(
                     "OutOfMemory",
                     f"task {self.attempt.task.name!r} ran out of memory{within} and was "
@@ -655,12 +680,7 @@ class _PodWatch:
         for cs in status.container_statuses or []:
             waiting = cs.state.waiting if cs.state else None
             if waiting is not None and waiting.reason in _IMAGE_ERRORS:
-                return _user(
-                    "ImageUnavailable",
-                    f"image {cs.image!r} can't be used on the cluster's nodes "
-                    f"({waiting.reason}: {waiting.message or 'not present'}); import or push it, "
-                    "or choose another with --image",
-                )
+                return _user("ImageUnavailable", self._image_message(cs.image, waiting))
             if waiting is not None and waiting.reason in _CONFIG_ERRORS:
                 return _user(
                     "KubernetesError",
@@ -691,6 +711,23 @@ class _PodWatch:
             return {"kind": "failed", "error": system_error(self._exit(pod), "LostPod")}
         return None
 
+    def _image_message(self, image: str, waiting: Any) -> str:
+        """What is wrong with the pod's image, and which setting changes it."""
+        why = f"{waiting.reason}: {waiting.message or 'not present'}"
+        if waiting.reason == "ErrImageNeverPull":
+            return (
+                f"image {image!r} is not on the cluster's nodes, and the pull policy Never "
+                f"keeps them from pulling it ({why}); import it on the nodes, or set the pull "
+                "policy to IfNotPresent (--k8s-pull-policy on the server, "
+                "PAPERCRANE_K8S_PULL_POLICY in the notebook's environment), or choose another "
+                "image with --image"
+            )
+        return (
+            f"image {image!r} can't be pulled by the cluster's nodes ({why}); check its name "
+            "and tag and that the nodes may pull from its registry (an image pull Secret), or "
+            "choose another image with --image"
+        )
+
     def _exit(self, pod: Any) -> str:
         for cs in pod.status.container_statuses or []:
             terminated = cs.state.terminated if cs.state else None
@@ -711,7 +748,7 @@ class _PodWatch:
         )
         if self.last_reason.startswith("pending"):  # the time went on waiting for a node
             message += f"; its pod never started running ({self.last_reason})"
-        return _user("TaskTimeout", message)
+        return _user("TaskTimeout", message + "; raise --timeout if it needs longer")
 
     def _deadline_hit(self) -> bool:
         """Did the Job's activeDeadlineSeconds end this attempt? The Job controller
@@ -785,11 +822,16 @@ def _status(sink: LogSink, message: str) -> None:
         report(message)
 
 
+#: Failures another attempt would meet again (the same image, request or setting): the
+#: scheduler does not spend the task's --retries on them (``retryable: False``).
+_FINAL = {"ImageUnavailable", "InvalidResources", "KubernetesError", "PodUnschedulable"}
+
+
 def _user(type_: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "error",
-        "error": {"kind": "user", "type": type_, "message": message, "traceback": ""},
-    }
+    error: dict[str, Any] = {"kind": "user", "type": type_, "message": message, "traceback": ""}
+    if type_ in _FINAL:
+        error["retryable"] = False
+    return {"kind": "error", "error": error}
 
 
 def _system(type_: str, message: str) -> dict[str, Any]:

@@ -604,11 +604,15 @@ def test_logs_stream_live_and_stay_readable_after_the_pod_is_gone(
 def test_an_image_that_is_not_there_names_the_image(engine: LocalEngine, cluster: Cluster) -> None:
     missing = f"local/papercrane-missing:{uuid.uuid4().hex[:8]}"
     with pytest.raises(TaskFailed) as info:
-        run(engine, spec("no_image", "y = 1"), image=missing)
+        run(engine, spec("no_image", "y = 1"), image=missing, retries=2)
     kind, message = failure(info)
     assert kind == "ImageUnavailable", message
     assert missing in message and "ErrImageNeverPull" in message and "--image" in message
-    assert errors(engine, info.value.execution_id)[0]["kind"] == "user"
+    # The setting that keeps the nodes from pulling it is named, with what to set.
+    assert "PAPERCRANE_K8S_PULL_POLICY" in message and "IfNotPresent" in message, message
+    # Every attempt would meet the same missing image: --retries is not spent on it.
+    (error,) = errors(engine, info.value.execution_id)
+    assert error["kind"] == "user"
     cluster.gone(info.value.execution_id)
 
 
@@ -618,7 +622,7 @@ def test_a_request_no_node_can_satisfy_pends_with_the_reason_then_fails(
     engine = fresh_engine(PAPERCRANE_K8S_PENDING_TIMEOUT="3")
     recorder = Recorder()
     with pytest.raises(TaskFailed) as info:
-        run(engine, spec("wants_gpu", "y = 1"), recorder, resources=Resources(gpu=1))
+        run(engine, spec("wants_gpu", "y = 1"), recorder, resources=Resources(gpu=1), retries=1)
     statuses = [e.payload["message"] for e in recorder.of(K.ATTEMPT_STATUS)]
     assert any("Insufficient nvidia.com/gpu" in s for s in statuses), statuses
     # The reason was shown while pending, before the attempt failed.
@@ -631,6 +635,47 @@ def test_a_request_no_node_can_satisfy_pends_with_the_reason_then_fails(
     kind, message = failure(info)
     assert kind == "PodUnschedulable", message
     assert "3 s" in message and "Insufficient nvidia.com/gpu" in message
+    # What it asks for, and how to let it wait longer.
+    assert "asks for --gpu 1: ask for less" in message, message
+    assert "PAPERCRANE_K8S_PENDING_TIMEOUT" in message, message
+    assert len(errors(engine, info.value.execution_id)) == 1  # (not waited for again)
+    cluster.gone(info.value.execution_id)
+
+
+def test_memory_without_a_unit_is_refused_before_a_pod_waits_for_it(
+    engine: LocalEngine, cluster: Cluster
+) -> None:
+    # "--memory 4" is four bytes: such a pod is scheduled, then never starts.
+    began = time.monotonic()
+    with pytest.raises(TaskFailed) as info:
+        run(engine, spec("tiny", "y = 1"), resources=Resources(memory=4), retries=3)
+    kind, message = failure(info)
+    assert kind == "InvalidResources" and "--memory 4 bytes" in message, message
+    assert "512Mi or 4Gi" in message and time.monotonic() - began < 10
+    (error,) = errors(engine, info.value.execution_id)
+    assert error["kind"] == "user"
+    assert cluster.jobs(info.value.execution_id) == []
+
+
+def test_a_placed_pod_whose_container_never_starts_says_so_with_the_kubelets_event(
+    fresh_engine: Callable[..., LocalEngine], cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the check above off, a four-byte memory limit: the pod is scheduled and the
+    # kubelet fails to make its sandbox, over and over (it was "could not be scheduled:
+    # ContainerCreating", after the full pending timeout).
+    from papercrane.backend.executors import kubernetes
+
+    monkeypatch.setattr(kubernetes, "MIN_MEMORY", 1)
+    engine = fresh_engine(PAPERCRANE_K8S_PENDING_TIMEOUT="8")
+    with pytest.raises(TaskFailed) as info:
+        run(engine, spec("never_starts", "y = 1"), resources=Resources(memory=4))
+    kind, message = failure(info)
+    if kind == "OutOfMemory":  # pragma: no cover - a node that does start it
+        pytest.skip(f"this cluster's nodes start a container under a 4-byte limit: {message}")
+    assert kind == "PodNotStarted", message
+    assert "was placed on node" in message and "did not start within 8 s" in message
+    assert "ContainerCreating" in message and "could not start it" in message, message
+    assert "could not be scheduled" not in message
     cluster.gone(info.value.execution_id)
 
 

@@ -668,3 +668,15 @@ def test_an_artifact_too_short_to_look_for_says_how_long(home: Path) -> None:
     assert f"no artifact '{artifact[:5]}'; give its id or at least 6 of its first" in out
     code, out = cli(home, "lineage", "best")
     assert code == 1 and "papercrane executions show EXECUTION --json" in out
+
+
+def test_a_kubernetes_server_with_a_bad_k8s_setting_says_so_before_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["--home", str(tmp_path / "home"), "server", "--port", "1", "--executor", "kubernetes"]
+    result = CliRunner().invoke(main, [*base, "--k8s-pending-timeout", "0"])
+    assert result.exit_code == 2 and "'--k8s-pending-timeout': 0" in result.output
+    monkeypatch.setenv("PAPERCRANE_K8S_TOLERATIONS", "[{bad")
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 2, result.output
+    assert "PAPERCRANE_K8S_TOLERATIONS is not JSON" in result.output

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
 
+from papercrane.backend.errors import ConfigError
 from papercrane.backend.executors.base import AttemptSpec
 from papercrane.backend.executors.kubernetes import (
     KubernetesSettings,
+    _PodWatch,
+    asked_for,
     build_job,
     job_name,
     labels,
+    resource_problem,
 )
 from papercrane.backend.model import Resources, TaskConfig, TaskSpec
 
@@ -299,3 +305,125 @@ def test_the_runner_does_not_run_an_attempt_that_was_given_up(tmp_path) -> None:
     assert "was given up" in done.stderr
     assert (folder / "stdout.log").read_text() == "starting at step 0\n"
     assert not (folder / "result.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PAPERCRANE_K8S_PULL_POLICY", "Nevr", "use Always, IfNotPresent, Never"),
+        ("PAPERCRANE_K8S_PENDING_TIMEOUT", "soon", "write it like 90, 45s, 30m"),
+        ("PAPERCRANE_K8S_PENDING_TIMEOUT", "-5", "must be positive"),
+        ("PAPERCRANE_K8S_NODE_SELECTOR", "gpu", "KEY=VALUE pairs"),
+        ("PAPERCRANE_K8S_TOLERATIONS", "[{bad", "not JSON"),
+        ("PAPERCRANE_K8S_TOLERATIONS", '{"key": "gpu"}', "JSON list of objects"),
+        ("PAPERCRANE_K8S_POD_QUOTA", "ten", "whole number of pods"),
+        ("PAPERCRANE_K8S_POD_QUOTA", "0", "whole number of pods"),
+        ("PAPERCRANE_K8S_STORAGE_VOLUME", "pvc:", "hostPath or pvc:CLAIM"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_the_variable(variable: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        KubernetesSettings.from_env({variable: value})
+    message = str(info.value)
+    assert variable in message and says in message and "\n" not in message
+
+
+def test_the_pending_timeout_takes_a_duration() -> None:
+    settings = KubernetesSettings.from_env({"PAPERCRANE_K8S_PENDING_TIMEOUT": "5m"})
+    assert settings.pending_timeout == 300.0
+
+
+@pytest.mark.parametrize(
+    ("resources", "says"),
+    [
+        (Resources(memory=4), "--memory 4 bytes, less than the 16Mi"),
+        (Resources(memory=15 << 20), "--memory 15Mi, less than the 16Mi"),
+        (Resources(cpu=0.0001), "--cpu 0.0001, less than Kubernetes' smallest amount, 1m"),
+    ],
+)
+def test_resources_no_container_starts_with_are_refused(resources: Resources, says: str) -> None:
+    problem = resource_problem(attempt(resources=resources))
+    assert problem is not None and says in problem and "'fit'" in problem
+
+
+@pytest.mark.parametrize(
+    "resources", [Resources(), Resources(memory=16 << 20), Resources(cpu=0.001, gpu=1)]
+)
+def test_resources_a_container_starts_with_pass(resources: Resources) -> None:
+    assert resource_problem(attempt(resources=resources)) is None
+
+
+def test_what_a_task_asks_for_reads_like_its_flags() -> None:
+    asked = asked_for(attempt(resources=Resources(cpu=64, memory=3 << 30, gpu=2)))
+    assert asked == "--cpu 64 --memory 3Gi --gpu 2"
+    assert asked_for(attempt(resources=Resources(cpu=0.25))) == "--cpu 250m"
+    assert asked_for(attempt()) == ""
+
+
+class _Events:
+    """A CoreV1Api that answers list_namespaced_event with the given events."""
+
+    def __init__(self, *events: SimpleNamespace) -> None:
+        self.events = events
+
+    def list_namespaced_event(self, namespace: str, **kw: object) -> SimpleNamespace:
+        return SimpleNamespace(items=list(self.events))
+
+
+def _watch(core: _Events, **resources: object) -> _PodWatch:
+    executor = SimpleNamespace(settings=KubernetesSettings(pending_timeout=20), _core=lambda: core)
+    w = _PodWatch(executor, attempt(resources=Resources(**resources)), "ns", None, None)  # type: ignore[arg-type]
+    w.pod_name = "pc-fit-pod"
+    return w
+
+
+def _event(kind: str, reason: str, message: str, at: int) -> SimpleNamespace:
+    when = datetime(2026, 1, 1, 0, 0, at, tzinfo=timezone.utc)
+    return SimpleNamespace(
+        type=kind, reason=reason, message=message, last_timestamp=when, event_time=None
+    )
+
+
+def test_a_pod_no_node_takes_says_what_it_asks_for_and_how_to_wait_longer() -> None:
+    w = _watch(_Events(), cpu=64)
+    w.last_reason = "pending: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
+    error = w._pending_too_long()["error"]
+    assert (error["kind"], error["type"]) == ("user", "PodUnschedulable")
+    message = error["message"]
+    assert "task 'fit' waited 20 s for a node" in message
+    assert "Insufficient cpu; it asks for" in message
+    assert "asks for --cpu 64: ask for less" in message
+    assert "--k8s-pending-timeout" in message and "PAPERCRANE_K8S_PENDING_TIMEOUT" in message
+    assert "could not be scheduled" not in message
+
+
+def test_a_placed_pod_whose_container_never_starts_is_not_called_unschedulable() -> None:
+    core = _Events(
+        _event("Normal", "Scheduled", "Successfully assigned", 1),
+        _event("Warning", "FailedMount", "older", 2),
+        _event("Warning", "FailedCreatePodSandBox", "cannot allocate memory", 3),
+    )
+    w = _watch(core, memory=4)
+    w.node_name, w.last_reason = "node-7", "pending: ContainerCreating"
+    error = w._pending_too_long()["error"]
+    assert error["type"] == "PodNotStarted"
+    message = error["message"]
+    assert "pod pc-fit-pod was placed on node node-7" in message
+    assert "did not start within 20 s (ContainerCreating" in message
+    assert "FailedCreatePodSandBox: cannot allocate memory" in message and "older" not in message
+    assert "the node could not start it" in message
+
+
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        ("ErrImageNeverPull", "PAPERCRANE_K8S_PULL_POLICY"),
+        ("ErrImageNeverPull", "--k8s-pull-policy"),
+        ("ImagePullBackOff", "check its name and tag"),
+    ],
+)
+def test_an_unusable_image_names_it_and_the_setting_to_change(reason: str, says: str) -> None:
+    waiting = SimpleNamespace(reason=reason, message="details")
+    message = _watch(_Events())._image_message("local/nope:1", waiting)
+    assert "'local/nope:1'" in message and f"{reason}: details" in message
+    assert says in message and "--image" in message

@@ -423,3 +423,41 @@ def test_a_workflow_rows_long_error_is_cut_with_an_ellipsis() -> None:
     assert detail.startswith("UserError: node 'total' reads 'r' from 'sq',")
     node.error = ErrorInfo(ErrorKind.USER, "ValueError", "short")
     assert _detail(node) == "ValueError: short"
+
+
+def test_a_pods_scheduling_reason_is_shown_even_right_after_a_render(
+    sent: list[tuple[str, Any]],
+) -> None:
+    """The scheduler says why a pod waits a moment after it is "pending", within the
+    50 ms between renders, and then nothing changes for minutes: that reason is sent."""
+    from papercrane.backend.model import NodeState
+
+    view = RunView(name="t", version="0" * 64, executor="kubernetes", max_attempts=1)
+    run = RunWidget(view, parts=shared_parts())
+    node = NodeState("t", status=Status.RUNNING, attempt=1, where="pending")
+    state = ExecutionState(id="e", status=Status.RUNNING, nodes={"t": node})
+    status = Event("e", EventKind.ATTEMPT_STATUS, "t", 1, seq=1)
+    run.on_event(status, state)
+    assert run.shown
+    node.where = "pending: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
+    run.on_event(status, state)  # (at once: well within 50 ms)
+    msg_type, data = sent[-1]
+    assert msg_type == "comm_msg" and "Insufficient cpu" in data["state"]["value"]
+    before = len(sent)
+    run.on_event(status, state)  # the same state line again: still throttled
+    assert len(sent) == before
+
+
+def test_the_workflow_widget_shows_a_nodes_new_state_line_at_once() -> None:
+    """As the task widget: a pod's scheduling reason, right after "pending"."""
+    from papercrane.backend.model import NodeState
+    from papercrane.workflow_widget import WorkflowWidget
+
+    widget = WorkflowWidget(None, live=True)
+    node = NodeState("fit", status=Status.RUNNING, attempt=1, where="pending")
+    state = ExecutionState(id="e", status=Status.RUNNING, nodes={"fit": node})
+    status = Event("e", EventKind.ATTEMPT_STATUS, "fit", 1, seq=1)
+    widget.on_event(status, state)
+    node.where = "pending: Unschedulable: 1 Insufficient cpu"
+    widget.on_event(status, state)  # (at once: well within 0.1 s)
+    assert "Insufficient cpu" in widget.widget.value
