@@ -234,9 +234,7 @@ class NotebookWorkflow:
         name a later plain cell bound again keeps that cell's value, as top to bottom."""
         if not self.pending:
             return None
-        ns = self.session.shell.user_ns
-        later = {n: ns.get(n, _UNBOUND) for n in self.rebound()}
-        records, self.pending, self._held = self.pending, [], {}
+        records, later, shown = self._take_pending()
         spec = self.spec(records)
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
@@ -246,9 +244,29 @@ class NotebookWorkflow:
                 if name in rec.values:
                     values.setdefault(name, rec.values[name])
         values = self._unchanged(params, values)
+        return self._settled(
+            lambda: self._execute(spec, params, values, records, live=live), later, shown, live
+        )
+
+    def _take_pending(self) -> tuple[list[CellRecord], dict[str, Any], dict[str, str]]:
+        """The deferred cells, taken out of batch mode's hands to run now: their records,
+        the names a later plain cell bound again (with that cell's value), and where
+        each task's value is to be shown."""
+        ns = self.session.shell.user_ns
+        later = {n: ns.get(n, _UNBOUND) for n in self.rebound()}
+        records, self.pending, self._held = self.pending, [], {}
         shown = {rec.spec.name: self._value_displays.pop(rec.spec.name, "") for rec in records}
+        return records, later, shown
+
+    def _settled(
+        self, execute: Any, later: dict[str, Any], shown: dict[str, str], live: bool = True
+    ) -> Any:
+        """``execute()`` a run that includes deferred cells, then, as top to bottom: a
+        name a later plain cell bound again keeps that cell's value, and each deferred
+        task's value is shown in its own cell (those that finished, if the run failed)."""
+        ns = self.session.shell.user_ns
         try:
-            result = self._execute(spec, params, values, records, live=live)
+            result = execute()
         except WorkflowError as error:  # the tasks that finished still show their values
             partial = error.failure.result
             if partial is not None and live:
@@ -369,7 +387,6 @@ class NotebookWorkflow:
 
     # -- %workflow run / recover / show ---------------------------------------------------
     def run(self, overrides: dict[str, Any], max_parallel: int | None, policy: str) -> Any:
-        self.flush()
         spec = self.spec()
         known = spec.parameters()
         unknown = sorted(set(overrides) - set(known))
@@ -393,14 +410,14 @@ class NotebookWorkflow:
                 )
             values[name] = value
             params[name] = self.session.value_ref(value, f"parameter {name!r}")
-        return self._execute(
-            spec,
-            params,
-            values,
-            list(self.session.records.values()),
-            max_parallel=max_parallel,
-            policy=policy,
+        # Deferred cells are recorded cells like the others: this run runs them, once
+        # (flushing them first ran them twice). Taken only now: a refused -p leaves them.
+        _, later, shown = self._take_pending()
+        records = list(self.session.records.values())
+        execute = lambda: self._execute(  # noqa: E731
+            spec, params, values, records, max_parallel=max_parallel, policy=policy
         )
+        return self._settled(execute, later, shown)
 
     def _options(self, records: list[CellRecord]) -> tuple[str, str]:
         from papercrane.backend.config import check_scope

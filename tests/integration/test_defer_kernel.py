@@ -3,6 +3,8 @@ parallel, yet the notebook means what it means run top to bottom."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .kernel import Kernel
@@ -147,3 +149,24 @@ def test_defer_off_is_off_even_when_the_tasks_it_runs_fail(kernel: Kernel) -> No
     r = kernel.run("%%task good --executor inline\ny = 2").ok()
     assert "deferred" not in r.widget.get("text/plain", ""), r.widget
     assert kernel.run("print(y)").ok().stdout.strip() == "2"
+
+
+def test_workflow_run_runs_the_deferred_cells_once(kernel: Kernel, workdir: Path) -> None:
+    """``%workflow run`` with cells still deferred runs them as part of its one
+    execution: it flushed them first, then ran the whole workflow, every task twice. A
+    refused ``-p`` leaves them deferred."""
+    log = workdir / "ran.log"
+    kernel.run("%workflow defer").ok()
+    kernel.run("n = 3").ok()
+    for name, code in (("a", "x = n + 1"), ("b", "y = x * 2")):
+        body = f"open({str(log)!r}, 'a').write('{name}\\n')\n{code}"
+        kernel.run(f"%%task {name} --executor inline\n{body}").ok()
+    refused = kernel.run("%workflow run -p m=1")
+    assert refused.status == "error" and "no parameter 'm'" in refused.text, refused.text
+    assert not log.exists()
+    ran = kernel.run("%workflow run").ok()
+    assert "succeeded" in ran.text, ran.text
+    assert log.read_text().split() == ["a", "b"]
+    assert kernel.run("print(x, y)").ok().stdout.strip() == "4 8"
+    kernel.run("%workflow defer off").ok()  # (nothing is left to run)
+    assert log.read_text().split() == ["a", "b"]
