@@ -306,7 +306,7 @@ def executions_show(
 
 @main.command()
 @click.argument("execution_id")
-@click.argument("node")
+@click.argument("node", required=False)
 @click.option(
     "--attempt", type=click.IntRange(min=1), default=None, help="default: the last attempt"
 )
@@ -314,12 +314,27 @@ def executions_show(
 @_json
 @click.pass_obj
 def logs(
-    obj: _Ctx, execution_id: str, node: str, attempt: int | None, stderr: bool, as_json: bool
+    obj: _Ctx,
+    execution_id: str,
+    node: str | None,
+    attempt: int | None,
+    stderr: bool,
+    as_json: bool,
 ) -> None:
-    """Print a node's stdout (or --stderr) for one attempt. A cache hit's or a recovered
-    node's are those of the attempt that made its outputs, in another execution."""
+    """Print a node's stdout (or --stderr) for one attempt; NODE may be left out when
+    the execution has one (a single task's). A cache hit's or a recovered node's are
+    those of the attempt that made its outputs, in another execution."""
     state = obj.engine.execution(execution_id)
     execution_id = state.id  # (given by the start of its id, perhaps)
+    if node is None:
+        nodes = [n for n in state.nodes if "[" not in n and ":" not in n]
+        if len(nodes) != 1:
+            raise click.UsageError(
+                f"execution {execution_id} has {len(nodes)} nodes: give one, e.g. "
+                f"papercrane logs {execution_id} {nodes[0] if nodes else 'NODE'} "
+                f"(nodes: {_node_names(state)})"
+            )
+        node = nodes[0]
     if node not in state.nodes:
         parent, _, index = node.partition("[")
         size = state.nodes[parent].elements if parent in state.nodes else 0
@@ -540,7 +555,7 @@ def cache_clear(obj: _Ctx, project: str, domain: str, task_name: str | None, as_
 
 @executions.command("logs")
 @click.argument("execution_id")
-@click.argument("node")
+@click.argument("node", required=False)
 @click.option(
     "--attempt", type=click.IntRange(min=1), default=None, help="default: the last attempt"
 )
@@ -550,12 +565,12 @@ def cache_clear(obj: _Ctx, project: str, domain: str, task_name: str | None, as_
 def executions_logs(
     ctx: click.Context,
     execution_id: str,
-    node: str,
+    node: str | None,
     attempt: int | None,
     stderr: bool,
     as_json: bool,
 ) -> None:
-    """Print a node's stdout (or --stderr) for one attempt."""
+    """Print a node's stdout (or --stderr) for one attempt (NODE: see papercrane logs)."""
     ctx.invoke(
         logs, execution_id=execution_id, node=node, attempt=attempt, stderr=stderr, as_json=as_json
     )

@@ -63,6 +63,7 @@ def test_logs_and_cache(home: Path) -> None:
     rows = json.loads(cli(home, "executions", "list", "--json")[1])
     first = rows[-1]["id"]
     assert cli(home, "logs", first, "hello") == (0, "hi\n")
+    assert cli(home, "logs", first) == (0, "hi\n")  # (a single task's: its one node)
     code, out = cli(home, "executions", "logs", first, "hello", "--json")
     assert (code, json.loads(out)) == (
         0,
@@ -353,6 +354,8 @@ def test_logs_of_a_recovered_node_are_those_of_the_execution_it_came_from(
     flag.write_text("ok")
     again = engine.recover(failed.value.execution_id).execution.id
     engine.close()
+    code, out = cli(tmp_path, "logs", again)  # two nodes: which one is asked
+    assert code == 2 and f"has 2 nodes: give one, e.g. papercrane logs {again} a" in out, out
     data = json.loads(cli(tmp_path, "logs", again, "a", "--json")[1])
     assert (data["execution_id"], data["node"], data["text"]) == (
         failed.value.execution_id,
