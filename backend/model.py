@@ -407,18 +407,30 @@ class ErrorInfo:
     type: str
     message: str
     traceback: str = ""
+    #: False: another attempt would fail the same way (a missing image), so the task's
+    #: --retries were not spent on it. Written only when False.
+    retryable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "kind": self.kind.value,
             "type": self.type,
             "message": self.message,
             "traceback": self.traceback,
         }
+        if not self.retryable:
+            data["retryable"] = False
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
-        return cls(ErrorKind(data["kind"]), data["type"], data["message"], data["traceback"])
+        return cls(
+            ErrorKind(data["kind"]),
+            data["type"],
+            data["message"],
+            data["traceback"],
+            data.get("retryable", True) is not False,
+        )
 
 
 @dataclass

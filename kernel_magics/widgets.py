@@ -91,6 +91,9 @@ def _attempt_text(node: Any, max_attempts: int) -> str:
     text = f"{node.attempt - system} of {max_attempts}"
     if system:
         text += f" (+{system} retried after system errors)"
+    error = node.error
+    if error is not None and not error.retryable and node.attempt - system < max_attempts:
+        text += " (not retried: another attempt would fail the same way)"
     return text
 
 

@@ -342,6 +342,8 @@ class ErrorModel(BaseModel):
     type: str
     message: str
     traceback: str = ""
+    # False: not retried, another attempt would fail the same way (a missing image)
+    retryable: bool = True
 
 
 class NodeModelOut(BaseModel):

@@ -461,3 +461,38 @@ def test_the_workflow_widget_shows_a_nodes_new_state_line_at_once() -> None:
     node.where = "pending: Unschedulable: 1 Insufficient cpu"
     widget.on_event(status, state)  # (at once: well within 0.1 s)
     assert "Insufficient cpu" in widget.widget.value
+
+
+def test_a_failure_that_would_repeat_says_why_it_was_not_retried() -> None:
+    """``--retries 2``, and a missing image (the executor marks it ``retryable: False``):
+    one attempt, and the widget says why not three, as recorded in the event."""
+    from papercrane.backend.model import ErrorInfo, NodeState
+    from papercrane.backend.projection import apply
+    from papercrane.widgets import render_text
+
+    state = ExecutionState(id="e")
+    error = {
+        "kind": "user",
+        "type": "ImageUnavailable",
+        "message": "image x:1 is not on the node",
+        "traceback": "",
+        "retryable": False,
+    }
+    for seq, (kind, node, attempt, payload) in enumerate(
+        [
+            (EventKind.EXECUTION_CREATED, "", 0, {"name": "t", "kind": "task"}),
+            (EventKind.ATTEMPT_STARTED, "t", 1, {}),
+            (EventKind.ATTEMPT_FAILED, "t", 1, {"error": error}),
+        ],
+        start=1,
+    ):
+        apply(state, Event("e", kind, node, attempt, payload=payload, seq=seq))
+    failed: NodeState = state.nodes["t"]
+    assert failed.error == ErrorInfo.from_dict(error) and not failed.error.retryable
+    assert failed.error.to_dict()["retryable"] is False
+    view = RunView(name="t", version="v" * 12, executor="kubernetes", max_attempts=3, state=state)
+    lines = render_text(view).splitlines()
+    assert "  attempt: 1 of 3 (not retried: another attempt would fail the same way)" in lines
+    # An ordinary failure says nothing of the kind.
+    retried = ErrorInfo.from_dict({**error, "retryable": True})
+    assert retried.retryable and "retryable" not in retried.to_dict()
