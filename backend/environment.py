@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .model import Environment
@@ -376,8 +376,9 @@ def live_module_differs(top: str) -> str | None:
     module this kernel imported, which is the file as it was then (edited since?) and
     as cells have changed it (``helpers.K = 99``). Where the two differ, the inline
     result must not be cached under the file's content. Checked: the module's own
-    functions against the file's compiled code, and its names assigned once, at top
-    level, to a literal. Where neither tells, the module is taken to match."""
+    functions and its classes' methods against the file's compiled code, and its names
+    assigned once, at top level, to a literal. Where none tells, the module is taken
+    to match."""
     mod = sys.modules.get(top)
     path = getattr(mod, "__file__", None) if mod is not None else None
     if not path or not path.endswith(".py") or not os.path.isfile(path):
@@ -386,20 +387,21 @@ def live_module_differs(top: str) -> str | None:
         tree, code = _compiled(path, _stamp(path))
     except (OSError, SyntaxError, ValueError):
         return f"its file {path} cannot be read or compiled"
-    disk: dict[str, types.CodeType] = {}
-    todo = [code]
-    while todo:
-        c = todo.pop()
-        for const in c.co_consts:
-            if isinstance(const, types.CodeType):
-                disk.setdefault(getattr(const, "co_qualname", const.co_name), const)
-                todo.append(const)
+    disk = _code_by_qualname(code)
     live = vars(mod)
     for name, obj in live.items():
-        f = getattr(obj, "__code__", None)
-        if not isinstance(f, types.CodeType) or getattr(obj, "__module__", None) != top:
+        if getattr(obj, "__module__", None) != top:
             continue
-        there = disk.get(getattr(f, "co_qualname", f.co_name))
+        if isinstance(obj, type):
+            for method in _methods(obj):
+                there = disk.get(method.__qualname__)
+                if there is not None and _body(there) != _body(method.__code__):
+                    return f"its method {method.__qualname__}() is not the file's"
+            continue
+        f = getattr(obj, "__code__", None)
+        if not isinstance(f, types.CodeType):
+            continue
+        there = disk.get(getattr(obj, "__qualname__", name))
         if there is not None and _body(there) != _body(f):
             return f"its function {name}() is not the file's"
     once: dict[str, int] = {}
@@ -421,6 +423,41 @@ def live_module_differs(top: str) -> str | None:
         if isinstance(here, _LITERALS) and (type(here) is not type(value) or here != value):
             return f"{target.id} is {here!r} here and {value!r} in the file"
     return None
+
+
+#: ``inspect.CO_OPTIMIZED``: set on functions' code, not on a class body's.
+_CO_OPTIMIZED = 0x0001
+
+
+def _code_by_qualname(module: types.CodeType) -> dict[str, types.CodeType]:
+    """A module's code objects by the ``__qualname__`` of what they define (``f``,
+    ``A.m``, ``f.<locals>.g``), worked out from the nesting: Python 3.10's code objects
+    have no ``co_qualname``. A function's body makes ``<locals>`` of what it defines; a
+    class body (compiled without ``CO_OPTIMIZED``) and the module do not."""
+    found: dict[str, types.CodeType] = {}
+    todo: list[tuple[types.CodeType, str]] = [(module, "")]
+    while todo:
+        parent, prefix = todo.pop()
+        if parent is not module and parent.co_flags & _CO_OPTIMIZED:
+            prefix += ".<locals>"
+        for const in parent.co_consts:
+            if isinstance(const, types.CodeType):
+                qualname = f"{prefix}.{const.co_name}" if prefix else const.co_name
+                found.setdefault(qualname, const)
+                todo.append((const, qualname))
+    return found
+
+
+def _methods(cls: type) -> Iterator[Any]:
+    """The functions a class defines itself: methods, static and class methods, and
+    properties' getters, setters and deleters."""
+    for value in vars(cls).values():
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        parts = (value.fget, value.fset, value.fdel) if isinstance(value, property) else (value,)
+        for f in parts:
+            if isinstance(getattr(f, "__code__", None), types.CodeType):
+                yield f
 
 
 @functools.lru_cache(maxsize=64)

@@ -257,3 +257,44 @@ def test_a_module_asked_for_before_its_folder_is_on_sys_path_is_found_after(
     assert probe.environment({"pc_late_mod"}).local_modules == {}
     monkeypatch.setattr(sys, "path", [str(tmp_path / "lib"), *sys.path])
     assert set(probe.environment({"pc_late_mod"}).local_modules) == {"pc_late_mod"}
+
+
+def test_a_class_method_edited_since_import_differs_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method (plain, static, class or a property's) is compared as a function is:
+    an inline task would run the imported one while the key reads the edited file."""
+    import importlib
+    import sys
+    import time
+
+    from papercrane.backend.environment import live_module_differs
+
+    path = tmp_path / "livecls.py"
+    source = (
+        "class Scale:\n"
+        "    def apply(self, x):\n        return x * 2\n"
+        "    @staticmethod\n    def unit():\n        return 1\n"
+        "    @property\n    def name(self):\n        return 'scale'\n"
+        "def apply(x):\n    return x\n"
+    )
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("livecls")
+    try:
+        assert live_module_differs("livecls") is None  # (apply and Scale.apply: apart)
+        stamp = time.time()
+        for old, new, method in (
+            ("return x * 2", "return x * 3", "Scale.apply"),
+            ("return 1\n", "return 2\n", "Scale.unit"),
+            ("return 'scale'", "return 'size'", "Scale.name"),
+        ):
+            path.write_text(source.replace(old, new))
+            stamp += 2
+            os.utime(path, (stamp, stamp))
+            assert live_module_differs("livecls") == f"its method {method}() is not the file's"
+        path.write_text(source)
+        os.utime(path, (stamp + 2, stamp + 2))
+        assert live_module_differs("livecls") is None
+    finally:
+        sys.modules.pop("livecls", None)
