@@ -190,6 +190,14 @@ class RemoteEngine(EngineAPI):
                 "check PAPERCRANE_URL: the server's address, as `papercrane server` prints "
                 "it, with no path after it"
             )
+        if status == 403 and "no access to project" in detail:
+            # (A notebook's task asked for a project the token was not made for.)
+            raise ConfigError(
+                f"{where} refused the token: {detail}; set PAPERCRANE_TOKEN to a token for "
+                f"project {self.project!r} (`papercrane token create --project {self.project}` "
+                "on the server), or use a project this token has (%%task --project P, "
+                "%config Papercrane.project = 'P', --project)"
+            )
         if status in (401, 403):
             raise ConfigError(f"{where} refused the token: {detail}")
         if status == 404:
