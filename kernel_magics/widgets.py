@@ -61,7 +61,10 @@ class RunView:
 
     def summary(self) -> list[tuple[str, str]]:
         node = self.node
-        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", self.executor)]
+        # The executor that ran it, once an attempt started: a task naming none runs on
+        # the engine's default (a server's ``--executor``), which only its events tell.
+        executor = (node.executor if node is not None else "") or self.executor
+        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", executor)]
         if self.state is not None:
             rows.append(("execution", self.state.id))
         if node is not None:

@@ -1,5 +1,6 @@
 """A notebook against a server: a task runs in the project it asks for (``--project``,
-or ``%config Papercrane.project`` changed after the first task)."""
+or ``%config Papercrane.project`` changed after the first task), and its widget names
+the executor the server ran it on."""
 
 from __future__ import annotations
 
@@ -81,5 +82,17 @@ def test_a_project_the_token_cannot_use_is_named(server: ServerProcess, tmp_path
         assert len(r.error["traceback"]) <= 1, r.error["traceback"]
         assert r.widget["text/plain"].startswith("elsewhere: failed"), r.widget
         assert names(server, "other") == []
+    finally:
+        k.shutdown()
+
+
+def test_the_widget_names_the_servers_executor(server: ServerProcess, tmp_path: Path) -> None:
+    """A cell naming no executor runs on the server's default: the widget says which
+    (from the attempt's event), not "default"."""
+    k = remote_kernel(server, tmp_path, server.token("team"))
+    try:
+        r = k.run("%%task plain\na = 1").ok()
+        shown = r.widget["text/plain"]
+        assert "executor: local" in shown and "default" not in shown, shown
     finally:
         k.shutdown()

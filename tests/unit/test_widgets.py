@@ -461,3 +461,23 @@ def test_the_workflow_widget_shows_a_nodes_new_state_line_at_once() -> None:
     node.where = "pending: Unschedulable: 1 Insufficient cpu"
     widget.on_event(status, state)  # (at once: well within 0.1 s)
     assert "Insufficient cpu" in widget.widget.value
+
+
+def test_the_executor_row_names_the_executor_its_attempt_ran_on() -> None:
+    """A cell naming no executor shows "default" until its attempt starts; then the one
+    the engine (a server's ``--executor``) chose, which its attempt_started event names.
+    An older store's event without it leaves "default"."""
+    from papercrane.backend.projection import apply
+
+    view = RunView(name="t", version="v" * 12, executor="default", max_attempts=1)
+    state = ExecutionState(id="e1")
+    apply(state, Event("e1", EventKind.EXECUTION_CREATED, "", 0, {"kind": "task"}, 1.0, 1))
+    apply(state, Event("e1", EventKind.NODE_QUEUED, "t", 0, {}, 1.0, 2))
+    view.state = state
+    assert ("executor", "default") in view.summary()
+    apply(state, Event("e1", EventKind.ATTEMPT_STARTED, "t", 1, {"executor": "kubernetes"}, 2.0, 3))
+    assert ("executor", "kubernetes") in view.summary()
+    old = ExecutionState(id="e2")
+    apply(old, Event("e2", EventKind.ATTEMPT_STARTED, "t", 1, {}, 2.0, 1))
+    view.state = old
+    assert ("executor", "default") in view.summary()
