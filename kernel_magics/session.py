@@ -367,7 +367,10 @@ class Session:
             self._remember(rec, widget.view.state)
             raise TaskError(failure, spec.name) from None
         except ExecutionAborted as aborted:
-            if widget.view.state is None:
+            state = widget.view.state
+            if state is None or not state.status.terminal:
+                # Before the execution existed, or its abort not heard of yet (a server
+                # still stopping it): it ends here, aborted, not "running" for ever.
                 widget.refuse(aborted)
             else:
                 widget.finish()

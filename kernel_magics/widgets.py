@@ -55,8 +55,9 @@ class RunView:
 
     @property
     def status(self) -> Status:
-        if self.state is not None:
+        if self.state is not None and (self.state.status.terminal or not self.refused):
             return self.state.status
+        # (``refuse`` of a run whose execution had not ended: an interrupt)
         return self.refused_status if self.refused else Status.QUEUED
 
     def summary(self) -> list[tuple[str, str]]:

@@ -1,9 +1,10 @@
 """A notebook against a server: a task runs in the project it asks for (``--project``,
-or ``%config Papercrane.project`` changed after the first task), and its widget names
-the executor the server ran it on."""
+or ``%config Papercrane.project`` changed after the first task), its widget names the
+executor the server ran it on, and an interrupted task's widget ends aborted."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,5 +95,42 @@ def test_the_widget_names_the_servers_executor(server: ServerProcess, tmp_path: 
         r = k.run("%%task plain\na = 1").ok()
         shown = r.widget["text/plain"]
         assert "executor: local" in shown and "default" not in shown, shown
+    finally:
+        k.shutdown()
+
+
+def test_an_interrupted_task_ends_its_widget_aborted(server: ServerProcess, tmp_path: Path) -> None:
+    """Ctrl-C while the cell follows its task on the server: the server is asked to
+    abort it, and the widget ends "aborted" (amber) as with the embedded engine, not
+    "running" for ever."""
+    k = remote_kernel(server, tmp_path, server.token("team"))
+    flag = tmp_path / "started"
+    try:
+        msg_id = k.kc.execute(
+            f"%%task slow\nimport pathlib, time\npathlib.Path({str(flag)!r}).write_text('')\n"
+            "time.sleep(60)\nv = 1"
+        )
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists()
+        time.sleep(0.5)  # (the cell is following the task's events)
+        k.send_interrupt()
+        shown, error = [], None
+        while True:
+            msg = k.kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind in ("display_data", "update_display_data"):
+                shown.append(content["data"])
+            elif kind == "error":
+                error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        assert error is not None and "interrupted" in error["evalue"], error
+        widget = shown[-1]
+        assert widget["text/plain"].startswith("slow: aborted"), widget["text/plain"]
+        assert "#b45309" in widget["text/html"]  # an aborted run's amber
     finally:
         k.shutdown()
