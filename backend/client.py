@@ -190,6 +190,14 @@ class RemoteEngine(EngineAPI):
                 "check PAPERCRANE_URL: the server's address, as `papercrane server` prints "
                 "it, with no path after it"
             )
+        if status == 403 and "no access to project" in detail:
+            # (A notebook's task asked for a project the token was not made for.)
+            raise ConfigError(
+                f"{where} refused the token: {detail}; set PAPERCRANE_TOKEN to a token for "
+                f"project {self.project!r} (`papercrane token create --project {self.project}` "
+                "on the server), or use a project this token has (%%task --project P, "
+                "%config Papercrane.project = 'P', --project)"
+            )
         if status in (401, 403):
             raise ConfigError(f"{where} refused the token: {detail}")
         if status == 404:
@@ -436,6 +444,8 @@ class RemoteEngine(EngineAPI):
         except KeyboardInterrupt:
             try:
                 self.abort(execution_id)
+            except Conflict:
+                pass  # it ended meanwhile: its end is fetched below
             except PapercraneError as exc:
                 raise ExecutionAborted(
                     f"execution {execution_id} was interrupted here, but the server could not "
@@ -444,9 +454,29 @@ class RemoteEngine(EngineAPI):
                     f"is back with POST {self.url}{_execution(execution_id)}/abort (e.g. curl -X "
                     'POST -H "Authorization: Bearer $PAPERCRANE_TOKEN" <that URL>)'
                 ) from None
+            self._settle(state, listener)
             raise ExecutionAborted(
                 f"execution {execution_id} was interrupted; the server was asked to abort it"
             ) from None
+
+    #: How long an interrupted follower waits for the server to record the abort.
+    SETTLE = 10.0
+
+    def _settle(self, state: ExecutionState, listener: RunListener) -> None:
+        """After an interrupt: the events up to the execution's end (its abort, which
+        the server records once it has stopped the attempt), given to the listener, so
+        that what follows it (a widget) ends "aborted", not "running". Waits at most
+        ``SETTLE`` seconds; a second interrupt stops waiting."""
+        deadline = time.monotonic() + self.SETTLE
+        try:
+            while not state.status.terminal and time.monotonic() < deadline:
+                for event in self.events(state.id, after=state.last_seq):
+                    apply(state, event)
+                    listener.on_event(event, state)
+                if not state.status.terminal:
+                    time.sleep(0.1)
+        except (KeyboardInterrupt, PapercraneError):
+            pass  # the caller says the abort was asked for; the widget ends aborted anyway
 
     @staticmethod
     def _say(text: str) -> None:

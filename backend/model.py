@@ -454,6 +454,9 @@ class NodeState:
     logs: dict[int, dict[str, str]] = field(default_factory=dict)
     #: The latest ATTEMPT_STATUS message (a pod's scheduling reason, say).
     where: str = ""
+    #: The executor its latest attempt ran on (ATTEMPT_STARTED's ``executor``): the
+    #: engine's default when the task named none, which only the engine knows.
+    executor: str = ""
     #: Map nodes: how many elements, and how many finished well or badly so far.
     elements: int = 0
     elements_done: int = 0

@@ -88,6 +88,9 @@ def fold(
         node.started_at = node.started_at or ts
         if state.status is _S_QUEUED:
             state.status = _S_RUNNING
+        executor = p.get("executor")
+        if executor:  # (absent from an older store's events)
+            node.executor = executor
         key = p.get("cache_key")
         if key:  # a map element's miss (see ``model.EventKind``)
             node.cache_key = key

@@ -464,7 +464,9 @@ class PapercraneMagics(Magics):
         if variable in session.workflow.pending_outputs():
             session.workflow.flush()  # batch mode: the value comes from a deferred task
         artifact_id, origin = session.artifact_of(variable)
-        tree = session.engine.lineage(artifact_id, via=origin)
+        scope = session.scopes.get(variable)
+        engine = session.engine_for(*scope) if scope else session.engine
+        tree = engine.lineage(artifact_id, via=origin)
         display(lineage_display(tree, variable))
 
 

@@ -238,8 +238,14 @@ class NotebookWorkflow:
         spec = self.spec(records)
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
+        scope = self._options(records)
         for rec in records:
+            elsewhere = (rec.options.project, rec.options.domain) != scope
             for name, ref in rec.inputs.items():
+                if elsewhere and name in rec.values and name not in params:
+                    # Stored in the cell's own project; the workflow runs in the last's.
+                    what = f"task {rec.spec.name!r}: input {name!r}"
+                    ref = self.session.value_ref(rec.values[name], what, ref.id, scope)
                 params.setdefault(name, ref)
                 if name in rec.values:
                     values.setdefault(name, rec.values[name])
@@ -396,6 +402,8 @@ class NotebookWorkflow:
                 f"parameters are: {', '.join(known) or '(none)'}"
             )
         ns = self.session.shell.user_ns
+        records = list(self.session.records.values())
+        scope = self._options(records)  # (the parameters go to the workflow's project)
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
         for name in known:
@@ -409,11 +417,10 @@ class NotebookWorkflow:
                     f"notebook has no variable {name!r}; define it or pass -p {name}=VALUE"
                 )
             values[name] = value
-            params[name] = self.session.value_ref(value, f"parameter {name!r}")
+            params[name] = self.session.value_ref(value, f"parameter {name!r}", scope=scope)
         # Deferred cells are recorded cells like the others: this run runs them, once
         # (flushing them first ran them twice). Taken only now: a refused -p leaves them.
         _, later, shown = self._take_pending()
-        records = list(self.session.records.values())
         execute = lambda: self._execute(  # noqa: E731
             spec, params, values, records, max_parallel=max_parallel, policy=policy
         )
@@ -454,7 +461,7 @@ class NotebookWorkflow:
             failure_policy=policy,
             sources=self.session.sources(params, values),
         )
-        engine = self.session.engine
+        engine = self.session.engine_for(project, domain)
         if self.detach:
             if not hasattr(engine, "submit_workflow"):
                 raise UserError("--detach needs a papercrane server (set PAPERCRANE_URL)")
@@ -499,10 +506,10 @@ class NotebookWorkflow:
                     "give an execution id: %workflow recover ID (papercrane executions list "
                     "--status failed)"
                 )
-            state = self.session.engine.execution(self.last_run)
+            state = self.session.engine_for(project, domain).execution(self.last_run)
             latest = [{"id": state.id, "status": state.status.value}]
         else:
-            latest = self.session.engine.list_executions(
+            latest = self.session.engine_for(project, domain).list_executions(
                 limit=1, project=project, domain=domain, name=name
             )
         if not latest or latest[0]["status"] not in ("failed", "aborted"):
@@ -526,7 +533,7 @@ class NotebookWorkflow:
 
         from .workflow_widget import WorkflowWidget
 
-        engine = self.session.engine
+        engine = self.session.engine_for(*self._options(list(self.session.records.values())))
         source = engine.execution(execution_id)
         execution_id = source.id  # (given by the start of its id, perhaps)
         check_recoverable(source)  # (before a widget is shown)
@@ -575,10 +582,11 @@ class NotebookWorkflow:
             if not partial:  # (a partial result: only the nodes that finished are known)
                 deleted |= rec.deleted
         state = result.execution
+        scope = self._options(records)
         for run in result.nodes.values():  # document order: later nodes win, as cells do
             recovered = run.status.value == "recovered" and state.recovered_from
             origin = {"execution": recovered or state.id, "node": run.id}
-            self.session.bind(run.outputs, run.values, run.references, origin=origin)
+            self.session.bind(run.outputs, run.values, run.references, origin=origin, scope=scope)
         produced = {n for run in result.nodes.values() for n in run.outputs}
         for name in deleted - produced:
             self.session.shell.user_ns.pop(name, None)

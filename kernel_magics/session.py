@@ -105,11 +105,16 @@ class Session:
         self.shell = shell
         self.settings = settings
         self._engine: Any = None
+        #: With a server: one client per (project, domain) a task asked for, the first
+        #: one also in ``_engine``. None until the first task: whether there is a server.
+        self._remote: bool | None = None
+        self._engines: dict[tuple[str, str], Any] = {}
         self._probe: Any = None
         self._parts: dict[str, Any] | None = None
-        #: Artifacts this session stored or loaded, by fingerprint: re-using a value
-        #: as an input then costs a fingerprint, not a store lookup.
-        self._known: dict[str, ArtifactRef] = {}
+        #: Artifacts this session stored or loaded, by store (``_scope``) and
+        #: fingerprint: re-using a value as an input then costs a fingerprint, not a
+        #: store lookup. Per store: a server's projects do not share their artifacts.
+        self._known: dict[tuple[str, str], dict[str, ArtifactRef]] = {}
         #: Task cells seen, by cell id (or name), in the order they first ran.
         self.records: dict[str, CellRecord] = {}
         #: Variables bound from task outputs: name -> (id of the object, artifact id).
@@ -119,35 +124,59 @@ class Session:
         #: there. Per name, not per artifact: equal values are one artifact, which
         #: several tasks may have produced.
         self.origins: dict[str, dict[str, str]] = {}
+        #: The project and domain each of those variables' values was made in: its
+        #: lineage is asked of that project's store.
+        self.scopes: dict[str, tuple[str, str]] = {}
         from .notebook import NotebookWorkflow
 
         self.workflow = NotebookWorkflow(self)
 
     @property
     def engine(self) -> Any:
-        """The embedded engine, or the server's when ``PAPERCRANE_URL`` is set."""
-        if self._engine is None:
+        """The engine for the current settings' project and domain (``engine_for``)."""
+        return self.engine_for(self.settings.project, self.settings.domain)
+
+    def engine_for(self, project: str, domain: str) -> Any:
+        """The engine a task of ``project``/``domain`` runs on: the one embedded engine
+        (which records the project with each execution), or, when ``PAPERCRANE_URL`` is
+        set, a client for that project and domain of the server, made at first use. A
+        server scopes everything by project: a client made for the first task's project
+        would run every later task (and store its inputs) there."""
+        if self._remote is None:
             import os
 
-            if os.environ.get("PAPERCRANE_URL"):
-                from papercrane.backend.client import RemoteEngine
-
-                self._engine = RemoteEngine.from_env(self.settings.project, self.settings.domain)
-            else:
+            self._remote = bool(os.environ.get("PAPERCRANE_URL"))
+        if not self._remote:
+            if self._engine is None:
                 from papercrane.backend.engine import LocalEngine
 
                 self._engine = LocalEngine()
-        return self._engine
+            return self._engine
+        engine = self._engines.get((project, domain))
+        if engine is None:
+            from papercrane.backend.client import RemoteEngine
+
+            engine = RemoteEngine.from_env(project, domain)
+            self._engines[(project, domain)] = engine
+            if self._engine is None:
+                self._engine = engine
+        return engine
+
+    def _scope(self, project: str, domain: str) -> tuple[str, str]:
+        """The key of the store a project's values go to: one for the embedded engine."""
+        return (project, domain) if self._remote else ("", "")
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        for engine in {id(e): e for e in [self._engine, *self._engines.values()] if e}.values():
+            engine.close()
+        self._engine = None
+        self._engines.clear()
+        self._remote = None
 
     # -- building a task ------------------------------------------------------------------
-    def _fingerprints(self, cap: Captured, fingerprinter: Any) -> dict[str, str]:
+    def _fingerprints(self, cap: Captured, fingerprinter: Any, engine: Any) -> dict[str, str]:
         # A big array bound from a task's output and unchanged since has a known one.
-        known = getattr(self.engine.artifacts, "known_fingerprint", None)
+        known = getattr(engine.artifacts, "known_fingerprint", None)
         fps = {}
         for name, value in cap.values.items():
             try:
@@ -158,15 +187,18 @@ class Session:
                 ) from None
         return fps
 
-    def build(self, cap: Captured) -> tuple[TaskSpec, dict[str, str]]:
+    def build(self, cap: Captured, engine: Any = None) -> tuple[TaskSpec, dict[str, str]]:
+        """The cell's task and its inputs' fingerprints (``engine``: the one it runs on,
+        by default the current settings')."""
         from papercrane.backend.environment import EnvironmentProbe
         from papercrane.backend.serializers import python_type_name
 
+        engine = engine or self.engine
         if self._probe is None:
-            home = getattr(getattr(self.engine, "config", None), "home", None)
+            home = getattr(getattr(engine, "config", None), "home", None)
             self._probe = EnvironmentProbe(home / "cache" / "module-dists.json" if home else None)
-        fingerprinter = self.engine.artifacts.fingerprinter()
-        fps = self._fingerprints(cap, fingerprinter)
+        fingerprinter = engine.artifacts.fingerprinter()
+        fps = self._fingerprints(cap, fingerprinter, engine)
         env = self._probe.environment(cap.modules | fingerprinter.modules)
         sources = self._sources(cap.name, fingerprinter.code_files)
         spec = TaskSpec(
@@ -205,23 +237,35 @@ class Session:
             sources[filename] = (label, "".join(lines))
         return sources
 
-    def value_ref(self, value: Any, what: str, fp: str | None = None) -> ArtifactRef:
-        """The artifact for a notebook value, stored only if the store lacks it."""
-        engine = self.engine
+    def value_ref(
+        self,
+        value: Any,
+        what: str,
+        fp: str | None = None,
+        scope: tuple[str, str] | None = None,
+    ) -> ArtifactRef:
+        """The artifact for a notebook value, stored only if the store lacks it: the
+        store of ``scope`` (project, domain; None: the current settings')."""
+        project, domain = scope or (self.settings.project, self.settings.domain)
+        engine = self.engine_for(project, domain)
         if fp is None:
             try:
                 fp = engine.artifacts.fingerprinter().value(value)
             except Exception as exc:
                 raise unserializable_error(value, what, exc) from None
-        ref = self._known.get(fp)
+        known = self._known.setdefault(self._scope(project, domain), {})
+        ref = known.get(fp)
         if ref is None or not engine.artifacts.intact(ref):
             ref = engine.find_artifact(fp) or engine.put_value(value, what, fp)
-        self._known[fp] = ref
+        known[fp] = ref
         return ref
 
-    def _input_refs(self, cap: Captured, fps: dict[str, str]) -> dict[str, ArtifactRef]:
+    def _input_refs(
+        self, cap: Captured, fps: dict[str, str], options: RunOptions
+    ) -> dict[str, ArtifactRef]:
+        scope = (options.project, options.domain)
         return {
-            name: self.value_ref(value, f"task {cap.name!r}: input {name!r}", fps[name])
+            name: self.value_ref(value, f"task {cap.name!r}: input {name!r}", fps[name], scope)
             for name, value in cap.values.items()
         }
 
@@ -239,7 +283,7 @@ class Session:
     def prepare(self, cap: Captured, options: RunOptions) -> tuple[CellRecord, dict[str, str]]:
         """The cell's record, with its inputs' fingerprints but not their artifacts: a
         run shows its widget from here on, so that a refused upload shows there too."""
-        spec, fps = self.build(cap)
+        spec, fps = self.build(cap, self.engine_for(options.project, options.domain))
         key, cell_id = self.cell_key(spec.name)
         old = self.records.get(key)
         spec = spec.reusing(old.spec if old else None)  # a re-run: no second hash of the code
@@ -261,7 +305,7 @@ class Session:
     def keep(self, rec: CellRecord, cap: Captured, fps: dict[str, str]) -> CellRecord:
         """Store the inputs the store lacks (uploads, with a server), then keep the
         record: a cell whose inputs could not be stored leaves its last record as it was."""
-        rec.inputs = self._input_refs(cap, fps)
+        rec.inputs = self._input_refs(cap, fps, rec.options)
         self.records[rec.key] = rec
         return rec
 
@@ -316,13 +360,17 @@ class Session:
             sources=self.sources(rec.inputs, rec.values),
         )
         try:
-            result = self.engine.run_task(request, listener=widget)
+            engine = self.engine_for(rec.options.project, rec.options.domain)
+            result = engine.run_task(request, listener=widget)
         except TaskFailed as failure:
             widget.finish()
             self._remember(rec, widget.view.state)
             raise TaskError(failure, spec.name) from None
         except ExecutionAborted as aborted:
-            if widget.view.state is None:
+            state = widget.view.state
+            if state is None or not state.status.terminal:
+                # Before the execution existed, or its abort not heard of yet (a server
+                # still stopping it): it ends here, aborted, not "running" for ever.
                 widget.refuse(aborted)
             else:
                 widget.finish()
@@ -339,7 +387,8 @@ class Session:
         widget.finish()
         self._remember(rec, result.execution)
         origin = {"execution": result.execution.id, "node": spec.name}
-        self.bind(result.outputs, result.values, result.references, rec.deleted, origin)
+        scope = (rec.options.project, rec.options.domain)
+        self.bind(result.outputs, result.values, result.references, rec.deleted, origin, scope)
         if result.display:
             from IPython.display import publish_display_data
 
@@ -367,16 +416,21 @@ class Session:
         references: dict[str, str],
         deleted: frozenset[str] = frozenset(),
         origin: dict[str, str] | None = None,
+        scope: tuple[str, str] | None = None,
     ) -> None:
-        """Put task outputs into the notebook, and remember where each came from."""
+        """Put task outputs into the notebook, and remember where each came from (and
+        that ``scope``'s store, project and domain, has them: None, the settings')."""
         from papercrane.backend.environment import resolve_reference
 
         ns = self.shell.user_ns
+        scope = scope or (self.settings.project, self.settings.domain)
+        known = self._known.setdefault(self._scope(*scope), {})
         for name, ref in outputs.items():
-            self._known[ref.id] = ref
+            known[ref.id] = ref
             if name in values:
                 ns[name] = values[name]
                 self.bound[name] = (id(values[name]), ref.id)
+                self.scopes[name] = scope
                 if origin:
                     self.origins[name] = origin
                 else:

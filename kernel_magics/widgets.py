@@ -55,13 +55,17 @@ class RunView:
 
     @property
     def status(self) -> Status:
-        if self.state is not None:
+        if self.state is not None and (self.state.status.terminal or not self.refused):
             return self.state.status
+        # (``refuse`` of a run whose execution had not ended: an interrupt)
         return self.refused_status if self.refused else Status.QUEUED
 
     def summary(self) -> list[tuple[str, str]]:
         node = self.node
-        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", self.executor)]
+        # The executor that ran it, once an attempt started: a task naming none runs on
+        # the engine's default (a server's ``--executor``), which only its events tell.
+        executor = (node.executor if node is not None else "") or self.executor
+        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", executor)]
         if self.state is not None:
             rows.append(("execution", self.state.id))
         if node is not None:

@@ -496,3 +496,42 @@ def test_a_failure_that_would_repeat_says_why_it_was_not_retried() -> None:
     # An ordinary failure says nothing of the kind.
     retried = ErrorInfo.from_dict({**error, "retryable": True})
     assert retried.retryable and "retryable" not in retried.to_dict()
+
+
+def test_the_executor_row_names_the_executor_its_attempt_ran_on() -> None:
+    """A cell naming no executor shows "default" until its attempt starts; then the one
+    the engine (a server's ``--executor``) chose, which its attempt_started event names.
+    An older store's event without it leaves "default"."""
+    from papercrane.backend.projection import apply
+
+    view = RunView(name="t", version="v" * 12, executor="default", max_attempts=1)
+    state = ExecutionState(id="e1")
+    apply(state, Event("e1", EventKind.EXECUTION_CREATED, "", 0, {"kind": "task"}, 1.0, 1))
+    apply(state, Event("e1", EventKind.NODE_QUEUED, "t", 0, {}, 1.0, 2))
+    view.state = state
+    assert ("executor", "default") in view.summary()
+    apply(state, Event("e1", EventKind.ATTEMPT_STARTED, "t", 1, {"executor": "kubernetes"}, 2.0, 3))
+    assert ("executor", "kubernetes") in view.summary()
+    old = ExecutionState(id="e2")
+    apply(old, Event("e2", EventKind.ATTEMPT_STARTED, "t", 1, {}, 2.0, 1))
+    view.state = old
+    assert ("executor", "default") in view.summary()
+
+
+def test_an_interrupted_run_whose_end_was_not_heard_ends_aborted() -> None:
+    """Interrupted while its execution runs elsewhere (a server still stopping it): the
+    widget ends aborted with why, not "running" for ever; an execution that did end
+    (failed, say) keeps its own status."""
+    from papercrane.backend.errors import ExecutionAborted
+    from papercrane.backend.projection import apply
+
+    view = RunView(name="t", version="v" * 12, executor="default", max_attempts=1)
+    state = ExecutionState(id="e1")
+    apply(state, Event("e1", EventKind.ATTEMPT_STARTED, "t", 1, {"executor": "local"}, 2.0, 1))
+    view.state = state
+    widget = RunWidget(view, live=False)
+    widget.refuse(ExecutionAborted("execution e1 was interrupted"))
+    assert view.status is Status.ABORTED
+    assert "execution e1 was interrupted" in render_html(view)
+    state.status = Status.FAILED
+    assert view.status is Status.FAILED
