@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ..server_fixture import ServerProcess
 from .kernel import Kernel
 
 
@@ -30,3 +31,13 @@ def kernel(home: Path, workdir: Path) -> Iterator[Kernel]:
         yield k
     finally:
         k.shutdown()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real ``papercrane server`` of this test's own (an empty home, SQLite)."""
+    s = ServerProcess(tmp_path / "server-home").start()
+    try:
+        yield s
+    finally:
+        s.stop()

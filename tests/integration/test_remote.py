@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import papermill
@@ -22,15 +21,6 @@ from .kernel import Kernel
 from .nbfiles import write_notebook
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path / "server-home").start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def remote_env(server: ServerProcess, tmp_path: Path) -> dict[str, str]:

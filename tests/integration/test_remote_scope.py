@@ -5,7 +5,6 @@ executor the server ran it on, and an interrupted task's widget ends aborted."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from ..server_fixture import ServerProcess
 from .kernel import Kernel
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path / "server-home").start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def remote_kernel(server: ServerProcess, tmp_path: Path, token: str) -> Kernel:

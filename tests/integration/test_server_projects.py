@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.kernel
 
 HELPER = "def triple(v):\n    return v * 3"
 TASK = "%%task scaled --cache\nys = [triple(x) for x in xs]"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path / "server-home").start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def kernel(server: ServerProcess, project: str, tmp_path: Path) -> Kernel:

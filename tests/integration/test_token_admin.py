@@ -8,24 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from ..server_fixture import ServerProcess
 
 CLI = [sys.executable, "-m", "papercrane.backend.cli"]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path / "server-home").start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def token_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
