@@ -141,6 +141,13 @@ _ROW = (
     "<td style='padding:1px 0'>{}</td></tr>"
 )
 _CELL = "<td style='padding:1px 10px 1px 0'>{}</td>"
+#: The outputs table's header row, spaced as its cells (a header without the padding ran
+#: its words together in JupyterLab: "outputtype").
+_OUTPUTS_HEAD = (
+    "<tr style='color:#6b7280'>"
+    + "".join(_CELL.format(h) for h in ("output", "type", "size", "preview"))
+    + "</tr>"
+)
 _ROW_START, _ROW_END = _ROW.split("{}</td></tr>")[0].split("{}"), "</td></tr>"
 _row_starts: dict[str, str] = {}
 
@@ -223,8 +230,10 @@ def _html(
         cell = _CELL.format
         cells = "".join(["<tr>" + "".join([cell(esc(c)) for c in out]) + "</tr>" for out in outs])
         parts.append(
-            "<table style='border-collapse:collapse;margin-top:4px'><tr style='color:#6b7280'>"
-            "<td>output</td><td>type</td><td>size</td><td>preview</td></tr>" + cells + "</table>"
+            "<table style='border-collapse:collapse;margin-top:4px'>"
+            + _OUTPUTS_HEAD
+            + cells
+            + "</table>"
         )
     node = view.node
     if (
