@@ -198,6 +198,14 @@ class RemoteEngine(EngineAPI):
                 "on the server), or use a project this token has (%%task --project P, "
                 "%config Papercrane.project = 'P', --project)"
             )
+        if status == 403 and "this needs" in detail:
+            # (A read token asked to run, a write token to manage tokens.)
+            needed = detail.rpartition("this needs ")[2].strip("'\" ")
+            raise ConfigError(
+                f"{where} refused the token: {detail}; set PAPERCRANE_TOKEN to a token with "
+                f"that role for project {self.project!r} (`papercrane token create --project "
+                f"{self.project} --role {needed}` on the server)"
+            )
         if status in (401, 403):
             raise ConfigError(f"{where} refused the token: {detail}")
         if status == 404:

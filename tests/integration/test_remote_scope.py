@@ -124,3 +124,18 @@ def test_an_interrupted_task_ends_its_widget_aborted(server: ServerProcess, tmp_
         assert "#b45309" in widget["text/html"]  # an aborted run's amber
     finally:
         k.shutdown()
+
+
+def test_a_read_token_is_told_which_token_it_needs(server: ServerProcess, tmp_path: Path) -> None:
+    """A task run with a read-only token: one line that says the role it needs and how to
+    make such a token, not only that the server refused."""
+    k = remote_kernel(server, tmp_path, server.token("team", "read"))
+    try:
+        refused = k.run("%%task t\ny = 1")
+        assert refused.status == "error", refused.text
+        message = refused.error["evalue"] if refused.error else refused.stderr
+        assert "this token's role is 'read'; this needs 'write'" in message, refused.text
+        assert "papercrane token create --project team --role write" in message, message
+        assert "Traceback" not in refused.text
+    finally:
+        k.shutdown()
