@@ -104,11 +104,11 @@ class Session:
     def __init__(self, shell: Any, settings: Any) -> None:
         self.shell = shell
         self.settings = settings
+        #: The embedded engine; with a server, one client per (project, domain) a task
+        #: asked for. ``_remote``: whether there is a server (None until first asked).
         self._engine: Any = None
-        #: With a server: one client per (project, domain) a task asked for, the first
-        #: one also in ``_engine``. None until the first task: whether there is a server.
-        self._remote: bool | None = None
         self._engines: dict[tuple[str, str], Any] = {}
+        self._remote: bool | None = None
         self._probe: Any = None
         self._parts: dict[str, Any] | None = None
         #: Artifacts this session stored or loaded, by store (``_scope``) and
@@ -156,10 +156,7 @@ class Session:
         if engine is None:
             from papercrane.backend.client import RemoteEngine
 
-            engine = RemoteEngine.from_env(project, domain)
-            self._engines[(project, domain)] = engine
-            if self._engine is None:
-                self._engine = engine
+            engine = self._engines[(project, domain)] = RemoteEngine.from_env(project, domain)
         return engine
 
     def _scope(self, project: str, domain: str) -> tuple[str, str]:
@@ -167,8 +164,9 @@ class Session:
         return (project, domain) if self._remote else ("", "")
 
     def close(self) -> None:
-        for engine in {id(e): e for e in [self._engine, *self._engines.values()] if e}.values():
-            engine.close()
+        for engine in [self._engine, *self._engines.values()]:
+            if engine is not None:
+                engine.close()
         self._engine = None
         self._engines.clear()
         self._remote = None

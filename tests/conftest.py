@@ -28,9 +28,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+
+from .needs import unavailable
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,11 +59,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # -- a throwaway PostgreSQL server ----------------------------------------------------------
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """Skip, or fail where PostgreSQL must be there (CI installs it)."""
-    if os.environ.get("PAPERCRANE_TEST_PG_REQUIRED") == "1":
-        pytest.fail(f"{reason} (PAPERCRANE_TEST_PG_REQUIRED=1)", pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason, "PAPERCRANE_TEST_PG_REQUIRED")
 
 
 def _bindir() -> Path | None:

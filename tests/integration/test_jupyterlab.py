@@ -23,11 +23,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
 
+from ..needs import unavailable
 from ..server_fixture import free_port
 from .nbfiles import write_notebook
 
@@ -58,10 +59,8 @@ BROKEN = (
 )
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("PAPERCRANE_TEST_BROWSER_REQUIRED") == "1":
-        pytest.fail(f"{reason} (PAPERCRANE_TEST_BROWSER_REQUIRED=1)", pytrace=False)
-    pytest.skip(reason)
+def _unavailable(reason: str) -> NoReturn:
+    unavailable(reason, "PAPERCRANE_TEST_BROWSER_REQUIRED")
 
 
 def _chromium() -> str:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -37,6 +37,7 @@ from papercrane.backend.model import Event, EventKind, Resources, Status, TaskCo
 from papercrane.backend.scheduler import WorkflowRun
 from papercrane.backend.workflow import CellTask, MapSpec, assemble
 
+from ..needs import unavailable
 from ..server_fixture import ServerProcess
 
 IMAGE = os.environ.get("PAPERCRANE_K8S_IMAGE", "local/papercrane-task:dev")
@@ -46,11 +47,9 @@ K = EventKind
 
 
 # -- the cluster --------------------------------------------------------------------------------
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """Skip, or fail where a cluster must be there (CI starts one)."""
-    if os.environ.get("PAPERCRANE_TEST_K8S_REQUIRED") == "1":
-        pytest.fail(f"{reason} (PAPERCRANE_TEST_K8S_REQUIRED=1)", pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason, "PAPERCRANE_TEST_K8S_REQUIRED")
 
 
 @dataclass
