@@ -384,10 +384,9 @@ def live_module_differs(top: str) -> str | None:
     if not path or not path.endswith(".py") or not os.path.isfile(path):
         return None
     try:
-        tree, code = _compiled(path, _stamp(path))
+        tree, disk = _compiled(path, _stamp(path))
     except (OSError, SyntaxError, ValueError):
         return f"its file {path} cannot be read or compiled"
-    disk = _code_by_qualname(code)
     live = vars(mod)
     for name, obj in live.items():
         if getattr(obj, "__module__", None) != top:
@@ -461,11 +460,12 @@ def _methods(cls: type) -> Iterator[Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(path: str, stamp: int) -> tuple[ast.Module, types.CodeType]:
+def _compiled(path: str, stamp: int) -> tuple[ast.Module, dict[str, types.CodeType]]:
+    """The file's syntax tree and its code objects by qualified name, once per version."""
     with open(path, "rb") as f:
         source = f.read()
     tree = ast.parse(source, path)
-    return tree, compile(tree, path, "exec")
+    return tree, _code_by_qualname(compile(tree, path, "exec"))
 
 
 def _body(code: types.CodeType) -> tuple[Any, ...]:
