@@ -62,14 +62,11 @@ class RunView:
 
     def summary(self) -> list[tuple[str, str]]:
         node = self.node
-        # The executor that ran it, once an attempt started: a task naming none runs on
-        # the engine's default (a server's ``--executor``), which only its events tell.
-        executor = (node.executor if node is not None else "") or self.executor
-        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", executor)]
+        mapped = self.state is not None and bool(self.state.config.get("map"))
+        rows = [("task", f"{self.name} @ {self.version[:12]}"), ("executor", self._executor())]
         if self.state is not None:
             rows.append(("execution", self.state.id))
         if node is not None:
-            mapped = self.state is not None and bool(self.state.config.get("map"))
             if node.attempt:
                 rows.append(("attempt", _attempt_text(node, self.max_attempts)))
             rows.append(("cache", _cache_text(node, mapped)))
@@ -82,6 +79,28 @@ class RunView:
         elapsed = (self.ended or time.time()) - self.started
         rows.append(("duration", format_duration(elapsed)))
         return rows
+
+
+    def _executor(self) -> str:
+        """The executor that ran it, once an attempt started: a task naming none runs on
+        the engine's default (a server's ``--executor``), which only its events tell. A
+        map's attempts are its elements'; a cache hit ran nowhere, and says so rather
+        than naming an executor that never saw it."""
+        node, state = self.node, self.state
+        if node is None or state is None:
+            return self.executor
+        if node.executor:
+            return node.executor
+        if state.config.get("map"):
+            prefix = node.node + "["
+            for key, element in state.nodes.items():  # (the first element has it, as a rule)
+                if element.executor and key.startswith(prefix):
+                    return element.executor
+            if node.status.terminal and node.elements and node.elements_cached == node.elements:
+                return "none (every element was a cache hit)"
+        elif node.status is Status.CACHED:
+            return "none (a cache hit runs nothing)"
+        return self.executor
 
 
 def _attempt_text(node: Any, max_attempts: int) -> str:

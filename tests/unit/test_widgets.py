@@ -535,3 +535,28 @@ def test_an_interrupted_run_whose_end_was_not_heard_ends_aborted() -> None:
     assert "execution e1 was interrupted" in render_html(view)
     state.status = Status.FAILED
     assert view.status is Status.FAILED
+
+
+def test_a_cache_hit_and_a_map_name_where_their_code_ran(tmp_path: Any) -> None:
+    """A cache hit ran no code, so its executor row says so instead of naming an
+    executor that never saw it; a map's row names the executor its elements ran on
+    (the map node itself starts no attempt), or that every element was a hit."""
+    from papercrane.backend.model import TaskConfig, TaskSpec
+    from papercrane.widgets import render_text
+
+    spec = TaskSpec(name="t", code="y = x + 1", inputs=("x",), outputs=("y",))
+    config = TaskConfig(cache=True)  # (no executor named: the engine's default)
+    home = tmp_path / "one"
+    view, status = _run_view(home, spec, config, {"x": 1})
+    assert status == "succeeded" and ("executor", "local") in view.summary()
+    view, status = _run_view(home, spec, config, {"x": 1})
+    assert status == "cached"
+    assert "  executor: none (a cache hit runs nothing)" in render_text(view).splitlines()
+
+    home = tmp_path / "map"
+    view, _ = _map_view(home, "r = v * 2", [1, 2, 3], 1.0, cache=True)
+    assert ("executor", "inline") in view.summary()
+    view, _ = _map_view(home, "r = v * 2", [1, 2, 3], 1.0, cache=True)
+    assert ("executor", "none (every element was a cache hit)") in view.summary()
+    view, _ = _map_view(home, "r = v * 2", [1, 2, 4], 1.0, cache=True)  # one new element
+    assert ("executor", "inline") in view.summary()
