@@ -80,7 +80,6 @@ class RunView:
         rows.append(("duration", format_duration(elapsed)))
         return rows
 
-
     def _executor(self) -> str:
         """The executor that ran it, once an attempt started: a task naming none runs on
         the engine's default (a server's ``--executor``), which only its events tell. A
