@@ -86,6 +86,13 @@ class Lab:
         (settings / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False})
         )
+        # (no "Select Kernel" dialog: seen on a loaded machine although the notebook's
+        # session exists, it waits for a click and no cell runs)
+        tracker = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
+        tracker.mkdir(parents=True)
+        (tracker / "tracker.jupyterlab-settings").write_text(
+            json.dumps({"autoStartDefaultKernel": True})
+        )
         env = {
             **os.environ,
             "PAPERCRANE_HOME": str(self.home),
@@ -181,6 +188,13 @@ class Notebook:
         self.page.wait_for_selector(IDLE, state="attached", timeout=timeout)
 
     def run_all(self) -> None:
+        # A "Select Kernel" dialog (seen once, on a loaded machine) would block the
+        # menu: its default choice is the notebook's own kernel.
+        dialog = self.page.locator(".jp-Dialog:has-text('Select Kernel')")
+        if dialog.count():
+            dialog.locator(".jp-mod-accept").click()
+            dialog.wait_for(state="detached")
+            self.wait_idle()
         self.page.click(".lm-MenuBar-item >> text=Run")
         self.page.click(".lm-Menu-item[data-command='runmenu:run-all']")
 
