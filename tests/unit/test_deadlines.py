@@ -1,4 +1,4 @@
-"""The scheduler's deadline helper (``_Deadlines``): a job runs once its delay has
+"""The scheduler's deadline helper (``deadlines.Deadlines``): a job runs once its delay has
 passed unless cancelled first, whether the helper thread was waiting for a
 notification, lingering after an earlier job, or waiting for a later deadline."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from papercrane.backend.scheduler import _Deadlines
+from papercrane.backend.deadlines import Deadlines
 
 
 def _job(log: list[tuple[str, float]], name: str, done: threading.Event | None = None):  # type: ignore[no-untyped-def]
@@ -20,7 +20,7 @@ def _job(log: list[tuple[str, float]], name: str, done: threading.Event | None =
 
 
 def test_a_job_runs_after_its_delay_and_a_cancelled_one_never() -> None:
-    deadlines = _Deadlines()
+    deadlines = Deadlines()
     log: list[tuple[str, float]] = []
     done = threading.Event()
     armed = time.monotonic()
@@ -37,7 +37,7 @@ def test_jobs_armed_while_the_helper_lingers_or_waits_run_in_deadline_order() ->
     """Quick jobs armed and cancelled one after another leave the helper lingering, not
     notified; a job armed then must still run, and a shorter delay armed after a
     longer one runs first."""
-    deadlines = _Deadlines()
+    deadlines = Deadlines()
     log: list[tuple[str, float]] = []
     for _ in range(20):  # quick tasks: armed, then cancelled before they are due
         deadlines.cancel(deadlines.arm(0.05, _job(log, "quick")))

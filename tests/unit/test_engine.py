@@ -421,12 +421,12 @@ def test_papercranes_own_failure_mid_run_records_the_execution_aborted(
     is, and the execution is recorded aborted with the reason, not left "running". The
     stand-in (a monkeypatch): the helper thread refused, as Python 3.12 refuses any new
     thread once the interpreter is exiting."""
-    from papercrane.backend import scheduler
+    from papercrane.backend import deadlines
 
     def refuse(*args: Any) -> None:
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
-    monkeypatch.setattr(scheduler._deadlines, "arm", refuse)
+    monkeypatch.setattr(deadlines.deadlines, "arm", refuse)
     with pytest.raises(RuntimeError, match="can't create new thread"):
         run(engine, "y = x + 1", {"x": 1})
     (row,) = engine.list_executions()
