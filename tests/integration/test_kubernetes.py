@@ -662,9 +662,9 @@ def test_a_placed_pod_whose_container_never_starts_says_so_with_the_kubelets_eve
     # With the check above off, a four-byte memory limit: the pod is scheduled and the
     # kubelet fails to make its sandbox, over and over (it was "could not be scheduled:
     # ContainerCreating", after the full pending timeout).
-    from papercrane.backend.executors import kubernetes
+    from papercrane.backend.executors import k8s_jobs
 
-    monkeypatch.setattr(kubernetes, "MIN_MEMORY", 1)
+    monkeypatch.setattr(k8s_jobs, "MIN_MEMORY", 1)
     engine = fresh_engine(PAPERCRANE_K8S_PENDING_TIMEOUT="8")
     with pytest.raises(TaskFailed) as info:
         run(engine, spec("never_starts", "y = 1"), resources=Resources(memory=4))

@@ -100,7 +100,7 @@ def test_unknown_execution_is_a_clean_error(home: Path) -> None:
 def test_a_maps_elements_are_counted_by_outcome(
     status: str, counts: tuple[int, int, int, int], shown: str
 ) -> None:
-    from papercrane.backend.cli import _map_progress
+    from papercrane.backend.cli_executions import _map_progress
 
     total, done, failed, cached = counts
     node = {
@@ -117,7 +117,7 @@ def test_a_big_maps_table_lists_only_the_elements_that_did_not_succeed(tmp_path:
     """A 10,000-element map once printed 10,000 rows (and took seconds to draw): the
     table counts its elements on the map's line and lists those that failed, up to a
     limit; ``--elements`` lists every one, and ``--json`` always has them all."""
-    from papercrane.backend.cli import _ELEMENT_ROWS
+    from papercrane.backend.cli_executions import _ELEMENT_ROWS
     from papercrane.backend.workflow import MapSpec
 
     engine = LocalEngine(Config(home=tmp_path))

@@ -10,15 +10,15 @@ import pytest
 
 from papercrane.backend.errors import ConfigError
 from papercrane.backend.executors.base import AttemptSpec
-from papercrane.backend.executors.kubernetes import (
-    KubernetesSettings,
-    _PodWatch,
+from papercrane.backend.executors.k8s_jobs import (
     asked_for,
     build_job,
     job_name,
     labels,
     resource_problem,
 )
+from papercrane.backend.executors.k8s_settings import KubernetesSettings
+from papercrane.backend.executors.k8s_watch import PodWatch
 from papercrane.backend.model import Resources, TaskConfig, TaskSpec
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -370,9 +370,9 @@ class _Events:
         return SimpleNamespace(items=list(self.events))
 
 
-def _watch(core: _Events, **resources: object) -> _PodWatch:
+def _watch(core: _Events, **resources: object) -> PodWatch:
     executor = SimpleNamespace(settings=KubernetesSettings(pending_timeout=20), _core=lambda: core)
-    w = _PodWatch(executor, attempt(resources=Resources(**resources)), "ns", None, None)  # type: ignore[arg-type]
+    w = PodWatch(executor, attempt(resources=Resources(**resources)), "ns", None, None)  # type: ignore[arg-type]
     w.pod_name = "pc-fit-pod"
     return w
 

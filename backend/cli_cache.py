@@ -1,0 +1,150 @@
+"""``papercrane cache list|clear`` and ``papercrane lineage``: the cache's entries, and
+what produced a value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .cli_common import Ctx, asked_text, emit, fitted_table, json_option, local_time, scope_caption
+from .config import ANY_SCOPE, SCOPE_LENGTH, check_name
+
+
+@click.group()
+def cache() -> None:
+    """List or clear cache entries."""
+
+
+@cache.command("list")
+@click.option("--project", default=None, help="only this project's (default: every project's)")
+@click.option("--domain", default=None, help="only this domain's (default: every domain's)")
+@click.option("--task", "task_name", default=None, help="only this task's entries")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="how many, newest first (a map has one per element); 0 for all",
+)
+@json_option
+@click.pass_obj
+def cache_list(
+    obj: Ctx,
+    project: str | None,
+    domain: str | None,
+    task_name: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Cache entries, newest first: the task, its outputs, the execution that made them,
+    and the project and domain they serve (a cache entry is reused only there)."""
+    # (one more than shown: whether to say there are more)
+    rows = obj.engine.cache_list(
+        task_name=task_name,
+        limit=limit + 1 if limit else None,
+        project=project,
+        domain=domain,
+    )
+    more = bool(limit) and len(rows) > limit
+    rows = rows[:limit] if limit else rows
+
+    def table() -> Any:
+        if not rows:
+            asked = asked_text(project=project, domain=domain, task=task_name)
+            return f"no cache entries{' with ' + asked if asked else ' yet'}"
+        from rich.console import Group
+
+        caption, column = scope_caption(rows)
+        headers = ["key", "task", "outputs", "execution", "created"]
+        t = fitted_table(
+            *headers,
+            *(["project/domain"] if column else []),
+            caption=caption,
+            drop=("key", "created", "project/domain"),
+        )
+        for r in rows:
+            t.add_row(
+                r["key"][:12],
+                r["task_name"],
+                ", ".join(r["outputs"]),
+                r["execution_id"],
+                local_time(r["created_at"]),
+                *([f"{r['project']}/{r['domain']}"] if column else []),
+            )
+        if not more:
+            return t
+        return Group(t, f"the newest {limit}; there are more (--limit N, or 0 for all)")
+
+    emit(rows, as_json, table)
+
+
+@cache.command("clear")
+@click.option(
+    "--project",
+    envvar="PAPERCRANE_PROJECT",
+    default="default",
+    show_default=True,
+    help=f"the project whose entries to forget ({ANY_SCOPE!r}: every project; "
+    "default: $PAPERCRANE_PROJECT)",
+)
+@click.option(
+    "--domain",
+    envvar="PAPERCRANE_DOMAIN",
+    default="development",
+    show_default=True,
+    help=f"the domain whose entries to forget ({ANY_SCOPE!r}: every domain; "
+    "default: $PAPERCRANE_DOMAIN)",
+)
+@click.option("--task", "task_name", default=None, help="only this task's entries")
+@json_option
+@click.pass_obj
+def cache_clear(obj: Ctx, project: str, domain: str, task_name: str | None, as_json: bool) -> None:
+    """Forget cache entries of one project and domain (those `run` and the notebook use
+    by default), so their tasks run again there. The values they named stay in storage:
+    earlier executions and lineage still read them."""
+    for kind, value in (("project", project), ("domain", domain)):
+        if value != ANY_SCOPE:
+            check_name(kind, value, limit=SCOPE_LENGTH, where=f"--{kind}")
+    n = obj.engine.cache_clear(task_name=task_name, project=project, domain=domain)
+    where = " ".join(
+        f"in every {kind}" if value == ANY_SCOPE else f"in {kind} {value}"
+        for kind, value in (("project", project), ("domain", domain))
+    )
+    of = f" of task {task_name!r}" if task_name else ""
+    said = f"cleared {n} cache entr{'y' if n == 1 else 'ies'}{of} {where}"
+    emit({"cleared": n, "project": project, "domain": domain}, as_json, lambda: said)
+
+
+@click.command()
+@click.argument("artifact")
+@json_option
+@click.pass_obj
+def lineage(obj: Ctx, artifact: str, as_json: bool) -> None:
+    """How an artifact was made: task, version, execution and inputs, recursively."""
+    tree = obj.engine.lineage(artifact)
+
+    def text() -> Any:
+        from rich.tree import Tree
+
+        def add(branch: Any, node: dict[str, Any]) -> None:
+            art = node["artifact"]
+            kind = f"({art['python_type']}, {art['id'][:12]})"
+            label = f"{node['name'] or '?'} = {art['preview']}  {kind}"
+            p = node.get("producer")
+            sub = branch.add(label)
+            if p:
+                # (a map's lists are collected from its elements: no attempt of their own)
+                attempt = f", attempt {p['attempt']}" if p["attempt"] else ""
+                sub = sub.add(
+                    f"<- {p['task_name']} @ {p['task_version'][:12]}  "
+                    f"(execution {p['execution_id']}{attempt})"
+                )
+                for child in node["inputs"]:
+                    add(sub, child)
+
+        root = Tree(f"lineage of {tree['artifact']['id'][:12]}")
+        add(root, tree)
+        return root
+
+    emit(tree, as_json, text)
