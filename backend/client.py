@@ -173,6 +173,7 @@ class RemoteEngine(EngineAPI):
             return response
         if response.is_stream_consumed is False:
             response.read()
+        body: Any = None
         try:
             body = response.json()
             detail = body.get("detail", response.text) if isinstance(body, dict) else body
@@ -213,7 +214,8 @@ class RemoteEngine(EngineAPI):
         if status == 409:
             raise Conflict(detail)
         if status == 413:
-            raise TooLarge(detail)
+            limit = body.get("limit") if isinstance(body, dict) else None
+            raise TooLarge(detail, limit if isinstance(limit, int) else None)
         if status < 500:
             raise UserError(detail)
         raise SystemError_(f"{where} failed ({status}): {detail}")
@@ -307,8 +309,7 @@ class RemoteEngine(EngineAPI):
     def _too_large(self, what: str, size: int, refusal: TooLarge) -> TooLarge:
         """The server's size refusal (413) knows bytes, not names: it is said again
         here, where the variable (``what``) is known, with the ways around it."""
-        limit = re.search(r"limit of (\d+) bytes", str(refusal))
-        said = format_size(int(limit.group(1))) if limit else str(refusal)
+        said = format_size(refusal.limit) if refusal.limit is not None else str(refusal)
         return TooLarge(
             f"{what} is {format_size(size)} serialized, over the upload limit of the "
             f"papercrane server at {self.url} ({said}); ask the server's administrator for "

@@ -42,7 +42,12 @@ class MissingName(InputError):
 
 
 class TooLarge(UserError):
-    """Over a limit of the server's (``--max-upload``, the API's body limit)."""
+    """Over a limit of the server's (``--max-upload``, the API's body limit), in bytes
+    when the server said (``limit``)."""
+
+    def __init__(self, message: str, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class ConfigError(UserError):

@@ -86,7 +86,8 @@ def create_app(settings: ServerSettings | None = None, *, resume: bool = True) -
             return JSONResponse(
                 {
                     "detail": f"request body of {declared} bytes is over the limit of "
-                    f"{_MAX_JSON} bytes for API requests"
+                    f"{_MAX_JSON} bytes for API requests",
+                    "limit": _MAX_JSON,
                 },
                 status_code=413,
             )
@@ -490,7 +491,8 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
         if declared is not None and declared.isdigit() and int(declared) > settings.max_upload:
             raise PayloadTooLarge(
                 f"upload of {declared} bytes is over this server's limit of "
-                f"{settings.max_upload} bytes (papercrane server --max-upload)"
+                f"{settings.max_upload} bytes (papercrane server --max-upload)",
+                limit=settings.max_upload,
             )
         if serializer in _DETERMINISTIC and artifact_id != typed_fingerprint(serializer, hash):
             raise CorruptArtifact(
@@ -512,7 +514,8 @@ def _router(settings: ServerSettings) -> APIRouter:  # noqa: C901 - one route pe
                 if size > settings.max_upload:
                     raise PayloadTooLarge(
                         f"upload is over this server's limit of {settings.max_upload} bytes "
-                        "(papercrane server --max-upload)"
+                        "(papercrane server --max-upload)",
+                        limit=settings.max_upload,
                     )
                 spool.write(chunk)
             spool.seek(0)

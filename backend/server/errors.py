@@ -20,7 +20,12 @@ from .auth import AuthError
 
 
 class PayloadTooLarge(UserError):
-    pass
+    """Over a size limit of the server's. ``limit`` (bytes) goes into the answer as a
+    field of its own: a client names it in its own message without parsing this one."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 #: The header on papercrane's own error answers (an unknown object, not an unknown path):
@@ -136,7 +141,10 @@ def install(app: FastAPI) -> None:
         headers = {OWN_ERROR: type(exc).__name__}
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse({"detail": printable(str(exc))}, status_code=status, headers=headers)
+        body: dict[str, Any] = {"detail": printable(str(exc))}
+        if isinstance(exc, PayloadTooLarge):
+            body["limit"] = exc.limit
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -335,6 +335,8 @@ class ErrorOut(BaseModel):
 
     detail: str
     errors: list[FieldError] | None = None
+    #: A 413's limit, in bytes (``--max-upload``, or the API's body limit).
+    limit: int | None = None
 
 
 class ErrorModel(BaseModel):

@@ -820,6 +820,8 @@ def refused_upload(world: World, artifact_id: str, status: int, message: str, **
     r = world.api("gamma").http.put(f"{G}/artifacts/{artifact_id}", **kw)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"], r.json()
+    if status == 413:  # (the limit as a field of its own, for clients to name)
+        assert r.json()["limit"] == MAX_UPLOAD, r.json()
     assert artifact_rows(world.server, artifact_id) == 0
     assert stored_files(world.server) == before
     assert world.api("gamma").get(f"{G}/artifacts/{artifact_id}").status_code == 404
@@ -1110,3 +1112,4 @@ def test_an_oversize_json_body_is_refused(world: World) -> None:
     status_line, _, rest = answer.partition(b"\r\n")
     assert b" 413 " in status_line, answer[:300]
     assert b"over the limit" in rest
+    assert b'"limit":%d' % (256 << 20) in rest.replace(b" ", b""), rest[-300:]
