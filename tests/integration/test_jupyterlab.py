@@ -86,13 +86,6 @@ class Lab:
         (settings / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False})
         )
-        # (no "Select Kernel" dialog: seen on a loaded machine although the notebook's
-        # session exists, it waits for a click and no cell runs)
-        tracker = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
-        tracker.mkdir(parents=True)
-        (tracker / "tracker.jupyterlab-settings").write_text(
-            json.dumps({"autoStartDefaultKernel": True})
-        )
         env = {
             **os.environ,
             "PAPERCRANE_HOME": str(self.home),
@@ -188,13 +181,6 @@ class Notebook:
         self.page.wait_for_selector(IDLE, state="attached", timeout=timeout)
 
     def run_all(self) -> None:
-        # A "Select Kernel" dialog (seen once, on a loaded machine) would block the
-        # menu: its default choice is the notebook's own kernel.
-        dialog = self.page.locator(".jp-Dialog:has-text('Select Kernel')")
-        if dialog.count():
-            dialog.locator(".jp-mod-accept").click()
-            dialog.wait_for(state="detached")
-            self.wait_idle()
         self.page.click(".lm-MenuBar-item >> text=Run")
         self.page.click(".lm-Menu-item[data-command='runmenu:run-all']")
 
@@ -218,6 +204,10 @@ class Notebook:
         self.page.close()
 
 
+# JupyterLab on a cold machine (its first page loads, a kernel's first start) sometimes
+# leaves "Run All Cells" without effect: every prompt stays "[ ]:" with the kernel idle
+# (seen in about one run in five here, and once in CI). The next try, warm, runs.
+@pytest.mark.flaky(reruns=2)
 def test_a_task_run_cache_hit_dag_and_lineage_draw_in_jupyterlab(
     lab: Lab, browser: Any, tmp_path: Path
 ) -> None:
@@ -262,6 +252,7 @@ def test_a_task_run_cache_hit_dag_and_lineage_draw_in_jupyterlab(
         nb.close()
 
 
+@pytest.mark.flaky(reruns=2)  # (as above)
 def test_a_failed_task_shows_the_users_error_in_jupyterlab(lab: Lab, browser: Any) -> None:
     cells = [
         "%load_ext papercrane",
