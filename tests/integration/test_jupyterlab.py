@@ -50,6 +50,9 @@ CHROMIUM_ARGS = [
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 #: The notebook's kernel is idle (its toolbar's indicator; read by screen readers).
 IDLE = f"{PANEL} >> text=Kernel status: Idle"
+#: The notebook's toolbar names its kernel (it reads "No Kernel" until the page has
+#: joined the kernel's session).
+KERNEL_JOINED = f"{PANEL} .jp-Toolbar-kernelName >> text=Python 3"
 #: What JupyterLab shows in place of a widget it cannot draw.
 BROKEN = (
     "Error displaying widget",
@@ -175,6 +178,11 @@ class Notebook:
         # (?reset: a fresh workspace, not the earlier tests' notebooks reopened in tabs)
         self.page.goto(f"{lab.url}/lab/tree/{name}?reset&token={TOKEN}")
         self.page.wait_for_selector(f"{PANEL} .jp-Cell", timeout=60_000)
+        # The page joins the session a moment after it draws the notebook, and until then
+        # its toolbar reads "No Kernel" while the status still says "Idle": a Run All in
+        # that moment asks which kernel to use and runs nothing (on a busy machine that
+        # moment lasts seconds). The kernel's name in the toolbar says it has joined.
+        self.page.wait_for_selector(KERNEL_JOINED, state="attached", timeout=120_000)
         self.wait_idle()
 
     def wait_idle(self, timeout: float = 120_000) -> None:
@@ -204,10 +212,6 @@ class Notebook:
         self.page.close()
 
 
-# JupyterLab on a cold machine (its first page loads, a kernel's first start) sometimes
-# leaves "Run All Cells" without effect: every prompt stays "[ ]:" with the kernel idle
-# (seen in about one run in five here, and once in CI). The next try, warm, runs.
-@pytest.mark.flaky(reruns=2)
 def test_a_task_run_cache_hit_dag_and_lineage_draw_in_jupyterlab(
     lab: Lab, browser: Any, tmp_path: Path
 ) -> None:
@@ -252,7 +256,6 @@ def test_a_task_run_cache_hit_dag_and_lineage_draw_in_jupyterlab(
         nb.close()
 
 
-@pytest.mark.flaky(reruns=2)  # (as above)
 def test_a_failed_task_shows_the_users_error_in_jupyterlab(lab: Lab, browser: Any) -> None:
     cells = [
         "%load_ext papercrane",
