@@ -51,7 +51,7 @@ for v in "${versions[@]}"; do
     echo "== Python $v ($py)" >&2
     venv=".ci-venv-$v"
     if ! { "$py" -m venv "$venv" \
-        && "$venv/bin/python" -m pip install --quiet --upgrade pip \
+        && "$venv/bin/python" -m pip install --quiet --upgrade pip "setuptools>=77" wheel \
         && "$venv/bin/python" -m pip install --quiet -e ".[test]"; }; then
         failed+=("$v (install)")
         continue
