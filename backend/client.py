@@ -11,85 +11,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from . import config
 from .api import (
     EngineAPI,
-    NullListener,
-    RunListener,
-    RunRequest,
-    RunResult,
-    tell_connection,
 )
 from .artifacts import typed_fingerprint, unserializable_error
+from .client_paths import workflow_body
+from .client_queries import RemoteQueries
+from .client_runs import RemoteRuns
 from .errors import (
     ConfigError,
     Conflict,
     CorruptArtifact,
-    ExecutionAborted,
     NotFound,
-    PapercraneError,
     SystemError_,
-    TaskFailed,
     TooLarge,
     UserError,
-    WorkflowFailed,
 )
 from .hashing import HashingReader, HashingWriter, algorithm_of
-from .model import ArtifactRef, Event, EventKind, ExecutionState, Status, TaskSpec
-from .projection import apply
+from .model import ArtifactRef, TaskSpec
 from .serializers import CloudpickleSerializer, SerializerRegistry, preview, python_type_name
 from .units import format_size
 from .workflow import WorkflowSpec
-
-_TERMINAL = (EventKind.EXECUTION_SUCCEEDED, EventKind.EXECUTION_FAILED, EventKind.EXECUTION_ABORTED)
-
-
-_ID = re.compile(config.ID_PATTERN)
-
-
-def _execution(execution_id: str) -> str:
-    """An execution's API path. An id that is no id (the server answers its pattern
-    with a 422 about a path parameter) is an unknown execution, as the embedded engine
-    says it."""
-    if not _ID.fullmatch(execution_id):
-        raise NotFound(f"no execution {execution_id!r}")
-    return f"/api/v1/executions/{execution_id}"
-
-
-@dataclass
-class _Stream:
-    """One connection to an execution's event stream: whether it was answered, and what
-    to call when it is."""
-
-    on_open: Callable[[], None]
-    opened: bool = False
-
-
-@dataclass
-class RemoteNode:
-    """What a notebook needs of a finished node: its outputs, loaded here."""
-
-    id: str
-    status: Status
-    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
-    references: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict, repr=False)
-    display: dict[str, Any] | None = None
-
-
-@dataclass
-class RemoteResult:
-    execution: ExecutionState
-    nodes: dict[str, RemoteNode]
 
 
 class RemoteArtifacts:
@@ -125,7 +73,7 @@ class RemoteArtifacts:
         return value
 
 
-class RemoteEngine(EngineAPI):
+class RemoteEngine(RemoteRuns, RemoteQueries, EngineAPI):
     unpickles = True  # decoding happens here, in the user's own process
 
     def __init__(
@@ -237,7 +185,7 @@ class RemoteEngine(EngineAPI):
         return self._req("POST", f"{self._scope}/tasks", json=body)["version"]
 
     def register_workflow(self, spec: WorkflowSpec, project: str = "", domain: str = "") -> str:
-        body = {"spec": _workflow_body(spec)}
+        body = {"spec": workflow_body(spec)}
         return self._req("POST", f"{self._scope}/workflows", json=body)["version"]
 
     def find_artifact(self, artifact_id: str) -> ArtifactRef | None:
@@ -320,352 +268,6 @@ class RemoteEngine(EngineAPI):
     def load(self, ref: ArtifactRef) -> Any:
         return self.artifacts.load(ref)
 
-    # -- running --------------------------------------------------------------------------------
-    def submit_task(self, request: RunRequest) -> str:
-        if request.config.executor == "inline":  # ("" lets the server choose)
-            raise ConfigError(
-                "the inline executor runs in this kernel, but PAPERCRANE_URL sends tasks to "
-                "the server: use --executor local (it runs on the server) or unset PAPERCRANE_URL"
-            )
-        body: dict[str, Any] = {
-            "task": request.spec.to_dict(),
-            "config": request.config.to_dict(),
-            "inputs": {n: r.id for n, r in request.inputs.items()},
-            "declared_outputs": list(request.declared_outputs),
-            "max_parallel": request.max_parallel,
-            "sources": request.sources,
-        }
-        if request.map is not None:
-            body["map"] = request.map.to_dict()
-        return self._req("POST", f"{self._scope}/executions", json=body)["id"]
-
-    def submit_workflow(self, request: Any) -> str:
-        for n in request.spec.nodes:
-            if n.config.executor == "inline":
-                raise ConfigError(
-                    f"task {n.id!r} uses the inline executor, which runs in this kernel; "
-                    "with PAPERCRANE_URL set, use --executor local (it runs on the server)"
-                )
-        body = {
-            "workflow": _workflow_body(request.spec),
-            "params": {n: r.id for n, r in request.params.items()},
-            "max_parallel": request.max_parallel,
-            "failure_policy": request.failure_policy,
-            "sources": request.sources,
-        }
-        return self._req("POST", f"{self._scope}/executions", json=body)["id"]
-
-    def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
-        execution_id = self.submit_task(request)
-        state = self.follow(execution_id, listener)
-        result = self._result(state, request.want_values)
-        node = result.nodes[request.spec.name]
-        return RunResult(state, node.outputs, node.references, node.values, node.display)
-
-    def run_workflow(self, request: Any, listener: RunListener | None = None) -> RemoteResult:
-        execution_id = self.submit_workflow(request)
-        return self._result(self.follow(execution_id, listener), request.want_values)
-
-    def recover(
-        self,
-        execution_id: str,
-        listener: RunListener | None = None,
-        *,
-        max_parallel: int = 4,
-        want_values: bool = True,
-        workflow: WorkflowSpec | None = None,
-    ) -> RemoteResult:
-        body: dict[str, Any] = {"max_parallel": max_parallel}
-        if workflow is not None:  # the edited workflow: the server must know it first
-            body["workflow_version"] = self.register_workflow(workflow)
-        try:
-            new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
-        except NotFound:  # (the start of an id: the server takes whole ones)
-            execution_id = self.complete_execution_id(execution_id)
-            new = self._req("POST", f"{_execution(execution_id)}/recover", json=body)["id"]
-        return self._result(self.follow(new, listener), want_values)
-
-    def abort(self, execution_id: str) -> None:
-        self._req("POST", f"{_execution(execution_id)}/abort")
-
-    #: Waits between reconnection attempts while the server cannot be reached: the first,
-    #: then doubled each time up to the last (a follower must not spin a core meanwhile).
-    RETRY_FIRST, RETRY_MOST = 0.5, 5.0
-
-    def follow(self, execution_id: str, listener: RunListener | None = None) -> ExecutionState:
-        """Stream the execution's events until it ends, reconnecting if the stream drops
-        (with a growing wait). While the server is unreachable the execution goes on
-        there: one line on stderr says so, and the listener hears of each failed try
-        (``on_connection``: the widget shows it) until the server is back."""
-        listener = listener or NullListener()
-        state = ExecutionState(id=execution_id)
-        wait, lost, tries = self.RETRY_FIRST, False, 0
-
-        def connected() -> None:
-            nonlocal wait, lost, tries
-            wait = self.RETRY_FIRST
-            if lost:
-                self._say(f"the server at {self.url} is back; following {execution_id}")
-                lost = False
-            if tries:
-                tries = 0
-                tell_connection(listener, None)
-
-        try:
-            while True:
-                stream = _Stream(connected)
-                try:
-                    for kind, data in self._sse(execution_id, state.last_seq, stream):
-                        if kind == "log":
-                            listener.on_log(data["stream"], data["text"])
-                        elif kind == "event":
-                            event = Event(
-                                data["execution_id"],
-                                EventKind(data["kind"]),
-                                data["node"],
-                                data["attempt"],
-                                data["payload"],
-                                data["ts"],
-                                data["seq"],
-                            )
-                            apply(state, event)
-                            listener.on_event(event, state)
-                        elif kind == "end":
-                            return state
-                except httpx.TransportError:
-                    if not stream.opened:
-                        if not lost:
-                            self._say(
-                                f"the server at {self.url} is unreachable, retrying... "
-                                f"(interrupt to stop waiting; execution {execution_id} goes on "
-                                "on the server)"
-                            )
-                            lost = True
-                        tries += 1
-                        tell_connection(
-                            listener,
-                            f"unreachable, reconnecting (try {tries})… the task goes on there",
-                        )
-                if state.status.terminal and state.ended_at is not None:
-                    return state
-                time.sleep(wait)
-                wait = min(wait * 2, self.RETRY_MOST)
-        except KeyboardInterrupt:
-            try:
-                self.abort(execution_id)
-            except Conflict:
-                pass  # it ended meanwhile: its end is fetched below
-            except PapercraneError as exc:
-                raise ExecutionAborted(
-                    f"execution {execution_id} was interrupted here, but the server could not "
-                    f"be asked to abort it ({exc}); it may still run there: see "
-                    f"`papercrane executions show {execution_id}`, and abort it when the server "
-                    f"is back with POST {self.url}{_execution(execution_id)}/abort (e.g. curl -X "
-                    'POST -H "Authorization: Bearer $PAPERCRANE_TOKEN" <that URL>)'
-                ) from None
-            self._settle(state, listener)
-            raise ExecutionAborted(
-                f"execution {execution_id} was interrupted; the server was asked to abort it"
-            ) from None
-
-    #: How long an interrupted follower waits for the server to record the abort.
-    SETTLE = 10.0
-
-    def _settle(self, state: ExecutionState, listener: RunListener) -> None:
-        """After an interrupt: the events up to the execution's end (its abort, which
-        the server records once it has stopped the attempt), given to the listener, so
-        that what follows it (a widget) ends "aborted", not "running". Waits at most
-        ``SETTLE`` seconds; a second interrupt stops waiting."""
-        deadline = time.monotonic() + self.SETTLE
-        try:
-            while not state.status.terminal and time.monotonic() < deadline:
-                for event in self.events(state.id, after=state.last_seq):
-                    apply(state, event)
-                    listener.on_event(event, state)
-                if not state.status.terminal:
-                    time.sleep(0.1)
-        except (KeyboardInterrupt, PapercraneError):
-            pass  # the caller says the abort was asked for; the widget ends aborted anyway
-
-    @staticmethod
-    def _say(text: str) -> None:
-        """A line for the person waiting (stderr: a cell's error stream in a notebook)."""
-        print(f"papercrane: {text}", file=sys.stderr, flush=True)
-
-    def _sse(
-        self, execution_id: str, after: int, stream: _Stream | None = None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The stream's messages as (kind, data). Raises ``httpx.TransportError`` if it
-        cannot connect or drops; ``stream.opened`` then says whether it had connected."""
-        path = f"{_execution(execution_id)}/stream"
-        with self._http.stream("GET", path, params={"after": after}) as response:
-            self._check(response)
-            if stream is not None:
-                stream.opened = True
-                stream.on_open()
-            kind, data = "message", []
-            for line in response.iter_lines():
-                if not line:
-                    if data:
-                        yield kind, json.loads("\n".join(data))
-                    kind, data = "message", []
-                elif line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
-
-    def _result(self, state: ExecutionState, want_values: bool) -> RemoteResult:
-        if state.status is Status.ABORTED:
-            why = f" ({state.error.message})" if state.error is not None else ""
-            raise ExecutionAborted(f"execution {state.id} was aborted{why}")
-        tops = {k: n for k, n in state.nodes.items() if "[" not in k and ":" not in k}
-        if state.status is Status.FAILED:
-            failed = [
-                (k, n.error.to_dict() if n.error else {})
-                for k, n in tops.items()
-                if n.status is Status.FAILED
-            ]
-            if not failed and state.error is not None:
-                failed = [("(execution)", state.error.to_dict())]
-            if state.kind == "task" and failed:
-                node, error = failed[0]
-                raise TaskFailed(
-                    f"task {node!r} failed: {error.get('type')}: {error.get('message')}",
-                    error.get("traceback", ""),
-                    state.id,
-                    error.get("type", ""),
-                    error.get("message", ""),
-                )
-            skipped = [k for k, n in tops.items() if n.status is Status.SKIPPED]
-            failure = WorkflowFailed(state.id, failed or [("?", {})], skipped)
-            ok = {k: n for k, n in tops.items() if n.status.ok}
-            failure.result = self._nodes(state, ok, want_values)
-            raise failure
-        return self._nodes(state, tops, want_values)
-
-    def _nodes(
-        self, state: ExecutionState, tops: dict[str, Any], want_values: bool
-    ) -> RemoteResult:
-        nodes = {}
-        for key, n in tops.items():
-            outputs = {name: self.artifact(aid) for name, aid in n.outputs.items()}
-            values = {name: self.load(ref) for name, ref in outputs.items()} if want_values else {}
-            nodes[key] = RemoteNode(key, n.status, outputs, dict(n.references), values, n.display)
-        return RemoteResult(state, nodes)
-
-    # -- queries ---------------------------------------------------------------------------------
-    def execution(self, execution_id: str) -> ExecutionState:
-        """An execution by its id, or by the start of it (``complete_execution_id``)."""
-        try:
-            events = self.events(execution_id)
-        except NotFound:
-            events = []
-        if not events:
-            execution_id = self.complete_execution_id(execution_id)
-            events = self.events(execution_id)
-        state = ExecutionState(id=execution_id)
-        for event in events:
-            apply(state, event)
-        if not state.created_at:
-            raise NotFound(f"no execution {execution_id!r}")
-        return state
-
-    def events(self, execution_id: str, after: int = 0) -> list[Event]:
-        rows = self._req("GET", f"{_execution(execution_id)}/events", params={"after": after})
-        return [
-            Event(
-                r["execution_id"],
-                EventKind(r["kind"]),
-                r["node"],
-                r["attempt"],
-                r["payload"],
-                r["ts"],
-                r["seq"],
-            )
-            for r in rows
-        ]
-
-    #: The most executions the server lists at once (its route's limit).
-    PAGE = 1000
-
-    def list_executions(self, limit: int | None = 50, **filters: Any) -> list[dict[str, Any]]:
-        """Newest first; ``limit`` None: all of them, a page at a time."""
-        params = {
-            k: v
-            for k, v in filters.items()
-            if v is not None and k in ("status", "before", "name", "id_prefix")
-        }
-        scope = self._scope_of(filters.get("project"), filters.get("domain"))
-        rows: list[dict[str, Any]] = []
-        while True:
-            page = self.PAGE if limit is None else min(limit - len(rows), self.PAGE)
-            answer = self._req("GET", f"{scope}/executions", params={**params, "limit": page})
-            rows += answer["items"]
-            if answer.get("next_before") is None or (limit is not None and len(rows) >= limit):
-                return rows
-            params["before"] = answer["next_before"]
-
-    def logs(self, execution_id: str, node: str, attempt: int, stream: str = "stdout") -> str:
-        response = self._http.get(
-            f"{_execution(execution_id)}/logs/{node}/{attempt}", params={"stream": stream}
-        )
-        self._check(response)
-        return response.text
-
-    def lineage(
-        self, artifact_id: str, depth: int = 30, via: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        params = {"execution": via["execution"], "node": via["node"]} if via else None
-        return self._req("GET", f"{self._scope}/artifacts/{artifact_id}/lineage", params=params)
-
-    def has_lineage(self, artifact_id: str) -> bool:
-        try:
-            return self.lineage(artifact_id).get("producer") is not None
-        except NotFound:
-            return False
-
-    def workflow(self, version: str) -> WorkflowSpec:
-        data = self._req("GET", f"{self._scope}/workflows/{version}")["spec"]
-        tasks = {}
-        for n in data["nodes"]:
-            row = self._req("GET", f"{self._scope}/tasks/{n['task']}")
-            tasks[n["task"]] = TaskSpec.from_dict(row["spec"])
-        return WorkflowSpec.from_dict(data, tasks)
-
-    def _scope_of(self, project: str | None, domain: str | None) -> str:
-        """The API path of ``project`` and ``domain`` (None: this client's own). A server
-        answers for one project and domain at a time: ``ANY_SCOPE`` is refused here."""
-        if config.ANY_SCOPE in (project, domain):
-            raise UserError(
-                f"a papercrane server ({self.url}) works on one project and domain at a time: "
-                f"give --project and --domain (not {config.ANY_SCOPE!r})"
-            )
-        project, domain = project or self.project, domain or self.domain
-        if (project, domain) == (self.project, self.domain):
-            return self._scope
-        for kind, value in (("project", project), ("domain", domain)):
-            config.check_name(kind, value, limit=config.SCOPE_LENGTH, where=f"--{kind}")
-        return f"/api/v1/projects/{project}/domains/{domain}"
-
-    def cache_list(
-        self,
-        task_name: str | None = None,
-        limit: int | None = None,
-        project: str | None = None,
-        domain: str | None = None,
-    ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"task": task_name} if task_name else {}
-        if limit is not None:
-            params["limit"] = limit
-        return self._req("GET", f"{self._scope_of(project, domain)}/cache", params=params)
-
-    def cache_clear(
-        self, task_name: str | None = None, project: str | None = None, domain: str | None = None
-    ) -> int:
-        params = {"task": task_name} if task_name else {}
-        path = f"{self._scope_of(project, domain)}/cache"
-        return self._req("DELETE", path, params=params)["cleared"]
-
 
 class TokenAdmin:
     """The server's tokens, managed over its API (``papercrane token ...`` with
@@ -708,21 +310,3 @@ def _excerpt(response: httpx.Response) -> str:
 def _chunks(handle: Any) -> Iterator[bytes]:
     while data := handle.read(1 << 20):
         yield data
-
-
-def _workflow_body(spec: WorkflowSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "nodes": [
-            {
-                "id": n.id,
-                "task": n.task.to_dict(),
-                "config": n.config.to_dict(),
-                "bindings": {k: b.to_dict() for k, b in n.bindings.items()},
-                "map": n.map.to_dict() if n.map else None,
-                "declared_outputs": list(n.declared_outputs),
-                "cell_id": n.cell_id,
-            }
-            for n in spec.nodes
-        ],
-    }

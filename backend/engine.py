@@ -14,14 +14,15 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import owner
-from .api import EngineAPI, NullListener, RunListener, RunRequest, RunResult
+from .api import EngineAPI
 from .artifacts import ArtifactIO
 from .config import ANY_SCOPE, Config, check_scope
-from .errors import ConfigError, Conflict, CorruptArtifact, NotFound, UserError
+from .engine_lineage import Lineage
+from .engine_runs import API, Runs, WorkflowRequest, check_recoverable
+from .errors import CorruptArtifact, NotFound, UserError
 from .executors.base import Executor, executor_registry
 from .hashing import canonical_json, sha256_json
 from .model import (
@@ -30,15 +31,14 @@ from .model import (
     EventKind,
     ExecutionState,
     Status,
-    TaskConfig,
     TaskSpec,
 )
 from .projection import apply
-from .scheduler import RunOptions, WorkflowResult, WorkflowRun
+from .scheduler import RunOptions
 from .serializers import SerializerRegistry
 from .storage import Storage
 from .store import Store
-from .workflow import Binding, MapSpec, NodeSpec, WorkflowSpec, changed_nodes
+from .workflow import WorkflowSpec
 
 
 def cache_key(spec: TaskSpec, cache_version: str, inputs: dict[str, ArtifactRef]) -> str:
@@ -76,22 +76,6 @@ def element_cache_keys(
     ]
 
 
-@dataclass
-class WorkflowRequest:
-    spec: WorkflowSpec
-    #: Parameter values as stored artifacts, by parameter name.
-    params: dict[str, ArtifactRef]
-    #: The same values live, when the caller has them (inline nodes then skip a load).
-    param_values: dict[str, Any] | None = field(default=None, repr=False)
-    project: str = "default"
-    domain: str = "development"
-    max_parallel: int = 4
-    failure_policy: str = "fail-fast"
-    want_values: bool = True
-    #: Where parameter values came from, when the caller knows (see ``RunRequest``).
-    sources: dict[str, dict[str, str]] = field(default_factory=dict)
-
-
 #: An artifact may be named by its first this many characters (or more).
 ARTIFACT_PREFIX = 6
 #: Where people find artifact ids, for a message about one that is not found.
@@ -106,25 +90,7 @@ def _any(scope: str | None) -> str | None:
     return None if scope in (None, ANY_SCOPE) else scope
 
 
-#: Where a project or domain the engine refuses came from, for callers of its API (the
-#: kernel, the CLI and the server check theirs first, naming their own options).
-_API = "the engine request's project= and domain="
-
-
-def check_recoverable(source: ExecutionState) -> None:
-    """Refuse to recover an execution that has nothing to recover (it succeeded) or
-    has not ended: the same words from every front door, before anything is shown."""
-    if source.status.ok:
-        how = "was a cache hit" if source.status is Status.CACHED else "succeeded"
-        raise Conflict(f"execution {source.id} {how}; there is nothing to recover")
-    if not source.status.terminal:
-        raise Conflict(
-            f"execution {source.id} is still {source.status.value}; wait for it to "
-            "finish (or abort it) before recovering it"
-        )
-
-
-class LocalEngine(EngineAPI):
+class LocalEngine(Runs, Lineage, EngineAPI):
     """The in-process engine over SQLite (or any SQLAlchemy URL) and fsspec storage."""
 
     #: Whether this process may decode user values (the kernel and CLI may; a shared
@@ -268,7 +234,7 @@ class LocalEngine(EngineAPI):
         self._pending_registered.clear()
 
     def register_task(self, spec: TaskSpec, project: str, domain: str) -> str:
-        check_scope(project, domain, where=_API)
+        check_scope(project, domain, where=API)
         version, key = self.bundle(spec)
         with self.recording() as conn:
             self.record_task(conn, spec, version, key, RunOptions(project, domain))
@@ -276,7 +242,7 @@ class LocalEngine(EngineAPI):
 
     def register_workflow(self, spec: WorkflowSpec, project: str, domain: str) -> str:
         """Register a workflow and its tasks; the same content twice is a no-op."""
-        check_scope(project, domain, where=_API)
+        check_scope(project, domain, where=API)
         options = RunOptions(project, domain)
         bundles = [self.bundle(n.task) for n in spec.nodes]
         with self.recording() as conn:
@@ -444,219 +410,6 @@ class LocalEngine(EngineAPI):
                 return ""  # the attempt ran and wrote nothing to this stream
             raise NotFound(f"no attempt {attempt} of node {node!r} in {execution_id}") from None
 
-    # -- running --------------------------------------------------------------------------
-    def _check_executors(self, nodes: Any) -> None:
-        for n in nodes:
-            executor = self.executor(n.config.executor)
-            if not executor.in_process and not self.storage.shareable:
-                raise ConfigError(
-                    f"storage {self.storage.url_root} lives inside this process, so the "
-                    f"{executor.name!r} executor can't reach it; use --executor inline "
-                    "or a file or object-store URL"
-                )
-
-    def task_run(self, request: RunRequest, listener: RunListener | None = None) -> WorkflowRun:
-        """A single task's execution, ready to ``begin()`` and ``proceed()``."""
-        spec, config = request.spec, request.config
-        check_scope(request.project, request.domain, where=_API)
-        if self.executor(config.executor).in_process and request.values is None:
-            raise ConfigError(
-                "the inline executor runs in the caller's process and needs its values"
-            )
-        node = NodeSpec(
-            id=spec.name,
-            task=spec,
-            config=config,
-            bindings={name: Binding("", name) for name in request.inputs},
-            declared_outputs=request.declared_outputs,
-            map=request.map,
-        )
-        self._check_executors([node])
-        options = RunOptions(
-            project=request.project,
-            domain=request.domain,
-            max_parallel=request.max_parallel if request.map else 1,
-            want_values=request.want_values,
-        )
-        return WorkflowRun(
-            self,
-            WorkflowSpec(spec.name, (node,)),
-            request.inputs,
-            request.values,
-            options,
-            listener or NullListener(),
-            kind="task",
-            sources=request.sources,
-        )
-
-    def run_task(self, request: RunRequest, listener: RunListener | None = None) -> RunResult:
-        result = self.task_run(request, listener).run()
-        node_run = result.nodes[request.spec.name]
-        return RunResult(
-            result.execution,
-            node_run.outputs,
-            node_run.references,
-            node_run.values,
-            node_run.display,
-        )
-
-    def workflow_run(
-        self, request: WorkflowRequest, listener: RunListener | None = None
-    ) -> WorkflowRun:
-        spec = request.spec
-        missing = [p for p in spec.parameters() if p not in request.params]
-        if missing:
-            raise UserError(
-                f"workflow {spec.name!r} has no value for parameter(s) {', '.join(missing)}; "
-                "define them in the notebook or pass them with -p NAME=VALUE"
-            )
-        check_scope(request.project, request.domain, where=_API)
-        if request.max_parallel < 1:
-            raise UserError(f"--max-parallel {request.max_parallel} must be at least 1")
-        if request.failure_policy not in ("fail-fast", "continue"):
-            raise UserError(
-                f"--failure-policy {request.failure_policy!r}: use fail-fast or continue"
-            )
-        self._check_executors(spec.nodes)
-        options = RunOptions(
-            project=request.project,
-            domain=request.domain,
-            max_parallel=request.max_parallel,
-            failure_policy=request.failure_policy,
-            want_values=request.want_values,
-        )
-        return WorkflowRun(
-            self,
-            spec,
-            {p: request.params[p] for p in spec.parameters()},
-            request.param_values,
-            options,
-            listener or NullListener(),
-            sources=request.sources,
-        )
-
-    def run_workflow(
-        self, request: WorkflowRequest, listener: RunListener | None = None
-    ) -> WorkflowResult:
-        return self.workflow_run(request, listener).run()
-
-    def _rebuild(
-        self, source: ExecutionState, max_parallel: int, want_values: bool
-    ) -> tuple[WorkflowSpec, dict[str, ArtifactRef], RunOptions]:
-        """What an execution ran (spec, parameters, options), from the store alone."""
-        params = {name: self.artifact(aid) for name, aid in source.inputs.items()}
-        if source.kind == "task":
-            task = self.store.task(source.task_version)
-            if task is None:
-                raise NotFound(f"execution {source.id}'s task is not registered")
-            spec = TaskSpec.from_dict(task["spec"])
-            node = NodeSpec(
-                id=spec.name,
-                task=spec,
-                config=TaskConfig.from_dict(source.config),
-                bindings={name: Binding("", name) for name in params},
-                map=MapSpec.from_dict(source.config.get("map")),
-            )
-            workflow = WorkflowSpec(spec.name, (node,))
-        else:
-            workflow = self.workflow(source.workflow_version)
-            max_parallel = source.config.get("max_parallel", max_parallel)
-        options = RunOptions(
-            project=source.project,
-            domain=source.domain,
-            max_parallel=max_parallel,
-            failure_policy=source.config.get("failure_policy", "fail-fast"),
-            want_values=want_values,
-        )
-        self._check_executors(workflow.nodes)
-        return workflow, params, options
-
-    def recover_run(
-        self,
-        execution_id: str,
-        listener: RunListener | None = None,
-        *,
-        max_parallel: int = 4,
-        want_values: bool = True,
-        workflow: WorkflowSpec | None = None,
-    ) -> WorkflowRun:
-        """``recover``'s run, ready to ``begin()`` or ``run()``: refused here, before
-        anything runs, if the execution cannot be recovered."""
-        source = self.execution(execution_id)
-        check_recoverable(source)
-        stored, params, options = self._rebuild(source, max_parallel, want_values)
-        stale: frozenset[str] = frozenset()
-        if workflow is not None:
-            if source.kind != "workflow":
-                raise UserError(
-                    f"execution {execution_id} ran task {source.name!r} alone, not a "
-                    "workflow; recover it as it ran, or run the cell again"
-                )
-            new = sorted(set(workflow.parameters()) - set(params))
-            if new:
-                raise UserError(
-                    f"the workflow now has parameter(s) {', '.join(new)} that execution "
-                    f"{execution_id} did not have, so it cannot be recovered onto it; run it "
-                    "with %workflow run (-p NAME=VALUE)"
-                )
-            self._check_executors(workflow.nodes)
-            stale = changed_nodes(stored, workflow)
-            stored, params = workflow, {p: params[p] for p in workflow.parameters()}
-        return WorkflowRun(
-            self,
-            stored,
-            params,
-            None,
-            options,
-            listener or NullListener(),
-            kind=source.kind,
-            recover_from=source,
-            stale=stale,
-        )
-
-    def recover(
-        self,
-        execution_id: str,
-        listener: RunListener | None = None,
-        *,
-        max_parallel: int = 4,
-        want_values: bool = True,
-        workflow: WorkflowSpec | None = None,
-    ) -> WorkflowResult:
-        """Re-run a failed (or aborted) execution: every node that succeeded keeps its
-        outputs; only what failed or never ran runs again, as a new execution.
-
-        ``workflow``: the same workflow as it is now, after the user fixed a cell (a
-        notebook's "fix the cell, then recover"). Its changed nodes and everything
-        downstream of them run again too (``workflow.changed_nodes``), with the
-        execution's parameters; without it the execution's own version runs again."""
-        run = self.recover_run(
-            execution_id,
-            listener,
-            max_parallel=max_parallel,
-            want_values=want_values,
-            workflow=workflow,
-        )
-        return run.run()
-
-    def resume_run(self, execution_id: str, listener: RunListener | None = None) -> WorkflowRun:
-        """Continue an execution that was running when its scheduler died (same id)."""
-        state = self.execution(execution_id)
-        workflow, params, options = self._rebuild(state, 4, want_values=False)
-        return WorkflowRun(
-            self,
-            workflow,
-            params,
-            None,
-            options,
-            listener or NullListener(),
-            kind=state.kind,
-            resume=state,
-        )
-
-    def has_lineage(self, artifact_id: str) -> bool:
-        return bool(self.store.producers(artifact_id, self.scope_project))
-
     def cache_list(
         self,
         task_name: str | None = None,
@@ -679,77 +432,12 @@ class LocalEngine(EngineAPI):
         project, domain = _any(project), _any(domain)
         return self.store.cache_clear(project=project, domain=domain, task_name=task_name)
 
-    # -- lineage --------------------------------------------------------------------------
-    def lineage(
-        self, artifact_id: str, depth: int = 30, via: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """The chain that produced an artifact: the attempt that made it, that attempt's
-        inputs, their producers, and so on. An input is followed only to the attempt it
-        really came from (an upstream node, or the execution that produced a notebook
-        variable); a value typed into the notebook ends the chain.
 
-        ``via``: the execution and node a notebook variable was bound from. Equal values
-        are one artifact, which several tasks may have produced (``p = n + 7`` and ``q =
-        m + 5``, both 12): the variable's lineage is the one it came from, not the last."""
-        ref = self.artifact(artifact_id)
-        producers = self.store.producers(ref.id, self.scope_project)
-        producer = producers[-1] if producers else None
-        if via and via.get("execution") and via.get("node"):
-            producer = _producer_in(producers, via["execution"], via["node"]) or producer
-        return self._lineage(ref, "", producer, depth, set())
-
-    def _lineage(
-        self,
-        ref: ArtifactRef,
-        name: str,
-        producer: dict[str, Any] | None,
-        depth: int,
-        seen: set[tuple[str, str]],
-    ) -> dict[str, Any]:
-        node: dict[str, Any] = {
-            "name": name,
-            "artifact": ref.to_dict(),
-            "producer": None,
-            "inputs": [],
-        }
-        if producer is None or depth <= 0:
-            return node
-        keys = ("execution_id", "node", "attempt", "task_name", "task_version", "created_at")
-        node["producer"] = {k: producer[k] for k in keys}
-        node["name"] = name or producer["name"]
-        mark = (producer["execution_id"], producer["node"])
-        if mark in seen:
-            node["repeated"] = True
-            return node
-        seen.add(mark)
-        for input_name, source in sorted(producer["inputs"].items()):
-            try:
-                input_ref = self.artifact(source["id"])
-            except NotFound:
-                continue
-            upstream = None
-            if source.get("execution") and source.get("node"):
-                upstream = _producer_in(
-                    self.store.producers(input_ref.id, self.scope_project),
-                    source["execution"],
-                    source["node"],
-                )
-            node["inputs"].append(self._lineage(input_ref, input_name, upstream, depth - 1, seen))
-        return node
-
-
-def _producer_in(
-    producers: list[dict[str, Any]], execution: str, node: str
-) -> dict[str, Any] | None:
-    """The producer row of ``execution``'s ``node`` (or one of its map elements)."""
-    return next(
-        (
-            p
-            for p in producers
-            if p["execution_id"] == execution and p["node"].partition("[")[0] == node
-        ),
-        None,
-    )
-
-
-__all__ = ["LocalEngine", "WorkflowRequest", "cache_key", "element_cache_keys", "Status"]
+__all__ = [
+    "LocalEngine",
+    "WorkflowRequest",
+    "cache_key",
+    "check_recoverable",
+    "element_cache_keys",
+    "Status",
+]

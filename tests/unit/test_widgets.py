@@ -337,8 +337,9 @@ def _run_view(
 ) -> tuple[RunView, str]:
     """Run a task on a real engine; the widget's view of its recorded state, and its
     status."""
+    from papercrane.backend.api import RunRequest
     from papercrane.backend.config import Config
-    from papercrane.backend.engine import LocalEngine, RunRequest
+    from papercrane.backend.engine import LocalEngine
     from papercrane.backend.errors import TaskFailed
 
     engine = LocalEngine(Config(home=tmp_path / "home"))
