@@ -98,9 +98,11 @@ class Attempts:
         try:
             adopt = {"adopt": True} if unit.adopt else {}
             unit.adopt = False  # a retry starts a new attempt
-            result = executor.run(
-                attempt, AttemptLogs(self, unit, threaded=True), self.cancel, **adopt
-            )
+            logs = AttemptLogs(self, unit, threaded=True)
+            try:
+                result = executor.run(attempt, logs, self.cancel, **adopt)
+            finally:
+                logs.close()
         except BaseException as exc:  # the executor itself broke: a system failure
             result = AttemptResult("failed", error=system_error(f"{type(exc).__name__}: {exc}"))
         self.done.put(("result", unit, result))
@@ -126,15 +128,15 @@ class Attempts:
         if not deferred and (time.monotonic() - self._last_flush > ROUND or single):
             self.flush()  # the widget and the store show it running
         token = None
+        logs = AttemptLogs(self, unit, threaded=False)
         unit.node.running += 1
         try:
             if deferred:
                 self._start_due = True
                 token = deadlines.arm(START_GRACE, self._write_start)
-            result = executor.run(
-                self._attempt_spec(unit), AttemptLogs(self, unit, threaded=False), self.cancel
-            )
+            result = executor.run(self._attempt_spec(unit), logs, self.cancel)
         finally:
+            logs.close()
             unit.node.running -= 1
             if token is not None:
                 deadlines.cancel(token)
@@ -185,20 +187,47 @@ class Attempts:
 
 class AttemptLogs:
     """Log sink for one unit. Worker threads queue their lines for the scheduler thread,
-    which alone talks to the listener; parallel nodes get a prefix."""
+    which alone talks to the listener; parallel nodes get a prefix.
+
+    With a prefix, only whole lines go out, each prefixed once: ``print(a, b)`` writes
+    ``a``, the space, ``b`` and the newline separately, and a parallel unit's output
+    between those writes would otherwise land inside the line. A line still open when
+    the attempt ends goes out then (``close``)."""
+
+    #: Characters of an unfinished line held before it goes out anyway (a progress
+    #: bar redrawn with "\r" never ends its line).
+    HOLD = 8192
 
     def __init__(self, run: WorkflowRun, unit: Unit, threaded: bool) -> None:
         self.run = run
         self.prefix = f"[{unit.key}] " if run.prefix_logs else ""
         self.threaded = threaded
         self.unit = unit
+        self.open: dict[str, str] = {}  # stream -> its unfinished line
 
     def log(self, stream: str, text: str) -> None:
         if self.prefix:
+            held = self.open.pop(stream, "") + text
+            whole, newline, rest = held.rpartition("\n")
+            if len(rest) > self.HOLD:
+                whole, newline, rest = held, "\n", ""
+            if rest:
+                self.open[stream] = rest
+            if not newline:
+                return
             text = "".join(
                 self.prefix + line if line.strip() else line
-                for line in text.splitlines(keepends=True)
+                for line in (whole + "\n").splitlines(keepends=True)
             )
+        self._send(stream, text)
+
+    def close(self) -> None:
+        """The attempt ended: send what is left of its unfinished lines."""
+        for stream, rest in self.open.items():
+            self._send(stream, f"{self.prefix}{rest}\n")
+        self.open.clear()
+
+    def _send(self, stream: str, text: str) -> None:
         if self.threaded:
             self.run.done.put(("log", stream, text))
         else:

@@ -448,6 +448,39 @@ def test_listeners_hear_every_event_as_stored_in_order(
         assert 1 <= heard.batches < len(stored)
 
 
+class _Logs(_EachEvent):
+    """A listener that keeps what the run printed, as the notebook shows it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+
+    def on_log(self, stream: str, text: str) -> None:
+        self.text.append(text)
+
+
+def test_parallel_output_comes_in_whole_lines_each_prefixed_once(engine: LocalEngine) -> None:
+    """``print(a, b)`` writes its arguments and separators one by one: each line still
+    gets one prefix, elements running side by side don't cut into each other's lines,
+    and a line the cell left unfinished comes out when its attempt ends. (Inline
+    elements run one after another and print straight through, unprefixed.)"""
+    code = 'print("each ran", x, "of", 4)\nprint("left open", x, end="")\ny = x'
+    m = MapSpec("xs", "x", concurrency=2)
+    cells = [cell("m", code, ("x",), ("y",), executor="local", map=m)]
+    heard = _Logs()
+    xs = list(range(4))
+    request = WorkflowRequest(
+        spec=assemble("wf", cells),
+        params={"xs": engine.put_value(xs, "xs")},
+        param_values={"xs": xs},
+    )
+    assert engine.run_workflow(request, listener=heard).nodes["m"].values == {"y": xs}
+    lines = "".join(heard.text).splitlines()
+    expected = [f"[m[{i}]] each ran {i} of 4" for i in xs]
+    expected += [f"[m[{i}]] left open {i}" for i in xs]
+    assert sorted(lines) == sorted(expected)
+
+
 @pytest.mark.parametrize("where", ["here", "runner"])
 def test_a_map_with_no_element_to_show_still_gives_every_output_its_list(
     engine: LocalEngine, where: str
