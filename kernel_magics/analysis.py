@@ -2,12 +2,16 @@
 binds, in the order the cell would run.
 
 This is pure ``ast`` work with no kernel involved, so every cell shape is unit-testable.
-The rules are those of a notebook cell: a name read before the cell can have bound it
-(on any path through its ``if``/``for``/``try`` statements) comes from the notebook (an
-input); a name bound at top level is left in the notebook (an output). A name the cell
-may already have bound is the cell's own: counting it as an input would make the
-second run's interface differ from the first (the first run binds it in the notebook)
-and miss the cache.
+The rules are those of a notebook cell: a name read before the cell has surely bound
+it comes from the notebook (an input); a name bound at top level is left in the
+notebook (an output). "Surely" follows the cell's branches: after ``if flag: x = 1``,
+a read of ``x`` may be the notebook's ``x`` (``flag`` false), so it is an input when the
+notebook has one, as a plain cell would read it; the same after a ``try`` whose body
+may fail before binding, or a ``match`` no case of which may match. Loops are taken to
+run: a name bound in a loop's body is the cell's own after it. Otherwise
+``for epoch in ...: loss = step()`` then ``print(loss)`` would read back the last run's
+``loss``, so every run's interface would depend on the one before and miss the cache;
+a loop that runs no time at all is rarer than that loop.
 Reads inside functions and lambdas happen when they are called, so they are inputs only
 when the cell itself never binds the name; a class body runs where it is defined, so its
 own reads are immediate, while its methods' reads are deferred.
@@ -89,6 +93,7 @@ class _ModuleFlow:
     def __init__(self) -> None:
         self.result = CellAnalysis()
         self.possible: set[str] = set()  # bound on some path to the current point
+        self.definite: set[str] = set()  # bound on every path to it (loops taken to run)
         self.order: list[str] = []
         self.deferred: list[str] = []
         self.top_bound: set[str] = set()  # bound by the cell's own statements
@@ -100,6 +105,7 @@ class _ModuleFlow:
     # -- bindings -------------------------------------------------------------------------
     def bind(self, name: str) -> None:
         self.possible.add(name)
+        self.definite.add(name)
         self.top_bound.add(name)
         (self.with_targets if self.binding_with else self.plain_bound).add(name)
         self.result.ever_bound.add(name)
@@ -107,11 +113,12 @@ class _ModuleFlow:
             self.order.append(name)
 
     def read(self, name: str) -> None:
-        if name not in self.possible and name not in self.result.reads:
+        if name not in self.definite and name not in self.result.reads:
             self.result.reads.append(name)
 
     def unbind(self, name: str) -> None:
         self.possible.discard(name)
+        self.definite.discard(name)
         self.result.deleted.add(name)
 
     def mutate(self, node: ast.expr) -> None:
@@ -132,12 +139,22 @@ class _ModuleFlow:
         for stmt in body:
             self.stmt(stmt)
 
-    def branch(self, body: list[ast.stmt], start: set[str]) -> set[str]:
-        """Analyze one of several exclusive paths from ``start``; return what is bound
-        at its end. The caller joins the paths (a union: *may* be bound)."""
-        self.possible = set(start)
+    def branch(
+        self, body: list[ast.stmt], start: tuple[set[str], set[str]]
+    ) -> tuple[set[str], set[str]]:
+        """Analyze one of several exclusive paths from ``start`` (what may be and what
+        surely is bound there); return the same at its end. The caller joins the paths:
+        a union of what may be bound, an intersection of what surely is."""
+        self.possible, self.definite = set(start[0]), set(start[1])
         self.block(body)
-        return self.possible
+        return self.possible, self.definite
+
+    def state(self) -> tuple[set[str], set[str]]:
+        return set(self.possible), set(self.definite)
+
+    def join(self, ends: list[tuple[set[str], set[str]]]) -> None:
+        self.possible = set().union(*(p for p, _ in ends))
+        self.definite = set.intersection(*(d for _, d in ends))
 
     def stmt(self, node: ast.stmt) -> None:
         method = getattr(self, f"stmt_{type(node).__name__}", None)
@@ -192,8 +209,8 @@ class _ModuleFlow:
 
     def stmt_If(self, node: ast.If) -> None:  # noqa: N802
         self.expr(node.test)
-        start = set(self.possible)
-        self.possible = self.branch(node.body, start) | self.branch(node.orelse, start)
+        start = self.state()
+        self.join([self.branch(node.body, start), self.branch(node.orelse, start)])
 
     def stmt_With(self, node: ast.With | ast.AsyncWith) -> None:  # noqa: N802
         for item in node.items:
@@ -207,11 +224,13 @@ class _ModuleFlow:
     stmt_AsyncWith = stmt_With  # noqa: N815
 
     def stmt_Try(self, node: ast.Try) -> None:  # noqa: N802
+        before = self.state()
         self.block(node.body)
-        after_body = set(self.possible)
-        joined = set(after_body)
+        after_body = self.state()
+        ends = []
         for handler in node.handlers:
-            self.possible = set(after_body)
+            # The body may have failed anywhere: all it may have bound, none surely.
+            self.possible, self.definite = set(after_body[0]), set(before[1])
             if handler.type is not None:
                 self.expr(handler.type)
             if handler.name:
@@ -219,19 +238,20 @@ class _ModuleFlow:
             self.block(handler.body)
             if handler.name:  # Python deletes the exception name after the handler
                 self.possible.discard(handler.name)
-            joined |= self.possible
-        joined |= self.branch(node.orelse, after_body)  # runs only when the body did
-        self.possible = joined
+                self.definite.discard(handler.name)
+            ends.append(self.state())
+        ends.append(self.branch(node.orelse, after_body))  # runs only when the body did
+        self.join(ends)
         self.block(node.finalbody)
 
     stmt_TryStar = stmt_Try  # noqa: N815
 
     def stmt_Match(self, node: ast.Match) -> None:  # noqa: N802
         self.expr(node.subject)
-        start = set(self.possible)
-        joined = set(start)
+        start = self.state()
+        ends = [start]  # (no case may match)
         for case in node.cases:
-            self.possible = set(start)
+            self.possible, self.definite = set(start[0]), set(start[1])
             for sub in ast.walk(case.pattern):
                 if isinstance(sub, ast.MatchValue):
                     self.expr(sub.value)
@@ -246,8 +266,8 @@ class _ModuleFlow:
             if case.guard is not None:
                 self.expr(case.guard)
             self.block(case.body)
-            joined |= self.possible
-        self.possible = joined
+            ends.append(self.state())
+        self.join(ends)
 
     def stmt_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:  # noqa: N802
         for dec in node.decorator_list:

@@ -51,6 +51,21 @@ def test_outputs_bound_and_last_expression_displayed(kernel: Kernel, home: Path)
     ]
 
 
+def test_a_name_bound_in_one_branch_keeps_the_notebooks_value_otherwise(
+    kernel: Kernel,
+) -> None:
+    """As a plain cell: ``if retrain: model = ...`` leaves the notebook's ``model`` when
+    ``retrain`` is false, so the task gets it; when the notebook has none, the branch
+    that binds it is all the cell needs."""
+    kernel.run("model = 'from the notebook'\nretrain = False").ok()
+    cell = "%%task score\nif retrain:\n    model = 'retrained'\nscore = model.upper()"
+    kernel.run(cell).ok()
+    assert kernel.run("print(score)").ok().stdout.strip() == "FROM THE NOTEBOOK"
+    kernel.run("del model\nretrain = True").ok()
+    kernel.run(cell).ok()
+    assert kernel.run("print(score, model)").ok().stdout.strip() == "RETRAINED retrained"
+
+
 def test_inline_and_local_give_same_results_and_records(kernel: Kernel, home: Path) -> None:
     kernel.run("data = {'a': [1, 2, 3]}").ok()
     kernel.run("%%task agg --executor local\nout = sum(data['a'])").ok()

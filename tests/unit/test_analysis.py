@@ -236,7 +236,9 @@ def test_while_body_bindings_are_the_cells_own() -> None:
     assert a.bound == ["w"]
 
 
-def test_if_without_else_binding_is_the_cells_own() -> None:
+def test_if_without_else_binding_may_leave_the_notebooks_value() -> None:
+    """``if RETRAIN: model = train()`` then ``model.score(X)``: with RETRAIN false a
+    plain cell scores the notebook's model, so the task needs it as an input."""
     a = cell(
         """
         if flag:
@@ -244,7 +246,7 @@ def test_if_without_else_binding_is_the_cells_own() -> None:
         print(y)
         """
     )
-    assert a.reads == ["flag", "print"]
+    assert a.reads == ["flag", "print", "y"]
     assert a.bound == ["y"]
 
 
@@ -277,7 +279,7 @@ def test_elif_chain_binding_in_every_branch_is_definite() -> None:
     assert a.bound == ["v", "out"]
 
 
-def test_elif_chain_missing_a_branch_is_the_cells_own() -> None:
+def test_elif_chain_missing_a_branch_reads_the_notebooks_value() -> None:
     a = cell(
         """
         if a:
@@ -287,7 +289,7 @@ def test_elif_chain_missing_a_branch_is_the_cells_own() -> None:
         out = v
         """
     )
-    assert a.reads == ["a", "b"]
+    assert a.reads == ["a", "b", "v"]
 
 
 def test_binding_before_if_survives_it() -> None:
@@ -672,7 +674,7 @@ def test_exception_name_is_not_an_output() -> None:
     assert a.reads == ["compute", "ValueError", "print"]
 
 
-def test_try_body_bindings_are_the_cells_own_after_it() -> None:
+def test_try_body_bindings_may_have_failed_before_binding() -> None:
     a = cell(
         """
         try:
@@ -682,7 +684,21 @@ def test_try_body_bindings_are_the_cells_own_after_it() -> None:
         print(r)
         """
     )
-    assert a.reads == ["compute", "Exception", "print"]
+    assert a.reads == ["compute", "Exception", "print", "r"]
+
+
+def test_try_binding_in_the_body_and_every_handler_is_definite() -> None:
+    a = cell(
+        """
+        try:
+            import torch
+            has_torch = True
+        except ImportError:
+            has_torch = False
+        print(has_torch)
+        """
+    )
+    assert a.reads == ["ImportError", "print"]
 
 
 def test_try_else_sees_the_body_bindings() -> None:
@@ -795,7 +811,7 @@ def test_match_mapping_keys_that_are_names_are_read() -> None:
     assert a.reads == ["d", "Keys"]
 
 
-def test_match_case_bindings_are_the_cells_own() -> None:
+def test_match_case_bindings_may_not_happen() -> None:
     a = cell(
         """
         match v:
@@ -804,7 +820,7 @@ def test_match_case_bindings_are_the_cells_own() -> None:
         y = x
         """
     )
-    assert a.reads == ["v"]
+    assert a.reads == ["v", "x"]
 
 
 # -- last expression, dynamic code, IPython ---------------------------------------------------
