@@ -4,6 +4,7 @@ outputs) and the engine (for cache hits) all go through it."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, StorageError
@@ -135,6 +136,9 @@ class ArtifactIO:
 
 
 def unserializable_error(value: Any, what: str, exc: BaseException) -> InputError:
+    """The user's error for a value that can't be stored: what it is, why, and what to do.
+    ``what`` names it ("task 't': input 'df'", "output 'f'", "collected output 'r'",
+    "element 3 of 'items'"); the way out differs for an input and an output."""
     kind = python_type_name(value)
     lock = "locks belong to one process; create it inside the task"
     file = "open files can't be moved; pass the file name and open it in the task"
@@ -145,5 +149,21 @@ def unserializable_error(value: Any, what: str, exc: BaseException) -> InputErro
         "_io.TextIOWrapper": file,
         "_io.BufferedReader": file,
         "_io.BufferedWriter": file,
-    }.get(kind, "make it picklable, create it inside the task, or leave it out with --inputs")
+    }.get(kind) or _generic_hint(what)
     return InputError(f"{what} of type {kind} can't be serialized ({exc}); {hint}")
+
+
+def _generic_hint(what: str) -> str:
+    """What to do about an unpicklable value, by its role: the word before its name."""
+    roles = _ROLE.findall(what)
+    if roles and roles[-1] == "output":
+        return (
+            "make it picklable, del it at the end of the cell, "
+            "or list the outputs to keep with --outputs"
+        )
+    if roles:
+        return "make it picklable, create it inside the task, or leave it out with --inputs"
+    return "make it picklable, or create it inside the task"
+
+
+_ROLE = re.compile(r"\b(input|output) '")

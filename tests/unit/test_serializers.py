@@ -681,3 +681,62 @@ def test_a_frame_read_back_has_the_fingerprint_it_was_written_with(
     back = storage.load_value(key, digest, serializer)
     assert back.equals(frame) and type(back.index) is type(frame.index)
     assert Fingerprinter(registry).value(back) == Fingerprinter(registry).value(frame)
+
+
+def _frame(rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"i": np.arange(rows), "x": np.linspace(0, 1, rows)})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [np.ones(10_000)],  # 80 KB: past the 64 KiB pickle 5 hands over as a PickleBuffer
+        {"a": np.asfortranarray(np.ones((300, 300))), "b": 1},
+        [_frame(20_000), _frame(3)],  # what a map collects from elements making frames
+        (np.arange(300_000),),  # past Storage.SMALL: streamed into a temporary object
+    ],
+    ids=["list-of-array", "dict-of-fortran-array", "list-of-frames", "big-tuple"],
+)
+def test_containers_of_big_buffers_store_load_and_fingerprint(
+    registry: SerializerRegistry, storage: Storage, value: Any
+) -> None:
+    serializer = registry.for_value(value)
+    assert serializer.name == "cloudpickle"
+    digest, key, _ = storage.put_value(value, serializer)
+    back = storage.load_value(key, digest, serializer)
+    items = list(value.values()) if isinstance(value, dict) else list(value)
+    again = list(back.values()) if isinstance(back, dict) else list(back)
+    for original, loaded in zip(items, again):
+        if isinstance(original, (np.ndarray, pd.DataFrame)):
+            assert_same(original, loaded)
+        else:
+            assert loaded == original
+    assert Fingerprinter(registry).value(value) == Fingerprinter(registry).value(back)
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("no pickling this")
+
+
+@pytest.mark.parametrize(
+    ("what", "hint"),
+    [
+        ("task 't': input 'x'", "leave it out with --inputs"),
+        ("output 'x'", "list the outputs to keep with --outputs"),
+        ("collected output 'x' of 'run-1'", "list the outputs to keep with --outputs"),
+        ("element 2 of 'items'", "make it picklable, or create it inside the task"),
+    ],
+)
+def test_an_unpicklable_value_is_refused_with_advice_for_its_role(
+    storage: Storage, what: str, hint: str
+) -> None:
+    from papercrane.backend.artifacts import ArtifactIO
+    from papercrane.backend.errors import InputError
+
+    with pytest.raises(InputError) as refused:
+        ArtifactIO(storage).put(_Unpicklable(), what)
+    message = str(refused.value)
+    assert message.startswith(f"{what} of type ") and "no pickling this" in message
+    assert hint in message, message
+    assert ("--inputs" in message) == ("input" in what)
