@@ -740,3 +740,22 @@ def test_an_unpicklable_value_is_refused_with_advice_for_its_role(
     assert message.startswith(f"{what} of type ") and "no pickling this" in message
     assert hint in message, message
     assert ("--inputs" in message) == ("input" in what)
+
+
+def test_a_value_that_pickles_but_cant_be_fingerprinted_is_refused_and_not_stored(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """cloudpickle stores a read-mode text file (as its contents); the fingerprint's
+    pickler refuses it. That is the user's error naming the value, not a bare TypeError
+    (a system failure to the runner), and nothing is left in storage."""
+    from papercrane.backend.artifacts import ArtifactIO
+    from papercrane.backend.errors import InputError
+
+    path = tmp_path / "notes.txt"
+    path.write_text("first line\n")
+    with path.open() as f, pytest.raises(InputError) as refused:
+        ArtifactIO(storage).put(f, "output 'f'")
+    message = str(refused.value)
+    assert message.startswith("output 'f' of type _io.TextIOWrapper can't be serialized")
+    assert "open files can't be moved" in message and "del it" in message
+    assert files_under(tmp_path / "artifacts") == []
