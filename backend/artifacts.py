@@ -4,6 +4,7 @@ outputs) and the engine (for cache hits) all go through it."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, StorageError
@@ -81,6 +82,9 @@ class ArtifactIO:
                 shown,
             )
         serializer = self.registry.for_value(value)
+        if fingerprint is None and not serializer.deterministic:
+            # Before storing: a value that can't be fingerprinted leaves nothing behind.
+            fingerprint = value_fingerprint(self.fingerprinter(), value, what)
         try:
             digest, key, size = self._put(value, serializer)
         except (OSError, StorageError):
@@ -100,8 +104,8 @@ class ArtifactIO:
         if fingerprint is None:
             if serializer.deterministic:
                 fingerprint = typed_fingerprint(serializer.name, digest)
-            else:
-                fingerprint = self.fingerprinter().value(value)
+            else:  # its own encoding refused it: pickled instead
+                fingerprint = value_fingerprint(self.fingerprinter(), value, what)
         return new_ref(
             fingerprint,
             digest,
@@ -134,10 +138,34 @@ class ArtifactIO:
         return self.storage.size(ref.uri) == ref.size
 
 
+def value_fingerprint(fingerprinter: Fingerprinter, value: Any, what: str) -> str:
+    """``fingerprinter.value(value)``, or the user's error saying why ``value`` (named by
+    ``what``) can't be a task's value. cloudpickle stores some values the fingerprint's
+    own pickler refuses (an open text file pickles as its contents), and a bare
+    ``TypeError`` from deep in the engine would be taken for a system failure: retried,
+    and never naming the variable."""
+    try:
+        return fingerprinter.value(value)
+    except Exception as exc:
+        raise unserializable_error(value, what, exc) from None
+
+
 def unserializable_error(value: Any, what: str, exc: BaseException) -> InputError:
+    """The user's error for a value that can't be stored: what it is, why, and what to do.
+    ``what`` names it ("task 't': input 'df'", "output 'f'", "collected output 'r'",
+    "element 3 of 'items'"); the way out differs for an input and an output."""
     kind = python_type_name(value)
-    lock = "locks belong to one process; create it inside the task"
-    file = "open files can't be moved; pass the file name and open it in the task"
+    roles = _ROLE.findall(what)
+    output = bool(roles) and roles[-1] == "output"
+    if output:
+        lock = "locks belong to one process; del it at the end of the cell"
+        file = (
+            "open files can't be moved; open it with 'with open(...) as f:' (a name a with "
+            "statement binds is not an output) or del it at the end of the cell"
+        )
+    else:
+        lock = "locks belong to one process; create it inside the task"
+        file = "open files can't be moved; pass the file name and open it in the task"
     hint = {
         "_thread.lock": lock,
         "_thread.RLock": lock,
@@ -145,5 +173,19 @@ def unserializable_error(value: Any, what: str, exc: BaseException) -> InputErro
         "_io.TextIOWrapper": file,
         "_io.BufferedReader": file,
         "_io.BufferedWriter": file,
-    }.get(kind, "make it picklable, create it inside the task, or leave it out with --inputs")
+    }.get(kind)
+    if hint is None:
+        if output:
+            hint = (
+                "make it picklable, del it at the end of the cell, "
+                "or list the outputs to keep with --outputs"
+            )
+        elif roles:
+            hint = "make it picklable, create it inside the task, or leave it out with --inputs"
+        else:
+            hint = "make it picklable, or create it inside the task"
     return InputError(f"{what} of type {kind} can't be serialized ({exc}); {hint}")
+
+
+#: The role a value plays, from the word before its quoted name in ``what``.
+_ROLE = re.compile(r"\b(input|output) '")

@@ -20,7 +20,7 @@ import httpx
 from .api import (
     EngineAPI,
 )
-from .artifacts import typed_fingerprint, unserializable_error
+from .artifacts import typed_fingerprint, unserializable_error, value_fingerprint
 from .client_paths import workflow_body
 from .client_queries import RemoteQueries
 from .client_runs import RemoteRuns
@@ -227,7 +227,7 @@ class RemoteEngine(RemoteRuns, RemoteQueries, EngineAPI):
                 fingerprint = (
                     typed_fingerprint(serializer.name, digest)
                     if serializer.deterministic
-                    else self.artifacts.fingerprinter().value(value)
+                    else value_fingerprint(self.artifacts.fingerprinter(), value, what)
                 )
             known = self.find_artifact(fingerprint)
             if known is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import threading
 from typing import Any
 
@@ -68,6 +69,29 @@ def digest_hex(digest: str) -> str:
     return digest.removeprefix(_BLAKE3_PREFIX)
 
 
+def byte_view(data: Any) -> bytes | memoryview:
+    """``data``, any object with the buffer protocol, as flat bytes (``bytes`` as they
+    are, anything else as a one-dimensional byte memoryview over the same memory).
+
+    Writers and hashers are handed more than bytes: with pickle protocol 5 (cloudpickle,
+    the fingerprint pickler) every buffer of 64 KiB or more, such as a numpy array's in a
+    list, arrives at ``write`` as a ``pickle.PickleBuffer``, which has no ``len`` and may
+    be multi-dimensional or in Fortran order (where ``memoryview.cast`` refuses).
+    ``PickleBuffer.raw()`` views any contiguous buffer as bytes without a copy; a
+    non-contiguous one (no writer is handed one, but a caller might) is copied out in
+    its logical order, as ``bytes(data)`` would give it."""
+    if type(data) is bytes:
+        return data
+    if type(data) is not pickle.PickleBuffer:
+        if type(data) is memoryview and data.ndim == 1 and data.format == "B":
+            return data
+        data = pickle.PickleBuffer(data)
+    try:
+        return data.raw()
+    except BufferError:
+        return memoryview(data).tobytes()
+
+
 def _blake3(threads: int) -> Any:
     # Imported here: most task processes never store a big value, and start faster.
     import blake3
@@ -92,9 +116,13 @@ class _Hash:
         self._pending: list[bytes] | None = [] if algorithm is None else None
         self.size = 0
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        n = data.nbytes if isinstance(data, memoryview) else len(data)
-        self.size += n
+    def update(self, data: Any) -> None:
+        """Hash ``data``: any buffer-protocol object (see ``byte_view``)."""
+        self.add(byte_view(data))
+
+    def add(self, data: bytes | memoryview) -> None:
+        """Hash flat bytes (``byte_view``'s result), without converting them again."""
+        self.size += len(data)
         if self._pending is not None:
             if self.size <= LARGE:
                 self._sha.update(data)
@@ -138,19 +166,23 @@ class HashingWriter:
     def size(self) -> int:
         return self._hash.size
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        n = data.nbytes if isinstance(data, memoryview) else len(data)
+    def write(self, data: Any) -> int:
+        """Hash and forward ``data``: bytes, or any buffer-protocol object, such as the
+        ``pickle.PickleBuffer`` protocol 5 hands over for big buffers (``byte_view``).
+        The sink gets the same flat bytes, so it need not know those types either."""
+        data = byte_view(data)
+        n = len(data)
         if self._sink is None:
-            self._hash.update(data)
+            self._hash.add(data)
         elif n >= self.PARALLEL:
-            hasher = threading.Thread(target=self._hash.update, args=(data,))
+            hasher = threading.Thread(target=self._hash.add, args=(data,))
             hasher.start()
             try:
                 self._sink.write(data)
             finally:
                 hasher.join()
         else:
-            self._hash.update(data)
+            self._hash.add(data)
             self._sink.write(data)
         return n
 
@@ -200,13 +232,16 @@ class HashingReader:
         return data
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+        """Fill ``buffer`` (any writable contiguous buffer, any shape) and hash what came."""
+        view = byte_view(buffer)
+        if type(view) is not memoryview or view.readonly:
+            raise TypeError(f"readinto() needs a writable buffer, not {type(buffer).__name__}")
         n = self._source.readinto(view) if hasattr(self._source, "readinto") else None
         if n is None:
             data = self._source.read(len(view))
             n = len(data)
             view[:n] = data
-        self._hash.update(view[:n])
+        self._hash.add(view[:n])
         return n
 
     def readline(self, limit: int = -1) -> bytes:

@@ -263,11 +263,21 @@ class ParquetSerializer(Serializer):
         # columns of strings come back as object only where pandas does not infer its
         # own string dtype (pandas < 3); elsewhere they would change type, so pickle.
         # A frame without columns reads back with other (empty) column labels: pickle it.
+        # Categorical columns (and index levels) go to parquet only where their categories
+        # come back as they went: see ``_categories_round_trip``.
         if (
             value.columns.empty
             or not value.columns.is_unique
             or not all(isinstance(c, str) for c in value.columns)
+            or isinstance(value.columns, pd.CategoricalIndex)  # written, but unreadable
         ):
+            return False
+        index = value.index
+        index_dtypes = list(index.dtypes) if isinstance(index, pd.MultiIndex) else [index.dtype]
+        categoricals = [
+            dt for dt in [*value.dtypes, *index_dtypes] if isinstance(dt, pd.CategoricalDtype)
+        ]
+        if not all(_categories_round_trip(dt) for dt in categoricals):
             return False
         object_columns = [c for c, dt in value.dtypes.items() if dt == object]  # noqa: E721
         return not object_columns or (
@@ -318,6 +328,23 @@ def _strings_read_back_as_object() -> bool:
     import pandas as pd
 
     return pd.Series(["a"]).dtype == object  # noqa: E721
+
+
+def _categories_round_trip(dtype: Any) -> bool:
+    """Whether parquet gives this categorical dtype back whole. Arrow writes a categorical
+    as a dictionary column, which pandas reads back as a categorical only when the
+    dictionary is of strings, and then with pandas' default string dtype for its
+    categories (object before pandas 3, ``str`` since). Integer, float, bool, datetime
+    and other categories came back as plain columns of their values, categories and
+    order lost; so did an empty set of categories, and ``string`` or object categories
+    under pandas 3 came back as ``str``. Each is another value with another fingerprint
+    (``%lineage`` no longer finds it): those frames are pickled instead."""
+    import pandas as pd
+
+    categories = dtype.categories
+    if categories.empty or categories.dtype != pd.Index(["a"]).dtype:
+        return False
+    return categories.dtype != object or all(isinstance(c, str) for c in categories)  # noqa: E721
 
 
 def _is_string_column(series: Any) -> bool:

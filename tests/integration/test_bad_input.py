@@ -157,3 +157,29 @@ def test_the_task_help_shows_the_cell_magic(primed: Kernel) -> None:
     r = primed.run("print(get_ipython().find_cell_magic('task').__doc__)").ok()
     usage = [line.strip() for line in r.stdout.splitlines() if "task [" in line]
     assert usage and usage[0].startswith("%%task [--cache]"), r.stdout
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_an_open_file_left_as_an_output_is_the_users_error(
+    kernel: Kernel, home: Path, executor: str
+) -> None:
+    """A read-mode text file pickles (as its contents), but can't be fingerprinted: the
+    task fails once as the user's error naming the variable, not as an engine failure
+    retried as a system error (local) or an aborted execution (inline)."""
+    kernel.run("open('notes.txt', 'w').write('first line\\n')").ok()
+    r = kernel.run(f"%%task fo --executor {executor}\nf = open('notes.txt')\nheader = f.readline()")
+    assert r.status == "error"
+    text = r.text
+    assert "output 'f' of type _io.TextIOWrapper can't be serialized" in text, text
+    assert "open files can't be moved" in text and "del it at the end of the cell" in text
+    assert "fingerprint.py" not in text and "Traceback" not in r.stderr, text
+    with closing(sqlite3.connect(home / "papercrane.db")) as conn:
+        rows = conn.execute("SELECT kind FROM events ORDER BY seq").fetchall()
+        status = conn.execute("SELECT status FROM executions").fetchall()
+    kinds = [k for (k,) in rows]
+    assert kinds.count("attempt_started") == 1 and kinds[-1] == "execution_failed", kinds
+    assert status == [("failed",)]
+    kernel.run(
+        f"%%task fo2 --executor {executor}\nwith open('notes.txt') as f:\n    h = f.read()"
+    ).ok()
+    assert kernel.run("print(h)").ok().stdout.strip() == "first line"

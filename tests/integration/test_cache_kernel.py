@@ -344,3 +344,25 @@ def test_an_inline_task_on_a_module_edited_since_the_kernel_imported_it_is_not_c
     kernel.run("import importlib\nimportlib.reload(helpers2)").ok()
     reloaded = kernel.run(cell.format("inline")).ok()
     assert "not caching" not in reloaded.stderr
+
+
+@pytest.mark.parametrize(
+    "categories",
+    ["[1, 2, 3]", "[0.5, 1.5, 2.5]", "pd.to_datetime(['2024-01-01', '2024-02-01', '2024-03-01'])"],
+    ids=["int", "float", "datetime"],
+)
+def test_a_task_made_categorical_frame_keeps_its_categories_and_its_lineage(
+    kernel: Kernel, categories: str
+) -> None:
+    """Parquet gave back categories that aren't strings as a plain column of their values
+    (order and categories lost); the frame read back then had another fingerprint."""
+    kernel.run("import pandas as pd").ok()
+    make = (
+        "pd.DataFrame({'grade': pd.Categorical.from_codes("
+        f"[2, 0, 1], categories={categories}, ordered=True)}})"
+    )
+    kernel.run(f"%%task cat --cache\ndf = {make}").ok()
+    r = kernel.run(f"print(df['grade'].dtype == {make}['grade'].dtype, df.equals({make}))")
+    assert r.ok().stdout.strip() == "True True"
+    lineage = kernel.run("%lineage df").ok().text
+    assert "cat" in lineage and "not produced by a task" not in lineage

@@ -363,3 +363,22 @@ def test_a_notebook_object_that_pickles_by_name_is_refused_once_with_what_to_do(
     assert "input 'base' could not be loaded here" in text, text
     assert "pickles by name" in text and "--executor inline" in text
     assert "after 3 attempt" not in text and "StorageError" not in text
+
+
+def test_lists_and_dicts_of_big_arrays_and_frames_go_in_and_out_of_tasks(
+    kernel: Kernel,
+) -> None:
+    """Pickle protocol 5 hands a buffer of 64 KiB or more to the writer on its own (a
+    ``PickleBuffer``): an array in a list as an input or an output, and the frames a map
+    collects from its elements, are stored like any other value."""
+    kernel.run("import numpy as np\nimport pandas as pd\nl1 = [np.ones(10000)]\nkeys = [1, 2]").ok()
+    kernel.run(
+        "%%task t1\ns1 = float(l1[0].sum())\n"
+        "l2 = [l1[0] * 2, {'m': np.asfortranarray(np.ones((200, 200)))}]"
+    ).ok()
+    r = kernel.run("print(s1, float(l2[0].sum()), l2[1]['m'].flags.f_contiguous)").ok()
+    assert r.stdout.strip() == "10000.0 20000.0 True"
+    cell = "%%task frames --map keys --as k\ndf = pd.DataFrame({'k': k, 'x': np.arange(20_000)})"
+    kernel.run(cell).ok()
+    r = kernel.run("print([len(d) for d in df], int(df[1]['k'].sum()), df[0]['x'].dtype)").ok()
+    assert r.stdout.strip() == "[20000, 20000] 40000 int64"

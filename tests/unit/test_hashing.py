@@ -71,3 +71,50 @@ def test_a_big_sha256_digest_from_an_older_store_is_still_sha256() -> None:
     writer = HashingWriter(algorithm=SHA256)  # an upload claiming that digest
     writer.write(data)
     assert writer.hexdigest() == old
+
+
+def _buffers() -> list[tuple[str, object, bytes]]:
+    """(label, a buffer-protocol object, its bytes in memory order)."""
+    import pickle
+
+    import numpy as np
+
+    flat = np.arange(20_000, dtype=np.float64)  # 160 KB: what pickle 5 hands over apart
+    fortran = np.asfortranarray(np.arange(60_000, dtype=np.int32).reshape(200, 300))
+    return [
+        ("bytearray", bytearray(b"abc" * 30_000), b"abc" * 30_000),
+        ("picklebuffer", pickle.PickleBuffer(flat), flat.tobytes()),
+        ("picklebuffer-fortran-2d", pickle.PickleBuffer(fortran), fortran.tobytes(order="F")),
+        ("memoryview-2d", memoryview(fortran.T), fortran.tobytes(order="F")),
+        ("memoryview-int64", memoryview(flat.view(np.int64)), flat.tobytes()),
+    ]
+
+
+@pytest.mark.parametrize(("label", "data", "raw"), _buffers(), ids=[b[0] for b in _buffers()])
+def test_writer_takes_any_buffer_and_forwards_its_bytes(
+    label: str, data: object, raw: bytes
+) -> None:
+    """Pickle protocol 5 writes a buffer of 64 KiB or more as a ``PickleBuffer`` (no
+    ``len``, possibly multi-dimensional or in Fortran order): hashed and forwarded as
+    the same bytes, the same digest, as if written as bytes."""
+    sink = io.BytesIO()
+    writer = HashingWriter(sink)
+    assert writer.write(data) == len(raw)
+    assert sink.getvalue() == raw
+    assert writer.size == len(raw)
+    assert writer.hexdigest() == written(raw)
+    alone = HashingWriter()
+    alone.write(data)
+    assert alone.hexdigest() == written(raw)
+
+
+def test_reader_fills_a_multidimensional_buffer() -> None:
+    import numpy as np
+
+    source = np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))
+    raw = source.tobytes(order="F")
+    target = np.zeros((2, 3), dtype=np.int16, order="F")
+    reader = HashingReader(io.BytesIO(raw))
+    assert reader.readinto(target) == len(raw)
+    assert (target == source).all()
+    assert reader.hexdigest() == hashlib.sha256(raw).hexdigest()

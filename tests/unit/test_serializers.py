@@ -55,6 +55,52 @@ def _deep(levels: int) -> list[Any]:
     return value
 
 
+#: Frames with categoricals: parquet gives back only string categories (as pandas'
+#: default string dtype); the others came back as plain columns or another dtype.
+CATEGORICALS = {
+    "int": ("cloudpickle", pd.DataFrame({"g": pd.Categorical([3, 1, 2], ordered=True)})),
+    "float": ("cloudpickle", pd.DataFrame({"g": pd.Categorical([0.5, 1.5, 0.5])})),
+    "datetime": (
+        "cloudpickle",
+        pd.DataFrame({"g": pd.Categorical(pd.to_datetime(["2024-01-01", "2024-02-01"]))}),
+    ),
+    "bool": ("cloudpickle", pd.DataFrame({"g": pd.Categorical([True, False])})),
+    "no-categories": (
+        "cloudpickle",
+        pd.DataFrame({"g": pd.Categorical([None, None], categories=pd.Index([], dtype=str))}),
+    ),
+    "string-dtype": (
+        "cloudpickle",
+        pd.DataFrame({"g": pd.Categorical(pd.array(["x", "y"], dtype="string"))}),
+    ),
+    "int-index": ("cloudpickle", pd.DataFrame({"a": [1, 2]}, index=pd.CategoricalIndex([2, 1]))),
+    "int-index-level": (
+        "cloudpickle",
+        pd.DataFrame(
+            {"a": [1, 2]},
+            index=pd.MultiIndex.from_arrays([pd.Categorical([1, 2]), ["x", "y"]], names=["k", "n"]),
+        ),
+    ),
+    "categorical-columns": (
+        "cloudpickle",
+        pd.DataFrame([[1, 2]], columns=pd.CategoricalIndex(["a", "b"])),
+    ),
+    "str": (
+        "parquet",
+        pd.DataFrame({"g": pd.Categorical(["b", "a", None], categories=["b", "a"], ordered=True)}),
+    ),
+    "str-index-level": (
+        "parquet",
+        pd.DataFrame(
+            {"a": [1, 2]},
+            index=pd.MultiIndex.from_arrays(
+                [pd.Categorical(["u", "v"]), ["x", "y"]], names=["k", "n"]
+            ),
+        ),
+    ),
+}
+
+
 # -- which serializer -----------------------------------------------------------------------
 
 CHOICES = [
@@ -95,6 +141,7 @@ CHOICES = [
     ("cloudpickle", pd.DataFrame([[1, 2]], columns=["a", "a"])),
     ("cloudpickle", pd.DataFrame({"o": pd.Series([1, "a"], dtype=object)})),
     ("cloudpickle", type("Text", (str,), {})("x")),
+    *CATEGORICALS.values(),
 ]
 
 
@@ -196,6 +243,7 @@ ROUND_TRIPS = [
     ),
     *[("parquet", frame) for frame in INDEX_KINDS.values()],
     ("cloudpickle", pd.DataFrame()),  # no columns: parquet would name them otherwise
+    *CATEGORICALS.values(),
     ("cloudpickle", (1, "a", (2.5, None))),
     ("cloudpickle", {1: "a", (2, 3): {4}}),
     ("cloudpickle", float("nan")),
@@ -681,3 +729,98 @@ def test_a_frame_read_back_has_the_fingerprint_it_was_written_with(
     back = storage.load_value(key, digest, serializer)
     assert back.equals(frame) and type(back.index) is type(frame.index)
     assert Fingerprinter(registry).value(back) == Fingerprinter(registry).value(frame)
+
+
+def _frame(rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"i": np.arange(rows), "x": np.linspace(0, 1, rows)})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [np.ones(10_000)],  # 80 KB: past the 64 KiB pickle 5 hands over as a PickleBuffer
+        {"a": np.asfortranarray(np.ones((300, 300))), "b": 1},
+        [_frame(20_000), _frame(3)],  # what a map collects from elements making frames
+        (np.arange(300_000),),  # past Storage.SMALL: streamed into a temporary object
+    ],
+    ids=["list-of-array", "dict-of-fortran-array", "list-of-frames", "big-tuple"],
+)
+def test_containers_of_big_buffers_store_load_and_fingerprint(
+    registry: SerializerRegistry, storage: Storage, value: Any
+) -> None:
+    serializer = registry.for_value(value)
+    assert serializer.name == "cloudpickle"
+    digest, key, _ = storage.put_value(value, serializer)
+    back = storage.load_value(key, digest, serializer)
+    items = list(value.values()) if isinstance(value, dict) else list(value)
+    again = list(back.values()) if isinstance(back, dict) else list(back)
+    for original, loaded in zip(items, again):
+        if isinstance(original, (np.ndarray, pd.DataFrame)):
+            assert_same(original, loaded)
+        else:
+            assert loaded == original
+    assert Fingerprinter(registry).value(value) == Fingerprinter(registry).value(back)
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("no pickling this")
+
+
+@pytest.mark.parametrize(
+    ("what", "hint"),
+    [
+        ("task 't': input 'x'", "leave it out with --inputs"),
+        ("output 'x'", "list the outputs to keep with --outputs"),
+        ("collected output 'x' of 'run-1'", "list the outputs to keep with --outputs"),
+        ("element 2 of 'items'", "make it picklable, or create it inside the task"),
+    ],
+)
+def test_an_unpicklable_value_is_refused_with_advice_for_its_role(
+    storage: Storage, what: str, hint: str
+) -> None:
+    from papercrane.backend.artifacts import ArtifactIO
+    from papercrane.backend.errors import InputError
+
+    with pytest.raises(InputError) as refused:
+        ArtifactIO(storage).put(_Unpicklable(), what)
+    message = str(refused.value)
+    assert message.startswith(f"{what} of type ") and "no pickling this" in message
+    assert hint in message, message
+    assert ("--inputs" in message) == ("input" in what)
+
+
+def test_a_value_that_pickles_but_cant_be_fingerprinted_is_refused_and_not_stored(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """cloudpickle stores a read-mode text file (as its contents); the fingerprint's
+    pickler refuses it. That is the user's error naming the value, not a bare TypeError
+    (a system failure to the runner), and nothing is left in storage."""
+    from papercrane.backend.artifacts import ArtifactIO
+    from papercrane.backend.errors import InputError
+
+    path = tmp_path / "notes.txt"
+    path.write_text("first line\n")
+    with path.open() as f, pytest.raises(InputError) as refused:
+        ArtifactIO(storage).put(f, "output 'f'")
+    message = str(refused.value)
+    assert message.startswith("output 'f' of type _io.TextIOWrapper can't be serialized")
+    assert "open files can't be moved" in message and "del it" in message
+    assert files_under(tmp_path / "artifacts") == []
+
+
+@pytest.mark.parametrize("label", list(CATEGORICALS))
+def test_a_categorical_frame_comes_back_with_its_fingerprint(storage: Storage, label: str) -> None:
+    """Categories, their dtype and their order survive storing: the value read back has
+    the fingerprint it was stored under, which ``%lineage`` and downstream cache keys
+    look up."""
+    from papercrane.backend.artifacts import ArtifactIO
+
+    expected, frame = CATEGORICALS[label]
+    artifacts = ArtifactIO(storage)
+    ref = artifacts.put(frame, "output 'df'")
+    assert ref.serializer == expected
+    back = artifacts.load(ref)
+    assert_same(frame, back)
+    assert list(back.dtypes) == list(frame.dtypes)
+    assert artifacts.fingerprinter().value(back) == ref.id
