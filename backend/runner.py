@@ -311,11 +311,12 @@ def execute(
     own_process: bool = False,
 ) -> AttemptResult:
     """Run a task on in-memory inputs and store its outputs. Never raises for user code:
-    ``sys.exit()`` in the cell is its failure too. So is a ``KeyboardInterrupt`` when
-    the attempt has a process of its own (``own_process``: papercrane stops such an
-    attempt by killing it, so only the task raises one there); in the kernel's process
-    it is the user interrupting the kernel, and propagates to abort the run. A
-    ``Terminated`` (the runner's SIGTERM: a pod deleted) propagates too."""
+    ``sys.exit()`` in the cell is its failure too, as is an exception class of the
+    user's deriving from ``BaseException``. So is a ``KeyboardInterrupt`` when the
+    attempt has a process of its own (``own_process``: papercrane stops such an attempt
+    by killing it, so only the task raises one there); in the kernel's process it is the
+    user interrupting the kernel, and propagates to abort the run. A ``Terminated`` (the
+    runner's SIGTERM: a pod deleted) propagates too."""
     started = time.time()
     try:
         ns = build_namespace(spec, values)
@@ -333,6 +334,14 @@ def execute(
             raise
         return AttemptResult(
             "failed", error=exit_error(exc, spec), started_at=started, ended_at=time.time()
+        )
+    except BaseException as exc:
+        # A class of the user's own deriving from BaseException (to get past their own
+        # ``except Exception``): still the cell's failure, with its traceback; left to
+        # propagate, it would end a local runner's process without a result (a system
+        # error, retried) and reach an inline task's cell as papercrane's traceback.
+        return AttemptResult(
+            "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
         )
     try:
         outputs, references, out_values = collect(spec, ns, artifacts, declared_outputs)

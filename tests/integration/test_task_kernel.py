@@ -348,3 +348,21 @@ def test_a_notebook_object_that_pickles_by_name_is_refused_once_with_what_to_do(
     assert "input 'base' could not be loaded here" in text, text
     assert "pickles by name" in text and "--executor inline" in text
     assert "after 3 attempt" not in text and "StorageError" not in text
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_a_users_baseexception_fails_the_task_once_as_the_users_error(
+    kernel: Kernel, home: Path, executor: str
+) -> None:
+    """An exception class of the user's deriving from ``BaseException`` is the cell's
+    failure like any other: its traceback, one attempt (no system retries), recorded."""
+    code = f"%%task be --executor {executor}\nclass Stop(BaseException):\n    pass\nraise Stop('x')"
+    r = kernel.run(code)
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "Task 'be' failed" in tb and "raise Stop('x')" in tb and "Stop: x" in tb
+    assert "LostProcess" not in tb and "runner.py" not in tb and "Stop" not in r.stderr
+    assert "attempt: 1 of 1" in r.widget["text/plain"] and "failed" in r.widget["text/plain"]
+    ks = kinds(home)
+    assert ks.count("attempt_started") == 1 and ks[-1] == "execution_failed"
+    assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
