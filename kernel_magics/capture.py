@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import functools
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,38 @@ _IPYTHON_HISTORY = re.compile(r"^_(i)?\d+$")
 
 def is_ipython_name(name: str) -> bool:
     return name in _IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name))
+
+
+def _ipython_use(label: str, name: str) -> str:
+    """Why a task can't read one of IPython's own names, and what to do instead: a
+    task runs outside the kernel, which is all these names are about."""
+    if name in ("exit", "quit"):
+        return (
+            f"{label} uses {name!r}, which is IPython's command to end the kernel, not "
+            "something a task can do; to make the task fail, raise an exception"
+        )
+    if name == "get_ipython":
+        return (
+            f"{label} uses 'get_ipython', which is the kernel's own shell, and a task "
+            "runs outside the kernel; do what needs the shell in a normal cell and pass "
+            "the task what it produced in a variable"
+        )
+    return (
+        f"{label} uses {name!r}, which is IPython's own history; a task runs outside "
+        "the kernel, so assign the value you need to a variable in a normal cell"
+    )
+
+
+def _is_ipython_builtin(name: str, user_ns: dict[str, Any]) -> bool:
+    """Whether ``name`` holds, in the notebook, what IPython itself put there in place of
+    a builtin: its own ``open`` (which refuses fds 0-2). That is the builtin for the
+    task, not an input to ship and hash into the cache key. Checked by identity, so a
+    variable of the user's that happens to be called ``open`` is still an input."""
+    if name != "open" or name not in user_ns:
+        return False
+    shell = sys.modules.get("IPython.core.interactiveshell")
+    ipython_open = getattr(shell, "_modified_open", None)
+    return ipython_open is not None and user_ns[name] is ipython_open
 
 
 @dataclass
@@ -219,10 +252,9 @@ def _inferred_inputs(
         if _is_dunder(n):
             continue  # __name__ and friends: the runner provides its own
         if is_ipython_name(n):
-            raise CaptureError(
-                f"{label} uses {n!r}, which is IPython's own history; a task runs outside "
-                "the kernel, so assign the value you need to a variable in a normal cell"
-            )
+            raise CaptureError(_ipython_use(label, n))
+        if _is_ipython_builtin(n, user_ns):
+            continue
         if n in user_ns or n in known:
             names.append(n)
         elif not (hasattr(builtins, n) or n in analysis.ever_bound or analysis.star_imports):
@@ -237,6 +269,7 @@ def _inferred_inputs(
         if (
             (n in user_ns or n in known)
             and not is_ipython_name(n)
+            and not _is_ipython_builtin(n, user_ns)
             and not _is_dunder(n)
             and n not in names
         ):
