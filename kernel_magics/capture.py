@@ -4,6 +4,7 @@ the values those names hold now and reports every problem with the cell's name."
 
 from __future__ import annotations
 
+import ast
 import builtins
 import functools
 import re
@@ -144,6 +145,8 @@ def capture(
     try:
         analysis, top_imports = _analyzed(transformed)
     except SyntaxError as exc:
+        if _awaits_at_top_level(transformed):
+            raise _top_level_await(exc, cell, label) from None
         raise _syntax_error(exc, cell, label) from None
     name = check_name(name or default_name(analysis, outputs))
     label = f"task {name!r}"
@@ -228,12 +231,39 @@ def _analyzed(source: str) -> tuple[CellAnalysis, dict[str, Any]]:
     """The analysis of a cell's code, which depends on its text alone: re-running a
     cell (the common case) skips parsing it twice and walking its AST. Callers only
     read the result. (A SyntaxError is not cached: it is raised again each time.)"""
-    return analyze(source), _top_level_imports(source)
+    analysis = analyze(source)
+    # What only the compiler refuses ('await' or 'return' outside a function, say) is
+    # refused here too, before anything is stored, not when the task runs and fails.
+    compile(source, "<task>", "exec", dont_inherit=True)
+    return analysis, _top_level_imports(source)
+
+
+def _awaits_at_top_level(source: str) -> bool:
+    """Whether the code compiles once top-level ``await`` (``async for``, ``async with``)
+    is allowed, as IPython allows it in a normal cell: then that is what is wrong."""
+    try:
+        compile(source, "<task>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except SyntaxError:
+        return False
+    return True
+
+
+def _top_level_await(exc: SyntaxError, cell: str, label: str) -> CaptureError:
+    """A task's code runs as a module, where top-level ``await`` is a syntax error (only
+    IPython's own cells run in its event loop); said before anything is recorded, with
+    the way out."""
+    lineno = (exc.lineno or 1) + 1  # +1: the %%task line is the cell's line 1
+    lines = cell.splitlines()
+    text = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
+    return CaptureError(
+        f"{label}, line {lineno}: {text!r} awaits at the top level of the cell, which only "
+        "a normal cell can do; put it in an async function and call asyncio.run(...) on "
+        "it inside the task (under the local executor: an inline task is inside the "
+        "kernel's running event loop, where asyncio.run can't start another)"
+    )
 
 
 def _top_level_imports(source: str) -> dict[str, Any]:
-    import ast
-
     lines, names = [], set()
     for stmt in ast.parse(source).body:
         if isinstance(stmt, ast.Import) or (isinstance(stmt, ast.ImportFrom) and not stmt.level):
