@@ -366,3 +366,23 @@ def test_a_users_baseexception_fails_the_task_once_as_the_users_error(
     ks = kinds(home)
     assert ks.count("attempt_started") == 1 and ks[-1] == "execution_failed"
     assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_display_in_a_task_shows_in_the_cell(kernel: Kernel, executor: str) -> None:
+    """``display()``, a builtin in a notebook cell, works in a task on any executor: what
+    it shows reaches the cell, rich formats included, before the last expression's value."""
+    code = (
+        f"%%task displocal --executor {executor}\n"
+        "from IPython.display import HTML\n"
+        "display(HTML('<b>shown</b>'))\n"
+        "display({'a': 1}, 'two')\n"
+        "res2 = 1\n"
+        "res2 + 1"
+    )
+    r = kernel.run(code).ok()
+    shown = [d for d in r.displays if "application/vnd.jupyter.widget-view+json" not in d]
+    assert [d.get("text/html") for d in shown] == ["<b>shown</b>", None, None, None], shown
+    assert [d["text/plain"] for d in shown[1:]] == ["{'a': 1}", "'two'", "2"]
+    assert "succeeded" in r.widget["text/plain"]
+    assert kernel.run("print(res2)").ok().stdout.strip() == "1"
