@@ -180,8 +180,16 @@ def _strip(te: traceback.TracebackException) -> None:
         te = te.__cause__ or te.__context__  # type: ignore[assignment]
 
 
-def build_namespace(spec: TaskSpec, values: dict[str, Any]) -> dict[str, Any]:
+def build_namespace(
+    spec: TaskSpec, values: dict[str, Any], displayed: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The cell's globals: builtins, its imports and its inputs. ``displayed``: where a
+    ``display()`` call keeps what it shows, in a process without IPython's ``display``
+    builtin (a local or Kubernetes task); in the kernel, ``display`` is IPython's own
+    and shows in the cell at once."""
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    if displayed is not None and not hasattr(builtins, "display"):
+        ns["display"] = _Display(displayed)
     for entry in spec.imports:
         name, _, ref = entry.partition("=")
         ns[name] = resolve_reference(ref)
@@ -234,8 +242,11 @@ def _checkpoint_location() -> Any:
     return location
 
 
-def display_bundle(value: Any, formatter: Any = None) -> dict[str, Any] | None:
-    """A JSON mime bundle of the cell's final value, as the notebook would show it."""
+def display_bundle(
+    value: Any, formatter: Any = None, include: Any = None, exclude: Any = None
+) -> dict[str, Any] | None:
+    """A JSON mime bundle of the cell's final value (or of what it passed to
+    ``display()``), as the notebook would show it."""
     if value is None:
         return None
     try:
@@ -245,13 +256,78 @@ def display_bundle(value: Any, formatter: Any = None) -> dict[str, Any] | None:
 
             shell = get_ipython()
             formatter = shell.display_formatter if shell is not None else DisplayFormatter()
-        data, metadata = formatter.format(value)
+        data, metadata = formatter.format(value, include=include, exclude=exclude)
     except Exception:
         data, metadata = {"text/plain": repr(value)}, {}
     data = {k: v for k, v in data.items() if len(str(v)) < _MAX_DISPLAY_BYTES}
     if not data:
         return None
     return {"data": data, "metadata": metadata}
+
+
+class _Display:
+    """``display(*objs)`` for a task outside the kernel, which a notebook cell has as a
+    builtin and a task's code is written for: each object's mime bundle, formatted as
+    the notebook would, is kept for the kernel to show in the cell once the task
+    succeeds (after what the cell printed, before its last expression's value)."""
+
+    def __init__(self, displayed: list[dict[str, Any]]) -> None:
+        self._displayed = displayed
+        self._size = 0
+        self._formatter: Any = None
+
+    def __call__(
+        self,
+        *objs: Any,
+        include: Any = None,
+        exclude: Any = None,
+        metadata: dict[str, Any] | None = None,
+        raw: bool = False,
+        **ignored: Any,
+    ) -> None:
+        # (display_id, transient, clear: a display can't be updated once the task ended)
+        for obj in objs:
+            if raw:
+                bundle = {"data": dict(obj), "metadata": dict(metadata or {})}
+            else:
+                if self._formatter is None:
+                    self._formatter = _formatter()
+                bundle = display_bundle(obj, self._formatter, include, exclude)
+                if bundle is None:
+                    continue
+                if metadata:
+                    bundle["metadata"] = {**bundle["metadata"], **metadata}
+            size = len(json.dumps(bundle, default=str))
+            if self._size + size > _MAX_DISPLAY_BYTES:
+                print(
+                    f"papercrane: display() output past {_MAX_DISPLAY_BYTES >> 20} MiB is not "
+                    "kept; write big results to outputs instead",
+                    file=sys.stderr,
+                )
+                return
+            self._size += size
+            self._displayed.append(bundle)
+
+
+def _formatter() -> Any:
+    """IPython's display formatter, or None (``display_bundle`` then falls back to the
+    object's repr) where IPython is not installed."""
+    try:
+        from IPython.core.formatters import DisplayFormatter
+    except ImportError:
+        return None
+    return DisplayFormatter()
+
+
+def shown_bundles(display: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What a task's cell shows once it ran, in order: the bundles its ``display()``
+    calls kept (a task outside the kernel), then its last expression's value."""
+    if not display:
+        return []
+    bundles = list(display.get("displayed") or [])
+    if display.get("data"):
+        bundles.append({"data": display["data"], "metadata": display.get("metadata") or {}})
+    return bundles
 
 
 @functools.lru_cache(maxsize=256)
@@ -311,14 +387,16 @@ def execute(
     own_process: bool = False,
 ) -> AttemptResult:
     """Run a task on in-memory inputs and store its outputs. Never raises for user code:
-    ``sys.exit()`` in the cell is its failure too. So is a ``KeyboardInterrupt`` when
-    the attempt has a process of its own (``own_process``: papercrane stops such an
-    attempt by killing it, so only the task raises one there); in the kernel's process
-    it is the user interrupting the kernel, and propagates to abort the run. A
-    ``Terminated`` (the runner's SIGTERM: a pod deleted) propagates too."""
+    ``sys.exit()`` in the cell is its failure too, as is an exception class of the
+    user's deriving from ``BaseException``. So is a ``KeyboardInterrupt`` when the
+    attempt has a process of its own (``own_process``: papercrane stops such an attempt
+    by killing it, so only the task raises one there); in the kernel's process it is the
+    user interrupting the kernel, and propagates to abort the run. A ``Terminated`` (the
+    runner's SIGTERM: a pod deleted) propagates too."""
     started = time.time()
+    displayed: list[dict[str, Any]] = []
     try:
-        ns = build_namespace(spec, values)
+        ns = build_namespace(spec, values, displayed)
         if checkpoint_key:
             with _checkpoint_location()(artifacts.storage, checkpoint_key):
                 last = run_code(spec, ns)
@@ -334,9 +412,19 @@ def execute(
         return AttemptResult(
             "failed", error=exit_error(exc, spec), started_at=started, ended_at=time.time()
         )
+    except BaseException as exc:
+        # A class of the user's own deriving from BaseException (to get past their own
+        # ``except Exception``): still the cell's failure, with its traceback; left to
+        # propagate, it would end a local runner's process without a result (a system
+        # error, retried) and reach an inline task's cell as papercrane's traceback.
+        return AttemptResult(
+            "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
+        )
     try:
         outputs, references, out_values = collect(spec, ns, artifacts, declared_outputs)
         display = display_bundle(last, formatter)
+        if displayed:
+            display = {**(display or {"data": {}, "metadata": {}}), "displayed": displayed}
     except PapercraneError as exc:
         kind = "user" if isinstance(exc, UserError) else "system"
         err = {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": ""}

@@ -4,9 +4,11 @@ the values those names hold now and reports every problem with the cell's name."
 
 from __future__ import annotations
 
+import ast
 import builtins
 import functools
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,38 @@ _IPYTHON_HISTORY = re.compile(r"^_(i)?\d+$")
 
 def is_ipython_name(name: str) -> bool:
     return name in _IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name))
+
+
+def _ipython_use(label: str, name: str) -> str:
+    """Why a task can't read one of IPython's own names, and what to do instead: a
+    task runs outside the kernel, which is all these names are about."""
+    if name in ("exit", "quit"):
+        return (
+            f"{label} uses {name!r}, which is IPython's command to end the kernel, not "
+            "something a task can do; to make the task fail, raise an exception"
+        )
+    if name == "get_ipython":
+        return (
+            f"{label} uses 'get_ipython', which is the kernel's own shell, and a task "
+            "runs outside the kernel; do what needs the shell in a normal cell and pass "
+            "the task what it produced in a variable"
+        )
+    return (
+        f"{label} uses {name!r}, which is IPython's own history; a task runs outside "
+        "the kernel, so assign the value you need to a variable in a normal cell"
+    )
+
+
+def _is_ipython_builtin(name: str, user_ns: dict[str, Any]) -> bool:
+    """Whether ``name`` holds, in the notebook, what IPython itself put there in place of
+    a builtin: its own ``open`` (which refuses fds 0-2). That is the builtin for the
+    task, not an input to ship and hash into the cache key. Checked by identity, so a
+    variable of the user's that happens to be called ``open`` is still an input."""
+    if name != "open" or name not in user_ns:
+        return False
+    shell = sys.modules.get("IPython.core.interactiveshell")
+    ipython_open = getattr(shell, "_modified_open", None)
+    return ipython_open is not None and user_ns[name] is ipython_open
 
 
 @dataclass
@@ -111,6 +145,8 @@ def capture(
     try:
         analysis, top_imports = _analyzed(transformed)
     except SyntaxError as exc:
+        if _awaits_at_top_level(transformed):
+            raise _top_level_await(exc, cell, label) from None
         raise _syntax_error(exc, cell, label) from None
     name = check_name(name or default_name(analysis, outputs))
     label = f"task {name!r}"
@@ -195,12 +231,39 @@ def _analyzed(source: str) -> tuple[CellAnalysis, dict[str, Any]]:
     """The analysis of a cell's code, which depends on its text alone: re-running a
     cell (the common case) skips parsing it twice and walking its AST. Callers only
     read the result. (A SyntaxError is not cached: it is raised again each time.)"""
-    return analyze(source), _top_level_imports(source)
+    analysis = analyze(source)
+    # What only the compiler refuses ('await' or 'return' outside a function, say) is
+    # refused here too, before anything is stored, not when the task runs and fails.
+    compile(source, "<task>", "exec", dont_inherit=True)
+    return analysis, _top_level_imports(source)
+
+
+def _awaits_at_top_level(source: str) -> bool:
+    """Whether the code compiles once top-level ``await`` (``async for``, ``async with``)
+    is allowed, as IPython allows it in a normal cell: then that is what is wrong."""
+    try:
+        compile(source, "<task>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except SyntaxError:
+        return False
+    return True
+
+
+def _top_level_await(exc: SyntaxError, cell: str, label: str) -> CaptureError:
+    """A task's code runs as a module, where top-level ``await`` is a syntax error (only
+    IPython's own cells run in its event loop); said before anything is recorded, with
+    the way out."""
+    lineno = (exc.lineno or 1) + 1  # +1: the %%task line is the cell's line 1
+    lines = cell.splitlines()
+    text = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
+    return CaptureError(
+        f"{label}, line {lineno}: {text!r} awaits at the top level of the cell, which only "
+        "a normal cell can do; put it in an async function and call asyncio.run(...) on "
+        "it inside the task (under the local executor: an inline task is inside the "
+        "kernel's running event loop, where asyncio.run can't start another)"
+    )
 
 
 def _top_level_imports(source: str) -> dict[str, Any]:
-    import ast
-
     lines, names = [], set()
     for stmt in ast.parse(source).body:
         if isinstance(stmt, ast.Import) or (isinstance(stmt, ast.ImportFrom) and not stmt.level):
@@ -219,10 +282,9 @@ def _inferred_inputs(
         if _is_dunder(n):
             continue  # __name__ and friends: the runner provides its own
         if is_ipython_name(n):
-            raise CaptureError(
-                f"{label} uses {n!r}, which is IPython's own history; a task runs outside "
-                "the kernel, so assign the value you need to a variable in a normal cell"
-            )
+            raise CaptureError(_ipython_use(label, n))
+        if _is_ipython_builtin(n, user_ns):
+            continue
         if n in user_ns or n in known:
             names.append(n)
         elif not (hasattr(builtins, n) or n in analysis.ever_bound or analysis.star_imports):
@@ -237,6 +299,7 @@ def _inferred_inputs(
         if (
             (n in user_ns or n in known)
             and not is_ipython_name(n)
+            and not _is_ipython_builtin(n, user_ns)
             and not _is_dunder(n)
             and n not in names
         ):

@@ -298,7 +298,13 @@ class NotebookWorkflow:
 
         for name, run in result.nodes.items():
             display_id = display_ids.get(name)
-            if run.display and display_id:
+            if not run.display:
+                continue
+            # What the task's display() calls kept (a task outside the kernel) shows
+            # where the run happens, as an inline task's display() does.
+            for bundle in run.display.get("displayed") or []:
+                publish_display_data(bundle["data"], bundle["metadata"])
+            if run.display.get("data") and display_id:
                 publish_display_data(
                     run.display["data"],
                     run.display.get("metadata") or {},

@@ -390,7 +390,10 @@ class Session:
         if result.display:
             from IPython.display import publish_display_data
 
-            publish_display_data(result.display["data"], result.display.get("metadata") or {})
+            from papercrane.backend.runner import shown_bundles
+
+            for bundle in shown_bundles(result.display):
+                publish_display_data(bundle["data"], bundle["metadata"])
         return result
 
     def _widget_parts(self) -> dict[str, Any]:

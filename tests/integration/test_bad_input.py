@@ -60,6 +60,13 @@ CASES = [
     ("%%task t\n%time y = 1", "needs the kernel", ""),
     ("%%task t\nexec('y = 1')", "exec() hides which variables", "--inputs and --outputs"),
     ("%%task t\nfrom os.path import *", "'import *' hides which names", "--outputs"),
+    (
+        "%%task aw\nimport asyncio\nx = await asyncio.sleep(0, 1)",
+        "task 'aw', line 3: 'x = await asyncio.sleep(0, 1)' awaits at the top level",
+        "async function and call asyncio.run(...) on it inside the task",
+    ),
+    ("%%task t\nasync for v in gen:\n    pass", "line 2: 'async for v in gen:' awaits", ""),
+    ("%%task t\ny = 1\nreturn y", "syntax error on line 3: 'return' outside function", ""),
     ("%%task 'bad name!'\ny = 1", "task name", "letters"),
     ("%%task has space\ny = 1", "task names can't contain spaces: 'has space'", "'has_space'"),
     ("%%task t --cache-version 2\ny = 1", "--cache-version 2 keys the cache", "add --cache"),

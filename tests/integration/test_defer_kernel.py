@@ -117,6 +117,17 @@ def test_a_deferred_tasks_last_expression_is_shown_in_its_own_cell(kernel: Kerne
     assert not [d for d in flushing.displays if d.get("text/plain") == "10"]
 
 
+def test_what_a_deferred_local_task_displays_shows_where_it_runs(kernel: Kernel) -> None:
+    """A local task's ``display()`` output shows in the cell that ran it, as an inline
+    task's does; its last expression still replaces its own "deferred" note."""
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task dl --executor local\nout6 = 6\ndisplay('from dl')\nout6 * 2").ok()
+    flushing = kernel.run("print(out6)").ok()
+    assert flushing.stdout.strip() == "6"
+    assert [d for d in flushing.displays if d.get("text/plain") == "'from dl'"]
+    assert [u["text/plain"] for u in flushing.updates if "text/plain" in u][-1] == "12"
+
+
 def test_a_deferred_output_read_out_of_sight_says_it_is_deferred(kernel: Kernel) -> None:
     """A function defined before the task cell reads the output: the cell that calls it
     names no output, so nothing runs first, and the NameError says why and what to do."""

@@ -382,3 +382,41 @@ def test_lists_and_dicts_of_big_arrays_and_frames_go_in_and_out_of_tasks(
     kernel.run(cell).ok()
     r = kernel.run("print([len(d) for d in df], int(df[1]['k'].sum()), df[0]['x'].dtype)").ok()
     assert r.stdout.strip() == "[20000, 20000] 40000 int64"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_a_users_baseexception_fails_the_task_once_as_the_users_error(
+    kernel: Kernel, home: Path, executor: str
+) -> None:
+    """An exception class of the user's deriving from ``BaseException`` is the cell's
+    failure like any other: its traceback, one attempt (no system retries), recorded."""
+    code = f"%%task be --executor {executor}\nclass Stop(BaseException):\n    pass\nraise Stop('x')"
+    r = kernel.run(code)
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "Task 'be' failed" in tb and "raise Stop('x')" in tb and "Stop: x" in tb
+    assert "LostProcess" not in tb and "runner.py" not in tb and "Stop" not in r.stderr
+    assert "attempt: 1 of 1" in r.widget["text/plain"] and "failed" in r.widget["text/plain"]
+    ks = kinds(home)
+    assert ks.count("attempt_started") == 1 and ks[-1] == "execution_failed"
+    assert kernel.run("print('still here')").ok().stdout.strip() == "still here"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_display_in_a_task_shows_in_the_cell(kernel: Kernel, executor: str) -> None:
+    """``display()``, a builtin in a notebook cell, works in a task on any executor: what
+    it shows reaches the cell, rich formats included, before the last expression's value."""
+    code = (
+        f"%%task displocal --executor {executor}\n"
+        "from IPython.display import HTML\n"
+        "display(HTML('<b>shown</b>'))\n"
+        "display({'a': 1}, 'two')\n"
+        "res2 = 1\n"
+        "res2 + 1"
+    )
+    r = kernel.run(code).ok()
+    shown = [d for d in r.displays if "application/vnd.jupyter.widget-view+json" not in d]
+    assert [d.get("text/html") for d in shown] == ["<b>shown</b>", None, None, None], shown
+    assert [d["text/plain"] for d in shown[1:]] == ["{'a': 1}", "'two'", "2"]
+    assert "succeeded" in r.widget["text/plain"]
+    assert kernel.run("print(res2)").ok().stdout.strip() == "1"

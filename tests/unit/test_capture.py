@@ -300,6 +300,49 @@ def test_reading_ipython_history_raises(history: str) -> None:
         run_capture(f"y = {history}", notebook(**{history: 1}))
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("exit", "IPython's command to end the kernel.*raise an exception"),
+        ("quit", "IPython's command to end the kernel.*raise an exception"),
+        ("get_ipython", "the kernel's own shell.*normal cell"),
+    ],
+)
+def test_reading_ipython_commands_says_what_they_are(name: str, says: str) -> None:
+    with pytest.raises(CaptureError, match=says) as info:
+        run_capture(f"f = {name}", notebook(**{name: object()}))
+    assert f"task 'f' uses {name!r}" in str(info.value) and "history" not in str(info.value)
+
+
+def ipython_open() -> Any:
+    """The ``open`` a real IPython shell puts in the notebook's namespace."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    created = not InteractiveShell.initialized()
+    try:
+        opener = InteractiveShell.instance().user_ns["open"]
+    finally:
+        if created:
+            InteractiveShell.clear_instance()
+    assert opener is not builtins.open  # (else these tests prove nothing)
+    return opener
+
+
+def test_ipythons_own_open_is_the_builtin_not_an_input() -> None:
+    ns = notebook(open=ipython_open(), path="/etc/hostname")
+    cap = run_capture("txt = open(path).read()", ns)
+    assert cap.inputs == ("path",) and "open" not in cap.values
+    define(ns, "def read(p):\n    return open(p).read()")
+    cap = run_capture("def again(p):\n    return open(p)\ntxt = read(path)", ns)
+    assert cap.inputs == ("read", "path")  # (open read inside a function: not either)
+
+
+def test_a_users_own_variable_named_open_is_still_an_input() -> None:
+    mine = lambda p: "mine"  # noqa: E731
+    cap = run_capture("txt = open('x')", notebook(open=mine))
+    assert cap.inputs == ("open",) and cap.values["open"] is mine
+
+
 # -- syntax errors -------------------------------------------------------------------------
 
 
