@@ -835,6 +835,23 @@ def test_a_parameter_a_later_task_cell_sets_again_is_refused(home: Path, tmp_pat
     assert later == {"items": 2, "total": 3}, later
 
 
+def test_a_map_over_a_misspelt_variable_says_it_does_not_exist(home: Path, tmp_path: Path) -> None:
+    """Not that the element of 'itemz' can't be named: the kernel (batch mode) says the
+    variable does not exist, and which one was meant."""
+    src = write_notebook(
+        tmp_path / "typo.ipynb",
+        "%load_ext papercrane",
+        "items = [1, 2, 3]",
+        "%%task o4 --map itemz\ny = item * 2",
+        "print(y)",
+    )
+    result = papercrane(home, "run", str(src), "-q", "-o", str(tmp_path / "typo.out.ipynb"))
+    assert result.returncode == 1, result.stderr
+    assert "--map itemz, but the notebook has no variable 'itemz'" in result.stderr, result.stderr
+    assert "(did you mean 'items'?)" in result.stderr
+    assert "can't tell what to call" not in result.stderr
+
+
 def test_two_runs_at_once_each_show_their_own_executions(home: Path, tmp_path: Path) -> None:
     """Two ``papercrane run``s in one project at the same time, of notebooks with the
     same file name (so the same workflow name) and a task named alike: each follows only

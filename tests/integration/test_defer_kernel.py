@@ -210,3 +210,18 @@ def test_a_refused_recover_leaves_the_deferred_fix_to_run(kernel: Kernel, workdi
     assert "[deferred] b" in shown, shown
     assert kernel.run("print(res)").ok().stdout.strip() == "13"
     assert log.read_text().splitlines() == ["b", "b fixed"]
+
+
+def test_a_map_over_a_misspelt_variable_says_it_does_not_exist(kernel: Kernel) -> None:
+    """Deferred, ``--map itemz`` said it could not tell what to call one element of
+    'itemz': the variable does not exist, a deferred task's output counts as existing."""
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task mk --executor inline\nitems = [1, 2, 3]").ok()
+    r = kernel.run("%%task o4 --map itemz --executor inline\ny = item")
+    assert r.status == "error" and r.error["ename"] == "UsageError", r.text
+    assert (
+        "task 'o4': --map itemz, but the notebook has no variable 'itemz' (did you mean 'items'?)"
+        in r.error["evalue"]
+    ), r.error["evalue"]
+    kernel.run("%%task o4 --map items --executor inline\ny = item * 2").ok()
+    assert kernel.run("print(y)").ok().stdout.strip() == "[2, 4, 6]"
