@@ -39,9 +39,9 @@ class FileWorkflow:
     parameters: list[str]
     #: The kernel the notebook names (``metadata.kernelspec.name``), "" if none.
     kernel: str = ""
-    #: Names a plain cell (or a second cell tagged "parameters") assigns after the first
-    #: parameters cell, where papermill puts the ``-p`` values, with that cell's index: a
-    #: ``-p`` value for one would be replaced. A cell that reads the name before it
+    #: Names a cell (plain, ``%%task``, or a second one tagged "parameters") assigns after
+    #: the first parameters cell, where papermill puts the ``-p`` values, with that cell's
+    #: index: a ``-p`` value for one would be replaced. A cell that reads the name before it
     #: assigns it (``n = int(n)``) uses the value given, and is not counted.
     assigned_later: dict[str, int] = field(default_factory=dict)
     #: The indexes of the cells tagged "parameters"; papermill puts the values after the
@@ -153,6 +153,11 @@ def notebook_workflow(path: str | Path) -> FileWorkflow:
         if args.map_over and args.map_over not in inputs:
             inputs.append(args.map_over)
         bound |= set(found.bound) - found.import_bound
+        # Its outputs are bound into the notebook, as a plain cell's assignments are: a
+        # -p value for one would be replaced too, unless the cell reads it first.
+        for out in outputs:
+            if out not in found.import_bound and out not in found.reads:
+                later.setdefault(out, index)
         task = FileTask(name, index, inputs, outputs, map_over=args.map_over or "")
         task.upstream = {n: producers[n] for n in inputs if n in producers}
         if task.map_over and task.map_over in producers:

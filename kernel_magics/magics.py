@@ -295,8 +295,14 @@ class PapercraneMagics(Magics):
                 gpu=d.parse_gpu(args.gpu) if args.gpu is not None else None,
             ),
         )
+        ns = self.shell.user_ns
         mapping = None
         if args.map_over:
+            # Whether the variable exists first: a typo (``--map itemz``) is not a name
+            # whose singular can't be told, which is what map_spec would say of it.
+            wf = self._session.workflow if self._session is not None else None
+            deferred = wf.pending_outputs() if wf is not None and wf.deferring else frozenset()
+            _check_map_over(args.map_over, args.name, ns, deferred)
             mapping = d.map_spec(
                 args.map_over, args.map_as, args.min_success_ratio, args.map_concurrency
             )
@@ -306,7 +312,6 @@ class PapercraneMagics(Magics):
         domain = args.domain or self.settings.domain
         d.check_scope(project, domain)
         session = self.session
-        ns = self.shell.user_ns
         workflow = session.workflow
         if workflow.deferring and workflow.rebound():
             # A plain cell bound a deferred output again out of analysis's sight: the
@@ -333,10 +338,7 @@ class PapercraneMagics(Magics):
             raise _from_a_failed_task(missing, session) from None
         if mapping is not None:
             over = mapping.over
-            if over not in ns and over not in pending:
-                raise d.InputError(
-                    f"task {cap.name!r}: --map {over}, but the notebook has no variable {over!r}"
-                )
+            _check_map_over(over, cap.name, ns, pending)  # (a deferred task's, if it failed)
             if over in ns and over not in pending:
                 if not hasattr(ns[over], "__iter__") and not hasattr(ns[over], "__getitem__"):
                     # (refused here, before any execution records the mistake)
@@ -518,6 +520,28 @@ def _from_a_failed_task(missing: Any, session: Any) -> Exception:
                 missing.reader,
             )
     return missing
+
+
+def _check_map_over(
+    over: str, task: str | None, ns: dict[str, Any], pending: frozenset[str]
+) -> None:
+    """``--map OVER`` must name a variable the notebook has, or one a deferred task
+    assigns: refused here, naming the cell's task and a near name if there is one (a
+    typo), before anything runs. (Not a variable name at all: map_spec says what to do.)"""
+    if not over.isidentifier() or over in ns or over in pending:
+        return
+    import difflib
+
+    from papercrane.backend.errors import InputError
+
+    names = [n for n in [*ns, *pending] if not n.startswith("_")]
+    near = difflib.get_close_matches(over, names, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    who = f"task {task!r}: " if task else ""
+    raise InputError(
+        f"{who}--map {over}, but the notebook has no variable {over!r}{hint}; --map names "
+        "the variable that holds the elements: assign it in a cell above this one"
+    )
 
 
 def _reads(source: str) -> set[str]:

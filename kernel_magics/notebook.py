@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -534,27 +535,46 @@ class NotebookWorkflow:
         """Re-run a failed execution, reusing what succeeded. If it is this notebook's
         workflow and its task cells changed since (the user fixed the failing cell and
         ran it), the cells as they are now run: the changed nodes and everything
-        downstream of them run again, the rest is reused (``engine.recover``)."""
+        downstream of them run again, the rest is reused (``engine.recover``). Cells
+        batch mode deferred are among them: the recovery runs them, once, as ``run``
+        does (left deferred, the next plain cell ran the fixed cell a second time)."""
         from papercrane.backend.engine import check_recoverable
-
-        from .workflow_widget import WorkflowWidget
 
         engine = self.session.engine_for(*self._options(list(self.session.records.values())))
         source = engine.execution(execution_id)
         execution_id = source.id  # (given by the start of its id, perhaps)
         check_recoverable(source)  # (before a widget is shown)
         spec = edited = None
+        ours = source.kind == "workflow" and source.name == self.name()
         if source.kind == "workflow":
             spec = engine.workflow(source.workflow_version)
-            if source.name == self.name() and self.session.records:
+            if ours and self.session.records:
                 current = self.spec()
                 if current.version() != spec.version():
                     spec = edited = current
-        widget = WorkflowWidget(spec, live=True, title=f"recovering {execution_id}")
-        widget.show()
         records = list(self.session.records.values()) if edited is not None else []
+        run = _Recovery(engine, execution_id, spec, edited, records, source.name)
+        if not (ours and self.pending):
+            return self._recover(run)
+        taken = (self.pending, dict(self._held), dict(self._value_displays))
+        _, later, shown = self._take_pending()
+        return self._settled(lambda: self._recover(run, taken), later, shown)
+
+    def _recover(
+        self,
+        run: _Recovery,
+        taken: tuple[list[CellRecord], dict[str, Any], dict[str, str]] | None = None,
+    ) -> Any:
+        """``recover``'s run, with its widget. ``taken``: the deferred cells it runs, and
+        batch mode's state for them, given back if the engine refuses the recovery before
+        anything runs (they are still to run then)."""
+        from .workflow_widget import WorkflowWidget
+
+        widget = WorkflowWidget(run.spec, live=True, title=f"recovering {run.execution_id}")
+        widget.show()
+        records = run.records
         try:
-            result = engine.recover(execution_id, listener=widget, workflow=edited)
+            result = run.engine.recover(run.execution_id, listener=widget, workflow=run.edited)
         except WorkflowFailed as failure:
             widget.finish()
             self.last_run = failure.execution_id
@@ -562,12 +582,20 @@ class NotebookWorkflow:
             raise WorkflowError(failure) from None
         except TaskFailed as failure:  # a single task's execution, failing again
             widget.finish()
-            raise TaskError(failure, source.name) from None
+            raise TaskError(failure, run.name) from None
         except ExecutionAborted as aborted:
             widget.finish()
             if widget.state is not None:
                 self.last_run = widget.state.id
             raise TaskInterrupted(str(aborted)) from None
+        except UserError:  # refused (no execution began: none was seen)
+            widget.finish()
+            if taken is not None and widget.state is None:
+                pending, held, displays = taken
+                self.pending = pending + self.pending
+                self._held = {**held, **self._held}
+                self._value_displays.update(displays)
+            raise
         widget.finish()
         self.last_run = result.execution.id
         self._bind(result, records)
@@ -618,6 +646,20 @@ class NotebookWorkflow:
 
 
 _UNBOUND = object()  # (a name with no value in the notebook)
+
+
+@dataclass(frozen=True)
+class _Recovery:
+    """What ``%workflow recover`` runs: the execution, the workflow as it ran (for the
+    widget), the notebook's cells as they are now if they changed since (``edited``,
+    whose ``records`` the result binds), and the source's name (for a task's error)."""
+
+    engine: Any
+    execution_id: str
+    spec: WorkflowSpec | None
+    edited: WorkflowSpec | None
+    records: list[CellRecord]
+    name: str
 
 
 def _position(rec: CellRecord) -> str:

@@ -802,6 +802,56 @@ def test_a_parameter_a_later_cell_sets_again_is_refused(home: Path, tmp_path: Pa
     assert "used 10" in printed(nbformat.read(out, as_version=4))
 
 
+def test_a_parameter_a_later_task_cell_sets_again_is_refused(home: Path, tmp_path: Path) -> None:
+    """A task cell's assignments are bound into the notebook too: ``n = 7`` in a task
+    after the parameters cell replaced ``-p n 5`` silently (rc 0, ``range(7)``). Refused
+    like a plain cell's, naming that cell; a task that uses the value (``n = n + 1``) is
+    fine."""
+    from papercrane.backend.notebook_file import notebook_workflow
+
+    src = write_notebook(
+        tmp_path / "taskassign.ipynb",
+        "%load_ext papercrane",
+        ("n = 4", ["parameters"]),
+        "%%task make\nn = 7\nitems = list(range(n))",
+        "print(items)",
+    )
+    result = papercrane(home, "run", str(src), "-q", "-p", "n", "5")
+    assert result.returncode == 1, result.stderr
+    assert (
+        "-p n: cell 3 assigns 'n' after the parameters are set (papermill sets them after "
+        "cell 2, the first tagged 'parameters')" in result.stderr
+    ), result.stderr
+    assert "remove that assignment" in result.stderr
+    assert executions(home) == []  # (refused before a kernel started)
+    uses = write_notebook(
+        tmp_path / "taskuses.ipynb",
+        "%load_ext papercrane",
+        ("n = 4", ["parameters"]),
+        "%%task bump\nn = n + 1\nitems = list(range(n))",
+        "%%task declared --outputs total\nn = 2\ntotal = n + 1",  # (n is not bound back)
+    )
+    later = notebook_workflow(uses).assigned_later
+    assert later == {"items": 2, "total": 3}, later
+
+
+def test_a_map_over_a_misspelt_variable_says_it_does_not_exist(home: Path, tmp_path: Path) -> None:
+    """Not that the element of 'itemz' can't be named: the kernel (batch mode) says the
+    variable does not exist, and which one was meant."""
+    src = write_notebook(
+        tmp_path / "typo.ipynb",
+        "%load_ext papercrane",
+        "items = [1, 2, 3]",
+        "%%task o4 --map itemz\ny = item * 2",
+        "print(y)",
+    )
+    result = papercrane(home, "run", str(src), "-q", "-o", str(tmp_path / "typo.out.ipynb"))
+    assert result.returncode == 1, result.stderr
+    assert "--map itemz, but the notebook has no variable 'itemz'" in result.stderr, result.stderr
+    assert "(did you mean 'items'?)" in result.stderr
+    assert "can't tell what to call" not in result.stderr
+
+
 def test_two_runs_at_once_each_show_their_own_executions(home: Path, tmp_path: Path) -> None:
     """Two ``papercrane run``s in one project at the same time, of notebooks with the
     same file name (so the same workflow name) and a task named alike: each follows only

@@ -181,3 +181,58 @@ def test_workflow_run_runs_the_deferred_cells_once(kernel: Kernel, workdir: Path
     assert kernel.run("print(x, y)").ok().stdout.strip() == "4 8"
     kernel.run("%workflow defer off").ok()  # (nothing is left to run)
     assert log.read_text().split() == ["a", "b"]
+
+
+def test_workflow_recover_runs_the_deferred_fix_once(kernel: Kernel, workdir: Path) -> None:
+    """A fixed task cell, deferred, then ``%workflow recover``: the recovery runs the
+    fix, and takes it out of batch mode's hands. Left deferred, the next plain cell ran
+    it a second time, as a new workflow."""
+    log = workdir / "ran.log"
+    kernel.run("%workflow defer").ok()
+    kernel.run("n = 3\nok = False").ok()
+    kernel.run("%%task a --executor inline\nbase = n").ok()
+    b = "%%task b --executor inline\nopen({log!r}, 'a').write('{tag}\\n')\n{body}res = base + 1"
+    kernel.run(b.format(log=str(log), tag="b", body="assert ok, 'not ok'\n")).ok()
+    assert kernel.run("print('res', res)").status == "error"  # (flushes: b fails)
+    kernel.run("ok = True").ok()
+    kernel.run(b.format(log=str(log), tag="b fixed", body="")).ok()  # deferred again
+    recovered = kernel.run("%workflow recover").ok()
+    assert "succeeded" in recovered.text, recovered.text
+    assert kernel.run("print('res after recover', res)").ok().stdout.strip().endswith("4")
+    assert log.read_text().splitlines() == ["b", "b fixed"]
+    shown = kernel.run("%workflow show").ok().displays[-1]["text/plain"]
+    assert "[deferred]" not in shown, shown
+
+
+def test_a_refused_recover_leaves_the_deferred_fix_to_run(kernel: Kernel, workdir: Path) -> None:
+    """The fixed cell reads a variable the failed run did not have: the recovery is
+    refused before anything runs, so the cell stays deferred and the next cell runs it."""
+    log = workdir / "ran.log"
+    kernel.run("%workflow defer").ok()
+    kernel.run("n = 3\nok = False\nm = 10").ok()
+    kernel.run("%%task a --executor inline\nbase = n").ok()
+    b = "%%task b --executor inline\nopen({log!r}, 'a').write('{tag}\\n')\n{body}"
+    kernel.run(b.format(log=str(log), tag="b", body="assert ok\nres = base + 1")).ok()
+    assert kernel.run("print(res)").status == "error"  # (flushes: b fails)
+    kernel.run(b.format(log=str(log), tag="b fixed", body="res = base + m")).ok()
+    refused = kernel.run("%workflow recover")
+    assert refused.status == "error" and "parameter(s) m" in refused.text, refused.text
+    shown = kernel.run("%workflow show").ok().displays[-1]["text/plain"]
+    assert "[deferred] b" in shown, shown
+    assert kernel.run("print(res)").ok().stdout.strip() == "13"
+    assert log.read_text().splitlines() == ["b", "b fixed"]
+
+
+def test_a_map_over_a_misspelt_variable_says_it_does_not_exist(kernel: Kernel) -> None:
+    """Deferred, ``--map itemz`` said it could not tell what to call one element of
+    'itemz': the variable does not exist, a deferred task's output counts as existing."""
+    kernel.run("%workflow defer").ok()
+    kernel.run("%%task mk --executor inline\nitems = [1, 2, 3]").ok()
+    r = kernel.run("%%task o4 --map itemz --executor inline\ny = item")
+    assert r.status == "error" and r.error["ename"] == "UsageError", r.text
+    assert (
+        "task 'o4': --map itemz, but the notebook has no variable 'itemz' (did you mean 'items'?)"
+        in r.error["evalue"]
+    ), r.error["evalue"]
+    kernel.run("%%task o4 --map items --executor inline\ny = item * 2").ok()
+    assert kernel.run("print(y)").ok().stdout.strip() == "[2, 4, 6]"

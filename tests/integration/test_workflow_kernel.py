@@ -269,8 +269,12 @@ def test_map_in_the_kernel(kernel: Kernel) -> None:
     r = kernel.run("%%task m --map bad --as b\nout = b")
     assert r.status == "error" and r.error["ename"] == "UsageError"  # refused before a run
     assert "'bad' is an int, which is not iterable" in r.error["evalue"]
-    r = kernel.run("%%task m --map data\nout = 1")
+    r = kernel.run("%%task m --map data\nout = 1")  # (a typo is told apart: no 'data')
+    assert r.status == "error" and "no variable 'data'" in r.error["evalue"]
+    kernel.run("data = [1, 2]").ok()
+    r = kernel.run("%%task m --map data\nout = 1")  # (exists; its element has no name)
     assert r.status == "error" and "--as" in r.error["evalue"]
+    assert "can't tell what to call one element of 'data'" in r.error["evalue"]
 
 
 def test_ten_thousand_element_map_in_a_kernel(kernel: Kernel) -> None:
