@@ -425,6 +425,7 @@ class NotebookWorkflow:
                 )
             values[name] = value
             params[name] = self.session.value_ref(value, f"parameter {name!r}", scope=scope)
+        _note_rebound_parameters(spec, overrides, values)
         # Deferred cells are recorded cells like the others: this run runs them, once
         # (flushing them first ran them twice). Taken only now: a refused -p leaves them.
         _, later, shown = self._take_pending()
@@ -709,6 +710,27 @@ def _at_exit(hook: Callable[[], None]) -> None:
     except RuntimeError:  # the interpreter is exiting already
         pass
     atexit.register(hook)
+
+
+def _note_rebound_parameters(
+    spec: WorkflowSpec, overrides: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """Say so when a parameter's default is a value the workflow itself rebinds: a task
+    reads ``n`` before any task makes it (so ``n`` is a parameter) and assigns ``n``
+    too. Without ``-p`` the run starts from the ``n`` the notebook holds now, which
+    the last run left, so each run without ``-p`` starts somewhere else."""
+    for name in values:
+        if name in overrides:
+            continue
+        node = next((n.id for n in spec.nodes if name in n.task.outputs), None)
+        if node is not None:
+            shown = repr(values[name])
+            shown = shown if len(shown) <= 40 else shown[:39] + "\u2026"
+            print(
+                f"note: parameter {name!r} is also an output of task {node!r}: this run "
+                f"starts from the {name!r} the notebook holds now ({shown}), which the last "
+                f"run may have set; pass -p {name}=VALUE to start from a value of yours"
+            )
 
 
 def _threads_start() -> bool:

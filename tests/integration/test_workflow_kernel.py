@@ -177,6 +177,21 @@ def test_recover_without_an_id_never_picks_another_notebooks_run(
     assert "%workflow recover ID" in r.error["evalue"]
 
 
+def test_a_parameter_the_workflow_also_assigns_is_pointed_out(kernel: Kernel) -> None:
+    """``n = n + 1`` in a task makes ``n`` a parameter and an output: a run without -p
+    starts from the n the last run left, so each run differs. The run says so."""
+    kernel.run("n = 1").ok()
+    kernel.run("%%task a --executor inline\nn = n + 1\nna = n").ok()
+    kernel.run("%%task b --executor inline\nnb = n * 10").ok()
+    first = kernel.run("%workflow run").ok()
+    assert "parameter 'n' is also an output of task 'a'" in first.stdout, first.stdout
+    assert "(2)" in first.stdout and "-p n=VALUE" in first.stdout
+    assert kernel.run("print(n, na, nb)").ok().stdout.split() == ["3", "3", "30"]
+    chosen = kernel.run("%workflow run -p n=100").ok()
+    assert "also an output" not in chosen.stdout
+    assert kernel.run("print(n, nb)").ok().stdout.split() == ["101", "1010"]
+
+
 def test_a_parameter_value_with_spaces(kernel: Kernel) -> None:
     kernel.run("title = 'x'").ok()
     kernel.run("%%task shout --executor inline\nloud = title.upper()").ok()
