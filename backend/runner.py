@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import functools
 import json
 import linecache
@@ -471,6 +472,23 @@ class _Tee:
         return getattr(self._stream, name)
 
 
+def as_ran_now(spec: TaskSpec, cell: dict[str, Any] | None) -> TaskSpec:
+    """The task's bundle, with the cell's text and labels as they were when this attempt
+    started (``AttemptSpec.to_dict``): the bundle is the first run's, and its version
+    ignores both, so a traceback from it named that run's ``In[n]`` and lines."""
+    if not cell:
+        return spec
+    labels = cell.get("labels") or {}
+    sources = {n: (labels.get(n, label), text) for n, (label, text) in spec.sources.items()}
+    sources.update({name: (label, "") for name, label in labels.items() if name not in sources})
+    return dataclasses.replace(
+        spec,
+        code=cell.get("code", spec.code),
+        first_line=cell.get("first_line", spec.first_line),
+        sources=sources,
+    )
+
+
 class Terminated(SystemExit):
     """The runner's process got SIGTERM (a pod being deleted or evicted): it ends at
     once, reporting no result. Not the task's own ``sys.exit()``, which is its error."""
@@ -498,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         # logs nor race the next attempt on its checkpoint.
         print(f"papercrane: attempt {prefix} was given up; not running it", file=sys.stderr)
         return 3
-    spec = TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"])))
+    spec = as_ran_now(
+        TaskSpec.from_dict(json.loads(storage.read_bytes(attempt["task_key"]))), attempt.get("cell")
+    )
     storage.vouched.adopt(attempt.get("vouched", {}))  # from the engine that started us
     adopt_path(attempt.get("sys_path", []))  # the kernel's own folders (a local attempt)
     artifacts = ArtifactIO(storage)

@@ -69,6 +69,15 @@ class AttemptSpec:
             "layout": self.layout,
             "checkpoint_key": self.checkpoint_key,
             "strict_environment": self.strict_environment,
+            # The cell as it is now: the bundle (task_key) is written once per version,
+            # which a re-run cell keeps (and an edit of comments or blank lines), so its
+            # labels ("In[3]") and text are those of the first run. A traceback must name
+            # the cell the user just ran, at the lines the notebook shows now.
+            "cell": {
+                "code": self.task.code,
+                "first_line": self.task.first_line,
+                "labels": {name: label for name, (label, _) in self.task.sources.items()},
+            },
         }
 
 

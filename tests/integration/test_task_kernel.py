@@ -66,6 +66,24 @@ def test_a_name_bound_in_one_branch_keeps_the_notebooks_value_otherwise(
     assert kernel.run("print(score, model)").ok().stdout.strip() == "RETRAINED retrained"
 
 
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_a_rerun_cells_traceback_names_the_run_and_lines_of_now(
+    kernel: Kernel, executor: str
+) -> None:
+    """A task re-run later keeps its version (and its bundle, written once), also after
+    a comment is added: its traceback still names the In[] the user just ran and the
+    line the notebook shows now, on any executor."""
+    kernel.run("x = 1").ok()
+    kernel.run(f"%%task ratio --executor {executor}\ny = 1 / x").ok()
+    count = int(kernel.run("print(get_ipython().displayhook.prompt_count)").ok().stdout)
+    kernel.run("x = 0").ok()
+    r = kernel.run(f"%%task ratio --executor {executor}\n# x may be 0 now\ny = 1 / x")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert f"Cell In[{count + 2}], line 3" in tb, tb
+    assert "y = 1 / x" in tb and "ZeroDivisionError" in tb
+
+
 def test_inline_and_local_give_same_results_and_records(kernel: Kernel, home: Path) -> None:
     kernel.run("data = {'a': [1, 2, 3]}").ok()
     kernel.run("%%task agg --executor local\nout = sum(data['a'])").ok()
