@@ -82,9 +82,7 @@ class ArtifactIO:
                 shown,
             )
         serializer = self.registry.for_value(value)
-        if fingerprint is None and not serializer.deterministic:
-            # Before storing: a value that can't be fingerprinted leaves nothing behind.
-            fingerprint = value_fingerprint(self.fingerprinter(), value, what)
+        fingerprint = self._pickled_fingerprint(value, what, serializer, fingerprint)
         try:
             digest, key, size = self._put(value, serializer)
         except (OSError, StorageError):
@@ -95,17 +93,15 @@ class ArtifactIO:
             # The type-specific encoding refused this value (say, a DataFrame with
             # unusual column types); pickle is the universal fallback.
             serializer = self.registry.get(CloudpickleSerializer.name)
+            fingerprint = self._pickled_fingerprint(value, what, serializer, fingerprint)
             try:
                 digest, key, size = self._put(value, serializer)
             except (OSError, StorageError):
                 raise
             except Exception as exc:
                 raise unserializable_error(value, what, exc) from None
-        if fingerprint is None:
-            if serializer.deterministic:
-                fingerprint = typed_fingerprint(serializer.name, digest)
-            else:  # its own encoding refused it: pickled instead
-                fingerprint = value_fingerprint(self.fingerprinter(), value, what)
+        if fingerprint is None:  # (a deterministic encoding: its bytes say what it is)
+            fingerprint = typed_fingerprint(serializer.name, digest)
         return new_ref(
             fingerprint,
             digest,
@@ -115,6 +111,16 @@ class ArtifactIO:
             python_type_name(value),
             preview(value),
         )
+
+    def _pickled_fingerprint(
+        self, value: Any, what: str, serializer: Any, fingerprint: str | None
+    ) -> str | None:
+        """The fingerprint of a value to be stored by an encoding whose bytes don't say
+        what it is (a pickle), taken before storing: a value that can't be fingerprinted
+        leaves nothing behind. None is left for a deterministic encoding's digest."""
+        if fingerprint is not None or serializer.deterministic:
+            return fingerprint
+        return value_fingerprint(self.fingerprinter(), value, what)
 
     def known_fingerprint(self, value: Any) -> str | None:
         """The fingerprint of ``value`` without hashing it, where storage can vouch for
