@@ -153,13 +153,14 @@ class HashingWriter:
     """
 
     def __init__(self, sink: Any = None, algorithm: str | None = None) -> None:
-        # Hashing alone may use every core; beside a write, one core hashes while the
-        # other writes (more hashing threads would only fight the write on 2 cores).
-        self._hash = _Hash(algorithm, ALL_CORES if sink is None else 1)
+        self._hash = _Hash(algorithm, ALL_CORES)
         self._sink = sink
 
-    #: Chunks at least this big are hashed on a helper thread while this one writes
-    #: them (both release the GIL), so a big value costs max(hash, write), not the sum.
+    #: Chunks at least this big are written on a helper thread while this one hashes
+    #: them (both release the GIL), so a big value costs about max(hash, write), not the
+    #: sum. The hash is the longer part wherever BLAKE3 runs under ~4 GB/s, so it keeps
+    #: every core: on two, the write and the hash's threads share them (100 MiB: 55 ms
+    #: against 65 with one hashing thread beside the write, benchmarks/README row 5).
     PARALLEL = 1 << 20
 
     @property
@@ -175,16 +176,25 @@ class HashingWriter:
         if self._sink is None:
             self._hash.add(data)
         elif n >= self.PARALLEL:
-            hasher = threading.Thread(target=self._hash.add, args=(data,))
-            hasher.start()
+            failed: list[BaseException] = []
+            writer = threading.Thread(target=self._forward, args=(data, failed))
+            writer.start()
             try:
-                self._sink.write(data)
+                self._hash.add(data)
             finally:
-                hasher.join()
+                writer.join()
+            if failed:
+                raise failed[0]
         else:
             self._hash.add(data)
             self._sink.write(data)
         return n
+
+    def _forward(self, data: memoryview | bytes, failed: list[BaseException]) -> None:
+        try:
+            self._sink.write(data)
+        except BaseException as exc:  # raised again on the caller's thread
+            failed.append(exc)
 
     def flush(self) -> None:
         if self._sink is not None:

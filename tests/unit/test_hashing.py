@@ -118,3 +118,23 @@ def test_reader_fills_a_multidimensional_buffer() -> None:
     assert reader.readinto(target) == len(raw)
     assert (target == source).all()
     assert reader.hexdigest() == hashlib.sha256(raw).hexdigest()
+
+
+def test_a_failed_write_of_a_big_chunk_is_raised_on_the_callers_thread() -> None:
+    """Big chunks go to the sink on a helper thread while this one hashes: a full disk
+    there must reach the caller (the store then drops the half-written file), not be
+    lost on the helper thread as an unraisable exception."""
+
+    class FullDisk(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: object) -> int:
+            raise OSError(28, "No space left on device")
+
+    writer = HashingWriter(FullDisk())
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(b"x" * HashingWriter.PARALLEL)
+    small = HashingWriter(FullDisk())  # and on the caller's own thread, as before
+    with pytest.raises(OSError, match="No space left"):
+        small.write(b"x")
