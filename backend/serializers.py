@@ -279,6 +279,11 @@ class ParquetSerializer(Serializer):
         ]
         if not all(_categories_round_trip(dt) for dt in categoricals):
             return False
+        # Labels of object dtype (column names, index levels) come back as ``str`` where
+        # pandas infers its own string dtype (pandas 3): another value, so pickle.
+        object_labels = [dt for dt in [value.columns.dtype, *index_dtypes] if dt == object]  # noqa: E721
+        if object_labels and not _strings_read_back_as_object():
+            return False
         object_columns = [c for c, dt in value.dtypes.items() if dt == object]  # noqa: E721
         return not object_columns or (
             _strings_read_back_as_object()
