@@ -26,6 +26,23 @@ from dataclasses import dataclass, field
 
 _DYNAMIC_CALLS = {"globals", "locals", "vars", "exec", "eval"}
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+#: Functions (by their last name: ``random.shuffle``, ``shuffle``, ``rng.shuffle``) of
+#: the standard library and numpy that change their first argument in place, as a
+#: method call changes its object: ``random.shuffle(items)`` makes ``items`` an output.
+_IN_PLACE_CALLS = {
+    "shuffle",  # random, numpy.random and a numpy Generator
+    "heapify",
+    "heappush",
+    "heappop",
+    "heappushpop",
+    "heapreplace",
+    "insort",
+    "insort_left",
+    "insort_right",
+    "copyto",  # numpy
+    "fill_diagonal",
+    "putmask",
+}
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -372,12 +389,18 @@ class _ModuleFlow:
         if isinstance(node, _COMPREHENSIONS):
             self._comprehension(node, local)
             return
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            name = node.func.id
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else None
             if name in _DYNAMIC_CALLS and not (name == "vars" and node.args):
                 self.result.dynamic.append((node.lineno, f"{name}()"))
             if name == "get_ipython":
                 self.result.ipython_calls.append(node.lineno)
+            called = name or (func.attr if isinstance(func, ast.Attribute) else None)
+            if called in _IN_PLACE_CALLS and node.args:
+                first = node.args[0]
+                if not (isinstance(first, ast.Name) and first.id in local):
+                    self.mutate(first)
         for child in ast.iter_child_nodes(node):
             self.expr(child, local)
 

@@ -138,6 +138,31 @@ def test_plain_function_call_statement_is_not_mutation() -> None:
     assert a.mutated == []
 
 
+def test_standard_functions_that_change_their_first_argument_mark_it_mutated() -> None:
+    """``random.shuffle(items)`` changes ``items`` as ``items.sort()`` does; so do
+    heapq, bisect and a few numpy functions, however they were imported, also inside
+    an assignment (``top = heapq.heappop(heap)``)."""
+    a = cell(
+        """
+        import random, heapq
+        from bisect import insort
+        random.shuffle(deck)
+        top = heapq.heappop(heap)
+        insort(sorted_ids, 7)
+        np.copyto(buf[:3], src)
+        rng.shuffle(cfg.rows)
+        shuffled = [random.shuffle(r) for r in rows]
+        """
+    )
+    assert a.mutated == ["deck", "random", "heap", "sorted_ids", "buf", "np", "cfg", "rng"]
+    assert "src" not in a.mutated and "r" not in a.mutated
+
+
+def test_other_function_calls_leave_their_arguments_alone() -> None:
+    a = cell("n = len(items)\nprint(items)\nrandom.choice(deck)")
+    assert a.mutated == ["random"]
+
+
 # -- del ------------------------------------------------------------------------------
 
 
