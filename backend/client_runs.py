@@ -281,6 +281,7 @@ class RemoteRuns:
                     state.id,
                     error.get("type", ""),
                     error.get("message", ""),
+                    tops[node].display if node in tops else None,
                 )
             skipped = [k for k, n in tops.items() if n.status is Status.SKIPPED]
             failure = WorkflowFailed(state.id, failed or [("?", {})], skipped)

@@ -68,8 +68,11 @@ class TaskFailed(UserError):
         execution_id: str = "",
         error_type: str = "",
         error_message: str = "",
+        display: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        #: What the last attempt displayed before it failed (``runner.shown_bundles``).
+        self.display = display
         self.traceback_text = traceback_text
         self.execution_id = execution_id
         self.error_type = error_type

@@ -134,6 +134,7 @@ def fold(
     elif kind is _ATTEMPT_FAILED:
         error = ErrorInfo.from_dict(p["error"])
         node.error = error
+        node.display = p.get("display")  # what the failed attempt displayed, if anything
         if error.kind.value == "system":
             node.system_failures += 1
         else:

@@ -405,13 +405,21 @@ def execute(
             last = run_code(spec, ns)
     except Exception as exc:
         return AttemptResult(
-            "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
+            "failed",
+            error=user_error(exc, spec),
+            display=_shown_before_failing(displayed),
+            started_at=started,
+            ended_at=time.time(),
         )
     except (SystemExit, KeyboardInterrupt) as exc:
         if isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and not own_process):
             raise
         return AttemptResult(
-            "failed", error=exit_error(exc, spec), started_at=started, ended_at=time.time()
+            "failed",
+            error=exit_error(exc, spec),
+            display=_shown_before_failing(displayed),
+            started_at=started,
+            ended_at=time.time(),
         )
     except BaseException as exc:
         # A class of the user's own deriving from BaseException (to get past their own
@@ -419,7 +427,11 @@ def execute(
         # propagate, it would end a local runner's process without a result (a system
         # error, retried) and reach an inline task's cell as papercrane's traceback.
         return AttemptResult(
-            "failed", error=user_error(exc, spec), started_at=started, ended_at=time.time()
+            "failed",
+            error=user_error(exc, spec),
+            display=_shown_before_failing(displayed),
+            started_at=started,
+            ended_at=time.time(),
         )
     try:
         outputs, references, out_values = collect(spec, ns, artifacts, declared_outputs)
@@ -429,7 +441,13 @@ def execute(
     except PapercraneError as exc:
         kind = "user" if isinstance(exc, UserError) else "system"
         err = {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": ""}
-        return AttemptResult("failed", error=err, started_at=started, ended_at=time.time())
+        return AttemptResult(
+            "failed",
+            error=err,
+            display=_shown_before_failing(displayed),
+            started_at=started,
+            ended_at=time.time(),
+        )
     return AttemptResult(
         "succeeded",
         outputs=outputs,
@@ -439,6 +457,12 @@ def execute(
         ended_at=time.time(),
         values=out_values,
     )
+
+
+def _shown_before_failing(displayed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a failed attempt's ``display()`` calls showed, shown with its traceback as a
+    cell shows what it displayed before raising (``shown_bundles``)."""
+    return {"data": {}, "metadata": {}, "displayed": displayed} if displayed else None
 
 
 #: Written in an attempt's folder when the engine gives the attempt up.

@@ -411,6 +411,7 @@ class WorkflowRun(Starting, Attempts, Maps, Outcomes):
                     self.state.id,
                     first.get("type", ""),
                     first.get("message", ""),
+                    failed[0].display,
                 )
             failure = WorkflowFailed(
                 self.state.id,

@@ -43,7 +43,12 @@ class Outcomes:
         if result.status == "aborted":
             return
         error = result.error or system_error("the attempt failed without a reason")
-        self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error)
+        if result.display:  # what it displayed before failing: shown with the traceback
+            self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error, display=result.display)
+            if unit.index is None:
+                unit.node.display = result.display
+        else:
+            self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error)
         config = unit.node.spec.config
         if error.get("kind") == ErrorKind.SYSTEM.value:
             unit.system_failures += 1

@@ -320,7 +320,7 @@ class PapercraneMagics(Magics):
         pending = workflow.pending_outputs() if workflow.deferring else frozenset()
         self._capturing = True
         try:
-            transformed = self._transform(cell)
+            transformed = _keeping_leading_blank_lines(cell, self._transform(cell))
         finally:
             self._capturing = False
         try:
@@ -520,6 +520,17 @@ def _from_a_failed_task(missing: Any, session: Any) -> Exception:
                 missing.reader,
             )
     return missing
+
+
+def _keeping_leading_blank_lines(cell: str, transformed: str) -> str:
+    """``transformed`` with the blank lines IPython's cleanup took off the cell's start
+    put back (as empty lines: the code's structure, and so its version, is the same),
+    so that a line of the code is the cell's line: a traceback, a syntax error or any
+    message naming a line points at the one the notebook shows."""
+    blank = len(cell) - len(cell.lstrip("\r\n\t\f\v "))
+    lines = cell[:blank].count("\n")  # whole blank lines; the first code line's indent stays
+    stripped = lines - (len(transformed) - len(transformed.lstrip("\n")))
+    return "\n" * stripped + transformed if stripped > 0 else transformed
 
 
 def _check_map_over(

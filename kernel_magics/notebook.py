@@ -18,7 +18,14 @@ from typing import Any
 from papercrane.backend.errors import ExecutionAborted, TaskFailed, UserError, WorkflowFailed
 from papercrane.backend.workflow import CellTask, WorkflowSpec, assemble
 
-from .session import CellRecord, Session, TaskError, TaskInterrupted, WorkflowError
+from .session import (
+    CellRecord,
+    Session,
+    TaskError,
+    TaskInterrupted,
+    WorkflowError,
+    publish_display,
+)
 
 
 def deferred_names(shell: Any) -> list[str]:
@@ -459,6 +466,7 @@ class NotebookWorkflow:
         from .workflow_widget import WorkflowWidget
 
         project, domain = self._options(records)
+        _note_mixed_scopes(records, project, domain)
         request = WorkflowRequest(
             spec=spec,
             params=params,
@@ -487,6 +495,7 @@ class NotebookWorkflow:
             widget.finish()
             self.last_run = failure.execution_id
             self._bind_partial(failure, records, widget.state)
+            _show_failed_displays(failure, widget.state)
             raise WorkflowError(failure) from None
         except ExecutionAborted as aborted:
             widget.finish()
@@ -580,9 +589,11 @@ class NotebookWorkflow:
             widget.finish()
             self.last_run = failure.execution_id
             self._bind_partial(failure, records, widget.state)
+            _show_failed_displays(failure, widget.state)
             raise WorkflowError(failure) from None
         except TaskFailed as failure:  # a single task's execution, failing again
             widget.finish()
+            publish_display(failure.display)
             raise TaskError(failure, run.name) from None
         except ExecutionAborted as aborted:
             widget.finish()
@@ -712,6 +723,24 @@ def _at_exit(hook: Callable[[], None]) -> None:
     atexit.register(hook)
 
 
+def _note_mixed_scopes(records: list[CellRecord], project: str, domain: str) -> None:
+    """Say so when the task cells name different projects or domains: a workflow runs as
+    one execution, in the last cell's, which the user may not expect of a cell whose
+    ``--project`` says otherwise."""
+    others = [
+        f"{r.spec.name!r} ({r.options.project}/{r.options.domain})"
+        for r in records
+        if (r.options.project, r.options.domain) != (project, domain)
+    ]
+    if others:
+        print(
+            f"note: the workflow runs in {project}/{domain}, its last task cell's, but "
+            f"{', '.join(others[:3])}{' and others' if len(others) > 3 else ''} name "
+            "another; give the cells one --project and --domain (or set "
+            '%config Papercrane.project = "...") to keep the runs and the cache in one place'
+        )
+
+
 def _note_rebound_parameters(
     spec: WorkflowSpec, overrides: dict[str, Any], values: dict[str, Any]
 ) -> None:
@@ -746,3 +775,12 @@ def _threads_start() -> bool:
         return False
     probe.join()
     return True
+
+
+def _show_failed_displays(failure: WorkflowFailed, state: Any) -> None:
+    """What each failed node displayed before it failed, above the run's tracebacks."""
+    nodes = getattr(state, "nodes", None) or {}
+    for name, _ in failure.failures:
+        node = nodes.get(name)
+        if node is not None:
+            publish_display(node.display)

@@ -363,6 +363,7 @@ class Session:
         except TaskFailed as failure:
             widget.finish()
             self._remember(rec, widget.view.state)
+            publish_display(failure.display)  # above the traceback, as a cell that raised shows it
             raise TaskError(failure, spec.name) from None
         except ExecutionAborted as aborted:
             state = widget.view.state
@@ -387,13 +388,7 @@ class Session:
         origin = {"execution": result.execution.id, "node": spec.name}
         scope = (rec.options.project, rec.options.domain)
         self.bind(result.outputs, result.values, result.references, rec.deleted, origin, scope)
-        if result.display:
-            from IPython.display import publish_display_data
-
-            from papercrane.backend.runner import shown_bundles
-
-            for bundle in shown_bundles(result.display):
-                publish_display_data(bundle["data"], bundle["metadata"])
+        publish_display(result.display)
         return result
 
     def _widget_parts(self) -> dict[str, Any]:
@@ -487,3 +482,15 @@ class Session:
         if not fp or fp != known[1]:
             raise not_made
         return fp, self.origins.get(name)
+
+
+def publish_display(display: dict[str, Any] | None) -> None:
+    """Show in the cell what a task outside the kernel displayed, and its last value."""
+    if not display:
+        return
+    from IPython.display import publish_display_data
+
+    from papercrane.backend.runner import shown_bundles
+
+    for bundle in shown_bundles(display):
+        publish_display_data(bundle["data"], bundle["metadata"])

@@ -84,6 +84,22 @@ def test_a_rerun_cells_traceback_names_the_run_and_lines_of_now(
     assert "y = 1 / x" in tb and "ZeroDivisionError" in tb
 
 
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_lines_count_from_the_cells_top_with_blank_lines_after_the_magic(
+    kernel: Kernel, executor: str
+) -> None:
+    """IPython drops a cell's leading blank lines before the magic sees it; the line
+    numbers of a traceback and of a refused cell still count them, as the notebook
+    does."""
+    r = kernel.run(f"%%task gap --executor {executor}\n\n\nx = 1\n1 / 0")
+    assert r.status == "error"
+    tb = "\n".join(r.error["traceback"])
+    assert "line 5" in tb and "1 / 0" in tb, tb
+    r = kernel.run("%%task gap2\n\n  \nx = (1,")
+    assert r.status == "error"
+    assert "syntax error on line 4" in "\n".join(r.error["traceback"]) + r.error["evalue"]
+
+
 def test_inline_and_local_give_same_results_and_records(kernel: Kernel, home: Path) -> None:
     kernel.run("data = {'a': [1, 2, 3]}").ok()
     kernel.run("%%task agg --executor local\nout = sum(data['a'])").ok()
@@ -438,3 +454,33 @@ def test_display_in_a_task_shows_in_the_cell(kernel: Kernel, executor: str) -> N
     assert [d["text/plain"] for d in shown[1:]] == ["{'a': 1}", "'two'", "2"]
     assert "succeeded" in r.widget["text/plain"]
     assert kernel.run("print(res2)").ok().stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_what_a_failing_task_displayed_shows_above_its_traceback(
+    kernel: Kernel, executor: str
+) -> None:
+    """A cell that raises still shows what it displayed first; so does a task, also from
+    a process of its own, where only its last attempt's displays are shown."""
+    r = kernel.run(
+        f"%%task dispfail --executor {executor}\n"
+        "display('progress so far')\n"
+        "raise ValueError('bad row 17')"
+    )
+    assert r.status == "error"
+    shown = [d for d in r.displays if "application/vnd.jupyter.widget-view+json" not in d]
+    assert [d["text/plain"] for d in shown] == ["'progress so far'"], shown
+    assert "bad row 17" in "\n".join(r.error["traceback"])
+
+
+def test_a_list_shuffled_by_a_local_task_comes_back_shuffled(kernel: Kernel) -> None:
+    """``random.shuffle(deck)`` in a task of its own process changes the process's copy:
+    it comes back as an output, as ``deck.sort()`` would."""
+    kernel.run("deck = list(range(10))").ok()
+    kernel.run(
+        "%%task deal --executor local\nimport random\nrandom.seed(3)\nrandom.shuffle(deck)"
+    ).ok()
+    expected = list(range(10))
+    __import__("random").Random(3).shuffle(expected)
+    shown = kernel.run("print(deck)").ok().stdout.strip()
+    assert shown == str(expected) and shown != str(list(range(10)))

@@ -368,6 +368,23 @@ def test_config_sets_project(kernel: Kernel, home: Path) -> None:
     assert project == "pricing"
 
 
+def test_a_workflow_whose_cells_name_different_projects_says_where_it_runs(
+    kernel: Kernel, home: Path
+) -> None:
+    kernel.run("%%task first --executor inline --project pricing\nv = 1").ok()
+    kernel.run("%%task second --executor inline\nw = v + 1").ok()
+    r = kernel.run("%workflow run").ok()
+    assert "runs in default/development, its last task cell's" in r.stdout, r.stdout
+    assert "'first' (pricing/development)" in r.stdout
+    with closing(sqlite3.connect(home / "papercrane.db")) as db:
+        (project,) = db.execute(
+            "SELECT project FROM executions ORDER BY created_at DESC"
+        ).fetchone()
+    assert project == "default"
+    kernel.run("%%task first --executor inline\nv = 1").ok()  # one project again
+    assert "note:" not in kernel.run("%workflow run").ok().stdout
+
+
 def test_interrupting_a_parallel_workflow_aborts_it(
     kernel: Kernel, home: Path, workdir: Path
 ) -> None:
@@ -430,3 +447,24 @@ def test_a_packed_map_read_by_other_processes(kernel: Kernel, home: Path) -> Non
         assert other.run("print(y)").ok().stdout.strip() == "[6, 7, 8]"
     finally:
         other.shutdown()
+
+
+def test_what_a_failed_node_displayed_shows_with_the_failed_run(
+    kernel: Kernel, workdir: Path
+) -> None:
+    """A node in its own process that displays, then fails: ``%workflow run`` shows
+    what it displayed above the run's tracebacks, as the task's own cell would."""
+    flag = workdir / "ok"
+    flag.write_text("ok")
+    kernel.run(f"FLAG = {str(flag)!r}").ok()
+    cell = (
+        "%%task shows\nimport os\ndisplay('rows checked: 17')\n"
+        "assert os.path.exists(FLAG), 'no flag'\nv = 1"
+    )
+    kernel.run(cell).ok()
+    flag.unlink()
+    r = kernel.run("%workflow run")
+    assert r.status == "error"
+    texts = [d.get("text/plain") for d in r.displays]
+    assert "'rows checked: 17'" in texts, texts
+    assert "no flag" in "\n".join(r.error["traceback"])
