@@ -148,6 +148,19 @@ def test_failure_keeps_the_users_traceback(engine: Any) -> None:
     assert state.status is Status.FAILED and state.nodes["broken"].attempt == 2
 
 
+def test_a_failure_keeps_what_its_last_attempt_displayed(engine: Any) -> None:
+    """What a task in a process of its own displayed before it failed reaches the
+    caller with the failure (the notebook shows it above the traceback): the last
+    attempt's, locally and from a server, and the execution's node keeps it."""
+    code = "display(f'checked {x} rows')\ny = 1 / (x - x)"
+    with pytest.raises(TaskFailed) as info:
+        run(engine, task("shows", code, ("x",)), {"x": 17}, retries=1)
+    shown = info.value.display
+    assert [b["data"]["text/plain"] for b in shown["displayed"]] == ["'checked 17 rows'"]
+    state = engine.execution(info.value.execution_id)
+    assert state.nodes["shows"].display == shown and state.nodes["shows"].attempt == 2
+
+
 def test_workflow_with_a_map(engine: Any) -> None:
     cells = [
         CellTask(
