@@ -320,6 +320,30 @@ def _formatter() -> Any:
     return DisplayFormatter()
 
 
+def joined_displays(displays: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The ``display()`` bundles of a map's elements, in order, as one display (their
+    last expressions' values are not shown: a value per element would drown the cell).
+    Kept up to the size one task may keep, then one line says how many were left out."""
+    bundles: list[dict[str, Any]] = []
+    for display in displays:
+        if display and display.get("displayed"):
+            bundles.extend(display["displayed"])
+    if not bundles:
+        return None
+    size = 0
+    for i, bundle in enumerate(bundles):
+        size += len(json.dumps(bundle, default=str))
+        if size > _MAX_DISPLAY_BYTES:
+            left = len(bundles) - i
+            note = (
+                f"papercrane: {left} more display() output(s) of the map's elements are not "
+                f"shown (past {_MAX_DISPLAY_BYTES >> 20} MiB)"
+            )
+            bundles[i:] = [{"data": {"text/plain": note}, "metadata": {}}]
+            break
+    return {"data": {}, "metadata": {}, "displayed": bundles}
+
+
 def shown_bundles(display: dict[str, Any] | None) -> list[dict[str, Any]]:
     """What a task's cell shows once it ran, in order: the bundles its ``display()``
     calls kept (a task outside the kernel), then its last expression's value."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import not_iterable
 from .model import ArtifactRef, EventKind, Status
-from .runner import AttemptResult, import_bound
+from .runner import AttemptResult, import_bound, joined_displays
 from .scheduler_units import ElementPlan, NodeRun, Unit
 from .store.sqlite_rows import json_text
 
@@ -190,6 +190,11 @@ class Maps:
             "references": run.references,
             "map_over": m.over if m else "",
         }
+        # What elements outside the kernel displayed, in element order, as an inline
+        # map's elements show it while they run.
+        run.display = joined_displays([r.display for r in run.elements if r is not None])
+        if run.display:
+            payload["display"] = run.display
         if all_cached:
             self.emit(K.CACHE_HIT, run.id, cache_key="", **payload)
         else:

@@ -484,3 +484,18 @@ def test_a_list_shuffled_by_a_local_task_comes_back_shuffled(kernel: Kernel) -> 
     __import__("random").Random(3).shuffle(expected)
     shown = kernel.run("print(deck)").ok().stdout.strip()
     assert shown == str(expected) and shown != str(list(range(10)))
+
+
+def test_what_a_local_maps_elements_display_shows_in_element_order(kernel: Kernel) -> None:
+    """An inline map's elements display as they run; elements in processes of their
+    own show theirs once the map ends, in element order, and again on a cache hit."""
+    kernel.run("items = [3, 1, 2]").ok()
+    cell = (
+        "%%task sq --executor local --map items --cache\ndisplay(f'element {item}')\nsq = item * 2"
+    )
+    for _ in range(2):  # misses, then hits
+        r = kernel.run(cell).ok()
+        shown = [
+            d["text/plain"] for d in r.displays if d.get("text/plain", "").startswith("'element")
+        ]
+        assert shown == ["'element 3'", "'element 1'", "'element 2'"], shown
