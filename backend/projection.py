@@ -146,6 +146,8 @@ def fold(
         node.ended_at = ts
         if p.get("error"):
             node.error = ErrorInfo.from_dict(p["error"])
+        if "display" in p:  # a map's: what its elements displayed
+            node.display = p["display"]
     elif kind is _NODE_SKIPPED:
         node.status = _S_SKIPPED
         node.ended_at = ts

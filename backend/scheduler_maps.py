@@ -109,6 +109,15 @@ class Maps:
         else:
             self._map_finish(run, outputs, {})
 
+    @staticmethod
+    def _elements_displayed(run: NodeRun) -> dict[str, Any] | None:
+        """What the elements displayed, in element order: a failed element's last
+        attempt's too, as an inline map shows each element's while it runs."""
+        failed = run.failed_displays or {}
+        return joined_displays(
+            [r.display if r is not None else failed.get(i) for i, r in enumerate(run.elements)]
+        )
+
     def _map_done(self, run: NodeRun) -> None:
         """Collect each output into a list in element order (None for failed elements).
 
@@ -192,7 +201,7 @@ class Maps:
         }
         # What elements outside the kernel displayed, in element order, as an inline
         # map's elements show it while they run.
-        run.display = joined_displays([r.display for r in run.elements if r is not None])
+        run.display = self._elements_displayed(run)
         if run.display:
             payload["display"] = run.display
         if all_cached:

@@ -47,6 +47,10 @@ class Outcomes:
             self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error, display=result.display)
             if unit.index is None:
                 unit.node.display = result.display
+            else:
+                if unit.node.failed_displays is None:
+                    unit.node.failed_displays = {}
+                unit.node.failed_displays[unit.index] = result.display
         else:
             self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error)
         config = unit.node.spec.config
@@ -148,6 +152,7 @@ class Outcomes:
             if run.status is not Status.FAILED:
                 # Too many elements failed: the node fails; its other elements stop.
                 self._drop(run)
+                run.display = self._elements_displayed(run)
                 self._fail_node(
                     run,
                     {
@@ -197,7 +202,9 @@ class Outcomes:
     def _fail_node(self, run: NodeRun, error: dict[str, Any]) -> None:
         run.status = Status.FAILED
         run.error = error
-        if run.spec.map is not None or self.state.nodes[run.id].status is not Status.FAILED:
+        if run.spec.map is not None and run.display:  # what its elements displayed
+            self.emit(K.NODE_FAILED, run.id, error=error, display=run.display)
+        elif run.spec.map is not None or self.state.nodes[run.id].status is not Status.FAILED:
             self.emit(K.NODE_FAILED, run.id, error=error)
         if self.options.failure_policy == "fail-fast":
             self.stopping = True

@@ -66,6 +66,8 @@ class NodeRun:
     #: element's first attempt as its index (``plan``), its ``Unit`` built when taken.
     queued: deque[Unit | int] = field(default_factory=deque)
     plan: ElementPlan | None = None
+    #: What elements whose last attempt failed displayed, by index (made when needed).
+    failed_displays: dict[int, dict[str, Any]] | None = None
 
     @property
     def id(self) -> str:

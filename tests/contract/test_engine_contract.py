@@ -161,6 +161,28 @@ def test_a_failure_keeps_what_its_last_attempt_displayed(engine: Any) -> None:
     assert state.nodes["shows"].display == shown and state.nodes["shows"].attempt == 2
 
 
+def test_a_failed_map_keeps_what_its_elements_displayed(engine: Any) -> None:
+    """A map whose element fails shows what each element displayed, the failed one's
+    included, in element order, as an inline map shows it while running."""
+    items = [4, 2, 0]
+    refs = {"items": engine.put_value(items, "input 'items'")}
+    code = "display(f'element {item}')\ny = 8 // item"
+    with pytest.raises(TaskFailed) as info:
+        engine.run_task(
+            RunRequest(
+                spec=task("quot", code, ("items",)),
+                config=TaskConfig(executor="local"),
+                inputs=refs,
+                values={"items": items},
+                project=PROJECT,
+                map=MapSpec("items", "item", concurrency=1),
+            )
+        )
+    shown = [b["data"]["text/plain"] for b in info.value.display["displayed"]]
+    assert shown == ["'element 4'", "'element 2'", "'element 0'"]
+    assert engine.execution(info.value.execution_id).nodes["quot"].display == info.value.display
+
+
 def test_workflow_with_a_map(engine: Any) -> None:
     cells = [
         CellTask(
