@@ -71,7 +71,7 @@ class TaskFailed(UserError):
         display: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
-        #: What the last attempt displayed before it failed (``runner.shown_bundles``).
+        #: What the last attempt displayed before it failed (``displays.shown_bundles``).
         self.display = display
         self.traceback_text = traceback_text
         self.execution_id = execution_id

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .artifacts import ArtifactIO
+from .displays import Display, display_bundle, shown_before_failing
 from .environment import import_reference, resolve_reference
 from .errors import PapercraneError, UserError, not_iterable
 from .model import ArtifactRef, ErrorKind, TaskSpec
 from .search_path import adopt_path
 from .storage import Storage
-
-_MAX_DISPLAY_BYTES = 4 << 20
 
 
 def cell_filename(name: str) -> str:
@@ -190,7 +189,7 @@ def build_namespace(
     and shows in the cell at once."""
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     if displayed is not None and not hasattr(builtins, "display"):
-        ns["display"] = _Display(displayed)
+        ns["display"] = Display(displayed)
     for entry in spec.imports:
         name, _, ref = entry.partition("=")
         ns[name] = resolve_reference(ref)
@@ -241,118 +240,6 @@ def _checkpoint_location() -> Any:
     from papercrane.checkpoint import location
 
     return location
-
-
-def display_bundle(
-    value: Any, formatter: Any = None, include: Any = None, exclude: Any = None
-) -> dict[str, Any] | None:
-    """A JSON mime bundle of the cell's final value (or of what it passed to
-    ``display()``), as the notebook would show it."""
-    if value is None:
-        return None
-    try:
-        if formatter is None:
-            from IPython import get_ipython
-            from IPython.core.formatters import DisplayFormatter
-
-            shell = get_ipython()
-            formatter = shell.display_formatter if shell is not None else DisplayFormatter()
-        data, metadata = formatter.format(value, include=include, exclude=exclude)
-    except Exception:
-        data, metadata = {"text/plain": repr(value)}, {}
-    data = {k: v for k, v in data.items() if len(str(v)) < _MAX_DISPLAY_BYTES}
-    if not data:
-        return None
-    return {"data": data, "metadata": metadata}
-
-
-class _Display:
-    """``display(*objs)`` for a task outside the kernel, which a notebook cell has as a
-    builtin and a task's code is written for: each object's mime bundle, formatted as
-    the notebook would, is kept for the kernel to show in the cell once the task
-    succeeds (after what the cell printed, before its last expression's value)."""
-
-    def __init__(self, displayed: list[dict[str, Any]]) -> None:
-        self._displayed = displayed
-        self._size = 0
-        self._formatter: Any = None
-
-    def __call__(
-        self,
-        *objs: Any,
-        include: Any = None,
-        exclude: Any = None,
-        metadata: dict[str, Any] | None = None,
-        raw: bool = False,
-        **ignored: Any,
-    ) -> None:
-        # (display_id, transient, clear: a display can't be updated once the task ended)
-        for obj in objs:
-            if raw:
-                bundle = {"data": dict(obj), "metadata": dict(metadata or {})}
-            else:
-                if self._formatter is None:
-                    self._formatter = _formatter()
-                bundle = display_bundle(obj, self._formatter, include, exclude)
-                if bundle is None:
-                    continue
-                if metadata:
-                    bundle["metadata"] = {**bundle["metadata"], **metadata}
-            size = len(json.dumps(bundle, default=str))
-            if self._size + size > _MAX_DISPLAY_BYTES:
-                print(
-                    f"papercrane: display() output past {_MAX_DISPLAY_BYTES >> 20} MiB is not "
-                    "kept; write big results to outputs instead",
-                    file=sys.stderr,
-                )
-                return
-            self._size += size
-            self._displayed.append(bundle)
-
-
-def _formatter() -> Any:
-    """IPython's display formatter, or None (``display_bundle`` then falls back to the
-    object's repr) where IPython is not installed."""
-    try:
-        from IPython.core.formatters import DisplayFormatter
-    except ImportError:
-        return None
-    return DisplayFormatter()
-
-
-def joined_displays(displays: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """The ``display()`` bundles of a map's elements, in order, as one display (their
-    last expressions' values are not shown: a value per element would drown the cell).
-    Kept up to the size one task may keep, then one line says how many were left out."""
-    bundles: list[dict[str, Any]] = []
-    for display in displays:
-        if display and display.get("displayed"):
-            bundles.extend(display["displayed"])
-    if not bundles:
-        return None
-    size = 0
-    for i, bundle in enumerate(bundles):
-        size += len(json.dumps(bundle, default=str))
-        if size > _MAX_DISPLAY_BYTES:
-            left = len(bundles) - i
-            note = (
-                f"papercrane: {left} more display() output(s) of the map's elements are not "
-                f"shown (past {_MAX_DISPLAY_BYTES >> 20} MiB)"
-            )
-            bundles[i:] = [{"data": {"text/plain": note}, "metadata": {}}]
-            break
-    return {"data": {}, "metadata": {}, "displayed": bundles}
-
-
-def shown_bundles(display: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """What a task's cell shows once it ran, in order: the bundles its ``display()``
-    calls kept (a task outside the kernel), then its last expression's value."""
-    if not display:
-        return []
-    bundles = list(display.get("displayed") or [])
-    if display.get("data"):
-        bundles.append({"data": display["data"], "metadata": display.get("metadata") or {}})
-    return bundles
 
 
 @functools.lru_cache(maxsize=256)
@@ -431,7 +318,7 @@ def execute(
         return AttemptResult(
             "failed",
             error=user_error(exc, spec),
-            display=_shown_before_failing(displayed),
+            display=shown_before_failing(displayed),
             started_at=started,
             ended_at=time.time(),
         )
@@ -441,7 +328,7 @@ def execute(
         return AttemptResult(
             "failed",
             error=exit_error(exc, spec),
-            display=_shown_before_failing(displayed),
+            display=shown_before_failing(displayed),
             started_at=started,
             ended_at=time.time(),
         )
@@ -453,7 +340,7 @@ def execute(
         return AttemptResult(
             "failed",
             error=user_error(exc, spec),
-            display=_shown_before_failing(displayed),
+            display=shown_before_failing(displayed),
             started_at=started,
             ended_at=time.time(),
         )
@@ -468,7 +355,7 @@ def execute(
         return AttemptResult(
             "failed",
             error=err,
-            display=_shown_before_failing(displayed),
+            display=shown_before_failing(displayed),
             started_at=started,
             ended_at=time.time(),
         )
@@ -481,12 +368,6 @@ def execute(
         ended_at=time.time(),
         values=out_values,
     )
-
-
-def _shown_before_failing(displayed: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """What a failed attempt's ``display()`` calls showed, shown with its traceback as a
-    cell shows what it displayed before raising (``shown_bundles``)."""
-    return {"data": {}, "metadata": {}, "displayed": displayed} if displayed else None
 
 
 #: Written in an attempt's folder when the engine gives the attempt up.

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .displays import joined_displays
 from .errors import not_iterable
 from .model import ArtifactRef, EventKind, Status
-from .runner import AttemptResult, import_bound, joined_displays
+from .runner import AttemptResult, import_bound
 from .scheduler_units import ElementPlan, NodeRun, Unit
 from .store.sqlite_rows import json_text
 

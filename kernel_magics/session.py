@@ -490,7 +490,7 @@ def publish_display(display: dict[str, Any] | None) -> None:
         return
     from IPython.display import publish_display_data
 
-    from papercrane.backend.runner import shown_bundles
+    from papercrane.backend.displays import shown_bundles
 
     for bundle in shown_bundles(display):
         publish_display_data(bundle["data"], bundle["metadata"])
