@@ -499,3 +499,21 @@ def test_what_a_local_maps_elements_display_shows_in_element_order(kernel: Kerne
             d["text/plain"] for d in r.displays if d.get("text/plain", "").startswith("'element")
         ]
         assert shown == ["'element 3'", "'element 1'", "'element 2'"], shown
+
+
+def test_a_progress_display_updated_by_a_local_task_shows_its_last_state(
+    kernel: Kernel,
+) -> None:
+    """Notebook code that updates a display (``display(..., display_id=True)`` and
+    ``handle.update``) runs in a process of its own too, and the cell shows the display
+    as it was last updated."""
+    r = kernel.run(
+        "%%task prog --executor local\n"
+        "h = display('0 of 3', display_id=True)\n"
+        "for i in range(3):\n"
+        "    h.update(f'{i + 1} of 3')\n"
+        "del h\n"
+        "done = True"
+    ).ok()
+    shown = [d["text/plain"] for d in r.displays if d.get("text/plain", "").endswith("of 3'")]
+    assert shown == ["'3 of 3'"], r.displays
