@@ -522,11 +522,21 @@ def test_a_deleted_pod_is_a_system_failure_and_resumes_from_its_checkpoint(
 def test_a_user_error_retries_on_the_user_budget(engine: LocalEngine, cluster: Cluster) -> None:
     code = (
         "import papercrane.checkpoint as ckpt\n"
-        "n = ckpt.load(default=0) + 1\nckpt.save(n)\n"
+        "n = ckpt.load(default=0) + 1\nckpt.save(n)\ndisplay(f'attempt {n}')\n"
         "if n < 3:\n    raise ValueError(f'attempt {n} fails')\ny = n\n"
     )
     result = run(engine, spec("flaky", code), retries=2)
     assert result.values == {"y": 3}
+    # What each pod displayed: the failed attempts' with their failures, the last one's
+    # with the result.
+    events = engine.events(result.execution.id)
+    shown = [
+        b["data"]["text/plain"]
+        for e in events
+        if e.kind in (K.ATTEMPT_FAILED, K.ATTEMPT_SUCCEEDED)
+        for b in (e.payload.get("display") or {}).get("displayed", [])
+    ]
+    assert shown == ["'attempt 1'", "'attempt 2'", "'attempt 3'"]
     node = result.execution.nodes["flaky"]
     assert node.attempt == 3
     assert (node.user_failures, node.system_failures) == (2, 0)
@@ -536,7 +546,6 @@ def test_a_user_error_retries_on_the_user_budget(engine: LocalEngine, cluster: C
         ("user", "ValueError", "attempt 2 fails"),
     ]
     assert "raise ValueError" in failed[0]["traceback"]
-    events = engine.events(result.execution.id)
     assert [e.payload["budget"] for e in events if e.kind is K.RETRY_SCHEDULED] == ["user"] * 2
     cluster.gone(result.execution.id)
 
