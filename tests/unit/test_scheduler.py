@@ -229,6 +229,33 @@ def test_lineage_of_a_three_step_chain(engine: LocalEngine) -> None:
     assert tree["name"] == "n" and tree["producer"] is None  # a parameter ends the chain
 
 
+def test_lineage_of_a_cached_map_reaches_the_task_that_made_its_input(
+    engine: LocalEngine,
+) -> None:
+    """A map collects its list again on a cache hit, recording where its input came
+    from: the upstream node of that execution, itself a hit that ran nothing there. The
+    chain goes on to the execution the hit came from (it ended at the map's input, shown
+    as a notebook value)."""
+    cells = [
+        cell("load", "xs = list(range(n))", ("n",), ("xs",), cache=True),
+        cell("sq", "y = x * x", ("x",), ("y",), cache=True, map=MapSpec("xs", "x")),
+    ]
+    first = run(engine, cells, {"n": 3})
+    again = run(engine, cells, {"n": 3})
+    assert again.execution.nodes["load"].cache == "hit"
+    y = again.nodes["sq"].outputs["y"].id
+    for via in (None, {"execution": again.execution.id, "node": "sq"}):
+        tree = engine.lineage(y, via=via)
+        (xs,) = tree["inputs"]
+        assert xs["name"] == "xs"
+        assert xs["producer"] is not None, via
+        assert (xs["producer"]["task_name"], xs["producer"]["execution_id"]) == (
+            "load",
+            first.execution.id,
+        )
+        assert [i["name"] for i in xs["inputs"]] == ["n"]
+
+
 def test_missing_parameter_names_it(engine: LocalEngine) -> None:
     cells = [cell("a", "x = n + m", ("n", "m"), ("x",))]
     spec = assemble("wf", cells)
