@@ -61,9 +61,11 @@ def logs(
         )
     stream = "stderr" if stderr else "stdout"
     record: dict[str, Any] = {}
-    if not found.attempt and attempt is None:
+    ran = found.attempt  # how many attempts the node whose logs are read made
+    if not found.attempt:
         # A cache hit or a recovered node ran no attempt here: its logs are those of
-        # the attempt that made its outputs, in another execution.
+        # the attempt that made its outputs, in another execution (--attempt: of its
+        # attempts there).
         if found.status is Status.SKIPPED:
             raise NotFound(
                 f"{node!r} was skipped in {execution_id}: it never ran, so it has no logs; "
@@ -76,15 +78,20 @@ def logs(
                 "and the one that made its outputs is not recorded"
             )
         record["via"] = {"execution_id": execution_id, "node": node, "status": found.status.value}
-        execution_id, node, attempt = source
+        execution_id, node, ran = source
+        _check_attempt(attempt, ran, node, execution_id)
         if not as_json:
+            which = (
+                "which made its outputs" if attempt in (None, ran) else f"attempt {ran} made them"
+            )
             click.echo(
                 f"({record['via']['node']} was {found.status.value} in "
                 f"{record['via']['execution_id']}: these are the logs of execution "
-                f"{execution_id}, node {node}, attempt {attempt}, which made its outputs)",
+                f"{execution_id}, node {node}, attempt {attempt or ran}, {which})",
                 err=True,
             )
-    attempt = attempt or found.attempt or 1
+    _check_attempt(attempt, ran, node, execution_id)
+    attempt = attempt or ran or 1
     text = obj.engine.logs(execution_id, node, attempt, stream)
     if as_json:
         record = {"execution_id": execution_id, "node": node, "attempt": attempt, **record}
@@ -99,6 +106,18 @@ def logs(
                 f"papercrane executions show {execution_id})",
                 err=True,
             )
+
+
+def _check_attempt(attempt: int | None, ran: int, node: str, execution_id: str) -> None:
+    """Refuse an ``--attempt`` the node never made, saying which it did (the engine's
+    own answer named neither)."""
+    if attempt is None or not ran or attempt <= ran:
+        return
+    made = "attempt 1" if ran == 1 else f"attempts 1 to {ran}"
+    raise NotFound(
+        f"{node!r} made {made} in execution {execution_id}, not {attempt} "
+        "(leave --attempt out for the last)"
+    )
 
 
 def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str, str, int] | None:

@@ -325,6 +325,26 @@ def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home
     assert data["via"] == {"execution_id": hit, "node": "hello", "status": "cached"}
 
 
+def test_an_attempt_the_node_never_made_is_refused_saying_which_it_made(home: Path) -> None:
+    """``--attempt`` past the last names the attempts there are (it said only "no
+    attempt N"), and on a cache hit it is one of the attempts that made its outputs
+    (it was refused: the hit itself ran none)."""
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    first = next(r["id"] for r in rows if r["status"] == "succeeded")
+    hit = next(r["id"] for r in rows if r["status"] == "cached")
+    code, out = cli(home, "logs", first, "hello", "--attempt", "3")
+    assert code == 1
+    assert out == (
+        f"Error: 'hello' made attempt 1 in execution {first}, not 3 "
+        "(leave --attempt out for the last)\n"
+    )
+    result = CliRunner().invoke(main, ["--home", str(home), "logs", hit, "hello", "--attempt", "1"])
+    assert (result.exit_code, result.stdout) == (0, "hi\n")
+    assert f"these are the logs of execution {first}, node hello, attempt 1" in result.stderr
+    code, out = cli(home, "logs", hit, "hello", "--attempt", "2")
+    assert code == 1 and f"'hello' made attempt 1 in execution {first}, not 2" in out
+
+
 def _waiting_for(flag: Path, first: str, second: str) -> WorkflowSpec:
     """A two-node workflow whose second node fails until ``flag`` exists."""
     from papercrane.backend.workflow import CellTask, assemble
