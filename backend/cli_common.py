@@ -46,12 +46,14 @@ class Ctx:
 
 
 def emit(data: Any, as_json: bool, table: Any) -> None:
+    """``data`` as JSON for scripts, else what ``table()`` makes, for people: printed
+    without rich markup, since the records hold users' text."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     from .terminal import console
 
-    console().print(table())
+    console(markup=False).print(table())
 
 
 def fitted_table(*headers: str, **options: Any) -> Any:

@@ -287,7 +287,7 @@ def recover(obj: Ctx, execution_id: str, max_parallel: int, as_json: bool) -> No
     else:
         from .terminal import console
 
-        err = console(stderr=True)
+        err = console(stderr=True, markup=False)
         err.print(summary, markup=False, highlight=False)
         for name, node in failed:
             for part in node_failure(name, node, state.id):

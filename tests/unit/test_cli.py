@@ -325,6 +325,35 @@ def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home
     assert data["via"] == {"execution_id": hit, "node": "hello", "status": "cached"}
 
 
+def test_users_text_in_brackets_is_printed_as_it_is_not_read_as_markup(tmp_path: Path) -> None:
+    """An error message, a value's preview or a task name with ``[/data]`` or ``[bold]``
+    in it: rich read it as its markup, and ``executions show`` and ``lineage`` ended in
+    a MarkupError traceback (or dropped the brackets)."""
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    paths = TaskSpec(name="paths", code="p = ['[/data]', '[bold]x']", inputs=(), outputs=("p",))
+    made = engine.run_task(RunRequest(spec=paths, config=cfg, inputs={}, values={}))
+    code = "raise FileNotFoundError('no file at [/data/in.csv] ([bold]see[/bold] docs)')"
+    bad = TaskSpec(name="bad", code=code, inputs=(), outputs=("y",))
+    with pytest.raises(TaskFailed):
+        engine.run_task(RunRequest(spec=bad, config=cfg, inputs={}, values={}))
+    engine.close()
+    rows = json.loads(cli(tmp_path, "executions", "list", "--json")[1])
+    failed = next(r["id"] for r in rows if r["status"] == "failed")
+    code, out = cli(tmp_path, "executions", "show", failed)
+    assert code == 0, out
+    message = "no file at [/data/in.csv] ([bold]see[/bold] docs)"
+    assert f"FileNotFoundError: {message}" in out
+    code, out = cli(tmp_path, "lineage", made.outputs["p"].id)
+    assert code == 0, out
+    assert "p = ['[/data]', '[bold]x']" in out
+    code, out = cli(tmp_path, "cache", "clear", "--task", "[/x]")
+    assert (code, out) == (
+        0,
+        "cleared 0 cache entries of task '[/x]' in project default in domain development\n",
+    )
+
+
 def test_an_attempt_the_node_never_made_is_refused_saying_which_it_made(home: Path) -> None:
     """``--attempt`` past the last names the attempts there are (it said only "no
     attempt N"), and on a cache hit it is one of the attempts that made its outputs
