@@ -71,6 +71,8 @@ def logs(
                 f"{node!r} was skipped in {execution_id}: it never ran, so it has no logs; "
                 f"{_skip_reason(obj.engine, execution_id, node)}"
             )
+        if found.status not in (Status.CACHED, Status.RECOVERED):
+            raise NotFound(_never_ran(node, execution_id, found, state))
         source = _ran_elsewhere(obj.engine, state, node, found)
         if source is None:
             raise NotFound(
@@ -106,6 +108,20 @@ def logs(
                 f"papercrane executions show {execution_id})",
                 err=True,
             )
+
+
+def _never_ran(node: str, execution_id: str, found: Any, state: Any) -> str:
+    """Why a node that made no attempt and reuses no one's outputs has no logs: it
+    failed before its first attempt (its error says why), its execution was aborted or
+    lost first, or it has not started yet."""
+    said = f"{node!r} made no attempt in {execution_id} ({found.status.value}), so it has no logs"
+    if found.error is not None:
+        return (
+            f"{said}; it failed before its first attempt: {found.error.type}: {found.error.message}"
+        )
+    if state.error is not None and state.status.terminal:
+        return f"{said}; the execution ended first: {state.error.message}"
+    return said
 
 
 def _check_attempt(attempt: int | None, ran: int, node: str, execution_id: str) -> None:

@@ -374,6 +374,33 @@ def test_an_attempt_the_node_never_made_is_refused_saying_which_it_made(home: Pa
     assert code == 1 and f"'hello' made attempt 1 in execution {first}, not 2" in out
 
 
+def test_logs_of_a_node_that_failed_before_its_first_attempt_say_why(tmp_path: Path) -> None:
+    """It made no attempt and reuses no one's outputs: the answer was that "the one
+    that made its outputs is not recorded", as for a cache hit whose source is gone."""
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, MapSpec, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    spec = TaskSpec(name="m", code="out = item", inputs=("item",), outputs=("out",))
+    cells = [
+        CellTask(task=spec, config=TaskConfig(executor="inline"), map=MapSpec("items", "item"))
+    ]
+    request = WorkflowRequest(
+        spec=assemble("wf", cells), params={"items": engine.put_value(5, "items")}
+    )
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(request)
+    engine.close()
+    code, out = cli(tmp_path, "logs", failed.value.execution_id, "m")
+    assert code == 1
+    assert out.startswith(
+        f"Error: 'm' made no attempt in {failed.value.execution_id} (failed), so it has no "
+        "logs; it failed before its first attempt: TypeError: --map items: 'items' is an int"
+    ), out
+    assert "made its outputs" not in out
+
+
 def _waiting_for(flag: Path, first: str, second: str) -> WorkflowSpec:
     """A two-node workflow whose second node fails until ``flag`` exists."""
     from papercrane.backend.workflow import CellTask, assemble
