@@ -52,7 +52,8 @@ def cache_list(
     def table() -> Any:
         if not rows:
             asked = asked_text(project=project, domain=domain, task=task_name)
-            return f"no cache entries{' with ' + asked if asked else ' yet'}"
+            said = f"no cache entries{' with ' + asked if asked else ' yet'}"
+            return said + _other_tasks(obj, task_name, project, domain)
         from rich.console import Group
 
         caption, column = scope_caption(rows)
@@ -113,7 +114,25 @@ def cache_clear(obj: Ctx, project: str, domain: str, task_name: str | None, as_j
     )
     of = f" of task {task_name!r}" if task_name else ""
     said = f"cleared {n} cache entr{'y' if n == 1 else 'ies'}{of} {where}"
+    if not n:
+        said += _other_tasks(obj, task_name, project, domain)
     emit({"cleared": n, "project": project, "domain": domain}, as_json, lambda: said)
+
+
+def _other_tasks(obj: Ctx, task_name: str | None, project: str | None, domain: str | None) -> str:
+    """For a ``--task`` that matched no entry: the tasks that have entries there, as a
+    note (a mistyped name, ``--task lod``, said only that it found or cleared none).
+    Still no error: clearing twice, or listing what is not cached yet, is no mistake."""
+    if not task_name:
+        return ""
+    names = sorted(
+        {r["task_name"] for r in obj.engine.cache_list(limit=1000, project=project, domain=domain)}
+    )
+    there = " there" if project or domain else ""
+    if not names:
+        return f" (no task has cache entries{there})"
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    return f" (tasks with cache entries{there}: {shown})"
 
 
 @click.command()

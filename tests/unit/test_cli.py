@@ -299,10 +299,18 @@ def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
         0,
         "no executions with --project nope\n",
     )
+    # A --task that matches nothing (a typo?) names the tasks that have entries.
     assert cli(home, "cache", "list", "--task", "nope") == (
         0,
-        "no cache entries with --task nope\n",
+        "no cache entries with --task nope (tasks with cache entries: hello)\n",
     )
+    assert cli(home, "cache", "clear", "--task", "helo") == (
+        0,
+        "cleared 0 cache entries of task 'helo' in project default in domain development "
+        "(tasks with cache entries there: hello)\n",
+    )
+    code, out = cli(home, "cache", "clear", "--task", "helo", "--project", "other", "--json")
+    assert json.loads(out) == {"cleared": 0, "project": "other", "domain": "development"}
     empty = tmp_path / "empty-home"
     assert cli(empty, "executions", "list") == (0, "no executions yet\n")
 
@@ -350,7 +358,8 @@ def test_users_text_in_brackets_is_printed_as_it_is_not_read_as_markup(tmp_path:
     code, out = cli(tmp_path, "cache", "clear", "--task", "[/x]")
     assert (code, out) == (
         0,
-        "cleared 0 cache entries of task '[/x]' in project default in domain development\n",
+        "cleared 0 cache entries of task '[/x]' in project default in domain development "
+        "(no task has cache entries there)\n",
     )
 
 
