@@ -149,18 +149,24 @@ def lineage(obj: Ctx, artifact: str, as_json: bool) -> None:
         def add(branch: Any, node: dict[str, Any]) -> None:
             art = node["artifact"]
             kind = f"({art['python_type']}, {art['id'][:12]})"
-            label = f"{node['name'] or '?'} = {art['preview']}  {kind}"
+            named = f"{node['name']} = " if node["name"] else ""
+            sub = branch.add(f"{named}{art['preview']}  {kind}")
             p = node.get("producer")
-            sub = branch.add(label)
-            if p:
-                # (a map's lists are collected from its elements: no attempt of their own)
-                attempt = f", attempt {p['attempt']}" if p["attempt"] else ""
-                sub = sub.add(
-                    f"<- {p['task_name']} @ {p['task_version'][:12]}  "
-                    f"(execution {p['execution_id']}{attempt})"
-                )
-                for child in node["inputs"]:
-                    add(sub, child)
+            if not p:
+                # (as %lineage says it: no task's attempt recorded making this value)
+                sub.add("<- notebook value or workflow parameter")
+                return
+            # (a map's lists are collected from its elements: no attempt of their own)
+            attempt = f", attempt {p['attempt']}" if p["attempt"] else ""
+            # A step met before (two outputs of one task, read by one) has its inputs
+            # shown there once: here it says so, not that it had none.
+            again = "  see above" if node.get("repeated") else ""
+            sub = sub.add(
+                f"<- {p['task_name']} @ {p['task_version'][:12]}  "
+                f"(execution {p['execution_id']}{attempt}){again}"
+            )
+            for child in node["inputs"]:
+                add(sub, child)
 
         root = Tree(f"lineage of {tree['artifact']['id'][:12]}")
         add(root, tree)

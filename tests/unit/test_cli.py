@@ -410,6 +410,35 @@ def test_logs_of_a_node_that_failed_before_its_first_attempt_say_why(tmp_path: P
     assert "made its outputs" not in out
 
 
+def test_lineage_says_where_a_chain_ends_and_where_a_step_was_shown(tmp_path: Path) -> None:
+    """Two outputs of one task read by one: the second's producer is listed without its
+    inputs (shown under the first), which read as a task with none; a value no task made
+    was "? = 1", with nothing under it. Both say what they are, as %lineage does."""
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.workflow import CellTask, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    load = TaskSpec(name="load", code="a = n + 1\nb = n + 2", inputs=("n",), outputs=("a", "b"))
+    join = TaskSpec(name="join", code="c = a * b", inputs=("a", "b"), outputs=("c",))
+    spec = assemble("wf", [CellTask(task=load, config=cfg), CellTask(task=join, config=cfg)])
+    n = engine.put_value(1, "n")
+    result = engine.run_workflow(WorkflowRequest(spec=spec, params={"n": n}, param_values={"n": 1}))
+    engine.close()
+    code, out = cli(tmp_path, "lineage", result.nodes["join"].outputs["c"].id)
+    assert code == 0, out
+    lines = out.splitlines()
+    steps = [line for line in lines if "<- load @ " in line]
+    assert len(steps) == 2 and not steps[0].endswith("see above") and steps[1].endswith("see above")
+    assert sum("<- notebook value or workflow parameter" in line for line in lines) == 1
+    code, out = cli(tmp_path, "lineage", n.id)
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        f"└── 1  (int, {n.id[:12]})",
+        "    └── <- notebook value or workflow parameter",
+    ]
+
+
 def _waiting_for(flag: Path, first: str, second: str) -> WorkflowSpec:
     """A two-node workflow whose second node fails until ``flag`` exists."""
     from papercrane.backend.workflow import CellTask, assemble
