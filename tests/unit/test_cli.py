@@ -737,6 +737,23 @@ def test_tables_in_a_60_column_terminal_stay_readable(home: Path) -> None:
     assert LONG_NAME[:14] in out and "succeeded" in out and "…" not in out
 
 
+def test_an_empty_column_gives_its_width_to_a_folded_one(home: Path) -> None:
+    """A failed task has no outputs: in 80 columns its empty outputs column stayed while
+    the error beside it folded. Left out, it is not named in the caption (nothing was
+    lost)."""
+    failed = json.loads(cli(home, "executions", "list", "--json")[1])[0]["id"]
+    out = _in_terminal(home, "executions", "show", failed, columns=80)
+    table = out.partition("task 'bad' failed")[0]
+    header = next(line for line in table.splitlines() if "node" in line and "status" in line)
+    assert "outputs" not in header and "error" in header, out
+    row = next(line for line in table.splitlines() if line.startswith("│ bad "))
+    assert "ZeroDivisionError: division by zero" in row  # (whole, on its line)
+    assert "left out" not in table
+    # With room, it is shown as before.
+    wide = _in_terminal(home, "executions", "show", failed, columns=200)
+    assert "outputs" in wide
+
+
 def test_logs_of_a_skipped_node_say_it_was_skipped_and_why(tmp_path: Path) -> None:
     from papercrane.backend.engine import WorkflowRequest
     from papercrane.backend.errors import WorkflowFailed
