@@ -34,6 +34,19 @@ def _map_progress(node: dict[str, Any]) -> str:
     return f"map of {total:,}: " + ", ".join(parts)
 
 
+def _other_names(obj: Ctx, name: str | None, project: str | None, domain: str | None) -> str:
+    """For a ``--name`` that matched nothing: the names of recent executions, as a note.
+    (A task of a notebook's workflow is no execution's name: the workflow's is.)"""
+    if not name:
+        return ""
+    rows = obj.engine.list_executions(limit=200, project=project, domain=domain)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    if not names:
+        return ""
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    return f" (recent executions' names: {shown})"
+
+
 #: How many elements of one map ``executions show`` lists (those that did not succeed).
 _ELEMENT_ROWS = 20
 
@@ -47,7 +60,12 @@ _ELEMENT_ROWS = 20
     type=click.Choice(["queued", "running", "succeeded", "cached", "failed", "aborted"]),
     help="only executions in this state",
 )
-@click.option("--name", default=None, help="only this task's or workflow's (e.g. a notebook's)")
+@click.option(
+    "--name",
+    default=None,
+    help="only those of this workflow (a notebook's: its name as `run` shows it, or its "
+    ".ipynb file) or of this task run alone",
+)
 @click.option(
     "--limit",
     default=20,
@@ -67,6 +85,11 @@ def executions_list(
     as_json: bool,
 ) -> None:
     """The most recent executions, newest first."""
+    if name and name.endswith(".ipynb"):
+        # (a notebook's workflow is named after its file, made to fit: `run` says so)
+        from .config import workflow_name
+
+        name = workflow_name(name)
     rows = obj.engine.list_executions(
         limit=limit or None, project=project, domain=domain, status=status, name=name
     )
@@ -74,7 +97,9 @@ def executions_list(
     def table() -> Any:
         if not rows:
             asked = asked_text(project=project, domain=domain, status=status, name=name)
-            return f"no executions{' with ' + asked if asked else ' yet'}"
+            return f"no executions{' with ' + asked if asked else ' yet'}" + _other_names(
+                obj, name, project, domain
+            )
         caption, column = scope_caption(rows)
         columns = ["id", "name", "status", "created", "duration"]
         # (in a narrow terminal: the least needed go first)

@@ -493,7 +493,7 @@ def test_executions_list_by_name(home: Path) -> None:
     assert [(r["name"], r["status"]) for r in rows] == [("hello", "cached"), ("hello", "succeeded")]
     assert cli(home, "executions", "list", "--name", "nope", "--status", "failed") == (
         0,
-        "no executions with --status failed --name nope\n",
+        "no executions with --status failed --name nope (recent executions' names: bad, hello)\n",
     )
 
 
@@ -752,6 +752,20 @@ def test_an_empty_column_gives_its_width_to_a_folded_one(home: Path) -> None:
     # With room, it is shown as before.
     wide = _in_terminal(home, "executions", "show", failed, columns=200)
     assert "outputs" in wide
+
+
+def test_executions_list_takes_a_notebook_file_as_its_workflow_name(home: Path) -> None:
+    """``--name report.ipynb`` (or a path to it) is the notebook's workflow, named as
+    `run` names it; it found nothing. A name that matches nothing (a task of a workflow,
+    which is no execution's name) says which names there are."""
+    hello = [r["id"] for r in json.loads(cli(home, "executions", "list", "--json")[1])[1:]]
+    for given in ("hello.ipynb", "some/folder/hello.ipynb"):
+        code, out = cli(home, "executions", "list", "--name", given, "--json")
+        assert code == 0 and [r["id"] for r in json.loads(out)] == hello, given
+    assert cli(home, "executions", "list", "--name", "nope") == (
+        0,
+        "no executions with --name nope (recent executions' names: bad, hello)\n",
+    )
 
 
 def test_logs_of_a_skipped_node_say_it_was_skipped_and_why(tmp_path: Path) -> None:
