@@ -768,6 +768,20 @@ def test_executions_list_takes_a_notebook_file_as_its_workflow_name(home: Path) 
     )
 
 
+def test_logs_gone_from_storage_are_not_shown_as_empty(home: Path) -> None:
+    """A log recorded as stored but missing (deleted, or PAPERCRANE_STORAGE naming
+    another storage) printed nothing and exited 0, as for an attempt that printed
+    nothing. A stream the attempt did not write to is still empty, not an error."""
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    first = next(r["id"] for r in rows if r["status"] == "succeeded")
+    (home / "store" / "runs" / first / "hello" / "1" / "stdout.log").unlink()
+    code, out = cli(home, "logs", first, "hello")
+    assert code == 1
+    assert f"the stdout of node 'hello', attempt 1, in {first} was stored, but the storage" in out
+    assert "PAPERCRANE_STORAGE" in out
+    assert cli(home, "logs", first, "hello", "--stderr") == (0, "")
+
+
 def test_logs_of_a_skipped_node_say_it_was_skipped_and_why(tmp_path: Path) -> None:
     from papercrane.backend.engine import WorkflowRequest
     from papercrane.backend.errors import WorkflowFailed
