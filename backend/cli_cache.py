@@ -40,16 +40,23 @@ def cache_list(
     """Cache entries, newest first: the task, its outputs, the execution that made them,
     and the project and domain they serve (a cache entry is reused only there)."""
     # (one more than shown: whether to say there are more)
-    rows = obj.engine.cache_list(
-        task_name=task_name,
-        limit=limit + 1 if limit else None,
-        project=project,
-        domain=domain,
+    missing = obj.missing_home()  # (then none, and the home is not made)
+    rows = (
+        []
+        if missing
+        else obj.engine.cache_list(
+            task_name=task_name,
+            limit=limit + 1 if limit else None,
+            project=project,
+            domain=domain,
+        )
     )
     more = bool(limit) and len(rows) > limit
     rows = rows[:limit] if limit else rows
 
     def table() -> Any:
+        if missing:
+            return f"no cache entries: {missing}"
         if not rows:
             asked = asked_text(project=project, domain=domain, task=task_name)
             said = f"no cache entries{' with ' + asked if asked else ' yet'}"
@@ -107,14 +114,23 @@ def cache_clear(obj: Ctx, project: str, domain: str, task_name: str | None, as_j
     for kind, value in (("project", project), ("domain", domain)):
         if value != ANY_SCOPE:
             check_name(kind, value, limit=SCOPE_LENGTH, where=f"--{kind}")
-    n = obj.engine.cache_clear(task_name=task_name, project=project, domain=domain)
+    # (a home nothing ran with has none: said, and not made; a script that clears
+    # before its first run goes on)
+    missing = obj.missing_home()
+    n = (
+        0
+        if missing
+        else obj.engine.cache_clear(task_name=task_name, project=project, domain=domain)
+    )
     where = " ".join(
         f"in every {kind}" if value == ANY_SCOPE else f"in {kind} {value}"
         for kind, value in (("project", project), ("domain", domain))
     )
     of = f" of task {task_name!r}" if task_name else ""
     said = f"cleared {n} cache entr{'y' if n == 1 else 'ies'}{of} {where}"
-    if not n:
+    if missing:
+        said += f": {missing}"
+    elif not n:
         said += _other_tasks(obj, task_name, project, domain)
     emit({"cleared": n, "project": project, "domain": domain}, as_json, lambda: said)
 
@@ -141,7 +157,7 @@ def _other_tasks(obj: Ctx, task_name: str | None, project: str | None, domain: s
 @click.pass_obj
 def lineage(obj: Ctx, artifact: str, as_json: bool) -> None:
     """How an artifact was made: task, version, execution and inputs, recursively."""
-    tree = obj.engine.lineage(artifact)
+    tree = obj.reader.lineage(artifact)
 
     def text() -> Any:
         from rich.tree import Tree

@@ -90,11 +90,18 @@ def executions_list(
         from .config import workflow_name
 
         name = workflow_name(name)
-    rows = obj.engine.list_executions(
-        limit=limit or None, project=project, domain=domain, status=status, name=name
+    missing = obj.missing_home()  # (then none, and the home is not made)
+    rows = (
+        []
+        if missing
+        else obj.engine.list_executions(
+            limit=limit or None, project=project, domain=domain, status=status, name=name
+        )
     )
 
     def table() -> Any:
+        if missing:
+            return f"no executions: {missing}"
         if not rows:
             asked = asked_text(project=project, domain=domain, status=status, name=name)
             return f"no executions{' with ' + asked if asked else ' yet'}" + _other_names(
@@ -136,7 +143,7 @@ def executions_show(
     """One execution: its nodes, attempts, cache status and errors, with the tracebacks
     of the tasks that failed. (--json has every element of a map; the table, for
     people, summarizes them.)"""
-    state = obj.engine.execution(execution_id)
+    state = obj.reader.execution(execution_id)
     evs = obj.engine.events(state.id) if with_events else []
     data = {
         "id": state.id,
@@ -280,7 +287,7 @@ def recover(obj: Ctx, execution_id: str, max_parallel: int, as_json: bool) -> No
     from .cli_report import failed_nodes, node_failure
     from .errors import TaskFailed, WorkflowFailed
 
-    source = obj.engine.execution(execution_id)  # (its id whole, from the start of it)
+    source = obj.reader.execution(execution_id)  # (its id whole, from the start of it)
     _run_where_it_ran(source)
     try:
         state = obj.engine.recover(source.id, max_parallel=max_parallel, want_values=False)

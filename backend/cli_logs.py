@@ -33,7 +33,7 @@ def logs(
     """Print a node's stdout (or --stderr) for one attempt; NODE may be left out when
     the execution has one (a single task's). A cache hit's or a recovered node's are
     those of the attempt that made its outputs, in another execution."""
-    state = obj.engine.execution(execution_id)
+    state = obj.reader.execution(execution_id)
     execution_id = state.id  # (given by the start of its id, perhaps)
     if node is None:
         nodes = [n for n in state.nodes if "[" not in n and ":" not in n]

@@ -312,7 +312,39 @@ def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
     code, out = cli(home, "cache", "clear", "--task", "helo", "--project", "other", "--json")
     assert json.loads(out) == {"cleared": 0, "project": "other", "domain": "development"}
     empty = tmp_path / "empty-home"
+    LocalEngine(Config(home=empty)).close()
     assert cli(empty, "executions", "list") == (0, "no executions yet\n")
+
+
+def test_a_home_where_nothing_ran_is_named_not_made(tmp_path: Path) -> None:
+    """A mistyped --home or PAPERCRANE_HOME was made, empty, by a command that only
+    reads, which then said "no executions yet", as if the history were gone. A listing
+    (or clearing the cache) still finds nothing, exit 0, [] for scripts; a command that
+    names a record is refused naming the home."""
+    typo = tmp_path / "papercarne"
+    said = (
+        f"nothing has run with the papercrane home {typo} (from --home): it has no "
+        f"database yet ({typo / 'papercrane.db'}); check the folder, or run a notebook or "
+        "task first"
+    )
+    for args in (
+        ("executions", "show", "abcd"),
+        ("logs", "abcd", "x"),
+        ("lineage", "abcdef"),
+        ("recover", "abcd"),
+    ):
+        assert cli(typo, *args) == (1, f"Error: {said}\n"), args
+    assert cli(typo, "executions", "list") == (0, f"no executions: {said}\n")
+    assert cli(typo, "cache", "list") == (0, f"no cache entries: {said}\n")
+    assert cli(typo, "cache", "clear") == (
+        0,
+        f"cleared 0 cache entries in project default in domain development: {said}\n",
+    )
+    assert cli(typo, "executions", "list", "--json") == (0, "[]\n")
+    assert cli(typo, "cache", "list", "--json") == (0, "[]\n")
+    assert not typo.exists()
+    result = CliRunner().invoke(main, ["lineage", "abcdef"], env={"PAPERCRANE_HOME": str(typo)})
+    assert result.exit_code == 1 and f"{typo} (from PAPERCRANE_HOME)" in result.output
 
 
 def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home: Path) -> None:
