@@ -37,6 +37,44 @@ class Ctx:
                 self._engine = LocalEngine(Config.from_env(**overrides))
         return self._engine
 
+    def missing_home(self) -> str | None:
+        """What to say when the embedded home a command would read has no database: then
+        nothing ran with it, and a mistyped ``--home`` or ``PAPERCRANE_HOME`` is likely.
+        (Opening the engine made that home, empty, and the answer was "no executions
+        yet", as if the history were gone.) None when it has one, or the engine is a
+        server's, or a database or storage of one's own is set (the engine checks those
+        and names them)."""
+        import os
+
+        if self._engine is not None or os.environ.get("PAPERCRANE_URL"):
+            return None
+        config = Config.from_env(**home_overrides(self))
+        db = config.home / "papercrane.db"
+        defaults = (f"sqlite:///{db}", str(config.home / "store"))
+        if (config.db_url, config.storage_url) != defaults or db.exists():
+            return None
+        if not self.home:
+            where = "the default; --home or PAPERCRANE_HOME moves it"
+        else:
+            env = os.environ.get("PAPERCRANE_HOME")
+            where = f"from {'PAPERCRANE_HOME' if self.home == env else '--home'}"
+        return (
+            f"nothing has run with the papercrane home {config.home} ({where}): it has no "
+            f"database yet ({db}); check the folder, or run a notebook or task first"
+        )
+
+    @property
+    def reader(self) -> Any:
+        """The engine, for a command that reads one record (or forgets cache entries):
+        refused with ``missing_home``'s words, rather than made empty, when nothing ran
+        with the home."""
+        said = self.missing_home()
+        if said is not None:
+            from .errors import NotFound
+
+            raise NotFound(said)
+        return self.engine
+
     def close(self) -> None:
         """Close the engine if a command opened one: its database connections (SQLite
         checkpoints its WAL on the last close) or its HTTP session."""
@@ -46,12 +84,14 @@ class Ctx:
 
 
 def emit(data: Any, as_json: bool, table: Any) -> None:
+    """``data`` as JSON for scripts, else what ``table()`` makes, for people: printed
+    without rich markup, since the records hold users' text."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     from .terminal import console
 
-    console().print(table())
+    console(markup=False).print(table())
 
 
 def fitted_table(*headers: str, **options: Any) -> Any:

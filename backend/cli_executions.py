@@ -34,6 +34,19 @@ def _map_progress(node: dict[str, Any]) -> str:
     return f"map of {total:,}: " + ", ".join(parts)
 
 
+def _other_names(obj: Ctx, name: str | None, project: str | None, domain: str | None) -> str:
+    """For a ``--name`` that matched nothing: the names of recent executions, as a note.
+    (A task of a notebook's workflow is no execution's name: the workflow's is.)"""
+    if not name:
+        return ""
+    rows = obj.engine.list_executions(limit=200, project=project, domain=domain)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    if not names:
+        return ""
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    return f" (recent executions' names: {shown})"
+
+
 #: How many elements of one map ``executions show`` lists (those that did not succeed).
 _ELEMENT_ROWS = 20
 
@@ -47,7 +60,12 @@ _ELEMENT_ROWS = 20
     type=click.Choice(["queued", "running", "succeeded", "cached", "failed", "aborted"]),
     help="only executions in this state",
 )
-@click.option("--name", default=None, help="only this task's or workflow's (e.g. a notebook's)")
+@click.option(
+    "--name",
+    default=None,
+    help="only those of this workflow (a notebook's: its name as `run` shows it, or its "
+    ".ipynb file) or of this task run alone",
+)
 @click.option(
     "--limit",
     default=20,
@@ -67,14 +85,28 @@ def executions_list(
     as_json: bool,
 ) -> None:
     """The most recent executions, newest first."""
-    rows = obj.engine.list_executions(
-        limit=limit or None, project=project, domain=domain, status=status, name=name
+    if name and name.endswith(".ipynb"):
+        # (a notebook's workflow is named after its file, made to fit: `run` says so)
+        from .config import workflow_name
+
+        name = workflow_name(name)
+    missing = obj.missing_home()  # (then none, and the home is not made)
+    rows = (
+        []
+        if missing
+        else obj.engine.list_executions(
+            limit=limit or None, project=project, domain=domain, status=status, name=name
+        )
     )
 
     def table() -> Any:
+        if missing:
+            return f"no executions: {missing}"
         if not rows:
             asked = asked_text(project=project, domain=domain, status=status, name=name)
-            return f"no executions{' with ' + asked if asked else ' yet'}"
+            return f"no executions{' with ' + asked if asked else ' yet'}" + _other_names(
+                obj, name, project, domain
+            )
         caption, column = scope_caption(rows)
         columns = ["id", "name", "status", "created", "duration"]
         # (in a narrow terminal: the least needed go first)
@@ -111,7 +143,7 @@ def executions_show(
     """One execution: its nodes, attempts, cache status and errors, with the tracebacks
     of the tasks that failed. (--json has every element of a map; the table, for
     people, summarizes them.)"""
-    state = obj.engine.execution(execution_id)
+    state = obj.reader.execution(execution_id)
     evs = obj.engine.events(state.id) if with_events else []
     data = {
         "id": state.id,
@@ -255,7 +287,7 @@ def recover(obj: Ctx, execution_id: str, max_parallel: int, as_json: bool) -> No
     from .cli_report import failed_nodes, node_failure
     from .errors import TaskFailed, WorkflowFailed
 
-    source = obj.engine.execution(execution_id)  # (its id whole, from the start of it)
+    source = obj.reader.execution(execution_id)  # (its id whole, from the start of it)
     _run_where_it_ran(source)
     try:
         state = obj.engine.recover(source.id, max_parallel=max_parallel, want_values=False)
@@ -287,7 +319,7 @@ def recover(obj: Ctx, execution_id: str, max_parallel: int, as_json: bool) -> No
     else:
         from .terminal import console
 
-        err = console(stderr=True)
+        err = console(stderr=True, markup=False)
         err.print(summary, markup=False, highlight=False)
         for name, node in failed:
             for part in node_failure(name, node, state.id):

@@ -33,7 +33,7 @@ def logs(
     """Print a node's stdout (or --stderr) for one attempt; NODE may be left out when
     the execution has one (a single task's). A cache hit's or a recovered node's are
     those of the attempt that made its outputs, in another execution."""
-    state = obj.engine.execution(execution_id)
+    state = obj.reader.execution(execution_id)
     execution_id = state.id  # (given by the start of its id, perhaps)
     if node is None:
         nodes = [n for n in state.nodes if "[" not in n and ":" not in n]
@@ -61,14 +61,18 @@ def logs(
         )
     stream = "stderr" if stderr else "stdout"
     record: dict[str, Any] = {}
-    if not found.attempt and attempt is None:
+    ran = found.attempt  # how many attempts the node whose logs are read made
+    if not found.attempt:
         # A cache hit or a recovered node ran no attempt here: its logs are those of
-        # the attempt that made its outputs, in another execution.
+        # the attempt that made its outputs, in another execution (--attempt: of its
+        # attempts there).
         if found.status is Status.SKIPPED:
             raise NotFound(
                 f"{node!r} was skipped in {execution_id}: it never ran, so it has no logs; "
                 f"{_skip_reason(obj.engine, execution_id, node)}"
             )
+        if found.status not in (Status.CACHED, Status.RECOVERED):
+            raise NotFound(_never_ran(node, execution_id, found, state))
         source = _ran_elsewhere(obj.engine, state, node, found)
         if source is None:
             raise NotFound(
@@ -76,15 +80,20 @@ def logs(
                 "and the one that made its outputs is not recorded"
             )
         record["via"] = {"execution_id": execution_id, "node": node, "status": found.status.value}
-        execution_id, node, attempt = source
+        execution_id, node, ran = source
+        _check_attempt(attempt, ran, node, execution_id)
         if not as_json:
+            which = (
+                "which made its outputs" if attempt in (None, ran) else f"attempt {ran} made them"
+            )
             click.echo(
                 f"({record['via']['node']} was {found.status.value} in "
                 f"{record['via']['execution_id']}: these are the logs of execution "
-                f"{execution_id}, node {node}, attempt {attempt}, which made its outputs)",
+                f"{execution_id}, node {node}, attempt {attempt or ran}, {which})",
                 err=True,
             )
-    attempt = attempt or found.attempt or 1
+    _check_attempt(attempt, ran, node, execution_id)
+    attempt = attempt or ran or 1
     text = obj.engine.logs(execution_id, node, attempt, stream)
     if as_json:
         record = {"execution_id": execution_id, "node": node, "attempt": attempt, **record}
@@ -99,6 +108,32 @@ def logs(
                 f"papercrane executions show {execution_id})",
                 err=True,
             )
+
+
+def _never_ran(node: str, execution_id: str, found: Any, state: Any) -> str:
+    """Why a node that made no attempt and reuses no one's outputs has no logs: it
+    failed before its first attempt (its error says why), its execution was aborted or
+    lost first, or it has not started yet."""
+    said = f"{node!r} made no attempt in {execution_id} ({found.status.value}), so it has no logs"
+    if found.error is not None:
+        return (
+            f"{said}; it failed before its first attempt: {found.error.type}: {found.error.message}"
+        )
+    if state.error is not None and state.status.terminal:
+        return f"{said}; the execution ended first: {state.error.message}"
+    return said
+
+
+def _check_attempt(attempt: int | None, ran: int, node: str, execution_id: str) -> None:
+    """Refuse an ``--attempt`` the node never made, saying which it did (the engine's
+    own answer named neither)."""
+    if attempt is None or not ran or attempt <= ran:
+        return
+    made = "attempt 1" if ran == 1 else f"attempts 1 to {ran}"
+    raise NotFound(
+        f"{node!r} made {made} in execution {execution_id}, not {attempt} "
+        "(leave --attempt out for the last)"
+    )
 
 
 def _ran_elsewhere(engine: Any, state: Any, node: str, found: Any) -> tuple[str, str, int] | None:

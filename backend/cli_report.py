@@ -74,12 +74,25 @@ class FittedTable:
         )
         return widest if header in WHOLE else min(widest, max(FOLD_MIN, len(header)))
 
+    def _widest(self, index: int) -> int:
+        """The column's natural width: its widest line, or its header."""
+        lines = (len(line) for r in self.rows for line in r[index].splitlines())
+        return max([len(self.headers[index]), *lines])
+
+    def empty(self) -> list[int]:
+        """The columns with nothing in them (no output, no error in any row)."""
+        return [i for i in range(len(self.headers)) if not any(r[i] for r in self.rows)]
+
     def shown(self, width: int) -> list[int]:
-        """The columns that fit ``width`` (each costs 3 more: its border and padding)."""
+        """The columns that fit ``width`` (each costs 3 more: its border and padding).
+        A column with nothing in it goes as soon as the table would fold a value (the
+        width it took was cut from the names and errors: an error column folded to 14
+        characters beside an empty outputs column); then those in ``drop``, while even
+        the narrowest folding does not fit."""
         shown = list(range(len(self.headers)))
-        # (a column with nothing in it goes before any other)
-        empty = tuple(h for i, h in enumerate(self.headers) if not any(r[i] for r in self.rows))
-        for name in (*empty, *self.drop):
+        if sum(self._widest(i) + 3 for i in shown) + 1 > width:
+            shown = [i for i in shown if i not in self.empty()]
+        for name in self.drop:
             if sum(self._least(i) + 3 for i in shown) + 1 <= width:
                 break
             if name in self.headers and self.headers.index(name) in shown:
@@ -90,7 +103,9 @@ class FittedTable:
         from rich.table import Column, Table
 
         shown = self.shown(options.max_width)
-        left_out = [h for i, h in enumerate(self.headers) if i not in shown]
+        # (an empty column left out loses nothing: not worth a line)
+        empty = self.empty()
+        left_out = [h for i, h in enumerate(self.headers) if i not in shown and i not in empty]
         captions = [self.caption] if self.caption else []
         if left_out:
             captions.append(f"{', '.join(left_out)} left out for the width: see --json")

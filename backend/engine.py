@@ -406,7 +406,16 @@ class LocalEngine(Runs, Lineage, EngineAPI):
             return self.storage.read_bytes(key).decode("utf-8", "replace")
         except CorruptArtifact:
             state = self.execution(execution_id)
-            if node in state.nodes and 0 < attempt <= state.nodes[node].attempt:
+            found = state.nodes.get(node)
+            if found is not None and 0 < attempt <= found.attempt:
+                if found.logs.get(attempt, {}).get(stream):
+                    # Recorded as stored, and gone: not an attempt that printed nothing.
+                    raise NotFound(
+                        f"the {stream} of node {node!r}, attempt {attempt}, in {execution_id} "
+                        f"was stored, but the storage at {self.storage.url_root} does not "
+                        f"have it ({key}): deleted, or PAPERCRANE_STORAGE names another "
+                        "storage than the one it ran with"
+                    ) from None
                 return ""  # the attempt ran and wrote nothing to this stream
             raise NotFound(f"no attempt {attempt} of node {node!r} in {execution_id}") from None
 

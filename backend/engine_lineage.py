@@ -30,7 +30,7 @@ class Lineage:
         producers = self.store.producers(ref.id, self.scope_project)
         producer = producers[-1] if producers else None
         if via and via.get("execution") and via.get("node"):
-            producer = _producer_in(producers, via["execution"], via["node"]) or producer
+            producer = self._producer_of(producers, via["execution"], via["node"]) or producer
         return self._lineage(ref, "", producer, depth, set())
 
     def _lineage(
@@ -64,13 +64,39 @@ class Lineage:
                 continue
             upstream = None
             if source.get("execution") and source.get("node"):
-                upstream = _producer_in(
+                upstream = self._producer_of(
                     self.store.producers(input_ref.id, self.scope_project),
                     source["execution"],
                     source["node"],
                 )
             node["inputs"].append(self._lineage(input_ref, input_name, upstream, depth - 1, seen))
         return node
+
+    def _producer_of(
+        self, producers: list[dict[str, Any]], execution: str, node: str
+    ) -> dict[str, Any] | None:
+        """The producer row of ``execution``'s ``node``, or, when that node ran nothing
+        there (a cache hit or a recovered node, which record no lineage row of their
+        own), of the execution its outputs came from, and so on back: a cached ``load``
+        feeding a map that collected again would otherwise end the map's chain at its
+        input, as if the notebook had typed it in."""
+        seen = set()
+        while execution and execution not in seen:
+            seen.add(execution)
+            found = _producer_in(producers, execution, node)
+            if found is not None:
+                return found
+            state = self.store.execution(execution)
+            ran = state.nodes.get(node) if state is not None else None
+            if ran is None or not ran.cache_source:
+                return None
+            execution = ran.cache_source.get("execution_id", "")
+            # (the entry's node may have another name there: any producer of this value
+            # in that execution is where it came from)
+            here = [p for p in producers if p["execution_id"] == execution]
+            if here and _producer_in(here, execution, node) is None:
+                return here[-1]
+        return None
 
 
 def _producer_in(

@@ -125,13 +125,19 @@ class Attempts:
         self._begin(unit, executor)
         single = len(self.nodes) == 1 and unit.index is None
         deferred = single and executor.in_process and not unit.cache_key
-        if not deferred and (time.monotonic() - self._last_flush > ROUND or single):
+        now = not deferred and (time.monotonic() - self._last_flush > ROUND or single)
+        if now:
             self.flush()  # the widget and the store show it running
         token = None
         logs = AttemptLogs(self, unit, threaded=False)
         unit.node.running += 1
         try:
-            if deferred:
+            # Held back (a flush was just made, for the unit before): committed if it runs
+            # past the grace, else with its end. (Without this, a long task after a quick
+            # one showed queued, with no attempt and no logs to `executions show` and
+            # `logs`, until it ended.) Not where the rows may name members of this
+            # thread's pack not written yet: another thread's flush can't write it.
+            if not now and (deferred or not (self.packing and executor.in_process)):
                 self._start_due = True
                 token = deadlines.arm(START_GRACE, self._write_start)
             result = executor.run(self._attempt_spec(unit), logs, self.cancel)
@@ -145,7 +151,8 @@ class Attempts:
         self._handle(unit, result)
 
     def _write_start(self) -> None:
-        """On the helper thread: the inline task is still running, commit its start.
+        """On the helper thread: the unit ``_run_here`` runs is still running, commit its
+        start (and what was held back with it).
         If that fails, the events stay pending and its end's transaction writes them."""
         with self._start_lock:
             if not self._start_due:

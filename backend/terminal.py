@@ -12,12 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def console(stderr: bool = False) -> Any:
+def console(stderr: bool = False, markup: bool = True) -> Any:
     """A ``rich.console.Console`` on stdout (``stderr``: on stderr), at the terminal's
-    width, or unlimited when not printing to a terminal."""
+    width, or unlimited when not printing to a terminal.
+
+    ``markup=False`` for one that prints records: their text (an error message, a
+    value's preview, a task name typed on the command line) is the user's, and rich
+    would read ``[/data]`` or ``[bold]`` in it as its markup, failing on a tag it can't
+    match or dropping the brackets. That covers every string a table, tree or group
+    holds, not only those printed directly."""
     from rich.console import Console
 
-    found = Console(stderr=stderr)
+    found = Console(stderr=stderr, markup=markup)
     if not found.is_terminal:
-        found = Console(stderr=stderr, width=1 << 16)
+        found = Console(stderr=stderr, markup=markup, width=1 << 16)
     return found

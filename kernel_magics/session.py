@@ -468,11 +468,18 @@ class Session:
             raise UserError(f"there is no variable {name!r} in the notebook")
         value = ns[name]
         known = self.bound.get(name)
-        not_made = UserError(
-            f"{name!r} was not produced by a task (or was changed since): it has no lineage"
-        )
-        if known is None or known[0] != id(value):
-            raise not_made
+        if known is None:
+            raise UserError(
+                f"{name!r} was not produced by a task: it has no lineage (a plain cell "
+                "or a parameter gave it its value)"
+            )
+        origin = self.origins.get(name)
+        by = f"task {origin['node'].partition('[')[0]!r}" if origin else "a task"
+        if known[0] != id(value):
+            raise UserError(
+                f"{name!r} was changed since {by} produced it (a cell assigned it again): "
+                "the value it holds now has no lineage"
+            )
         # Always hash what the variable holds now: the bound object itself may have been
         # changed in place since the task produced it (``a[0] += 1`` in a plain cell).
         try:
@@ -480,8 +487,11 @@ class Session:
         except Exception:
             fp = ""
         if not fp or fp != known[1]:
-            raise not_made
-        return fp, self.origins.get(name)
+            raise UserError(
+                f"{name!r} was changed since {by} produced it (in place, by a cell): the "
+                "value it holds now has no lineage"
+            )
+        return fp, origin
 
 
 def publish_display(display: dict[str, Any] | None) -> None:

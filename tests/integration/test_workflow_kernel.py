@@ -340,6 +340,33 @@ def test_lineage_of_a_three_step_workflow(kernel: Kernel) -> None:
     assert r.status == "error" and "not produced by a task" in r.error["evalue"]
 
 
+def test_lineage_of_a_value_a_cell_changed_says_how_and_which_task_made_it(
+    kernel: Kernel,
+) -> None:
+    """One message served every case ("not produced by a task (or was changed since)"):
+    the user had to guess whether the value was never a task's, or which cell undid it."""
+    kernel.run("n = 2").ok()
+    kernel.run("%%task load --executor inline\nraw = [n, n + 1]\nother = [n]").ok()
+    kernel.run("raw.append(9)\nother = [2]").ok()
+    r = kernel.run("%lineage raw")
+    assert r.status == "error"
+    assert (
+        "'raw' was changed since task 'load' produced it (in place, by a cell)"
+        in (r.error["evalue"])
+    )
+    r = kernel.run("%lineage other")
+    assert r.status == "error"
+    assert (
+        "'other' was changed since task 'load' produced it (a cell assigned it again)"
+        in (r.error["evalue"])
+    )
+    r = kernel.run("%lineage n")
+    assert (
+        r.status == "error"
+        and "'n' was not produced by a task: it has no lineage" in (r.error["evalue"])
+    )
+
+
 def test_lineage_of_equal_values_is_the_one_each_variable_came_from(kernel: Kernel) -> None:
     """12 made by two tasks is one artifact: each variable's lineage is its own task's,
     and a 12 typed by hand has none."""

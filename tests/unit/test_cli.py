@@ -299,12 +299,52 @@ def test_empty_listings_say_so(home: Path, tmp_path: Path) -> None:
         0,
         "no executions with --project nope\n",
     )
+    # A --task that matches nothing (a typo?) names the tasks that have entries.
     assert cli(home, "cache", "list", "--task", "nope") == (
         0,
-        "no cache entries with --task nope\n",
+        "no cache entries with --task nope (tasks with cache entries: hello)\n",
     )
+    assert cli(home, "cache", "clear", "--task", "helo") == (
+        0,
+        "cleared 0 cache entries of task 'helo' in project default in domain development "
+        "(tasks with cache entries there: hello)\n",
+    )
+    code, out = cli(home, "cache", "clear", "--task", "helo", "--project", "other", "--json")
+    assert json.loads(out) == {"cleared": 0, "project": "other", "domain": "development"}
     empty = tmp_path / "empty-home"
+    LocalEngine(Config(home=empty)).close()
     assert cli(empty, "executions", "list") == (0, "no executions yet\n")
+
+
+def test_a_home_where_nothing_ran_is_named_not_made(tmp_path: Path) -> None:
+    """A mistyped --home or PAPERCRANE_HOME was made, empty, by a command that only
+    reads, which then said "no executions yet", as if the history were gone. A listing
+    (or clearing the cache) still finds nothing, exit 0, [] for scripts; a command that
+    names a record is refused naming the home."""
+    typo = tmp_path / "papercarne"
+    said = (
+        f"nothing has run with the papercrane home {typo} (from --home): it has no "
+        f"database yet ({typo / 'papercrane.db'}); check the folder, or run a notebook or "
+        "task first"
+    )
+    for args in (
+        ("executions", "show", "abcd"),
+        ("logs", "abcd", "x"),
+        ("lineage", "abcdef"),
+        ("recover", "abcd"),
+    ):
+        assert cli(typo, *args) == (1, f"Error: {said}\n"), args
+    assert cli(typo, "executions", "list") == (0, f"no executions: {said}\n")
+    assert cli(typo, "cache", "list") == (0, f"no cache entries: {said}\n")
+    assert cli(typo, "cache", "clear") == (
+        0,
+        f"cleared 0 cache entries in project default in domain development: {said}\n",
+    )
+    assert cli(typo, "executions", "list", "--json") == (0, "[]\n")
+    assert cli(typo, "cache", "list", "--json") == (0, "[]\n")
+    assert not typo.exists()
+    result = CliRunner().invoke(main, ["lineage", "abcdef"], env={"PAPERCRANE_HOME": str(typo)})
+    assert result.exit_code == 1 and f"{typo} (from PAPERCRANE_HOME)" in result.output
 
 
 def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home: Path) -> None:
@@ -323,6 +363,112 @@ def test_logs_of_a_cache_hit_are_those_of_the_attempt_that_made_its_outputs(home
         "hi\n",
     )
     assert data["via"] == {"execution_id": hit, "node": "hello", "status": "cached"}
+
+
+def test_users_text_in_brackets_is_printed_as_it_is_not_read_as_markup(tmp_path: Path) -> None:
+    """An error message, a value's preview or a task name with ``[/data]`` or ``[bold]``
+    in it: rich read it as its markup, and ``executions show`` and ``lineage`` ended in
+    a MarkupError traceback (or dropped the brackets)."""
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    paths = TaskSpec(name="paths", code="p = ['[/data]', '[bold]x']", inputs=(), outputs=("p",))
+    made = engine.run_task(RunRequest(spec=paths, config=cfg, inputs={}, values={}))
+    code = "raise FileNotFoundError('no file at [/data/in.csv] ([bold]see[/bold] docs)')"
+    bad = TaskSpec(name="bad", code=code, inputs=(), outputs=("y",))
+    with pytest.raises(TaskFailed):
+        engine.run_task(RunRequest(spec=bad, config=cfg, inputs={}, values={}))
+    engine.close()
+    rows = json.loads(cli(tmp_path, "executions", "list", "--json")[1])
+    failed = next(r["id"] for r in rows if r["status"] == "failed")
+    code, out = cli(tmp_path, "executions", "show", failed)
+    assert code == 0, out
+    message = "no file at [/data/in.csv] ([bold]see[/bold] docs)"
+    assert f"FileNotFoundError: {message}" in out
+    code, out = cli(tmp_path, "lineage", made.outputs["p"].id)
+    assert code == 0, out
+    assert "p = ['[/data]', '[bold]x']" in out
+    code, out = cli(tmp_path, "cache", "clear", "--task", "[/x]")
+    assert (code, out) == (
+        0,
+        "cleared 0 cache entries of task '[/x]' in project default in domain development "
+        "(no task has cache entries there)\n",
+    )
+
+
+def test_an_attempt_the_node_never_made_is_refused_saying_which_it_made(home: Path) -> None:
+    """``--attempt`` past the last names the attempts there are (it said only "no
+    attempt N"), and on a cache hit it is one of the attempts that made its outputs
+    (it was refused: the hit itself ran none)."""
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    first = next(r["id"] for r in rows if r["status"] == "succeeded")
+    hit = next(r["id"] for r in rows if r["status"] == "cached")
+    code, out = cli(home, "logs", first, "hello", "--attempt", "3")
+    assert code == 1
+    assert out == (
+        f"Error: 'hello' made attempt 1 in execution {first}, not 3 "
+        "(leave --attempt out for the last)\n"
+    )
+    result = CliRunner().invoke(main, ["--home", str(home), "logs", hit, "hello", "--attempt", "1"])
+    assert (result.exit_code, result.stdout) == (0, "hi\n")
+    assert f"these are the logs of execution {first}, node hello, attempt 1" in result.stderr
+    code, out = cli(home, "logs", hit, "hello", "--attempt", "2")
+    assert code == 1 and f"'hello' made attempt 1 in execution {first}, not 2" in out
+
+
+def test_logs_of_a_node_that_failed_before_its_first_attempt_say_why(tmp_path: Path) -> None:
+    """It made no attempt and reuses no one's outputs: the answer was that "the one
+    that made its outputs is not recorded", as for a cache hit whose source is gone."""
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.errors import WorkflowFailed
+    from papercrane.backend.workflow import CellTask, MapSpec, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    spec = TaskSpec(name="m", code="out = item", inputs=("item",), outputs=("out",))
+    cells = [
+        CellTask(task=spec, config=TaskConfig(executor="inline"), map=MapSpec("items", "item"))
+    ]
+    request = WorkflowRequest(
+        spec=assemble("wf", cells), params={"items": engine.put_value(5, "items")}
+    )
+    with pytest.raises(WorkflowFailed) as failed:
+        engine.run_workflow(request)
+    engine.close()
+    code, out = cli(tmp_path, "logs", failed.value.execution_id, "m")
+    assert code == 1
+    assert out.startswith(
+        f"Error: 'm' made no attempt in {failed.value.execution_id} (failed), so it has no "
+        "logs; it failed before its first attempt: TypeError: --map items: 'items' is an int"
+    ), out
+    assert "made its outputs" not in out
+
+
+def test_lineage_says_where_a_chain_ends_and_where_a_step_was_shown(tmp_path: Path) -> None:
+    """Two outputs of one task read by one: the second's producer is listed without its
+    inputs (shown under the first), which read as a task with none; a value no task made
+    was "? = 1", with nothing under it. Both say what they are, as %lineage does."""
+    from papercrane.backend.engine import WorkflowRequest
+    from papercrane.backend.workflow import CellTask, assemble
+
+    engine = LocalEngine(Config(home=tmp_path))
+    cfg = TaskConfig(executor="inline")
+    load = TaskSpec(name="load", code="a = n + 1\nb = n + 2", inputs=("n",), outputs=("a", "b"))
+    join = TaskSpec(name="join", code="c = a * b", inputs=("a", "b"), outputs=("c",))
+    spec = assemble("wf", [CellTask(task=load, config=cfg), CellTask(task=join, config=cfg)])
+    n = engine.put_value(1, "n")
+    result = engine.run_workflow(WorkflowRequest(spec=spec, params={"n": n}, param_values={"n": 1}))
+    engine.close()
+    code, out = cli(tmp_path, "lineage", result.nodes["join"].outputs["c"].id)
+    assert code == 0, out
+    lines = out.splitlines()
+    steps = [line for line in lines if "<- load @ " in line]
+    assert len(steps) == 2 and not steps[0].endswith("see above") and steps[1].endswith("see above")
+    assert sum("<- notebook value or workflow parameter" in line for line in lines) == 1
+    code, out = cli(tmp_path, "lineage", n.id)
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        f"└── 1  (int, {n.id[:12]})",
+        "    └── <- notebook value or workflow parameter",
+    ]
 
 
 def _waiting_for(flag: Path, first: str, second: str) -> WorkflowSpec:
@@ -379,7 +525,7 @@ def test_executions_list_by_name(home: Path) -> None:
     assert [(r["name"], r["status"]) for r in rows] == [("hello", "cached"), ("hello", "succeeded")]
     assert cli(home, "executions", "list", "--name", "nope", "--status", "failed") == (
         0,
-        "no executions with --status failed --name nope\n",
+        "no executions with --status failed --name nope (recent executions' names: bad, hello)\n",
     )
 
 
@@ -621,6 +767,51 @@ def test_tables_in_a_60_column_terminal_stay_readable(home: Path) -> None:
     out = _in_terminal(home, "executions", "show", made, columns=60)
     assert max(len(line) for line in out.splitlines()) <= 60
     assert LONG_NAME[:14] in out and "succeeded" in out and "…" not in out
+
+
+def test_an_empty_column_gives_its_width_to_a_folded_one(home: Path) -> None:
+    """A failed task has no outputs: in 80 columns its empty outputs column stayed while
+    the error beside it folded. Left out, it is not named in the caption (nothing was
+    lost)."""
+    failed = json.loads(cli(home, "executions", "list", "--json")[1])[0]["id"]
+    out = _in_terminal(home, "executions", "show", failed, columns=80)
+    table = out.partition("task 'bad' failed")[0]
+    header = next(line for line in table.splitlines() if "node" in line and "status" in line)
+    assert "outputs" not in header and "error" in header, out
+    row = next(line for line in table.splitlines() if line.startswith("│ bad "))
+    assert "ZeroDivisionError: division by zero" in row  # (whole, on its line)
+    assert "left out" not in table
+    # With room, it is shown as before.
+    wide = _in_terminal(home, "executions", "show", failed, columns=200)
+    assert "outputs" in wide
+
+
+def test_executions_list_takes_a_notebook_file_as_its_workflow_name(home: Path) -> None:
+    """``--name report.ipynb`` (or a path to it) is the notebook's workflow, named as
+    `run` names it; it found nothing. A name that matches nothing (a task of a workflow,
+    which is no execution's name) says which names there are."""
+    hello = [r["id"] for r in json.loads(cli(home, "executions", "list", "--json")[1])[1:]]
+    for given in ("hello.ipynb", "some/folder/hello.ipynb"):
+        code, out = cli(home, "executions", "list", "--name", given, "--json")
+        assert code == 0 and [r["id"] for r in json.loads(out)] == hello, given
+    assert cli(home, "executions", "list", "--name", "nope") == (
+        0,
+        "no executions with --name nope (recent executions' names: bad, hello)\n",
+    )
+
+
+def test_logs_gone_from_storage_are_not_shown_as_empty(home: Path) -> None:
+    """A log recorded as stored but missing (deleted, or PAPERCRANE_STORAGE naming
+    another storage) printed nothing and exited 0, as for an attempt that printed
+    nothing. A stream the attempt did not write to is still empty, not an error."""
+    rows = json.loads(cli(home, "executions", "list", "--json")[1])
+    first = next(r["id"] for r in rows if r["status"] == "succeeded")
+    (home / "store" / "runs" / first / "hello" / "1" / "stdout.log").unlink()
+    code, out = cli(home, "logs", first, "hello")
+    assert code == 1
+    assert f"the stdout of node 'hello', attempt 1, in {first} was stored, but the storage" in out
+    assert "PAPERCRANE_STORAGE" in out
+    assert cli(home, "logs", first, "hello", "--stderr") == (0, "")
 
 
 def test_logs_of_a_skipped_node_say_it_was_skipped_and_why(tmp_path: Path) -> None:

@@ -229,6 +229,70 @@ def test_lineage_of_a_three_step_chain(engine: LocalEngine) -> None:
     assert tree["name"] == "n" and tree["producer"] is None  # a parameter ends the chain
 
 
+def test_lineage_of_a_cached_map_reaches_the_task_that_made_its_input(
+    engine: LocalEngine,
+) -> None:
+    """A map collects its list again on a cache hit, recording where its input came
+    from: the upstream node of that execution, itself a hit that ran nothing there. The
+    chain goes on to the execution the hit came from (it ended at the map's input, shown
+    as a notebook value)."""
+    cells = [
+        cell("load", "xs = list(range(n))", ("n",), ("xs",), cache=True),
+        cell("sq", "y = x * x", ("x",), ("y",), cache=True, map=MapSpec("xs", "x")),
+    ]
+    first = run(engine, cells, {"n": 3})
+    again = run(engine, cells, {"n": 3})
+    assert again.execution.nodes["load"].cache == "hit"
+    y = again.nodes["sq"].outputs["y"].id
+    for via in (None, {"execution": again.execution.id, "node": "sq"}):
+        tree = engine.lineage(y, via=via)
+        (xs,) = tree["inputs"]
+        assert xs["name"] == "xs"
+        assert xs["producer"] is not None, via
+        assert (xs["producer"]["task_name"], xs["producer"]["execution_id"]) == (
+            "load",
+            first.execution.id,
+        )
+        assert [i["name"] for i in xs["inputs"]] == ["n"]
+
+
+def test_a_long_task_after_a_quick_one_is_recorded_running_while_it_runs(
+    engine: LocalEngine, tmp_path: Path
+) -> None:
+    """The start of a unit run on the scheduler's thread just after a flush was held back
+    until its end: ``executions show`` had the second task queued, with no attempt and
+    no logs, for as long as it ran (and a kill then left it so)."""
+    import threading
+    import time
+
+    flag = tmp_path / "go"
+    wait = f"import time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+    cells = [
+        cell("quick", "x = 1", (), ("x",)),
+        cell("slow", f"import os\n{wait}print('slow ran')\ny = x + 1", ("x",), ("y",)),
+    ]
+    done: list[Any] = []
+    runner = threading.Thread(target=lambda: done.append(run(engine, cells, {})))
+    runner.start()
+    try:
+        seen = None
+        reader = LocalEngine(Config(home=tmp_path / "home"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = reader.list_executions()
+            if rows:
+                seen = reader.execution(rows[0]["id"]).nodes.get("slow")
+                if seen is not None and seen.attempt:
+                    break
+            time.sleep(0.05)
+        reader.close()
+        assert seen is not None and (seen.status, seen.attempt) == (Status.RUNNING, 1), seen
+    finally:
+        flag.write_text("go")
+        runner.join(10)
+    assert done and done[0].execution.status is Status.SUCCEEDED
+
+
 def test_missing_parameter_names_it(engine: LocalEngine) -> None:
     cells = [cell("a", "x = n + m", ("n", "m"), ("x",))]
     spec = assemble("wf", cells)
