@@ -14,12 +14,13 @@ from papercrane.backend.errors import ExecutionAborted, UserError, WorkflowFaile
 from papercrane.backend.workflow import CellTask, WorkflowSpec, assemble
 
 from .notebook_defer import Deferring
-from .notebook_recover import Recovering, _show_failed_displays
+from .notebook_recover import Recovering
 from .session import (
     CellRecord,
     Session,
     TaskInterrupted,
     WorkflowError,
+    publish_display,
 )
 
 
@@ -219,11 +220,7 @@ class NotebookWorkflow(Deferring, Recovering):
         try:
             result = engine.run_workflow(request, listener=widget)
         except WorkflowFailed as failure:
-            widget.finish()
-            self.last_run = failure.execution_id
-            self._bind_partial(failure, records, widget.state)
-            _show_failed_displays(failure, widget.state)
-            raise WorkflowError(failure) from None
+            raise self._failed_run(failure, records, widget) from None
         except ExecutionAborted as aborted:
             widget.finish()
             if widget.state is not None:
@@ -234,6 +231,17 @@ class NotebookWorkflow(Deferring, Recovering):
         self.last_run = result.execution.id
         self._bind(result, records)
         return result
+
+    def _failed_run(
+        self, failure: WorkflowFailed, records: list[CellRecord], widget: Any
+    ) -> WorkflowError:
+        """A run (or recovery) that failed: what finished well is bound, what the failed
+        nodes displayed is shown, and the error to raise says how each failed."""
+        widget.finish()
+        self.last_run = failure.execution_id
+        self._bind_partial(failure, records, widget.state)
+        _show_failed_displays(failure, widget.state)
+        return WorkflowError(failure)
 
     def _bind_partial(self, failure: WorkflowFailed, records: list[CellRecord], state: Any) -> None:
         """A failed run still binds what its nodes that finished well produced, as the
@@ -343,3 +351,12 @@ def _note_rebound_parameters(
                 f"starts from the {name!r} the notebook holds now ({shown}), which the last "
                 f"run may have set; pass -p {name}=VALUE to start from a value of yours"
             )
+
+
+def _show_failed_displays(failure: WorkflowFailed, state: Any) -> None:
+    """What each failed node displayed before it failed, above the run's tracebacks."""
+    nodes = getattr(state, "nodes", None) or {}
+    for name, _ in failure.failures:
+        node = nodes.get(name)
+        if node is not None:
+            publish_display(node.display)

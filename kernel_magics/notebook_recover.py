@@ -19,7 +19,6 @@ from .session import (
     CellRecord,
     TaskError,
     TaskInterrupted,
-    WorkflowError,
     publish_display,
 )
 
@@ -105,11 +104,7 @@ class Recovering:
         try:
             result = run.engine.recover(run.execution_id, listener=widget, workflow=run.edited)
         except WorkflowFailed as failure:
-            widget.finish()
-            self.last_run = failure.execution_id
-            self._bind_partial(failure, records, widget.state)
-            _show_failed_displays(failure, widget.state)
-            raise WorkflowError(failure) from None
+            raise self._failed_run(failure, records, widget) from None
         except TaskFailed as failure:  # a single task's execution, failing again
             widget.finish()
             publish_display(failure.display)
@@ -145,12 +140,3 @@ class _Recovery:
     edited: WorkflowSpec | None
     records: list[CellRecord]
     name: str
-
-
-def _show_failed_displays(failure: WorkflowFailed, state: Any) -> None:
-    """What each failed node displayed before it failed, above the run's tracebacks."""
-    nodes = getattr(state, "nodes", None) or {}
-    for name, _ in failure.failures:
-        node = nodes.get(name)
-        if node is not None:
-            publish_display(node.display)
