@@ -276,7 +276,7 @@ def test_a_long_task_after_a_quick_one_is_recorded_running_while_it_runs(
     runner.start()
     try:
         seen = None
-        reader = LocalEngine(Config(home=tmp_path / "home"))
+        reader = LocalEngine(engine.config)  # another reader of its store (SQLite or not)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             rows = reader.list_executions()
