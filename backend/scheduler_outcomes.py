@@ -43,16 +43,16 @@ class Outcomes:
         if result.status == "aborted":
             return
         error = result.error or system_error("the attempt failed without a reason")
-        if result.display:  # what it displayed before failing: shown with the traceback
-            self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error, display=result.display)
+        # What it displayed before failing is shown with the traceback.
+        shown = {"display": result.display} if result.display else {}
+        self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error, **shown)
+        if result.display:
             if unit.index is None:
                 unit.node.display = result.display
             else:
                 if unit.node.failed_displays is None:
                     unit.node.failed_displays = {}
                 unit.node.failed_displays[unit.index] = result.display
-        else:
-            self.emit(K.ATTEMPT_FAILED, unit.key, unit.attempt, error=error)
         config = unit.node.spec.config
         if error.get("kind") == ErrorKind.SYSTEM.value:
             unit.system_failures += 1
@@ -202,10 +202,10 @@ class Outcomes:
     def _fail_node(self, run: NodeRun, error: dict[str, Any]) -> None:
         run.status = Status.FAILED
         run.error = error
-        if run.spec.map is not None and run.display:  # what its elements displayed
-            self.emit(K.NODE_FAILED, run.id, error=error, display=run.display)
-        elif run.spec.map is not None or self.state.nodes[run.id].status is not Status.FAILED:
-            self.emit(K.NODE_FAILED, run.id, error=error)
+        if run.spec.map is not None or self.state.nodes[run.id].status is not Status.FAILED:
+            # (a map's carries what its elements displayed)
+            shown = {"display": run.display} if run.spec.map is not None and run.display else {}
+            self.emit(K.NODE_FAILED, run.id, error=error, **shown)
         if self.options.failure_policy == "fail-fast":
             self.stopping = True
             for other in self.nodes.values():  # nothing new starts; what runs finishes
